@@ -1,0 +1,5 @@
+import sys
+
+from LesionFactorizerLib.cli import main
+
+sys.exit(main())

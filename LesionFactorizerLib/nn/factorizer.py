@@ -1,0 +1,239 @@
+"""Factorizer networks (thesis chapter 7): Global, Local and Swin Factorizer.
+
+A Factorizer block is two pre-norm residual sub-blocks, ``x + WrappedNMF(LN(x))`` then
+``x + MLP(LN(x))``, preceded by a bias-free 1×1 adapter (+dropout) when the channel count changes
+(decoder 2C→C) and, at the bridge only, a learnable position embedding (+dropout). Layer order,
+biases, dropout and initialisation follow the authors' code (reference note §2.1).
+
+Inside blocks features are channels-last ``(B, D, H, W, C)``: layer norm and the 1×1 projections
+then work on contiguous rows, and the skeleton keeps tensors in ``channels_last_3d`` memory so
+switching views is free.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from LesionFactorizerLib.nn.matricize import make_matricize
+from LesionFactorizerLib.nn.nmf import NMF
+from LesionFactorizerLib.nn.unet import UShapedNet, layer_names
+
+
+class WrappedNMF(nn.Module):
+    """1×1 projection → matricize → ReLU → NMF (reconstruction) → dematricize → 1×1 projection.
+
+    ``skip = True`` short-circuits the sub-block (its residual branch contributes zero) — an
+    inference-time ablation that needs no weight change. ``capture = True`` keeps the spatial
+    factors of the last forward pass as images in ``self.components`` (B, heads·R, D, H, W).
+    """
+
+    def __init__(self, channels: int, matricize: str, head_dim: int, window: int | None,
+                 nmf: NMF, dropout: float):
+        super().__init__()
+        self.in_proj = nn.Linear(channels, channels, bias=False)
+        self.out_proj = nn.Linear(channels, channels)
+        self.dropout = nn.Dropout(dropout)
+        self.matricize = make_matricize(matricize, head_dim, window)
+        self.nmf = nmf
+        self.skip = False
+        self.capture = False
+        self.components: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # ReLU commutes with the (pure re-indexing) matricize; in place on the fresh projection.
+        return self.dropout(self.out_proj(self.factorize(torch.relu_(self.in_proj(x)))))
+
+    def factorize(self, z: torch.Tensor) -> torch.Tensor:
+        """The NMF low-rank approximation of the (non-negative) projected map ``z``."""
+        mats, layout = self.matricize.matricize(z)
+        u, v = self.nmf.decompose(mats)
+        if self.capture:
+            self.components = self.matricize.factor_maps(v.detach(), layout)
+        return self.matricize.reconstruct(u, v, layout)
+
+
+class MLP(nn.Module):
+    def __init__(self, channels: int, ratio: float, dropout: float):
+        super().__init__()
+        hidden = int(channels * ratio)
+        self.fc1, self.fc2 = nn.Linear(channels, hidden), nn.Linear(hidden, channels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
+
+
+class FactorizerBlock(nn.Module):
+    """One Factorizer block on a channels-first tensor stored channels-last (see module doc)."""
+
+    def __init__(self, cin: int, cout: int, *, matricize: str, head_dim: int, window: int | None,
+                 mlp_ratio: float, dropout: float, nmf: NMF, pos_embed_size: int | None = None):
+        super().__init__()
+        self.adapter = nn.Linear(cin, cout, bias=False) if cin != cout else None
+        self.pos_embed = None
+        if pos_embed_size:
+            # std-1 normal init as in the authors' code; resized at run time for other grids.
+            self.pos_embed = nn.Parameter(torch.randn(1, cout, *(pos_embed_size,) * 3))
+        self.dropout = nn.Dropout(dropout)
+        self.nmf_norm = nn.LayerNorm(cout)
+        self.nmf = WrappedNMF(cout, matricize, head_dim, window, nmf, dropout)
+        self.mlp_norm = nn.LayerNorm(cout)
+        self.mlp = MLP(cout, mlp_ratio, dropout)
+
+    def _position(self, grid: tuple[int, ...]) -> torch.Tensor:
+        pos = self.pos_embed
+        if tuple(pos.shape[2:]) != grid:
+            pos = F.interpolate(pos, size=grid, mode="trilinear", align_corners=False)
+        return pos.permute(0, 2, 3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 4, 1)  # free view for channels_last_3d memory
+        if self.training or torch.is_grad_enabled():
+            x = self._forward_autograd(x)
+        else:
+            x = self._forward_inference(x)
+        return x.permute(0, 4, 1, 2, 3)
+
+    def _forward_autograd(self, x: torch.Tensor) -> torch.Tensor:
+        if self.adapter is not None:
+            x = self.dropout(self.adapter(x))
+        if self.pos_embed is not None:
+            x = self.dropout(x + self._position(tuple(x.shape[1:4])))
+        if not self.nmf.skip:
+            x = x + self.nmf(self.nmf_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+    def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """Same result as :meth:`_forward_autograd`, for inference: the per-voxel work (norms,
+        projections, MLP, residuals) runs over cache-sized runs of voxels and accumulates in
+        place, so a full-resolution map crosses main memory a few times instead of ~20 (this
+        layer is bound by memory traffic, not FLOPs, on CPUs)."""
+        b, d, h, w, cin = x.shape
+        c = self.nmf_norm.normalized_shape[0]
+        rows = x.reshape(-1, cin)
+        out = x.new_empty(b * d * h * w, c)
+        pos = self._position((d, h, w)).reshape(-1, c) if self.pos_embed is not None else None
+        for sl in _chunks(out.shape[0], c):
+            xi = rows[sl] if self.adapter is None else self.adapter(rows[sl])
+            if pos is not None:  # rows of a chunk may span batch items: index modulo the grid
+                xi = xi + pos[torch.arange(sl.start, sl.stop, device=x.device) % pos.shape[0]]
+            out[sl] = xi
+        nmf = self.nmf
+        if not nmf.skip:
+            z = torch.empty_like(out)
+            for sl in _chunks(out.shape[0], c):
+                z[sl] = torch.relu_(nmf.in_proj(self.nmf_norm(out[sl])))
+            y = nmf.factorize(z.view(b, d, h, w, c)).reshape(-1, c)
+            for sl in _chunks(out.shape[0], c):
+                out[sl] += nmf.out_proj(y[sl])
+        mlp = self.mlp
+        for sl in _chunks(out.shape[0], 2 * c):
+            out[sl] += mlp.fc2(F.gelu(mlp.fc1(self.mlp_norm(out[sl]))))
+        return out.view(b, d, h, w, c)
+
+
+def _chunks(rows: int, width: int, floats: int = 1 << 19) -> list[slice]:
+    """Row ranges whose ``width``-wide temporaries (~2 MB) stay in cache."""
+    step = max(256, floats // width)
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+class Factorizer(UShapedNet):
+    """Global / Local / Swin Factorizer by ``matricize`` = "global" / "local" / "swin".
+
+    Each NMF layer gets its own seed for its initial factors (``seed`` + layer index), mirroring
+    the reference where every layer drew its own buffer.
+    """
+
+    has_components = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        matricize: str = "swin",
+        widths: Sequence[int] = (32, 64, 128, 256, 512),
+        head_dim: int = 8,
+        window: int | None = 8,
+        mlp_ratio: float = 2.0,
+        pos_embed_size: int | None = 8,
+        rank: int = 1,
+        nmf_iters: int = 5,
+        solver: str = "hals",
+        grad_iters: int | None = None,
+        dropout: float = 0.1,
+        deep_supervision: int = 3,
+        seed: int = 0,
+    ):
+        names = {name: i for i, (name, _, _) in enumerate(layer_names(len(widths)))}
+
+        def make_block(cin, cout, level, role):
+            name = next(n for n, lv, r in layer_names(len(widths)) if lv == level and r == role)
+            return FactorizerBlock(
+                cin, cout, matricize=matricize, head_dim=head_dim, window=window,
+                mlp_ratio=mlp_ratio, dropout=dropout,
+                nmf=NMF(rank, nmf_iters, solver, grad_iters, seed=seed + names[name]),
+                pos_embed_size=pos_embed_size if role == "bridge" else None,
+            )
+
+        super().__init__(in_channels, out_channels, widths, make_block, deep_supervision, channels_last=True)
+        self.widths = tuple(widths)
+
+    # -- interpretability and inference-time knobs -------------------------------------------
+    @property
+    def component_layers(self) -> list[tuple[str, int]]:
+        """(layer name, stride relative to the input grid) in execution order."""
+        return [(name, 2**level) for name, level, _ in layer_names(self.levels)]
+
+    def nmf_layers(self) -> dict[str, WrappedNMF]:
+        return {name: block.nmf for name, block in self.blocks.items()}
+
+    def set_nmf(self, iters: int | None = None, rank: int | None = None, solver: str | None = None,
+                skip: Iterable[str] | None = None) -> None:
+        """Change NMF iterations / rank / solver, or short-circuit named layers, without touching
+        weights (thesis 7.4.5 ablations, and the fast/balanced/best presets)."""
+        layers = self.nmf_layers()
+        if skip is not None:
+            skip = set(skip)
+            unknown = skip - set(layers)
+            if unknown:
+                raise ValueError(f"unknown NMF layer(s) {sorted(unknown)}; layers are {list(layers)}")
+        for name, layer in layers.items():
+            if iters is not None:
+                layer.nmf.iters = int(iters)
+            if rank is not None:
+                layer.nmf.rank = int(rank)
+            if solver is not None:
+                layer.nmf.solver = solver
+            if skip is not None:
+                layer.skip = name in skip
+
+    def forward_with_components(self, x: torch.Tensor, layers: Iterable[str] | None = None):
+        """Logits plus, per NMF layer, its spatial factors ``(B, heads·R, ⌈D/s⌉, ⌈H/s⌉, ⌈W/s⌉)``.
+
+        For Swin both partitions are re-assembled and averaged; maps are cropped to the part of
+        the layer grid that covers the (unpadded) input. Skipped layers yield no maps.
+        """
+        size = tuple(x.shape[2:])
+        wanted = set(self.nmf_layers()) if layers is None else set(layers)
+        nmf_layers = self.nmf_layers()
+        for name in wanted:
+            nmf_layers[name].capture = True
+        try:
+            logits = self.forward(x)
+            strides = dict(self.component_layers)
+            comps = {}
+            for name, _ in self.component_layers:
+                layer = nmf_layers[name]
+                if name in wanted and layer.components is not None and not layer.skip:
+                    s = strides[name]
+                    crop = tuple(slice(0, -(-n // s)) for n in size)
+                    comps[name] = layer.components[(..., *crop)].contiguous()
+        finally:
+            for layer in nmf_layers.values():
+                layer.capture, layer.components = False, None
+        return logits, comps

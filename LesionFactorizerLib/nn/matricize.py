@@ -1,0 +1,238 @@
+"""Matricize: turn a channels-last feature map into a batch of matrices for the NMF layer, and back.
+
+Thesis 7.3.4 / Alg. 6. Channels are split into heads of ``head_dim`` rows; space is split into
+windows whose voxels are the columns. Every operation has an exact inverse.
+
+- :class:`GlobalMatricize` — one window = the whole map: ``(B·heads, E, D·H·W)``.
+- :class:`LocalMatricize` — non-overlapping ``P³`` windows: ``(B·windows·heads, E, P³)``.
+- :class:`ShiftedWindowMatricize` — the Local partition of the map and of the map circularly
+  rolled by ``P/2`` on every spatial axis, concatenated along the batch axis (one NMF serves
+  both); the inverse un-rolls the second half and averages the two (no border masking, as in
+  the authors' code).
+
+Inputs are channels-last ``(B, D, H, W, C)``. Sizes that are not a multiple of the window are
+zero-padded at the far end and cropped back by the inverse (the reference code fails there).
+
+The ``Layout`` returned with the matrices carries what the inverse needs; ``factor_maps`` turns
+the spatial NMF factor ``V (…, N, R)`` into images ``(B, heads·R, D, H, W)`` on the input grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Layout:
+    batch: int
+    spatial: tuple[int, int, int]  # unpadded (D, H, W)
+    padded: tuple[int, int, int]
+    heads: int
+    head_dim: int
+    window: tuple[int, int, int]
+
+
+class GlobalMatricize:
+    """Whole-volume matrices: global context, no locality bias."""
+
+    name = "global"
+    partitions = 1
+
+    def __init__(self, head_dim: int):
+        self.head_dim = head_dim
+
+    def _layout(self, x: torch.Tensor) -> Layout:
+        b, d, h, w, c = x.shape
+        if c % self.head_dim:
+            raise ValueError(f"{c} channels are not divisible by head_dim={self.head_dim}")
+        return Layout(b, (d, h, w), (d, h, w), c // self.head_dim, self.head_dim, (d, h, w))
+
+    def matricize(self, x: torch.Tensor) -> tuple[torch.Tensor, Layout]:
+        lay = self._layout(x)
+        b, (d, h, w) = lay.batch, lay.spatial
+        mats = x.reshape(b, d * h * w, lay.heads, lay.head_dim).permute(0, 2, 3, 1)
+        return mats.reshape(b * lay.heads, lay.head_dim, d * h * w), lay
+
+    def dematricize(self, mats: torch.Tensor, lay: Layout) -> torch.Tensor:
+        b, (d, h, w) = lay.batch, lay.spatial
+        x = mats.reshape(b, lay.heads, lay.head_dim, d * h * w).permute(0, 3, 1, 2)
+        return x.reshape(b, d, h, w, lay.heads * lay.head_dim)
+
+    def reconstruct(self, u: torch.Tensor, v: torch.Tensor, lay: Layout) -> torch.Tensor:
+        """``dematricize(U Vᵀ)``, computed per window as one matrix product (see ``_window_products``)."""
+        b, (d, h, w) = lay.batch, lay.spatial
+        return _window_products(u, v, lay).reshape(b, d, h, w, lay.heads * lay.head_dim)
+
+    def factor_maps(self, v: torch.Tensor, lay: Layout) -> torch.Tensor:
+        """``V (B·heads, N, R)`` → ``(B, heads·R, D, H, W)``."""
+        b, (d, h, w) = lay.batch, lay.spatial
+        rank = v.shape[-1]
+        return v.reshape(b, lay.heads, d, h, w, rank).movedim(-1, 2).reshape(b, lay.heads * rank, d, h, w)
+
+
+class LocalMatricize:
+    """Non-overlapping ``P³`` windows: local context with a locality bias."""
+
+    name = "local"
+    partitions = 1
+
+    def __init__(self, head_dim: int, window: int):
+        self.head_dim, self.window = head_dim, window
+
+    def _layout(self, x: torch.Tensor) -> Layout:
+        b, d, h, w, c = x.shape
+        if c % self.head_dim:
+            raise ValueError(f"{c} channels are not divisible by head_dim={self.head_dim}")
+        p = self.window
+        padded = tuple(-(-s // p) * p for s in (d, h, w))
+        return Layout(b, (d, h, w), padded, c // self.head_dim, self.head_dim, (p, p, p))
+
+    def _pad(self, x: torch.Tensor, lay: Layout) -> torch.Tensor:
+        if lay.padded == lay.spatial:
+            return x
+        pad = [0, 0]  # channels (last axis)
+        for s, ps in zip(reversed(lay.spatial), reversed(lay.padded)):
+            pad += [0, ps - s]
+        return F.pad(x, pad)
+
+    def _windows(self, x: torch.Tensor, lay: Layout) -> torch.Tensor:
+        """View of a padded map as ``(b, gd, gh, gw, heads, E, p, p, p)`` (no copy)."""
+        b, (pd, ph, pw), p = lay.batch, lay.padded, lay.window[0]
+        x = x.reshape(b, pd // p, p, ph // p, p, pw // p, p, lay.heads, lay.head_dim)
+        return x.permute(0, 1, 3, 5, 7, 8, 2, 4, 6)
+
+    def _split(self, x: torch.Tensor, lay: Layout) -> torch.Tensor:
+        """Padded map → ``(B·windows·heads, E, P³)``."""
+        return self._windows(x, lay).reshape(-1, lay.head_dim, lay.window[0] ** 3)
+
+    def _merge(self, mats: torch.Tensor, lay: Layout, channels: int) -> torch.Tensor:
+        """Inverse of :meth:`_split` for ``channels`` rows per head (E for data, R for factors)."""
+        b, (pd, ph, pw), p = lay.batch, lay.padded, lay.window[0]
+        gd, gh, gw = pd // p, ph // p, pw // p
+        x = mats.reshape(b, gd, gh, gw, lay.heads, channels, p, p, p)
+        x = x.permute(0, 1, 6, 2, 7, 3, 8, 4, 5)  # b, gd, p, gh, p, gw, p, heads, ch
+        return x.reshape(b, pd, ph, pw, lay.heads * channels)
+
+    def _crop(self, x: torch.Tensor, lay: Layout) -> torch.Tensor:
+        d, h, w = lay.spatial
+        return x if lay.padded == lay.spatial else x[:, :d, :h, :w]
+
+    def matricize(self, x: torch.Tensor) -> tuple[torch.Tensor, Layout]:
+        lay = self._layout(x)
+        return self._split(self._pad(x, lay), lay), lay
+
+    def _window_view(self, y: torch.Tensor, lay: Layout) -> torch.Tensor:
+        """Window-major ``(windows, P³, C)`` data viewed as ``(b, gd, p, gh, p, gw, p, C)``."""
+        b, (pd, ph, pw), p = lay.batch, lay.padded, lay.window[0]
+        y = y.reshape(b, pd // p, ph // p, pw // p, p, p, p, y.shape[-1])
+        return y.permute(0, 1, 4, 2, 5, 3, 6, 7)
+
+    def reconstruct(self, u: torch.Tensor, v: torch.Tensor, lay: Layout) -> torch.Tensor:
+        """``dematricize(U Vᵀ)`` without materialising the reconstructed matrices."""
+        y = self._window_view(_window_products(u, v, lay), lay)
+        return self._crop(y.reshape(lay.batch, *lay.padded, y.shape[-1]), lay)
+
+    def dematricize(self, mats: torch.Tensor, lay: Layout) -> torch.Tensor:
+        return self._crop(self._merge(mats, lay, lay.head_dim), lay)
+
+    def factor_maps(self, v: torch.Tensor, lay: Layout) -> torch.Tensor:
+        """``V (B·windows·heads, P³, R)`` → ``(B, heads·R, D, H, W)``."""
+        maps = self._crop(self._merge(v.transpose(-1, -2), lay, v.shape[-1]), lay)
+        return maps.permute(0, 4, 1, 2, 3)
+
+
+class ShiftedWindowMatricize(LocalMatricize):
+    """Regular and half-window-rolled ``P³`` partitions, processed together and averaged back."""
+
+    name = "swin"
+    partitions = 2
+
+    @property
+    def shift(self) -> int:
+        return self.window // 2
+
+    def matricize(self, x: torch.Tensor) -> tuple[torch.Tensor, Layout]:
+        lay = self._layout(x)
+        x = self._pad(x, lay)
+        # Both partitions are written straight into one buffer: no torch.cat / torch.roll
+        # passes over the (large) full-resolution map.
+        k = x.numel() // (lay.head_dim * lay.window[0] ** 3)
+        mats = x.new_empty(2 * k, lay.head_dim, lay.window[0] ** 3)
+        mats[:k].view(self._windows(x, lay).shape).copy_(self._windows(x, lay))
+        mats[k:].view(self._windows(x, lay).shape).copy_(self._windows(roll3(x, self.shift), lay))
+        return mats, lay
+
+    def _average(self, mats: torch.Tensor, lay: Layout, channels: int) -> torch.Tensor:
+        regular, rolled = mats.chunk(2, dim=0)
+        out = self._merge(regular, lay, channels)
+        roll3(self._merge(rolled, lay, channels), -self.shift, add_into=out)
+        return self._crop(out.mul_(0.5), lay)
+
+    def dematricize(self, mats: torch.Tensor, lay: Layout) -> torch.Tensor:
+        return self._average(mats, lay, lay.head_dim)
+
+    def reconstruct(self, u: torch.Tensor, v: torch.Tensor, lay: Layout) -> torch.Tensor:
+        # Average of the two partitions, with the ½ folded into the small factor U.
+        y = _window_products(u * 0.5, v, lay)
+        regular, rolled = (self._window_view(t, lay) for t in y.chunk(2, dim=0))
+        shape = (lay.batch, *lay.padded, y.shape[-1])
+        if torch.is_grad_enabled():  # autograd forbids in-place adds into these views
+            return self._crop(regular.reshape(shape) + roll3(rolled.reshape(shape), -self.shift), lay)
+        out = roll3(rolled.reshape(shape), -self.shift, add_into=regular.reshape(shape).contiguous())
+        return self._crop(out, lay)
+
+    def factor_maps(self, v: torch.Tensor, lay: Layout) -> torch.Tensor:
+        return self._average(v.transpose(-1, -2), lay, v.shape[-1]).permute(0, 4, 1, 2, 3)
+
+
+def _window_products(u: torch.Tensor, v: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """The reconstruction ``U Vᵀ`` of every head, laid out window-major ``(windows, N, C)``.
+
+    Per window this is one small matrix product, ``V (N, heads·R) @ blockdiag(U) (heads·R, C)``,
+    so the output is written once, contiguously, with channels innermost — far less memory
+    traffic than forming ``(heads, E, N)`` matrices and permuting them to channels-last.
+    """
+    rank, heads, e = u.shape[-1], lay.heads, lay.head_dim
+    k = u.shape[0] // heads
+    n = v.shape[-2]
+    eye = torch.eye(heads, dtype=u.dtype, device=u.device)
+    # blockdiag[k, (h, r), (h', e)] = δ(h, h') · u[k, h, e, r]
+    blockdiag = u.reshape(k, heads, e, rank).permute(0, 1, 3, 2)[:, :, :, None, :] * eye[None, :, None, :, None]
+    vs = v.reshape(k, heads, n, rank).permute(0, 2, 1, 3).reshape(k, n, heads * rank)
+    return torch.bmm(vs, blockdiag.reshape(k, heads * rank, heads * e))
+
+
+def _roll_pieces(n: int, shift: int) -> list[tuple[slice, slice]]:
+    """(destination, source) slices of a circular roll by ``shift`` along an axis of length n."""
+    shift %= n
+    if shift == 0:
+        return [(slice(0, n), slice(0, n))]
+    return [(slice(shift, n), slice(0, n - shift)), (slice(0, shift), slice(n - shift, n))]
+
+
+def roll3(x: torch.Tensor, shift: int, add_into: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.roll`` of a channels-last map by ``shift`` on all three spatial axes, in one pass.
+
+    torch.roll over several axes chains one full copy per axis; this writes the (up to) eight
+    octants directly. With ``add_into``, the rolled map is added to that tensor instead.
+    """
+    out = x.new_empty(x.shape) if add_into is None else add_into
+    for (dd, sd), (dh, sh), (dw, sw) in itertools.product(*(_roll_pieces(n, shift) for n in x.shape[1:4])):
+        if add_into is None:
+            out[:, dd, dh, dw].copy_(x[:, sd, sh, sw])
+        else:
+            out[:, dd, dh, dw].add_(x[:, sd, sh, sw])
+    return out
+
+
+MATRICIZERS = {"global": GlobalMatricize, "local": LocalMatricize, "swin": ShiftedWindowMatricize}
+
+
+def make_matricize(kind: str, head_dim: int, window: int | None = None):
+    if kind not in MATRICIZERS:
+        raise ValueError(f"unknown matricize {kind!r}; choose one of {sorted(MATRICIZERS)}")
+    return GlobalMatricize(head_dim) if kind == "global" else MATRICIZERS[kind](head_dim, window)

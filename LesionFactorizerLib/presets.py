@@ -1,0 +1,138 @@
+"""Named network presets reproducing the thesis / reference configurations, and one builder.
+
+A model is described by plain data — an architecture name plus keyword arguments — so it can be
+stored in a model file's metadata and rebuilt exactly::
+
+    model = build_model("swin-factorizer-brats", in_channels=2)
+    model.config   # {"architecture": "factorizer", "kwargs": {...}}
+    same = build_architecture(**model.config)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from LesionFactorizerLib.nn.factorizer import Factorizer
+from LesionFactorizerLib.nn.lowrank import ResUNet8
+from LesionFactorizerLib.nn.unet import UNet
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "factorizer": Factorizer,
+    "unet": UNet,
+    "resunet8": ResUNet8,
+}
+
+
+def register_architecture(name: str, factory: Callable[..., nn.Module]) -> None:
+    """Make ``factory(**kwargs) -> nn.Module`` buildable by name (e.g. small test networks)."""
+    ARCHITECTURES[name] = factory
+
+
+@dataclass(frozen=True)
+class Preset:
+    architecture: str
+    kwargs: dict[str, Any]
+    patch_size: tuple[int, int, int]
+    description: str
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _factorizer(matricize: str, dataset: str) -> Preset:
+    brats = dataset == "brats"
+    kwargs = dict(
+        in_channels=4 if brats else 2, out_channels=3 if brats else 1, matricize=matricize,
+        head_dim=8 if brats else 4, window=None if matricize == "global" else (8 if brats else 4),
+        mlp_ratio=2.0 if brats else 4.0, pos_embed_size=8 if brats else 4,
+    )
+    title = {"swin": "Swin", "local": "Local", "global": "Global"}[matricize]
+    data = "BraTS (MSD Task01): FLAIR, T1, T1Gd, T2 → ET, TC, WT" if brats else "ISLES'22: DWI, ADC → infarct"
+    return Preset("factorizer", kwargs, (128,) * 3 if brats else (64,) * 3,
+                  f"{title} Factorizer, {data}", "thesis 7.4.2; reference §2.4")
+
+
+def _unet(block: str, title: str) -> Preset:
+    return Preset("unet", dict(in_channels=2, out_channels=1, block=block), (128,) * 3,
+                  f"{title}, MSSEG-2: FLAIR baseline + follow-up → new lesions", "thesis 6.3; reference §3")
+
+
+PRESETS: dict[str, Preset] = {
+    "swin-factorizer-brats": _factorizer("swin", "brats"),
+    "local-factorizer-brats": _factorizer("local", "brats"),
+    "global-factorizer-brats": _factorizer("global", "brats"),
+    "swin-factorizer-isles": _factorizer("swin", "isles"),
+    "unet-msseg2": _unet("double", "U-Net"),
+    "resunet-msseg2": _unet("basic", "Res-U-Net"),
+    "preunet-msseg2": _unet("preact", "Pre-U-Net"),
+    "resunet-brats2020": Preset(
+        "resunet8", dict(in_channels=4, out_channels=4, features=60), (128,) * 3,
+        "Chapter-8 Res-U-Net (F=60), BraTS 2020 → background, NCR, ED, ET", "thesis 8.3.2"),
+    "lowrank-resunet-brats2020": Preset(
+        "resunet8", dict(in_channels=4, out_channels=4, features=60, alpha=0.5), (128,) * 3,
+        "Chapter-8 low-rank Res-U-Net (F=60, α=0.5), BraTS 2020", "thesis 8.3.3"),
+}
+
+
+def build_architecture(architecture: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Build ``ARCHITECTURES[architecture](**kwargs)`` and record the config on the module."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+    kwargs = copy.deepcopy(dict(kwargs))
+    model = ARCHITECTURES[architecture](**kwargs)
+    model.config = {"architecture": architecture, "kwargs": _plain(kwargs)}
+    return model
+
+
+def build_model(name: str, **overrides: Any) -> nn.Module:
+    """Build preset ``name`` with keyword overrides, e.g. ``in_channels=2`` to re-target it."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    return build_architecture(preset.architecture, {**preset.kwargs, **overrides})
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Forward FLOPs by ``torch.utils.flop_counter`` (2 per multiply-add, the thesis convention).
+
+    Runs on the meta device, so no memory is allocated for activations."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(model).to("meta").eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta(torch.empty(input_shape, device="meta"))
+    return counter.get_total_flops()
+
+
+def preset_summary(name: str, flops: bool = True) -> dict[str, Any]:
+    preset = PRESETS[name]
+    model = build_model(name)
+    k = preset.kwargs
+    return {
+        "name": name,
+        "architecture": preset.architecture,
+        "in_channels": k["in_channels"],
+        "out_channels": k["out_channels"],
+        "patch_size": preset.patch_size,
+        "parameters": count_parameters(model),
+        "gflops": count_flops(model, (1, k["in_channels"], *preset.patch_size)) / 1e9 if flops else None,
+        "description": preset.description,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy (tuples → lists) so configs survive a metadata round trip unchanged."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
