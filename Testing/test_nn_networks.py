@@ -157,3 +157,15 @@ def test_lowrank_conv_equals_conv_with_reconstructed_kernel():
     torch.testing.assert_close(layer(x), conv(x))
     n_params = sum(p.numel() for p in layer.parameters())
     assert n_params == 3 * (5 + 6 + 3 + 3 + 3) + 5 < sum(p.numel() for p in conv.parameters())
+
+
+@pytest.mark.parametrize("name", ["swin-factorizer-isles", "local-factorizer-brats", "global-factorizer-brats"])
+def test_component_maps_agree_between_inference_and_autograd_paths(name):
+    model = build_model(name, widths=(8, 16, 32, 64, 128)).eval()
+    x = torch.randn(1, model.config["kwargs"]["in_channels"], 20, 17, 24)
+    with torch.no_grad():
+        _, fast = model.forward_with_components(x)
+    _, plain = model.forward_with_components(x)
+    assert list(fast) == list(plain)
+    for layer in fast:
+        torch.testing.assert_close(fast[layer], plain[layer], rtol=1e-4, atol=1e-5)

@@ -49,11 +49,16 @@ class WrappedNMF(nn.Module):
 
     def factorize(self, z: torch.Tensor) -> torch.Tensor:
         """The NMF low-rank approximation of the (non-negative) projected map ``z``."""
-        mats, layout = self.matricize.matricize(z)
-        u, v = self.nmf.decompose(mats)
+        if torch.is_grad_enabled():
+            mats, layout = self.matricize.matricize(z)
+            u, v = self.nmf.decompose(mats)
+            if self.capture:
+                self.components = self.matricize.factor_maps(v.detach(), layout)
+            return self.matricize.reconstruct(u, v, layout)
+        y, maps = self.matricize.factorize_map(z, self.nmf, self.capture)
         if self.capture:
-            self.components = self.matricize.factor_maps(v.detach(), layout)
-        return self.matricize.reconstruct(u, v, layout)
+            self.components = maps
+        return y
 
 
 class MLP(nn.Module):

@@ -67,6 +67,12 @@ class GlobalMatricize:
         b, (d, h, w) = lay.batch, lay.spatial
         return _window_products(u, v, lay).reshape(b, d, h, w, lay.heads * lay.head_dim)
 
+    def factorize_map(self, z: torch.Tensor, nmf, capture: bool = False):
+        """``reconstruct`` ∘ ``nmf.decompose`` ∘ ``matricize`` (and the factor maps if asked)."""
+        mats, lay = self.matricize(z)
+        u, v = nmf.decompose(mats)
+        return self.reconstruct(u, v, lay), (self.factor_maps(v, lay) if capture else None)
+
     def factor_maps(self, v: torch.Tensor, lay: Layout) -> torch.Tensor:
         """``V (B·heads, N, R)`` → ``(B, heads·R, D, H, W)``."""
         b, (d, h, w) = lay.batch, lay.spatial
@@ -139,6 +145,35 @@ class LocalMatricize:
     def dematricize(self, mats: torch.Tensor, lay: Layout) -> torch.Tensor:
         return self._crop(self._merge(mats, lay, lay.head_dim), lay)
 
+    def factorize_map(self, z: torch.Tensor, nmf, capture: bool = False):
+        """Inference: the NMF approximation of ``z``, one row of windows (a ``P``-thick slab) at a
+        time. Windows are independent, so slabs give the same result while every temporary stays
+        a slab in size (cache-resident, no huge fresh allocations)."""
+        lay = self._layout(z)
+        y, maps = self._factorize_slabs(self._pad(z, lay), nmf, capture, weight=1.0)
+        return self._crop(y, lay), (_crop_maps(maps, lay) if capture else None)
+
+    def _factorize_slab(self, part: torch.Tensor, nmf, capture: bool, weight: float):
+        """One padded slab ``(B, P, H, W, C)`` → its reconstruction (and factor maps) × weight."""
+        lay = self._layout(part)
+        u, v = nmf.decompose(self._split(part, lay))
+        y = LocalMatricize.reconstruct(self, u * weight if weight != 1 else u, v, lay)
+        maps = LocalMatricize.factor_maps(self, v * weight if weight != 1 else v, lay) if capture else None
+        return y, maps
+
+    def _factorize_slabs(self, zp: torch.Tensor, nmf, capture: bool, weight: float):
+        p = self.window
+        y = torch.empty_like(zp)
+        maps = None
+        for i0 in range(0, zp.shape[1], p):
+            ys, ms = self._factorize_slab(zp[:, i0:i0 + p], nmf, capture, weight)
+            y[:, i0:i0 + p] = ys
+            if capture:
+                if maps is None:
+                    maps = ys.new_empty(ms.shape[0], ms.shape[1], *zp.shape[1:4])
+                maps[:, :, i0:i0 + p] = ms
+        return y, maps
+
     def factor_maps(self, v: torch.Tensor, lay: Layout) -> torch.Tensor:
         """``V (B·windows·heads, P³, R)`` → ``(B, heads·R, D, H, W)``."""
         maps = self._crop(self._merge(v.transpose(-1, -2), lay, v.shape[-1]), lay)
@@ -168,9 +203,9 @@ class ShiftedWindowMatricize(LocalMatricize):
 
     def _average(self, mats: torch.Tensor, lay: Layout, channels: int) -> torch.Tensor:
         regular, rolled = mats.chunk(2, dim=0)
-        out = self._merge(regular, lay, channels)
-        roll3(self._merge(rolled, lay, channels), -self.shift, add_into=out)
-        return self._crop(out.mul_(0.5), lay)
+        # Out of place: a merge can be a view of ``mats`` (one window per axis).
+        out = self._merge(regular, lay, channels) + roll3(self._merge(rolled, lay, channels), -self.shift)
+        return self._crop(out * 0.5, lay)
 
     def dematricize(self, mats: torch.Tensor, lay: Layout) -> torch.Tensor:
         return self._average(mats, lay, lay.head_dim)
@@ -187,6 +222,23 @@ class ShiftedWindowMatricize(LocalMatricize):
 
     def factor_maps(self, v: torch.Tensor, lay: Layout) -> torch.Tensor:
         return self._average(v.transpose(-1, -2), lay, v.shape[-1]).permute(0, 4, 1, 2, 3)
+
+    def factorize_map(self, z: torch.Tensor, nmf, capture: bool = False):
+        """Inference, slab by slab (see ``LocalMatricize.factorize_map``): the regular windows,
+        then each slab of the rolled partition, gathered from the (circularly) shifted rows,
+        rolled in H and W within the slab, and added back where it came from."""
+        lay = self._layout(z)
+        zp = self._pad(z, lay)
+        y, maps = self._factorize_slabs(zp, nmf, capture, weight=0.5)
+        p, s, depth = self.window, self.shift, zp.shape[1]
+        for i0 in range(0, depth, p):
+            rows = torch.arange(i0 - s, i0 - s + p, device=z.device) % depth
+            part = roll_spatial(zp.index_select(1, rows), s, dims=(2, 3))
+            ys, ms = self._factorize_slab(part, nmf, capture, weight=0.5)
+            y.index_add_(1, rows, roll_spatial(ys, -s, dims=(2, 3)))
+            if capture:
+                maps.index_add_(2, rows, roll_spatial(ms, -s, dims=(3, 4)))
+        return self._crop(y, lay), (_crop_maps(maps, lay) if capture else None)
 
 
 def _window_products(u: torch.Tensor, v: torch.Tensor, lay: Layout) -> torch.Tensor:
@@ -214,19 +266,32 @@ def _roll_pieces(n: int, shift: int) -> list[tuple[slice, slice]]:
     return [(slice(shift, n), slice(0, n - shift)), (slice(0, shift), slice(n - shift, n))]
 
 
-def roll3(x: torch.Tensor, shift: int, add_into: torch.Tensor | None = None) -> torch.Tensor:
-    """``torch.roll`` of a channels-last map by ``shift`` on all three spatial axes, in one pass.
+def roll_spatial(x: torch.Tensor, shift: int, dims=(1, 2, 3), add_into: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.roll`` by ``shift`` along each of ``dims`` in one pass.
 
-    torch.roll over several axes chains one full copy per axis; this writes the (up to) eight
-    octants directly. With ``add_into``, the rolled map is added to that tensor instead.
+    torch.roll over several axes chains one full copy per axis; this copies the (up to 2^len(dims))
+    blocks directly. With ``add_into``, the rolled tensor is added to that tensor instead.
     """
     out = x.new_empty(x.shape) if add_into is None else add_into
-    for (dd, sd), (dh, sh), (dw, sw) in itertools.product(*(_roll_pieces(n, shift) for n in x.shape[1:4])):
+    for pieces in itertools.product(*(_roll_pieces(x.shape[d], shift) for d in dims)):
+        dst, src = [slice(None)] * x.dim(), [slice(None)] * x.dim()
+        for d, (to, frm) in zip(dims, pieces):
+            dst[d], src[d] = to, frm
         if add_into is None:
-            out[:, dd, dh, dw].copy_(x[:, sd, sh, sw])
+            out[tuple(dst)].copy_(x[tuple(src)])
         else:
-            out[:, dd, dh, dw].add_(x[:, sd, sh, sw])
+            out[tuple(dst)].add_(x[tuple(src)])
     return out
+
+
+def roll3(x: torch.Tensor, shift: int, add_into: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`roll_spatial` over the three spatial axes of a channels-last map."""
+    return roll_spatial(x, shift, (1, 2, 3), add_into)
+
+
+def _crop_maps(maps: torch.Tensor, lay: Layout) -> torch.Tensor:
+    d, h, w = lay.spatial
+    return maps[:, :, :d, :h, :w]
 
 
 MATRICIZERS = {"global": GlobalMatricize, "local": LocalMatricize, "swin": ShiftedWindowMatricize}
