@@ -1,0 +1,821 @@
+"""LesionFactorizer: brain-lesion segmentation with interpretable Factorizer networks in 3D Slicer.
+
+Where things are (the rest of the logic is Slicer-free and lives in LesionFactorizerModuleLib,
+where pytest reaches it):
+  * LesionFactorizerWidget            the GUI (selectors, Segment/Cancel, progress, results, browser)
+  * LesionFactorizerLogic.segment     the Python API, synchronous or asynchronous
+  * LesionFactorizerLogic._launch     worker launch (PythonSlicer process; inputs exported in segment)
+  * LesionFactorizerLogic.importResults   segmentation, terminology, hierarchy, components, maps
+  * LesionFactorizerTest              self-test on the bundled sample data
+
+The GUI process never imports torch: inference runs in `PythonSlicer -m LesionFactorizerLib
+segment ...`, which reports progress as JSON lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import qt
+import slicer
+from slicer.i18n import tr as _
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+_MODULE_DIR = Path(__file__).resolve().parent
+if str(_MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(_MODULE_DIR))
+from LesionFactorizerModuleLib.libpath import bundled_resources, ensure_importable  # noqa: E402
+
+_LIBRARY_ROOT = ensure_importable(_MODULE_DIR)
+
+from LesionFactorizerLib import modelfile  # noqa: E402
+from LesionFactorizerLib.tasks import TASKS, Task, get_task  # noqa: E402
+from LesionFactorizerModuleLib import components as componentsLib  # noqa: E402
+from LesionFactorizerModuleLib import dependencies as dependenciesLib  # noqa: E402
+from LesionFactorizerModuleLib import inputs as inputsLib  # noqa: E402
+from LesionFactorizerModuleLib import models as modelsLib  # noqa: E402
+from LesionFactorizerModuleLib import report as reportLib  # noqa: E402
+from LesionFactorizerModuleLib import samples as samplesLib  # noqa: E402
+from LesionFactorizerModuleLib import worker as workerLib  # noqa: E402
+from LesionFactorizerModuleLib.outputs import find_outputs  # noqa: E402
+from LesionFactorizerModuleLib.progress import ProgressTracker, WorkerEvent  # noqa: E402
+
+MAX_INPUTS = 4  # selectors in the .ui; the largest task (tumor) has four inputs
+DEVICE_CHOICES = [("auto", "Automatic (GPU if available)"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"),
+                  ("mps", "GPU (Apple MPS)")]
+SAMPLE_CATEGORY = "LesionFactorizer"
+OUTPUT_ROLE_ATTRIBUTE = "LesionFactorizer.Role"  # marks our output volumes so they are never offered as inputs
+
+
+#
+# Module description
+#
+
+
+class LesionFactorizer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Lesion Factorizer")
+        self.parent.categories = [_("Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["LesionFactorizer developers"]
+        self.parent.helpText = _(
+            "Segments brain lesions on multi-parametric MRI — glioma sub-regions (BraTS), ischemic stroke "
+            "(ISLES'22) and new multiple-sclerosis lesions (MSSEG-2) — and shows the interpretable NMF "
+            "components of Factorizer networks. Inference runs in a separate process; Cancel stops it.<br>"
+            "Research software, not for clinical use.")
+        self.parent.acknowledgementText = _(
+            "Factorizer networks: P. Ashtari, D. M. Sima, L. De Lathauwer, D. Sappey-Marinier, F. Maes and "
+            "S. Van Huffel, 'Factorizer: A Scalable Interpretable Approach to Context Modeling for Medical Image "
+            "Segmentation', Medical Image Analysis 84:102706, 2023, doi:10.1016/j.media.2022.102706.")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Register the bundled sample cases (one per task) with the Sample Data module."""
+    import SampleData
+
+    for case in samplesLib.discover_sample_cases(bundled_resources(_LIBRARY_ROOT) / "SampleData"):
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category=SAMPLE_CATEGORY,
+            sampleName=case.name,
+            thumbnailFileName=str(case.thumbnail) if case.thumbnail else None,
+            uris=[f.uri for f in case.files],
+            fileNames=[f.path.name for f in case.files],
+            nodeNames=[case.node_name(f) for f in case.files],
+            checksums=[f"SHA256:{f.sha256}" for f in case.files],
+            loadFileTypes=["VolumeFile"] * len(case.files),
+        )
+
+
+#
+# Widget
+#
+
+
+class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._job = None
+        self._tracker = None
+        self._cards: list[modelsLib.ModelCard] = []
+        self._updating = False
+        self._assignPending = False
+
+    # ---- setup
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LesionFactorizer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LesionFactorizerLogic()
+
+        self.inputLabels = [getattr(self.ui, f"inputLabel{i}") for i in range(MAX_INPUTS)]
+        self.inputSelectors = [getattr(self.ui, f"inputSelector{i}") for i in range(MAX_INPUTS)]
+        self.inputStatus = [getattr(self.ui, f"inputStatusLabel{i}") for i in range(MAX_INPUTS)]
+
+        for task in TASKS.values():
+            self.ui.taskComboBox.addItem(task.title, task.name)
+        for preset in workerLib.PRESETS:
+            self.ui.presetComboBox.addItem(preset)
+        for value, title in DEVICE_CHOICES:
+            self.ui.deviceComboBox.addItem(title, value)
+        for layer in workerLib.NMF_LAYERS:
+            item = qt.QListWidgetItem(componentsLib.layer_title(layer))
+            item.setData(qt.Qt.UserRole, layer)
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Unchecked)
+            self.ui.skipNmfListWidget.addItem(item)
+        self._restoreSettings()
+
+        self.ui.taskComboBox.currentIndexChanged.connect(self.onTaskChanged)
+        for selector in self.inputSelectors:
+            selector.currentNodeChanged.connect(lambda node: self.updateGuiState())
+        self.ui.autoAssignButton.clicked.connect(lambda: self.autoAssignInputs(keepCurrent=False))
+        self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.importModelButton.clicked.connect(self.onImportModel)
+        self.ui.segmentButton.clicked.connect(self.onSegmentButton)
+        self.ui.outputSegmentationSelector.currentNodeChanged.connect(
+            lambda node: self.ui.show3DButton.setSegmentationNode(node))
+        self.ui.componentLayerComboBox.currentIndexChanged.connect(self.onComponentLayerChanged)
+        self.ui.componentSlider.valueChanged.connect(self.onComponentDisplayChanged)
+        self.ui.componentOpacitySlider.valueChanged.connect(self.onComponentDisplayChanged)
+        self.ui.componentColorTableSelector.currentNodeChanged.connect(lambda node: self.onComponentDisplayChanged())
+
+        inferno = slicer.mrmlScene.GetFirstNodeByName("Inferno")  # perceptually uniform, reads well over grey
+        if inferno is not None:
+            self.ui.componentColorTableSelector.setCurrentNode(inferno)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
+        self.onTaskChanged()
+        self._resetResults()
+
+    def cleanup(self):
+        self.removeObservers()
+        if self._job is not None:
+            self._job.cancel()
+
+    # ---- settings
+
+    def _restoreSettings(self):
+        settings = qt.QSettings()
+        self.ui.presetComboBox.setCurrentText(settings.value("LesionFactorizer/preset", "balanced"))
+        index = self.ui.deviceComboBox.findData(settings.value("LesionFactorizer/device", "auto"))
+        self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
+
+    def _saveSettings(self):
+        settings = qt.QSettings()
+        settings.setValue("LesionFactorizer/preset", self.ui.presetComboBox.currentText)
+        settings.setValue("LesionFactorizer/device", self.ui.deviceComboBox.currentData)
+
+    # ---- task, inputs and model
+
+    @property
+    def task(self) -> Task:
+        return get_task(self.ui.taskComboBox.currentData)
+
+    def onTaskChanged(self, *args):
+        task = self.task
+        for i in range(MAX_INPUTS):
+            visible = i < len(task.inputs)
+            for widget in (self.inputLabels[i], self.inputSelectors[i], self.inputStatus[i]):
+                widget.setVisible(visible)
+            if visible:
+                self.inputSelectors[i].toolTip = task.inputs[i].hint
+        # selector i means another input in the new task, so choose again from the names
+        self.autoAssignInputs(keepCurrent=False)
+        self.refreshModels()
+        self.updateGuiState()
+
+    def autoAssignInputs(self, keepCurrent=True):
+        """Fill the input selectors from volume names (task name patterns); keep the user's choices."""
+        task = self.task
+        volumes = {n.GetID(): n.GetName() for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                   if not n.IsA("vtkMRMLLabelMapVolumeNode") and not n.GetAttribute(OUTPUT_ROLE_ATTRIBUTE)}
+        current = {spec.name: self.inputSelectors[i].currentNodeID or None for i, spec in enumerate(task.inputs)}
+        assignment = inputsLib.assign_inputs(task, volumes, keep=current if keepCurrent else None)
+        self._updating = True
+        try:
+            for i, spec in enumerate(task.inputs):
+                self.inputSelectors[i].setCurrentNodeID(assignment[spec.name] or "")
+        finally:
+            self._updating = False
+        self.updateGuiState()
+
+    def onNodeAdded(self, caller, event):
+        # Nodes arrive one by one while loading: assign once, when the event loop is idle again.
+        if not self._assignPending:
+            self._assignPending = True
+            qt.QTimer.singleShot(0, self._assignAfterLoading)
+
+    def _assignAfterLoading(self):
+        self._assignPending = False
+        if self._job is None:
+            self.autoAssignInputs(keepCurrent=True)
+
+    def onSceneClosed(self, caller, event):
+        self._resetResults()
+        self.updateGuiState()
+
+    def selectedInputs(self) -> dict:
+        task = self.task
+        return {spec.name: self.inputSelectors[i].currentNode() for i, spec in enumerate(task.inputs)}
+
+    def refreshModels(self):
+        errors: list[str] = []
+        self._cards = self.logic.availableModels(self.task.name, errors=errors)
+        self.ui.modelComboBox.clear()
+        self.ui.modelComboBox.addItem(_("Default model of the task"), "")
+        for card in self._cards:
+            self.ui.modelComboBox.addItem(f"{card.title} [{card.source}]", str(card.path))
+        if errors:
+            self.appendLog(_("Some model files could not be read:") + "\n  " + "\n  ".join(errors))
+        self.onModelChanged()
+
+    def onModelChanged(self, *args):
+        path = self.ui.modelComboBox.currentData
+        if path:
+            card = next((c for c in self._cards if str(c.path) == path), None)
+        else:  # the worker's choice: the task's named default, else the first model for the task
+            card = next((c for c in self._cards if c.name == self.task.default_model), None) or \
+                next(iter(self._cards), None)
+        if card is None:
+            self.ui.modelCardLabel.text = _("No model is installed for this task: use 'Import model…' to add "
+                                            "a .safetensors model file.")
+        else:
+            self.ui.modelCardLabel.text = card.html()
+        # only Factorizer networks have NMF components to show
+        self.ui.componentsCheckBox.enabled = card is None or card.has_components
+
+    def onImportModel(self):
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Import model"), "",
+                                              _("Model files (*.safetensors)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not import the model."), waitCursor=True):
+            card = self.logic.importModel(path)
+            if card.task != self.task.name and card.task in TASKS:
+                self.ui.taskComboBox.setCurrentIndex(self.ui.taskComboBox.findData(card.task))
+            self.refreshModels()
+            self.ui.modelComboBox.setCurrentIndex(self.ui.modelComboBox.findData(str(card.path)))
+
+    def updateGuiState(self):
+        """Input marks, status text and the Segment button, from the current selections."""
+        if self._updating:
+            return
+        task = self.task
+        assignment = {name: (node.GetID() if node else None) for name, node in self.selectedInputs().items()}
+        problems = inputsLib.input_problems(task, assignment)
+        for i, spec in enumerate(task.inputs):
+            problem = problems.get(spec.name)
+            self.inputLabels[i].text = spec.title + (_(" (optional)") if spec.optional else "") + ":"
+            self.inputStatus[i].text = ("⚠ " + problem) if problem else ""
+            self.inputStatus[i].setStyleSheet("color: #c03030;" if problem else "")
+        running = self._job is not None
+        self.ui.segmentButton.text = _("Cancel") if running else _("Segment")
+        self.ui.segmentButton.enabled = running or not problems
+        if not running:
+            self.ui.statusLabel.text = inputsLib.problems_summary(task, problems) or _("Ready.")
+
+    # ---- running
+
+    def onSegmentButton(self):
+        if self._job is not None:
+            self.ui.statusLabel.text = _("Cancelling...")
+            self._job.cancel()
+            return
+        if not self.logic.setupPythonRequirements(askConfirmation=True):
+            return
+        output = self.ui.outputSegmentationSelector.currentNode()
+        overwrite = False
+        if output is not None and output.GetSegmentation().GetNumberOfSegments() > 0:
+            if not slicer.util.confirmOkCancelDisplay(
+                    _("'{name}' already has segments. Segments with the task's names will be replaced; "
+                      "others are kept. Continue?").format(name=output.GetName())):
+                return
+            overwrite = True
+        self._saveSettings()
+        self._resetResults()
+        self._tracker = ProgressTracker()
+        self.ui.progressBar.setValue(0)
+        self.ui.progressBar.setFormat(_("Starting..."))
+        self.ui.logTextEdit.clear()
+        skip = [self.ui.skipNmfListWidget.item(i).data(qt.Qt.UserRole)
+                for i in range(self.ui.skipNmfListWidget.count)
+                if self.ui.skipNmfListWidget.item(i).checkState() == qt.Qt.Checked]
+        try:
+            self._job = self.logic.segment(
+                inputs={k: v for k, v in self.selectedInputs().items() if v is not None},
+                task=self.task.name, model=self.ui.modelComboBox.currentData or None,
+                outputSegmentation=output, preset=self.ui.presetComboBox.currentText,
+                device=self.ui.deviceComboBox.currentData, components=self.ui.componentsCheckBox.checked,
+                probabilities=self.ui.probabilitiesCheckBox.checked, tta=self.ui.ttaCheckBox.checked,
+                nmfIterations=self.ui.nmfIterationsSpinBox.value or None, skipNmfLayers=skip,
+                overwrite=overwrite, waitForCompletion=False,
+                progressCallback=self.onProgress, completedCallback=self.onCompleted)
+        except Exception as exc:
+            self._job = None
+            self.ui.statusLabel.text = str(exc)
+            slicer.util.errorDisplay(str(exc))
+        self.updateGuiState()
+
+    def onProgress(self, event: WorkerEvent):
+        if event.kind == "log" and event.message:
+            self.appendLog(event.message)
+        if self._tracker is not None and self._tracker.update(event):
+            self.ui.progressBar.setValue(self._tracker.percent)
+            self.ui.progressBar.setFormat(self._tracker.bar_format)
+            self.ui.statusLabel.text = self._tracker.text
+
+    def appendLog(self, text: str):
+        self.ui.logTextEdit.appendPlainText(text)
+
+    def onCompleted(self, result: "SegmentationResult"):
+        self._job = None
+        if result.succeeded:
+            self.ui.progressBar.setValue(100)
+            self.ui.progressBar.setFormat(_("Done"))
+            self.ui.statusLabel.text = _("Done in {seconds:.0f} s.").format(seconds=result.elapsedSeconds)
+            # The output selector stays as it was (normally "create new"), so the next case cannot
+            # overwrite this one by accident; the 3D button follows the new result.
+            self.ui.show3DButton.setSegmentationNode(result.segmentationNode)
+            self.showResults(result)
+        else:
+            self.ui.progressBar.setFormat(_("Cancelled") if result.cancelled else _("Failed"))
+            self.ui.statusLabel.text = result.message
+            if not result.cancelled:
+                slicer.util.errorDisplay(result.message, detailedText="\n".join(result.log[-200:]))
+        self.updateGuiState()
+
+    # ---- results and component browser
+
+    def _resetResults(self):
+        self._result = None
+        self.ui.resultsTableWidget.setRowCount(0)
+        self.ui.resultsSummaryLabel.text = ""
+        self.ui.componentsCollapsibleButton.enabled = False
+        self.ui.componentLayerComboBox.clear()
+
+    def showResults(self, result: "SegmentationResult"):
+        self._result = result
+        task = get_task(result.task)
+        rows = reportLib.result_rows(result.report, task.labels, task.regions)
+        table = self.ui.resultsTableWidget
+        table.setColumnCount(len(reportLib.TABLE_HEADERS))
+        table.setHorizontalHeaderLabels(reportLib.TABLE_HEADERS)
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate(row.cells()):
+                table.setItem(r, c, qt.QTableWidgetItem(text))
+        self.ui.resultsSummaryLabel.text = reportLib.summary_line(result.report, result.task)
+        # Maps stay hidden until the user browses them: fill the browser without showing anything.
+        combo = self.ui.componentLayerComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for name, layer in result.componentLayers.items():
+            combo.addItem(f"{layer.title} ({layer.count})", name)
+        combo.blockSignals(wasBlocked)
+        self._configureComponentSlider()
+        self.ui.componentsCollapsibleButton.enabled = bool(result.componentLayers)
+        if not result.componentLayers and result.message:
+            self.ui.resultsSummaryLabel.text += " " + result.message
+
+    def _configureComponentSlider(self):
+        layer = self._currentLayer()
+        slider = self.ui.componentSlider
+        wasBlocked = slider.blockSignals(True)
+        slider.maximum = max(layer.count - 1, 0) if layer is not None else 0
+        slider.value = 0
+        slider.blockSignals(wasBlocked)
+
+    def onComponentLayerChanged(self, *args):
+        self._configureComponentSlider()
+        self.onComponentDisplayChanged()
+
+    def _currentLayer(self):
+        if self._result is None:
+            return None
+        return self._result.componentLayers.get(self.ui.componentLayerComboBox.currentData)
+
+    def onComponentDisplayChanged(self, *args):
+        layer = self._currentLayer()
+        if layer is None:
+            return
+        colorNode = self.ui.componentColorTableSelector.currentNode()
+        self.logic.showComponent(self._result, layer.name, int(self.ui.componentSlider.value),
+                                 opacity=self.ui.componentOpacitySlider.value,
+                                 colorNodeID=colorNode.GetID() if colorNode else None)
+
+
+#
+# Logic
+#
+
+
+@dataclass
+class SegmentationResult:
+    """What one run produced. Node references are None when the run failed or was cancelled."""
+
+    task: str
+    succeeded: bool = False
+    cancelled: bool = False
+    message: str = ""
+    segmentationNode: Any = None
+    report: dict = field(default_factory=dict)
+    outputFolder: str = ""
+    componentVolumeNodes: dict = field(default_factory=dict)  # layer -> vtkMRMLScalarVolumeNode
+    componentLayers: dict = field(default_factory=dict)  # layer -> componentsLib.ComponentLayer
+    probabilityVolumeNodes: list = field(default_factory=list)
+    referenceVolumeNode: Any = None
+    log: list = field(default_factory=list)
+    elapsedSeconds: float = 0.0
+
+
+class _Job:
+    """One running worker, its temporary folder and its callbacks (asynchronous GUI use)."""
+
+    def __init__(self, process: workerLib.WorkerProcess, tempDir: Path, finish):
+        self.process, self.tempDir, self._finish = process, tempDir, finish
+        self.startTime = time.monotonic()
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.timeout.connect(self.poll)
+        self.progressCallback = None
+        self.completedCallback = None
+
+    def poll(self):
+        for event in self.process.poll():
+            if self.progressCallback:
+                self.progressCallback(event)
+        if not self.process.running:
+            self.timer.stop()
+            result = self._finish(self)
+            if self.completedCallback:
+                self.completedCallback(result)
+
+    def cancel(self):
+        self.process.cancel()
+
+
+class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
+    """Segmentation from the GUI or from the Python console.
+
+    Batch example (synchronous)::
+
+        logic = slicer.util.getModuleLogic("LesionFactorizer")
+        result = logic.segment({"dwi": dwiNode, "adc": adcNode}, task="stroke")
+        print(result.report["labels"])
+    """
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.pythonExecutable = None  # default: PythonSlicer next to Slicer
+        self.keepTemporaryFiles = False  # for debugging the worker
+
+    # ---- models and dependencies
+
+    def availableModels(self, task=None, errors=None) -> list:
+        """Model cards (bundled and user models) for a task; unreadable files are listed in errors."""
+        return modelsLib.list_cards(task=task, errors=errors)
+
+    def importModel(self, path) -> modelsLib.ModelCard:
+        """Verify a .safetensors model file and copy it to the user model folder."""
+        return modelsLib.import_model(path)
+
+    def setupPythonRequirements(self, askConfirmation=True) -> bool:
+        """Install missing worker packages (one confirmation listing them). True when ready to run."""
+        plan = dependenciesLib.install_plan(dependenciesLib.check())
+        if plan.empty:
+            return True
+        if plan.blocked:
+            slicer.util.errorDisplay(_("Incompatible packages bundled with Slicer:\n") + "\n".join(plan.blocked))
+            return False
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(plan.confirmation_text()):
+            return False
+        with slicer.util.tryWithErrorDisplay(_("Installing Python packages failed."), waitCursor=True):
+            if plan.torch:
+                if not hasattr(slicer.modules, "pytorchutils"):
+                    raise RuntimeError(_("Install the 'PyTorch' extension in the Extensions Manager, restart "
+                                         "Slicer, and press Segment again."))
+                import PyTorchUtils
+
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                        askConfirmation=False, torchVersionRequirement=plan.torch[len("torch"):]) is None:
+                    raise RuntimeError(_("PyTorch was not installed; open the PyTorch Utils module for details."))
+            if plan.pip:
+                constraints = Path(slicer.util.tempDirectory("LesionFactorizer")) / "constraints.txt"
+                constraints.write_text(dependenciesLib.protected_constraints())
+                try:
+                    slicer.util.pip_install(dependenciesLib.pip_arguments(plan, str(constraints)))
+                finally:
+                    shutil.rmtree(constraints.parent, ignore_errors=True)
+        # A freshly installed torch/MONAI must not share a process with the old import state.
+        if askConfirmation and slicer.util.confirmOkCancelDisplay(
+                _("Packages installed. Slicer must restart before segmenting. Restart now?")):
+            slicer.util.restart()
+        return False
+
+    # ---- the Python API
+
+    def segment(self, inputs, task="tumor", model=None, outputSegmentation=None, preset="balanced",
+                device="auto", components=True, probabilities=False, tta=False, nmfIterations=None,
+                skipNmfLayers=(), overwrite=False, waitForCompletion=True,
+                progressCallback: Callable[[WorkerEvent], None] | None = None,
+                completedCallback: Callable[[SegmentationResult], None] | None = None):
+        """Segment volume nodes.
+
+        inputs: {input name: vtkMRMLScalarVolumeNode} with the task's input names.
+        model: a model name or .safetensors path, a list of them (ensemble), or None (task default).
+        outputSegmentation: segmentation node to write into, or None to create one. A node that
+          already has segments is only written with overwrite=True (segments named like the task's
+          labels are replaced; others are kept).
+        waitForCompletion: True returns a SegmentationResult (raises RuntimeError on failure);
+          False returns a job (job.cancel()) and calls completedCallback(result) at the end.
+        """
+        taskDef = get_task(task)
+        nodes = {name: node for name, node in inputs.items() if node is not None}
+        problems = inputsLib.input_problems(taskDef, {n: nodes[n].GetID() if n in nodes else None
+                                                      for n in taskDef.input_names})
+        unknown = sorted(set(nodes) - set(taskDef.input_names))
+        if unknown:
+            raise ValueError(f"Unknown input(s) {', '.join(unknown)} for task {task}; "
+                             f"its inputs are {', '.join(taskDef.input_names)}.")
+        if problems:
+            raise ValueError(inputsLib.problems_summary(taskDef, problems))
+        if outputSegmentation is not None and outputSegmentation.GetSegmentation().GetNumberOfSegments() > 0 \
+                and not overwrite:
+            raise ValueError(f"'{outputSegmentation.GetName()}' already has segments; pass overwrite=True "
+                             f"to replace the task's segments, or outputSegmentation=None for a new node.")
+
+        tempDir = Path(slicer.util.tempDirectory("LesionFactorizer"))
+        try:
+            inputFiles = {}
+            for name, node in nodes.items():
+                path = tempDir / f"input-{name}.nrrd"
+                slicer.util.exportNode(node, str(path), {"useCompression": 0}, world=True)
+                inputFiles[name] = path
+            request = workerLib.SegmentRequest(
+                task=task, inputs=inputFiles, output_dir=tempDir / "output", models=self._modelList(model),
+                device=device, preset=preset, components=components, probabilities=probabilities, tta=tta,
+                nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overview=False)
+
+            def finish(job):  # on the main thread, after the worker ended: import, then clean up
+                try:
+                    return self._finishJob(job, taskDef, nodes, outputSegmentation)
+                finally:
+                    self._removeTempDir(job.tempDir)
+
+            job = _Job(self._launch(request), tempDir, finish)
+        except Exception:
+            self._removeTempDir(tempDir)
+            raise
+        job.progressCallback = progressCallback
+        job.completedCallback = completedCallback
+        if not waitForCompletion:
+            job.timer.start()
+            return job
+        job.process.wait(callback=progressCallback, idle=slicer.app.processEvents)
+        result = finish(job)
+        if completedCallback:
+            completedCallback(result)
+        if not result.succeeded:
+            raise RuntimeError(result.message)
+        return result
+
+    def segmentFiles(self, inputs, outputFolder, task="tumor", model=None, preset="balanced", device="auto",
+                     components=True, probabilities=False, tta=False, nmfIterations=None, skipNmfLayers=(),
+                     overwrite=False, progressCallback=None) -> dict:
+        """Segment files on disk without touching the scene (batch over folders).
+
+        inputs: {input name: file path}, or a case folder whose files are matched to the task's
+        inputs by name. Returns the worker's outputs (paths in outputFolder); raises RuntimeError
+        with the worker's one-line message on failure.
+        """
+        if isinstance(inputs, (str, os.PathLike)):
+            inputs = inputsLib.match_case_folder(get_task(task), inputs)
+        request = workerLib.SegmentRequest(
+            task=task, inputs=inputs, output_dir=outputFolder, models=self._modelList(model), device=device,
+            preset=preset, components=components, probabilities=probabilities, tta=tta,
+            nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overwrite=overwrite)
+        process = self._launch(request)
+        result = process.wait(callback=progressCallback, idle=slicer.app.processEvents)
+        if not result.succeeded:
+            raise RuntimeError(workerLib.failure_message(result))
+        files = find_outputs(outputFolder, result.outputs)
+        return {key: str(value) for key, value in vars(files).items() if value is not None}
+
+    @staticmethod
+    def _modelList(model) -> list:
+        if model is None or model == "":
+            return []
+        return [str(m) for m in model] if isinstance(model, (list, tuple)) else [str(model)]
+
+    # ---- worker launch
+
+    def workerPython(self) -> str:
+        """The interpreter the worker runs in: Slicer's PythonSlicer (same packages as Slicer)."""
+        if self.pythonExecutable:
+            return self.pythonExecutable
+        found = shutil.which("PythonSlicer")
+        if found is None:
+            raise RuntimeError("PythonSlicer was not found on PATH; start Slicer from its launcher.")
+        return found
+
+    def _launch(self, request: workerLib.SegmentRequest) -> workerLib.WorkerProcess:
+        args = workerLib.build_segment_command(self.workerPython(), request)
+        env = workerLib.worker_environment(slicer.util.startupEnvironment(), _LIBRARY_ROOT)
+        if os.environ.get(modelfile.ENV_MODELS):  # the worker searches the models the GUI listed
+            env[modelfile.ENV_MODELS] = os.environ[modelfile.ENV_MODELS]
+        logging.info("LesionFactorizer worker: %s", " ".join(args))
+        return workerLib.WorkerProcess(args, env=env)
+
+    def _removeTempDir(self, tempDir):
+        if not self.keepTemporaryFiles:
+            shutil.rmtree(tempDir, ignore_errors=True)
+
+    def _finishJob(self, job: _Job, taskDef: Task, nodes: dict, outputSegmentation) -> SegmentationResult:
+        workerResult = job.process.result()
+        result = SegmentationResult(task=taskDef.name, cancelled=workerResult.cancelled, log=workerResult.log,
+                                    elapsedSeconds=time.monotonic() - job.startTime)
+        if not workerResult.succeeded:
+            result.message = workerLib.failure_message(workerResult)
+            return result
+        if self.keepTemporaryFiles:
+            result.outputFolder = str(Path(job.tempDir) / "output")
+        try:
+            self.importResults(result, find_outputs(Path(job.tempDir) / "output", workerResult.outputs),
+                               taskDef, nodes, outputSegmentation)
+            result.succeeded = True
+        except Exception as exc:
+            logging.exception("LesionFactorizer: importing results failed")
+            result.message = f"The results could not be loaded: {exc}"
+        return result
+
+    # ---- result import
+
+    def importResults(self, result: SegmentationResult, files, taskDef: Task, nodes: dict, outputSegmentation):
+        """Segmentation with names/colours/terminology, then report, component maps and probabilities."""
+        if files.segmentation is None:
+            raise RuntimeError("the worker finished but wrote no segmentation file")
+        reference = nodes[taskDef.reference] if taskDef.reference in nodes else next(iter(nodes.values()))
+        result.referenceVolumeNode = reference
+        result.report = reportLib.read_report(files.report) if files.report else {}
+        result.segmentationNode = self.importSegmentation(files.segmentation, taskDef, reference,
+                                                          outputSegmentation)
+        folderItem = self._resultFolder(reference, result.segmentationNode)
+        if files.components is not None:
+            result.componentLayers = componentsLib.load_components(files.components)
+            for name, layer in result.componentLayers.items():
+                node = slicer.util.addVolumeFromArray(layer.maps[0], ijkToRAS=layer.ijk_to_ras,
+                                                      name=f"{reference.GetName()} NMF {layer.title}")
+                self._placeInFolder(node, folderItem, "component")
+                result.componentVolumeNodes[name] = node
+        elif result.report.get("components_note"):
+            result.message = str(result.report["components_note"])
+        if files.probabilities is not None:
+            maps, ijkToRAS = componentsLib.read_stack(files.probabilities)
+            channels = list(taskDef.output_channels) or [str(i) for i in range(len(maps))]
+            for index, array in enumerate(maps):
+                label = channels[index] if index < len(channels) else str(index)
+                node = slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRAS,
+                                                      name=f"{reference.GetName()} probability {label}")
+                self._placeInFolder(node, folderItem, "probability")
+                result.probabilityVolumeNodes.append(node)
+        return result
+
+    def importSegmentation(self, path, taskDef: Task, reference, outputSegmentation=None):
+        """Load a label file into a segmentation node: one named, coloured, coded segment per task label."""
+        labelmap = slicer.util.loadLabelVolume(str(path), {"show": False})
+        try:
+            labels = slicer.util.arrayFromVolume(labelmap)
+            segNode = outputSegmentation or slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", f"{reference.GetName()} {taskDef.name} segmentation")
+            segNode.CreateDefaultDisplayNodes()
+            segNode.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+            segmentation = segNode.GetSegmentation()
+            for label in taskDef.labels:
+                existing = segmentation.GetSegmentIdBySegmentName(label.title)
+                if existing:
+                    segmentation.RemoveSegment(existing)
+                segmentId = segmentation.AddEmptySegment("", label.title, [c / 255.0 for c in label.color])
+                segmentation.GetSegment(segmentId).SetTerminology(label.terminology_entry())
+                mask = (labels == label.value).astype(np.uint8)
+                if mask.any():
+                    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segNode, segmentId, labelmap)
+        finally:
+            slicer.mrmlScene.RemoveNode(labelmap)
+        return segNode
+
+    def _resultFolder(self, reference, segNode):
+        """Put the segmentation under the reference input's study; return a folder for the maps."""
+        shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
+        parent = shNode.GetItemParent(shNode.GetItemByDataNode(reference))
+        shNode.SetItemParent(shNode.GetItemByDataNode(segNode), parent)
+        return shNode.CreateFolderItem(parent, f"{segNode.GetName()} maps")
+
+    @staticmethod
+    def _placeInFolder(node, folderItem, role):
+        node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, role)
+        shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
+        shNode.SetItemParent(shNode.GetItemByDataNode(node), folderItem)
+
+    # ---- component browser
+
+    def showComponent(self, result: SegmentationResult, layerName: str, index: int, opacity=0.5,
+                      colorNodeID=None):
+        """Show component ``index`` of a layer as the foreground over the reference input.
+
+        The layer's maps are already in memory; only the displayed voxels change, so this is instant.
+        """
+        layer = result.componentLayers[layerName]
+        node = result.componentVolumeNodes[layerName]
+        index = min(max(int(index), 0), layer.count - 1)
+        slicer.util.updateVolumeFromArray(node, layer.maps[index])
+        display = node.GetDisplayNode()
+        if display is None:
+            node.CreateDefaultDisplayNodes()
+            display = node.GetDisplayNode()
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(*layer.window(index))
+        if colorNodeID:
+            display.SetAndObserveColorNodeID(colorNodeID)
+        slicer.util.setSliceViewerLayers(background=result.referenceVolumeNode, foreground=node,
+                                         foregroundOpacity=opacity)
+
+
+#
+# Test
+#
+
+
+class LesionFactorizerTest(ScriptedLoadableModuleTest):
+    """Runs the real worker on the bundled sample case and checks what arrives in the scene."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SegmentSampleCase()
+
+    def test_SegmentSampleCase(self):
+        import SampleData
+
+        registerSampleData()
+        logic = LesionFactorizerLogic()
+        if dependenciesLib.check():
+            self.delayDisplay("Worker dependencies (torch, MONAI, ...) are not installed; skipping the run.")
+            return
+        cases = samplesLib.discover_sample_cases(bundled_resources(_LIBRARY_ROOT) / "SampleData")
+        self.assertTrue(cases, "no bundled sample case found")
+        case = next((c for c in cases if c.task == "stroke"), cases[0])
+        if not logic.availableModels(case.task):
+            self.delayDisplay(f"No model for task {case.task} is installed; skipping the run.")
+            return
+        nodes = SampleData.downloadSamples(case.name)
+        self.assertEqual(len(nodes), len(case.files))
+        inputs = {f.input_name: node for f, node in zip(case.files, nodes)}
+        task = get_task(case.task)
+        assigned = inputsLib.assign_inputs(task, {n.GetID(): n.GetName() for n in nodes})
+        self.assertEqual(assigned, {spec.name: inputs[spec.name].GetID() if spec.name in inputs else None
+                                    for spec in task.inputs})
+
+        progress = []
+        result = logic.segment(inputs, task=case.task, preset="fast", device="cpu", components=True,
+                               progressCallback=progress.append)
+        self.assertTrue(result.succeeded, result.message)
+        self.assertTrue(any(e.kind == "progress" for e in progress))
+        segmentation = result.segmentationNode.GetSegmentation()
+        self.assertEqual(segmentation.GetNumberOfSegments(), len(task.labels))
+        for label in task.labels:
+            segmentId = segmentation.GetSegmentIdBySegmentName(label.title)
+            self.assertTrue(segmentId)
+            self.assertEqual(segmentation.GetSegment(segmentId).GetTerminology(), label.terminology_entry())
+        rows = reportLib.result_rows(result.report, task.labels)
+        self.assertEqual(len(rows), len(task.labels))
+        self.assertTrue(any(row.volume_ml > 0 for row in rows), "the sample lesion was not found")
+        cards = logic.availableModels(case.task)
+        default = next((c for c in cards if c.name == task.default_model), cards[0])
+        self.assertEqual(bool(result.componentVolumeNodes), default.has_components)
+        for name, node in result.componentVolumeNodes.items():
+            layer = result.componentLayers[name]
+            self.assertEqual(slicer.util.arrayFromVolume(node).shape, layer.maps.shape[1:])
+            logic.showComponent(result, name, layer.count - 1)
+        with self.assertRaises(ValueError):  # writing into a non-empty segmentation needs overwrite=True
+            logic.segment(inputs, task=case.task, outputSegmentation=result.segmentationNode)
+        self.delayDisplay("LesionFactorizer self-test passed")

@@ -1,0 +1,140 @@
+"""Which Python packages the worker needs, which are missing, and how to install them safely.
+
+Checked without importing anything heavy (package metadata only), so the check is instant and a
+broken torch install cannot crash Slicer. torch is installed through the PyTorch extension's
+installer (it picks the CUDA build the driver supports); the rest through pip with tested ranges.
+Packages Slicer bundles (SimpleITK, numpy) are never installed or upgraded by us: replacing them
+breaks Slicer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+
+from packaging.requirements import Requirement
+from packaging.version import InvalidVersion, Version
+
+
+@dataclass(frozen=True)
+class Dependency:
+    requirement: str  # pip requirement with the tested range
+    installer: str = "pip"  # "pip" or "pytorch" (the PyTorch extension's installer)
+    bundled_with_slicer: bool = False  # never installed/upgraded by us
+
+    @property
+    def name(self) -> str:
+        return Requirement(self.requirement).name
+
+
+# Tested ranges: floor = oldest tested, ceiling = next major version (unknown API changes).
+DEPENDENCIES: tuple[Dependency, ...] = (
+    Dependency("torch>=2.1,<3", installer="pytorch"),
+    Dependency("monai>=1.3,<2"),
+    Dependency("safetensors>=0.4,<1"),
+    Dependency("einops>=0.6,<1"),
+    Dependency("scipy>=1.10,<2"),
+    Dependency("tqdm>=4.60,<5"),
+    Dependency("pyyaml>=6.0,<7"),
+    Dependency("matplotlib>=3.7,<4"),
+    Dependency("SimpleITK>=2.2", bundled_with_slicer=True),
+    Dependency("numpy>=1.24", bundled_with_slicer=True),
+)
+
+
+def installed_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class Problem:
+    dependency: Dependency
+    installed: str | None
+
+    def describe(self) -> str:
+        if self.installed is None:
+            return f"{self.dependency.requirement} (not installed)"
+        return f"{self.dependency.requirement} (installed: {self.installed})"
+
+
+def check(version_of: Callable[[str], str | None] = installed_version,
+          dependencies: tuple[Dependency, ...] = DEPENDENCIES) -> list[Problem]:
+    """Dependencies that are missing or outside their tested range."""
+    problems = []
+    for dep in dependencies:
+        req = Requirement(dep.requirement)
+        version = version_of(req.name)
+        if version is None:
+            problems.append(Problem(dep, None))
+            continue
+        try:
+            ok = req.specifier.contains(Version(version), prereleases=True)
+        except InvalidVersion:
+            ok = True  # a local build with an odd version string: trust it
+        if not ok:
+            problems.append(Problem(dep, version))
+    return problems
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    torch: str | None  # requirement for the PyTorch extension's installer, or None
+    pip: list[str]  # requirements for pip
+    blocked: list[str]  # problems we refuse to fix automatically (Slicer's bundled packages)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.torch or self.pip or self.blocked)
+
+    def confirmation_text(self) -> str:
+        """The one dialog text that lists everything that will be installed."""
+        lines = ["LesionFactorizer needs these Python packages in Slicer's Python:"]
+        if self.torch:
+            lines.append(f"  • {self.torch} (through the PyTorch extension; picks the GPU build if possible)")
+        lines += [f"  • {req}" for req in self.pip]
+        lines.append("The download may take several minutes. Slicer must be restarted afterwards.")
+        return "\n".join(lines)
+
+
+def install_plan(problems: list[Problem]) -> InstallPlan:
+    torch, pip, blocked = None, [], []
+    for problem in problems:
+        dep = problem.dependency
+        if dep.bundled_with_slicer:
+            blocked.append(f"{problem.describe()}: bundled with Slicer; install a Slicer version that "
+                           f"provides it instead of replacing it")
+        elif dep.installer == "pytorch":
+            torch = dep.requirement
+        else:
+            pip.append(dep.requirement)
+    return InstallPlan(torch=torch, pip=pip, blocked=blocked)
+
+
+def protected_constraints(version_of: Callable[[str], str | None] = installed_version,
+                          dependencies: tuple[Dependency, ...] = DEPENDENCIES) -> str:
+    """pip constraints pinning the packages Slicer bundles to the versions it ships.
+
+    With these, pip fails with a message instead of silently replacing Slicer's numpy or
+    SimpleITK when some package asks for another version.
+    """
+    lines = []
+    for dep in dependencies:
+        if dep.bundled_with_slicer and (version := version_of(dep.name)) is not None:
+            lines.append(f"{dep.name}=={version}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def pip_arguments(plan: InstallPlan, constraints_file: str | None = None) -> list[str]:
+    """pip arguments for the non-torch part: tested ranges, bundled packages held where they are.
+
+    ``--upgrade-strategy only-if-needed`` keeps pip from upgrading anything already satisfied;
+    the constraints file (see :func:`protected_constraints`) pins Slicer's own packages.
+    """
+    if not plan.pip:
+        return []
+    constraints = ["-c", constraints_file] if constraints_file else []
+    return ["--upgrade-strategy", "only-if-needed", *constraints, *plan.pip]

@@ -1,0 +1,346 @@
+"""Launching the segmentation worker (``python -m LesionFactorizerLib segment``) and reading it.
+
+Inference runs in a separate Python process so that Slicer stays responsive, a crash or a CUDA
+out-of-memory error cannot take Slicer down, memory is returned on exit, and Cancel is simply
+"kill the process tree". This file is the one home of that mechanism: it builds the command line
+from the contract in DESIGN.md §4, starts the process in its own process group, reads its output on
+a thread (the caller polls from a timer, so the GUI thread never blocks on a pipe), and turns the
+outcome into a one-line message a user can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from LesionFactorizerModuleLib.progress import WorkerEvent, parse_line
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRESETS = ("fast", "balanced", "best")
+# NMF layer names of a Factorizer network (model.component_layers in the library).
+NMF_LAYERS = ("encoder1", "encoder2", "encoder3", "encoder4", "bridge",
+              "decoder4", "decoder3", "decoder2", "decoder1")
+_INPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
+
+
+@dataclass
+class SegmentRequest:
+    """Everything one ``segment`` run needs; mirrors the CLI options one to one."""
+
+    task: str
+    inputs: Mapping[str, str | os.PathLike]
+    output_dir: str | os.PathLike
+    models: Sequence[str] = ()
+    device: str = "auto"
+    preset: str | None = "balanced"
+    components: bool = False
+    probabilities: bool = False
+    tta: bool = False
+    nmf_iters: int | None = None
+    skip_nmf: Sequence[str] = ()
+    overwrite: bool = False
+    overview: bool = True  # the QC picture; Slicer shows the result itself, so the module skips it
+
+    def validate(self) -> None:
+        """Raise ValueError with a user-readable message for an impossible request."""
+        if not self.task:
+            raise ValueError("No task selected; choose tumor, stroke or ms-new.")
+        if not self.inputs:
+            raise ValueError("No input volumes given.")
+        for name in self.inputs:
+            if not _INPUT_NAME.match(name):
+                raise ValueError(f"Input name {name!r} is not valid; use the task's input names.")
+        if self.device not in DEVICES:
+            raise ValueError(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"Unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
+        if self.nmf_iters is not None and int(self.nmf_iters) < 1:
+            raise ValueError("NMF iterations must be at least 1.")
+        unknown = [layer for layer in self.skip_nmf if layer not in NMF_LAYERS]
+        if unknown:
+            raise ValueError(f"Unknown NMF layer(s) {', '.join(unknown)}; valid: {', '.join(NMF_LAYERS)}.")
+
+
+def build_segment_command(python: str | os.PathLike, request: SegmentRequest) -> list[str]:
+    """The worker's argument list (no shell, so paths with spaces are safe)."""
+    request.validate()
+    args = [str(python), "-m", "LesionFactorizerLib", "segment", "--task", request.task]
+    for name, path in request.inputs.items():
+        args += ["--input", f"{name}={os.fspath(path)}"]
+    args += ["--output", os.fspath(request.output_dir)]
+    for model in request.models:
+        args += ["--model", os.fspath(model)]
+    args += ["--device", request.device]
+    if request.preset:
+        args += ["--preset", request.preset]
+    if request.components:
+        args.append("--components")
+    if request.probabilities:
+        args.append("--probabilities")
+    if request.tta:
+        args.append("--tta")
+    if request.nmf_iters is not None:
+        args += ["--nmf-iters", str(int(request.nmf_iters))]
+    if request.skip_nmf:
+        args += ["--skip-nmf", ",".join(request.skip_nmf)]
+    if not request.overview:
+        args.append("--no-overview")
+    args += ["--progress", "jsonl"]
+    if request.overwrite:
+        args.append("--overwrite")
+    return args
+
+
+def worker_environment(base: Mapping[str, str], library_root: str | os.PathLike | None) -> dict[str, str]:
+    """Environment for the worker: the library importable, output unbuffered and UTF-8.
+
+    ``base`` should be the environment Slicer was started with (slicer.util.startupEnvironment()),
+    not Slicer's own modified one. Nothing here touches Slicer's ``os.environ``.
+    """
+    env = dict(base)
+    if library_root is not None:
+        parts = [os.fspath(library_root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+    env["PYTHONUNBUFFERED"] = "1"  # progress lines must arrive as they are printed
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+@dataclass
+class WorkerResult:
+    """How a worker run ended."""
+
+    returncode: int | None
+    cancelled: bool = False
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error_event: str = ""
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.returncode == 0 and not self.cancelled
+
+    def error_line(self) -> str:
+        """The worker's own one-line explanation, if it gave one."""
+        if self.error_event:
+            return self.error_event
+        for line in reversed(self.log):
+            if line.startswith("error:"):
+                return line[len("error:"):].strip()
+        return ""
+
+
+_HINTS: tuple[tuple[str, str], ...] = (
+    (r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED",
+     "The GPU ran out of memory: choose device CPU under Advanced, or the 'fast' preset."),
+    (r"DefaultCPUAllocator|MemoryError|Cannot allocate memory",
+     "The computer ran out of memory: close other programs, crop the volumes (Crop Volume module) "
+     "or choose the 'fast' preset."),
+    (r"No module named '?(torch|monai|safetensors|einops|SimpleITK)",
+     "A required Python package is missing in Slicer's Python: open the module, press Segment and "
+     "accept the dependency installer (or run logic.setupPythonRequirements())."),
+    (r"No module named '?LesionFactorizerLib",
+     "The worker cannot find the LesionFactorizer library; reinstall the extension."),
+    (r"Torch not compiled with CUDA|no CUDA-capable device|CUDA driver",
+     "This PyTorch cannot use the GPU: choose device CPU, or reinstall PyTorch with CUDA support "
+     "in the PyTorch Utils module."),
+)
+
+
+def failure_message(result: WorkerResult) -> str:
+    """One line saying what went wrong and what to do — never a bare "check the logs"."""
+    if result.cancelled:
+        return "Segmentation cancelled."
+    text = "\n".join(result.log + [result.error_event])
+    hint = next((h for pattern, h in _HINTS if re.search(pattern, text)), "")
+    reason = result.error_line()
+    if not reason:
+        # An unexpected failure: the last exception line of the traceback is the best summary.
+        exception_lines = [l for l in result.log if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", l)]
+        if exception_lines:
+            reason = exception_lines[-1].strip()
+        elif result.returncode is not None and result.returncode < 0:
+            reason = f"the worker was stopped by signal {-result.returncode}"
+            hint = hint or "This usually means the system ran out of memory; try the 'fast' preset or CPU."
+        else:
+            reason = f"the worker exited with code {result.returncode} without a message"
+    if result.returncode == 1 and not hint:
+        hint = "This is a bug; please report it together with the worker log."
+    return f"{reason.rstrip('.')}." + (f" {hint}" if hint else "")
+
+
+def _kill_process_tree(pid: int, grace_s: float = 3.0, reap: Callable[[], object] | None = None) -> None:
+    """Terminate a process and everything it started.
+
+    PythonSlicer is a launcher that runs the real interpreter as a child, and the interpreter may
+    start its own workers; killing only the direct child would leave the computation running.
+    """
+    try:
+        import psutil  # optional: catches children that left the process group
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        try:
+            parent = psutil.Process(pid)
+            procs = parent.children(recursive=True) + [parent]
+        except psutil.Error:
+            procs = []
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+    if sys.platform == "win32":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
+        return
+    # The worker was started in its own session, so its process group id is its pid.
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if reap is not None:
+            reap()  # collect our direct child, otherwise its zombie keeps the group "alive"
+        try:
+            os.killpg(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class WorkerProcess:
+    """A running worker whose output is collected on a background thread.
+
+    Use ``poll()`` from a GUI timer (returns the events that arrived, never blocks) or
+    ``wait()`` for synchronous batch use; ``cancel()`` kills the whole process tree.
+    """
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None,
+                 cwd: str | os.PathLike | None = None) -> None:
+        kwargs: dict[str, Any] = {}
+        if sys.platform == "win32":
+            kwargs["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP
+                                       | getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        else:
+            kwargs["start_new_session"] = True  # own process group: cancel kills all of it
+        self.args = list(args)
+        self._proc = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None, cwd=cwd, text=True, encoding="utf-8",
+            errors="replace", bufsize=1, **kwargs)
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name="LesionFactorizerWorkerReader", daemon=True)
+        self._reader.start()
+        self._eof = False
+        self._exited_at: float | None = None
+        self._cancelled = False
+        self.log: list[str] = []
+        self.outputs: dict[str, Any] = {}
+        self.error_event = ""
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def poll(self, timeout: float = 0.0) -> list[WorkerEvent]:
+        """Events that arrived since the last call (waits at most ``timeout`` for the first)."""
+        events: list[WorkerEvent] = []
+        block = timeout > 0
+        while True:
+            try:
+                line = self._queue.get(block=block, timeout=timeout if block else None)
+            except queue.Empty:
+                break
+            block = False
+            if line is None:
+                self._eof = True
+                break
+            event = parse_line(line)
+            if event.kind == "done":
+                self.outputs = dict(event.outputs)
+            elif event.kind == "error":
+                self.error_event = event.message
+            if event.kind == "log" or event.kind == "error":
+                self.log.append(event.message if event.kind == "log" else f"error: {event.message}")
+            events.append(event)
+        return events
+
+    @property
+    def running(self) -> bool:
+        """True until the process has exited *and* all its output has been consumed.
+
+        A stray grandchild that inherited the pipe could keep it open after the worker exited;
+        two seconds after the exit, with nothing left to read, the run counts as finished anyway.
+        """
+        if self._proc.poll() is None:
+            return True
+        if self._eof:
+            return False
+        if self._exited_at is None:
+            self._exited_at = time.monotonic()
+        return not self._queue.empty() or time.monotonic() - self._exited_at < 2.0
+
+    def cancel(self) -> None:
+        if self._proc.poll() is None:
+            self._cancelled = True
+            _kill_process_tree(self._proc.pid, reap=self._proc.poll)
+
+    def wait(self, callback: Callable[[WorkerEvent], None] | None = None,
+             poll_interval: float = 0.1, idle: Callable[[], None] | None = None) -> WorkerResult:
+        """Block until the worker ends, passing each event to ``callback``.
+
+        ``idle`` is called between polls (Slicer passes ``slicer.app.processEvents`` so the
+        application repaints during a synchronous batch run).
+        """
+        while self.running:
+            for event in self.poll(timeout=poll_interval):
+                if callback is not None:
+                    callback(event)
+            if idle is not None:
+                idle()
+        return self.result()
+
+    def result(self) -> WorkerResult:
+        code = self._proc.poll()
+        return WorkerResult(returncode=code, cancelled=self._cancelled, outputs=dict(self.outputs),
+                            error_event=self.error_event, log=list(self.log))
+
+
+def iter_event_lines(lines: Iterable[str]) -> list[WorkerEvent]:
+    """Parse a finished log (e.g. a saved worker output) into events."""
+    return [parse_line(line) for line in lines]
+
+
+def resolve_output_path(output_dir: str | os.PathLike, value: Any) -> Path | None:
+    """An output listed in the done event, as an absolute path (relative ones are under DIR)."""
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else Path(output_dir) / path
