@@ -1,0 +1,104 @@
+"""Lesion-wise detection metrics with the MSSEG-2 rules (animaSegPerfAnalyzer).
+
+See the package docstring for the rules and their defaults; the rule itself is in
+:func:`_detected`, written from the published description of the challenge's evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+_CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}  # 3-D neighbourhoods → scipy structure "rank"
+
+
+def label_lesions(mask: np.ndarray, spacing: Sequence[float] | None = None, connectivity: int = 18,
+                  min_volume_mm3: float = 3.0) -> tuple[np.ndarray, int]:
+    """Connected components numbered 1..n, dropping those of volume ≤ ``min_volume_mm3``.
+
+    Like anima, the kept components are those with strictly more than ``floor(min_volume /
+    voxel_volume)`` voxels, renumbered by decreasing size."""
+    m = np.asarray(mask).astype(bool, copy=False)
+    if m.ndim != 3:
+        raise ValueError(f"lesion labelling needs a 3-D mask, got {m.ndim}-D")
+    if connectivity not in _CONNECTIVITY_RANK:
+        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+    structure = ndimage.generate_binary_structure(3, _CONNECTIVITY_RANK[connectivity])
+    labels, n = ndimage.label(m, structure=structure)
+    if n == 0:
+        return labels.astype(np.int32), 0
+    voxel_volume = float(np.prod(spacing)) if spacing is not None else 1.0
+    min_voxels = math.floor(min_volume_mm3 / voxel_volume) + 1 if min_volume_mm3 > 0 else 1
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero(sizes >= min_voxels)
+    keep = keep[np.argsort(-sizes[keep], kind="stable")]
+    lut = np.zeros(n + 1, dtype=np.int32)
+    lut[keep + 1] = np.arange(1, len(keep) + 1, dtype=np.int32)
+    return lut[labels], int(len(keep))
+
+
+def _detected(table: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:
+    """For each row lesion i ≥ 1 of an overlap table (rows: reference components with 0 =
+    background; columns: test components with 0 = background), whether it is detected."""
+    col_total = table.sum(axis=0)
+    out = np.zeros(table.shape[0] - 1, dtype=bool)
+    for i in range(1, table.shape[0]):
+        covered = int(table[i, 1:].sum())
+        size = covered + int(table[i, 0])
+        if size == 0 or covered / size <= alpha:
+            continue
+        ok, weight = True, 0.0
+        cols = np.flatnonzero(table[i, 1:]) + 1
+        for j in cols[np.argsort(-table[i, cols], kind="stable")]:
+            if weight >= gamma:
+                break
+            # Share of test lesion j lying outside every reference lesion: a huge blob that
+            # happens to cover a small lesion must not count as its detection.
+            if table[0, j] / col_total[j] > beta:
+                ok = False
+                break
+            weight += table[i, j] / covered
+        out[i - 1] = ok
+    return out
+
+
+@dataclass
+class DetectionResult:
+    n_ref: int              # reference lesions after small-lesion removal
+    n_pred: int             # predicted lesions (NLP) after small-lesion removal
+    tp_ref: int             # reference lesions detected
+    tp_pred: int            # predicted lesions that hit a reference lesion
+    sensitivity: float      # tp_ref / n_ref (NaN if n_ref == 0)
+    ppv: float              # tp_pred / n_pred (NaN if n_pred == 0)
+    f1: float
+    pred_volume_mm3: float  # VLP: predicted volume before small-lesion removal
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def detect_lesions(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = None,
+                   connectivity: int = 18, min_volume_mm3: float = 3.0, alpha: float = 0.10,
+                   beta: float = 0.70, gamma: float = 0.65) -> DetectionResult:
+    """Lesion-wise sensitivity / PPV / F1 of ``pred`` against ``ref`` (MSSEG-2 rules)."""
+    p, r = np.asarray(pred).astype(bool), np.asarray(ref).astype(bool)
+    if p.shape != r.shape:
+        raise ValueError(f"mask shapes differ: {p.shape} vs {r.shape}")
+    lp, n_pred = label_lesions(p, spacing, connectivity, min_volume_mm3)
+    lr, n_ref = label_lesions(r, spacing, connectivity, min_volume_mm3)
+    table = np.bincount(lr.ravel().astype(np.int64) * (n_pred + 1) + lp.ravel(),
+                        minlength=(n_ref + 1) * (n_pred + 1)).reshape(n_ref + 1, n_pred + 1)
+    tp_ref = int(_detected(table, alpha, beta, gamma).sum()) if n_ref and n_pred else 0
+    tp_pred = int(_detected(table.T, alpha, beta, gamma).sum()) if n_ref and n_pred else 0
+    sens = tp_ref / n_ref if n_ref else float("nan")
+    ppv = tp_pred / n_pred if n_pred else float("nan")
+    if math.isnan(sens) or math.isnan(ppv):
+        f1 = float("nan")
+    else:
+        f1 = 2 * ppv * sens / (ppv + sens) if ppv + sens > 0 else 0.0
+    voxel_volume = float(np.prod(spacing)) if spacing is not None else 1.0
+    return DetectionResult(n_ref, n_pred, tp_ref, tp_pred, sens, ppv, f1, float(p.sum()) * voxel_volume)

@@ -1,0 +1,162 @@
+"""Lightning data module: cases → fold split → preprocessed arrays → random patches / volumes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+from . import folds
+from .augment import train_transforms
+from .config import TrainConfig, input_names
+from .datasets import Case, discover
+from .preprocess import load_case
+
+
+class CaseStore:
+    """Preprocessed arrays of a list of cases, kept in memory, in ``.npy`` files on disk (memory-
+    mapped, for data sets larger than RAM), or re-read on every access (``none``)."""
+
+    def __init__(self, cases: Sequence[Case], input_names: list[str], spacing, mode: str = "memory",
+                 cache_dir: str | Path | None = None, progress: bool = False):
+        self.cases, self.input_names, self.spacing, self.mode = list(cases), input_names, spacing, mode
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._memory: dict[int, dict] = {}
+        if mode == "memory" or mode == "disk":
+            it = range(len(self.cases))
+            if progress:
+                from tqdm import tqdm
+
+                it = tqdm(it, desc="preprocessing", unit="case")
+            for i in it:
+                if mode == "memory":
+                    self._memory[i] = self._load(i)
+                else:
+                    self._disk_paths(i, create=True)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def _load(self, i: int) -> dict:
+        return load_case(self.cases[i], self.input_names, self.spacing)
+
+    def _disk_paths(self, i: int, create: bool = False) -> tuple[Path, Path]:
+        case = self.cases[i]
+        key = hashlib.sha1(json.dumps([case.id, {k: (v.path, v.channel) for k, v in case.images.items()},
+                                       case.label, self.spacing, self.input_names]).encode()).hexdigest()[:12]
+        img, lab = self.cache_dir / f"{case.id}-{key}.image.npy", self.cache_dir / f"{case.id}-{key}.label.npy"
+        info = self.cache_dir / f"{case.id}-{key}.json"
+        if create and not (img.is_file() and lab.is_file() and info.is_file()):
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            d = self._load(i)
+            for path, arr in ((img, d["image"]), (lab, d["label"])):
+                tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
+                np.save(tmp, arr, allow_pickle=False)
+                os.replace(tmp, path)
+            tmp = info.with_name(info.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"spacing": list(d["spacing"])}))
+            os.replace(tmp, info)
+        return img, lab
+
+    def get(self, i: int) -> dict:
+        if self.mode == "memory":
+            return self._memory[i]
+        if self.mode == "disk":
+            img, lab = self._disk_paths(i, create=True)
+            spacing = json.loads(img.with_name(img.name.replace(".image.npy", ".json")).read_text())["spacing"]
+            return {"id": self.cases[i].id, "image": np.load(img, mmap_mode="r", allow_pickle=False),
+                    "label": np.load(lab, mmap_mode="r", allow_pickle=False), "spacing": tuple(spacing)}
+        return self._load(i)
+
+
+class PatchDataset(Dataset):
+    """Random augmented patches; an "epoch" is ``length`` draws cycling over the cases."""
+
+    def __init__(self, store: CaseStore, transform, length: int):
+        self.store, self.transform, self.length = store, transform, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        d = self.store.get(index % len(self.store))
+        out = self.transform({"image": np.asarray(d["image"], dtype=np.float32),
+                              "label": np.asarray(d["label"], dtype=np.float32)})
+        if isinstance(out, list):  # RandCropByPosNegLabeld yields a list of num_samples=1 dicts
+            out = out[0]
+        return {"image": torch.as_tensor(out["image"]).float(), "label": torch.as_tensor(out["label"]).to(torch.uint8)}
+
+
+class VolumeDataset(Dataset):
+    def __init__(self, store: CaseStore):
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: int) -> dict:
+        d = self.store.get(index)
+        return {"image": torch.from_numpy(np.array(d["image"], dtype=np.float32)),
+                "label": torch.from_numpy(np.array(d["label"], dtype=np.uint8)), "id": d["id"],
+                # (z, y, x) mm, the arrays' axis order, for surface distances
+                "spacing": torch.tensor(list(d["spacing"])[::-1], dtype=torch.float64)}
+
+
+class SegmentationData(L.LightningDataModule):
+    def __init__(self, cfg: TrainConfig, fold: int | None, run_dir: str | Path | None = None,
+                 progress: bool = False):
+        super().__init__()
+        self.cfg, self.fold, self.progress = cfg, fold, progress
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.train_cases: list[Case] = []
+        self.val_cases: list[Case] = []
+        self._ready = False
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        d = self.cfg.data
+        cases = discover(d.format, d.root, self.cfg.task, d.label_map)
+        if self.fold is None:
+            self.train_cases, self.val_cases = cases, []
+        else:
+            self.train_cases, self.val_cases = folds.split(cases, self.fold, d.folds, d.fold_seed)
+            if d.max_val_cases:
+                self.val_cases = self.val_cases[: d.max_val_cases]
+        self.input_names = names = input_names(self.cfg)
+        # shared by all folds of an experiment: entries are keyed by case, files and spacing
+        cache_dir = d.cache_dir or (self.run_dir.parent / "cache" if self.run_dir else None)
+        if d.cache == "disk" and cache_dir is None:
+            from LesionFactorizerLib.errors import UserError
+
+            raise UserError("data.cache: disk needs data.cache_dir")
+        spacing = list(d.spacing) if d.spacing else None
+        self.train_store = CaseStore(self.train_cases, names, spacing, d.cache, cache_dir, self.progress)
+        self.val_store = CaseStore(self.val_cases, names, spacing, d.cache, cache_dir, self.progress)
+        self._ready = True
+
+    def train_dataloader(self):
+        d = self.cfg.data
+        length = max(len(self.train_store), 50 * d.batch_size)
+        # patch_size is in image (x, y, z) order like model-file metadata; arrays are (z, y, x)
+        patch = list(d.patch_size)[::-1]
+        ds = PatchDataset(self.train_store, train_transforms(patch, d.pos_fraction, d.augmentation), length)
+        from monai.data import DataLoader  # seeds the random transforms of every worker differently
+
+        return DataLoader(ds, batch_size=d.batch_size, shuffle=True, drop_last=True,
+                          num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def val_dataloader(self):
+        if not self.val_cases:
+            return []
+        return torch.utils.data.DataLoader(VolumeDataset(self.val_store), batch_size=1, shuffle=False,
+                                           num_workers=min(self.cfg.data.num_workers, 2))
