@@ -95,37 +95,51 @@ class FactorizerBlock(nn.Module):
             pos = F.interpolate(pos, size=grid, mode="trilinear", align_corners=False)
         return pos.permute(0, 2, 3, 4, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` alone, or (decoder) the upsampled ``x`` with its ``skip`` connection: the block then
+        reads ``cat([skip, x])`` through the adapter without the concatenation being built."""
         x = x.permute(0, 2, 3, 4, 1)  # free view for channels_last_3d memory
+        parts = [x] if skip is None else [skip.permute(0, 2, 3, 4, 1), x]
         if self.training or torch.is_grad_enabled():
-            x = self._forward_autograd(x)
+            x = self._forward_autograd(parts)
         else:
-            x = self._forward_inference(x)
+            x = self._forward_inference(parts)
         return x.permute(0, 4, 1, 2, 3)
 
-    def _forward_autograd(self, x: torch.Tensor) -> torch.Tensor:
+    def _adapt(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The 1×1 adapter on the channel concatenation of ``parts``, as a sum of products."""
+        if self.adapter is None:
+            return parts[0]
+        weights = self.adapter.weight.split([p.shape[-1] for p in parts], dim=1)
+        out = F.linear(parts[0], weights[0])
+        for part, weight in zip(parts[1:], weights[1:]):
+            out = out + F.linear(part, weight)
+        return out
+
+    def _forward_autograd(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        x = parts[0]
         if self.adapter is not None:
-            x = self.dropout(self.adapter(x))
+            x = self.dropout(self._adapt(parts))
         if self.pos_embed is not None:
             x = self.dropout(x + self._position(tuple(x.shape[1:4])))
         if not self.nmf.skip:
             x = x + self.nmf(self.nmf_norm(x))
         return x + self.mlp(self.mlp_norm(x))
 
-    def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_inference(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Same result as :meth:`_forward_autograd`, for inference: the per-voxel work (norms,
         projections, MLP, residuals) runs over cache-sized runs of voxels and accumulates in
         place, so a full-resolution map crosses main memory a few times instead of ~20 (this
         layer is bound by memory traffic, not FLOPs, on CPUs)."""
-        b, d, h, w, cin = x.shape
+        b, d, h, w, _ = parts[0].shape
         c = self.nmf_norm.normalized_shape[0]
-        rows = x.reshape(-1, cin)
-        out = x.new_empty(b * d * h * w, c)
+        rows = [p.reshape(-1, p.shape[-1]) for p in parts]
+        out = parts[0].new_empty(b * d * h * w, c)
         pos = self._position((d, h, w)).reshape(-1, c) if self.pos_embed is not None else None
         for sl in _chunks(out.shape[0], c):
-            xi = rows[sl] if self.adapter is None else self.adapter(rows[sl])
+            xi = self._adapt([r[sl] for r in rows])
             if pos is not None:  # rows of a chunk may span batch items: index modulo the grid
-                xi = xi + pos[torch.arange(sl.start, sl.stop, device=x.device) % pos.shape[0]]
+                xi = xi + pos[torch.arange(sl.start, sl.stop, device=out.device) % pos.shape[0]]
             out[sl] = xi
         nmf = self.nmf
         if not nmf.skip:
@@ -187,6 +201,9 @@ class Factorizer(UShapedNet):
 
         super().__init__(in_channels, out_channels, widths, make_block, deep_supervision, channels_last=True)
         self.widths = tuple(widths)
+
+    def _decode(self, block: FactorizerBlock, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return block(up, skip=skip)  # no concatenated copy: the adapter reads both parts
 
     # -- interpretability and inference-time knobs -------------------------------------------
     @property

@@ -154,23 +154,29 @@ class LocalMatricize:
         return self._crop(y, lay), (_crop_maps(maps, lay) if capture else None)
 
     def _factorize_slab(self, part: torch.Tensor, nmf, capture: bool, weight: float):
-        """One padded slab ``(B, P, H, W, C)`` → its reconstruction (and factor maps) × weight."""
+        """One padded slab ``(B, P, H, W, C)`` → its window-major reconstruction ``(windows, P³,
+        C)`` (and factor maps), scaled by ``weight``."""
         lay = self._layout(part)
         u, v = nmf.decompose(self._split(part, lay))
-        y = LocalMatricize.reconstruct(self, u * weight if weight != 1 else u, v, lay)
-        maps = LocalMatricize.factor_maps(self, v * weight if weight != 1 else v, lay) if capture else None
-        return y, maps
+        maps = LocalMatricize.factor_maps(self, v * weight, lay) if capture else None
+        return _window_products(u * weight, v, lay), maps, lay
+
+    def _window_major(self, index: torch.Tensor, lay: Layout) -> torch.Tensor:
+        """A padded map's voxel indices ``(D·H·W,)`` re-listed in window-major order."""
+        (pd, ph, pw), p = lay.padded, self.window
+        return index.view(pd // p, p, ph // p, p, pw // p, p).permute(0, 2, 4, 1, 3, 5).reshape(-1)
 
     def _factorize_slabs(self, zp: torch.Tensor, nmf, capture: bool, weight: float):
         p = self.window
         y = torch.empty_like(zp)
         maps = None
         for i0 in range(0, zp.shape[1], p):
-            ys, ms = self._factorize_slab(zp[:, i0:i0 + p], nmf, capture, weight)
-            y[:, i0:i0 + p] = ys
+            ys, ms, lay = self._factorize_slab(zp[:, i0:i0 + p], nmf, capture, weight)
+            # written straight from the window-major products into the slab: one copy
+            y[:, i0:i0 + p].view(self._window_view(ys, lay).shape).copy_(self._window_view(ys, lay))
             if capture:
                 if maps is None:
-                    maps = ys.new_empty(ms.shape[0], ms.shape[1], *zp.shape[1:4])
+                    maps = zp.new_empty(ms.shape[0], ms.shape[1], *zp.shape[1:4])
                 maps[:, :, i0:i0 + p] = ms
         return y, maps
 
@@ -225,19 +231,27 @@ class ShiftedWindowMatricize(LocalMatricize):
 
     def factorize_map(self, z: torch.Tensor, nmf, capture: bool = False):
         """Inference, slab by slab (see ``LocalMatricize.factorize_map``): the regular windows,
-        then each slab of the rolled partition, gathered from the (circularly) shifted rows,
-        rolled in H and W within the slab, and added back where it came from."""
+        then each slab of the rolled partition. A rolled slab is gathered from the circularly
+        shifted rows/columns with one ``index_select`` and its reconstruction is added back to
+        where each voxel came from with one ``index_add_`` — the roll never costs a pass."""
         lay = self._layout(z)
         zp = self._pad(z, lay)
         y, maps = self._factorize_slabs(zp, nmf, capture, weight=0.5)
-        p, s, depth = self.window, self.shift, zp.shape[1]
+        b, depth, height, width, c = zp.shape
+        p, s = self.window, self.shift
+        flat_z, flat_y = zp.reshape(b, -1, c), y.view(b, -1, c)
+        hh = (torch.arange(height, device=z.device) - s) % height
+        ww = (torch.arange(width, device=z.device) - s) % width
+        plane = (hh[:, None] * width + ww[None, :]).reshape(-1)  # rolled (h, w) → source
         for i0 in range(0, depth, p):
-            rows = torch.arange(i0 - s, i0 - s + p, device=z.device) % depth
-            part = roll_spatial(zp.index_select(1, rows), s, dims=(2, 3))
-            ys, ms = self._factorize_slab(part, nmf, capture, weight=0.5)
-            y.index_add_(1, rows, roll_spatial(ys, -s, dims=(2, 3)))
+            rows = (torch.arange(i0 - s, i0 - s + p, device=z.device) % depth)
+            index = (rows[:, None] * (height * width) + plane[None, :]).reshape(-1)  # (P·H·W,)
+            part = flat_z.index_select(1, index).view(b, p, height, width, c)
+            ys, ms, slab = self._factorize_slab(part, nmf, capture, weight=0.5)
+            # the products are window-major; list the destinations in the same order
+            flat_y.index_add_(1, self._window_major(index, slab), ys.view(b, -1, c))
             if capture:
-                maps.index_add_(2, rows, roll_spatial(ms, -s, dims=(3, 4)))
+                maps.view(b, ms.shape[1], -1).index_add_(2, index, ms.reshape(b, ms.shape[1], -1))
         return self._crop(y, lay), (_crop_maps(maps, lay) if capture else None)
 
 

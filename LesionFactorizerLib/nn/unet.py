@@ -161,10 +161,13 @@ class UShapedNet(nn.Module):
             skips.append(h)
         outs = [h]
         for level in reversed(range(self.levels - 1)):
-            h = torch.cat([skips[level], self.up[level](h)], dim=1)
-            h = self.blocks[f"decoder{level + 1}"](h)
+            h = self._decode(self.blocks[f"decoder{level + 1}"], skips[level], self.up[level](h))
             outs.append(h)
         return outs[::-1]  # finest first
+
+    def _decode(self, block: nn.Module, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """A decoder block on the skip connection concatenated before the upsampled tensor."""
+        return block(torch.cat([skip, up], dim=1))
 
     def forward(self, x: torch.Tensor, all_heads: bool = False):
         x, size = self._pad(x)
