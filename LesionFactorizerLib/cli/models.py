@@ -1,0 +1,131 @@
+"""``lesion-factorizer models …``: model presets and model files."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "models"
+HELP = "list, inspect, verify and import model files; print the architecture presets"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    p = sub.add_parser("presets", help="table of architecture presets: parameters and GFLOPs")
+    p.add_argument("--no-flops", action="store_true", help="skip the (slow) FLOP count")
+    p.set_defaults(_models_run=_presets)
+
+    p = sub.add_parser("list", help="installed model files (bundled and user folder)")
+    p.add_argument("--task", help="only models for this task")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(_models_run=_list)
+
+    p = sub.add_parser("info", help="a model file's metadata")
+    p.add_argument("model", metavar="NAME|PATH")
+    p.add_argument("--json", action="store_true", help="print the whole metadata document as JSON")
+    p.set_defaults(_models_run=_info)
+
+    p = sub.add_parser("verify", help="check a model file: header, metadata, checksum, weights vs architecture")
+    p.add_argument("model", nargs="+", metavar="NAME|PATH")
+    p.add_argument("--quick", action="store_true", help="skip building the network (no torch)")
+    p.set_defaults(_models_run=_verify)
+
+    p = sub.add_parser("import", help="verify a .safetensors model file and copy it into the user model folder")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--name", help="name to install it under (default: the file name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an installed model of the same name")
+    p.set_defaults(_models_run=_import)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args._models_run(args)
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from LesionFactorizerLib.presets import PRESETS, preset_summary
+
+    print(f"{'preset':<28} {'architecture':<12} {'in':>3} {'out':>3} {'patch':>9} {'parameters':>12} {'GFLOPs':>9}")
+    for name in PRESETS:
+        s = preset_summary(name, flops=not args.no_flops)
+        gflops = "-" if s["gflops"] is None else f"{s['gflops']:.1f}"
+        patch = "x".join(str(p) for p in s["patch_size"][:1]) + "^3"
+        print(f"{name:<28} {s['architecture']:<12} {s['in_channels']:>3} {s['out_channels']:>3} "
+              f"{patch:>9} {s['parameters']:>12d} {gflops:>9}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    import json
+
+    from LesionFactorizerLib.modelfile import list_models, model_search_path
+
+    entries = list_models(args.task)
+    if args.json:
+        print(json.dumps([{"name": e.name, "path": str(e.path), "source": e.source,
+                           "task": (e.metadata or {}).get("task"), "description": (e.metadata or {}).get("description"),
+                           "problem": e.problem or None} for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("no model files found; searched: " + ", ".join(str(d) for _, d in model_search_path()))
+        return 0
+    print(f"{'name':<32} {'task':<8} {'architecture':<16} {'source':<8} description")
+    for e in entries:
+        if e.problem:
+            print(f"{e.name:<32} {'?':<8} {'?':<16} {e.source:<8} DAMAGED: {e.problem}")
+            continue
+        m = e.metadata
+        print(f"{e.name:<32} {m['task']:<8} {m['architecture']['name']:<16} {e.source:<8} {m.get('description', '')}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from LesionFactorizerLib.modelfile import file_sha256, find_model, read_metadata
+
+    path = find_model(args.model)
+    meta = read_metadata(path)
+    if args.json:
+        print(json.dumps({"path": str(path), "sha256": file_sha256(path), "metadata": meta}, indent=2))
+        return 0
+    pre = meta["preprocessing"]
+    print(f"name:          {meta.get('name') or path.stem}")
+    print(f"path:          {path}")
+    print(f"task:          {meta['task']}")
+    print(f"inputs:        {', '.join(meta['inputs'])}")
+    print(f"outputs:       {meta['outputs']['activation']}: {', '.join(meta['outputs']['channels'])}")
+    print(f"architecture:  {meta['architecture']['name']} {json.dumps(meta['architecture']['kwargs'])}")
+    print(f"spacing (mm):  {pre.get('spacing') or 'input spacing'}   patch: {pre['patch_size']}")
+    print(f"weights:       {meta['weights'].get('dtype', '?')}, sha256 {meta['weights']['sha256'][:16]}…")
+    print(f"licence:       {meta.get('license', '')}")
+    print(f"description:   {meta.get('description', '')}")
+    if meta.get("training"):
+        print(f"training:      {json.dumps(meta['training'])}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.modelfile import find_model, verify_file, verify_model
+
+    failed = 0
+    for item in args.model:
+        try:
+            path = find_model(item)
+            info = verify_file(path) if args.quick else verify_model(path)
+        except UserError as exc:
+            print(f"FAILED {item}: {exc}")
+            failed += 1
+            continue
+        extra = f", {info['parameters']:,} parameters" if "parameters" in info else ""
+        print(f"OK     {info['path']} (task {info['task']}, sha256 {info['sha256'][:16]}…{extra})")
+    if failed:
+        raise UserError(f"{failed} of {len(args.model)} model file(s) failed verification; see above")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from LesionFactorizerLib.modelfile import import_model
+
+    dest = import_model(args.file, name=args.name, overwrite=args.overwrite)
+    print(f"imported {args.file} as {dest.stem} ({dest})")
+    return 0

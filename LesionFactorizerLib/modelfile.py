@@ -1,0 +1,484 @@
+"""Model files: one ``*.safetensors`` file holding the weights and a JSON metadata document.
+
+Why safetensors: loading never unpickles, so a model file from a stranger cannot run code. The
+metadata document (key ``lesionfactorizer`` inside the safetensors ``__metadata__``) says
+everything needed to use the weights correctly: task, input names and order, architecture name
+and keyword arguments, output channels, preprocessing (spacing, patch, normalisation),
+post-processing overrides, training provenance, licence and description.
+
+The torch-free half (:func:`read_metadata`, :func:`verify_file`, model search) parses the
+safetensors header itself, with size checks, so the Slicer GUI process can list and describe
+models without torch, and a truncated or tampered file gives a :class:`UserError`.
+
+Conventions: ``preprocessing.spacing`` (mm) and ``preprocessing.patch_size`` (voxels) are in image
+axis order (i, j, k) = ITK (x, y, z). ``weights.sha256`` is the SHA-256 of the tensor data section
+(everything after the header), so tampering with weights is detected; the whole-file SHA-256 is the
+model's identity in reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from LesionFactorizerLib.errors import UserError
+
+FORMAT = "lesion-factorizer-model"
+FORMAT_VERSION = 1
+METADATA_KEY = "lesionfactorizer"
+MODEL_SUFFIX = ".safetensors"
+ENV_MODELS = "LESIONFACTORIZER_MODELS"
+DEFAULT_USER_MODELS = Path("~/.lesionfactorizer/models")
+
+_MAX_HEADER = 100 * 1024 * 1024
+_DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_ACTIVATIONS = ("sigmoid", "softmax")
+
+
+@dataclass
+class ModelHeader:
+    """What the safetensors header of a model file says (no weights loaded)."""
+
+    path: Path
+    metadata: dict[str, Any]
+    tensors: dict[str, dict[str, Any]]
+    header_size: int
+    file_size: int
+
+    @property
+    def data_offset(self) -> int:
+        return 8 + self.header_size
+
+
+@dataclass
+class LoadedModel:
+    model: Any            # torch.nn.Module in eval mode
+    metadata: dict[str, Any]
+    path: Path
+    sha256: str           # of the whole file
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name") or self.path.stem)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading (torch-free)
+# ------------------------------------------------------------------------------------------------
+def read_header(path: str | os.PathLike) -> ModelHeader:
+    """Parse and sanity-check the safetensors header; raise :class:`UserError` on any damage."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist; give an existing .safetensors file or a model name "
+                        "(see `lesion-factorizer models list`)")
+    size = path.stat().st_size
+    bad = f"model file {path} is damaged or not a LesionFactorizer model"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise UserError(f"{bad} (only {size} bytes); download or export it again")
+        (n,) = struct.unpack("<Q", head)
+        if n == 0 or n > _MAX_HEADER or 8 + n > size:
+            raise UserError(f"{bad} (header size {n} does not fit the file size {size}: truncated?); "
+                            "download or export it again")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise UserError(f"{bad} (unreadable header); download or export it again") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{bad} (header is not a JSON object)")
+    meta_raw = header.pop("__metadata__", None) or {}
+    data_size = size - 8 - n
+    end_max = 0
+    spans = []
+    for name, info in header.items():
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            count = 1
+            for s in shape:
+                if int(s) < 0:
+                    raise ValueError
+                count *= int(s)
+            expected = count * _DTYPE_SIZES[dtype]
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{bad} (tensor {name!r} has an invalid entry)") from None
+        if not (0 <= begin <= end) or end - begin != expected:
+            raise UserError(f"{bad} (tensor {name!r}: offsets do not match its shape)")
+        if end > data_size:
+            raise UserError(f"{bad} (tensor {name!r} ends at byte {end} but the file holds only {data_size} "
+                            "bytes of data: truncated?); download or export it again")
+        end_max = max(end_max, end)
+        spans.append((begin, end))
+    if end_max != data_size:
+        raise UserError(f"{bad} ({data_size - end_max} unexpected bytes after the tensors)")
+    spans.sort()
+    for (b0, e0), (b1, _) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise UserError(f"{bad} (overlapping tensors)")
+    if METADATA_KEY not in meta_raw:
+        raise UserError(f"{path} is a safetensors file without LesionFactorizer metadata; convert it with a "
+                        "training export or `lesion-factorizer models import`")
+    try:
+        metadata = json.loads(meta_raw[METADATA_KEY])
+    except (TypeError, ValueError):
+        raise UserError(f"{bad} (its metadata is not valid JSON)") from None
+    if not isinstance(metadata, dict):
+        raise UserError(f"{bad} (its metadata is not a JSON object)")
+    return ModelHeader(path, metadata, header, n, size)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The model file's metadata document, checked for format and consistency (torch-free)."""
+    header = read_header(path)
+    check_metadata(header.metadata, where=str(path))
+    return header.metadata
+
+
+def check_metadata(meta: dict[str, Any], where: str = "model metadata") -> None:
+    """Raise a :class:`UserError` naming the first problem with a metadata document."""
+    from LesionFactorizerLib.tasks import TASKS
+
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{where}: not a LesionFactorizer model file (format {meta.get('format')!r})")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UserError(f"{where}: model format version {version!r} is not supported by this version "
+                        f"(supports {FORMAT_VERSION}); update lesion-factorizer or re-export the model")
+    task_name = meta.get("task")
+    if task_name not in TASKS:
+        raise UserError(f"{where}: unknown task {task_name!r}; known tasks: {', '.join(TASKS)}")
+    task = TASKS[task_name]
+    inputs = meta.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
+        raise UserError(f"{where}: 'inputs' must be a non-empty list of input names")
+    unknown = [i for i in inputs if i not in task.input_names]
+    if unknown:
+        raise UserError(f"{where}: inputs {unknown} are not inputs of task {task_name!r} "
+                        f"({', '.join(task.input_names)})")
+    missing = [i for i in task.required_inputs if i not in inputs]
+    if missing:
+        raise UserError(f"{where}: the model does not take the required input(s) {missing} of task {task_name!r}")
+    if len(set(inputs)) != len(inputs):
+        raise UserError(f"{where}: duplicate input names in {inputs}")
+    arch = meta.get("architecture")
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs"), dict):
+        raise UserError(f"{where}: 'architecture' must be {{'name': str, 'kwargs': {{...}}}}")
+    kwargs = arch["kwargs"]
+    if "in_channels" in kwargs and kwargs["in_channels"] != len(inputs):
+        raise UserError(f"{where}: architecture expects {kwargs['in_channels']} input channels but the model "
+                        f"lists {len(inputs)} inputs")
+    outputs = meta.get("outputs")
+    if not isinstance(outputs, dict) or outputs.get("activation") not in _ACTIVATIONS \
+            or not isinstance(outputs.get("channels"), list) or not outputs["channels"]:
+        raise UserError(f"{where}: 'outputs' must be {{'activation': sigmoid|softmax, 'channels': [names]}}")
+    if "out_channels" in kwargs and kwargs["out_channels"] != len(outputs["channels"]):
+        raise UserError(f"{where}: architecture has {kwargs['out_channels']} output channels but 'outputs' "
+                        f"names {len(outputs['channels'])}")
+    pre = meta.get("preprocessing")
+    if not isinstance(pre, dict):
+        raise UserError(f"{where}: missing 'preprocessing'")
+    patch = pre.get("patch_size")
+    if not (isinstance(patch, list) and len(patch) == 3 and all(isinstance(p, int) and p > 0 for p in patch)):
+        raise UserError(f"{where}: preprocessing.patch_size must be three positive integers")
+    spacing = pre.get("spacing")
+    if spacing is not None and not (isinstance(spacing, list) and len(spacing) == 3
+                                    and all(isinstance(s, (int, float)) and s > 0 for s in spacing)):
+        raise UserError(f"{where}: preprocessing.spacing must be null or three positive numbers (mm)")
+    weights = meta.get("weights")
+    if not isinstance(weights, dict) or not isinstance(weights.get("sha256"), str):
+        raise UserError(f"{where}: missing weights checksum")
+
+
+def file_sha256(path: str | os.PathLike, offset: int = 0) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Torch-free integrity check: header, metadata and the weights checksum.
+
+    Returns ``{"path", "name", "task", "sha256", "weights_sha256"}``; raises :class:`UserError`.
+    """
+    header = read_header(path)
+    check_metadata(header.metadata, where=str(path))
+    actual = file_sha256(path, header.data_offset)
+    if actual != header.metadata["weights"]["sha256"]:
+        raise UserError(f"model file {path} failed its checksum (weights were modified or damaged); "
+                        "download or export it again")
+    return {"path": str(Path(path)), "name": header.metadata.get("name") or Path(path).stem,
+            "task": header.metadata["task"], "sha256": file_sha256(path), "weights_sha256": actual}
+
+
+# ------------------------------------------------------------------------------------------------
+# Metadata construction and saving
+# ------------------------------------------------------------------------------------------------
+def make_metadata(task: str, architecture: dict[str, Any], *, name: str = "", inputs: list[str] | None = None,
+                  outputs: dict[str, Any] | None = None, spacing: list[float] | None = (1.0, 1.0, 1.0),
+                  patch_size: list[int] | tuple[int, ...] = (128, 128, 128), description: str = "",
+                  license: str = "Apache-2.0", training: dict[str, Any] | None = None,
+                  postprocessing: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A complete metadata document with task defaults filled in.
+
+    ``architecture`` is ``model.config`` (``{"architecture": name, "kwargs": {...}}``) or already
+    ``{"name": ..., "kwargs": ...}``.
+    """
+    from LesionFactorizerLib import __version__
+    from LesionFactorizerLib.tasks import get_task
+
+    t = get_task(task)
+    arch_name = architecture.get("name", architecture.get("architecture"))
+    kwargs = copy.deepcopy(dict(architecture.get("kwargs", {})))
+    out_channels = kwargs.get("out_channels", len(t.output_channels))
+    if outputs is None:
+        if t.postprocessing.mode == "argmax" or out_channels == len(t.labels) + 1 and out_channels > 1:
+            outputs = {"activation": "softmax", "channels": ["background"] + [lb.name for lb in t.labels]}
+        else:
+            outputs = {"activation": "sigmoid", "channels": list(t.output_channels)}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "description": description,
+        "license": license,
+        "task": t.name,
+        "inputs": list(inputs) if inputs is not None else t.required_inputs,
+        "architecture": {"name": arch_name, "kwargs": kwargs},
+        "outputs": outputs,
+        "labels": [{"value": lb.value, "name": lb.name} for lb in t.labels],
+        "preprocessing": {"spacing": None if spacing is None else [float(s) for s in spacing],
+                          "patch_size": [int(p) for p in patch_size],
+                          "normalization": "zscore-nonzero", "crop_foreground": True},
+        "postprocessing": dict(postprocessing or {}),
+        "training": dict(training or {}),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "library_version": __version__,
+    }
+    meta.update(extra)
+    return meta
+
+
+def save_model_file(path: str | os.PathLike, model: Any, metadata: dict[str, Any], half: bool = False) -> str:
+    """Write ``model``'s weights and ``metadata`` to ``path`` atomically; return the file's SHA-256.
+
+    ``half=True`` stores floating-point tensors as float16 (half the size; loading casts back to
+    float32). The architecture in the metadata is taken from ``model.config`` when present.
+    """
+    import torch
+    from safetensors.torch import save
+
+    meta = copy.deepcopy(metadata)
+    config = getattr(model, "config", None)
+    if config:
+        meta["architecture"] = {"name": config["architecture"], "kwargs": copy.deepcopy(config["kwargs"])}
+    tensors = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().to("cpu")
+        if half and value.is_floating_point():
+            value = value.to(torch.float16)
+        tensors[key] = value.contiguous().clone()
+    meta.setdefault("weights", {})
+    meta["weights"].update({"dtype": "float16" if half else "float32", "sha256": "", "tensors": len(tensors)})
+    # The checksum covers the data section, which does not depend on the metadata: serialise once
+    # with a placeholder to learn the data bytes, then write the final file.
+    blob = save(tensors, metadata={METADATA_KEY: json.dumps(meta)})
+    (n,) = struct.unpack("<Q", blob[:8])
+    meta["weights"]["sha256"] = hashlib.sha256(blob[8 + n:]).hexdigest()
+    check_metadata(meta, where="model metadata")
+    blob = save(tensors, metadata={METADATA_KEY: json.dumps(meta)})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(blob).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading (torch)
+# ------------------------------------------------------------------------------------------------
+def load_model_file(path_or_name: str | os.PathLike, device: str = "cpu") -> LoadedModel:
+    """Verify and load a model file by path or name; never unpickles."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    import LesionFactorizerLib.pipeline.testnets  # noqa: F401  (registers the diagnostic test network)
+    from LesionFactorizerLib.presets import build_architecture
+
+    path = find_model(path_or_name)
+    header = read_header(path)
+    meta = header.metadata
+    check_metadata(meta, where=str(path))
+    blob = path.read_bytes()
+    if hashlib.sha256(blob[header.data_offset:]).hexdigest() != meta["weights"]["sha256"]:
+        raise UserError(f"model file {path} failed its checksum (weights were modified or damaged); "
+                        "download or export it again")
+    arch = meta["architecture"]
+    try:
+        model = build_architecture(arch["name"], arch["kwargs"])
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"model file {path}: cannot build architecture {arch['name']!r} ({exc}); "
+                        "the file may need a newer lesion-factorizer") from None
+    try:
+        tensors = load_bytes(blob)
+    except SafetensorError as exc:
+        raise UserError(f"model file {path} is damaged ({exc}); download or export it again") from None
+    del blob
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                  else f"wrong shape {wrong[:3]}")
+        raise UserError(f"model file {path}: weights do not match architecture {arch['name']!r} ({detail}); "
+                        "the file is inconsistent, export it again")
+    state = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    model.to(torch.device(device))
+    return LoadedModel(model, meta, path, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def verify_model(path_or_name: str | os.PathLike) -> dict[str, Any]:
+    """Full check: :func:`verify_file` plus building the architecture and loading the weights."""
+    path = find_model(path_or_name)
+    info = verify_file(path)
+    loaded = load_model_file(path)
+    info["parameters"] = sum(p.numel() for p in loaded.model.parameters())
+    return info
+
+
+# ------------------------------------------------------------------------------------------------
+# Finding models
+# ------------------------------------------------------------------------------------------------
+def bundled_model_dirs() -> list[Path]:
+    """Models shipped with the package (installed package data) or the source/Slicer extension tree."""
+    here = Path(__file__).resolve().parent
+    return [here / "Resources" / "Models", here.parent / "Resources" / "Models"]
+
+
+def user_model_dir() -> Path:
+    """Where ``models import`` copies files: the first folder of LESIONFACTORIZER_MODELS, else ~/.lesionfactorizer/models."""
+    env = os.environ.get(ENV_MODELS, "")
+    first = next((p for p in env.split(os.pathsep) if p), "")
+    return Path(first).expanduser() if first else DEFAULT_USER_MODELS.expanduser()
+
+
+def model_search_path() -> list[tuple[str, Path]]:
+    """(source, folder) in search order: user folders first, so a user can override a bundled model."""
+    env = os.environ.get(ENV_MODELS, "")
+    dirs = [("user", Path(p).expanduser()) for p in env.split(os.pathsep) if p]
+    if not dirs:
+        dirs = [("user", DEFAULT_USER_MODELS.expanduser())]
+    dirs += [("bundled", d) for d in bundled_model_dirs()]
+    seen, out = set(), []
+    for source, d in dirs:
+        key = str(d.resolve()) if d.exists() else str(d)
+        if key not in seen:
+            seen.add(key)
+            out.append((source, d))
+    return out
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    path: Path
+    source: str
+    metadata: dict[str, Any] | None = None
+    problem: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def list_models(task: str | None = None) -> list[ModelEntry]:
+    """Every model file on the search path (damaged ones included, with their problem)."""
+    entries = []
+    for source, folder in model_search_path():
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob(f"*{MODEL_SUFFIX}")):
+            try:
+                meta = read_metadata(path)
+                entry = ModelEntry(path.stem, path, source, meta)
+            except UserError as exc:
+                entry = ModelEntry(path.stem, path, source, None, str(exc))
+            if task is None or (entry.metadata and entry.metadata.get("task") == task):
+                entries.append(entry)
+    return entries
+
+
+def find_model(path_or_name: str | os.PathLike) -> Path:
+    """A model file by path, or by name (file stem) on the search path."""
+    text = str(path_or_name)
+    candidate = Path(text).expanduser()
+    if candidate.is_file():
+        return candidate
+    if text.endswith(MODEL_SUFFIX) or os.sep in text or (os.altsep and os.altsep in text):
+        raise UserError(f"model file {text} does not exist; check the path")
+    for _, folder in model_search_path():
+        path = folder / f"{text}{MODEL_SUFFIX}"
+        if path.is_file():
+            return path
+    names = sorted({e.name for e in list_models()})
+    raise UserError(f"no model named {text!r}; installed models: {', '.join(names) or 'none'} "
+                    f"(search path: {', '.join(str(d) for _, d in model_search_path())}); "
+                    "give a .safetensors path or import one with `lesion-factorizer models import FILE`")
+
+
+def default_model(task: str) -> Path:
+    """The task's default model: its named default if installed, else the first model for the task."""
+    from LesionFactorizerLib.tasks import get_task
+
+    t = get_task(task)
+    entries = [e for e in list_models(t.name) if not e.problem]
+    for e in entries:
+        if e.name == t.default_model:
+            return e.path
+    if entries:
+        return entries[0].path
+    raise UserError(f"no model for task {t.name!r} is installed; pass --model PATH, set {ENV_MODELS}, or import "
+                    "one with `lesion-factorizer models import FILE`")
+
+
+def import_model(source: str | os.PathLike, name: str | None = None, overwrite: bool = False) -> Path:
+    """Verify ``source`` and copy it into the user model folder (atomically)."""
+    source = Path(source)
+    verify_file(source)
+    dest_dir = user_model_dir()
+    dest = dest_dir / f"{name or source.stem}{MODEL_SUFFIX}"
+    if dest.exists() and not overwrite:
+        raise UserError(f"{dest} already exists; pass --overwrite to replace it or --name to choose another name")
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest_dir)
+        os.close(fd)
+    except OSError as exc:
+        raise UserError(f"cannot write to the model folder {dest_dir} ({exc.strerror}); set {ENV_MODELS} to a "
+                        "writable folder") from None
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dest

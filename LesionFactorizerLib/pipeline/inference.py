@@ -1,0 +1,166 @@
+"""Sliding-window inference with optional mirror TTA, ensembles and NMF component capture.
+
+Windows are stitched by MONAI's sliding-window inferer. The predictor returns a dict — logits plus,
+for the components model, one map per NMF layer at that layer's resolution — and MONAI stitches
+each output at its own scale. Window starts are multiples of the network stride (the array is
+padded to a multiple of it and the scan interval is rounded to it), so layer maps stitch without
+sub-voxel rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from LesionFactorizerLib.errors import UserError
+
+# Mirror TTA: identity plus a flip of each spatial axis (4 passes). All 8 flip combinations
+# cost twice as much for a marginal gain on these tasks.
+LOGITS = "0001:logits"
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
+
+
+def resolve_device(name: str):
+    import torch
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was requested but no CUDA GPU is available to torch; use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps was requested but Apple MPS is not available; use --device auto or cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@dataclass
+class InferenceResult:
+    logits: np.ndarray                               # (C_out, k, j, i) on the padded box
+    components: dict[str, np.ndarray] = field(default_factory=dict)   # layer → (K, k/s, j/s, i/s)
+    strides: dict[str, int] = field(default_factory=dict)
+    device: str = "cpu"
+    passes: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def window_count(size: tuple[int, ...], roi: tuple[int, ...], interval: tuple[int, ...]) -> int:
+    n = 1
+    for s, r, i in zip(size, roi, interval):
+        n *= 1 if s <= r else -(-(s - r) // i) + 1
+    return n
+
+
+def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *, overlap: float = 0.5,
+                  align: int = 16, tta: bool = False, sw_batch_size: int = 1, device: str = "auto",
+                  component_layers: list[str] | None = None, want_components: bool = False,
+                  on_window: Callable[[int, int], None] | None = None) -> InferenceResult:
+    """Mean logits of ``models`` (× TTA flips) over sliding windows on ``array`` (C, D, H, W).
+
+    ``roi`` and the array's spatial size must be multiples of ``align`` (checked by the caller).
+    Components come from the first model that has them, on the un-flipped pass.
+    """
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    dev = resolve_device(device)
+    result = InferenceResult(np.empty(0), device=str(dev))
+    size = tuple(array.shape[1:])
+    interval = tuple(max(align, (int(r * (1 - overlap)) // align) * align) for r in roi)
+    # MONAI takes an overlap fraction; nudge it so int(roi·(1−overlap)) is exactly our interval.
+    overlaps = tuple(min(0.999, max(0.0, 1.0 - (i + 1e-3) / r)) if s > r else 0.0
+                     for i, r, s in zip(interval, roi, size))
+    flips = TTA_FLIPS if tta else ((),)
+    comp_model = next((m for m in models if getattr(m, "has_components", False)), None) if want_components else None
+    n_windows = window_count(size, roi, interval)
+    total = n_windows * len(models) * len(flips)
+    done = [0]
+    x_cpu = torch.from_numpy(array).unsqueeze(0)
+    acc: torch.Tensor | None = None
+
+    # MONAI stitches dict outputs in sorted-key order and shrinks its window weight map in place
+    # for each lower-resolution output, so a full-resolution output after a coarse one breaks.
+    # Keys "<stride>:<name>" sort finest first.
+    def make_predictor(model, with_components: bool):
+        strides = dict(model.component_layers) if with_components else {}
+
+        def predictor(batch):
+            with torch.no_grad():
+                if with_components:
+                    logits, comps = model.forward_with_components(batch, component_layers)
+                    out = {LOGITS: logits.float()}
+                    out.update({f"{strides[k]:04d}:{k}": v.float() for k, v in comps.items()})
+                else:
+                    out = {LOGITS: model(batch).float()}
+            done[0] += batch.shape[0]
+            if on_window:
+                on_window(min(done[0], total), total)
+            return out
+        return predictor
+
+    def one_pass(model, flip, with_components, dev):
+        x = x_cpu.flip(flip) if flip else x_cpu
+        return sliding_window_inference(
+            x, roi, sw_batch_size, make_predictor(model, with_components), overlap=overlaps,
+            mode="constant", sw_device=dev, device=torch.device("cpu"))
+
+    for model in models:
+        for flip in flips:
+            with_components = model is comp_model and flip == ()
+            start_done = done[0]
+            try:
+                model.to(dev)
+                out = one_pass(model, flip, with_components, dev)
+            except RuntimeError as exc:
+                if dev.type == "cpu" or not _is_oom(exc):
+                    raise
+                torch.cuda.empty_cache() if dev.type == "cuda" else None
+                result.warnings.append(f"{dev.type.upper()} ran out of memory; fell back to the CPU (slower)")
+                dev = torch.device("cpu")
+                result.device = "cpu (fallback after GPU out of memory)"
+                done[0] = start_done
+                model.to(dev)
+                out = one_pass(model, flip, with_components, dev)
+            logits = out[LOGITS]
+            if flip:
+                logits = logits.flip(flip)
+            acc = logits if acc is None else acc.add_(logits)
+            result.passes += 1
+            if with_components:
+                strides = dict(model.component_layers)
+                for key, value in out.items():
+                    if key != LOGITS:
+                        name = key.split(":", 1)[1]
+                        result.components[name] = value[0].numpy()
+                        result.strides[name] = strides[name]
+            del out
+    result.logits = (acc / result.passes)[0].numpy()
+    for model in models:
+        model.to("cpu")
+    return result
+
+
+def apply_nmf_settings(models: list, iters: int | None, skip: list[str] | None, warnings: list[str]) -> None:
+    for model in models:
+        if not getattr(model, "has_components", False):
+            continue
+        names = [n for n, _ in model.component_layers]
+        bad = [s for s in (skip or []) if s not in names]
+        if bad:
+            raise UserError(f"unknown NMF layer(s) {bad} in --skip-nmf; layers are: {', '.join(names)}")
+        # Always set both knobs (trained values when not given): models are reused across cases.
+        trained_iters = getattr(model, "config", {}).get("kwargs", {}).get("nmf_iters")
+        model.set_nmf(iters=iters if iters is not None else trained_iters, skip=list(skip or []))

@@ -1,0 +1,114 @@
+"""Progress reporting: a tqdm bar, JSON lines (DESIGN.md §4) or nothing.
+
+JSON-lines events, one object per line on stdout (the Slicer module parses exactly these):
+
+- ``{"event": "progress", "stage": S, "fraction": F, "eta_s": E|null, "message": M}`` — F is the
+  overall fraction in [0, 1] and never decreases;
+- ``{"event": "warning", "message": M}``;
+- ``{"event": "done", "outputs": {...}}`` — last line on success;
+- ``{"event": "error", "message": M}`` — last line on failure (M is the one-line error).
+
+Stages, in order: read, preprocess, model, inference, postprocess, components, write.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+STAGES = (("read", 0.05), ("preprocess", 0.05), ("model", 0.04), ("inference", 0.70), ("postprocess", 0.05),
+          ("components", 0.05), ("write", 0.06))
+
+
+class Progress:
+    def __init__(self, mode: str = "bar", stream=None, min_interval: float = 0.25):
+        if mode not in ("bar", "jsonl", "none"):
+            raise ValueError(mode)
+        if mode == "bar" and not sys.stderr.isatty():
+            mode = "none"   # a bar redrawn into a log file or pipe is noise; errors stay one line
+        self.mode = mode
+        self.stream = stream or sys.stdout
+        self.min_interval = min_interval
+        self.fraction = 0.0
+        self.stage_name = ""
+        self.t0 = time.monotonic()
+        self._last_emit = 0.0
+        self._bar = None
+        self._offsets = {}
+        acc = 0.0
+        for name, weight in STAGES:
+            self._offsets[name] = (acc, weight)
+            acc += weight
+        self._total = acc
+
+    # -- public -------------------------------------------------------------------------------
+    def stage(self, name: str, message: str = "") -> None:
+        self.stage_name = name
+        self.update(0.0, message=message, force=True)
+
+    def update(self, within: float, message: str = "", force: bool = False) -> None:
+        """``within``: fraction of the current stage done."""
+        start, weight = self._offsets.get(self.stage_name, (self.fraction, 0.0))
+        overall = min(1.0, (start + weight * max(0.0, min(1.0, within))) / self._total)
+        self.fraction = max(self.fraction, overall)
+        now = time.monotonic()
+        if not force and now - self._last_emit < self.min_interval:
+            return
+        self._last_emit = now
+        self._emit_progress(message)
+
+    def warning(self, message: str) -> None:
+        if self.mode == "jsonl":
+            self._json({"event": "warning", "message": message})
+        elif self.mode == "bar":
+            self._close_bar()
+            print(f"warning: {message}", file=sys.stderr)
+
+    def done(self, outputs: dict) -> None:
+        self.fraction = 1.0
+        if self.mode == "jsonl":
+            self._json({"event": "progress", "stage": "write", "fraction": 1.0, "eta_s": 0.0, "message": ""})
+            self._json({"event": "done", "outputs": outputs})
+        elif self.mode == "bar":
+            if self._bar is not None:
+                self._bar.n = self._bar.total
+                self._bar.refresh()
+            self._close_bar()
+
+    def error(self, message: str) -> None:
+        if self.mode == "jsonl":
+            self._json({"event": "error", "message": message})
+        if self._bar is not None:
+            self._bar.leave = False   # clear the bar so the error is the only line left
+        self._close_bar()
+
+    # -- internals ----------------------------------------------------------------------------
+    def eta(self) -> float | None:
+        elapsed = time.monotonic() - self.t0
+        if self.fraction < 0.02 or elapsed < 0.5:
+            return None
+        return round(elapsed * (1.0 - self.fraction) / self.fraction, 1)
+
+    def _emit_progress(self, message: str) -> None:
+        if self.mode == "jsonl":
+            self._json({"event": "progress", "stage": self.stage_name, "fraction": round(self.fraction, 4),
+                        "eta_s": self.eta(), "message": message})
+        elif self.mode == "bar":
+            if self._bar is None:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=1000, file=sys.stderr, bar_format="{desc:<12} {percentage:3.0f}%|{bar}| "
+                                 "[{elapsed}<{remaining}]", dynamic_ncols=True)
+            self._bar.set_description_str(self.stage_name)
+            self._bar.n = int(self.fraction * 1000)
+            self._bar.refresh()
+
+    def _json(self, obj: dict) -> None:
+        self.stream.write(json.dumps(obj) + "\n")
+        self.stream.flush()
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,129 @@
+"""report.json, lesions.csv and the overview.png quality-control picture."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+LESION_COLUMNS = ("id", "voxels", "volume_ml", "centroid_x_lps", "centroid_y_lps", "centroid_z_lps",
+                  "centroid_r_ras", "centroid_a_ras", "centroid_s_ras")
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def write_lesions_csv(path: Path, lesions: list[dict], label_names: list[str]) -> None:
+    extra = [f"{name}_ml" for name in label_names] if lesions and "label_volume_ml" in lesions[0] else []
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*LESION_COLUMNS, *extra])
+        for row in lesions:
+            w.writerow([row["id"], row["voxels"], f"{row['volume_ml']:.6f}",
+                        *(f"{c:.3f}" for c in row["centroid_lps"]), *(f"{c:.3f}" for c in row["centroid_ras"]),
+                        *(f"{row['label_volume_ml'][n]:.6f}" for n in label_names if extra)])
+
+
+def _axial(image):
+    """numpy [k, j, i] in LPS orientation: slices are axial, rows run anterior→posterior and
+    columns patient right→left (radiological display)."""
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+
+
+def _aspect(image) -> float:
+    """Row/column pixel aspect of axial slices after LPS re-orientation."""
+    import SimpleITK as sitk
+
+    sp = sitk.DICOMOrient(image, "LPS").GetSpacing()
+    return float(sp[1] / sp[0])
+
+
+def write_overview(path: Path, inputs: list, labels_image, task, component: tuple | None = None,
+                   reference_image=None) -> None:
+    """A few axial slices of every input with the label overlay, plus components of one layer.
+
+    ``component``: (layer name, SimpleITK vector image of that layer) or None.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import SimpleITK as sitk
+    from matplotlib.colors import ListedColormap
+
+    lab = _axial(labels_image)
+    aspect = _aspect(labels_image)
+    lesion_z = np.flatnonzero(lab.reshape(lab.shape[0], -1).any(axis=1))
+    if lesion_z.size:
+        # area-weighted quantiles: slices through the bulk of the lesion load, not through stray specks
+        areas = (lab > 0).reshape(lab.shape[0], -1).sum(axis=1)
+        cumulative = np.cumsum(areas) / areas.sum()
+        zs = sorted({int(np.searchsorted(cumulative, q)) for q in (0.15, 0.5, 0.85)})
+    else:
+        first = _axial(inputs[0].image)
+        brain = np.flatnonzero(first.reshape(lab.shape[0], -1).any(axis=1))
+        brain = brain if brain.size else np.arange(lab.shape[0])
+        zs = sorted({int(brain[len(brain) // 3]), int(brain[len(brain) // 2]), int(brain[(2 * len(brain)) // 3])})
+        del first
+    lab = lab[zs]
+
+    def window(vol):
+        nz = vol[vol != 0]
+        return np.percentile(nz, [1, 99]) if nz.size else (0.0, 1.0)
+
+    # Keep only the shown slices (and each input's display window): full re-oriented copies of
+    # four BraTS-size volumes would cost more memory than the rest of the output stage.
+    vols = []
+    for item in inputs:
+        full = _axial(item.image)
+        vols.append((item.name, full[zs].copy(), window(full)))
+        del full
+
+    comp_cols = []
+    if component is not None:
+        name, image = component
+        ref = labels_image
+        k = image.GetNumberOfComponentsPerPixel()
+        for c in range(min(k, 4)):
+            scalar = sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32)
+            on_ref = sitk.Resample(scalar, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            comp_cols.append((f"{name} #{c + 1}", _axial(on_ref)[zs].copy()))
+            del scalar, on_ref
+
+    ncols = len(vols) + 1 + len(comp_cols)
+    fig, axes = plt.subplots(len(zs), ncols, figsize=(2.2 * ncols, 2.3 * len(zs)), squeeze=False)
+    colors = np.zeros((256, 4))
+    for lb in task.labels:
+        colors[lb.value] = [*(np.array(lb.color) / 255.0), 0.55]
+    cmap = ListedColormap(colors)
+    for r, z in enumerate(zs):
+        for c, (name, vol, (lo, hi)) in enumerate(vols):
+            axes[r, c].imshow(vol[r], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
+            axes[r, c].set_title(f"{name}  z={z}" if r == 0 else f"z={z}", fontsize=8)
+        name, vol, (lo, hi) = vols[0]
+        ax = axes[r, len(vols)]
+        ax.imshow(vol[r], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
+        ax.imshow(lab[r], cmap=cmap, vmin=0, vmax=255, interpolation="nearest", aspect=aspect)
+        ax.set_title(f"labels on {name}" if r == 0 else "", fontsize=8)
+        for c, (title, comp) in enumerate(comp_cols):
+            ax = axes[r, len(vols) + 1 + c]
+            ax.imshow(vol[r], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
+            top = float(comp.max()) or 1.0
+            ax.imshow(np.ma.masked_less_equal(comp[r], 0.05 * top), cmap="inferno", vmin=0, vmax=top, alpha=0.7,
+                      interpolation="nearest", aspect=aspect)
+            ax.set_title(title if r == 0 else "", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=np.array(lb.color) / 255.0) for lb in task.labels]
+    fig.legend(handles, [f"{lb.value} {lb.title}" for lb in task.labels], loc="lower center",
+               ncol=len(task.labels), fontsize=8, frameon=False)
+    fig.suptitle(f"{task.title}: axial slices (radiological view: patient right on the left)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

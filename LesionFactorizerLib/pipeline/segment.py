@@ -1,0 +1,340 @@
+"""One case, end to end (DESIGN.md §3): input files → labels, report, components, overview.
+
+:func:`segment_case` is what the ``segment`` command, the ``batch`` command and the Slicer worker
+run. Everything the user can get wrong is checked before any heavy work, and all outputs are
+written into a temporary folder that only replaces the output folder's entries at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, AtomicOutput
+from LesionFactorizerLib.pipeline.progress import Progress
+from LesionFactorizerLib.tasks import Task, get_task
+
+# Speed/accuracy presets (thesis 7.4.5: with T ≥ 2 HALS iterations a Swin Factorizer trained with
+# T = 5 keeps its Dice, and short-circuiting a decoder NMF layer costs little, while the
+# full-resolution layers dominate the run time).
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"nmf_iters": 2, "skip_nmf": ["decoder1"], "tta": False, "overlap": 0.25},
+    "balanced": {"nmf_iters": None, "skip_nmf": None, "tta": False, "overlap": 0.5},
+    "best": {"nmf_iters": None, "skip_nmf": None, "tta": True, "overlap": 0.5},
+}
+PRESET_HELP = ("fast: 2 NMF iterations, decoder1 NMF short-circuited, no TTA, window overlap 0.25; "
+               "balanced (default): the model's trained NMF settings, no TTA, overlap 0.5; "
+               "best: trained settings + mirror TTA (4 passes), overlap 0.5")
+
+
+@dataclass
+class SegmentOptions:
+    inputs: dict[str, str]
+    output: str
+    task: str | None = None
+    models: list[str] = field(default_factory=list)
+    device: str = "auto"
+    preset: str = "balanced"
+    tta: bool | None = None
+    nmf_iters: int | None = None
+    skip_nmf: list[str] | None = None
+    overlap: float | None = None
+    sw_batch_size: int = 1
+    components: bool = False
+    component_layers: list[str] | None = None
+    probabilities: bool = False
+    threshold: float | None = None
+    min_lesion_mm3: float | None = None
+    format: str = "nii.gz"
+    overwrite: bool = False
+    overview: bool = True
+
+    def resolved(self) -> dict[str, Any]:
+        if self.preset not in PRESETS:
+            raise UserError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        p = dict(PRESETS[self.preset])
+        for key in ("tta", "nmf_iters", "skip_nmf", "overlap"):
+            if getattr(self, key) is not None:
+                p[key] = getattr(self, key)
+        if not 0.0 <= p["overlap"] < 1.0:
+            raise UserError(f"--overlap must be in [0, 1), not {p['overlap']}")
+        return p
+
+
+def output_claims(fmt: str) -> list[str]:
+    """Entries a run may write (any format), so stale results of another format also need --overwrite."""
+    names = ["report.json", "lesions.csv", "overview.png", "components"]
+    for ext in IMAGE_FORMATS.values():
+        names += [f"segmentation{ext}", f"probabilities{ext}"]
+    return names
+
+
+def check_input_names(task: Task, given: dict[str, str], model_inputs: list[str]) -> None:
+    unknown = [n for n in given if n not in task.input_names]
+    if unknown:
+        raise UserError(f"unknown input name(s) {', '.join(unknown)} for task {task.name!r}; accepted names: "
+                        f"{', '.join(task.input_names)}")
+    missing = [n for n in model_inputs if n not in given]
+    if missing:
+        raise UserError(f"missing input {', '.join(missing)} for task {task.name!r}; give it as --input "
+                        f"{missing[0]}=PATH (accepted names: {', '.join(task.input_names)})")
+
+
+def segment_case(opts: SegmentOptions, progress: Progress | None = None,
+                 loaded: list | None = None) -> dict[str, Any]:
+    """Run one case; returns the ``outputs`` dict (absolute paths). ``loaded``: models to reuse."""
+    from LesionFactorizerLib import __version__
+    from LesionFactorizerLib.modelfile import default_model, find_model, read_metadata
+
+    progress = progress or Progress("none")
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+    t_start = time.monotonic()
+    settings = opts.resolved()
+    if opts.format not in IMAGE_FORMATS:
+        raise UserError(f"unknown output format {opts.format!r}; choose one of: {', '.join(IMAGE_FORMATS)}")
+    ext = IMAGE_FORMATS[opts.format]
+
+    # -- cheap checks first: task, model metadata, input names, output folder ---------------------
+    progress.stage("read", "checking inputs")
+    if loaded:
+        metas = [m.metadata for m in loaded]
+        model_paths = [m.path for m in loaded]
+    else:
+        if opts.models:
+            model_paths = [find_model(m) for m in opts.models]
+        else:
+            if not opts.task:
+                raise UserError("give --task (tumor, stroke or ms-new) or --model")
+            model_paths = [default_model(get_task(opts.task).name)]
+        metas = [read_metadata(p) for p in model_paths]
+    task = get_task(opts.task or metas[0]["task"])
+    for path, meta in zip(model_paths, metas):
+        if meta["task"] != task.name:
+            raise UserError(f"model {Path(path).name} is for task {meta['task']!r}, not {task.name!r}; choose a "
+                            f"{task.name} model (see `lesion-factorizer models list`)")
+    first = metas[0]
+    for path, meta in zip(model_paths[1:], metas[1:]):
+        if meta["inputs"] != first["inputs"] or meta["outputs"] != first["outputs"]:
+            raise UserError(f"ensemble members must share inputs and outputs; {Path(path).name} differs from "
+                            f"{Path(model_paths[0]).name}")
+    model_inputs = list(first["inputs"])
+    check_input_names(task, opts.inputs, model_inputs)
+    unused = [n for n in opts.inputs if n not in model_inputs]
+    if unused:
+        warnings.append(f"input(s) {', '.join(unused)} are not used by the model and were ignored")
+    out = AtomicOutput(opts.output, output_claims(opts.format), opts.overwrite)
+    out.check()
+    if opts.device not in ("auto", "cpu"):
+        from LesionFactorizerLib.pipeline.inference import resolve_device
+
+        resolve_device(opts.device)   # an unavailable GPU is a usage error, before any work
+
+    # -- read and validate images ---------------------------------------------------------------
+    from LesionFactorizerLib.pipeline.io import align_to_reference, load_inputs, write_image
+
+    t = time.monotonic()
+    inputs = load_inputs({n: opts.inputs[n] for n in model_inputs}, model_inputs)
+    ref_name = task.reference if task.reference in model_inputs else model_inputs[0]
+    reference = next(i for i in inputs if i.name == ref_name)
+    align_to_reference(inputs, reference, warnings)
+    timings["read"] = time.monotonic() - t
+
+    # -- preprocess --------------------------------------------------------------------------------
+    from LesionFactorizerLib.pipeline.preprocessing import prepare, to_reference
+
+    progress.stage("preprocess", "cropping, normalising, resampling")
+    t = time.monotonic()
+    pre = first["preprocessing"]
+    spacing = pre.get("spacing")
+    align = 16
+    prep = prepare([i.image for i in inputs], reference.geometry, spacing, align,
+                   crop_foreground=pre.get("crop_foreground", True),
+                   normalization=pre.get("normalization", "zscore-nonzero"))
+    patch_np = [int(p) for p in reversed(pre["patch_size"])]
+    roi = tuple(max(align, min((p // align) * align, s)) for p, s in zip(patch_np, prep.array.shape[1:]))
+    timings["preprocess"] = time.monotonic() - t
+
+    # -- models ------------------------------------------------------------------------------------
+    from LesionFactorizerLib.modelfile import load_model_file
+    from LesionFactorizerLib.pipeline.inference import apply_nmf_settings, run_inference
+
+    progress.stage("model", "loading model")
+    t = time.monotonic()
+    if not loaded:
+        loaded = [load_model_file(p) for p in model_paths]
+    models = [m.model for m in loaded]
+    apply_nmf_settings(models, settings["nmf_iters"], settings["skip_nmf"], warnings)
+    has_components = any(getattr(m, "has_components", False) for m in models)
+    components_note = None
+    want_components = bool(opts.components or opts.component_layers)
+    if want_components and not has_components:
+        components_note = (f"model {loaded[0].name} is not a Factorizer and has no NMF components; "
+                           "no component maps were written")
+        warnings.append(components_note)
+        want_components = False
+    if want_components and opts.component_layers:
+        comp_model = next(m for m in models if getattr(m, "has_components", False))
+        names = [n for n, _ in comp_model.component_layers]
+        bad = [n for n in opts.component_layers if n not in names]
+        if bad:
+            raise UserError(f"unknown component layer(s) {', '.join(bad)}; layers are: {', '.join(names)}")
+    timings["model"] = time.monotonic() - t
+
+    # -- inference ---------------------------------------------------------------------------------
+    progress.stage("inference", f"{len(models)} model(s), {'TTA' if settings['tta'] else 'no TTA'}")
+    t = time.monotonic()
+    result = run_inference(models, prep.array, roi, overlap=settings["overlap"], align=align, tta=settings["tta"],
+                           sw_batch_size=opts.sw_batch_size, device=opts.device,
+                           component_layers=opts.component_layers, want_components=want_components,
+                           on_window=lambda d, n: progress.update(d / n))
+    if want_components and settings["skip_nmf"]:
+        wanted = opts.component_layers or [n for n, _ in next(
+            m for m in models if getattr(m, "has_components", False)).component_layers]
+        skipped = [n for n in wanted if n in settings["skip_nmf"]]
+        if skipped:
+            result.warnings.append(f"NMF layer(s) {', '.join(skipped)} were short-circuited (--skip-nmf or "
+                                   f"--preset {opts.preset}) and have no component maps")
+    for w in result.warnings:
+        warnings.append(w)
+        progress.warning(w)
+    timings["inference"] = time.monotonic() - t
+    del prep.array
+
+    # -- post-process on the reference grid --------------------------------------------------------
+    from LesionFactorizerLib.pipeline.postprocessing import (activate, label_volumes, lesion_table,
+                                                             remove_small_lesions, to_labels)
+
+    progress.stage("postprocess", "labels and lesions")
+    t = time.monotonic()
+    outputs_meta = first["outputs"]
+    channels, activation = list(outputs_meta["channels"]), outputs_meta["activation"]
+    post = {**_task_post(task), **first.get("postprocessing", {})}
+    if opts.threshold is not None:
+        post["threshold"] = opts.threshold
+    if opts.min_lesion_mm3 is not None:
+        post["min_lesion_mm3"] = opts.min_lesion_mm3
+    probs_box = activate(result.logits, activation)
+    fill = [1.0 if (activation == "softmax" and ch == "background") else 0.0 for ch in channels]
+    probs = to_reference(prep, probs_box, fill)
+    del probs_box, result.logits
+    labels = to_labels(probs, task, channels, activation, float(post["threshold"]))
+    geometry = reference.geometry
+    removed = remove_small_lesions(labels, geometry, float(post["min_lesion_mm3"]), int(post["connectivity"]))
+    volumes = label_volumes(labels, geometry, task)
+    lesions = lesion_table(labels, geometry, task, int(post["connectivity"]))
+    timings["postprocess"] = time.monotonic() - t
+
+    # -- write everything into the temporary folder, then move into place --------------------------
+    import SimpleITK as sitk
+
+    from LesionFactorizerLib.pipeline.components import write_components
+    from LesionFactorizerLib.pipeline.report import write_json, write_lesions_csv, write_overview
+
+    final = out.final
+    with out as tmp:
+        labels_img = sitk.GetImageFromArray(labels)
+        labels_img.CopyInformation(reference.image)
+        del labels
+        written: dict[str, str] = {"segmentation": f"segmentation{ext}"}
+        components_entries = None
+        comp_image = None
+        if want_components:
+            progress.stage("components", "writing NMF component maps")
+            t = time.monotonic()
+            order = [n for n, _ in next(m for m in models if getattr(m, "has_components", False)).component_layers]
+            components_entries = write_components(prep, result.components, result.strides, tmp / "components", order)
+            if components_entries:
+                show = next((e for e in components_entries if e["layer"] == "decoder1"), components_entries[0])
+                comp_image = (show["layer"], sitk.ReadImage(str(tmp / "components" / show["file"])))
+                written["components"] = "components"
+                written["components_index"] = "components/components.json"
+            timings["components"] = time.monotonic() - t
+        result.components.clear()
+        progress.stage("write", "writing results")
+        t = time.monotonic()
+        write_image(labels_img, tmp / written["segmentation"])
+        if opts.probabilities:
+            keep = [c for c, ch in enumerate(channels) if ch != "background"]
+            # one channel image at a time, so at most one extra full-size copy exists alongside probs
+            parts = []
+            for c in keep:
+                parts.append(sitk.GetImageFromArray(probs[c]))
+            del probs
+            img = parts[0] if len(parts) == 1 else sitk.Compose(parts)
+            del parts
+            img.CopyInformation(reference.image)
+            written["probabilities"] = f"probabilities{ext}"
+            write_image(img, tmp / written["probabilities"])
+            del img
+        else:
+            del probs
+        write_lesions_csv(tmp / "lesions.csv", lesions, [lb.name for lb in task.labels])
+        written["lesions"] = "lesions.csv"
+        if opts.overview:
+            write_overview(tmp / "overview.png", inputs, labels_img, task, comp_image)
+            written["overview"] = "overview.png"
+        timings["write"] = time.monotonic() - t
+        timings["total"] = time.monotonic() - t_start
+        report = {
+            "format": "lesion-factorizer-report", "format_version": 1,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "library_version": __version__,
+            "task": task.name, "task_title": task.title,
+            "model": _model_entry(loaded[0]),
+            "models": [_model_entry(m) for m in loaded],
+            "inputs": [i.describe() for i in inputs],
+            "reference_input": reference.name,
+            "geometry": geometry.as_dict(),
+            "coordinate_system": "LPS (RAS centroids also given)",
+            "settings": {"preset": opts.preset, "device": result.device, "tta": settings["tta"],
+                         "overlap": settings["overlap"], "nmf_iters": settings["nmf_iters"],
+                         "skip_nmf": settings["skip_nmf"], "sw_batch_size": opts.sw_batch_size,
+                         "roi": list(reversed(roi)), "passes": result.passes, **post,
+                         "model_spacing": spacing},
+            "preprocessing": {"crop_start": list(prep.crop_start), "crop_size": list(prep.crop_size),
+                              "model_grid": prep.model_grid.as_dict(), "resampled": not prep.identity,
+                              "normalisation": prep.normalisation},
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "volumes_ml": {name: v["volume_ml"] for name, v in volumes["labels"].items()},
+            "labels": {name: {**v, **_label_extra(task, v["value"])} for name, v in volumes["labels"].items()},
+            "regions": volumes["regions"],
+            "lesion_count": len(lesions),
+            "removed_small_lesions": removed,
+            "lesions": lesions,
+            "components": components_entries,
+            "outputs": dict(written, report="report.json"),
+            "warnings": warnings,
+        }
+        if components_note:
+            report["components_note"] = components_note
+        write_json(tmp / "report.json", report)
+        out.commit()
+    outputs = {k: str(final / v) for k, v in written.items()}
+    outputs["report"] = str(final / "report.json")
+    outputs["dir"] = str(final)
+    return outputs
+
+
+def _task_post(task: Task) -> dict[str, Any]:
+    p = task.postprocessing
+    return {"mode": p.mode, "threshold": p.threshold, "min_lesion_mm3": p.min_lesion_mm3,
+            "connectivity": p.connectivity}
+
+
+def _label_extra(task: Task, value: int) -> dict[str, Any]:
+    lb = task.label(value)
+    return {"color": list(lb.color), "terminology": lb.terminology_entry()}
+
+
+def _model_entry(m) -> dict[str, Any]:
+    meta = m.metadata
+    return {"name": m.name, "path": str(m.path), "sha256": m.sha256,
+            "architecture": meta["architecture"]["name"], "description": meta.get("description", ""),
+            "license": meta.get("license", ""), "weights_sha256": meta["weights"]["sha256"]}

@@ -1,0 +1,121 @@
+"""Reading and checking inputs (files, DICOM series, 4-D), and the atomic output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from test_pipeline_data import grid, sample, save_threshold_model, write_case
+
+from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.pipeline.geometry import Geometry
+from LesionFactorizerLib.pipeline.io import AtomicOutput, read_image
+from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+
+
+def write_dicom_series(image: sitk.Image, folder, series_uid="1.2.826.0.1.3680043.2.1125.1", description="DWI"):
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.Cast(sitk.RescaleIntensity(image, 0, 1000), sitk.sitkInt16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    direction = image.GetDirection()
+    for z in range(image.GetDepth()):
+        s = image[:, :, z]
+        s.SetMetaData("0020|000e", series_uid)
+        s.SetMetaData("0020|000d", "1.2.826.0.1.3680043.2.1125.2")
+        s.SetMetaData("0008|0060", "MR")
+        s.SetMetaData("0008|103e", description)
+        s.SetMetaData("0020|0037", "\\".join(map(str, (direction[0], direction[3], direction[6],
+                                                           direction[1], direction[4], direction[7]))))
+        s.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z)))))
+        s.SetMetaData("0020|0013", str(z + 1))
+        s.SetMetaData("0008|0018", f"{series_uid}.{z + 1}")
+        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
+        writer.Execute(s)
+
+
+def test_dicom_series_folder_is_read_with_its_geometry(tmp_path):
+    geom = grid((24, 20, 8), (1.2, 1.2, 3.0))
+    write_dicom_series(sample(geom), tmp_path / "dwi")
+    image, notes = read_image(tmp_path / "dwi", "dwi")
+    got = Geometry.from_image(image)
+    assert got.size == geom.size
+    assert np.allclose(got.spacing, geom.spacing, atol=1e-4) and np.allclose(got.origin, geom.origin, atol=1e-3)
+    assert "DICOM series" in notes[0]
+
+
+def test_folder_with_two_series_is_refused(tmp_path):
+    geom = grid((10, 10, 4), (1.0, 1.0, 2.0))
+    write_dicom_series(sample(geom), tmp_path / "mixed", series_uid="1.2.3.4")
+    write_dicom_series(sample(geom), tmp_path / "mixed2", series_uid="1.2.3.5")
+    for p in (tmp_path / "mixed2").iterdir():
+        p.rename(tmp_path / "mixed" / f"b_{p.name}")
+    with pytest.raises(UserError, match="2 DICOM series"):
+        read_image(tmp_path / "mixed", "dwi")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no DICOM series"):
+        read_image(tmp_path / "empty", "dwi")
+
+
+def test_four_d_images_single_volume_is_used_several_are_refused(tmp_path):
+    one = sitk.JoinSeries([sitk.GetImageFromArray(np.random.default_rng(0).random((6, 7, 8)).astype(np.float32))])
+    sitk.WriteImage(one, str(tmp_path / "one.nii.gz"))
+    image, _ = read_image(tmp_path / "one.nii.gz", "dwi")
+    assert image.GetDimension() == 3 and image.GetSize() == (8, 7, 6)
+    vols = [sitk.GetImageFromArray(np.random.default_rng(i).random((6, 7, 8)).astype(np.float32)) for i in range(3)]
+    sitk.WriteImage(sitk.JoinSeries(vols), str(tmp_path / "multi.nii.gz"))
+    with pytest.raises(UserError, match="4-D with 3 volumes.*b=1000"):
+        read_image(tmp_path / "multi.nii.gz", "dwi")
+
+
+def test_unreadable_and_missing_files_are_user_errors(tmp_path):
+    (tmp_path / "x.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="cannot read"):
+        read_image(tmp_path / "x.nii.gz", "adc")
+    with pytest.raises(UserError, match="does not exist"):
+        read_image(tmp_path / "nope.nii.gz", "adc")
+
+
+def test_failure_inside_the_output_block_leaves_nothing(tmp_path):
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(RuntimeError):
+        with AtomicOutput(out, ["report.json"]) as tmp:
+            (tmp / "report.json").write_text("{}")
+            raise RuntimeError("disk full")
+    assert not (tmp_path / "deep").exists()        # even the parents it created are gone
+
+
+def test_stale_temporary_folders_of_killed_runs_are_removed(tmp_path):
+    dead = tmp_path / ".out.partial-999999999-abc"   # no such process
+    dead.mkdir()
+    (dead / "segmentation.nii.gz").write_bytes(b"half")
+    alive = tmp_path / f".out.partial-{os.getppid()}-abc"
+    alive.mkdir()
+    with AtomicOutput(tmp_path / "out", ["report.json"]) as tmp:
+        (tmp / "report.json").write_text("{}")
+        assert not dead.exists() and alive.exists()
+    assert not (tmp_path / "out").exists()   # no commit → nothing
+    alive.rmdir()
+
+
+def test_overwrite_replaces_our_results_and_keeps_other_files(tmp_path):
+    paths = write_case(tmp_path / "in")
+    model = save_threshold_model(tmp_path / "thr.safetensors")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "report.json").write_text("{}")
+    (out / "components").mkdir()
+    (out / "components" / "old.nrrd").write_text("old")
+    opts = SegmentOptions(inputs=paths, output=str(out), task="stroke", models=[model], device="cpu", overview=False)
+    with pytest.raises(UserError, match="--overwrite"):
+        segment_case(opts)
+    opts.overwrite = True
+    segment_case(opts)
+    assert json.loads((out / "report.json").read_text())["task"] == "stroke"
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "components" / "old.nrrd").exists()   # not written by this run, so left alone
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
