@@ -519,7 +519,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                     raise RuntimeError(_("PyTorch was not installed; open the PyTorch Utils module for details."))
             if plan.pip:
                 constraints = Path(slicer.util.tempDirectory("LesionFactorizer")) / "constraints.txt"
-                constraints.write_text(dependenciesLib.protected_constraints())
+                constraints.write_text(dependenciesLib.protected_constraints(), encoding="utf-8")
                 try:
                     slicer.util.pip_install(dependenciesLib.pip_arguments(plan, str(constraints)))
                 finally:

@@ -13,7 +13,7 @@ from LesionFactorizerLib.cli import main
 
 
 def read_summary(path):
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return {row["case_id"]: row for row in csv.DictReader(f)}
 
 
@@ -48,13 +48,13 @@ def test_csv_and_json_datalists_with_relative_paths(tmp_path):
     write_case(tmp_path / "data" / "a")
     model = save_threshold_model(tmp_path / "thr.safetensors")
     datalist = tmp_path / "data" / "list.csv"
-    datalist.write_text("case_id,dwi,adc\nA1,a/dwi.nii.gz,a/adc.nii.gz\n")
+    datalist.write_text("case_id,dwi,adc\nA1,a/dwi.nii.gz,a/adc.nii.gz\n", encoding="utf-8")
     assert main(["batch", str(datalist), "--model", model, "-o", str(tmp_path / "o1"), "--no-overview",
                  "--progress", "none"]) == 0
     assert read_summary(tmp_path / "o1" / "summary.csv")["A1"]["status"] == "done"
     jlist = tmp_path / "data" / "list.json"
     jlist.write_text(json.dumps([{"case_id": "J1", "inputs": {"dwi": "a/dwi.nii.gz", "adc": "a/adc.nii.gz"}},
-                                 {"case_id": "J2", "inputs": {"dwi": "a/dwi.nii.gz"}}]))
+                                 {"case_id": "J2", "inputs": {"dwi": "a/dwi.nii.gz"}}]), encoding="utf-8")
     assert main(["batch", str(jlist), "--model", model, "-o", str(tmp_path / "o2"), "--no-overview",
                  "--progress", "none"]) == 2
     summary = read_summary(tmp_path / "o2" / "summary.csv")

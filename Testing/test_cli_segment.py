@@ -22,7 +22,7 @@ STAGES = {"read", "preprocess", "model", "inference", "postprocess", "components
 
 def cli(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "LesionFactorizerLib", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120, **kw)
+                          capture_output=True, text=True, timeout=120, **kw, encoding="utf-8")
 
 
 def snapshot(folder: Path) -> set[str]:
@@ -50,7 +50,7 @@ def assert_clean_failure(proc, out: Path, before: set[str], words: tuple[str, ..
 def run_failing(tmp_path, model, inputs: dict[str, str], words, extra=(), prepare=None):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("user file")
+    (out / "keep.txt").write_text("user file", encoding="utf-8")
     if prepare:
         prepare(out)
     before = snapshot(out)
@@ -146,7 +146,7 @@ def test_output_folder_not_writable(tmp_path, case):
 def test_existing_outputs_without_overwrite(tmp_path, case):
     _, paths, model = case
     proc = run_failing(tmp_path, model, paths, ("already holds results", "--overwrite"),
-                       prepare=lambda out: (out / "report.json").write_text("{}"))
+                       prepare=lambda out: (out / "report.json").write_text("{}", encoding="utf-8"))
     assert proc.returncode == 2
 
 
@@ -178,7 +178,7 @@ def test_killing_mid_inference_leaves_no_partial_outputs(tmp_path, case, sig):
     proc = subprocess.Popen([sys.executable, "-m", "LesionFactorizerLib", "segment", "--task", "stroke", "--model",
                              slow, "-o", str(out), "-i", f"dwi={paths['dwi']}", "-i", f"adc={paths['adc']}",
                              "--progress", "jsonl"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, encoding="utf-8")
     try:
         seen = []
         for line in proc.stdout:

@@ -74,8 +74,8 @@ def test_datalists_json_csv_with_label_map_and_folds(tmp_path):
     cases = discover("brats", root, "tumor")
     entries = [{"id": c.id, **{n: r.path for n, r in c.images.items()}, "label": c.label, "fold": i % 2}
                for i, c in enumerate(cases)]
-    (tmp_path / "list.json").write_text(json.dumps({"training": entries}))
-    with open(tmp_path / "list.csv", "w", newline="") as f:
+    (tmp_path / "list.json").write_text(json.dumps({"training": entries}), encoding="utf-8")
+    with open(tmp_path / "list.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(entries[0]))
         w.writeheader()
         w.writerows(entries)
@@ -89,7 +89,7 @@ def test_datalists_json_csv_with_label_map_and_folds(tmp_path):
     with pytest.raises(UserError, match=r"label value\(s\) \[4\]"):
         load_case(plain[0], ["flair", "t1", "t1ce", "t2"])
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([{"id": "x", "flair": "a.nii.gz"}]))
+    bad.write_text(json.dumps([{"id": "x", "flair": "a.nii.gz"}]), encoding="utf-8")
     with pytest.raises(UserError, match="lacks input"):
         discover("datalist", bad, "tumor")
 

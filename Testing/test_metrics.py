@@ -192,7 +192,7 @@ def test_evaluation_and_dataset_code_import_without_torch():
     code = ("import sys, LesionFactorizerLib.evaluation.cohort, LesionFactorizerLib.training.datasets, "
             "LesionFactorizerLib.training.config; print(sorted(m for m in ('torch', 'lightning', 'monai') "
             "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, encoding="utf-8")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -221,20 +221,20 @@ def test_evaluate_cli_writes_cases_summary_and_wilcoxon(tmp_path):
             sitk.WriteImage(img, str(path))
     out = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "evaluate", "--task", "tumor",
                           "--pred", str(tmp_path / "a"), "--pred-b", str(tmp_path / "b"), "--ref", str(tmp_path / "ref"),
-                          "--out", str(tmp_path / "eval")], capture_output=True, text=True, timeout=120)
+                          "--out", str(tmp_path / "eval")], capture_output=True, text=True, timeout=120, encoding="utf-8")
     assert out.returncode == 0, out.stderr
-    cases = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))
+    cases = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv", encoding="utf-8")))
     assert len(cases) == 8 and all(float(r["dice_WT"]) > 0.99 for r in cases)
-    summary = {r["metric"]: r for r in csv.DictReader(open(tmp_path / "eval" / "summary_b.csv"))}
+    summary = {r["metric"]: r for r in csv.DictReader(open(tmp_path / "eval" / "summary_b.csv", encoding="utf-8"))}
     assert float(summary["dice_WT"]["mean"]) < 0.9 and int(summary["dice_WT"]["n"]) == 8
-    wil = {r["metric"]: r for r in csv.DictReader(open(tmp_path / "eval" / "wilcoxon.csv"))}
+    wil = {r["metric"]: r for r in csv.DictReader(open(tmp_path / "eval" / "wilcoxon.csv", encoding="utf-8"))}
     assert float(wil["dice_ET"]["p_value"]) < 0.05 and float(wil["dice_ET"]["mean_a"]) > float(wil["dice_ET"]["mean_b"])
     # a prediction on another grid is refused with one line, exit code 2
     img = sitk.GetImageFromArray(np.zeros((16, 16, 16), np.uint8))   # same size, other spacing
     sitk.WriteImage(img, str(tmp_path / "a" / "c0" / "segmentation.nii.gz"))
     out = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "evaluate", "--task", "tumor",
                           "--pred", str(tmp_path / "a"), "--ref", str(tmp_path / "ref"), "--out", str(tmp_path / "e2")],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, encoding="utf-8")
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 2 and last.startswith("error: case c0") and "grid" in last
     assert not (tmp_path / "e2").exists()   # nothing written on failure

@@ -77,7 +77,7 @@ def test_metadata_reads_without_torch(model_file):
     code = (f"import sys; from LesionFactorizerLib.modelfile import read_metadata, verify_file; "
             f"m = read_metadata({str(path)!r}); verify_file({str(path)!r}); "
             f"assert 'torch' not in sys.modules; print(m['task'])")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, encoding="utf-8")
     assert proc.returncode == 0 and proc.stdout.strip() == "stroke", proc.stderr
 
 

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "phantom", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env=env)
+                          capture_output=True, text=True, timeout=120, env=env, encoding="utf-8")
 
 
 def test_cli_writes_cases_and_previews(tmp_path):
@@ -57,10 +57,10 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, args, fragment):
 
 def test_cli_refuses_a_file_as_output(tmp_path):
     target = tmp_path / "file.txt"
-    target.write_text("x")
+    target.write_text("x", encoding="utf-8")
     res = _cli("--task", "ms-new", "--out", str(target), "--spacing", "4")
     assert res.returncode == 2 and res.stderr.startswith("error:") and "is a file" in res.stderr
-    assert target.read_text() == "x"
+    assert target.read_text(encoding="utf-8") == "x"
 
 
 def test_generation_needs_no_network(tmp_path):
@@ -73,6 +73,6 @@ def test_generation_needs_no_network(tmp_path):
         "c = generate_case('tumor', 0, 0, spacing=4)\n"
         "print(int(c.label.max()))\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, encoding="utf-8")
     assert res.returncode == 0, res.stderr
     assert int(res.stdout.strip()) == 3

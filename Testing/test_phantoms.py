@@ -159,7 +159,7 @@ def test_dataset_is_written_in_the_public_layout(tmp_path, task):
             np.testing.assert_array_equal(arr, case.images[key])
         assert img.GetSize() == label_img.GetSize()
         assert np.allclose(img.GetOrigin(), label_img.GetOrigin()) and img.GetSpacing() == (4.0, 4.0, 4.0)
-    manifest = json.loads((out / "phantom_manifest.json").read_text())
+    manifest = json.loads((out / "phantom_manifest.json").read_text(encoding="utf-8"))
     assert manifest["task"] == task and set(manifest["cases"]) == {"0", "1"}
 
 

@@ -52,7 +52,7 @@ def test_every_layer_covers_the_input_within_one_layer_voxel(tmp_path, swin_file
     outputs = segment_case(SegmentOptions(inputs=oblique_case, output=str(out), task="stroke", models=[swin_file],
                                           device="cpu", components=True, overview=True))
     reference = Geometry.from_image(sitk.ReadImage(oblique_case["dwi"]))
-    index = json.loads((out / "components" / "components.json").read_text())
+    index = json.loads((out / "components" / "components.json").read_text(encoding="utf-8"))
     layers = {e["layer"]: e for e in index["layers"]}
     assert list(layers) == ["encoder1", "encoder2", "encoder3", "encoder4", "bridge",
                             "decoder4", "decoder3", "decoder2", "decoder1"]
@@ -69,7 +69,7 @@ def test_every_layer_covers_the_input_within_one_layer_voxel(tmp_path, swin_file
         ref_lo, ref_hi = np.full(3, -0.5), np.asarray(reference.size) - 0.5
         assert (np.abs(lo - ref_lo) <= one_layer_voxel + 1e-6).all(), (name, lo, ref_lo)
         assert (np.abs(hi - ref_hi) <= one_layer_voxel + 1e-6).all(), (name, hi, ref_hi)
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert [e["layer"] for e in report["components"]] == list(layers)
     assert outputs["components"] == str(out / "components")
 
@@ -81,7 +81,7 @@ def test_only_chosen_layers_are_written_and_skipped_layers_have_none(tmp_path, s
                                 overview=False))
     files = sorted(p.name for p in (out / "components").iterdir())
     assert files == ["bridge.nrrd", "components.json"]
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["settings"]["skip_nmf"] == ["decoder1"]
 
 
@@ -91,5 +91,5 @@ def test_non_factorizer_models_get_a_message_not_an_error(tmp_path, oblique_case
     outputs = segment_case(SegmentOptions(inputs=oblique_case, output=str(out), task="stroke", models=[model],
                                           device="cpu", components=True, overview=False))
     assert "components" not in outputs and not (out / "components").exists()
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert "not a Factorizer" in report["components_note"]

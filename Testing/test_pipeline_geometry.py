@@ -61,7 +61,7 @@ def test_segmentation_is_on_the_reference_grid_and_the_lesion_where_it_was_place
     assert seg.GetPixelID() == sitk.sitkUInt8
     centroid = lesion_centroid(seg)
     assert np.linalg.norm(centroid - LESION_CENTER) < 0.5 * max(reference.GetSpacing())
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["lesion_count"] == 1
     assert np.allclose(report["lesions"][0]["centroid_lps"], centroid, atol=1e-3)
     assert np.allclose(report["lesions"][0]["centroid_ras"], centroid * [-1, -1, 1], atol=1e-3)
@@ -76,7 +76,7 @@ def test_lesion_seen_only_on_the_second_input_is_mapped_through_physical_space(t
     seg = sitk.ReadImage(str(out / "segmentation.nii.gz"))
     assert Geometry.from_image(seg).same_grid(Geometry.from_image(reference))
     assert np.linalg.norm(lesion_centroid(seg) - LESION_CENTER) < 0.6 * max(reference.GetSpacing())
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert any("resampled onto dwi's grid" in w for w in report["warnings"])
 
 
@@ -87,6 +87,6 @@ def test_model_spacing_resampling_is_undone_exactly(tmp_path):
     assert seg.GetSize() == reference.GetSize()
     assert seg.GetOrigin() == reference.GetOrigin() and seg.GetDirection() == reference.GetDirection()
     assert np.linalg.norm(lesion_centroid(seg) - LESION_CENTER) < 1.0
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["preprocessing"]["resampled"] is True
     assert report["preprocessing"]["model_grid"]["spacing"] == [2.0, 2.0, 2.0]

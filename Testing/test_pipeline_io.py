@@ -83,7 +83,7 @@ def test_failure_inside_the_output_block_leaves_nothing(tmp_path):
     out = tmp_path / "deep" / "out"
     with pytest.raises(RuntimeError):
         with AtomicOutput(out, ["report.json"]) as tmp:
-            (tmp / "report.json").write_text("{}")
+            (tmp / "report.json").write_text("{}", encoding="utf-8")
             raise RuntimeError("disk full")
     assert not (tmp_path / "deep").exists()        # even the parents it created are gone
 
@@ -95,7 +95,7 @@ def test_stale_temporary_folders_of_killed_runs_are_removed(tmp_path):
     alive = tmp_path / f".out.partial-{os.getppid()}-abc"
     alive.mkdir()
     with AtomicOutput(tmp_path / "out", ["report.json"]) as tmp:
-        (tmp / "report.json").write_text("{}")
+        (tmp / "report.json").write_text("{}", encoding="utf-8")
         assert not dead.exists() and alive.exists()
     assert not (tmp_path / "out").exists()   # no commit → nothing
     alive.rmdir()
@@ -106,16 +106,16 @@ def test_overwrite_replaces_our_results_and_keeps_other_files(tmp_path):
     model = save_threshold_model(tmp_path / "thr.safetensors")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    (out / "report.json").write_text("{}")
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    (out / "report.json").write_text("{}", encoding="utf-8")
     (out / "components").mkdir()
-    (out / "components" / "old.nrrd").write_text("old")
+    (out / "components" / "old.nrrd").write_text("old", encoding="utf-8")
     opts = SegmentOptions(inputs=paths, output=str(out), task="stroke", models=[model], device="cpu", overview=False)
     with pytest.raises(UserError, match="--overwrite"):
         segment_case(opts)
     opts.overwrite = True
     segment_case(opts)
-    assert json.loads((out / "report.json").read_text())["task"] == "stroke"
-    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "report.json").read_text(encoding="utf-8"))["task"] == "stroke"
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
     assert (out / "components" / "old.nrrd").exists()   # not written by this run, so left alone
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]

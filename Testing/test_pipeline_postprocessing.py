@@ -143,10 +143,10 @@ def test_ms_new_pipeline_drops_lesions_under_3_mm3_and_reports_them(tmp_path):
                                  patch=(16, 16, 16))
     segment_case(SegmentOptions(inputs=paths, output=str(tmp_path / "out"), models=[model], device="cpu",
                                 overview=False))
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     assert report["task"] == "ms-new" and report["reference_input"] == "flair_followup"
     assert report["removed_small_lesions"] == 1 and report["lesion_count"] == 1
     assert report["lesions"][0]["voxels"] == 64 and report["settings"]["connectivity"] == 18
     assert report["volumes_ml"]["new_lesion"] == pytest.approx(0.064)
-    rows = (tmp_path / "out" / "lesions.csv").read_text().splitlines()
+    rows = (tmp_path / "out" / "lesions.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 2 and rows[0].startswith("id,voxels,volume_ml")

@@ -8,7 +8,7 @@ from LesionFactorizerLib.presets import PRESETS, build_model, count_parameters
 
 def test_presets_table_lists_every_preset_with_exact_counts_and_flops():
     out = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "models", "presets"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, encoding="utf-8")
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:] if line.strip()}
     assert set(rows) == set(PRESETS)

@@ -58,23 +58,23 @@ def build_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("cmake")
     sdk = root / "Slicer-SDK"
     sdk.mkdir()
-    (sdk / "UseSlicer.cmake").write_text(USE_SLICER)
-    (sdk / "empty.cmake").write_text("")
+    (sdk / "UseSlicer.cmake").write_text(USE_SLICER, encoding="utf-8")
+    (sdk / "empty.cmake").write_text("", encoding="utf-8")
     (sdk / "SlicerConfig.cmake").write_text(textwrap.dedent("""
         set(Slicer_USE_FILE ${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake)
         set(Slicer_EXTENSION_GENERATE_CONFIG ${CMAKE_CURRENT_LIST_DIR}/empty.cmake)
         set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/empty.cmake)
-    """))
+    """), encoding="utf-8")
     build = root / "build"
     proc = subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={sdk}", "-DBUILD_TESTING=ON"],
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=240, encoding="utf-8")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return build
 
 
 def test_configure_registers_the_module_and_its_self_test(build_tree):
-    assert (build_tree / "scripted-modules.txt").read_text().split() == ["LesionFactorizer", "TRUE"]
-    assert (build_tree / "python-tests.txt").read_text().split() == ["LesionFactorizer.py"]
+    assert (build_tree / "scripted-modules.txt").read_text(encoding="utf-8").split() == ["LesionFactorizer", "TRUE"]
+    assert (build_tree / "python-tests.txt").read_text(encoding="utf-8").split() == ["LesionFactorizer.py"]
 
 
 def test_build_tree_has_the_runtime_layout(build_tree):
@@ -105,5 +105,5 @@ def test_build_tree_has_the_runtime_layout(build_tree):
         print("ok")
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=build_tree)
+                          cwd=build_tree, encoding="utf-8")
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -89,14 +89,14 @@ def test_report_list_shape_and_ms_new_summary():
 
 
 def test_report_file_must_be_an_object(tmp_path):
-    (tmp_path / "report.json").write_text("[1, 2]")
+    (tmp_path / "report.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ValueError, match="not a report"):
         report.read_report(tmp_path / "report.json")
 
 
 def test_outputs_found_from_done_event_or_file_names(tmp_path):
     (tmp_path / "segmentation.nrrd").write_bytes(b"x")
-    (tmp_path / "report.json").write_text("{}")
+    (tmp_path / "report.json").write_text("{}", encoding="utf-8")
     (tmp_path / "components").mkdir()
     files = find_outputs(tmp_path, {})
     assert files.segmentation == tmp_path / "segmentation.nrrd"
@@ -133,7 +133,7 @@ def test_component_geometry_matches_itk_physical_points_in_ras(tmp_path):
     folder = tmp_path / "components"
     folder.mkdir()
     sitk.WriteImage(image, str(folder / "encoder2.nrrd"))
-    (folder / "components.json").write_text("{}")  # index file is not an image: ignored
+    (folder / "components.json").write_text("{}", encoding="utf-8")  # index file is not an image: ignored
     layers = components.load_components(folder)
     layer = layers["encoder2"]
     assert layer.title == "Encoder 2" and layer.count == 3
@@ -212,12 +212,12 @@ def test_constraints_turn_a_silent_numpy_replacement_into_an_error(tmp_path):
 
     _fake_wheel(tmp_path, "numpy", "0.0.1")
     constraints = tmp_path / "constraints.txt"
-    constraints.write_text(dependencies.protected_constraints())
+    constraints.write_text(dependencies.protected_constraints(), encoding="utf-8")
     base = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--find-links", str(tmp_path),
             "--disable-pip-version-check", "numpy<1"]
-    unprotected = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    unprotected = subprocess.run(base, capture_output=True, text=True, timeout=120, encoding="utf-8")
     assert unprotected.returncode == 0 and "numpy-0.0.1" in unprotected.stdout  # would replace it
-    protected = subprocess.run(base + ["-c", str(constraints)], capture_output=True, text=True, timeout=120)
+    protected = subprocess.run(base + ["-c", str(constraints)], capture_output=True, text=True, timeout=120, encoding="utf-8")
     assert protected.returncode != 0 and "numpy" in protected.stderr
 
 
@@ -284,7 +284,7 @@ def test_sample_cases_come_from_the_manifest_with_checksums(tmp_path):
                              "t1": "t_t1.nii.gz"}, "sha256": {"t_flair.nii.gz": "ab" * 32}},
         "stroke": {"inputs": {"dwi": "s_dwi.nii.gz", "adc": "s_adc.nii.gz"}},  # optional FLAIR absent
         "unknown-task": {"inputs": {}}}}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     (tmp_path / "stroke_thumbnail.png").write_bytes(b"png")
     cases = {c.task: c for c in samples.discover_sample_cases(tmp_path)}
     assert set(cases) == {"tumor", "stroke"}
@@ -334,7 +334,7 @@ def test_installer_covers_exactly_the_library_dependencies():
 
     from packaging.requirements import Requirement
 
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     declared = {Requirement(r).name.lower() for r in project["dependencies"]}
     assert {d.name.lower() for d in dependencies.DEPENDENCIES} == declared
     floors = {Requirement(r).name.lower(): Requirement(r).specifier for r in project["dependencies"]}

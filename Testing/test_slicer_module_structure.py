@@ -35,7 +35,7 @@ def _need_shared():
 def test_slicer_api_conformance():
     _need_shared()
     proc = subprocess.run([sys.executable, str(CHECKER), "--index", str(INDEX), "LesionFactorizer"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=120, encoding="utf-8")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert " 0 error(s)" in output, output
@@ -48,11 +48,11 @@ def test_slicer_api_conformance():
 def test_api_checker_catches_a_wrong_name(tmp_path):
     """Guard against a vacuous pass: a misspelt Slicer call in a copy of our module is an error."""
     _need_shared()
-    broken = MODULE_FILE.read_text().replace("GetSegmentIdBySegmentName", "GetSegmentIDBySegmentName", 1)
-    assert broken != MODULE_FILE.read_text()
-    (tmp_path / "LesionFactorizer.py").write_text(broken)
+    broken = MODULE_FILE.read_text(encoding="utf-8").replace("GetSegmentIdBySegmentName", "GetSegmentIDBySegmentName", 1)
+    assert broken != MODULE_FILE.read_text(encoding="utf-8")
+    (tmp_path / "LesionFactorizer.py").write_text(broken, encoding="utf-8")
     proc = subprocess.run([sys.executable, str(CHECKER), "--index", str(INDEX), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, encoding="utf-8")
     assert proc.returncode == 1
     assert "GetSegmentIDBySegmentName" in proc.stdout + proc.stderr
 
@@ -75,7 +75,7 @@ def test_ui_is_designer_xml_with_slicer_widget_classes():
         if not cls.startswith("Q"):
             assert cls in custom, f"{cls} used but not declared in <customwidgets>"
     if INDEX.is_file():
-        cxx = json.loads(INDEX.read_text())["cxx"]
+        cxx = json.loads(INDEX.read_text(encoding="utf-8"))["cxx"]
         for cls in set(custom) | {c for c in classes if not c.startswith("Q")}:
             assert cls in cxx, f"{cls} does not exist in Slicer/CTK"
     # every MRML selector receives the scene from the top-level widget
@@ -87,7 +87,7 @@ def test_ui_is_designer_xml_with_slicer_widget_classes():
 
 def _looked_up_widgets() -> set[str]:
     """Names the module reads from self.ui: attributes, and getattr(self.ui, f"name{i}") in range(MAX_INPUTS)."""
-    source = MODULE_FILE.read_text()
+    source = MODULE_FILE.read_text(encoding="utf-8")
     tree = ast.parse(source)
     names = set()
     max_inputs = None
@@ -129,7 +129,7 @@ def _cmake_list(text: str, variable: str) -> list[str]:
 
 
 def test_module_cmake_lists_every_script_and_resource():
-    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = [s.replace("${MODULE_NAME}", "LesionFactorizer") for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")]
     resources = [s.replace("${MODULE_NAME}", "LesionFactorizer") for s in _cmake_list(text, "MODULE_PYTHON_RESOURCES")]
     for rel in scripts + resources:
@@ -144,7 +144,7 @@ def test_module_cmake_lists_every_script_and_resource():
 
 
 def test_extension_cmake_metadata_is_complete():
-    text = (REPO / "CMakeLists.txt").read_text()
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert re.search(rf'set\({key} "[^"]+"\)', text), key
@@ -168,7 +168,7 @@ def test_icons_are_real_128px_pngs(path):
 def test_module_side_code_never_imports_torch_or_monai():
     forbidden = {"torch", "monai", "lightning", "safetensors"}
     for path in MODULE_DIR.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 roots = {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module:
@@ -187,7 +187,7 @@ def test_helper_package_imports_without_loading_torch():
             "LesionFactorizerModuleLib.outputs, LesionFactorizerModuleLib.libpath\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai', 'slicer', 'qt'))\n"
             "print(','.join(bad))").format(lib=str(REPO), mod=str(MODULE_DIR))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, encoding="utf-8")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
 
@@ -199,7 +199,7 @@ def test_library_is_found_from_the_module_folder(tmp_path):
     assert find_library_root(MODULE_DIR) == REPO
     # installed layout: library copied next to the module file
     (tmp_path / "LesionFactorizerLib").mkdir()
-    (tmp_path / "LesionFactorizerLib" / "__init__.py").write_text("")
+    (tmp_path / "LesionFactorizerLib" / "__init__.py").write_text("", encoding="utf-8")
     assert find_library_root(tmp_path) == tmp_path
     assert find_library_root(tmp_path / "LesionFactorizerLib" / "nowhere") is not None
     empty = tmp_path / "a" / "b" / "c" / "d"

@@ -150,7 +150,7 @@ FAKE_WORKER = textwrap.dedent("""
 
 def _start(tmp_path, mode):
     script = tmp_path / "fake_worker.py"
-    script.write_text(FAKE_WORKER)
+    script.write_text(FAKE_WORKER, encoding="utf-8")
     return worker.WorkerProcess([sys.executable, str(script), mode], env=worker.worker_environment(os.environ, None))
 
 
@@ -169,7 +169,7 @@ def test_successful_run_streams_progress_and_outputs(tmp_path):
 
 def test_poll_never_blocks_while_the_worker_is_busy(tmp_path):
     script = tmp_path / "slow.py"
-    script.write_text("import time\ntime.sleep(2)\nprint('late', flush=True)\n")
+    script.write_text("import time\ntime.sleep(2)\nprint('late', flush=True)\n", encoding="utf-8")
     proc = worker.WorkerProcess([sys.executable, str(script)])
     start = time.monotonic()
     assert proc.poll() == []
@@ -205,14 +205,14 @@ def test_cancel_kills_the_whole_process_tree(tmp_path):
         open({str(grandchild_pid_file)!r}, "w").write(str(child.pid))
         print('{{"event":"progress","stage":"inference","fraction":0.1,"eta_s":50}}', flush=True)
         time.sleep(60)
-    """))
+    """), encoding="utf-8")
     proc = worker.WorkerProcess([sys.executable, str(script)])
     deadline = time.monotonic() + 20
     events = []
     while not events and time.monotonic() < deadline:
         events = proc.poll(timeout=0.1)
     assert events and events[0].kind == "progress"
-    grandchild = int(grandchild_pid_file.read_text())
+    grandchild = int(grandchild_pid_file.read_text(encoding="utf-8"))
     proc.cancel()
     result = proc.wait(poll_interval=0.02)
     assert result.cancelled and not result.succeeded
@@ -225,7 +225,7 @@ def test_cancel_kills_the_whole_process_tree(tmp_path):
             break
         # a killed child of a dead parent may linger as a zombie until reaped by init
         try:
-            state = Path(f"/proc/{grandchild}/stat").read_text().split()[2]
+            state = Path(f"/proc/{grandchild}/stat").read_text(encoding="utf-8").split()[2]
         except FileNotFoundError:
             break
         if state == "Z":
@@ -237,7 +237,7 @@ def test_cancel_kills_the_whole_process_tree(tmp_path):
 
 def test_killed_worker_without_message_is_explained(tmp_path):
     script = tmp_path / "suicide.py"
-    script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", encoding="utf-8")
     if sys.platform == "win32":
         pytest.skip("POSIX signals")
     result = worker.WorkerProcess([sys.executable, str(script)]).wait(poll_interval=0.02)
@@ -262,7 +262,7 @@ def test_a_grandchild_holding_the_pipe_does_not_keep_the_run_alive(tmp_path):
         helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
         open({str(pid_file)!r}, "w").write(str(helper.pid))
         print('{{"event":"done","outputs":{{}}}}', flush=True)
-    """))
+    """), encoding="utf-8")
     proc = worker.WorkerProcess([sys.executable, str(script)])
     start = time.monotonic()
     try:
@@ -271,6 +271,6 @@ def test_a_grandchild_holding_the_pipe_does_not_keep_the_run_alive(tmp_path):
     finally:
         if pid_file.exists():
             try:
-                os.kill(int(pid_file.read_text()), 9)
+                os.kill(int(pid_file.read_text(encoding="utf-8")), 9)
             except ProcessLookupError:
                 pass

@@ -19,7 +19,7 @@ def test_tasks_and_model_metadata_import_without_torch():
     code = ("import sys; import LesionFactorizerLib.tasks, LesionFactorizerLib.modelfile, "
             "LesionFactorizerLib.pipeline.progress; "
             "bad = [m for m in ('torch', 'monai', 'SimpleITK') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, encoding="utf-8")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

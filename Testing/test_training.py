@@ -46,20 +46,20 @@ def test_bundled_configs_are_consistent_with_presets_and_tasks(name):
 def test_config_inheritance_overrides_and_unknown_keys(tmp_path):
     p = tmp_path / "exp.yaml"
     p.write_text(yaml.safe_dump({"base": str(CONFIG_DIR / "ms-new-base.yaml"), "model": {"preset": "unet-msseg2"},
-                                 "optim": {"lr": 3e-4}}))
+                                 "optim": {"lr": 3e-4}}), encoding="utf-8")
     cfg = load_config(p, {"trainer": {"max_steps": 7}})
     assert cfg.name == "exp" and cfg.optim.lr == 3e-4 and cfg.optim.weight_decay == 1e-2  # merged, not replaced
     assert cfg.trainer.max_steps == 7 and cfg.loss.kind == "dice_focal"
     assert cfg.data.augmentation.bias_field.degree == 3 and cfg.data.augmentation.flip.prob == 0.5
-    p.write_text(yaml.safe_dump({"base": str(CONFIG_DIR / "ms-new-base.yaml"), "optim": {"learning_rate": 1}}))
+    p.write_text(yaml.safe_dump({"base": str(CONFIG_DIR / "ms-new-base.yaml"), "optim": {"learning_rate": 1}}), encoding="utf-8")
     with pytest.raises(UserError, match="learning_rate"):
         load_config(p)
     with pytest.raises(UserError, match="not found"):
         load_config("no-such-experiment")
-    p.write_text("task: tumor\nloss: {kind: dice_ce}\n")
+    p.write_text("task: tumor\nloss: {kind: dice_ce}\n", encoding="utf-8")
     with pytest.raises(UserError, match="dice_ce"):
         load_config(p)
-    p.write_text("!!python/object/apply:os.system ['echo hi']\n")   # safe_load refuses code tags
+    p.write_text("!!python/object/apply:os.system ['echo hi']\n", encoding="utf-8")   # safe_load refuses code tags
     with pytest.raises(UserError, match="YAML"):
         load_config(p)
 

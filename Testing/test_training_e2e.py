@@ -31,12 +31,12 @@ NO_AUG = {k: None for k in ("affine", "flip", "noise", "smooth", "scale_intensit
 def _cli(*args, timeout=240):
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "OMP_NUM_THREADS": "2"}
     p = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", *map(str, args)], capture_output=True,
-                       text=True, timeout=timeout, env=env)
+                       text=True, timeout=timeout, env=env, encoding="utf-8")
     return p
 
 
 def _losses(run_dir: Path) -> list[float]:
-    with open(run_dir / "logs" / "metrics.csv", newline="") as f:
+    with open(run_dir / "logs" / "metrics.csv", newline="", encoding="utf-8") as f:
         return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
@@ -49,7 +49,7 @@ def _write_config(path: Path, base: str, data_root: Path, model: dict, steps: in
            "trainer": {"max_steps": steps, "val_every": steps // 2, "log_every": 1, "accelerator": "cpu",
                        "output_dir": str(out), "progress_bar": False}}
     cfg.update(extra)
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
 
 
@@ -97,7 +97,7 @@ def test_swin_factorizer_train_export_segment_evaluate_via_cli(tmp_path):
     p = _cli("evaluate", "--task", "stroke", "--pred", tmp_path / "pred", "--ref", data,
              "--ref-format", "isles22", "--out", tmp_path / "eval")
     assert p.returncode == 0, p.stderr[-3000:]
-    rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv", encoding="utf-8")))
     assert [r["case"] for r in rows] == ["sub-strokecase0001"] and 0.0 <= float(rows[0]["dice_infarct"]) <= 1.0
 
 
@@ -138,7 +138,7 @@ def test_cross_validation_runs_each_fold_and_resume_skips_finished(tmp_path):
     results = cross_validate(cfg, folds=[0, 3])
     assert [r.run_dir.name for r in results] == ["fold0", "fold3"]
     for k in (0, 3):
-        res = json.loads((run_dir_for(cfg, k) / "result.json").read_text())
+        res = json.loads((run_dir_for(cfg, k) / "result.json").read_text(encoding="utf-8"))
         assert res["fold"] == k and res["steps"] == 2 and res["best_val_dice"] is not None
     # each fold validated on its own held-out cases (MONAI-compatible split of 5 cases)
     assert cross_validate(cfg, folds=[0, 3], resume=True) == []

@@ -71,7 +71,7 @@ def run_child(args: list[str], env: dict) -> tuple[float, float, str, int]:
     """(wall s, peak RSS MiB of this child alone, stdout, return code)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t = time.perf_counter()
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=err, text=True, encoding="utf-8")
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -129,7 +129,7 @@ def main() -> int:
         if rc:
             print(f"pipeline run failed (exit {rc})")
             return rc
-        report = json.loads((out / "report.json").read_text())
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
         results[components] = (wall, peak, report)
 
     report = results[runs[-1]][2]

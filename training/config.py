@@ -192,7 +192,7 @@ def load_raw(path: str | Path, _seen: tuple = ()) -> dict:
     if path in _seen:
         raise UserError(f"config {path} includes itself through 'base:'")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"config {path} is not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
     if not isinstance(raw, dict):

@@ -62,7 +62,7 @@ class CaseStore:
                 np.save(tmp, arr, allow_pickle=False)
                 os.replace(tmp, path)
             tmp = info.with_name(info.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"spacing": list(d["spacing"])}))
+            tmp.write_text(json.dumps({"spacing": list(d["spacing"])}), encoding="utf-8")
             os.replace(tmp, info)
         return img, lab
 
@@ -71,7 +71,7 @@ class CaseStore:
             return self._memory[i]
         if self.mode == "disk":
             img, lab = self._disk_paths(i, create=True)
-            spacing = json.loads(img.with_name(img.name.replace(".image.npy", ".json")).read_text())["spacing"]
+            spacing = json.loads(img.with_name(img.name.replace(".image.npy", ".json")).read_text(encoding="utf-8"))["spacing"]
             return {"id": self.cases[i].id, "image": np.load(img, mmap_mode="r", allow_pickle=False),
                     "label": np.load(lab, mmap_mode="r", allow_pickle=False), "spacing": tuple(spacing)}
         return self._load(i)

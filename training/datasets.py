@@ -88,7 +88,7 @@ def msd_task01(root: Path, task: str) -> list[Case]:
     js = root / "dataset.json"
     if not js.is_file():
         raise UserError(f"{js} not found; data.root must be the Task01_BrainTumour folder with dataset.json")
-    meta = json.loads(js.read_text())
+    meta = json.loads(js.read_text(encoding="utf-8"))
     modality = {int(k): str(v).lower() for k, v in meta.get("modality", {}).items()} or \
         {0: "flair", 1: "t1w", 2: "t1gd", 3: "t2w"}
     channels = {}
@@ -193,13 +193,13 @@ def datalist(path: Path, task: str, label_map: dict | None = None) -> list[Case]
     if not path.is_file():
         raise UserError(f"datalist {path} not found; set data.root to a .json or .csv file")
     if path.suffix.lower() == ".json":
-        items = json.loads(path.read_text())
+        items = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(items, dict):
             items = items.get("training", items.get("cases"))
         if not isinstance(items, list):
             raise UserError(f"{path}: expected a list of cases or {{'training': [...]}}")
     elif path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             items = list(csv.DictReader(f))
     else:
         raise UserError(f"datalist {path} must be .json or .csv")

@@ -23,11 +23,11 @@ def code_version() -> dict[str, Any]:
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
+                                timeout=10, encoding="utf-8")
         if commit.returncode == 0:
             info["git_commit"] = commit.stdout.strip()
             dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10)
+                                   capture_output=True, text=True, timeout=10, encoding="utf-8")
             info["git_dirty"] = bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
@@ -42,7 +42,7 @@ def _validation_metrics(run_dir: Path) -> dict[str, dict[str, float]]:
     path = run_dir / "logs" / "metrics.csv"
     if not path.is_file():
         return {}
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         scored = [r for r in csv.DictReader(f) if r.get("val/dice")]
     if not scored:
         return {}

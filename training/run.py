@@ -74,8 +74,8 @@ def train(cfg: TrainConfig, fold: int | None = 0, output_dir: str | Path | None 
         raise UserError(f"model {cfg.model.preset!r} takes {n_in} input channels but the data provide "
                         f"{len(data.input_names)} ({', '.join(data.input_names)}); set model.overrides.in_channels")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "fold": fold}, indent=2))
-    (run_dir / "inputs.json").write_text(json.dumps(data.input_names))
+    (run_dir / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "fold": fold}, indent=2), encoding="utf-8")
+    (run_dir / "inputs.json").write_text(json.dumps(data.input_names), encoding="utf-8")
 
     class Checkpoint(ModelCheckpoint):
         FILE_EXTENSION = SUFFIX
@@ -112,7 +112,7 @@ def train(cfg: TrainConfig, fold: int | None = 0, output_dir: str | Path | None 
     if trainer.is_global_zero:
         (run_dir / "result.json").write_text(json.dumps({
             "best": str(best) if best else None, "last": str(last), "best_val_dice": score,
-            "steps": result.steps, "seconds": seconds, "fold": fold}, indent=2))
+            "steps": result.steps, "seconds": seconds, "fold": fold}, indent=2), encoding="utf-8")
     return result
 
 
@@ -123,13 +123,13 @@ def _prepend_csv(older: Path, newer: Path) -> None:
     rows = []
     for path in (older, newer):
         if path.is_file():
-            with open(path, newline="") as f:
+            with open(path, newline="", encoding="utf-8") as f:
                 rows += list(csv.DictReader(f))
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
     tmp = newer.with_name(newer.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)

@@ -104,7 +104,7 @@ def make_msd_task01(out: str | Path, n: int = 4, shape=(32, 32, 32), seed: int =
     (out / "dataset.json").write_text(json.dumps({
         "name": "BRATS", "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
         "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
-        "numTraining": n, "training": training}, indent=1))
+        "numTraining": n, "training": training}, indent=1), encoding="utf-8")
     return out
 
 

@@ -41,7 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _utf8_pipes() -> None:
+    """Machine readers (the Slicer worker, ``--progress jsonl`` consumers) decode our pipes as
+    UTF-8 whatever the locale; a terminal keeps its own encoding."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and not stream.isatty():
+            stream.reconfigure(encoding="utf-8", errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _utf8_pipes()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

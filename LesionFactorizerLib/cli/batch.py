@@ -58,7 +58,7 @@ def read_cases(source: str | Path, task) -> list[tuple[str, dict[str, str]]]:
     base = source.parent
     if source.suffix.lower() == ".json":
         try:
-            data = json.loads(source.read_text())
+            data = json.loads(source.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise UserError(f"datalist {source} is not valid JSON ({exc})") from None
         if isinstance(data, dict):
@@ -72,7 +72,7 @@ def read_cases(source: str | Path, task) -> list[tuple[str, dict[str, str]]]:
             inputs = item.get("inputs", {k: v for k, v in item.items() if k in task.input_names})
             rows.append(({"case_id": item.get("case_id", item.get("id"))}, inputs))
     elif source.suffix.lower() in (".csv", ".tsv"):
-        with open(source, newline="") as f:
+        with open(source, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, delimiter="\t" if source.suffix.lower() == ".tsv" else ",")
             rows = []
             for row in reader:
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         if args.resume and (case_out / "report.json").is_file():
             status = "skipped"
-            report = json.loads((case_out / "report.json").read_text())
+            report = json.loads((case_out / "report.json").read_text(encoding="utf-8"))
         else:
             try:
                 if loaded is None:
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
                 opts = options_from_args(args, inputs, str(case_out))
                 opts.task = task.name
                 segment_case(opts, Progress("none"), loaded=loaded)
-                report = json.loads((case_out / "report.json").read_text())
+                report = json.loads((case_out / "report.json").read_text(encoding="utf-8"))
             except UserError as exc:
                 status, error = "failed", str(exc)
                 failures += 1
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         columns += [k for k in row if k not in columns]
     summary = out_root / "summary.csv"
     tmp = summary.with_name(".summary.csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)

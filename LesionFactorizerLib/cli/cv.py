@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     for k in folds if folds is not None else range(cfg.data.folds):
         path = run_dir_for(cfg, k) / "result.json"
         if path.is_file():
-            scores[k] = json.loads(path.read_text()).get("best_val_dice")
+            scores[k] = json.loads(path.read_text(encoding="utf-8")).get("best_val_dice")
     valid = [v for v in scores.values() if v is not None]
     print(json.dumps({"folds": scores, "mean_val_dice": float(np.mean(valid)) if valid else None,
                       "sd_val_dice": float(np.std(valid, ddof=1)) if len(valid) > 1 else None}))

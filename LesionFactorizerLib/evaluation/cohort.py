@@ -188,7 +188,7 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> None:
     for r in rows:
         cols += [k for k in r if k not in cols]
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for r in rows:

@@ -49,5 +49,5 @@ def write_components(prep: Prepared, comps: dict[str, np.ndarray], strides: dict
     (folder / "components.json").write_text(json.dumps(
         {"coordinate_system": "LPS", "layers": entries,
          "note": "one NRRD per NMF layer; each voxel holds the layer's K non-negative component values "
-                 "(heads x rank) at the layer's own resolution"}, indent=2))
+                 "(heads x rank) at the layer's own resolution"}, indent=2), encoding="utf-8")
     return entries

@@ -13,12 +13,12 @@ LESION_COLUMNS = ("id", "voxels", "volume_ml", "centroid_x_lps", "centroid_y_lps
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def write_lesions_csv(path: Path, lesions: list[dict], label_names: list[str]) -> None:
     extra = [f"{name}_ml" for name in label_names] if lesions and "label_volume_ml" in lesions[0] else []
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow([*LESION_COLUMNS, *extra])
         for row in lesions:
