@@ -8,7 +8,8 @@ components).
 Choices, following the authors' reference code (``shared/reference/factorizer-reference.md`` §2.3):
 - each iteration updates U first, then V with the new U;
 - ``eps`` (1e-8) sits in numerator *and* denominator of both solvers, e.g. for HALS at R=1
-  ``u ← (Xv + eps) / (vᵀv + eps)``, which keeps factors strictly positive on all-zero inputs;
+  ``u ← ReLU((Xv + eps) / (vᵀv + eps))``, which keeps factors strictly positive on all-zero inputs
+  (the ReLU is a no-op there because X ≥ 0, so the rank-1 closed form leaves it out);
 - initial factors are uniform U[0, 1), identical for every matrix in the batch.
 
 Deliberate change: the reference stores the initial factors as state-dict buffers sized for one
