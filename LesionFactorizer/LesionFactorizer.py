@@ -14,6 +14,7 @@ segment ...`, which reports progress as JSON lines.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -26,7 +27,9 @@ from typing import Any, Callable
 import numpy as np
 import qt
 import slicer
+import vtk
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -36,9 +39,15 @@ if str(_MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(_MODULE_DIR))
 from LesionFactorizerModuleLib.libpath import bundled_resources, ensure_importable  # noqa: E402
 
-_LIBRARY_ROOT = ensure_importable(_MODULE_DIR)
+try:
+    _LIBRARY_ROOT = ensure_importable(_MODULE_DIR)
+except RuntimeError as _exc:  # one clear line in the log instead of a traceback through sys.path code
+    logging.error("LesionFactorizer cannot load: %s", _exc)
+    raise ImportError(str(_exc)) from None
 
 from LesionFactorizerLib import modelfile  # noqa: E402
+from LesionFactorizerLib.errors import UserError  # noqa: E402
+from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESETS  # noqa: E402
 from LesionFactorizerLib.tasks import TASKS, Task, get_task  # noqa: E402
 from LesionFactorizerModuleLib import components as componentsLib  # noqa: E402
 from LesionFactorizerModuleLib import dependencies as dependenciesLib  # noqa: E402
@@ -47,12 +56,11 @@ from LesionFactorizerModuleLib import models as modelsLib  # noqa: E402
 from LesionFactorizerModuleLib import report as reportLib  # noqa: E402
 from LesionFactorizerModuleLib import samples as samplesLib  # noqa: E402
 from LesionFactorizerModuleLib import worker as workerLib  # noqa: E402
+from LesionFactorizerModuleLib import results as resultsLib  # noqa: E402
 from LesionFactorizerModuleLib.outputs import find_outputs  # noqa: E402
 from LesionFactorizerModuleLib.progress import ProgressTracker, WorkerEvent  # noqa: E402
 
 MAX_INPUTS = 4  # selectors in the .ui; the largest task (tumor) has four inputs
-DEVICE_CHOICES = [("auto", "Automatic (GPU if available)"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"),
-                  ("mps", "GPU (Apple MPS)")]
 SAMPLE_CATEGORY = "LesionFactorizer"
 OUTPUT_ROLE_ATTRIBUTE = "LesionFactorizer.Role"  # marks our output volumes so they are never offered as inputs
 
@@ -66,7 +74,7 @@ class LesionFactorizer(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Lesion Factorizer")
-        self.parent.categories = [_("Segmentation")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["LesionFactorizer developers"]
         self.parent.helpText = _(
@@ -85,7 +93,12 @@ def registerSampleData():
     """Register the bundled sample cases (one per task) with the Sample Data module."""
     import SampleData
 
-    for case in samplesLib.discover_sample_cases(bundled_resources(_LIBRARY_ROOT) / "SampleData"):
+    try:
+        cases = samplesLib.discover_sample_cases(bundled_resources(_LIBRARY_ROOT) / "SampleData")
+    except Exception as exc:  # a damaged manifest must not stop Slicer's start-up
+        logging.warning("LesionFactorizer sample data not registered: %s", exc)
+        return
+    for case in cases:
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
             category=SAMPLE_CATEGORY,
             sampleName=case.name,
@@ -130,9 +143,9 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         for task in TASKS.values():
             self.ui.taskComboBox.addItem(task.title, task.name)
-        for preset in workerLib.PRESETS:
+        for preset in SPEED_PRESETS:
             self.ui.presetComboBox.addItem(preset)
-        for value, title in DEVICE_CHOICES:
+        for value, title in workerLib.DEVICE_CHOICES:
             self.ui.deviceComboBox.addItem(title, value)
         for layer in workerLib.NMF_LAYERS:
             item = qt.QListWidgetItem(componentsLib.layer_title(layer))
@@ -167,14 +180,15 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self.removeObservers()
-        if self._job is not None:
-            self._job.cancel()
+        self._job = None
+        if self.logic is not None:
+            self.logic.abortAll()  # stops timers, SIGTERMs the workers without waiting, removes temp dirs
 
     # ---- settings
 
     def _restoreSettings(self):
         settings = qt.QSettings()
-        self.ui.presetComboBox.setCurrentText(settings.value("LesionFactorizer/preset", "balanced"))
+        self.ui.presetComboBox.setCurrentText(settings.value("LesionFactorizer/preset", DEFAULT_SPEED_PRESET))
         index = self.ui.deviceComboBox.findData(settings.value("LesionFactorizer/device", "auto"))
         self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
 
@@ -205,8 +219,9 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def autoAssignInputs(self, keepCurrent=True):
         """Fill the input selectors from volume names (task name patterns); keep the user's choices."""
         task = self.task
+        # plain scalar volumes only: label maps, DTI/vector volumes etc. are subclasses and not MRI inputs
         volumes = {n.GetID(): n.GetName() for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-                   if not n.IsA("vtkMRMLLabelMapVolumeNode") and not n.GetAttribute(OUTPUT_ROLE_ATTRIBUTE)}
+                   if n.GetClassName() == "vtkMRMLScalarVolumeNode" and not n.GetAttribute(OUTPUT_ROLE_ATTRIBUTE)}
         current = {spec.name: self.inputSelectors[i].currentNodeID or None for i, spec in enumerate(task.inputs)}
         assignment = inputsLib.assign_inputs(task, volumes, keep=current if keepCurrent else None)
         self._updating = True
@@ -251,9 +266,8 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         path = self.ui.modelComboBox.currentData
         if path:
             card = next((c for c in self._cards if str(c.path) == path), None)
-        else:  # the worker's choice: the task's named default, else the first model for the task
-            card = next((c for c in self._cards if c.name == self.task.default_model), None) or \
-                next(iter(self._cards), None)
+        else:  # the worker's own choice, by the library's rule
+            card = self.logic.defaultModelCard(self.task.name, self._cards)
         if card is None:
             self.ui.modelCardLabel.text = _("No model is installed for this task: use 'Import model…' to add "
                                             "a .safetensors model file.")
@@ -261,6 +275,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelCardLabel.text = card.html()
         # only Factorizer networks have NMF components to show
         self.ui.componentsCheckBox.enabled = card is None or card.has_components
+        self.updateGuiState()
 
     def onImportModel(self):
         path = qt.QFileDialog.getOpenFileName(self.parent, _("Import model"), "",
@@ -287,17 +302,21 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.inputStatus[i].text = ("⚠ " + problem) if problem else ""
             self.inputStatus[i].setStyleSheet("color: #c03030;" if problem else "")
         running = self._job is not None
+        noModel = not self._cards
+        reason = inputsLib.problems_summary(task, problems) or (
+            _("No model is installed for this task: use 'Import model…'.") if noModel else "")
         self.ui.segmentButton.text = _("Cancel") if running else _("Segment")
-        self.ui.segmentButton.enabled = running or not problems
+        self.ui.segmentButton.enabled = running or not reason
+        self.ui.segmentButton.toolTip = "" if running else reason
         if not running:
-            self.ui.statusLabel.text = inputsLib.problems_summary(task, problems) or _("Ready.")
+            self.ui.statusLabel.text = reason or _("Ready.")
 
     # ---- running
 
     def onSegmentButton(self):
         if self._job is not None:
             self.ui.statusLabel.text = _("Cancelling...")
-            self._job.cancel()
+            self._job.cancel()  # returns at once; completedCallback arrives when the tree is gone
             return
         if not self.logic.setupPythonRequirements(askConfirmation=True):
             return
@@ -438,8 +457,9 @@ class SegmentationResult:
     segmentationNode: Any = None
     report: dict = field(default_factory=dict)
     outputFolder: str = ""
-    componentVolumeNodes: dict = field(default_factory=dict)  # layer -> vtkMRMLScalarVolumeNode
-    componentLayers: dict = field(default_factory=dict)  # layer -> componentsLib.ComponentLayer
+    componentVolumeNodes: dict = field(default_factory=dict)  # layer -> node, created when first shown
+    componentLayers: dict = field(default_factory=dict)  # layer -> componentsLib.ComponentLayer (lazy maps)
+    mapsFolderItem: int = 0  # subject hierarchy folder for maps, created when the first map is placed
     probabilityVolumeNodes: list = field(default_factory=list)
     referenceVolumeNode: Any = None
     log: list = field(default_factory=list)
@@ -447,29 +467,86 @@ class SegmentationResult:
 
 
 class _Job:
-    """One running worker, its temporary folder and its callbacks (asynchronous GUI use)."""
+    """One running worker with its temporary folder and callbacks.
 
-    def __init__(self, process: workerLib.WorkerProcess, tempDir: Path, finish):
-        self.process, self.tempDir, self._finish = process, tempDir, finish
+    It watches the scene itself (so the Python API is covered too): closing the scene or removing
+    an input/output node cancels the run, and nothing is imported into a scene that changed under it.
+    """
+
+    def __init__(self, process: workerLib.WorkerProcess, tempDir: Path, finish, watchedNodes, onEnded):
+        self.process, self.tempDir, self._finish, self._onEnded = process, tempDir, finish, onEnded
         self.startTime = time.monotonic()
+        self.cancelRequested = False
+        self.ended = False
+        self.progressCallback = None
+        self.completedCallback = None
         self.timer = qt.QTimer()
         self.timer.setInterval(200)
         self.timer.timeout.connect(self.poll)
-        self.progressCallback = None
-        self.completedCallback = None
+        self._watched = [node for node in watchedNodes if node is not None]
+        scene = slicer.mrmlScene
+        self._observations = [scene.AddObserver(scene.StartCloseEvent, self._onSceneClosing),
+                              scene.AddObserver(scene.NodeRemovedEvent, self._onNodeRemoved)]
+
+    def _onSceneClosing(self, caller, event):
+        self.cancel()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def _onNodeRemoved(self, caller, event, node):
+        if any(node is watched for watched in self._watched):
+            self.cancel()
+
+    def cancel(self):
+        """Non-blocking: SIGTERM now, SIGKILL from a later poll if the tree is still alive."""
+        self.cancelRequested = True
+        self.process.cancel()
 
     def poll(self):
         for event in self.process.poll():
             if self.progressCallback:
                 self.progressCallback(event)
         if not self.process.running:
-            self.timer.stop()
-            result = self._finish(self)
-            if self.completedCallback:
-                self.completedCallback(result)
+            self._complete()
 
-    def cancel(self):
-        self.process.cancel()
+    def runSynchronously(self) -> SegmentationResult:
+        """Poll until the worker ends, keeping the GUI painted; never leaves the worker running."""
+        try:
+            while self.process.running:
+                for event in self.process.poll(timeout=0.1):
+                    if self.progressCallback:
+                        self.progressCallback(event)
+                slicer.app.processEvents()
+        except BaseException:  # a callback raised or the user interrupted: stop the worker too
+            self.abort()
+            raise
+        return self._complete()
+
+    def _complete(self):
+        if self.ended:
+            return None
+        self._end()
+        try:
+            result = self._finish(self)
+        finally:
+            self._onEnded(self)
+        if self.completedCallback:
+            self.completedCallback(result)
+        return result
+
+    def _end(self):
+        self.ended = True
+        self.timer.stop()
+        for tag in self._observations:
+            slicer.mrmlScene.RemoveObserver(tag)
+        self._observations = []
+
+    def abort(self):
+        """Stop everything now without waiting (module cleanup): no import, no callback."""
+        if self.ended:
+            return
+        self._end()
+        self.cancel()  # SIGTERM to the tree; with the timer stopped there is no SIGKILL follow-up
+        self._onEnded(self)
 
 
 class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
@@ -486,12 +563,24 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.pythonExecutable = None  # default: PythonSlicer next to Slicer
         self.keepTemporaryFiles = False  # for debugging the worker
+        # Asynchronous jobs are polled by their own timer; holding them here keeps them (and the
+        # timer) alive when the caller drops the returned job.
+        self._jobs: set[_Job] = set()
 
     # ---- models and dependencies
 
     def availableModels(self, task=None, errors=None) -> list:
         """Model cards (bundled and user models) for a task; unreadable files are listed in errors."""
         return modelsLib.list_cards(task=task, errors=errors)
+
+    @staticmethod
+    def defaultModelCard(task: str, cards: list):
+        """The card of the model the worker uses without --model (the library's rule), or None."""
+        try:
+            path = Path(modelfile.default_model(task)).resolve()
+        except UserError:
+            return None
+        return next((c for c in cards if Path(c.path).resolve() == path), None)
 
     def importModel(self, path) -> modelsLib.ModelCard:
         """Verify a .safetensors model file and copy it to the user model folder."""
@@ -514,6 +603,8 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                                          "Slicer, and press Segment again."))
                 import PyTorchUtils
 
+                # The PyTorch extension may import torch into Slicer's own process while installing;
+                # that is harmless here because only the worker (a fresh process) uses torch.
                 if PyTorchUtils.PyTorchUtilsLogic().installTorch(
                         askConfirmation=False, torchVersionRequirement=plan.torch[len("torch"):]) is None:
                     raise RuntimeError(_("PyTorch was not installed; open the PyTorch Utils module for details."))
@@ -524,15 +615,18 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                     slicer.util.pip_install(dependenciesLib.pip_arguments(plan, str(constraints)))
                 finally:
                     shutil.rmtree(constraints.parent, ignore_errors=True)
-        # A freshly installed torch/MONAI must not share a process with the old import state.
-        if askConfirmation and slicer.util.confirmOkCancelDisplay(
-                _("Packages installed. Slicer must restart before segmenting. Restart now?")):
-            slicer.util.restart()
-        return False
+        # The worker is a fresh process that imports the new packages itself: no restart needed,
+        # only a check that the installation really satisfies the requirements now.
+        importlib.invalidate_caches()
+        problems = dependenciesLib.check()
+        if problems:
+            slicer.util.errorDisplay(_("These packages are still missing or incompatible:\n")
+                                     + "\n".join(p.describe() for p in problems))
+        return not problems
 
     # ---- the Python API
 
-    def segment(self, inputs, task="tumor", model=None, outputSegmentation=None, preset="balanced",
+    def segment(self, inputs, task="tumor", model=None, outputSegmentation=None, preset=DEFAULT_SPEED_PRESET,
                 device="auto", components=True, probabilities=False, tta=False, nmfIterations=None,
                 skipNmfLayers=(), overwrite=False, waitForCompletion=True,
                 progressCallback: Callable[[WorkerEvent], None] | None = None,
@@ -546,6 +640,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
           labels are replaced; others are kept).
         waitForCompletion: True returns a SegmentationResult (raises RuntimeError on failure);
           False returns a job (job.cancel()) and calls completedCallback(result) at the end.
+        Closing the scene or removing an input/output node cancels the run.
         """
         taskDef = get_task(task)
         nodes = {name: node for name, node in inputs.items() if node is not None}
@@ -563,6 +658,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                              f"to replace the task's segments, or outputSegmentation=None for a new node.")
 
         tempDir = Path(slicer.util.tempDirectory("LesionFactorizer"))
+        process = None
         try:
             inputFiles = {}
             for name, node in nodes.items():
@@ -573,31 +669,36 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                 task=task, inputs=inputFiles, output_dir=tempDir / "output", models=self._modelList(model),
                 device=device, preset=preset, components=components, probabilities=probabilities, tta=tta,
                 nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overview=False)
-
-            def finish(job):  # on the main thread, after the worker ended: import, then clean up
-                try:
-                    return self._finishJob(job, taskDef, nodes, outputSegmentation)
-                finally:
-                    self._removeTempDir(job.tempDir)
-
-            job = _Job(self._launch(request), tempDir, finish)
-        except Exception:
+            process = self._launch(request)
+            job = _Job(process, tempDir,
+                       finish=lambda job: self._finishJob(job, taskDef, nodes, outputSegmentation),
+                       watchedNodes=[*nodes.values(), outputSegmentation], onEnded=self._jobEnded)
+        except BaseException:
+            if process is not None:
+                process.cancel()
             self._removeTempDir(tempDir)
             raise
+        self._jobs.add(job)
         job.progressCallback = progressCallback
         job.completedCallback = completedCallback
         if not waitForCompletion:
             job.timer.start()
             return job
-        job.process.wait(callback=progressCallback, idle=slicer.app.processEvents)
-        result = finish(job)
-        if completedCallback:
-            completedCallback(result)
+        result = job.runSynchronously()
         if not result.succeeded:
             raise RuntimeError(result.message)
         return result
 
-    def segmentFiles(self, inputs, outputFolder, task="tumor", model=None, preset="balanced", device="auto",
+    def abortAll(self):
+        """Cancel every running job without waiting and remove its temporary files."""
+        for job in list(self._jobs):
+            job.abort()
+
+    def _jobEnded(self, job: _Job):
+        self._jobs.discard(job)
+        self._removeTempDir(job.tempDir)
+
+    def segmentFiles(self, inputs, outputFolder, task="tumor", model=None, preset=DEFAULT_SPEED_PRESET, device="auto",
                      components=True, probabilities=False, tta=False, nmfIterations=None, skipNmfLayers=(),
                      overwrite=False, progressCallback=None) -> dict:
         """Segment files on disk without touching the scene (batch over folders).
@@ -613,7 +714,11 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
             preset=preset, components=components, probabilities=probabilities, tta=tta,
             nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overwrite=overwrite)
         process = self._launch(request)
-        result = process.wait(callback=progressCallback, idle=slicer.app.processEvents)
+        try:
+            result = process.wait(callback=progressCallback, idle=slicer.app.processEvents)
+        except BaseException:
+            process.cancel()
+            raise
         if not result.succeeded:
             raise RuntimeError(workerLib.failure_message(result))
         files = find_outputs(outputFolder, result.outputs)
@@ -650,16 +755,17 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
 
     def _finishJob(self, job: _Job, taskDef: Task, nodes: dict, outputSegmentation) -> SegmentationResult:
         workerResult = job.process.result()
-        result = SegmentationResult(task=taskDef.name, cancelled=workerResult.cancelled, log=workerResult.log,
+        cancelled = workerResult.cancelled or job.cancelRequested
+        result = SegmentationResult(task=taskDef.name, cancelled=cancelled, log=workerResult.log,
                                     elapsedSeconds=time.monotonic() - job.startTime)
-        if not workerResult.succeeded:
-            result.message = workerLib.failure_message(workerResult)
+        if cancelled or not workerResult.succeeded:
+            result.message = _("Segmentation cancelled.") if cancelled else workerLib.failure_message(workerResult)
             return result
         if self.keepTemporaryFiles:
             result.outputFolder = str(Path(job.tempDir) / "output")
         try:
-            self.importResults(result, find_outputs(Path(job.tempDir) / "output", workerResult.outputs),
-                               taskDef, nodes, outputSegmentation)
+            files = find_outputs(Path(job.tempDir) / "output", workerResult.outputs)
+            self.importResults(result, files, taskDef, nodes, outputSegmentation)
             result.succeeded = True
         except Exception as exc:
             logging.exception("LesionFactorizer: importing results failed")
@@ -669,32 +775,25 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
     # ---- result import
 
     def importResults(self, result: SegmentationResult, files, taskDef: Task, nodes: dict, outputSegmentation):
-        """Segmentation with names/colours/terminology, then report, component maps and probabilities."""
-        if files.segmentation is None:
-            raise RuntimeError("the worker finished but wrote no segmentation file")
+        """Segmentation with names/colours/terminology, then report, component index and probabilities.
+
+        Component maps are not read here: each layer is read when the browser first shows it.
+        """
         reference = nodes[taskDef.reference] if taskDef.reference in nodes else next(iter(nodes.values()))
         result.referenceVolumeNode = reference
-        result.report = reportLib.read_report(files.report) if files.report else {}
+        result.report = reportLib.read_report(files.report)
         result.segmentationNode = self.importSegmentation(files.segmentation, taskDef, reference,
                                                           outputSegmentation)
-        folderItem = self._resultFolder(reference, result.segmentationNode)
+        self._placeSegmentation(reference, result.segmentationNode)
         if files.components is not None:
             result.componentLayers = componentsLib.load_components(files.components)
-            for name, layer in result.componentLayers.items():
-                node = slicer.util.addVolumeFromArray(layer.maps[0], ijkToRAS=layer.ijk_to_ras,
-                                                      name=f"{reference.GetName()} NMF {layer.title}")
-                self._placeInFolder(node, folderItem, "component")
-                result.componentVolumeNodes[name] = node
         elif result.report.get("components_note"):
             result.message = str(result.report["components_note"])
         if files.probabilities is not None:
-            maps, ijkToRAS = componentsLib.read_stack(files.probabilities)
-            channels = list(taskDef.output_channels) or [str(i) for i in range(len(maps))]
-            for index, array in enumerate(maps):
-                label = channels[index] if index < len(channels) else str(index)
+            for name, array, ijkToRAS in resultsLib.probability_maps(files.probabilities, result.report):
                 node = slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRAS,
-                                                      name=f"{reference.GetName()} probability {label}")
-                self._placeInFolder(node, folderItem, "probability")
+                                                      name=f"{reference.GetName()} probability {name}")
+                self._placeInFolder(result, node, "probability")
                 result.probabilityVolumeNodes.append(node)
         return result
 
@@ -708,31 +807,38 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
             segNode.CreateDefaultDisplayNodes()
             segNode.SetReferenceImageGeometryParameterFromVolumeNode(reference)
             segmentation = segNode.GetSegmentation()
-            for label in taskDef.labels:
-                existing = segmentation.GetSegmentIdBySegmentName(label.title)
+            for spec in resultsLib.segment_specs(taskDef):
+                existing = segmentation.GetSegmentIdBySegmentName(spec.name)
                 if existing:
                     segmentation.RemoveSegment(existing)
-                segmentId = segmentation.AddEmptySegment("", label.title, [c / 255.0 for c in label.color])
-                segmentation.GetSegment(segmentId).SetTerminology(label.terminology_entry())
-                mask = (labels == label.value).astype(np.uint8)
+                segmentId = segmentation.AddEmptySegment("", spec.name, list(spec.color))
+                # SetTag works in every Slicer release; the SetTerminology shortcut is newer than 5.6.
+                segmentation.GetSegment(segmentId).SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(),
+                                                          spec.terminology)
+                mask = (labels == spec.value).astype(np.uint8)
                 if mask.any():
                     slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segNode, segmentId, labelmap)
         finally:
             slicer.mrmlScene.RemoveNode(labelmap)
         return segNode
 
-    def _resultFolder(self, reference, segNode):
-        """Put the segmentation under the reference input's study; return a folder for the maps."""
+    @staticmethod
+    def _placeSegmentation(reference, segNode):
+        """Put the segmentation under the reference input's study."""
         shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
         parent = shNode.GetItemParent(shNode.GetItemByDataNode(reference))
         shNode.SetItemParent(shNode.GetItemByDataNode(segNode), parent)
-        return shNode.CreateFolderItem(parent, f"{segNode.GetName()} maps")
 
     @staticmethod
-    def _placeInFolder(node, folderItem, role):
+    def _placeInFolder(result: SegmentationResult, node, role):
+        """Mark an output volume and put it in the "<segmentation> maps" folder, created on first use."""
         node.SetAttribute(OUTPUT_ROLE_ATTRIBUTE, role)
         shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
-        shNode.SetItemParent(shNode.GetItemByDataNode(node), folderItem)
+        if not result.mapsFolderItem:
+            segItem = shNode.GetItemByDataNode(result.segmentationNode)
+            result.mapsFolderItem = shNode.CreateFolderItem(
+                shNode.GetItemParent(segItem), f"{result.segmentationNode.GetName()} maps")
+        shNode.SetItemParent(shNode.GetItemByDataNode(node), result.mapsFolderItem)
 
     # ---- component browser
 
@@ -740,12 +846,20 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                       colorNodeID=None):
         """Show component ``index`` of a layer as the foreground over the reference input.
 
-        The layer's maps are already in memory; only the displayed voxels change, so this is instant.
+        The first call for a layer reads its maps and creates its volume node; later calls only
+        swap the displayed voxels, so moving the slider is instant.
         """
         layer = result.componentLayers[layerName]
-        node = result.componentVolumeNodes[layerName]
         index = min(max(int(index), 0), layer.count - 1)
-        slicer.util.updateVolumeFromArray(node, layer.maps[index])
+        node = result.componentVolumeNodes.get(layerName)
+        if node is None:
+            node = slicer.util.addVolumeFromArray(
+                layer.maps[index], ijkToRAS=layer.ijk_to_ras,
+                name=f"{result.referenceVolumeNode.GetName()} NMF {layer.title}")
+            self._placeInFolder(result, node, "component")
+            result.componentVolumeNodes[layerName] = node
+        else:
+            slicer.util.updateVolumeFromArray(node, layer.maps[index])
         display = node.GetDisplayNode()
         if display is None:
             node.CreateDefaultDisplayNodes()
@@ -802,20 +916,23 @@ class LesionFactorizerTest(ScriptedLoadableModuleTest):
         self.assertTrue(any(e.kind == "progress" for e in progress))
         segmentation = result.segmentationNode.GetSegmentation()
         self.assertEqual(segmentation.GetNumberOfSegments(), len(task.labels))
-        for label in task.labels:
-            segmentId = segmentation.GetSegmentIdBySegmentName(label.title)
+        for spec in resultsLib.segment_specs(task):
+            segmentId = segmentation.GetSegmentIdBySegmentName(spec.name)
             self.assertTrue(segmentId)
-            self.assertEqual(segmentation.GetSegment(segmentId).GetTerminology(), label.terminology_entry())
+            entry = vtk.mutable("")
+            self.assertTrue(segmentation.GetSegment(segmentId).GetTag(
+                slicer.vtkSegment.GetTerminologyEntryTagName(), entry))
+            self.assertEqual(entry.get(), spec.terminology)
         rows = reportLib.result_rows(result.report, task.labels)
         self.assertEqual(len(rows), len(task.labels))
         self.assertTrue(any(row.volume_ml > 0 for row in rows), "the sample lesion was not found")
-        cards = logic.availableModels(case.task)
-        default = next((c for c in cards if c.name == task.default_model), cards[0])
-        self.assertEqual(bool(result.componentVolumeNodes), default.has_components)
-        for name, node in result.componentVolumeNodes.items():
-            layer = result.componentLayers[name]
-            self.assertEqual(slicer.util.arrayFromVolume(node).shape, layer.maps.shape[1:])
+        default = logic.defaultModelCard(case.task, logic.availableModels(case.task))
+        self.assertEqual(bool(result.componentLayers), default.has_components)
+        self.assertFalse(result.componentVolumeNodes)  # nothing is read before the browser asks
+        for name, layer in result.componentLayers.items():
             logic.showComponent(result, name, layer.count - 1)
+            node = result.componentVolumeNodes[name]
+            self.assertEqual(slicer.util.arrayFromVolume(node).shape, layer.maps.shape[1:])
         with self.assertRaises(ValueError):  # writing into a non-empty segmentation needs overwrite=True
             logic.segment(inputs, task=case.task, outputSegmentation=result.segmentationNode)
         self.delayDisplay("LesionFactorizer self-test passed")

@@ -66,6 +66,8 @@ class LoadedModel:
     metadata: dict[str, Any]
     path: Path
     sha256: str           # of the whole file
+    weights_sha256: str = ""    # of the tensor data section (checked against the metadata)
+    header: ModelHeader | None = None
 
     @property
     def name(self) -> str:
@@ -105,11 +107,12 @@ def read_header(path: str | os.PathLike) -> ModelHeader:
     for name, info in header.items():
         try:
             dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            begin, end = _whole(begin), _whole(end)
             count = 1
             for s in shape:
-                if int(s) < 0:
+                if _whole(s) < 0:
                     raise ValueError
-                count *= int(s)
+                count *= s
             expected = count * _DTYPE_SIZES[dtype]
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{bad} (tensor {name!r} has an invalid entry)") from None
@@ -136,6 +139,13 @@ def read_header(path: str | os.PathLike) -> ModelHeader:
     if not isinstance(metadata, dict):
         raise UserError(f"{bad} (its metadata is not a JSON object)")
     return ModelHeader(path, metadata, header, n, size)
+
+
+def _whole(value: Any) -> int:
+    """A JSON whole number; anything else (text, 2.5, true, null) raises ValueError/TypeError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"not a whole number: {value!r}")
+    return value
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -195,9 +205,37 @@ def check_metadata(meta: dict[str, Any], where: str = "model metadata") -> None:
     if spacing is not None and not (isinstance(spacing, list) and len(spacing) == 3
                                     and all(isinstance(s, (int, float)) and s > 0 for s in spacing)):
         raise UserError(f"{where}: preprocessing.spacing must be null or three positive numbers (mm)")
+    _check_postprocessing(meta.get("postprocessing", {}), outputs["activation"], where)
     weights = meta.get("weights")
     if not isinstance(weights, dict) or not isinstance(weights.get("sha256"), str):
         raise UserError(f"{where}: missing weights checksum")
+
+
+def _check_postprocessing(post: Any, activation: str, where: str) -> None:
+    """Every override the pipeline would apply must be one it understands: an ignored or
+    misspelled key would silently change the labels."""
+    from LesionFactorizerLib.tasks import POSTPROCESSING_KEYS, POSTPROCESSING_MODES
+
+    if not isinstance(post, dict):
+        raise UserError(f"{where}: 'postprocessing' must be an object")
+    unknown = sorted(set(post) - set(POSTPROCESSING_KEYS))
+    if unknown:
+        raise UserError(f"{where}: unknown postprocessing key(s) {unknown}; known: {', '.join(POSTPROCESSING_KEYS)}")
+    mode = post.get("mode")
+    if mode is not None and mode not in POSTPROCESSING_MODES:
+        raise UserError(f"{where}: postprocessing.mode must be one of {', '.join(POSTPROCESSING_MODES)}")
+    if mode == "argmax" and activation != "softmax":
+        raise UserError(f"{where}: postprocessing.mode 'argmax' needs softmax outputs")
+    threshold = post.get("threshold")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+                                      and 0.0 < threshold < 1.0):
+        raise UserError(f"{where}: postprocessing.threshold must be a number between 0 and 1")
+    min_mm3 = post.get("min_lesion_mm3")
+    if min_mm3 is not None and not (isinstance(min_mm3, (int, float)) and not isinstance(min_mm3, bool)
+                                    and min_mm3 >= 0):
+        raise UserError(f"{where}: postprocessing.min_lesion_mm3 must be a number ≥ 0 (mm³)")
+    if post.get("connectivity") not in (None, 6, 18, 26) or isinstance(post.get("connectivity"), bool):
+        raise UserError(f"{where}: postprocessing.connectivity must be 6, 18 or 26")
 
 
 def file_sha256(path: str | os.PathLike, offset: int = 0) -> str:
@@ -209,6 +247,34 @@ def file_sha256(path: str | os.PathLike, offset: int = 0) -> str:
     return h.hexdigest()
 
 
+def _digests(data: bytes | memoryview, data_offset: int) -> tuple[str, str]:
+    """(SHA-256 of the whole file, SHA-256 of its tensor data section) from the file's bytes."""
+    view = memoryview(data)
+    whole = hashlib.sha256(view[:data_offset])
+    weights = hashlib.sha256()
+    for start in range(data_offset, len(view), 1 << 20):
+        chunk = view[start:start + (1 << 20)]
+        whole.update(chunk)
+        weights.update(chunk)
+    return whole.hexdigest(), weights.hexdigest()
+
+
+def _file_digests(path: Path, data_offset: int) -> tuple[str, str]:
+    """As :func:`_digests`, streaming the file once instead of holding it in memory."""
+    whole, weights = hashlib.sha256(), hashlib.sha256()
+    with open(path, "rb") as f:
+        whole.update(f.read(data_offset))
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            whole.update(chunk)
+            weights.update(chunk)
+    return whole.hexdigest(), weights.hexdigest()
+
+
+def _checksum_failed(path: Path) -> UserError:
+    return UserError(f"model file {path} failed its checksum (weights were modified or damaged); "
+                     "download or export it again")
+
+
 def verify_file(path: str | os.PathLike) -> dict[str, Any]:
     """Torch-free integrity check: header, metadata and the weights checksum.
 
@@ -216,12 +282,15 @@ def verify_file(path: str | os.PathLike) -> dict[str, Any]:
     """
     header = read_header(path)
     check_metadata(header.metadata, where=str(path))
-    actual = file_sha256(path, header.data_offset)
-    if actual != header.metadata["weights"]["sha256"]:
-        raise UserError(f"model file {path} failed its checksum (weights were modified or damaged); "
-                        "download or export it again")
-    return {"path": str(Path(path)), "name": header.metadata.get("name") or Path(path).stem,
-            "task": header.metadata["task"], "sha256": file_sha256(path), "weights_sha256": actual}
+    whole, weights = _file_digests(Path(path), header.data_offset)
+    if weights != header.metadata["weights"]["sha256"]:
+        raise _checksum_failed(Path(path))
+    return _file_info(header, whole, weights)
+
+
+def _file_info(header: ModelHeader, sha256: str, weights_sha256: str) -> dict[str, Any]:
+    return {"path": str(header.path), "name": header.metadata.get("name") or header.path.stem,
+            "task": header.metadata["task"], "sha256": sha256, "weights_sha256": weights_sha256}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,7 +386,8 @@ def save_model_file(path: str | os.PathLike, model: Any, metadata: dict[str, Any
 # Loading (torch)
 # ------------------------------------------------------------------------------------------------
 def load_model_file(path_or_name: str | os.PathLike, device: str = "cpu") -> LoadedModel:
-    """Verify and load a model file by path or name; never unpickles."""
+    """Verify and load a model file by path or name; never unpickles. The file is read once and
+    both checksums (weights, whole file) come from that one read."""
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
@@ -330,9 +400,11 @@ def load_model_file(path_or_name: str | os.PathLike, device: str = "cpu") -> Loa
     meta = header.metadata
     check_metadata(meta, where=str(path))
     blob = path.read_bytes()
-    if hashlib.sha256(blob[header.data_offset:]).hexdigest() != meta["weights"]["sha256"]:
-        raise UserError(f"model file {path} failed its checksum (weights were modified or damaged); "
-                        "download or export it again")
+    if len(blob) != header.file_size:
+        raise UserError(f"model file {path} changed while it was being read; try again")
+    sha256, weights_sha256 = _digests(blob, header.data_offset)
+    if weights_sha256 != meta["weights"]["sha256"]:
+        raise _checksum_failed(path)
     arch = meta["architecture"]
     try:
         model = build_architecture(arch["name"], arch["kwargs"])
@@ -357,14 +429,14 @@ def load_model_file(path_or_name: str | os.PathLike, device: str = "cpu") -> Loa
     model.load_state_dict(state, strict=True)
     model.eval()
     model.to(torch.device(device))
-    return LoadedModel(model, meta, path, hashlib.sha256(path.read_bytes()).hexdigest())
+    return LoadedModel(model, meta, path, sha256, weights_sha256, header)
 
 
 def verify_model(path_or_name: str | os.PathLike) -> dict[str, Any]:
-    """Full check: :func:`verify_file` plus building the architecture and loading the weights."""
-    path = find_model(path_or_name)
-    info = verify_file(path)
-    loaded = load_model_file(path)
+    """Full check: what :func:`verify_file` checks, plus building the architecture and loading the
+    weights (one read of the file)."""
+    loaded = load_model_file(path_or_name)
+    info = _file_info(loaded.header, loaded.sha256, loaded.weights_sha256)
     info["parameters"] = sum(p.numel() for p in loaded.model.parameters())
     return info
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterable
 
 from LesionFactorizerLib.errors import UserError
@@ -22,8 +22,23 @@ from LesionFactorizerLib.errors import UserError
 SLICER_CATEGORY_CONTEXT = "Segmentation category and type - DICOM master list"
 SLICER_ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
-# File-name endings stripped before matching input name patterns (longest first).
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".gz")
+# Endings of the image files the library reads (SimpleITK), in one place for case-folder discovery,
+# prediction/label matching and input name patterns. Compound endings come first so that
+# ``x.seg.nrrd`` / ``x.nii.gz`` lose their whole ending.
+IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# Also stripped from names before pattern matching, but not image files to read on their own:
+# single DICOM slices (a series is given as its folder) and compressed leftovers.
+_NAME_ONLY_SUFFIXES = (".dcm", ".gz")
+
+
+def image_suffix(path: str | os.PathLike) -> str:
+    """The image-file ending of ``path`` (lower case), or "" when it is not an image file we read."""
+    name = os.path.basename(os.fspath(path)).lower()
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s) and len(name) > len(s)), "")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return bool(image_suffix(path))
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,11 @@ class PostProcessing:
     connectivity: int = 26   # 6, 18 or 26: lesion = connected component with this neighbourhood
 
 
+POSTPROCESSING_MODES = ("hierarchical", "threshold", "argmax")
+# What a model file's ``postprocessing`` may override (the same fields).
+POSTPROCESSING_KEYS = tuple(f.name for f in fields(PostProcessing))
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -193,7 +213,7 @@ def file_stem(path: str) -> str:
     stripped = True
     while stripped:
         stripped = False
-        for suffix in IMAGE_SUFFIXES:
+        for suffix in IMAGE_SUFFIXES + _NAME_ONLY_SUFFIXES:
             if name.endswith(suffix) and len(name) > len(suffix):
                 name = name[: -len(suffix)]
                 stripped = True

@@ -3,15 +3,16 @@ volumes written in each public layout (real NIfTI files read back with SimpleITK
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from monai.data import partition_dataset
 
+from LesionFactorizerLib.datasets import Case, ImageRef, convert_labels, discover
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.training import folds, synthetic
-from LesionFactorizerLib.training.datasets import Case, ImageRef, convert_labels, discover
 from LesionFactorizerLib.training.preprocess import load_case
 
 SHAPE = (20, 18, 16)
@@ -47,7 +48,7 @@ def test_msd_task01_four_d_channels_and_labels(tmp_path):
     # MSD: 1 edema → 2, 2 NCR → 1, 3 ET → 3
     assert np.array_equal(got == 2, raw == 1) and np.array_equal(got == 1, raw == 2) and np.array_equal(got == 3, raw == 3)
     np.testing.assert_array_equal(got, _task_labels(2, 1, synthetic.tumor_case)[0])
-    d = load_case(c, ["flair", "t1", "t1ce", "t2"])
+    d = load_case(c, ["flair", "t1", "t1ce", "t2"], task="tumor")
     assert d["image"].shape[0] == 4 and d["label"].shape[1:] == d["image"].shape[1:]
     # channel 2 (T1Gd) is brightest in the enhancing tumour: the right volume was extracted
     et = d["label"][0] == 3
@@ -84,10 +85,13 @@ def test_datalists_json_csv_with_label_map_and_folds(tmp_path):
         assert [c.id for c in dl] == [c.id for c in cases] and [c.fold for c in dl] == [0, 1, 0]
         train, val = folds.split(dl, 1)
         assert [c.id for c in val] == [cases[1].id] and len(train) == 2
-    # without a label map the raw BraTS-2021 value 4 is refused, naming the file
-    plain = discover("datalist", tmp_path / "list.json", "tumor", label_map={1: 1, 2: 2, 3: 3})
-    with pytest.raises(UserError, match=r"label value\(s\) \[4\]"):
-        load_case(plain[0], ["flair", "t1", "t1ce", "t2"])
+    # without a label map the datalist means the task's own values: BraTS-2021's 4 is refused, naming the file
+    for plain in (discover("datalist", tmp_path / "list.json", "tumor"),
+                  discover("datalist", tmp_path / "list.json", "tumor", label_map={1: 1, 2: 2, 3: 3})):
+        with pytest.raises(UserError, match=r"_seg\.nii\.gz: label value\(s\) \[4\]"):
+            load_case(plain[0], ["flair", "t1", "t1ce", "t2"], task="tumor")
+    with pytest.raises(UserError, match="does not have"):   # a map onto values the task lacks
+        discover("datalist", tmp_path / "list.json", "stroke", label_map={1: 2})
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"id": "x", "flair": "a.nii.gz"}]), encoding="utf-8")
     with pytest.raises(UserError, match="lacks input"):
@@ -101,6 +105,10 @@ def test_convert_labels_explicit_tables():
     np.testing.assert_array_equal(convert_labels(np.array([0, 5, 1]), "binary"), [0, 1, 1])
     with pytest.raises(UserError):
         convert_labels(np.array([0, 3]), {1: 1, 2: 2, 4: 3})
+    with pytest.raises(UserError):   # fractional values are not labels
+        convert_labels(np.array([0.0, 1.5]), {1: 1})
+    with pytest.raises(ValueError):  # an empty map would pass values through unchecked: refused
+        convert_labels(np.array([0, 4]), {})
 
 
 @pytest.mark.parametrize("n", [5, 12, 23])
@@ -118,8 +126,8 @@ def test_folds_match_monai_partition_dataset(n):
 def test_preprocess_resamples_crops_and_normalises(tmp_path):
     root = synthetic.make_isles22(tmp_path / "isles", n=1, shape=SHAPE, seed=6)
     case = discover("isles22", root, "stroke")[0]
-    native = load_case(case, ["dwi", "adc"])
-    fine = load_case(case, ["dwi", "adc"], spacing=[1.0, 1.0, 1.0])
+    native = load_case(case, ["dwi", "adc"], task="stroke")
+    fine = load_case(case, ["dwi", "adc"], spacing=[1.0, 1.0, 1.0], task="stroke")
     # 2 mm → 1 mm doubles every axis of the (cropped) grid, up to the crop's rounding
     assert all(abs(f - 2 * n) <= 3 for f, n in zip(fine["image"].shape[1:], native["image"].shape[1:]))
     img = native["image"]
@@ -140,7 +148,7 @@ def test_preprocess_resamples_crops_and_normalises(tmp_path):
                             img_adc.GetOrigin(), img_adc.GetSpacing(), img_adc.GetDirection(), 0.0, img_adc.GetPixelID())
     sitk.WriteImage(img_adc, str(shifted))
     moved = Case(case.id, {"dwi": case.images["dwi"], "adc": ImageRef(str(shifted))}, case.label, case.label_map)
-    np.testing.assert_allclose(load_case(moved, ["dwi", "adc"])["image"], img, atol=1e-4)
+    np.testing.assert_allclose(load_case(moved, ["dwi", "adc"], task="stroke")["image"], img, atol=1e-4)
 
 
 def test_disk_cache_equals_memory_and_is_reused(tmp_path):
@@ -149,14 +157,118 @@ def test_disk_cache_equals_memory_and_is_reused(tmp_path):
     root = synthetic.make_msseg2(tmp_path / "m", n=2, shape=SHAPE, seed=7)
     cases = discover("msseg2", root, "ms-new")
     names = ["flair_baseline", "flair_followup"]
-    mem = CaseStore(cases, names, None, "memory")
-    disk = CaseStore(cases, names, None, "disk", tmp_path / "cache")
+    mem = CaseStore(cases, names, None, "memory", task="ms-new")
+    disk = CaseStore(cases, names, None, "disk", tmp_path / "cache", task="ms-new")
     files = sorted((tmp_path / "cache").glob("*.npy"))
     assert len(files) == 4
     for i in range(2):
         np.testing.assert_array_equal(np.asarray(disk.get(i)["image"]), mem.get(i)["image"])
         np.testing.assert_array_equal(np.asarray(disk.get(i)["label"]), mem.get(i)["label"])
     stamp = [f.stat().st_mtime_ns for f in files]
-    CaseStore(cases, names, None, "disk", tmp_path / "cache")           # second run: no rewrite
+    CaseStore(cases, names, None, "disk", tmp_path / "cache", task="ms-new")   # second run: no rewrite
     assert [f.stat().st_mtime_ns for f in files] == stamp
     assert np.load(files[0], allow_pickle=False).dtype in (np.float32, np.uint8)
+    # another label conversion of the same files is another cache entry, not the stale one
+    remapped = [Case(c.id, c.images, c.label, {1: 0}) for c in cases]
+    other = CaseStore(remapped, names, None, "disk", tmp_path / "cache", task="ms-new")
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 8
+    lesions = [i for i, c in enumerate(cases) if np.asarray(disk.get(i)["label"]).any()]
+    assert lesions and not any(np.asarray(other.get(i)["label"]).any() for i in lesions)
+
+
+def test_one_datalist_reader_accepts_the_batch_and_the_training_spellings(tmp_path):
+    from LesionFactorizerLib.datalist import read_datalist
+
+    root = synthetic.make_msseg2(tmp_path / "m", n=2, shape=SHAPE, seed=8)
+    cases = discover("msseg2", root, "ms-new")
+    rel = {c.id: {n: str(Path(r.path).relative_to(tmp_path)) for n, r in c.images.items()} for c in cases}
+    labels = {c.id: str(Path(c.label).relative_to(tmp_path)) for c in cases}
+    # batch's JSON spelling: case_id + an "inputs" object, under "cases"
+    (tmp_path / "batch.json").write_text(json.dumps({"cases": [
+        {"case_id": cid, "inputs": files, "label": labels[cid]} for cid, files in rel.items()]}), encoding="utf-8")
+    # batch's CSV spelling with extra cohort columns (age) and a fold column; TSV too
+    for name, delim in (("batch.csv", ","), ("batch.tsv", "\t")):
+        with open(tmp_path / name, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["case_id", "flair_baseline", "flair_followup", "label", "fold", "age"],
+                               delimiter=delim)
+            w.writeheader()
+            for i, (cid, files) in enumerate(rel.items()):
+                w.writerow({"case_id": cid, **files, "label": labels[cid], "fold": i, "age": 40 + i})
+    for name in ("batch.json", "batch.csv", "batch.tsv"):
+        got = discover("datalist", tmp_path / name, "ms-new")   # training reads what batch reads
+        assert [c.id for c in got] == [c.id for c in cases]
+        for a, b in zip(got, cases):
+            want = {n: str(Path(r.path).resolve()) for n, r in b.images.items()}
+            assert {n: r.path for n, r in a.images.items()} == want
+            assert Path(a.label).resolve() == Path(b.label).resolve()
+        entries = read_datalist(tmp_path / name, ["flair_baseline", "flair_followup"])
+        if name != "batch.json":
+            assert [e.fold for e in entries] == [0, 1] and entries[1].extra == {"age": "41"}
+    # ids name output folders and cache files: path separators and duplicates are refused
+    for bad_id, message in (("../x", "folder name"), ("a/b", "folder name")):
+        (tmp_path / "bad.json").write_text(json.dumps([{"case_id": bad_id, **rel[cases[0].id]}]), encoding="utf-8")
+        with pytest.raises(UserError, match=message):
+            read_datalist(tmp_path / "bad.json", ["flair_baseline", "flair_followup"])
+    (tmp_path / "dup.json").write_text(json.dumps([{"id": "a", **rel[cases[0].id]}] * 2), encoding="utf-8")
+    with pytest.raises(UserError, match="duplicate"):
+        discover("datalist", tmp_path / "dup.json", "ms-new", require_labels=False)
+    (tmp_path / "typo.json").write_text(json.dumps([{"id": "a", "inputs": {"flair_basline": "x.nii.gz"}}]),
+                                        encoding="utf-8")
+    with pytest.raises(UserError, match="unknown input name.*flair_basline"):
+        read_datalist(tmp_path / "typo.json", ["flair_baseline", "flair_followup"])
+
+
+def _write_like(array, like: sitk.Image, path, origin_shift=(0.0, 0.0, 0.0), spacing=None):
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(spacing or like.GetSpacing())
+    img.SetOrigin(tuple(o + s for o, s in zip(like.GetOrigin(), origin_shift)))
+    img.SetDirection(like.GetDirection())
+    sitk.WriteImage(img, str(path))
+    return str(path)
+
+
+def test_training_uses_the_task_reference_grid_and_the_inference_preprocessing(tmp_path):
+    from LesionFactorizerLib.pipeline.geometry import Geometry
+    from LesionFactorizerLib.pipeline.io import align_to_reference, load_inputs
+    from LesionFactorizerLib.pipeline.preprocessing import prepare
+    from LesionFactorizerLib.tasks import get_task
+
+    root = synthetic.make_msseg2(tmp_path / "m", n=1, shape=SHAPE, seed=9)
+    case = discover("msseg2", root, "ms-new")[0]
+    follow = sitk.ReadImage(case.images["flair_followup"].path)
+    base_arr = sitk.GetArrayFromImage(sitk.ReadImage(case.images["flair_baseline"].path))
+    # the baseline lies on a grid shifted by 1.5 voxels: one of the two inputs must be interpolated
+    shifted = _write_like(base_arr, follow, tmp_path / "base_shifted.nii.gz", origin_shift=(1.5, 0.0, 0.0))
+    moved = Case(case.id, {"flair_baseline": ImageRef(shifted), "flair_followup": case.images["flair_followup"]},
+                 case.label, case.label_map)
+    names = ["flair_baseline", "flair_followup"]
+    assert get_task("ms-new").reference == "flair_followup"
+    d = load_case(moved, names, task="ms-new")
+    # the follow-up (the task's reference, where inference writes its output) is not interpolated:
+    # its channel is exactly its own voxels, cropped and z-scored
+    box = (slice(None),) + foreground_box_of(d, follow, shifted)
+    want = sitk.GetArrayFromImage(follow).astype(np.float32)[box[1:]]
+    nz = want != 0
+    want[nz] = (want[nz] - want[nz].mean(dtype=np.float64)) / want[nz].std(dtype=np.float64)
+    np.testing.assert_allclose(d["image"][1], want, atol=1e-5)
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(case.label))[box[1:]]
+    np.testing.assert_array_equal(d["label"][0], lab)
+    # at another spacing, the network's training input equals what inference feeds it (same grid,
+    # edge-aligned resampling, normalisation) — no half-voxel offset between the two
+    spacing = [2.0, 1.5, 1.25]
+    d2 = load_case(moved, names, spacing=spacing, task="ms-new")
+    inputs = load_inputs({"flair_baseline": shifted, "flair_followup": case.images["flair_followup"].path}, names)
+    align_to_reference(inputs, inputs[1], [])
+    prep = prepare([i.image for i in inputs], inputs[1].geometry, spacing, 1)
+    np.testing.assert_allclose(d2["image"], prep.array, atol=1e-5)
+    assert prep.model_grid == Geometry.from_image(follow).with_spacing(spacing)
+    assert d2["label"].shape[1:] == d2["image"].shape[1:] and d2["spacing"] == tuple(spacing)
+
+
+def foreground_box_of(d, follow, shifted_path):
+    """(z, y, x) slices of the inference pipeline's foreground box of the two aligned inputs."""
+    from LesionFactorizerLib.pipeline.preprocessing import foreground_box
+
+    base = sitk.Resample(sitk.ReadImage(shifted_path, sitk.sitkFloat32), follow, sitk.Transform(), sitk.sitkLinear, 0.0)
+    start, stop = foreground_box([sitk.GetArrayFromImage(base), sitk.GetArrayFromImage(follow)])
+    return tuple(slice(int(a), int(b)) for a, b in zip(start[::-1], stop[::-1]))

@@ -91,13 +91,19 @@ def test_connectivity_and_small_lesion_removal_match_simpleitk():
     b[1, 1, 1] = b[2, 2, 2] = True          # share a corner only
     assert label_lesions(b, connectivity=18, min_volume_mm3=0)[1] == 2
     assert label_lesions(b, connectivity=26, min_volume_mm3=0)[1] == 1
-    # ≤ 3 mm³ removed, > 3 mm³ kept (anima keeps strictly larger lesions)
+    # MSSEG-2: lesions smaller than 3 mm³ are removed; exactly 3 mm³ is kept
     c = np.zeros((10, 10, 10), bool)
-    c[1, 1, 1:4] = True                     # 3 voxels of 1 mm³
-    c[6, 6, 1:5] = True                     # 4 voxels
+    c[1, 1, 1:3] = True                     # 2 voxels of 1 mm³: removed
+    c[6, 6, 1:4] = True                     # 3 voxels = 3 mm³: kept
+    c[3, 8, 1:8] = True                     # 7 voxels: kept, the largest → label 1
     lab, n = label_lesions(c, spacing=(1, 1, 1))
-    assert n == 1 and lab[6, 6, 1] == 1 and lab[1, 1, 1] == 0
-    assert label_lesions(c, spacing=(0.5, 1, 1))[1] == 0   # 4 × 0.5 mm³ = 2 mm³
+    assert n == 2 and lab[3, 8, 1] == 1 and lab[6, 6, 1] == 2 and lab[1, 1, 1] == 0
+    assert label_lesions(c, spacing=(0.5, 1, 1))[1] == 1   # 3 × 0.5 = 1.5 mm³ goes, 7 × 0.5 = 3.5 stays
+    # 7 voxels of 0.3 mm³ are 2.1 mm³, although 2.1 / 0.3 is a hair above 7 in floating point
+    d = np.zeros((3, 3, 9), bool)
+    d[1, 1, 1:8] = True
+    assert label_lesions(d, spacing=(0.3, 1, 1), min_volume_mm3=2.1)[1] == 1
+    assert label_lesions(d, spacing=(0.3, 1, 1), min_volume_mm3=2.2)[1] == 0
 
 
 def _cube(shape, lo, hi):
@@ -189,9 +195,9 @@ def test_evaluation_and_dataset_code_import_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys, LesionFactorizerLib.evaluation.cohort, LesionFactorizerLib.training.datasets, "
-            "LesionFactorizerLib.training.config; print(sorted(m for m in ('torch', 'lightning', 'monai') "
-            "if m in sys.modules))")
+    code = ("import sys, LesionFactorizerLib.evaluation.cohort, LesionFactorizerLib.datasets, "
+            "LesionFactorizerLib.datalist, LesionFactorizerLib.cli.evaluate, LesionFactorizerLib.training.config; "
+            "print(sorted(m for m in ('torch', 'lightning', 'monai') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, encoding="utf-8")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -238,3 +244,43 @@ def test_evaluate_cli_writes_cases_summary_and_wilcoxon(tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 2 and last.startswith("error: case c0") and "grid" in last
     assert not (tmp_path / "e2").exists()   # nothing written on failure
+
+
+def test_evaluate_reads_public_layouts_without_the_training_package(tmp_path):
+    """``evaluate --ref-format brats`` converts BraTS-2021 labels (ET = 4) with the library's own
+    layout code; the core command never imports the training package."""
+    import subprocess
+    import sys
+
+    from LesionFactorizerLib.datasets import BRATS_2021_LABELS, convert_labels
+    from LesionFactorizerLib.training import synthetic
+
+    root = synthetic.make_brats(tmp_path / "brats", n=2, shape=(16, 14, 12), seed=4)
+    (tmp_path / "pred").mkdir()
+    for case in sorted(p for p in root.iterdir() if p.is_dir()):
+        seg = sitk.ReadImage(str(case / f"{case.name}_seg.nii.gz"))
+        pred = sitk.GetImageFromArray(convert_labels(sitk.GetArrayFromImage(seg), BRATS_2021_LABELS))
+        pred.CopyInformation(seg)
+        sitk.WriteImage(pred, str(tmp_path / "pred" / f"{case.name}.nii.gz"))
+    code = ("import argparse, sys\n"
+            "from LesionFactorizerLib.cli import evaluate\n"
+            "p = argparse.ArgumentParser(); evaluate.add_arguments(p)\n"
+            "rc = evaluate.run(p.parse_args(sys.argv[1:]))\n"
+            "print('training imported' if any(m.startswith('LesionFactorizerLib.training') for m in sys.modules)"
+            " else 'training not imported', rc)\n")
+    common = ["--task", "tumor", "--pred", str(tmp_path / "pred"), "--out"]
+    out = subprocess.run([sys.executable, "-c", code, *common, str(tmp_path / "e"), "--ref", str(root),
+                          "--ref-format", "brats"], capture_output=True, text=True, timeout=120, encoding="utf-8")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "training not imported 0"
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "e" / "cases.csv", encoding="utf-8")))
+    assert len(rows) == 2 and all(float(r["dice_ET"]) == 1.0 and float(r["ref_ml_ET"]) > 0 for r in rows)
+    # the same BraTS-2021 files as plain reference files: ET=4 is not a tumor label → refused, not dropped
+    (tmp_path / "ref").mkdir()
+    for case in sorted(p for p in root.iterdir() if p.is_dir()):
+        (tmp_path / "ref" / f"{case.name}.nii.gz").write_bytes((case / f"{case.name}_seg.nii.gz").read_bytes())
+    out = subprocess.run([sys.executable, "-c", code, *common, str(tmp_path / "f"), "--ref", str(tmp_path / "ref")],
+                         capture_output=True, text=True, timeout=120, encoding="utf-8")
+    assert out.returncode != 0 and "label value(s) [4]" in out.stderr

@@ -131,6 +131,12 @@ def test_garbage_and_foreign_files_are_rejected(tmp_path):
     (lambda m: m["architecture"]["kwargs"].update(in_channels=3), "input channels"),
     (lambda m: m["outputs"].update(channels=["a", "b"]), "output channels"),
     (lambda m: m["preprocessing"].update(patch_size=[32, 32]), "patch_size"),
+    (lambda m: m.update(postprocessing={"min_lesion_mm": 3}), "unknown postprocessing key"),
+    (lambda m: m.update(postprocessing={"mode": "majority"}), "postprocessing.mode"),
+    (lambda m: m.update(postprocessing={"mode": "argmax"}), "needs softmax"),
+    (lambda m: m.update(postprocessing={"connectivity": 8}), "6, 18 or 26"),
+    (lambda m: m.update(postprocessing={"threshold": 1.5}), "between 0 and 1"),
+    (lambda m: m.update(postprocessing={"min_lesion_mm3": -1}), "min_lesion_mm3"),
 ])
 def test_inconsistent_metadata_is_refused(tmp_path, model_file, change, message):
     path, _ = model_file
@@ -192,3 +198,41 @@ def test_models_cli_list_info_verify_import(tmp_path, monkeypatch, capsys, model
     bad.write_bytes(path.read_bytes()[:-7])
     assert main(["models", "verify", str(bad)]) == 2
     assert "FAILED" in capsys.readouterr().out
+
+
+def _raw_file(path: Path, tensor_entry: dict, data: bytes) -> Path:
+    header = json.dumps({"w": tensor_entry, "__metadata__": {METADATA_KEY: "{}"}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    return path
+
+
+@pytest.mark.parametrize("entry", [
+    {"dtype": "F32", "shape": [3], "data_offsets": ["0", 12]},
+    {"dtype": "F32", "shape": [3], "data_offsets": [0, None]},
+    {"dtype": "F32", "shape": [3], "data_offsets": [0.0, 12.0]},
+    {"dtype": "F32", "shape": [3], "data_offsets": [False, 12]},
+    {"dtype": "F32", "shape": ["3"], "data_offsets": [0, 12]},
+    {"dtype": "F32", "shape": [3], "data_offsets": {"begin": 0}},
+])
+def test_header_with_non_integer_offsets_or_shape_is_a_clear_error(tmp_path, entry):
+    """Offsets or shapes that are not whole numbers are damage, not a TypeError traceback."""
+    bad = _raw_file(tmp_path / "odd.safetensors", entry, bytes(12))
+    with pytest.raises(UserError, match="tensor 'w' has an invalid entry"):
+        read_metadata(bad)
+    proc = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "models", "verify", "--quick", str(bad)],
+                          cwd=REPO, capture_output=True, text=True, encoding="utf-8")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "invalid entry" in proc.stdout
+
+
+def test_loading_reports_both_checksums_from_one_read(model_file):
+    import hashlib
+
+    path, _ = model_file
+    loaded = load_model_file(path)
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert loaded.sha256 == hashlib.sha256(raw).hexdigest()
+    assert loaded.weights_sha256 == hashlib.sha256(raw[8 + n:]).hexdigest() == loaded.metadata["weights"]["sha256"]
+    quick, full = verify_file(path), verify_model(path)
+    assert {k: v for k, v in full.items() if k != "parameters"} == quick
+    assert full["parameters"] == sum(p.numel() for p in loaded.model.parameters())

@@ -1,4 +1,4 @@
-"""Phantom data sets are read by the training package's public-layout adapters like real data."""
+"""Phantom data sets are read by the library's public-layout adapters like real data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from LesionFactorizerLib.phantoms import generate_case, write_dataset
 
 pytest.importorskip("nilearn")
-datasets = pytest.importorskip("LesionFactorizerLib.training.datasets")
+from LesionFactorizerLib import datasets  # noqa: E402
 
 
 @pytest.mark.parametrize("task, fmt", [("tumor", "brats"), ("stroke", "isles22"), ("ms-new", "msseg2")])

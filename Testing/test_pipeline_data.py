@@ -56,7 +56,7 @@ def grid(size, spacing, direction=np.eye(3), center=(0.0, 0.0, 0.0)) -> Geometry
 
 def save_threshold_model(path, task: str = "stroke", in_channels: int = 2, out_channels: int = 1, channel: int = 0,
                          threshold: float = 3.0, spacing=None, patch=(32, 32, 32), delay_s: float = 0.0,
-                         inputs=None) -> str:
+                         inputs=None, **metadata) -> str:
     """A model file for the deterministic threshold network (labels voxels with z-score > threshold)."""
     import LesionFactorizerLib.pipeline.testnets  # noqa: F401
     from LesionFactorizerLib.modelfile import make_metadata, save_model_file
@@ -65,7 +65,7 @@ def save_threshold_model(path, task: str = "stroke", in_channels: int = 2, out_c
     model = build_architecture("threshold-net", {"in_channels": in_channels, "out_channels": out_channels,
                                                  "channel": channel, "threshold": threshold, "delay_s": delay_s})
     meta = make_metadata(task, model.config, name="threshold", patch_size=patch, spacing=spacing, inputs=inputs,
-                         description="diagnostic threshold network")
+                         description="diagnostic threshold network", **metadata)
     save_model_file(path, model, meta)
     return str(path)
 

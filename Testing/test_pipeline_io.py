@@ -115,7 +115,54 @@ def test_overwrite_replaces_our_results_and_keeps_other_files(tmp_path):
         segment_case(opts)
     opts.overwrite = True
     segment_case(opts)
-    assert json.loads((out / "report.json").read_text(encoding="utf-8"))["task"] == "stroke"
-    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
-    assert (out / "components" / "old.nrrd").exists()   # not written by this run, so left alone
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["task"] == "stroke"
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"   # not ours: kept
+    # an earlier run's components/ is not in this report, so it must not stay next to it
+    assert not (out / "components").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_overwrite_leaves_only_the_outputs_the_new_report_lists(tmp_path):
+    """Run 1 writes probabilities in NRRD; run 2 (--overwrite, NIfTI, no probabilities) must not leave
+    run 1's files behind: the folder holds exactly the new report's outputs plus the user's files."""
+    paths = write_case(tmp_path / "in")
+    model = save_threshold_model(tmp_path / "thr.safetensors")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    first = SegmentOptions(inputs=paths, output=str(out), task="stroke", models=[model], device="cpu",
+                           overview=False, probabilities=True, format="nrrd")
+    segment_case(first)
+    assert (out / "probabilities.nrrd").is_file() and (out / "segmentation.nrrd").is_file()
+    second = SegmentOptions(inputs=paths, output=str(out), task="stroke", models=[model], device="cpu",
+                            overview=False, overwrite=True)
+    outputs = segment_case(second)
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    listed = set(report["outputs"].values())
+    assert {p.name for p in out.iterdir()} == listed | {"notes.txt"}
+    assert "probabilities" not in outputs and (out / "segmentation.nii.gz").is_file()
+
+
+def test_commit_moves_away_stale_claimed_entries_only(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("report.json", "probabilities.nii.gz", "keep.txt"):
+        (out / name).write_text("old", encoding="utf-8")
+    (out / "components").mkdir()
+    (out / "components" / "encoder1.nii.gz").write_text("old", encoding="utf-8")
+    claims = ["report.json", "probabilities.nii.gz", "components", "segmentation.nii.gz"]
+    with AtomicOutput(out, claims, overwrite=True) as tmp:
+        (tmp / "report.json").write_text("new", encoding="utf-8")
+        (tmp / "segmentation.nii.gz").write_text("new", encoding="utf-8")
+        assert (out / "probabilities.nii.gz").exists()    # nothing changes before commit
+    # not committed: the old results are untouched
+    assert (out / "report.json").read_text(encoding="utf-8") == "old" and (out / "components").is_dir()
+    out_obj = AtomicOutput(out, claims, overwrite=True)
+    with out_obj as tmp:
+        (tmp / "report.json").write_text("new", encoding="utf-8")
+        (tmp / "segmentation.nii.gz").write_text("new", encoding="utf-8")
+        out_obj.commit()
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "report.json", "segmentation.nii.gz"]
+    assert (out / "report.json").read_text(encoding="utf-8") == "new"
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]

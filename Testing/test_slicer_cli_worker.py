@@ -173,9 +173,13 @@ def test_real_worker_component_maps_load_in_the_browser_format(tmp_path):
     ref_lo = np.array(reference.GetOrigin())
     ref_hi = np.array(reference.TransformIndexToPhysicalPoint([s - 1 for s in reference.GetSize()]))
     for name, layer in layers.items():
-        assert layer.count >= 1 and layer.maps.dtype == np.float32
+        assert not layer.loaded  # the index alone is read until the browser shows the layer
+        assert layer.count >= 1 and layer.maps.dtype == np.float32 and layer.loaded
         assert (layer.maps >= 0).all()
-        assert len(layer.windows) == layer.count
+        # display windows come from the maxima the worker stored, and they are the real maxima
+        for index in range(layer.count):
+            assert layer.window(index)[0] == 0.0
+            assert layer.maxima[index] == pytest.approx(float(layer.maps[index].max()), rel=1e-6)
         # the layer grid covers the input in physical space (RAS back to LPS for the comparison)
         k, j, i = layer.maps.shape[1:]
         corners = np.array([[a, b, c, 1] for a in (0, i - 1) for b in (0, j - 1) for c in (0, k - 1)])

@@ -68,24 +68,8 @@ REPORT = {
 }
 
 
-def test_report_rows_cover_every_label_in_task_order():
-    rows = report.result_rows(REPORT, TUMOR.labels)
-    assert [r.name for r in rows] == [lb.title for lb in TUMOR.labels]
-    assert [r.volume_ml for r in rows] == [1.25, 0.0, 0.5]  # edema absent from the report: 0 mL row
-    assert rows[0].cells() == ["Necrotic / non-enhancing tumour core", "1.25", ""]
-    assert report.summary_line(REPORT, "tumor") == "Lesions: 2. 1 warning(s): t2 resampled onto flair grid"
-    with_regions = report.result_rows(REPORT, TUMOR.labels, TUMOR.regions)
-    assert [(r.kind, r.name, r.volume_ml) for r in with_regions[3:]] == [
-        ("region", "Tumour core (TC)", 1.75), ("region", "Whole tumour (WT)", 1.75)]  # ET absent: no row
 
 
-def test_report_list_shape_and_ms_new_summary():
-    ms = get_task("ms-new")
-    data = {"labels": [{"value": 1, "name": "new_lesion", "volume_ml": 0.2}], "lesions": [1, 2, 3]}
-    rows = report.result_rows(data, ms.labels)
-    assert rows[0].lesion_count == 3 and rows[0].volume_ml == 0.2  # single label: the total count
-    assert report.summary_line(data, "ms-new") == "New lesions: 3"
-    assert report.summary_line({}, "ms-new") == "New lesions: unknown"
 
 
 def test_report_file_must_be_an_object(tmp_path):
@@ -94,16 +78,6 @@ def test_report_file_must_be_an_object(tmp_path):
         report.read_report(tmp_path / "report.json")
 
 
-def test_outputs_found_from_done_event_or_file_names(tmp_path):
-    (tmp_path / "segmentation.nrrd").write_bytes(b"x")
-    (tmp_path / "report.json").write_text("{}", encoding="utf-8")
-    (tmp_path / "components").mkdir()
-    files = find_outputs(tmp_path, {})
-    assert files.segmentation == tmp_path / "segmentation.nrrd"
-    assert files.report == tmp_path / "report.json" and files.components == tmp_path / "components"
-    assert files.probabilities is None
-    (tmp_path / "seg2.nii.gz").write_bytes(b"x")
-    assert find_outputs(tmp_path, {"segmentation": "seg2.nii.gz"}).segmentation == tmp_path / "seg2.nii.gz"
 
 
 # ---- component maps -----------------------------------------------------------------------------
@@ -126,58 +100,10 @@ def _vector_image(k: int, size=(6, 5, 4), spacing=(2.0, 2.4, 4.0), origin=(-7.0,
     return image, array
 
 
-def test_component_geometry_matches_itk_physical_points_in_ras(tmp_path):
-    import SimpleITK as sitk
-
-    image, array = _vector_image(3)
-    folder = tmp_path / "components"
-    folder.mkdir()
-    sitk.WriteImage(image, str(folder / "encoder2.nrrd"))
-    (folder / "components.json").write_text("{}", encoding="utf-8")  # index file is not an image: ignored
-    layers = components.load_components(folder)
-    layer = layers["encoder2"]
-    assert layer.title == "Encoder 2" and layer.count == 3
-    assert np.array_equal(layer.maps, np.moveaxis(array, -1, 0))
-    for index in [(0, 0, 0), (5, 4, 3), (2, 1, 3)]:
-        lps = np.array(image.TransformIndexToPhysicalPoint(index))
-        ras = layer.ijk_to_ras @ np.array([*index, 1.0])
-        assert np.allclose(ras[:3], lps * [-1, -1, 1])
-    low, high = layer.window(0)
-    assert low == 0.0 and 0 < high <= layer.maps[0].max()
 
 
-def test_component_layouts_4d_and_one_file_per_component_agree(tmp_path):
-    import SimpleITK as sitk
-
-    image, array = _vector_image(2)
-    per_component = tmp_path / "a"
-    per_component.mkdir()
-    for c in range(2):
-        scalar = sitk.VectorIndexSelectionCast(image, c)
-        sitk.WriteImage(scalar, str(per_component / f"bridge_{c}.nii.gz"))
-    four_d = tmp_path / "b"
-    four_d.mkdir()
-    joined = sitk.JoinSeries([sitk.VectorIndexSelectionCast(image, c) for c in range(2)])
-    sitk.WriteImage(joined, str(four_d / "bridge.nii.gz"))
-    a = components.load_components(per_component)["bridge"]
-    b = components.load_components(four_d)["bridge"]
-    assert np.allclose(a.maps, b.maps) and np.allclose(a.maps, np.moveaxis(array, -1, 0))
-    assert np.allclose(a.ijk_to_ras, b.ijk_to_ras, atol=1e-5)
 
 
-def test_layers_are_ordered_like_the_network_and_grids_must_agree(tmp_path):
-    import SimpleITK as sitk
-
-    for name in ("decoder1", "bridge", "encoder1", "decoder4"):
-        sitk.WriteImage(_vector_image(1)[0], str(tmp_path / f"{name}.nrrd"))
-    assert list(components.find_component_files(tmp_path)) == ["encoder1", "bridge", "decoder4", "decoder1"]
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    sitk.WriteImage(sitk.VectorIndexSelectionCast(_vector_image(1)[0], 0), str(odd / "encoder3_0.nii.gz"))
-    sitk.WriteImage(sitk.VectorIndexSelectionCast(_vector_image(1, spacing=(1, 1, 1))[0], 0),
-                    str(odd / "encoder3_1.nii.gz"))
-    with pytest.raises(ValueError, match="different grids"):
-        components.load_components(odd)
 
 
 # ---- dependencies -------------------------------------------------------------------------------
@@ -234,7 +160,7 @@ def test_install_plan_routes_torch_to_pytorch_extension_and_protects_bundled():
     assert dependencies.pip_arguments(plan, "/tmp/c.txt")[2:4] == ["-c", "/tmp/c.txt"]
     assert dependencies.protected_constraints(lambda name: versions.get(name)) == "SimpleITK==2.4.0\nnumpy==1.10\n"
     text = plan.confirmation_text()
-    assert "torch>=2.1,<3" in text and "monai>=1.3,<2" in text and "restart" in text.lower()
+    assert "torch>=2.1,<3" in text and "monai>=1.3,<2" in text
     assert "numpy" not in dependencies.pip_arguments(plan) and "SimpleITK" not in " ".join(plan.pip)
 
 
@@ -302,8 +228,7 @@ def test_sample_cases_come_from_the_manifest_with_checksums(tmp_path):
 
 def test_bundled_sample_cases_match_their_checksums():
     root = REPO / "Resources" / "SampleData"
-    if not (root / "manifest.json").is_file():
-        pytest.skip("no bundled sample data yet")
+    assert (root / "manifest.json").is_file(), "the bundled sample data (Resources/SampleData) is missing"
     cases = samples.discover_sample_cases(root)
     assert {c.task for c in cases} == {"tumor", "stroke", "ms-new"}
     for case in cases:

@@ -184,7 +184,8 @@ def test_helper_package_imports_without_loading_torch():
             "LesionFactorizerModuleLib.inputs, LesionFactorizerModuleLib.report, "
             "LesionFactorizerModuleLib.components, LesionFactorizerModuleLib.dependencies, "
             "LesionFactorizerModuleLib.models, LesionFactorizerModuleLib.samples, "
-            "LesionFactorizerModuleLib.outputs, LesionFactorizerModuleLib.libpath\n"
+            "LesionFactorizerModuleLib.outputs, LesionFactorizerModuleLib.libpath, "
+            "LesionFactorizerModuleLib.results\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai', 'slicer', 'qt'))\n"
             "print(','.join(bad))").format(lib=str(REPO), mod=str(MODULE_DIR))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, encoding="utf-8")
@@ -192,8 +193,8 @@ def test_helper_package_imports_without_loading_torch():
     assert proc.stdout.strip() == ""
 
 
-def test_library_is_found_from_the_module_folder(tmp_path):
-    sys.path.insert(0, str(MODULE_DIR))
+def test_library_is_found_from_the_module_folder(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(MODULE_DIR))
     from LesionFactorizerModuleLib.libpath import find_library_root
 
     assert find_library_root(MODULE_DIR) == REPO

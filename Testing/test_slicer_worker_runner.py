@@ -85,12 +85,8 @@ def test_build_segment_command_matches_the_contract(tmp_path):
 
 def test_command_line_is_accepted_by_the_real_cli_parser(tmp_path):
     """Our flags are exactly the CLI's: the library's own argument parser accepts the command."""
-    import importlib.util
-
     from LesionFactorizerLib.cli import build_parser
 
-    if importlib.util.find_spec("LesionFactorizerLib.cli.segment") is None:
-        pytest.skip("the segment command is not in the library yet")
     parser = build_parser()
     request = worker.SegmentRequest(task="tumor", inputs={"flair": "f.nii.gz", "t1": "t1.nii.gz"},
                                     output_dir=tmp_path, models=["m"], device="cpu", preset="best",
@@ -274,3 +270,17 @@ def test_a_grandchild_holding_the_pipe_does_not_keep_the_run_alive(tmp_path):
                 os.kill(int(pid_file.read_text(encoding="utf-8")), 9)
             except ProcessLookupError:
                 pass
+
+
+def test_speed_presets_come_from_the_library_and_every_one_is_accepted(tmp_path):
+    """One table of fast/balanced/best (LesionFactorizerLib.pipeline.speed_presets), no copy here."""
+    from LesionFactorizerLib.cli import build_parser
+    from LesionFactorizerLib.pipeline.speed_presets import SPEED_PRESETS
+
+    assert worker.SPEED_PRESETS is SPEED_PRESETS
+    assert not hasattr(worker, "PRESETS")
+    parser = build_parser()
+    for preset in SPEED_PRESETS:
+        request = worker.SegmentRequest(task="stroke", inputs={"dwi": "d", "adc": "a"}, output_dir=tmp_path,
+                                        preset=preset)
+        assert parser.parse_args(worker.build_segment_command("py", request)[3:]).preset == preset

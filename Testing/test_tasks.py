@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.tasks import TASKS, file_stem, get_task, match_inputs
+from LesionFactorizerLib.tasks import TASKS, file_stem, get_task, image_suffix, is_image_file, match_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tasks_and_model_metadata_import_without_torch():
     code = ("import sys; import LesionFactorizerLib.tasks, LesionFactorizerLib.modelfile, "
-            "LesionFactorizerLib.pipeline.progress; "
+            "LesionFactorizerLib.pipeline.progress, LesionFactorizerLib.pipeline.speed_presets; "
             "bad = [m for m in ('torch', 'monai', 'SimpleITK') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, encoding="utf-8")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -59,6 +59,15 @@ def test_file_stem_strips_image_extensions():
     assert file_stem("/data/Case1_T1ce.nii.gz") == "case1_t1ce"
     assert file_stem("x/DWI.nrrd") == "dwi"
     assert file_stem("/dicom/FLAIR_series/") == "flair_series"
+    assert file_stem("ref/case7.seg.nrrd") == "case7"
+    assert file_stem("IM_0001.dcm") == "im_0001"
+
+
+def test_one_list_of_image_file_endings():
+    assert [image_suffix(n) for n in ("a.NII.GZ", "b.nii", "c.seg.nrrd", "d.nrrd", "e.nhdr", "f.mha", "g.mhd")] == \
+        [".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd"]
+    for name in ("notes.txt", "list.csv", "report.json", "archive.tar.gz", "slice.dcm", ".nii.gz", "nii"):
+        assert not is_image_file(name), name
 
 
 @pytest.mark.parametrize("names,expected", [

@@ -129,12 +129,13 @@ def test_unet_train_resume_and_export_via_api(tmp_path):
     assert not (tmp_path / "runs" / "unet" / "fold0").exists()   # nothing half-made
 
 
-def test_cross_validation_runs_each_fold_and_resume_skips_finished(tmp_path):
+def test_cross_validation_runs_each_fold_and_resume_skips_finished(tmp_path, capfd):
     from LesionFactorizerLib.training.run import cross_validate, run_dir_for
 
     data = synthetic.make_msseg2(tmp_path / "msseg2", n=5, shape=(20, 20, 20), seed=2)
     model = {"preset": "unet-msseg2", "overrides": {"widths": [8, 16, 16, 16, 16]}}
-    cfg = load_config(_write_config(tmp_path / "cv.yaml", "ms-new-base.yaml", data, model, 2, tmp_path / "runs"))
+    cfg_path = _write_config(tmp_path / "cv.yaml", "ms-new-base.yaml", data, model, 2, tmp_path / "runs")
+    cfg = load_config(cfg_path)
     results = cross_validate(cfg, folds=[0, 3])
     assert [r.run_dir.name for r in results] == ["fold0", "fold3"]
     for k in (0, 3):
@@ -142,3 +143,17 @@ def test_cross_validation_runs_each_fold_and_resume_skips_finished(tmp_path):
         assert res["fold"] == k and res["steps"] == 2 and res["best_val_dice"] is not None
     # each fold validated on its own held-out cases (MONAI-compatible split of 5 cases)
     assert cross_validate(cfg, folds=[0, 3], resume=True) == []
+    # the cv command: the config asks for progress bars, --no-progress must win for every fold
+    import argparse
+
+    from LesionFactorizerLib.cli import cv
+
+    parser = argparse.ArgumentParser(prog="cv")
+    cv.add_arguments(parser)
+    args = parser.parse_args([str(cfg_path), "--folds", "1", "--no-progress", "--set", "trainer.progress_bar=true"])
+    capfd.readouterr()
+    assert cv.run(args) == 0
+    out, err = capfd.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert list(summary["folds"]) == ["1"] and summary["folds"]["1"] is not None
+    assert "preprocessing" not in err and "Epoch" not in out + err and "it/s" not in out + err

@@ -1,12 +1,14 @@
 """Offline training of LesionFactorizer models (installed as ``LesionFactorizerLib.training``).
 
-Flat package: ``config`` (YAML → dataclasses), ``datasets`` (public data-set layouts → cases,
-explicit label conversion), ``folds``, ``preprocess`` (files → normalised arrays), ``augment``
+Flat package: ``config`` (YAML → dataclasses), ``folds``, ``preprocess`` (files → normalised arrays), ``augment``
 (MONAI random transforms), ``data`` (Lightning data module), ``targets`` (labels ↔ output
 channels), ``losses``, ``schedules``, ``module`` (Lightning module), ``checkpoint_io``
 (pickle-free safetensors checkpoints), ``run`` (train / cross-validate), ``export`` (checkpoint →
 model file), ``cli_args`` (options shared by the train/cv commands), ``benchmark`` (training-step
 speed and memory) and ``synthetic`` (tiny data sets in the public layouts, for tests).
+Data-set layouts, label conversion and datalists live in the library
+(``LesionFactorizerLib.datasets`` / ``.datalist``) because ``evaluate`` and the phantom writer use
+them too; ``datasets`` here only re-exports them for older imports.
 ``configs/`` holds one YAML per thesis experiment on top of one base per task.
 
 Lightning, MONAI transforms and torch are imported by the modules that need them only, so

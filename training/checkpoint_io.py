@@ -80,8 +80,12 @@ def save_checkpoint_file(checkpoint: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "structure": json.dumps(structure)})
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written "last" checkpoint
+    try:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "structure": json.dumps(structure)})
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written "last" checkpoint
+    except BaseException:
+        tmp.unlink(missing_ok=True)   # e.g. disk full: no stray partial file next to the checkpoints
+        raise
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:

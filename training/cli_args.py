@@ -9,9 +9,28 @@ import yaml
 from LesionFactorizerLib.errors import UserError
 
 
+class ListConfigs(argparse.Action):
+    """``--list-configs``: print the bundled experiments and exit (like ``--version``, so the
+    otherwise required CONFIG argument is not needed)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+
+        from .config import bundled_configs
+
+        for name, task, preset, description in bundled_configs():
+            sys.stdout.write(f"{name:28s} {task:7s} {preset:28s} {description}\n")
+        parser.exit()
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config file, or a bundled experiment name "
                         "(e.g. swin-factorizer-brats; list them with --list-configs)")
+    parser.add_argument("--list-configs", action=ListConfigs,
+                        help="list the bundled experiment configs (name, task, model preset) and exit")
     parser.add_argument("--data-root", help="data-set folder or datalist (overrides data.root)")
     parser.add_argument("--output-dir", help="where runs are written (default: trainer.output_dir, 'runs')")
     parser.add_argument("--devices", help="devices per node: a number, or 'auto' (Lightning)")

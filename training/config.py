@@ -91,7 +91,7 @@ class AugmentationConfig:
 class DataConfig:
     format: str = "datalist"      # msd-task01 | brats | isles22 | msseg2 | datalist
     root: str = ""                # data-set folder (or the datalist file for "datalist")
-    label_map: dict[int, int] | None = None   # datalist only: raw label value → task label value
+    label_map: dict[int, int] | None = None   # datalist only: raw → task label value; null = the task's values
     inputs: list[str] | None = None           # network inputs in order; null = the task's required inputs
     spacing: list[float] | None = None        # mm, (x, y, z); null keeps the native grid
     patch_size: list[int] = field(default_factory=lambda: [128, 128, 128])   # voxels, (x, y, z)
@@ -187,6 +187,20 @@ def resolve_config_path(name: str | Path) -> Path:
     raise UserError(f"config {str(name)!r} not found; give a YAML path or a bundled config: {bundled}")
 
 
+def bundled_configs() -> list[tuple[str, str, str, str]]:
+    """(name, task, model preset, first line of the description) of every bundled experiment
+    (``*-base`` files are building blocks, not experiments)."""
+    out = []
+    for p in sorted(CONFIG_DIR.glob("*.yaml")):
+        if p.stem.endswith("-base"):
+            continue
+        raw = load_raw(p)
+        desc = str(raw.get("description") or "").strip().splitlines()
+        out.append((raw["name"], str(raw.get("task", "")), str(raw.get("model", {}).get("preset", "")),
+                    desc[0] if desc else ""))
+    return out
+
+
 def load_raw(path: str | Path, _seen: tuple = ()) -> dict:
     path = resolve_config_path(path).resolve()
     if path in _seen:
@@ -258,10 +272,12 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
 def validate(cfg: TrainConfig) -> None:
     from LesionFactorizerLib.tasks import get_task
 
+    from LesionFactorizerLib.datasets import FORMATS
+
     get_task(cfg.task)
     d = cfg.data
-    if d.format not in ("msd-task01", "brats", "isles22", "msseg2", "datalist"):
-        raise UserError(f"data.format {d.format!r} unknown; use msd-task01, brats, isles22, msseg2 or datalist")
+    if d.format not in FORMATS:
+        raise UserError(f"data.format {d.format!r} unknown; use {', '.join(FORMATS)}")
     if len(d.patch_size) != 3 or min(d.patch_size) < 1:
         raise UserError(f"data.patch_size must be three positive integers, got {d.patch_size}")
     if d.spacing is not None and (len(d.spacing) != 3 or min(d.spacing) <= 0):

@@ -17,7 +17,9 @@ from torch.utils.data import Dataset
 from . import folds
 from .augment import train_transforms
 from .config import TrainConfig, input_names
-from .datasets import Case, discover
+from LesionFactorizerLib.datasets import Case, discover
+
+from .preprocess import VERSION as PREPROCESS_VERSION
 from .preprocess import load_case
 
 
@@ -26,8 +28,9 @@ class CaseStore:
     mapped, for data sets larger than RAM), or re-read on every access (``none``)."""
 
     def __init__(self, cases: Sequence[Case], input_names: list[str], spacing, mode: str = "memory",
-                 cache_dir: str | Path | None = None, progress: bool = False):
+                 cache_dir: str | Path | None = None, progress: bool = False, *, task: str):
         self.cases, self.input_names, self.spacing, self.mode = list(cases), input_names, spacing, mode
+        self.task = task
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._memory: dict[int, dict] = {}
         if mode == "memory" or mode == "disk":
@@ -46,12 +49,16 @@ class CaseStore:
         return len(self.cases)
 
     def _load(self, i: int) -> dict:
-        return load_case(self.cases[i], self.input_names, self.spacing)
+        return load_case(self.cases[i], self.input_names, self.spacing, task=self.task)
 
     def _disk_paths(self, i: int, create: bool = False) -> tuple[Path, Path]:
         case = self.cases[i]
-        key = hashlib.sha1(json.dumps([case.id, {k: (v.path, v.channel) for k, v in case.images.items()},
-                                       case.label, self.spacing, self.input_names]).encode()).hexdigest()[:12]
+        # everything the arrays depend on: files, label conversion, spacing, inputs (their order and
+        # so the reference), task, and the preprocessing code's version
+        label_map = case.label_map if isinstance(case.label_map, str) else sorted(case.label_map.items())
+        parts = [PREPROCESS_VERSION, self.task, case.id, {k: (v.path, v.channel) for k, v in case.images.items()},
+                 case.label, label_map, self.spacing, self.input_names]
+        key = hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:12]
         img, lab = self.cache_dir / f"{case.id}-{key}.image.npy", self.cache_dir / f"{case.id}-{key}.label.npy"
         info = self.cache_dir / f"{case.id}-{key}.json"
         if create and not (img.is_file() and lab.is_file() and info.is_file()):
@@ -139,8 +146,10 @@ class SegmentationData(L.LightningDataModule):
 
             raise UserError("data.cache: disk needs data.cache_dir")
         spacing = list(d.spacing) if d.spacing else None
-        self.train_store = CaseStore(self.train_cases, names, spacing, d.cache, cache_dir, self.progress)
-        self.val_store = CaseStore(self.val_cases, names, spacing, d.cache, cache_dir, self.progress)
+        self.train_store = CaseStore(self.train_cases, names, spacing, d.cache, cache_dir, self.progress,
+                                     task=self.cfg.task)
+        self.val_store = CaseStore(self.val_cases, names, spacing, d.cache, cache_dir, self.progress,
+                                   task=self.cfg.task)
         self._ready = True
 
     def train_dataloader(self):

@@ -10,7 +10,7 @@ from typing import Any
 from LesionFactorizerLib.errors import UserError
 
 from .checkpoint_io import load_checkpoint_file
-from .config import from_dict
+from .config import from_dict, input_names
 from .module import output_mode
 from .targets import channel_labels
 
@@ -96,10 +96,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, name: str | No
         "source": cfg.source,
     }
     training.update(extra_training or {})
-    input_names = _input_names(cfg, run_dir)
     meta = make_metadata(
         cfg.task, model.config, name=name or Path(output).name.removesuffix(".safetensors"),
-        inputs=input_names,
+        inputs=input_names(cfg),   # the checkpoint's own config: the inputs it was trained on, in order
         outputs={"activation": "softmax" if mode == "argmax" else "sigmoid", "channels": channels},
         spacing=cfg.data.spacing, patch_size=list(cfg.data.patch_size),
         description=description if description is not None else (cfg.description or cfg.name),
@@ -108,9 +107,3 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, name: str | No
     sha = save_model_file(output, model, meta, half=half)
     return {"path": str(output), "sha256": sha, "metadata": meta}
 
-
-def _input_names(cfg, run_dir: Path) -> list[str]:
-    """The inputs the network was trained on, in order."""
-    from .config import input_names
-
-    return input_names(cfg)

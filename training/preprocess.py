@@ -1,59 +1,34 @@
 """Case files → normalised arrays, the deterministic part of the training data path.
 
-Mirrors the inference path of DESIGN.md §3 (and thesis 6.4.1 / 7.4.2): every input is put on the
-first input's grid in physical space (linear), the label with nearest neighbour; optionally all
-are resampled to the model's spacing; then the volume is cropped to the non-zero box of the
-inputs and each channel is z-scored over its non-zero voxels (zeros stay zero, like MONAI's
-``NormalizeIntensity(nonzero=True, channel_wise=True)``).
+Training sees its inputs exactly as inference does (DESIGN.md §3), because it runs the inference
+pipeline's own stages: the inference image reader, every input aligned onto the task's
+reference input (``Task.reference``: the follow-up FLAIR for ms-new) in physical space, and
+:func:`LesionFactorizerLib.pipeline.preprocessing.prepare` — foreground box, edge-aligned
+resampling to the model spacing (``Geometry.with_spacing``), channel-wise z-score over non-zero
+voxels. The label goes onto the same box with one nearest-neighbour resampling.
 
 Arrays are channel-first in SimpleITK's (z, y, x) order; spacings in configs are (x, y, z) mm.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
-import SimpleITK as sitk
 
+from LesionFactorizerLib.datasets import Case, convert_labels, read_image_ref
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.pipeline.geometry import Geometry
+from LesionFactorizerLib.pipeline.io import InputImage, align_to_reference, check_values, read_image
 from LesionFactorizerLib.pipeline.preprocessing import foreground_box as pipeline_box
+from LesionFactorizerLib.pipeline.preprocessing import prepare
 from LesionFactorizerLib.pipeline.preprocessing import zscore_nonzero as pipeline_zscore
+from LesionFactorizerLib.tasks import get_task
 
-from .datasets import Case, ImageRef, convert_labels
+log = logging.getLogger(__name__)
 
-
-def read_input(ref: ImageRef) -> sitk.Image:
-    try:
-        img = sitk.ReadImage(ref.path)
-    except RuntimeError as exc:
-        raise UserError(f"cannot read {ref.path}: {str(exc).strip().splitlines()[-1]}") from None
-    if ref.channel is not None:
-        if img.GetDimension() == 4:
-            size = list(img.GetSize())
-            if ref.channel >= size[3]:
-                raise UserError(f"{ref.path} has {size[3]} volumes; channel {ref.channel} requested")
-            img = sitk.Extract(img, size[:3] + [0], [0, 0, 0, ref.channel])
-        elif img.GetNumberOfComponentsPerPixel() > 1:
-            img = sitk.VectorIndexSelectionCast(img, ref.channel)
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise UserError(f"{ref.path} is not a 3-D scalar image")
-    return sitk.Cast(img, sitk.sitkFloat32)
-
-
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-5)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5))
-
-
-def _onto(img: sitk.Image, ref: sitk.Image, interp) -> sitk.Image:
-    return img if _same_grid(img, ref) else sitk.Resample(img, ref, sitk.Transform(), interp, 0.0)
-
-
-def _respace(img: sitk.Image, spacing, interp) -> sitk.Image:
-    spacing = [float(s) for s in spacing]
-    size = [max(1, int(round(n * s / t))) for n, s, t in zip(img.GetSize(), img.GetSpacing(), spacing)]
-    return sitk.Resample(img, size, sitk.Transform(), interp, img.GetOrigin(), spacing, img.GetDirection(),
-                         0.0, img.GetPixelID())
+# Part of the disk-cache key: bump when the arrays this module produces change for the same files.
+VERSION = 2
 
 
 def foreground_box(image: np.ndarray) -> tuple[slice, ...]:
@@ -71,35 +46,47 @@ def zscore_nonzero(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def load_case(case: Case, input_names: list[str], spacing=None, with_label: bool = True) -> dict:
-    """{"image": float32 (C, z, y, x), "label": uint8 (1, z, y, x) | None, "id", "spacing"}."""
+def reference_input(task: str, input_names: list[str]) -> str:
+    """The input whose grid the others are put on: the task's reference, as at inference."""
+    ref = get_task(task).reference
+    return ref if ref in input_names else input_names[0]
+
+
+def load_case(case: Case, input_names: list[str], spacing=None, with_label: bool = True, *, task: str) -> dict:
+    """{"image": float32 (C, z, y, x), "label": uint8 (1, z, y, x) | None, "id", "spacing"}; ``task``
+    names the reference input."""
+    import SimpleITK as sitk
+
     missing = [n for n in input_names if n not in case.images]
     if missing:
         raise UserError(f"case {case.id} lacks input(s) {missing}")
-    imgs = [read_input(case.images[n]) for n in input_names]
-    ref = imgs[0]
-    imgs = [ref] + [_onto(im, ref, sitk.sitkLinear) for im in imgs[1:]]
-    lab = None
-    if with_label and case.label:
-        try:
-            lab = sitk.ReadImage(case.label)
-        except RuntimeError as exc:
-            raise UserError(f"cannot read label {case.label}: {str(exc).strip().splitlines()[-1]}") from None
-        if lab.GetDimension() != 3:
-            raise UserError(f"label {case.label} is not 3-D")
-        lab = _onto(lab, ref, sitk.sitkNearestNeighbor)
-    if spacing is not None:
-        imgs = [_respace(im, spacing, sitk.sitkLinear) for im in imgs]
-        if lab is not None:
-            lab = _onto(lab, imgs[0], sitk.sitkNearestNeighbor)
-    image = np.stack([sitk.GetArrayFromImage(im) for im in imgs]).astype(np.float32)
-    if not np.all(np.isfinite(image)):
-        raise UserError(f"case {case.id}: an input contains NaN or infinite values")
-    box = (slice(None),) + foreground_box(image)
-    image = zscore_nonzero(image[box])
+    inputs = []
+    for n in input_names:
+        ref = case.images[n]
+        image = read_image_ref(ref, n)
+        check_values(image, n, ref.path)
+        inputs.append(InputImage(n, ref.path, image, Geometry.from_image(image)))
+    reference = inputs[input_names.index(reference_input(task, input_names))]
+    notes: list[str] = []
+    align_to_reference(inputs, reference, notes)
+    for note in notes:
+        log.info("case %s: %s", case.id, note)
+    # align=1: no padding; training crops random patches from the box itself
+    prep = prepare([i.image for i in inputs], reference.geometry, list(spacing) if spacing is not None else None, 1)
+    image = prep.array
     label = None
-    if lab is not None:
-        label = convert_labels(sitk.GetArrayFromImage(lab), case.label_map, case.label)[None][box]
+    if with_label and case.label:
+        lab = read_image(case.label, "label")[0]
+        crop = prep.crop_geometry
+        if prep.identity and Geometry.from_image(lab).same_grid(reference.geometry):
+            (i0, j0, k0), (si, sj, sk) = prep.crop_start, prep.crop_size
+            raw = sitk.GetArrayViewFromImage(lab)[k0:k0 + sk, j0:j0 + sj, i0:i0 + si]
+        else:   # one nearest-neighbour step from the label's own grid onto the box
+            raw = sitk.GetArrayFromImage(sitk.Resample(lab, list(crop.size), sitk.Transform(),
+                                                       sitk.sitkNearestNeighbor, crop.origin, crop.spacing,
+                                                       crop.direction, 0.0, sitk.sitkFloat32))
+        label = convert_labels(raw, case.label_map, case.label)[None]
     return {"id": case.id, "image": np.ascontiguousarray(image),
             "label": None if label is None else np.ascontiguousarray(label),
-            "spacing": tuple(imgs[0].GetSpacing())}
+            "spacing": tuple(prep.crop_geometry.spacing)}
+

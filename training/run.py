@@ -75,7 +75,6 @@ def train(cfg: TrainConfig, fold: int | None = 0, output_dir: str | Path | None 
                         f"{len(data.input_names)} ({', '.join(data.input_names)}); set model.overrides.in_channels")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "fold": fold}, indent=2), encoding="utf-8")
-    (run_dir / "inputs.json").write_text(json.dumps(data.input_names), encoding="utf-8")
 
     class Checkpoint(ModelCheckpoint):
         FILE_EXTENSION = SUFFIX
@@ -138,11 +137,12 @@ def _prepend_csv(older: Path, newer: Path) -> None:
 
 
 def cross_validate(cfg: TrainConfig, output_dir: str | Path | None = None, folds: list[int] | None = None,
-                   resume: bool = False) -> list[RunResult]:
-    """Train every fold in turn (each fold's run is resumable on its own)."""
+                   resume: bool = False, progress: bool | None = None) -> list[RunResult]:
+    """Train every fold in turn (each fold's run is resumable on its own); ``progress`` as in
+    :func:`train` (None: the config's ``trainer.progress_bar``)."""
     results = []
     for k in folds if folds is not None else range(cfg.data.folds):
         if resume and (run_dir_for(cfg, k, output_dir) / "result.json").exists():
             continue  # finished fold
-        results.append(train(cfg, k, output_dir, resume=resume))
+        results.append(train(cfg, k, output_dir, resume=resume, progress=progress))
     return results

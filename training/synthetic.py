@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from LesionFactorizerLib.datasets import (BRATS_2021, BRATS_2023, MSD_TASK01_LABELS, brats_files, isles22_files,
+                                          msseg2_files, raw_labels)
+
 
 def _ellipsoid(shape, center, radii):
     grids = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
@@ -69,19 +72,14 @@ def lesion_case(rng, shape=(32, 32, 32), n_lesions=None):
 def make_brats(out: str | Path, n: int = 4, version: int = 2021, shape=(32, 32, 32), seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     out = Path(out)
-    raw_of = {1: 1, 2: 2, 3: 4} if version < 2023 else {1: 1, 2: 2, 3: 3}
-    names = ({"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2"} if version < 2023
-             else {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"})
+    release = BRATS_2021 if version < 2023 else BRATS_2023
     for i in range(n):
         cid = f"BraTS{version}_{i:05d}" if version < 2023 else f"BraTS-GLI-{i:05d}-000"
-        sep = "_" if version < 2023 else "-"
         imgs, lab = tumor_case(rng, shape)
-        raw = np.zeros_like(lab)
-        for task_value, raw_value in raw_of.items():
-            raw[lab == task_value] = raw_value
-        for k, s in names.items():
-            _write(imgs[k], out / cid / f"{cid}{sep}{s}.nii.gz")
-        _write(raw, out / cid / f"{cid}{sep}seg.nii.gz", dtype=np.uint8)
+        files = brats_files(cid, release)
+        for k in release.suffixes:
+            _write(imgs[k], out / f"{files[k]}.nii.gz")
+        _write(raw_labels(lab, release.labels), out / f"{files['label']}.nii.gz", dtype=np.uint8)
     return out
 
 
@@ -91,10 +89,7 @@ def make_msd_task01(out: str | Path, n: int = 4, shape=(32, 32, 32), seed: int =
     training = []
     for i in range(n):
         imgs, lab = tumor_case(rng, shape)
-        raw = np.zeros_like(lab)
-        raw[lab == 2] = 1  # MSD: 1 edema, 2 non-enhancing/necrotic, 3 enhancing
-        raw[lab == 1] = 2
-        raw[lab == 3] = 3
+        raw = raw_labels(lab, MSD_TASK01_LABELS)  # MSD: 1 edema, 2 non-enhancing/necrotic, 3 enhancing
         four_d = np.stack([imgs[k] for k in ("flair", "t1", "t1ce", "t2")])  # (C, z, y, x)
         (out / "imagesTr").mkdir(parents=True, exist_ok=True)
         img = sitk.JoinSeries([sitk.GetImageFromArray(v) for v in four_d])
@@ -117,11 +112,10 @@ def make_isles22(out: str | Path, n: int = 4, shape=(32, 32, 32), seed: int = 0,
         dwi = brain * 400 + m * 500 + rng.normal(0, 20, shape) * brain
         adc = brain * 900 - m * 450 + rng.normal(0, 30, shape) * brain
         flair = brain * 300 + m * 80 + rng.normal(0, 15, shape) * brain
-        d = out / "rawdata" / sub / ses
-        _write(np.clip(dwi, 0, None).astype(np.float32), d / "dwi" / f"{sub}_{ses}_dwi.nii.gz", spacing)
-        _write(np.clip(adc, 0, None).astype(np.float32), d / "dwi" / f"{sub}_{ses}_adc.nii.gz", spacing)
-        _write(np.clip(flair, 0, None).astype(np.float32), d / "anat" / f"{sub}_{ses}_FLAIR.nii.gz", spacing)
-        _write(m.astype(np.uint8), out / "derivatives" / sub / ses / f"{sub}_{ses}_msk.nii.gz", spacing)
+        files = {k: out / f"{v}.nii.gz" for k, v in isles22_files(sub, ses).items()}
+        for k, v in (("dwi", dwi), ("adc", adc), ("flair", flair)):
+            _write(np.clip(v, 0, None).astype(np.float32), files[k], spacing)
+        _write(m.astype(np.uint8), files["label"], spacing)
     return out
 
 
@@ -134,10 +128,10 @@ def make_msseg2(out: str | Path, n: int = 4, shape=(32, 32, 32), seed: int = 0) 
         new &= ~old
         t1 = brain * 300 + old * 200 + rng.normal(0, 15, shape) * brain
         t2 = brain * 320 + (old | new) * 200 + rng.normal(0, 15, shape) * brain
-        d = out / f"{i:03d}"
-        _write(np.clip(t1, 0, None).astype(np.float32), d / "flair_time01_on_middle_space.nii.gz")
-        _write(np.clip(t2, 0, None).astype(np.float32), d / "flair_time02_on_middle_space.nii.gz")
-        _write(new.astype(np.uint8), d / "ground_truth.nii.gz")
+        files = {k: out / f"{v}.nii.gz" for k, v in msseg2_files(f"{i:03d}").items()}
+        _write(np.clip(t1, 0, None).astype(np.float32), files["flair_baseline"])
+        _write(np.clip(t2, 0, None).astype(np.float32), files["flair_followup"])
+        _write(new.astype(np.uint8), files["label"])
     return out
 
 

@@ -1,27 +1,31 @@
 """Reading the worker's NMF component maps for the component browser.
 
 Each Factorizer layer is written at its own resolution with its true physical geometry (DESIGN.md
-§5). The browser loads a layer's maps once into memory and then only swaps which map a single
-volume node shows, so moving the slider is instant. Reading uses SimpleITK, which Slicer bundles;
-geometry is converted from ITK's LPS to Slicer's RAS here, in one place.
+§5). The worker (``LesionFactorizerLib.pipeline.components.write_components``) writes exactly one
+layout: ``components/<layer>.nrrd`` holding a K-component vector image per layer, indexed by
+``components/components.json`` (layer, stride, K, file, LPS geometry and each component's maximum).
+That is the only layout read here; anything else is an error, not a guess.
 
-Accepted layouts in ``components/`` (the writer chooses; all are read):
-  * ``<layer>.nii.gz`` (or .nrrd/.mha) holding a 4-D image (x, y, z, K) or a K-component vector image;
-  * ``<layer>_<k>.<ext>`` or ``<layer>/<k>.<ext>`` holding one 3-D map per component.
+The index is read first and costs nothing; a layer's maps are read when the browser first shows
+that layer, then kept in memory so that moving the component slider only swaps arrays. Display
+windows come from the maxima stored in the index, so no percentile pass over every map is needed.
+Geometry is converted from ITK's LPS to Slicer's RAS here, in one place.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from LesionFactorizerModuleLib.worker import NMF_LAYERS
 
-_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+INDEX_NAME = "components.json"
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -29,18 +33,6 @@ def layer_title(layer: str) -> str:
     """'encoder1' -> 'Encoder 1', 'bridge' -> 'Bridge'."""
     match = re.fullmatch(r"([a-z]+)(\d+)", layer)
     return f"{match.group(1).capitalize()} {match.group(2)}" if match else layer.capitalize()
-
-
-def layer_sort_key(layer: str) -> tuple[int, str]:
-    return (NMF_LAYERS.index(layer) if layer in NMF_LAYERS else len(NMF_LAYERS), layer)
-
-
-def _strip_extension(name: str) -> str | None:
-    lowered = name.lower()
-    for ext in _EXTENSIONS:
-        if lowered.endswith(ext):
-            return name[: -len(ext)]
-    return None
 
 
 def ijk_to_ras(origin, spacing, direction) -> np.ndarray:
@@ -54,106 +46,102 @@ def ijk_to_ras(origin, spacing, direction) -> np.ndarray:
 
 @dataclass
 class ComponentLayer:
-    """All component maps of one layer: ``maps[k]`` is indexed (k, j, i) like Slicer's arrays."""
+    """One layer's component maps; ``maps[k]`` is indexed (k, j, i) like Slicer's arrays.
+
+    ``maps`` is read from ``path`` on first access (lazy), everything else comes from the index.
+    """
 
     name: str
-    maps: np.ndarray  # (K, slices, rows, columns), float32
+    path: Path
+    count: int
+    stride: int
+    size: tuple[int, int, int]  # (i, j, k) voxels, as ITK reports it
     ijk_to_ras: np.ndarray  # 4x4
-    windows: list[tuple[float, float]] = field(default_factory=list)
+    maxima: list[float]
+    _maps: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def title(self) -> str:
         return layer_title(self.name)
 
     @property
-    def count(self) -> int:
-        return int(self.maps.shape[0])
+    def loaded(self) -> bool:
+        return self._maps is not None
+
+    @property
+    def maps(self) -> np.ndarray:
+        """(K, slices, rows, columns) float32, read once."""
+        if self._maps is None:
+            maps, geometry = read_stack(self.path)
+            expected = (self.count, *reversed(self.size))
+            if maps.shape != expected or not np.allclose(geometry, self.ijk_to_ras, atol=1e-4):
+                raise ValueError(f"{self.path.name} does not match {INDEX_NAME} (shape {maps.shape}, "
+                                 f"expected {expected}); run the segmentation again.")
+            self._maps = np.ascontiguousarray(maps, dtype=np.float32)
+        return self._maps
 
     def window(self, index: int) -> tuple[float, float]:
-        return self.windows[index]
-
-
-def display_window(values: np.ndarray) -> tuple[float, float]:
-    """A robust display range: from 0 (maps are non-negative) to the 99.5th percentile."""
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return (0.0, 1.0)
-    high = float(np.percentile(finite, 99.5))
-    low = float(min(0.0, finite.min()))
-    if high <= low:
-        high = low + (float(finite.max()) - low or 1.0)
-    return (low, high)
+        """Display range of component ``index``: 0 (maps are non-negative) to its stored maximum."""
+        high = float(self.maxima[index])
+        return (0.0, high if high > 0 else 1.0)
 
 
 def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Maps (K, slices, rows, columns) and the 4x4 IJK-to-RAS matrix of a 3-D/4-D/vector image."""
+    """Maps (K, slices, rows, columns) and the 4x4 IJK-to-RAS matrix of a 3-D scalar or vector image.
+
+    The worker writes component layers and multi-channel probabilities as 3-D vector images and a
+    single probability channel as a 3-D scalar image; nothing else is accepted.
+    """
     import SimpleITK as sitk
 
     path = Path(path)
     image = sitk.ReadImage(str(path))
+    if image.GetDimension() != 3:
+        raise ValueError(f"{path.name}: expected a 3-D image, not {image.GetDimension()}-D.")
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    dim = image.GetDimension()
-    if dim == 4:
-        # (K, z, y, x): the 4th ITK axis is the component axis
-        direction = np.asarray(image.GetDirection()).reshape(4, 4)[:3, :3]
-        return array, ijk_to_ras(image.GetOrigin()[:3], image.GetSpacing()[:3], direction)
-    if dim != 3:
-        raise ValueError(f"{path.name}: component maps must be 3-D or 4-D, not {dim}-D.")
     geometry = ijk_to_ras(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
     if image.GetNumberOfComponentsPerPixel() > 1:
         return np.moveaxis(array, -1, 0), geometry
     return array[np.newaxis], geometry
 
 
-def _layer_of(stem: str) -> tuple[str, int | None]:
-    match = re.fullmatch(r"(.+?)[_\-](?:k|c|comp|component)?(\d+)", stem)
-    if match and match.group(1) in NMF_LAYERS:
-        return match.group(1), int(match.group(2))
-    return stem, None
+def _field(entry: Any, key: str, where: str) -> Any:
+    if not isinstance(entry, dict) or key not in entry:
+        raise ValueError(f"{where}: missing {key!r}; the component maps cannot be shown (run the segmentation "
+                         f"again with this version of the library).")
+    return entry[key]
 
 
-def find_component_files(directory: str | os.PathLike) -> dict[str, list[Path]]:
-    """Component files per layer, in component order."""
+def load_components(directory: str | os.PathLike) -> dict[str, ComponentLayer]:
+    """The layers listed in ``directory/components.json``, in network order (maps not read yet)."""
     root = Path(directory)
-    found: dict[str, list[tuple[int, Path]]] = {}
-    if not root.is_dir():
-        return {}
-    for path in sorted(root.iterdir()):
-        if path.is_dir():
-            for child in sorted(path.iterdir()):
-                stem = _strip_extension(child.name)
-                if stem is not None and child.is_file():
-                    index = int(stem) if stem.isdigit() else len(found.get(path.name, []))
-                    found.setdefault(path.name, []).append((index, child))
-            continue
-        stem = _strip_extension(path.name)
-        if stem is None:
-            continue
-        layer, index = _layer_of(stem)
-        found.setdefault(layer, []).append((index if index is not None else -1, path))
-    return {layer: [p for _, p in sorted(items, key=lambda t: (t[0], t[1].name))]
-            for layer, items in sorted(found.items(), key=lambda kv: layer_sort_key(kv[0]))}
-
-
-def load_component_layer(layer: str, files: list[Path]) -> ComponentLayer:
-    """Read and stack one layer's maps; every file of a layer must share one grid."""
-    stacks, geometry = [], None
-    for path in files:
-        maps, g = read_stack(path)
-        if geometry is None:
-            geometry = g
-        elif not np.allclose(g, geometry, atol=1e-4) or maps.shape[1:] != stacks[0].shape[1:]:
-            raise ValueError(f"Component files of layer {layer} are on different grids ({path.name}).")
-        stacks.append(maps)
-    if not stacks:
-        raise ValueError(f"No component maps found for layer {layer}.")
-    maps = np.ascontiguousarray(np.concatenate(stacks, axis=0), dtype=np.float32)
-    return ComponentLayer(name=layer, maps=maps, ijk_to_ras=geometry,
-                          windows=[display_window(m) for m in maps])
-
-
-def load_components(directory: str | os.PathLike, layers: list[str] | None = None) -> dict[str, ComponentLayer]:
-    """All (or the chosen) layers of a components folder, in network order."""
-    files = find_component_files(directory)
-    return {layer: load_component_layer(layer, paths) for layer, paths in files.items()
-            if layers is None or layer in layers}
+    index_path = root / INDEX_NAME
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{index_path}: cannot read the component index ({exc}).") from exc
+    if _field(index, "coordinate_system", INDEX_NAME) != "LPS":
+        raise ValueError(f"{index_path}: unsupported coordinate system {index['coordinate_system']!r}.")
+    entries = _field(index, "layers", INDEX_NAME)
+    if not isinstance(entries, list):
+        raise ValueError(f"{index_path}: 'layers' must be a list.")
+    layers: dict[str, ComponentLayer] = {}
+    for number, entry in enumerate(entries):
+        where = f"{INDEX_NAME} layer {number}"
+        name = str(_field(entry, "layer", where))
+        if name not in NMF_LAYERS or name in layers:
+            raise ValueError(f"{where}: unknown or repeated layer {name!r}; expected one of {', '.join(NMF_LAYERS)}.")
+        count = int(_field(entry, "components", where))
+        maxima = [float(v) for v in _field(entry, "max", where)]
+        size = tuple(int(v) for v in _field(entry, "size", where))
+        spacing, origin = _field(entry, "spacing", where), _field(entry, "origin", where)
+        direction = _field(entry, "direction", where)
+        if count < 1 or len(maxima) != count or len(size) != 3 or len(spacing) != 3 or len(origin) != 3 \
+                or len(direction) != 9:
+            raise ValueError(f"{where}: inconsistent entry (components, max, size or geometry).")
+        path = root / str(_field(entry, "file", where))
+        if not path.is_file():
+            raise ValueError(f"{where}: {path.name} is missing.")
+        layers[name] = ComponentLayer(name=name, path=path, count=count, stride=int(_field(entry, "stride", where)),
+                                      size=size, ijk_to_ras=ijk_to_ras(origin, spacing, direction), maxima=maxima)
+    return dict(sorted(layers.items(), key=lambda kv: NMF_LAYERS.index(kv[0])))

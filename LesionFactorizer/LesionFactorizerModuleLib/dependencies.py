@@ -96,7 +96,7 @@ class InstallPlan:
         if self.torch:
             lines.append(f"  • {self.torch} (through the PyTorch extension; picks the GPU build if possible)")
         lines += [f"  • {req}" for req in self.pip]
-        lines.append("The download may take several minutes. Slicer must be restarted afterwards.")
+        lines.append("The download may take several minutes.")
         return "\n".join(lines)
 
 

@@ -31,97 +31,78 @@ class ResultRow:
 TABLE_HEADERS = ["Segment", "Volume (mL)", "Lesions"]
 
 
+REPORT_FORMAT = ("lesion-factorizer-report", 1)  # what LesionFactorizerLib.pipeline.segment writes
+
+
 def read_report(path: str | os.PathLike) -> dict[str, Any]:
+    """report.json as written by the worker; anything else is refused with a one-line reason."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if not isinstance(data, dict):
         raise ValueError(f"{Path(path).name} is not a report (expected a JSON object).")
+    found = (data.get("format"), data.get("format_version"))
+    if found != REPORT_FORMAT:
+        raise ValueError(f"{Path(path).name} is not a LesionFactorizer report of format version {REPORT_FORMAT[1]} "
+                         f"(found {found[0]!r} version {found[1]!r}); update the extension.")
+    for key, kind in (("labels", dict), ("regions", dict), ("lesion_count", int), ("warnings", list)):
+        if not isinstance(data.get(key), kind):
+            raise ValueError(f"{Path(path).name}: {key!r} is missing or not a {kind.__name__}.")
     return data
-
-
-def _label_entries(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """Per-label entries in whichever of the documented shapes the report uses."""
-    labels = report.get("labels")
-    if isinstance(labels, list):
-        return [e for e in labels if isinstance(e, Mapping)]
-    if isinstance(labels, Mapping):
-        entries = []
-        for key, entry in labels.items():
-            entry = dict(entry) if isinstance(entry, Mapping) else {"volume_ml": entry}
-            entry.setdefault("name", key)
-            if "value" not in entry and str(key).isdigit():
-                entry["value"] = int(key)
-            entries.append(entry)
-        return entries
-    volumes = report.get("volumes_ml") or report.get("volume_ml")
-    if isinstance(volumes, Mapping):
-        return [{"name": k, "volume_ml": v} for k, v in volumes.items()]
-    return []
-
-
-def _number(entry: Mapping[str, Any], *keys: str) -> float | None:
-    for key in keys:
-        value = entry.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return None
 
 
 def result_rows(report: Mapping[str, Any], task_labels: Sequence[Any],
                 task_regions: Sequence[Any] = ()) -> list[ResultRow]:
     """One row per task label (in the task's order, named by its title), then one per region.
 
-    Entries are matched by label value, then by short name ("ET") or title. With a single label
-    the report's total lesion count is that label's count.
+    The report lists every task label under its short name, found or not (0 mL is a finding). The
+    per-lesion table is not split by label, so a lesion count is shown only for single-label tasks.
     """
-    entries = _label_entries(report)
-    by_value = {int(e["value"]): e for e in entries if isinstance(e.get("value"), int)}
-    by_name = {str(e.get("name", "")).lower(): e for e in entries}
+    labels, regions = report["labels"], report["regions"]
     rows = []
     for label in task_labels:
-        value, name = int(label.value), str(label.name)
-        title = str(getattr(label, "title", name))
-        entry = by_value.get(value) or by_name.get(name.lower()) or by_name.get(title.lower()) or {}
-        volume = _number(entry, "volume_ml", "volume_mL", "ml", "volume") or 0.0
-        count = _number(entry, "lesion_count", "count", "lesions", "n_lesions")
-        if count is None and len(task_labels) == 1:
-            count = lesion_count(report)
-        rows.append(ResultRow(value=value, name=title, volume_ml=volume,
-                              lesion_count=None if count is None else int(count)))
-    regions = report.get("regions") if isinstance(report.get("regions"), Mapping) else {}
+        entry = labels.get(label.name)
+        if not isinstance(entry, Mapping) or entry.get("value") != label.value:
+            raise ValueError(f"report.json has no entry for label {label.name} (value {label.value}); it was "
+                             f"written for another task or by another version.")
+        count = report["lesion_count"] if len(task_labels) == 1 else None
+        rows.append(ResultRow(value=int(label.value), name=str(label.title), volume_ml=float(entry["volume_ml"]),
+                              lesion_count=count))
     for region in task_regions:
         entry = regions.get(region.name)
-        if isinstance(entry, Mapping):
-            rows.append(ResultRow(value=0, name=f"{region.title} ({region.name})", kind="region",
-                                  volume_ml=_number(entry, "volume_ml") or 0.0, lesion_count=None))
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"report.json has no entry for region {region.name}.")
+        rows.append(ResultRow(value=0, name=f"{region.title} ({region.name})", kind="region",
+                              volume_ml=float(entry["volume_ml"]), lesion_count=None))
     return rows
 
 
-def lesion_count(report: Mapping[str, Any]) -> int | None:
-    """Total number of (connected) lesions the report lists, if it lists any."""
-    for key in ("lesion_count", "n_lesions", "new_lesion_count"):
-        value = report.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    lesions = report.get("lesions")
-    if isinstance(lesions, list):
-        return len(lesions)
-    if isinstance(lesions, Mapping):
-        count = lesions.get("count")
-        if isinstance(count, int):
-            return count
-    return None
+def lesion_count(report: Mapping[str, Any]) -> int:
+    """Total number of connected lesions (after small-lesion removal)."""
+    return int(report["lesion_count"])
+
+
+def probability_channels(report: Mapping[str, Any]) -> list[str]:
+    """Names of the channels in probabilities.<ext>, in file order.
+
+    The worker writes every model output channel except ``background`` but does not record their
+    names in report.json or the done event, so they are read from the model file the report says
+    was used (its metadata is torch-free to read). Not the task's channel list: a model decides
+    its own outputs (e.g. BraTS regions vs. labels).
+    """
+    from LesionFactorizerLib.modelfile import read_metadata
+
+    model = report.get("model")
+    if not isinstance(model, Mapping) or not isinstance(model.get("path"), str):
+        raise ValueError("report.json does not name the model it used; probability maps cannot be named.")
+    channels = read_metadata(model["path"])["outputs"]["channels"]
+    return [str(c) for c in channels if c != "background"]
 
 
 def summary_line(report: Mapping[str, Any], task: str) -> str:
-    """Short text above the table: total volume and, for ms-new, the number of new lesions."""
-    parts = []
+    """Short text above the table: number of lesions (new lesions for ms-new) and warnings."""
     count = lesion_count(report)
-    if task == "ms-new":
-        parts.append(f"New lesions: {count if count is not None else 'unknown'}")
-    elif count is not None:
-        parts.append(f"Lesions: {count}")
-    warnings = report.get("warnings")
-    if isinstance(warnings, list) and warnings:
+    parts = [f"New lesions: {count}" if task == "ms-new" else f"Lesions: {count}"]
+    warnings = report["warnings"]
+    if warnings:
         parts.append(f"{len(warnings)} warning(s): " + "; ".join(str(w) for w in warnings[:3]))
     return ". ".join(parts)

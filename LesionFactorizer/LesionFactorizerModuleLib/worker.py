@@ -23,11 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from LesionFactorizerLib.pipeline.speed_presets import SPEED_PRESETS  # pure Python: no torch in Slicer
 from LesionFactorizerModuleLib.progress import WorkerEvent, parse_line
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRESETS = ("fast", "balanced", "best")
-# NMF layer names of a Factorizer network (model.component_layers in the library).
+# The CLI's --device choices with their titles for the device selector (one home; a test checks
+# the values against the library's own argument parser).
+DEVICE_CHOICES: tuple[tuple[str, str], ...] = (
+    ("auto", "Automatic (GPU if available)"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"), ("mps", "GPU (Apple MPS)"))
+DEVICES = tuple(value for value, _ in DEVICE_CHOICES)
+# NMF layer names of a Factorizer network in network order. The library's only source is
+# LesionFactorizerLib.nn.unet.layer_names(5), which imports torch, so the GUI keeps this copy;
+# Testing/test_slicer_library_copies.py asserts that both agree.
 NMF_LAYERS = ("encoder1", "encoder2", "encoder3", "encoder4", "bridge",
               "decoder4", "decoder3", "decoder2", "decoder1")
 _INPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
@@ -50,6 +56,8 @@ class SegmentRequest:
     skip_nmf: Sequence[str] = ()
     overwrite: bool = False
     overview: bool = True  # the QC picture; Slicer shows the result itself, so the module skips it
+    # NRRD keeps the full-precision direction matrix of oblique volumes (NIfTI's qform/sform may not).
+    format: str = "nrrd"
 
     def validate(self) -> None:
         """Raise ValueError with a user-readable message for an impossible request."""
@@ -62,8 +70,8 @@ class SegmentRequest:
                 raise ValueError(f"Input name {name!r} is not valid; use the task's input names.")
         if self.device not in DEVICES:
             raise ValueError(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(f"Unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
+        if self.preset is not None and self.preset not in SPEED_PRESETS:
+            raise ValueError(f"Unknown preset {self.preset!r}; choose one of {', '.join(SPEED_PRESETS)}.")
         if self.nmf_iters is not None and int(self.nmf_iters) < 1:
             raise ValueError("NMF iterations must be at least 1.")
         unknown = [layer for layer in self.skip_nmf if layer not in NMF_LAYERS]
@@ -93,6 +101,8 @@ def build_segment_command(python: str | os.PathLike, request: SegmentRequest) ->
         args += ["--nmf-iters", str(int(request.nmf_iters))]
     if request.skip_nmf:
         args += ["--skip-nmf", ",".join(request.skip_nmf)]
+    if request.format:
+        args += ["--format", request.format]
     if not request.overview:
         args.append("--no-overview")
     args += ["--progress", "jsonl"]
@@ -179,62 +189,62 @@ def failure_message(result: WorkerResult) -> str:
     return f"{reason.rstrip('.')}." + (f" {hint}" if hint else "")
 
 
-def _kill_process_tree(pid: int, grace_s: float = 3.0, reap: Callable[[], object] | None = None) -> None:
-    """Terminate a process and everything it started.
+def _signal_tree(pid: int, sig: int, known: list | None = None) -> list:
+    """Send ``sig`` to a worker and everything it started; returns the processes found (psutil).
 
     PythonSlicer is a launcher that runs the real interpreter as a child, and the interpreter may
-    start its own workers; killing only the direct child would leave the computation running.
+    start its own workers; signalling only the direct child would leave the computation running.
+    The worker runs in its own session, so its process group id is its pid; psutil (optional)
+    also catches children that left the group. Never waits: the caller escalates later.
     """
+    procs = list(known or [])
     try:
-        import psutil  # optional: catches children that left the process group
+        import psutil
     except ImportError:
         psutil = None
     if psutil is not None:
         try:
             parent = psutil.Process(pid)
-            procs = parent.children(recursive=True) + [parent]
+            procs += [p for p in parent.children(recursive=True) + [parent] if p not in procs]
         except psutil.Error:
-            procs = []
+            pass
         for proc in procs:
             try:
-                proc.terminate()
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=grace_s)
-        for proc in alive:
-            try:
-                proc.kill()
+                proc.send_signal(sig)
             except psutil.Error:
                 pass
     if sys.platform == "win32":
+        # No process groups to signal: taskkill /T walks the tree (forcefully, Windows has no SIGTERM).
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
-        return
-    # The worker was started in its own session, so its process group id is its pid.
+        return procs
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if reap is not None:
-            reap()  # collect our direct child, otherwise its zombie keeps the group "alive"
-        try:
-            os.killpg(pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.05)
-    try:
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+    return procs
+
+
+def _group_alive(pid: int) -> bool:
+    if sys.platform == "win32":
+        return False
+    try:
+        os.killpg(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 class WorkerProcess:
     """A running worker whose output is collected on a background thread.
 
     Use ``poll()`` from a GUI timer (returns the events that arrived, never blocks) or
-    ``wait()`` for synchronous batch use; ``cancel()`` kills the whole process tree.
+    ``wait()`` for synchronous batch use. ``cancel()`` only sends SIGTERM to the whole process
+    tree and returns at once (it runs on the GUI thread); ``poll()``/``running`` send SIGKILL to
+    whatever is left once ``kill_grace_s`` has passed, and the run only counts as finished when
+    the whole process group is gone.
     """
+
+    kill_grace_s = 3.0
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None,
                  cwd: str | os.PathLike | None = None) -> None:
@@ -255,6 +265,8 @@ class WorkerProcess:
         self._eof = False
         self._exited_at: float | None = None
         self._cancelled = False
+        self._kill_deadline: float | None = None
+        self._tree: list = []
         self.log: list[str] = []
         self.outputs: dict[str, Any] = {}
         self.error_event = ""
@@ -271,6 +283,7 @@ class WorkerProcess:
 
     def poll(self, timeout: float = 0.0) -> list[WorkerEvent]:
         """Events that arrived since the last call (waits at most ``timeout`` for the first)."""
+        self._escalate()
         events: list[WorkerEvent] = []
         block = timeout > 0
         while True:
@@ -298,9 +311,13 @@ class WorkerProcess:
 
         A stray grandchild that inherited the pipe could keep it open after the worker exited;
         two seconds after the exit, with nothing left to read, the run counts as finished anyway.
+        After cancel() the run lasts until the whole process group is gone (SIGKILL at the deadline).
         """
+        self._escalate()
         if self._proc.poll() is None:
             return True
+        if self._kill_deadline is not None and _group_alive(self._proc.pid):
+            return True  # cancelled: a grandchild is still dying; the deadline will kill it
         if self._eof:
             return False
         if self._exited_at is None:
@@ -308,9 +325,24 @@ class WorkerProcess:
         return not self._queue.empty() or time.monotonic() - self._exited_at < 2.0
 
     def cancel(self) -> None:
-        if self._proc.poll() is None:
-            self._cancelled = True
-            _kill_process_tree(self._proc.pid, reap=self._proc.poll)
+        """Ask the whole process tree to stop (SIGTERM) and return immediately."""
+        if self._cancelled or (self._proc.poll() is not None and not _group_alive(self._proc.pid)):
+            return
+        self._cancelled = True
+        self._tree = _signal_tree(self._proc.pid, signal.SIGTERM)
+        self._kill_deadline = time.monotonic() + self.kill_grace_s
+
+    def _escalate(self) -> None:
+        """SIGKILL what survived SIGTERM, once the grace period is over (called from poll/running)."""
+        if self._kill_deadline is None:
+            return
+        self._proc.poll()  # reap our direct child, otherwise its zombie keeps the group "alive"
+        if not _group_alive(self._proc.pid) and self._proc.poll() is not None:
+            self._kill_deadline = None
+            return
+        if time.monotonic() >= self._kill_deadline:
+            _signal_tree(self._proc.pid, getattr(signal, "SIGKILL", signal.SIGTERM), self._tree)
+            self._kill_deadline = None
 
     def wait(self, callback: Callable[[WorkerEvent], None] | None = None,
              poll_interval: float = 0.1, idle: Callable[[], None] | None = None) -> WorkerResult:

@@ -2,9 +2,10 @@
 
 Cases come from a datalist (CSV with a ``case_id`` column and one column per input name, or JSON:
 a list of ``{"case_id": ..., "inputs": {name: path}}``; relative paths are relative to the
-datalist) or from a folder with one sub-folder per case whose files are recognised by name
-patterns. A failing case is reported and the others continue; ``summary.csv`` aggregates volumes
-and lesion counts.
+datalist; other columns such as ``label`` or ``fold`` are ignored) or from a folder with one
+sub-folder per case whose files are recognised by name patterns. A failing case is reported and
+the others continue; ``summary.csv`` aggregates volumes and lesion counts. Case ids name the
+per-case output folders, so they must be plain names.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from LesionFactorizerLib.errors import UserError
 
 NAME = "batch"
 HELP = "segment many cases (datalist CSV/JSON or a folder of case folders) with one model load"
-
-_IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +42,8 @@ def _case_id_key(row: dict) -> str:
 
 def read_cases(source: str | Path, task) -> list[tuple[str, dict[str, str]]]:
     """(case id, {input name: path}) for every case of a datalist or case folder."""
+    from LesionFactorizerLib.tasks import is_image_file
+
     source = Path(source)
     if not source.exists():
         raise UserError(f"{source} does not exist; give a CSV/JSON datalist or a folder of case folders")
@@ -50,7 +51,7 @@ def read_cases(source: str | Path, task) -> list[tuple[str, dict[str, str]]]:
     if source.is_dir():
         for case_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
             entries = [str(p) for p in sorted(case_dir.iterdir())
-                       if (p.is_file() and p.name.lower().endswith(_IMAGE_ENDINGS)) or p.is_dir()]
+                       if (p.is_file() and is_image_file(p)) or p.is_dir()]
             cases.append((case_dir.name, task.match_inputs(entries)))
         if not cases:
             raise UserError(f"folder {source} has no case sub-folders")
@@ -77,11 +78,15 @@ def read_cases(source: str | Path, task) -> list[tuple[str, dict[str, str]]]:
             rows = []
             for row in reader:
                 key = _case_id_key(row)
-                rows.append(({"case_id": row[key]}, {k: v for k, v in row.items() if k != key and v}))
+                # only input columns: a training datalist's label / fold columns are not inputs
+                rows.append(({"case_id": row[key]}, {k: v for k, v in row.items() if k in task.input_names and v}))
     else:
         raise UserError(f"datalist {source} must be .csv, .tsv or .json")
     for i, (head, inputs) in enumerate(rows):
-        case_id = str(head["case_id"] or f"case{i + 1:04d}")
+        case_id = str(head["case_id"] or f"case{i + 1:04d}").strip()
+        check_case_id(case_id, source)
+        if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values()):
+            raise UserError(f"datalist {source}: case {case_id}'s inputs must map input names to paths")
         resolved = {k: str(Path(v) if Path(v).is_absolute() else base / v) for k, v in inputs.items()}
         cases.append((case_id, resolved))
     ids = [c for c, _ in cases]
@@ -89,6 +94,22 @@ def read_cases(source: str | Path, task) -> list[tuple[str, dict[str, str]]]:
     if dupes:
         raise UserError(f"duplicate case ids in {source}: {', '.join(dupes[:5])}")
     return cases
+
+
+def check_case_id(case_id: str, source: Path) -> None:
+    """A case id becomes a folder name under --output: no path separators, nothing that leaves it."""
+    if not case_id or case_id in (".", "..") or any(c in case_id for c in "/\\\0"):
+        raise UserError(f"case id {case_id!r} in {source} cannot name an output folder (empty, '.', '..' or "
+                        "containing a path separator); use plain case names")
+
+
+def _read_report(path: Path) -> dict | None:
+    """The report of an earlier run, or None when it is missing or unreadable (then the case is redone)."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def _summary_row(case_id: str, status: str, error: str, report: dict | None, task) -> dict:
@@ -104,13 +125,29 @@ def _summary_row(case_id: str, status: str, error: str, report: dict | None, tas
 
 
 def run(args: argparse.Namespace) -> int:
-    from LesionFactorizerLib.cli.segment import options_from_args, terminate_cleanly
+    from LesionFactorizerLib.cli.segment import terminate_cleanly
+    from LesionFactorizerLib.pipeline.progress import Progress
+
+    terminate_cleanly()
+    progress = Progress(args.progress)
+    try:
+        return _run(args, progress)
+    except UserError as exc:
+        progress.error(str(exc))
+        raise
+    except BaseException as exc:
+        if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            progress.error(f"unexpected failure: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _run(args: argparse.Namespace, progress) -> int:
+    from LesionFactorizerLib.cli.segment import options_from_args
     from LesionFactorizerLib.modelfile import default_model, find_model, load_model_file, read_metadata
     from LesionFactorizerLib.pipeline.progress import Progress
     from LesionFactorizerLib.pipeline.segment import segment_case
     from LesionFactorizerLib.tasks import get_task
 
-    terminate_cleanly()
     if args.model:
         paths = [find_model(m) for m in args.model]
     elif args.task:
@@ -120,29 +157,30 @@ def run(args: argparse.Namespace) -> int:
     task = get_task(args.task or read_metadata(paths[0])["task"])
     cases = read_cases(args.source, task)
     out_root = Path(args.output)
-    jsonl = args.progress == "jsonl"
     loaded = None
     rows, failures, bad_input = [], 0, 0
-    bar = None
-    if args.progress == "bar":
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(cases), file=sys.stderr, desc="cases")
     for index, (case_id, inputs) in enumerate(cases):
         case_out = out_root / case_id
         status, error, report = "done", "", None
         t0 = time.monotonic()
+        redo = False
         if args.resume and (case_out / "report.json").is_file():
-            status = "skipped"
-            report = json.loads((case_out / "report.json").read_text(encoding="utf-8"))
-        else:
+            report = _read_report(case_out / "report.json")
+            if report is not None:
+                status = "skipped"
+            else:
+                redo = True   # an unreadable report means the case is not done; its outputs are ours
+        if status != "skipped":
             try:
                 if loaded is None:
                     loaded = [load_model_file(p) for p in paths]
                 opts = options_from_args(args, inputs, str(case_out))
                 opts.task = task.name
+                opts.overwrite = opts.overwrite or redo
                 segment_case(opts, Progress("none"), loaded=loaded)
-                report = json.loads((case_out / "report.json").read_text(encoding="utf-8"))
+                report = _read_report(case_out / "report.json")
+                if redo:
+                    progress.warning(f"{case_id}: the report.json of an earlier run was unreadable; segmented again")
             except UserError as exc:
                 status, error = "failed", str(exc)
                 failures += 1
@@ -151,17 +189,7 @@ def run(args: argparse.Namespace) -> int:
                 status, error = "failed", f"unexpected: {type(exc).__name__}: {exc}"
                 failures += 1
         rows.append(_summary_row(case_id, status, error, report, task))
-        if jsonl:
-            print(json.dumps({"event": "case", "case_id": case_id, "status": status, "message": error,
-                              "seconds": round(time.monotonic() - t0, 2)}), flush=True)
-            print(json.dumps({"event": "progress", "stage": "batch", "fraction": round((index + 1) / len(cases), 4),
-                              "eta_s": None, "message": case_id}), flush=True)
-        elif bar is not None:
-            bar.update(1)
-            if status == "failed":
-                bar.write(f"{case_id}: FAILED: {error}")
-    if bar is not None:
-        bar.close()
+        progress.case_done(case_id, status, error, time.monotonic() - t0, index + 1, len(cases))
     out_root.mkdir(parents=True, exist_ok=True)
     columns: list[str] = []
     for row in rows:
@@ -175,10 +203,8 @@ def run(args: argparse.Namespace) -> int:
     tmp.replace(summary)
     done = sum(r["status"] != "failed" for r in rows)
     message = f"{done} of {len(rows)} case(s) segmented, {failures} failed; summary: {summary}"
-    if jsonl:
-        print(json.dumps({"event": "done", "outputs": {"summary": str(summary), "dir": str(out_root)},
-                          "message": message}), flush=True)
-    else:
+    progress.done({"summary": str(summary), "dir": str(out_root)}, message)
+    if args.progress != "jsonl":
         print(message, file=sys.stderr)
     if failures:
         return 1 if failures > bad_input else 2

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
             folds = [int(f) for f in args.folds.split(",")]
         except ValueError:
             raise UserError(f"--folds {args.folds!r}: give numbers like 0,1,2") from None
-    cross_validate(cfg, folds=folds, resume=args.resume)
+    cross_validate(cfg, folds=folds, resume=args.resume, progress=not args.no_progress and cfg.trainer.progress_bar)
     scores = {}
     for k in folds if folds is not None else range(cfg.data.folds):
         path = run_dir_for(cfg, k) / "result.json"

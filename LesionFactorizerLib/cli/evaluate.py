@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(see --ref-format)")
     parser.add_argument("--ref-format", default="files",
                         choices=("files", "msd-task01", "brats", "isles22", "msseg2", "datalist"),
-                        help="layout of --ref; data-set layouts convert their label values to the task's")
+                        help="layout of --ref; data-set layouts convert their label values to the task's "
+                        "(with 'files' the references must already hold the task's label values)")
     parser.add_argument("--pred-b", help="a second prediction folder to compare with (paired Wilcoxon test)")
     parser.add_argument("--out", required=True, help="folder for cases.csv, summary.csv (and wilcoxon.csv)")
     parser.add_argument("--hd-empty", choices=("nan", "diagonal"), default="nan",
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _references(args):
+    from LesionFactorizerLib.datasets import discover, task_label_map
     from LesionFactorizerLib.errors import UserError
     from LesionFactorizerLib.evaluation.cohort import find_predictions
 
@@ -40,19 +42,17 @@ def _references(args):
     if args.ref_format == "files":
         if not ref.is_dir():
             raise UserError(f"--ref {ref} is not a folder of label files")
-        return {cid: (p, {}) for cid, p in find_predictions(ref).items()}
-    from LesionFactorizerLib.training.datasets import discover
+        # the task's own values: anything else (BraTS-2021's ET=4) is refused, not silently dropped
+        return {cid: (p, task_label_map(args.task)) for cid, p in find_predictions(ref).items()}
 
     cases = discover(args.ref_format, ref, args.task)
     return {c.id: (Path(c.label), c.label_map) for c in cases}
 
 
 def _evaluate_set(pred_dir: Path, refs: dict, task: str, hd_empty) -> list[dict]:
-    import SimpleITK as sitk
-
+    from LesionFactorizerLib.datasets import convert_labels
     from LesionFactorizerLib.errors import UserError
     from LesionFactorizerLib.evaluation.cohort import evaluate_arrays, find_predictions, read_label, same_grid
-    from LesionFactorizerLib.training.datasets import convert_labels
 
     if not pred_dir.is_dir():
         raise UserError(f"prediction folder {pred_dir} does not exist")
@@ -68,16 +68,15 @@ def _evaluate_set(pred_dir: Path, refs: dict, task: str, hd_empty) -> list[dict]
         ref_path, label_map = refs[cid]
         try:
             pred, _, pimg = read_label(preds[cid])
-            ref_img = sitk.ReadImage(str(ref_path))
-        except (ValueError, RuntimeError) as exc:
+            raw_ref, spacing, ref_img = read_label(ref_path)
+        except (ValueError, RuntimeError, UserError) as exc:
             raise UserError(f"case {cid}: {str(exc).strip().splitlines()[-1]}") from None
-        ref = convert_labels(sitk.GetArrayFromImage(ref_img), label_map, str(ref_path))
+        ref = convert_labels(raw_ref, label_map, str(ref_path))
         if not same_grid(pimg, ref_img):
             raise UserError(f"case {cid}: the prediction's grid (size {pimg.GetSize()}, spacing "
                             f"{tuple(round(v, 4) for v in pimg.GetSpacing())}) differs from the reference's (size "
                             f"{ref_img.GetSize()}, spacing {tuple(round(v, 4) for v in ref_img.GetSpacing())}, or "
                             "origin/direction); predictions must be written on the reference image's grid")
-        spacing = tuple(reversed(ref_img.GetSpacing()))
         rows.append({"case": cid, **evaluate_arrays(pred, ref, task, spacing, hd_empty=hd_empty)})
     missing = sorted(set(refs) - set(preds))
     if missing:

@@ -15,21 +15,71 @@ HELP = (
 )
 
 
+# Every accepted range in one place: option → (lowest, highest).
+LIMITS = {"--n": (1, 100000), "--seed": (0, 2**32 - 1), "--start": (0, 99999), "--spacing": (0.5, 8.0),
+          "--size": (8, 512)}
+# Highest case index each public layout can name (phantoms.layouts.case_id): BraTS numbers five
+# digits from 0, ISLES'22 four digits from 1, MSSEG-2 three digits from 1.
+LAST_INDEX = {"tumor": 99999, "stroke": 9998, "ms-new": 998}
+
+
+def whole_number(option: str):
+    lo, hi = LIMITS[option]
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {value}")
+        return value
+    return parse
+
+
+def one_or_three(option: str, cast):
+    """X or X,Y,Z → (x, y, z) within LIMITS[option]."""
+    lo, hi = LIMITS[option]
+
+    def parse(text: str) -> tuple:
+        parts = [p.strip() for p in str(text).split(",")]
+        if len(parts) not in (1, 3):
+            raise argparse.ArgumentTypeError(f"takes one value or three comma-separated values X,Y,Z, got {text!r}")
+        try:
+            nums = [cast(p) for p in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be numbers like 2 or 1,1,3, got {text!r}") from None
+        if not all(lo <= v <= hi for v in nums):
+            raise argparse.ArgumentTypeError(f"values must be between {lo} and {hi}, got {text!r}")
+        return tuple(nums * 3 if len(nums) == 1 else nums)
+    return parse
+
+
+def _one_line_error(message: str) -> None:
+    """Bad option values end like every other user mistake: one ``error:`` line, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # Values are parsed in run() so that every mistake gets the same one-line `error:` message.
+    parser.error = _one_line_error   # type: ignore[method-assign]  (no usage block before the message)
     parser.add_argument("--task", required=True, help="tumor, stroke or ms-new")
-    parser.add_argument("--n", default="1", help="number of cases (default 1)")
+    parser.add_argument("--n", type=whole_number("--n"), default=1, help="number of cases (default 1)")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
-    parser.add_argument("--seed", default="0", help="random seed; same seed → identical cases (default 0)")
-    parser.add_argument("--start", default="0", help="index of the first case, to extend a data set (default 0)")
+    parser.add_argument("--seed", type=whole_number("--seed"), default=0,
+                        help="random seed; same seed → identical cases (default 0)")
+    parser.add_argument("--start", type=whole_number("--start"), default=0,
+                        help="index of the first case, to extend a data set (default 0)")
     parser.add_argument(
         "--spacing",
+        type=one_or_three("--spacing", float),
         default=None,
         help="voxel size in mm: one value or X,Y,Z (default 1 mm; 2 mm for stroke). "
         "Larger values give small volumes for quick tests, e.g. --spacing 4",
     )
     parser.add_argument(
         "--size",
+        type=one_or_three("--size", int),
         default=None,
         help="grid size in voxels: one value or X,Y,Z, centred on the brain (default: the brain's "
         "bounding box at --spacing), e.g. --size 240,240,155 for a BraTS-sized grid",
@@ -38,29 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preview", action="store_true", help="also write PNG montages to OUT/previews/")
 
 
-def _int(value: str, option: str, lo: int, hi: int) -> int:
-    try:
-        v = int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{option} must be a whole number, got {value!r}") from None
-    if not lo <= v <= hi:
-        raise UserError(f"{option} must be between {lo} and {hi}, got {v}")
-    return v
-
-
-def _triple(value: str | None, option: str, cast, lo, hi):
-    if value is None:
-        return None
-    parts = [p.strip() for p in str(value).split(",")]
-    if len(parts) not in (1, 3):
-        raise UserError(f"{option} takes one value or three comma-separated values X,Y,Z, got {value!r}")
-    try:
-        nums = [cast(p) for p in parts]
-    except ValueError:
-        raise UserError(f"{option} must be numbers like 2 or 1,1,3, got {value!r}") from None
-    if not all(lo <= v <= hi for v in nums):
-        raise UserError(f"{option} values must be between {lo} and {hi}, got {value!r}")
-    return tuple(nums * 3 if len(nums) == 1 else nums)
+def check_case_range(task: str, start: int, n: int) -> None:
+    """Cases start … start+n−1 must have names in the task's public layout."""
+    last = LAST_INDEX[task]
+    if start + n - 1 > last:
+        raise UserError(f"--start {start} with --n {n} goes past case index {last}, the last one the {task} "
+                        f"layout can name; use a smaller --start or fewer cases")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,20 +101,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.task not in TASKS:
         raise UserError(f"unknown task {args.task!r}; choose one of {', '.join(TASKS)}")
-    n = _int(args.n, "--n", 1, 100000)
-    seed = _int(args.seed, "--seed", 0, 2**32 - 1)
-    start = _int(args.start, "--start", 0, 999)  # public ids have 3–5 digits
-    if start + n - 1 > (99999 if args.task == "tumor" else 999 if args.task == "ms-new" else 9998):
-        raise UserError("--start + --n exceeds the case numbers this layout can name; use fewer cases")
-    spacing = _triple(args.spacing, "--spacing", float, 0.5, 8.0)
-    size = _triple(args.size, "--size", int, 8, 512)
+    n, start, spacing, size = args.n, args.start, args.spacing, args.size
+    check_case_range(args.task, start, n)
 
     t0 = time.perf_counter()
 
     def report(i: int, rec: dict) -> None:
         print(f"case {i}: {rec['parameters']['seconds']:.1f} s, grid {'x'.join(map(str, rec['shape_xyz']))}", file=sys.stderr)
 
-    write_dataset(args.task, n, args.out, seed, spacing=spacing, size=size, start=start,
+    write_dataset(args.task, n, args.out, args.seed, spacing=spacing, size=size, start=start,
                   overwrite=args.overwrite, preview=args.preview, on_case=report)
     print(f"wrote {n} {args.task} case(s) to {args.out} in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -15,7 +15,7 @@ HELP = "segment one case: input images in, labels + report (+ NMF components) ou
 
 def add_segment_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``segment`` and ``batch``."""
-    from LesionFactorizerLib.pipeline.segment import PRESET_HELP, PRESETS
+    from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESET_HELP, SPEED_PRESETS
 
     parser.add_argument("--task", help="tumor, stroke or ms-new (default: the model's task)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME|PATH",
@@ -23,7 +23,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
                              "default: the task's default model")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="auto picks CUDA, then MPS, then CPU; CUDA out-of-memory falls back to CPU")
-    parser.add_argument("--preset", default="balanced", choices=list(PRESETS), help=PRESET_HELP)
+    parser.add_argument("--preset", default=DEFAULT_SPEED_PRESET, choices=list(SPEED_PRESETS), help=SPEED_PRESET_HELP)
     parser.add_argument("--tta", action="store_true", default=None, help="mirror test-time augmentation")
     parser.add_argument("--no-tta", dest="tta", action="store_false", help="disable TTA (overrides --preset)")
     parser.add_argument("--nmf-iters", type=int, metavar="N", help="NMF (HALS) iterations at inference")

@@ -15,7 +15,8 @@ Conventions (documented once, here, and relied on by the tests):
 * **Lesion-wise detection** reproduces the MSSEG-2 evaluation (animaSegPerfAnalyzer, Commowick
   et al. 2018): connected components with 18-connectivity (the thesis's statement; anima's own
   ITK filter default is face connectivity, selectable with ``connectivity=6``), components of
-  volume ≤ 3 mm³ dropped from both masks (anima keeps strictly larger ones), and a reference
+  volume smaller than 3 mm³ dropped from both masks (the MSSEG-2 rule, ``lesions.find_lesions``,
+  the same definition the inference report uses), and a reference
   lesion counts as detected when (α) more than 10 % of its voxels are covered by predicted
   lesions and (β/γ) the predicted lesions that cover it, taken by decreasing overlap until they
   account for 65 % of the covered voxels, each lie at most 70 % outside the reference mask.

@@ -4,8 +4,9 @@ Label maps use the task's canonical values (DESIGN.md §1: tumor 1 NCR, 2 ED, 3 
 ms-new 1 lesion). Metrics are computed per evaluation *region* — for tumor the nested BraTS
 regions ET ⊂ TC ⊂ WT — on the reference's voxel grid with its spacing.
 
-For ms-new the MSSEG-2 protocol applies: Dice/HD95/lesion-wise scores only for cases whose
-reference has new lesions; NLP/VLP only for cases without (the other cells are NaN).
+For tasks scored on false-positive lesions (``false_positive_lesions`` in ``Task.metrics``: ms-new)
+the MSSEG-2 protocol applies: Dice/HD95/lesion-wise scores only for cases whose reference has
+lesions; NLP/VLP only for cases without (the other cells are NaN).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from LesionFactorizerLib.evaluation.overlap import dice, hausdorff95
 from LesionFactorizerLib.tasks import get_task
 
 
-
 def regions_for(task: str) -> dict[str, tuple[int, ...]]:
     """Region name → label values, from the task definition (tumor: ET, TC, WT; single-label
     tasks: the label itself)."""
@@ -30,6 +30,12 @@ def regions_for(task: str) -> dict[str, tuple[int, ...]]:
     if t.regions:
         return {r.name: tuple(r.labels) for r in t.regions}
     return {label.name: (label.value,) for label in t.labels}
+
+
+def scores_empty_cases_by_false_positives(task: str) -> bool:
+    """MSSEG-2 protocol: cases without reference lesions are scored by the false positives
+    (NLP/VLP), not by Dice; the task says so by listing ``false_positive_lesions`` as a metric."""
+    return "false_positive_lesions" in get_task(task).metrics
 
 
 def _detection_params(task: str) -> tuple[int, float] | None:
@@ -45,14 +51,14 @@ def evaluate_arrays(pred: np.ndarray, ref: np.ndarray, task: str, spacing: Seque
                     min_lesion_mm3: float | None = None) -> dict[str, float]:
     """All metrics of one case as a flat ``{column: value}`` row (arrays in the same axis order
     as ``spacing``). Lesion-wise detection (single-label tasks) uses the task's lesion
-    definition (ms-new: 18-connectivity, > 3 mm³) unless ``connectivity``/``min_lesion_mm3``
+    definition (ms-new: 18-connectivity, ≥ 3 mm³) unless ``connectivity``/``min_lesion_mm3``
     are given."""
     pred, ref = np.asarray(pred), np.asarray(ref)
     if pred.shape != ref.shape:
         raise ValueError(f"prediction and reference grids differ: {pred.shape} vs {ref.shape}")
     voxel_ml = (float(np.prod(spacing)) if spacing is not None else 1.0) / 1000.0
     row: dict[str, float] = {}
-    ms_protocol = task == "ms-new"
+    ms_protocol = scores_empty_cases_by_false_positives(task)
     has_lesion = bool((ref > 0).any())
     for name, values in regions_for(task).items():
         p, r = np.isin(pred, values), np.isin(ref, values)
@@ -78,12 +84,13 @@ def evaluate_arrays(pred: np.ndarray, ref: np.ndarray, task: str, spacing: Seque
 
 
 def read_label(path: str | Path):
-    """(array in z,y,x order, spacing in the same order, SimpleITK image)."""
+    """(array in z,y,x order, spacing in the same order, SimpleITK image), read by the
+    pipeline's image reader (UserError for a missing / unreadable / non-3-D file)."""
     import SimpleITK as sitk
 
-    img = sitk.ReadImage(str(path))
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{path}: expected a 3-D scalar label image")
+    from LesionFactorizerLib.pipeline.io import read_image
+
+    img = read_image(path, "label")[0]
     arr = sitk.GetArrayFromImage(img)
     if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
         raise ValueError(f"{path}: label values must be integers")
@@ -101,10 +108,11 @@ def evaluate_files(pred_path: str | Path, ref_path: str | Path, task: str, **kwa
 
 def same_grid(a, b) -> bool:
     """Whether two SimpleITK images share size, spacing, origin and direction (label maps must
-    be compared voxel by voxel on one grid)."""
-    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
+    be compared voxel by voxel on one grid) — :meth:`Geometry.same_grid`, the one test the
+    inference pipeline and training use too."""
+    from LesionFactorizerLib.pipeline.geometry import Geometry
+
+    return Geometry.from_image(a).same_grid(Geometry.from_image(b))
 
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".seg.nrrd")

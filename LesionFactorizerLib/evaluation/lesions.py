@@ -1,6 +1,8 @@
-"""Lesion-wise detection metrics with the MSSEG-2 rules (animaSegPerfAnalyzer).
+"""What a lesion is (connected component, small-lesion rule) and lesion-wise detection metrics
+with the MSSEG-2 rules (animaSegPerfAnalyzer).
 
-See the package docstring for the rules and their defaults; the rule itself is in
+Torch-free: the inference post-processing labels lesions with :func:`find_lesions` too. See the
+package docstring for the rules and their defaults; the rule itself is in
 :func:`_detected`, written from the published description of the challenge's evaluation.
 """
 
@@ -13,32 +15,58 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-_CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}  # 3-D neighbourhoods → scipy structure "rank"
+# 3-D neighbourhoods → scipy's structure "rank" (6: faces, 18: + edges, 26: + corners).
+CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}
 
 
-def label_lesions(mask: np.ndarray, spacing: Sequence[float] | None = None, connectivity: int = 18,
-                  min_volume_mm3: float = 3.0) -> tuple[np.ndarray, int]:
-    """Connected components numbered 1..n, dropping those of volume ≤ ``min_volume_mm3``.
+def connectivity_structure(connectivity: int) -> np.ndarray:
+    """The 3×3×3 neighbourhood that makes two lesion voxels touch."""
+    if connectivity not in CONNECTIVITY_RANK:
+        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+    return ndimage.generate_binary_structure(3, CONNECTIVITY_RANK[connectivity])
 
-    Like anima, the kept components are those with strictly more than ``floor(min_volume /
-    voxel_volume)`` voxels, renumbered by decreasing size."""
+
+@dataclass(frozen=True)
+class Lesions:
+    """Connected lesions of a mask: ``labels`` numbers them 1..count by decreasing size."""
+
+    labels: np.ndarray   # int32, 0 = background or a removed (too small) component
+    count: int
+    removed: int         # components dropped as smaller than the minimum volume
+
+
+def find_lesions(mask: np.ndarray, spacing: Sequence[float] | None = None, connectivity: int = 18,
+                 min_volume_mm3: float = 3.0) -> Lesions:
+    """Connected components of ``mask``; those of volume strictly smaller than ``min_volume_mm3``
+    are removed (MSSEG-2: "lesions smaller than 3 mm³ are removed").
+
+    The one lesion definition of the library: the inference post-processing (small-lesion
+    removal, per-lesion table) and the detection metrics both use it, so a lesion the report lists
+    is a lesion the evaluation counts. ``spacing`` in mm (any axis order); None means 1 mm voxels.
+    """
     m = np.asarray(mask).astype(bool, copy=False)
     if m.ndim != 3:
         raise ValueError(f"lesion labelling needs a 3-D mask, got {m.ndim}-D")
-    if connectivity not in _CONNECTIVITY_RANK:
-        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
-    structure = ndimage.generate_binary_structure(3, _CONNECTIVITY_RANK[connectivity])
-    labels, n = ndimage.label(m, structure=structure)
+    labels, n = ndimage.label(m, structure=connectivity_structure(connectivity))
+    labels = labels.astype(np.int32, copy=False)
     if n == 0:
-        return labels.astype(np.int32), 0
+        return Lesions(labels, 0, 0)
     voxel_volume = float(np.prod(spacing)) if spacing is not None else 1.0
-    min_voxels = math.floor(min_volume_mm3 / voxel_volume) + 1 if min_volume_mm3 > 0 else 1
-    sizes = np.bincount(labels.ravel())[1:]
+    # Whole voxels needed; the relative slack keeps e.g. 1000 × 0.003 mm³ from rounding below 3 mm³.
+    min_voxels = max(1, math.ceil(min_volume_mm3 / voxel_volume * (1.0 - 1e-9))) if min_volume_mm3 > 0 else 1
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     keep = np.flatnonzero(sizes >= min_voxels)
     keep = keep[np.argsort(-sizes[keep], kind="stable")]
     lut = np.zeros(n + 1, dtype=np.int32)
     lut[keep + 1] = np.arange(1, len(keep) + 1, dtype=np.int32)
-    return lut[labels], int(len(keep))
+    return Lesions(lut[labels], int(len(keep)), int(n - len(keep)))
+
+
+def label_lesions(mask: np.ndarray, spacing: Sequence[float] | None = None, connectivity: int = 18,
+                  min_volume_mm3: float = 3.0) -> tuple[np.ndarray, int]:
+    """(labels, count) of :func:`find_lesions`."""
+    found = find_lesions(mask, spacing, connectivity, min_volume_mm3)
+    return found.labels, found.count
 
 
 def _detected(table: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from typing import Callable
 
+from LesionFactorizerLib.datasets import PHANTOM_LABELS, PHANTOM_LAYOUT
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.phantoms.generate import CHANNELS, LABELS, TASKS, generate_case
 from LesionFactorizerLib.phantoms.layouts import case_id, case_roots, write_case
@@ -75,7 +76,7 @@ def write_dataset(
             os.makedirs(os.path.join(out, "previews"), exist_ok=True)
             for name in os.listdir(os.path.join(stage, "previews")):
                 os.replace(os.path.join(stage, "previews", name), os.path.join(out, "previews", name))
-        if task == "stroke":
+        if PHANTOM_LAYOUT[task] == "isles22":   # BIDS wants a description per folder
             for sub, kind in (("rawdata", "raw"), ("derivatives", "derivative")):
                 path = os.path.join(out, sub, "dataset_description.json")
                 if not os.path.exists(path):
@@ -112,7 +113,8 @@ def _update_manifest(out: str, task: str, seed: int, records: list[dict]) -> Non
 
 
 def _file_labels(task: str) -> dict[str, str]:
-    labels = {str(k): v for k, v in LABELS[task].items()}
-    if task == "tumor":  # BraTS files store enhancing tumour as 4
-        labels["4"] = labels.pop("3")
-    return labels
+    """Raw value in the written files → label title (BraTS files store enhancing tumour as 4)."""
+    table = PHANTOM_LABELS[task]
+    if isinstance(table, str):   # binary masks: the task's single label is stored as is
+        return {str(k): v for k, v in LABELS[task].items()}
+    return {str(raw): LABELS[task][value] for raw, value in sorted(table.items())}

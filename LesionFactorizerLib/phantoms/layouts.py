@@ -1,10 +1,9 @@
 """Writers for the public data-set layouts, so the same adapters read real and synthetic data.
 
-- tumor: BraTS 2021 — ``BraTS2021_NNNNN/BraTS2021_NNNNN_{flair,t1,t1ce,t2,seg}.nii.gz``, seg labels
-  1 NCR, 2 ED, 4 ET.
-- stroke: ISLES'22 BIDS — ``rawdata/sub-strokecaseNNNN/ses-0001/{dwi,anat}/…`` and
-  ``derivatives/sub-strokecaseNNNN/ses-0001/…_msk.nii.gz``.
-- ms-new: MSSEG-2 — ``<case>/flair_time0{1,2}_on_middle_space.nii.gz`` and ``ground_truth.nii.gz``.
+File names and raw label values come from :mod:`LesionFactorizerLib.datasets` (the readers' own
+tables, ``PHANTOM_LAYOUT``): tumor → BraTS 2021 (``BraTS2021_NNNNN/BraTS2021_NNNNN_flair.nii.gz``,
+seg 1 NCR, 2 ED, 4 ET), stroke → ISLES'22 BIDS (``rawdata/sub-strokecaseNNNN/ses-0001/…``,
+``derivatives/…_msk.nii.gz``), ms-new → MSSEG-2 (``NNN/flair_time01_on_middle_space.nii.gz`` …).
 """
 
 from __future__ import annotations
@@ -13,7 +12,11 @@ import os
 
 import numpy as np
 
+from LesionFactorizerLib.datasets import (PHANTOM_LABELS, PHANTOM_LAYOUT, brats_files, isles22_files, msseg2_files,
+                                          raw_labels)
 from LesionFactorizerLib.phantoms.generate import PhantomCase
+
+_FILES = {"brats": brats_files, "isles22": isles22_files, "msseg2": msseg2_files}
 
 
 def write_nifti(array: np.ndarray, geometry: dict, path: str) -> None:
@@ -27,51 +30,36 @@ def write_nifti(array: np.ndarray, geometry: dict, path: str) -> None:
     sitk.WriteImage(img, path, useCompression=True)
 
 
+_CASE_ID = {"brats": lambda i: f"BraTS2021_{i:05d}", "isles22": lambda i: f"sub-strokecase{i + 1:04d}",
+            "msseg2": lambda i: f"{i + 1:03d}"}
+
+
 def case_id(task: str, index: int) -> str:
     """Public-style identifier of case ``index`` (BraTS counts from 0, ISLES and MSSEG-2 from 1)."""
-    if task == "tumor":
-        return f"BraTS2021_{index:05d}"
-    if task == "stroke":
-        return f"sub-strokecase{index + 1:04d}"
-    return f"{index + 1:03d}"
+    return _CASE_ID[PHANTOM_LAYOUT[task]](index)
 
 
 def case_files(task: str, index: int) -> dict[str, str]:
     """Relative paths of one case's files, keyed by image name (and "label")."""
-    cid = case_id(task, index)
-    if task == "tumor":
-        names = {"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2", "label": "seg"}
-        return {k: f"{cid}/{cid}_{v}.nii.gz" for k, v in names.items()}
-    if task == "stroke":
-        raw = f"rawdata/{cid}/ses-0001"
-        return {
-            "dwi": f"{raw}/dwi/{cid}_ses-0001_dwi.nii.gz",
-            "adc": f"{raw}/dwi/{cid}_ses-0001_adc.nii.gz",
-            "flair": f"{raw}/anat/{cid}_ses-0001_FLAIR.nii.gz",
-            "label": f"derivatives/{cid}/ses-0001/{cid}_ses-0001_msk.nii.gz",
-        }
-    return {
-        "flair_baseline": f"{cid}/flair_time01_on_middle_space.nii.gz",
-        "flair_followup": f"{cid}/flair_time02_on_middle_space.nii.gz",
-        "label": f"{cid}/ground_truth.nii.gz",
-    }
+    stems = _FILES[PHANTOM_LAYOUT[task]](case_id(task, index))
+    return {k: f"{v}.nii.gz" for k, v in stems.items()}
 
 
 def case_roots(task: str, index: int) -> list[str]:
     """Top-level folders (relative) that hold exactly this case: moved into place as units."""
-    cid = case_id(task, index)
-    if task == "stroke":
-        return [f"rawdata/{cid}", f"derivatives/{cid}"]
-    return [cid]
+    # the first two path components of every file: rawdata/SUB + derivatives/SUB for BIDS, CASE otherwise
+    roots = []
+    for rel in case_files(task, index).values():
+        parts = rel.split("/")
+        root = "/".join(parts[:2]) if parts[0] in ("rawdata", "derivatives") else parts[0]
+        if root not in roots:
+            roots.append(root)
+    return roots
 
 
 def public_label(task: str, label: np.ndarray) -> np.ndarray:
     """Product labels → the public data set's values (BraTS stores enhancing tumour as 4)."""
-    if task == "tumor":
-        out = label.copy()
-        out[label == 3] = 4
-        return out
-    return label
+    return raw_labels(label, PHANTOM_LABELS[task])
 
 
 def write_case(case: PhantomCase, root: str) -> dict[str, str]:

@@ -153,7 +153,27 @@ def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *,
     return result
 
 
-def apply_nmf_settings(models: list, iters: int | None, skip: list[str] | None, warnings: list[str]) -> None:
+def trained_nmf_iters(model) -> int | None:
+    """The NMF iterations a Factorizer was built (and trained) with: its config's ``nmf_iters``,
+    else the architecture's default for that argument."""
+    import inspect
+
+    kwargs = (getattr(model, "config", None) or {}).get("kwargs", {})
+    if kwargs.get("nmf_iters") is not None:
+        return int(kwargs["nmf_iters"])
+    try:
+        param = inspect.signature(type(model)).parameters.get("nmf_iters")
+    except (TypeError, ValueError):
+        return None
+    if param is None or param.default is inspect.Parameter.empty or param.default is None:
+        return None
+    return int(param.default)
+
+
+def apply_nmf_settings(models: list, iters: int | None, skip: list[str] | None) -> None:
+    """Set the NMF iterations (None: the trained value) and short-circuited layers of every
+    Factorizer. Both are always set, because ``batch`` reuses the models across cases and an
+    earlier case's settings must not leak into the next."""
     for model in models:
         if not getattr(model, "has_components", False):
             continue
@@ -161,6 +181,4 @@ def apply_nmf_settings(models: list, iters: int | None, skip: list[str] | None, 
         bad = [s for s in (skip or []) if s not in names]
         if bad:
             raise UserError(f"unknown NMF layer(s) {bad} in --skip-nmf; layers are: {', '.join(names)}")
-        # Always set both knobs (trained values when not given): models are reused across cases.
-        trained_iters = getattr(model, "config", {}).get("kwargs", {}).get("nmf_iters")
-        model.set_nmf(iters=iters if iters is not None else trained_iters, skip=list(skip or []))
+        model.set_nmf(iters=iters if iters is not None else trained_nmf_iters(model), skip=list(skip or []))

@@ -213,13 +213,18 @@ class AtomicOutput:
             os.rename(self.tmp, self.final)
         else:
             entries = sorted(os.listdir(self.tmp), key=lambda n: n == "report.json")  # report last: marks done
+            # Results of an earlier run that this run does not write (components/, probabilities,
+            # another format) would sit next to a report that does not list them: move them out
+            # first, into the temporary folder that is deleted below. Other files are the user's.
+            stale = [c for c in self.claims if c not in entries and os.path.lexists(self.final / c)]
+            for name in stale:
+                os.rename(self.final / name, self.tmp / f".old-{name}")
             for name in entries:
                 src, dst = self.tmp / name, self.final / name
                 if dst.is_dir() and not dst.is_symlink():
                     trash = self.tmp / f".old-{name}"
                     os.rename(dst, trash)
                     os.rename(src, dst)
-                    shutil.rmtree(trash, ignore_errors=True)
                 else:
                     os.replace(src, dst)
             shutil.rmtree(self.tmp, ignore_errors=True)

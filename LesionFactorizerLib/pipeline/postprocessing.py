@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.evaluation.lesions import Lesions, find_lesions
 from LesionFactorizerLib.pipeline.geometry import Geometry, lps_to_ras
-from LesionFactorizerLib.tasks import Task
+from LesionFactorizerLib.tasks import POSTPROCESSING_MODES, Task
 
 
 def activate(logits: np.ndarray, activation: str) -> np.ndarray:
@@ -21,20 +22,30 @@ def activate(logits: np.ndarray, activation: str) -> np.ndarray:
     return logits
 
 
-def structure(connectivity: int) -> np.ndarray:
-    from scipy import ndimage
+def resolve_mode(mode: str | None, activation: str, task: Task) -> str:
+    """The label rule actually applied: softmax outputs are always argmax; sigmoid outputs use
+    the model's post-processing mode, else the task's."""
+    mode = mode or task.postprocessing.mode
+    if mode not in POSTPROCESSING_MODES:
+        raise UserError(f"unknown post-processing mode {mode!r}; use one of: {', '.join(POSTPROCESSING_MODES)}")
+    if activation == "softmax":
+        return "argmax"
+    if mode == "argmax":
+        raise UserError("post-processing mode 'argmax' needs softmax outputs, but the model's outputs are sigmoid; "
+                        "fix the model's metadata (postprocessing.mode) or re-export it")
+    if mode == "hierarchical" and not task.regions:
+        raise UserError(f"post-processing mode 'hierarchical' needs nested regions, which task {task.name!r} "
+                        "does not have; use 'threshold'")
+    return mode
 
-    rank = {6: 1, 18: 2, 26: 3}.get(connectivity)
-    if rank is None:
-        raise ValueError(f"connectivity must be 6, 18 or 26, not {connectivity}")
-    return ndimage.generate_binary_structure(3, rank)
 
-
-def to_labels(probs: np.ndarray, task: Task, channels: list[str], activation: str, threshold: float) -> np.ndarray:
-    """Label map (uint8) from probabilities on the reference grid."""
+def to_labels(probs: np.ndarray, task: Task, channels: list[str], activation: str, threshold: float,
+              mode: str | None = None) -> np.ndarray:
+    """Label map (uint8) from probabilities on the reference grid; ``mode`` as :func:`resolve_mode`."""
+    mode = resolve_mode(mode, activation, task)
     labels = np.zeros(probs.shape[1:], dtype=np.uint8)
     by_name = {lb.name: lb.value for lb in task.labels}
-    if activation == "softmax":
+    if mode == "argmax":
         index = probs.argmax(axis=0)
         lut = np.zeros(len(channels), dtype=np.uint8)
         for c, name in enumerate(channels):
@@ -43,7 +54,7 @@ def to_labels(probs: np.ndarray, task: Task, channels: list[str], activation: st
                     raise UserError(f"model output channel {name!r} is not a label of task {task.name!r}")
                 lut[c] = by_name[name]
         return lut[index]
-    if task.postprocessing.mode == "hierarchical":
+    if mode == "hierarchical":
         # Nested regions, outermost first (WT ⊃ TC ⊃ ET): each region is only kept inside the
         # previous one, and each shell gets the label that is not in the next region.
         regions = sorted(task.regions, key=lambda r: -len(r.labels))
@@ -67,20 +78,13 @@ def to_labels(probs: np.ndarray, task: Task, channels: list[str], activation: st
     return labels
 
 
-def remove_small_lesions(labels: np.ndarray, geometry: Geometry, min_mm3: float, connectivity: int) -> int:
-    """Zero connected lesions smaller than ``min_mm3``; returns how many were removed."""
-    from scipy import ndimage
-
-    if min_mm3 <= 0:
-        return 0
-    comp, n = ndimage.label(labels > 0, structure=structure(connectivity))
-    if n == 0:
-        return 0
-    sizes = np.bincount(comp.ravel(), minlength=n + 1) * float(np.prod(geometry.spacing))
-    small = sizes < min_mm3
-    small[0] = False
-    labels[small[comp]] = 0
-    return int(small.sum())
+def remove_small_lesions(labels: np.ndarray, geometry: Geometry, min_mm3: float, connectivity: int) -> Lesions:
+    """Zero connected lesions smaller than ``min_mm3`` in place; returns the lesions that remain
+    (``removed``: how many were dropped), labelled as the evaluation labels them."""
+    found = find_lesions(labels > 0, geometry.spacing, connectivity, max(0.0, min_mm3))
+    if found.removed:
+        labels[found.labels == 0] = 0
+    return found
 
 
 def label_volumes(labels: np.ndarray, geometry: Geometry, task: Task) -> dict:
@@ -93,11 +97,12 @@ def label_volumes(labels: np.ndarray, geometry: Geometry, task: Task) -> dict:
     return {"labels": out, "regions": regions}
 
 
-def lesion_table(labels: np.ndarray, geometry: Geometry, task: Task, connectivity: int) -> list[dict]:
-    """One row per connected lesion: volume (mL), centroid in LPS and RAS (mm), per-label volumes."""
+def lesion_table(labels: np.ndarray, geometry: Geometry, task: Task, lesions: Lesions) -> list[dict]:
+    """One row per lesion of ``lesions`` (from :func:`remove_small_lesions`), largest first:
+    volume (mL), centroid in LPS and RAS (mm), per-label volumes."""
     from scipy import ndimage
 
-    comp, n = ndimage.label(labels > 0, structure=structure(connectivity))
+    comp = lesions.labels
     rows = []
     ml = geometry.voxel_volume_ml()
     for idx, box in enumerate(ndimage.find_objects(comp), start=1):
@@ -119,7 +124,4 @@ def lesion_table(labels: np.ndarray, geometry: Geometry, task: Task, connectivit
             counts = np.bincount(values, minlength=256)
             row["label_volume_ml"] = {lb.name: float(counts[lb.value] * ml) for lb in task.labels}
         rows.append(row)
-    rows.sort(key=lambda r: -r["voxels"])
-    for new_id, row in enumerate(rows, start=1):
-        row["id"] = new_id
-    return rows
+    return rows   # ids are the lesion labels, which number lesions by decreasing size

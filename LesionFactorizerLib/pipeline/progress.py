@@ -4,11 +4,17 @@ JSON-lines events, one object per line on stdout (the Slicer module parses exact
 
 - ``{"event": "progress", "stage": S, "fraction": F, "eta_s": E|null, "message": M}`` — F is the
   overall fraction in [0, 1] and never decreases;
-- ``{"event": "warning", "message": M}``;
+- ``{"event": "warning", "message": M}`` — as soon as the warning arises;
 - ``{"event": "done", "outputs": {...}}`` — last line on success;
 - ``{"event": "error", "message": M}`` — last line on failure (M is the one-line error).
 
-Stages, in order: read, preprocess, model, inference, postprocess, components, write.
+Stages of one case (``segment``), in order: read, preprocess, model, inference, postprocess,
+components, write.
+
+``batch`` runs its cases quietly and reports per case instead: after each case
+``{"event": "case", "case_id": ID, "status": "done"|"skipped"|"failed", "message": M, "seconds": S}``
+followed by a progress event with stage ``batch`` (F = cases finished / cases); its ``done``
+event's outputs are ``{"summary": CSV path, "dir": output folder}``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import sys
 import time
 
+BATCH_STAGE = "batch"
 STAGES = (("read", 0.05), ("preprocess", 0.05), ("model", 0.04), ("inference", 0.70), ("postprocess", 0.05),
           ("components", 0.05), ("write", 0.06))
 
@@ -25,6 +32,7 @@ class Progress:
     def __init__(self, mode: str = "bar", stream=None, min_interval: float = 0.25):
         if mode not in ("bar", "jsonl", "none"):
             raise ValueError(mode)
+        self.human = mode == "bar"   # a person (or their log file) reads stderr
         if mode == "bar" and not sys.stderr.isatty():
             mode = "none"   # a bar redrawn into a log file or pipe is noise; errors stay one line
         self.mode = mode
@@ -65,11 +73,28 @@ class Progress:
             self._close_bar()
             print(f"warning: {message}", file=sys.stderr)
 
-    def done(self, outputs: dict) -> None:
+    def case_done(self, case_id: str, status: str, message: str, seconds: float, finished: int, total: int) -> None:
+        """One case of a batch finished (or was skipped or failed): ``finished`` of ``total``."""
+        self.stage_name = BATCH_STAGE
+        self.fraction = max(self.fraction, min(1.0, finished / max(total, 1)))
+        if self.mode == "jsonl":
+            self._json({"event": "case", "case_id": case_id, "status": status, "message": message,
+                        "seconds": round(seconds, 2)})
+        elif self.human and status == "failed":
+            self._close_bar()
+            print(f"{case_id}: FAILED: {message}", file=sys.stderr)
+        self._last_emit = time.monotonic()
+        self._emit_progress(case_id)
+
+    def done(self, outputs: dict, message: str = "") -> None:
         self.fraction = 1.0
         if self.mode == "jsonl":
-            self._json({"event": "progress", "stage": "write", "fraction": 1.0, "eta_s": 0.0, "message": ""})
-            self._json({"event": "done", "outputs": outputs})
+            self._json({"event": "progress", "stage": self.stage_name or "write", "fraction": 1.0, "eta_s": 0.0,
+                        "message": ""})
+            done = {"event": "done", "outputs": outputs}
+            if message:
+                done["message"] = message
+            self._json(done)
         elif self.mode == "bar":
             if self._bar is not None:
                 self._bar.n = self._bar.total
@@ -112,3 +137,20 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class Warnings(list):
+    """The warnings of a run, for report.json, each also shown the moment it is added (a JSON-lines
+    ``warning`` event or a stderr line), whichever stage adds it."""
+
+    def __init__(self, progress: Progress):
+        super().__init__()
+        self._progress = progress
+
+    def append(self, message: str) -> None:
+        super().append(message)
+        self._progress.warning(message)
+
+    def extend(self, messages) -> None:
+        for message in messages:
+            self.append(message)

@@ -35,16 +35,7 @@ def _axial(image):
     return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
 
 
-def _aspect(image) -> float:
-    """Row/column pixel aspect of axial slices after LPS re-orientation."""
-    import SimpleITK as sitk
-
-    sp = sitk.DICOMOrient(image, "LPS").GetSpacing()
-    return float(sp[1] / sp[0])
-
-
-def write_overview(path: Path, inputs: list, labels_image, task, component: tuple | None = None,
-                   reference_image=None) -> None:
+def write_overview(path: Path, inputs: list, labels_image, task, component: tuple | None = None) -> None:
     """A few axial slices of every input with the label overlay, plus components of one layer.
 
     ``component``: (layer name, SimpleITK vector image of that layer) or None.
@@ -56,8 +47,11 @@ def write_overview(path: Path, inputs: list, labels_image, task, component: tupl
     import SimpleITK as sitk
     from matplotlib.colors import ListedColormap
 
-    lab = _axial(labels_image)
-    aspect = _aspect(labels_image)
+    oriented = sitk.DICOMOrient(labels_image, "LPS")
+    lab = sitk.GetArrayFromImage(oriented)
+    spacing = oriented.GetSpacing()
+    aspect = float(spacing[1] / spacing[0])   # row/column pixel aspect of the axial slices
+    del oriented
     lesion_z = np.flatnonzero(lab.reshape(lab.shape[0], -1).any(axis=1))
     if lesion_z.size:
         # area-weighted quantiles: slices through the bulk of the lesion load, not through stray specks

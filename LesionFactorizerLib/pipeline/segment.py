@@ -8,29 +8,17 @@ written into a temporary folder that only replaces the output folder's entries a
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, AtomicOutput
-from LesionFactorizerLib.pipeline.progress import Progress
-from LesionFactorizerLib.tasks import Task, get_task
-
-# Speed/accuracy presets (thesis 7.4.5: with T ≥ 2 HALS iterations a Swin Factorizer trained with
-# T = 5 keeps its Dice, and short-circuiting a decoder NMF layer costs little, while the
-# full-resolution layers dominate the run time).
-PRESETS: dict[str, dict[str, Any]] = {
-    "fast": {"nmf_iters": 2, "skip_nmf": ["decoder1"], "tta": False, "overlap": 0.25},
-    "balanced": {"nmf_iters": None, "skip_nmf": None, "tta": False, "overlap": 0.5},
-    "best": {"nmf_iters": None, "skip_nmf": None, "tta": True, "overlap": 0.5},
-}
-PRESET_HELP = ("fast: 2 NMF iterations, decoder1 NMF short-circuited, no TTA, window overlap 0.25; "
-               "balanced (default): the model's trained NMF settings, no TTA, overlap 0.5; "
-               "best: trained settings + mirror TTA (4 passes), overlap 0.5")
+from LesionFactorizerLib.pipeline.progress import Progress, Warnings
+from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESETS
+from LesionFactorizerLib.tasks import POSTPROCESSING_KEYS, Task, get_task
 
 
 @dataclass
@@ -40,7 +28,7 @@ class SegmentOptions:
     task: str | None = None
     models: list[str] = field(default_factory=list)
     device: str = "auto"
-    preset: str = "balanced"
+    preset: str = DEFAULT_SPEED_PRESET
     tta: bool | None = None
     nmf_iters: int | None = None
     skip_nmf: list[str] | None = None
@@ -56,14 +44,22 @@ class SegmentOptions:
     overview: bool = True
 
     def resolved(self) -> dict[str, Any]:
-        if self.preset not in PRESETS:
-            raise UserError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
-        p = dict(PRESETS[self.preset])
+        if self.preset not in SPEED_PRESETS:
+            raise UserError(f"unknown preset {self.preset!r}; choose one of: {', '.join(SPEED_PRESETS)}")
+        p = dict(SPEED_PRESETS[self.preset])
         for key in ("tta", "nmf_iters", "skip_nmf", "overlap"):
             if getattr(self, key) is not None:
                 p[key] = getattr(self, key)
         if not 0.0 <= p["overlap"] < 1.0:
             raise UserError(f"--overlap must be in [0, 1), not {p['overlap']}")
+        if p["nmf_iters"] is not None and int(p["nmf_iters"]) < 1:
+            raise UserError(f"--nmf-iters must be at least 1, not {p['nmf_iters']}")
+        if self.sw_batch_size < 1:
+            raise UserError(f"--sw-batch-size must be at least 1, not {self.sw_batch_size}")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise UserError(f"--threshold is a probability between 0 and 1 (exclusive), not {self.threshold}")
+        if self.min_lesion_mm3 is not None and self.min_lesion_mm3 < 0:
+            raise UserError(f"--min-lesion-mm3 must be 0 or more, not {self.min_lesion_mm3}")
         return p
 
 
@@ -94,7 +90,7 @@ def segment_case(opts: SegmentOptions, progress: Progress | None = None,
 
     progress = progress or Progress("none")
     timings: dict[str, float] = {}
-    warnings: list[str] = []
+    warnings = Warnings(progress)   # each warning reaches the user as it arises, and report.json
     t_start = time.monotonic()
     settings = opts.resolved()
     if opts.format not in IMAGE_FORMATS:
@@ -121,11 +117,19 @@ def segment_case(opts: SegmentOptions, progress: Progress | None = None,
                             f"{task.name} model (see `lesion-factorizer models list`)")
     first = metas[0]
     for path, meta in zip(model_paths[1:], metas[1:]):
-        if meta["inputs"] != first["inputs"] or meta["outputs"] != first["outputs"]:
-            raise UserError(f"ensemble members must share inputs and outputs; {Path(path).name} differs from "
-                            f"{Path(model_paths[0]).name}")
+        check_ensemble_member(first, meta, Path(model_paths[0]).name, Path(path).name)
     model_inputs = list(first["inputs"])
     check_input_names(task, opts.inputs, model_inputs)
+    from LesionFactorizerLib.pipeline.postprocessing import resolve_mode
+
+    channels, activation = list(first["outputs"]["channels"]), first["outputs"]["activation"]
+    post = {**_task_post(task), **{k: v for k, v in first.get("postprocessing", {}).items()
+                                   if k in POSTPROCESSING_KEYS}}
+    if opts.threshold is not None:
+        post["threshold"] = opts.threshold
+    if opts.min_lesion_mm3 is not None:
+        post["min_lesion_mm3"] = opts.min_lesion_mm3
+    post["mode"] = resolve_mode(post["mode"], activation, task)   # the rule actually applied, as reported
     unused = [n for n in opts.inputs if n not in model_inputs]
     if unused:
         warnings.append(f"input(s) {', '.join(unused)} are not used by the model and were ignored")
@@ -170,7 +174,7 @@ def segment_case(opts: SegmentOptions, progress: Progress | None = None,
     if not loaded:
         loaded = [load_model_file(p) for p in model_paths]
     models = [m.model for m in loaded]
-    apply_nmf_settings(models, settings["nmf_iters"], settings["skip_nmf"], warnings)
+    apply_nmf_settings(models, settings["nmf_iters"], settings["skip_nmf"])
     has_components = any(getattr(m, "has_components", False) for m in models)
     components_note = None
     want_components = bool(opts.components or opts.component_layers)
@@ -203,7 +207,6 @@ def segment_case(opts: SegmentOptions, progress: Progress | None = None,
                                    f"--preset {opts.preset}) and have no component maps")
     for w in result.warnings:
         warnings.append(w)
-        progress.warning(w)
     timings["inference"] = time.monotonic() - t
     del prep.array
 
@@ -213,22 +216,17 @@ def segment_case(opts: SegmentOptions, progress: Progress | None = None,
 
     progress.stage("postprocess", "labels and lesions")
     t = time.monotonic()
-    outputs_meta = first["outputs"]
-    channels, activation = list(outputs_meta["channels"]), outputs_meta["activation"]
-    post = {**_task_post(task), **first.get("postprocessing", {})}
-    if opts.threshold is not None:
-        post["threshold"] = opts.threshold
-    if opts.min_lesion_mm3 is not None:
-        post["min_lesion_mm3"] = opts.min_lesion_mm3
     probs_box = activate(result.logits, activation)
     fill = [1.0 if (activation == "softmax" and ch == "background") else 0.0 for ch in channels]
     probs = to_reference(prep, probs_box, fill)
     del probs_box, result.logits
-    labels = to_labels(probs, task, channels, activation, float(post["threshold"]))
+    labels = to_labels(probs, task, channels, activation, float(post["threshold"]), post["mode"])
     geometry = reference.geometry
-    removed = remove_small_lesions(labels, geometry, float(post["min_lesion_mm3"]), int(post["connectivity"]))
+    found = remove_small_lesions(labels, geometry, float(post["min_lesion_mm3"]), int(post["connectivity"]))
     volumes = label_volumes(labels, geometry, task)
-    lesions = lesion_table(labels, geometry, task, int(post["connectivity"]))
+    lesions = lesion_table(labels, geometry, task, found)
+    removed = found.removed
+    del found   # a full-size int32 volume
     timings["postprocess"] = time.monotonic() - t
 
     # -- write everything into the temporary folder, then move into place --------------------------
@@ -310,7 +308,7 @@ def segment_case(opts: SegmentOptions, progress: Progress | None = None,
             "lesions": lesions,
             "components": components_entries,
             "outputs": dict(written, report="report.json"),
-            "warnings": warnings,
+            "warnings": list(warnings),
         }
         if components_note:
             report["components_note"] = components_note
@@ -322,10 +320,33 @@ def segment_case(opts: SegmentOptions, progress: Progress | None = None,
     return outputs
 
 
+def check_ensemble_member(first: dict[str, Any], meta: dict[str, Any], first_name: str, name: str) -> None:
+    """An ensemble averages logits computed on one prepared array and turns them into labels with
+    one rule, so its members must agree on everything that shapes either (else a member would
+    silently run with the first member's spacing, patch or normalisation)."""
+    def differs(a: Any, b: Any) -> bool:
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            return not math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return len(a) != len(b) or any(differs(x, y) for x, y in zip(a, b))
+        return a != b
+
+    checks = [("inputs", first["inputs"], meta["inputs"]), ("outputs", first["outputs"], meta["outputs"])]
+    pre_a, pre_b = first.get("preprocessing", {}), meta.get("preprocessing", {})
+    for key in sorted(set(pre_a) | set(pre_b)):
+        checks.append((f"preprocessing.{key}", pre_a.get(key), pre_b.get(key)))
+    post_a, post_b = first.get("postprocessing", {}), meta.get("postprocessing", {})
+    for key in POSTPROCESSING_KEYS:
+        checks.append((f"postprocessing.{key}", post_a.get(key), post_b.get(key)))
+    for what, a, b in checks:
+        if differs(a, b):
+            raise UserError(f"ensemble members must share {what}: {name} has {b!r} but {first_name} has {a!r}; "
+                            "ensemble only models trained with the same preprocessing and outputs, or run them "
+                            "separately")
+
+
 def _task_post(task: Task) -> dict[str, Any]:
-    p = task.postprocessing
-    return {"mode": p.mode, "threshold": p.threshold, "min_lesion_mm3": p.min_lesion_mm3,
-            "connectivity": p.connectivity}
+    return {key: getattr(task.postprocessing, key) for key in POSTPROCESSING_KEYS}
 
 
 def _label_extra(task: Task, value: int) -> dict[str, Any]:

@@ -1,0 +1,61 @@
+"""The GUI keeps a few facts of the library in torch-free form; they must agree with the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def worker(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "LesionFactorizer"))
+    from LesionFactorizerModuleLib import worker
+
+    return worker
+
+
+def test_nmf_layer_names_are_the_networks(worker):
+    pytest.importorskip("torch")
+    from LesionFactorizerLib.nn.unet import layer_names
+
+    assert list(worker.NMF_LAYERS) == [name for name, _level, _role in layer_names(5)]
+
+
+def test_device_choices_are_the_clis(worker):
+    from LesionFactorizerLib.cli import build_parser
+
+    parser = build_parser()
+    segment = next(a for a in parser._subparsers._group_actions[0].choices["segment"]._actions
+                   if "--device" in a.option_strings)
+    assert list(worker.DEVICES) == list(segment.choices)
+    assert [value for value, _title in worker.DEVICE_CHOICES] == list(worker.DEVICES)
+    assert segment.default == worker.SegmentRequest("stroke", {"dwi": "d"}, "o").device
+
+
+def test_output_format_is_one_the_cli_accepts(worker):
+    from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS
+
+    assert worker.SegmentRequest("stroke", {"dwi": "d"}, "o").format == "nrrd"
+    assert "nrrd" in IMAGE_FORMATS
+
+
+def test_every_helper_attribute_the_module_file_uses_exists():
+    """LesionFactorizer.py cannot be imported without Slicer, so check its ``xxxLib.NAME`` uses statically."""
+    import ast
+    import importlib
+
+    source = (REPO / "LesionFactorizer" / "LesionFactorizer.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    aliases = {a.asname: node.module + "." + a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+               and node.module == "LesionFactorizerModuleLib" for a in node.names if a.asname}
+    assert "workerLib" in aliases
+    used = {(n.value.id, n.attr) for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in aliases}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(REPO / "LesionFactorizer"))
+        missing = [f"{alias}.{attr}" for alias, attr in sorted(used)
+                   if not hasattr(importlib.import_module(aliases[alias]), attr)]
+    assert not missing
