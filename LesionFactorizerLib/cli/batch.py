@@ -130,15 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
     terminate_cleanly()
     progress = Progress(args.progress)
-    try:
+    with progress.errors_reported():
         return _run(args, progress)
-    except UserError as exc:
-        progress.error(str(exc))
-        raise
-    except BaseException as exc:
-        if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
-            progress.error(f"unexpected failure: {type(exc).__name__}: {exc}")
-        raise
 
 
 def _run(args: argparse.Namespace, progress) -> int:

@@ -121,18 +121,11 @@ def run(args: argparse.Namespace) -> int:
 
     terminate_cleanly()
     progress = Progress(args.progress)
-    try:
+    with progress.errors_reported():
         from LesionFactorizerLib.pipeline.segment import segment_case
 
         inputs = parse_inputs(args.input, args.task, args.model)
         outputs = segment_case(options_from_args(args, inputs, args.output), progress)
-    except UserError as exc:
-        progress.error(str(exc))
-        raise
-    except BaseException as exc:
-        if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
-            progress.error(f"unexpected failure: {type(exc).__name__}: {exc}")
-        raise
     progress.done(outputs)
     if args.progress == "bar":
         print(f"results written to {outputs['dir']}", file=sys.stderr)

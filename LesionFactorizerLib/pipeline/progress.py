@@ -19,6 +19,7 @@ event's outputs are ``{"summary": CSV path, "dir": output folder}``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -100,6 +101,21 @@ class Progress:
                 self._bar.n = self._bar.total
                 self._bar.refresh()
             self._close_bar()
+
+    @contextlib.contextmanager
+    def errors_reported(self):
+        """Report any failure inside the block as the final ``error`` event, then re-raise."""
+        from LesionFactorizerLib.errors import UserError
+
+        try:
+            yield
+        except UserError as exc:
+            self.error(str(exc))
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                self.error(f"unexpected failure: {type(exc).__name__}: {exc}")
+            raise
 
     def error(self, message: str) -> None:
         if self.mode == "jsonl":
