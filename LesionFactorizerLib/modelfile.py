@@ -375,6 +375,7 @@ def save_model_file(path: str | os.PathLike, model: Any, metadata: dict[str, Any
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
+        _ordinary_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -439,6 +440,14 @@ def verify_model(path_or_name: str | os.PathLike) -> dict[str, Any]:
     info = _file_info(loaded.header, loaded.sha256, loaded.weights_sha256)
     info["parameters"] = sum(p.numel() for p in loaded.model.parameters())
     return info
+
+
+def _ordinary_mode(path) -> None:
+    """mkstemp files are private (0600); a model file is an ordinary file, readable as the umask allows
+    (a shared model folder, a file shipped in the repository)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -550,6 +559,7 @@ def import_model(source: str | os.PathLike, name: str | None = None, overwrite: 
                         "writable folder") from None
     try:
         shutil.copyfile(source, tmp)
+        _ordinary_mode(tmp)
         os.replace(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)

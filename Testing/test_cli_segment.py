@@ -217,3 +217,15 @@ def test_inputs_given_without_names_are_assigned_by_file_name(tmp_path):
         parse_inputs(["/d/scan.nii.gz"], "stroke", [])
     with pytest.raises(UserError, match="given twice"):
         parse_inputs(["dwi=/a.nii", "dwi=/b.nii"], "stroke", [])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["segment", "--task", "stroke", "--no-such-option"], ("--output", "lesion-factorizer segment --help")),
+    (["segment", "-o", "x", "--task", "stroke", "--overlap", "lots"], ("--overlap", "segment --help")),
+    (["frobnicate"], ("frobnicate", "lesion-factorizer --help")),
+])
+def test_usage_mistakes_get_one_error_line_too(tmp_path, args, words):
+    out = tmp_path / "out"
+    out.mkdir()
+    before = snapshot(out)
+    assert_clean_failure(cli(*args), out, before, words)

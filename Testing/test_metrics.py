@@ -147,6 +147,9 @@ def test_detection_rules_alpha_beta_gamma():
     r = detect_lesions(bigger, np.zeros(s, bool), spacing=(1, 1, 2))
     assert math.isnan(r.sensitivity) and r.n_pred == 1 and r.ppv == 0.0 and math.isnan(r.f1)
     assert r.pred_volume_mm3 == 54.0
+    # reference lesions but no prediction: every lesion missed, F1 0 (not undefined)
+    r = detect_lesions(np.zeros(s, bool), bigger)
+    assert r.n_ref == 1 and r.sensitivity == 0.0 and math.isnan(r.ppv) and r.f1 == 0.0
 
 
 def test_gamma_stops_before_bad_minor_contributor():

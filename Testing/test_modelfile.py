@@ -236,3 +236,21 @@ def test_loading_reports_both_checksums_from_one_read(model_file):
     quick, full = verify_file(path), verify_model(path)
     assert {k: v for k, v in full.items() if k != "parameters"} == quick
     assert full["parameters"] == sum(p.numel() for p in loaded.model.parameters())
+
+
+def test_written_and_imported_model_files_are_ordinary_files_not_private(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    if os.name == "nt":
+        pytest.skip("POSIX permissions")
+    model = tiny_swin()
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "m.safetensors"
+        save_model_file(path, model, make_metadata("stroke", model.config, name="m", patch_size=(32, 32, 32)))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644            # mkstemp alone would give 0600
+        monkeypatch.setenv("LESIONFACTORIZER_MODELS", str(tmp_path / "store"))
+        assert stat.S_IMODE(import_model(path, name="shared").stat().st_mode) == 0o644
+    finally:
+        os.umask(old)

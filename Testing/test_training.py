@@ -188,3 +188,17 @@ def test_list_configs_prints_the_bundled_experiments_and_exits(capsys):
     listed = {line.split()[0]: line.split()[1:3] for line in capsys.readouterr().out.splitlines()}
     assert set(THESIS_EXPERIMENTS) <= set(listed) and not any(n.endswith("-base") for n in listed)
     assert listed["unet-msseg2"] == ["ms-new", "unet-msseg2"]
+
+
+def test_set_reads_exponent_numbers_as_numbers():
+    """YAML 1.1 reads 1e-3 as a string; --set optim.lr=1e-3 must still mean the number."""
+    import argparse
+
+    from LesionFactorizerLib.training.cli_args import add_common, overrides_from
+
+    parser = argparse.ArgumentParser()
+    add_common(parser)
+    args = parser.parse_args(["x.yaml", "--set", "optim.lr=1e-3", "--set", "model.preset=2e-unet",
+                              "--set", "data.patch_size=[8,8,8]"])
+    o = overrides_from(args)
+    assert o["optim"]["lr"] == 0.001 and o["model"]["preset"] == "2e-unet" and o["data"]["patch_size"] == [8, 8, 8]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import yaml
 
 from LesionFactorizerLib.errors import UserError
+
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 class ListConfigs(argparse.Action):
@@ -78,5 +81,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+        if isinstance(value, str) and NUMBER.fullmatch(value):
+            value = float(value)   # YAML 1.1 reads 1e-3 (no dot) as a string; here it means the number
         put(key.strip(), value)
     return o

@@ -1,23 +1,32 @@
-"""Build the bundled demo models (Resources/Models/demo-<task>.safetensors) from scratch on a CPU.
+"""Build the bundled demo models (Resources/Models/demo-<task>.safetensors) from scratch.
 
-    python training/demo_models.py                      # all three tasks, about 45 min on 2 cores
+    python training/demo_models.py                      # all three tasks, each by its shipped recipe
     python training/demo_models.py --tasks stroke       # one task
-    python training/demo_models.py --steps data,train   # only some steps
+    python training/demo_models.py --recipe cpu         # everything on the CPU (about 45 min on 2 cores)
+    python training/demo_models.py --steps data,pack    # only some steps
+
+Two recipes, one network (a reduced-width Swin Factorizer):
+
+* ``cpu`` — ``lesion-factorizer train training/configs/demo-<task>.yaml`` on 32 phantoms, widths
+  8-128, single-threaded (on a small shared machine two threads fighting other processes made steps
+  ten times slower than one). The shipped stroke model.
+* ``gpu`` — ``training/packed.py`` with ``demo-<task>-gpu.yaml`` on 64 phantoms (the first 32 are
+  the CPU recipe's), widths 16-256, 32-patch batches, minutes on one GPU. The shipped tumor and
+  ms-new models. The GPU host needs torch, numpy and PyYAML only: ``pack`` runs here, then copy the
+  pack and the checkout there, run the ``train`` step (or the ``packed.py train`` command it prints)
+  and copy ``WORK/runs/demo-<task>-gpu`` back before the ``card`` step.
 
 Steps, per task (each skips what its output already holds, so an interrupted build resumes):
 
-1. ``data``  — synthetic training phantoms (32 cases, seed 100) and held-out phantoms (5 cases,
-   seed 9000: no case in common with training, nor with the bundled sample cases) with
-   ``lesion-factorizer phantom`` at the demo model's spacing.
-2. ``train`` — ``lesion-factorizer train training/configs/demo-<task>.yaml --fold 0`` (a reduced-
-   width Swin Factorizer, widths 8-128; fold 0 keeps validation Dice for picking the checkpoint).
-3. ``card``  — export the best checkpoint with fp16 weights, score it on the held-out phantoms
+1. ``data``  — training phantoms (seed 100) and held-out phantoms (10 cases, seed 9000: no case in
+   common with training, nor with the bundled sample cases) with ``lesion-factorizer phantom`` at
+   the demo model's spacing.
+2. ``pack``  — gpu recipe only: the training arrays in one file (``packed.py pack``).
+3. ``train`` — as above; fold 0 keeps validation Dice for picking the checkpoint.
+4. ``card``  — export the best checkpoint with fp16 weights, score it on the held-out phantoms
    through the real inference pipeline, and write the final model file whose description is the
-   model card (synthetic training data, demonstration only, held-out scores, how to train on
-   real data); the scores are also stored under ``training.held_out``.
-
-Torch runs single-threaded in the training subprocess: on a small shared machine, two threads
-fighting other processes made steps ten times slower than one thread.
+   model card (synthetic training data, demonstration only, how it was trained, held-out scores,
+   how to train on real data); the scores are also stored under ``training.held_out``.
 """
 
 from __future__ import annotations
@@ -34,8 +43,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("tumor", "stroke", "ms-new")
 SPACING_MM = {"tumor": 3.0, "stroke": 2.0, "ms-new": 2.0}
-TRAIN_CASES, TRAIN_SEED = 32, 100
-TEST_CASES, TEST_SEED = 5, 9000
+TRAIN_SEED, TEST_CASES, TEST_SEED = 100, 10, 9000
+SHIPPED_RECIPE = {"tumor": "gpu", "stroke": "cpu", "ms-new": "gpu"}
+GPU_MINUTES = 11.0
 REAL_DATA = {   # (bundled config, data folder, note)
     "tumor": ("swin-factorizer-brats", "/path/to/BraTS2021_TrainingData",
               " (an MSD Task01 folder needs --set data.format=msd-task01)"),
@@ -47,38 +57,66 @@ LAYOUT = {"tumor": "brats", "stroke": "isles22", "ms-new": "msseg2"}
 
 
 def cli(*args: str, threads: int | None = None) -> None:
+    run([sys.executable, "-m", "LesionFactorizerLib", *args], threads)
+
+
+class Recipe:
+    """Where a recipe's config, phantoms and run live."""
+
+    def __init__(self, kind: str, task: str, work: Path):
+        self.kind, self.task, self.work = kind, task, work
+        self.config = f"demo-{task}" + ("-gpu" if kind == "gpu" else "")
+        self.train_cases = 64 if kind == "gpu" else 32
+        self.train_dir = work / ("data-gpu" if kind == "gpu" else "data") / f"{task}-train"
+        self.test_dir = work / "data" / f"{task}-test"
+        self.run_dir = work / "runs" / self.config / "fold0"
+        self.pack = work / "pack" / f"{task}.npz"
+
+
+def make_data(r: Recipe) -> None:
+    for out, n, seed in ((r.train_dir, r.train_cases, TRAIN_SEED), (r.test_dir, TEST_CASES, TEST_SEED)):
+        if out.is_dir() and any(out.iterdir()):
+            print(f"{r.task}: {out} already holds phantoms")
+            continue
+        cli("phantom", "--task", r.task, "--n", str(n), "--seed", str(seed), "--spacing",
+            str(SPACING_MM[r.task]), "--out", str(out))
+
+
+def run(cmd: list[str], threads: int | None = None) -> None:
     env = dict(os.environ)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "LesionFactorizerLib", *args]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
 
 
-def make_data(task: str, data_dir: Path) -> None:
-    for split, n, seed in (("train", TRAIN_CASES, TRAIN_SEED), ("test", TEST_CASES, TEST_SEED)):
-        out = data_dir / f"{task}-{split}"
-        if out.is_dir() and any(out.iterdir()):
-            print(f"{task}: {out} already holds phantoms")
-            continue
-        cli("phantom", "--task", task, "--n", str(n), "--seed", str(seed), "--spacing", str(SPACING_MM[task]),
-            "--out", str(out))
-
-
-def run_dir(task: str, runs_dir: Path) -> Path:
-    return runs_dir / f"demo-{task}" / "fold0"
-
-
-def train(task: str, data_dir: Path, runs_dir: Path) -> None:
-    if (run_dir(task, runs_dir) / "result.json").is_file():
-        print(f"{task}: training already finished in {run_dir(task, runs_dir)}")
+def make_pack(r: Recipe) -> None:
+    if r.kind != "gpu" or r.pack.is_file():
         return
-    cli("train", str(ROOT / "training" / "configs" / f"demo-{task}.yaml"), "--fold", "0",
-        "--data-root", str(data_dir / f"{task}-train"), "--output-dir", str(runs_dir), "--no-progress",
-        threads=1)
+    run([sys.executable, "training/packed.py", "pack", r.config, "--data-root", str(r.train_dir), "--out", str(r.pack)])
 
 
-def held_out_scores(task: str, model: Path, data_dir: Path, work: Path) -> dict:
+def train(r: Recipe, minutes: float) -> None:
+    if (r.run_dir / "result.json").is_file():
+        print(f"{r.task}: training already finished in {r.run_dir}")
+        return
+    runs = str(r.work / "runs")
+    if r.kind == "cpu":
+        cli("train", str(ROOT / "training" / "configs" / f"{r.config}.yaml"), "--fold", "0",
+            "--data-root", str(r.train_dir), "--output-dir", runs, "--no-progress", threads=1)
+        return
+    cmd = [sys.executable, "training/packed.py", "train", r.config, "--pack", str(r.pack), "--output-dir", runs,
+           "--minutes", f"{minutes:g}"]
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{r.task}: the gpu recipe trains on a CUDA GPU and none is here. On a GPU host, from a "
+                         f"checkout with {r.pack} copied in, run\n  {' '.join(cmd[1:])}\nthen copy "
+                         f"{r.run_dir.parent} back here and run the card step (or use --recipe cpu).")
+    run(cmd)
+
+
+def held_out_scores(task: str, model: Path, test_dir: Path, work: Path) -> dict:
     """Mean scores of ``model`` on the held-out phantoms, through ``segment_case`` like a user's run."""
     import SimpleITK as sitk
     import numpy as np
@@ -91,7 +129,7 @@ def held_out_scores(task: str, model: Path, data_dir: Path, work: Path) -> dict:
     loaded = [load_model_file(model)]
     inputs = loaded[0].metadata["inputs"]
     rows, seconds = [], []
-    for case in discover(LAYOUT[task], data_dir / f"{task}-test", task):
+    for case in discover(LAYOUT[task], test_dir, task):
         t0 = time.perf_counter()
         out = segment_case(SegmentOptions(inputs={n: case.images[n].path for n in inputs},
                                           output=str(work / "held-out" / task / case.id), task=task,
@@ -111,57 +149,66 @@ def held_out_scores(task: str, model: Path, data_dir: Path, work: Path) -> dict:
             "per_case": rows, "seconds_per_case": round(float(np.mean(seconds)), 2)}
 
 
-def model_card(task: str, meta: dict, held: dict, result: dict) -> str:
+def how_trained(r: Recipe, result: dict, kept: int) -> str:
+    """One sentence on the run behind the weights, from its result.json."""
+    minutes = result.get("seconds", 0) / 60
+    where = result.get("device") or "2 shared CPU cores"
+    text = f"Trained for {result.get('steps')} steps ({minutes:.0f} min wall-clock on {where}"
+    if result.get("init_step"):
+        text += (f", continuing with a new warm-up from the best checkpoint (step {result['init_step']}) of an "
+                 "earlier run")
+    return (text + f"; these are the weights of the best-validation checkpoint, step {kept}) on "
+            f"{r.train_cases} phantoms made by `lesion-factorizer phantom --task {r.task} --n {r.train_cases} "
+            f"--seed {TRAIN_SEED} --spacing {SPACING_MM[r.task]:g}` (MNI152 anatomy with simulated lesions; "
+            f"never patient data), config `training/configs/{r.config}.yaml`.")
+
+
+def model_card(r: Recipe, meta: dict, held: dict, result: dict) -> str:
     kw = meta["architecture"]["kwargs"]
     pre = meta["preprocessing"]
     mean = held["mean"]
-    if task == "tumor":
-        scores = ", ".join(f"{r} Dice {mean.get(f'dice_{r}', float('nan')):.3f}" for r in ("WT", "TC", "ET"))
+    if r.task == "tumor":
+        scores = ", ".join(f"{n} Dice {mean.get(f'dice_{n}', float('nan')):.3f}" for n in ("WT", "TC", "ET"))
     else:
-        label = "infarct" if task == "stroke" else "new lesion"
+        label = "infarct" if r.task == "stroke" else "new lesion"
         dice_key = next(k for k in mean if k.startswith("dice_"))
         scores = f"{label} Dice {mean[dice_key]:.3f}, lesion-wise F1 {mean['lesion_f1']:.3f}"
-    preset, where, note = REAL_DATA[task]
-    steps = result.get("steps")
-    minutes = result.get("seconds", 0) / 60
-    kept = meta["training"].get("steps")
+    preset, where, note = REAL_DATA[r.task]
     return (
         f"DEMONSTRATION MODEL - trained only on synthetic phantoms, not for clinical use. "
         f"Swin Factorizer at reduced width (widths {'-'.join(str(w) for w in kw['widths'])}, head dim "
         f"{kw['head_dim']}, window {kw['window']}, fp16 weights), inputs {', '.join(meta['inputs'])}, "
         f"{pre['spacing'][0]:g} mm spacing, {'x'.join(str(p) for p in pre['patch_size'])} patches. "
-        f"Trained for {steps} steps ({minutes:.0f} min wall-clock on 2 shared CPU cores; these are the weights of "
-        f"the best-validation checkpoint, step {kept}) on {TRAIN_CASES} phantoms made by "
-        f"`lesion-factorizer phantom --task {task} --seed {TRAIN_SEED} --spacing {SPACING_MM[task]:g}` "
-        f"(MNI152 anatomy with simulated lesions; never patient data). Held-out phantoms ({held['cases']} cases, "
-        f"seed {held['seed']}): {scores}. It exists so that `lesion-factorizer demo`, the Slicer module and the "
+        f"{how_trained(r, result, meta['training'].get('steps'))} Held-out phantoms ({held['cases']} cases, "
+        f"seed {held['seed']}; means over cases, lesion F1 over the cases with a new lesion): {scores}. "
+        f"It exists so that `lesion-factorizer demo`, the Slicer module and the "
         f"tests run offline; it is not validated on real scans and will miss or invent lesions there. To "
         f"train on real data: `lesion-factorizer train {preset} --data-root {where}`{note}, then "
         f"`lesion-factorizer export runs/{preset}/fold0 --output my-model.safetensors --half`. "
-        f"Rebuild this file: `python training/demo_models.py --tasks {task}`."
+        f"Rebuild this file: `python training/demo_models.py --tasks {r.task}`."
     )
 
 
-def card(task: str, data_dir: Path, runs_dir: Path, models_dir: Path, work: Path) -> Path:
+def card(r: Recipe, models_dir: Path) -> Path:
     from LesionFactorizerLib.modelfile import read_metadata
     from LesionFactorizerLib.training.export import export_checkpoint
 
-    rdir = run_dir(task, runs_dir)
-    ckpt = rdir / "checkpoints" / "best.ckpt.safetensors"
+    ckpt = r.run_dir / "checkpoints" / "best.ckpt.safetensors"
     if not ckpt.is_file():
-        ckpt = rdir / "checkpoints" / "last.ckpt.safetensors"
-    draft = work / "models" / f"demo-{task}.safetensors"
-    export_checkpoint(ckpt, draft, name=f"demo-{task}", half=True)
-    held = held_out_scores(task, draft, data_dir, work)
-    result = json.loads((rdir / "result.json").read_text())
-    text = model_card(task, read_metadata(draft), held, result)
-    final = models_dir / f"demo-{task}.safetensors"
-    export_checkpoint(ckpt, final, name=f"demo-{task}", half=True, description=text, extra_training={
-        "demo": True, "synthetic_data": True, "train_seconds": round(result["seconds"], 1),
+        ckpt = r.run_dir / "checkpoints" / "last.ckpt.safetensors"
+    name = f"demo-{r.task}"
+    draft = r.work / "models" / f"{name}.safetensors"
+    export_checkpoint(ckpt, draft, name=name, half=True)
+    held = held_out_scores(r.task, draft, r.test_dir, r.work)
+    result = json.loads((r.run_dir / "result.json").read_text(encoding="utf-8"))
+    text = model_card(r, read_metadata(draft), held, result)
+    final = models_dir / f"{name}.safetensors"
+    export_checkpoint(ckpt, final, name=name, half=True, description=text, extra_training={
+        "demo": True, "synthetic_data": True, "recipe": r.kind, "train_seconds": round(result["seconds"], 1),
+        "train_device": result.get("device", "CPU"),
         "held_out": {k: v for k, v in held.items() if k != "per_case"}})
-    final.chmod(0o644)   # written through mkstemp (0600); a shipped file must be readable by all
-    (work / f"held-out-{task}.json").write_text(json.dumps(held, indent=2))
-    print(json.dumps({"task": task, "model": str(final), "bytes": final.stat().st_size,
+    (r.work / f"held-out-{r.task}.json").write_text(json.dumps(held, indent=2), encoding="utf-8")
+    print(json.dumps({"task": r.task, "model": str(final), "bytes": final.stat().st_size,
                       "held_out": held["mean"]}))
     return final
 
@@ -169,25 +216,28 @@ def card(task: str, data_dir: Path, runs_dir: Path, models_dir: Path, work: Path
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of tumor,stroke,ms-new")
-    p.add_argument("--steps", default="data,train,card", help="comma-separated subset of data,train,card")
-    p.add_argument("--work", default=str(ROOT / "out" / "demo-models"), help="phantoms, runs and drafts")
-    p.add_argument("--data-dir", help="phantom folder (default WORK/data)")
+    p.add_argument("--steps", default="data,pack,train,card", help="comma-separated subset of data,pack,train,card")
+    p.add_argument("--recipe", choices=("cpu", "gpu"), help="for every task (default: each task's shipped recipe, "
+                   + ", ".join(f"{t} {k}" for t, k in SHIPPED_RECIPE.items()) + ")")
+    p.add_argument("--minutes", type=float, default=GPU_MINUTES, help="gpu recipe: training time budget per task")
+    p.add_argument("--work", default=str(ROOT / "out" / "demo-models"), help="phantoms, packs, runs and drafts")
     p.add_argument("--models-dir", default=str(ROOT / "Resources" / "Models"), help="where the model files go")
     a = p.parse_args(argv)
     work = Path(a.work).absolute()
-    data_dir = Path(a.data_dir).absolute() if a.data_dir else work / "data"
-    runs_dir = work / "runs"
     steps = set(a.steps.split(","))
     for task in [t for t in a.tasks.split(",") if t]:
         if task not in TASKS:
             p.error(f"unknown task {task!r}")
+        r = Recipe(a.recipe or SHIPPED_RECIPE[task], task, work)
         t0 = time.perf_counter()
         if "data" in steps:
-            make_data(task, data_dir)
+            make_data(r)
+        if "pack" in steps:
+            make_pack(r)
         if "train" in steps:
-            train(task, data_dir, runs_dir)
+            train(r, a.minutes)
         if "card" in steps:
-            card(task, data_dir, runs_dir, Path(a.models_dir), work)
+            card(r, Path(a.models_dir))
         print(f"{task}: {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 

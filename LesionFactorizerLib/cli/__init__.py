@@ -34,8 +34,16 @@ def _command_modules():
             yield module
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake gets the same single ``error:`` line as any other bad input (argparse would
+    print the whole usage first), naming where the full usage is."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lesion-factorizer",
         description="Brain-lesion segmentation (tumor, stroke, new MS lesions) with interpretable "
         "Factorizer networks.",

@@ -102,7 +102,7 @@ class DetectionResult:
     tp_pred: int            # predicted lesions that hit a reference lesion
     sensitivity: float      # tp_ref / n_ref (NaN if n_ref == 0)
     ppv: float              # tp_pred / n_pred (NaN if n_pred == 0)
-    f1: float
+    f1: float               # NaN if n_ref == 0; 0 if lesions exist and none is predicted
     pred_volume_mm3: float  # VLP: predicted volume before small-lesion removal
 
     def as_dict(self) -> dict:
@@ -124,8 +124,10 @@ def detect_lesions(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] |
     tp_pred = int(_detected(table.T, alpha, beta, gamma).sum()) if n_ref and n_pred else 0
     sens = tp_ref / n_ref if n_ref else float("nan")
     ppv = tp_pred / n_pred if n_pred else float("nan")
-    if math.isnan(sens) or math.isnan(ppv):
-        f1 = float("nan")
+    if not n_ref:
+        f1 = float("nan")   # nothing to find: MSSEG-2 scores such cases by NLP / VLP instead
+    elif not n_pred:
+        f1 = 0.0            # every reference lesion missed: recall 0, so F1 0 whatever the precision
     else:
         f1 = 2 * ppv * sens / (ppv + sens) if ppv + sens > 0 else 0.0
     voxel_volume = float(np.prod(spacing)) if spacing is not None else 1.0

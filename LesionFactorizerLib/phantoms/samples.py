@@ -22,9 +22,13 @@ _SAMPLE_P99 = 400.0
 
 
 def sample_data_dir() -> str:
-    """Resources/SampleData of the source tree (the extension layout keeps it beside the Lib)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.normpath(os.path.join(here, "..", "..", "Resources", "SampleData"))
+    """Resources/SampleData: installed package data (a wheel), else the source tree's (the extension
+    layout keeps it beside the Lib)."""
+    lib = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    installed = os.path.join(lib, "Resources", "SampleData")
+    if os.path.isfile(os.path.join(installed, MANIFEST_NAME)):
+        return installed
+    return os.path.normpath(os.path.join(lib, "..", "Resources", "SampleData"))
 
 
 def sha256(path: str) -> str:

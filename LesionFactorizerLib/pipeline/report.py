@@ -95,11 +95,15 @@ def write_overview(path: Path, inputs: list, labels_image, task, component: tupl
     for lb in task.labels:
         colors[lb.value] = [*(np.array(lb.color) / 255.0), 0.55]
     cmap = ListedColormap(colors)
+    # overlays go on the task's reference input: for ms-new the follow-up FLAIR, the one scan
+    # in which the new lesions are visible
+    names = [name for name, _, _ in vols]
+    back = names.index(task.reference) if task.reference in names else 0
     for r, z in enumerate(zs):
         for c, (name, vol, (lo, hi)) in enumerate(vols):
             axes[r, c].imshow(vol[r], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
             axes[r, c].set_title(f"{name}  z={z}" if r == 0 else f"z={z}", fontsize=8)
-        name, vol, (lo, hi) = vols[0]
+        name, vol, (lo, hi) = vols[back]
         ax = axes[r, len(vols)]
         ax.imshow(vol[r], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
         ax.imshow(lab[r], cmap=cmap, vmin=0, vmax=255, interpolation="nearest", aspect=aspect)

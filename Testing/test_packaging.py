@@ -1,0 +1,28 @@
+"""A wheel (non-editable install) carries what `demo` and `train` need: demo models, sample cases,
+training configs — not only the editable checkout."""
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_ships_demo_models_sample_cases_and_configs(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                        "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300, encoding="utf-8")
+    assert p.returncode == 0, p.stderr[-2000:]
+    (wheel,) = tmp_path.glob("lesion_factorizer-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    res = "LesionFactorizerLib/Resources/"
+    for task in ("tumor", "stroke", "ms-new"):
+        assert f"{res}Models/demo-{task}.safetensors" in names
+        assert f"LesionFactorizerLib/training/configs/demo-{task}.yaml" in names
+    manifest = json.loads((ROOT / "Resources" / "SampleData" / "manifest.json").read_text(encoding="utf-8"))
+    for case in manifest["cases"].values():
+        for file in [*case["inputs"].values(), case["label"]]:
+            assert f"{res}SampleData/{file}" in names
+    assert f"{res}SampleData/manifest.json" in names
+    assert not any(n.startswith(("Testing/", "out/", "LesionFactorizer/")) for n in names)
