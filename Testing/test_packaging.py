@@ -2,6 +2,7 @@
 training configs — not only the editable checkout."""
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,8 +12,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_wheel_ships_demo_models_sample_cases_and_configs(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                        "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300, encoding="utf-8")
+    # build from a copy: setuptools leaves a build/ folder beside the sources
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("LesionFactorizerLib", "training", "Resources"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(src)],
+                       capture_output=True, text=True, timeout=300, encoding="utf-8")
     assert p.returncode == 0, p.stderr[-2000:]
     (wheel,) = tmp_path.glob("lesion_factorizer-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -115,6 +115,12 @@ def test_real_worker_run_is_parsed_and_mapped_to_results(tmp_path):
     # probability maps load through the same reader as component maps
     maps, ijk_to_ras = components.read_stack(files.probabilities)
     assert maps.shape == (1, 20, 28, 24)
+    # named from report.json itself, the model file need not be readable any more
+    from LesionFactorizerLib.modelfile import read_metadata
+
+    assert data["probability_channels"] == read_metadata(model)["outputs"]["channels"] != []
+    model.unlink()
+    assert report.probability_channels(data) == data["probability_channels"]
     assert np.allclose(ijk_to_ras[:3, 3], [-ORIGIN[0], -ORIGIN[1], ORIGIN[2]])
 
 

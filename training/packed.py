@@ -21,14 +21,13 @@ rented GPU host may lack SimpleITK and MONAI altogether. This module splits the 
     (``checkpoints/{best,last}.ckpt.safetensors``, ``logs/metrics.csv``, ``result.json``), so
     ``lesion-factorizer export`` and ``training/demo_models.py``'s card step read it unchanged.
 
-    python training/packed.py pack demo-ms-new-gpu --data-root out/gpu/data/ms-new-train --out pack.npz
+    python training/packed.py pack demo-ms-new-gpu --data-root out/demo-models/data-gpu/ms-new-train --out pack.npz
     python training/packed.py train demo-ms-new-gpu --pack pack.npz --output-dir runs --minutes 7
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 if __package__ in (None, ""):      # run as a script from a checkout: python training/packed.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -74,8 +75,6 @@ def pack(cfg: TrainConfig, out: Path, fold: int = 0) -> dict:
 
 
 def load_pack(path: Path, device) -> dict[str, list]:
-    import torch
-
     z = np.load(path, allow_pickle=False)
     out: dict[str, list] = {"train": [], "val": []}
     for split in out:
@@ -91,11 +90,7 @@ def load_pack(path: Path, device) -> dict[str, list]:
 
 class GpuPatches:
     """Random augmented patch batches from volumes held on the device (see the module docstring)."""
-
     def __init__(self, cases: list[dict], patch: list[int], pos_fraction: float | None, aug, seed: int):
-        import torch
-
-        self.torch = torch
         self.patch, self.pos, self.aug = patch, pos_fraction, aug
         self.device = cases[0]["image"].device
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
@@ -103,8 +98,6 @@ class GpuPatches:
         self.fg = [torch.nonzero(c["label"][0] > 0) for c in self.cases]
 
     def _pad(self, case: dict) -> dict:
-        import torch.nn.functional as F
-
         short = [max(0, p - s) for p, s in zip(self.patch, case["image"].shape[1:])]
         if not any(short):
             return case
@@ -112,10 +105,9 @@ class GpuPatches:
         return {"image": F.pad(case["image"], pad), "label": F.pad(case["label"], pad)}
 
     def _u(self, n: int, low: float = 0.0, high: float = 1.0):
-        return low + (high - low) * self.torch.rand(n, generator=self.gen, device=self.device)
+        return low + (high - low) * torch.rand(n, generator=self.gen, device=self.device)
 
     def _crop(self, i: int, centred: bool):
-        torch = self.torch
         c = self.cases[i]
         shape = c["image"].shape[1:]
         if centred and len(self.fg[i]):
@@ -127,7 +119,6 @@ class GpuPatches:
         return c["image"][(slice(None),) + sl], c["label"][(slice(None),) + sl]
 
     def batch(self, size: int):
-        torch = self.torch
         idx = (self._u(size) * len(self.cases)).long().tolist()
         centred = (self._u(size) < (self.pos or 0.0)).tolist() if self.pos is not None else [False] * size
         pairs = [self._crop(i, c) for i, c in zip(idx, centred)]
@@ -139,9 +130,6 @@ class GpuPatches:
         return self._u(n) < prob
 
     def _augment(self, x, y):
-        torch = self.torch
-        import torch.nn.functional as F
-
         a, n = self.aug, x.shape[0]
         view = (n, 1, 1, 1, 1)
         if a.affine:
@@ -195,8 +183,6 @@ class GpuPatches:
 
 def _rotations(angles):
     """(n, 3) angles → (n, 3, 3) rotation matrices R_z·R_y·R_x."""
-    import torch
-
     c, s = torch.cos(angles), torch.sin(angles)
     one, zero = torch.ones_like(c[:, 0]), torch.zeros_like(c[:, 0])
 
@@ -210,9 +196,6 @@ def _rotations(angles):
 
 
 def _gaussian_blur(x, sigma: float):
-    import torch
-    import torch.nn.functional as F
-
     radius = max(1, int(math.ceil(3 * sigma)))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
@@ -230,7 +213,6 @@ def _gaussian_blur(x, sigma: float):
 def _bias_field(shape, degree: int, coeff, uniform):
     """exp of a random Legendre polynomial of total degree ≤ ``degree`` over the patch (as MONAI's
     RandBiasField), one field per sample, shared by its channels."""
-    import torch
 
     n, _, *size = shape
     axes = [torch.linspace(-1, 1, s, device=uniform(1).device) for s in size]
@@ -249,10 +231,10 @@ def _bias_field(shape, degree: int, coeff, uniform):
 
 
 def sliding_window(model, image, patch: list[int], batch: int = 32):
-    """Logits of ``model`` over ``image`` (C, z, y, x) with half-overlapping patches, averaged."""
-    import torch
-    import torch.nn.functional as F
+    """Logits of ``model`` over ``image`` (C, z, y, x) with half-overlapping patches, averaged.
 
+    ``train`` and ``segment`` use MONAI's sliding window; this host may not have MONAI, and
+    checkpoint selection needs no more than a plain average of half-overlapping windows."""
     size = list(image.shape[1:])
     short = [max(0, p - s) for p, s in zip(patch, size)]
     x = F.pad(image, [v for s in reversed(short) for v in (0, s)]) if any(short) else image
@@ -282,8 +264,6 @@ def sliding_window(model, image, patch: list[int], batch: int = 32):
 
 def validate(model, cases: list[dict], cfg: TrainConfig, patch: list[int]) -> dict[str, float]:
     """Mean validation scores, named as ``lesion-factorizer train`` logs them (val/…)."""
-    import torch
-
     from LesionFactorizerLib.evaluation import detect_lesions, dice
     from LesionFactorizerLib.tasks import get_task
 
@@ -322,9 +302,9 @@ def train(cfg: TrainConfig, pack_path: Path, output_dir: Path, minutes: float | 
           fold: int = 0, init: Path | None = None, log=print) -> dict:
     """Train ``cfg`` on the packed arrays, from the weights of checkpoint ``init`` if given (a new
     schedule, warm-up included); returns the contents of ``result.json``."""
-    import torch
 
     from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.evaluation.cohort import write_csv
 
     from .checkpoint_io import SUFFIX, load_checkpoint_file, save_checkpoint_file
     from .losses import DeepSupervisionLoss, SegmentationLoss
@@ -415,13 +395,7 @@ def train(cfg: TrainConfig, pack_path: Path, output_dir: Path, minutes: float | 
                 log(f"{cfg.name}: time budget reached at step {start_step + step}")
                 break
     save(ckpt_dir / f"last{SUFFIX}", step)
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    with open(run_dir / "logs" / "metrics.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, run_dir / "logs" / "metrics.csv")
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
     result = {"best": str(ckpt_dir / f"best{SUFFIX}") if best_step else None, "last": str(ckpt_dir / f"last{SUFFIX}"),
               "best_val_dice": best if best_step else None, "best_step": best_step, "steps": start_step + step,
@@ -457,7 +431,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "pack":
             print(json.dumps(pack(cfg, Path(args.out))))
             return 0
-        import torch
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         print(json.dumps(train(cfg, Path(args.pack), Path(args.output_dir), args.minutes, device,

@@ -119,20 +119,14 @@ def _prepend_csv(older: Path, newer: Path) -> None:
     """metrics.csv of a resumed run = the rows logged before the resume, then the new ones."""
     import csv
 
+    from LesionFactorizerLib.evaluation.cohort import write_csv
+
     rows = []
     for path in (older, newer):
         if path.is_file():
             with open(path, newline="", encoding="utf-8") as f:
                 rows += list(csv.DictReader(f))
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    tmp = newer.with_name(newer.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(newer)
+    write_csv(rows, newer)
     older.unlink()
 
 

@@ -84,11 +84,13 @@ def lesion_count(report: Mapping[str, Any]) -> int:
 def probability_channels(report: Mapping[str, Any]) -> list[str]:
     """Names of the channels in probabilities.<ext>, in file order.
 
-    The worker writes every model output channel except ``background`` but does not record their
-    names in report.json or the done event, so they are read from the model file the report says
-    was used (its metadata is torch-free to read). Not the task's channel list: a model decides
-    its own outputs (e.g. BraTS regions vs. labels).
+    report.json lists them (``probability_channels``); reports written before that key existed
+    are named from the model file the report says was used (its metadata is torch-free to read),
+    never from the task's channel list: a model decides its own outputs (BraTS regions vs. labels).
     """
+    listed = report.get("probability_channels")
+    if isinstance(listed, list) and all(isinstance(c, str) for c in listed):
+        return list(listed)
     from LesionFactorizerLib.modelfile import read_metadata
 
     model = report.get("model")

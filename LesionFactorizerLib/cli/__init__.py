@@ -34,6 +34,20 @@ def _command_modules():
             yield module
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return int(text)
+
+
+def _set_threads(n: int) -> None:
+    """Before torch starts its thread pools (and for subprocesses such as the training workers)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
 class _Parser(argparse.ArgumentParser):
     """A usage mistake gets the same single ``error:`` line as any other bad input (argparse would
     print the whole usage first), naming where the full usage is."""
@@ -49,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Factorizer networks.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="CPU threads for torch (default: one per core). On a machine shared with other "
+                        "jobs fewer threads are often faster, e.g. --threads 1")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _command_modules():
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
@@ -69,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     _utf8_pipes()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads:
+        _set_threads(args.threads)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0

@@ -258,8 +258,10 @@ def segment_case(opts: SegmentOptions, progress: Progress | None = None,
         progress.stage("write", "writing results")
         t = time.monotonic()
         write_image(labels_img, tmp / written["segmentation"])
+        probability_channels = None
         if opts.probabilities:
             keep = [c for c, ch in enumerate(channels) if ch != "background"]
+            probability_channels = [channels[c] for c in keep]
             # one channel image at a time, so at most one extra full-size copy exists alongside probs
             parts = []
             for c in keep:
@@ -310,6 +312,8 @@ def segment_case(opts: SegmentOptions, progress: Progress | None = None,
             "outputs": dict(written, report="report.json"),
             "warnings": list(warnings),
         }
+        if probability_channels is not None:
+            report["probability_channels"] = probability_channels   # file order of probabilities.<ext>
         if components_note:
             report["components_note"] = components_note
         write_json(tmp / "report.json", report)
