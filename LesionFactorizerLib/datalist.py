@@ -67,7 +67,7 @@ def _rows(path: Path) -> list[dict]:
 
 def check_case_id(case_id: str, where: str) -> str:
     """Case ids name output folders and cache files: no path separators, not ``.``/``..``."""
-    if case_id in (".", "..") or any(c in case_id for c in "/\\") or case_id != case_id.strip():
+    if case_id in (".", "..") or any(c in case_id for c in "/\\\0") or case_id != case_id.strip():
         raise UserError(f"{where}: case id {case_id!r} cannot be used as a folder name; use letters, digits, "
                         "'-', '_' or '.' without path separators")
     return case_id

@@ -106,7 +106,8 @@ def test_case_ids_that_are_not_plain_folder_names_are_refused(tmp_path, case_id)
     proc = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "batch", str(jlist), "--model", model,
                            "-o", str(out), "--no-overview", "--progress", "none"],
                           cwd=REPO, capture_output=True, text=True, encoding="utf-8", timeout=120)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: case id") and "plain case names" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "cannot be used as a folder name" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "deep").exists() and not (tmp_path / "escape").exists()
 
 

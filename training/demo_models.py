@@ -56,6 +56,14 @@ REAL_DATA = {   # (bundled config, data folder, note)
 LAYOUT = {"tumor": "brats", "stroke": "isles22", "ms-new": "msseg2"}
 
 
+def run(cmd: list[str], threads: int | None = None) -> None:
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+
+
 def cli(*args: str, threads: int | None = None) -> None:
     run([sys.executable, "-m", "LesionFactorizerLib", *args], threads)
 
@@ -80,14 +88,6 @@ def make_data(r: Recipe) -> None:
             continue
         cli("phantom", "--task", r.task, "--n", str(n), "--seed", str(seed), "--spacing",
             str(SPACING_MM[r.task]), "--out", str(out))
-
-
-def run(cmd: list[str], threads: int | None = None) -> None:
-    env = dict(os.environ)
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
 
 
 def make_pack(r: Recipe) -> None:
@@ -150,17 +150,29 @@ def held_out_scores(task: str, model: Path, test_dir: Path, work: Path) -> dict:
 
 
 def how_trained(r: Recipe, result: dict, kept: int) -> str:
-    """One sentence on the run behind the weights, from its result.json."""
+    """One sentence on the run behind the weights, from its result.json (``history``, free text,
+    describes the stages before a run that started from another run's checkpoint)."""
     minutes = result.get("seconds", 0) / 60
     where = result.get("device") or "2 shared CPU cores"
-    text = f"Trained for {result.get('steps')} steps ({minutes:.0f} min wall-clock on {where}"
-    if result.get("init_step"):
-        text += (f", continuing with a new warm-up from the best checkpoint (step {result['init_step']}) of an "
-                 "earlier run")
+    steps, start = result.get("steps"), result.get("init_step")
+    if start:
+        text = (f"Trained for {steps} steps in stages ({result.get('history', 'an earlier run')}; the last, "
+                f"{steps - start} steps in {minutes:.0f} min on {where}, started from the best checkpoint of the "
+                f"stage before, step {start}, with a new warm-up")
+    else:
+        text = f"Trained for {steps} steps ({minutes:.0f} min wall-clock on {where}"
     return (text + f"; these are the weights of the best-validation checkpoint, step {kept}) on "
             f"{r.train_cases} phantoms made by `lesion-factorizer phantom --task {r.task} --n {r.train_cases} "
             f"--seed {TRAIN_SEED} --spacing {SPACING_MM[r.task]:g}` (MNI152 anatomy with simulated lesions; "
             f"never patient data), config `training/configs/{r.config}.yaml`.")
+
+
+def held_note(held: dict) -> str:
+    """Lesion F1 is undefined for a case without lesions: say over how many cases it is averaged."""
+    scored = [c for c in held["per_case"] if isinstance(c.get("lesion_f1"), float) and c["lesion_f1"] == c["lesion_f1"]]
+    if not scored or len(scored) == held["cases"]:
+        return ""
+    return f", lesion F1 over the {len(scored)} with a lesion"
 
 
 def model_card(r: Recipe, meta: dict, held: dict, result: dict) -> str:
@@ -180,7 +192,7 @@ def model_card(r: Recipe, meta: dict, held: dict, result: dict) -> str:
         f"{kw['head_dim']}, window {kw['window']}, fp16 weights), inputs {', '.join(meta['inputs'])}, "
         f"{pre['spacing'][0]:g} mm spacing, {'x'.join(str(p) for p in pre['patch_size'])} patches. "
         f"{how_trained(r, result, meta['training'].get('steps'))} Held-out phantoms ({held['cases']} cases, "
-        f"seed {held['seed']}; means over cases, lesion F1 over the cases with a new lesion): {scores}. "
+        f"seed {held['seed']}; means over cases{held_note(held)}): {scores}. "
         f"It exists so that `lesion-factorizer demo`, the Slicer module and the "
         f"tests run offline; it is not validated on real scans and will miss or invent lesions there. To "
         f"train on real data: `lesion-factorizer train {preset} --data-root {where}`{note}, then "

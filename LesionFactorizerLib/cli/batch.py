@@ -33,74 +33,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_segment_options(parser)
 
 
-def _case_id_key(row: dict) -> str:
-    for key in ("case_id", "case", "id", "subject"):
-        if key in row:
-            return key
-    raise UserError("the datalist needs a case_id column (or case / id / subject)")
-
-
 def read_cases(source: str | Path, task) -> list[tuple[str, dict[str, str]]]:
     """(case id, {input name: path}) for every case of a datalist or case folder."""
+    from LesionFactorizerLib.datalist import read_datalist
     from LesionFactorizerLib.tasks import is_image_file
 
     source = Path(source)
     if not source.exists():
         raise UserError(f"{source} does not exist; give a CSV/JSON datalist or a folder of case folders")
-    cases: list[tuple[str, dict[str, str]]] = []
-    if source.is_dir():
-        for case_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            entries = [str(p) for p in sorted(case_dir.iterdir())
-                       if (p.is_file() and is_image_file(p)) or p.is_dir()]
-            cases.append((case_dir.name, task.match_inputs(entries)))
-        if not cases:
-            raise UserError(f"folder {source} has no case sub-folders")
-        return cases
-    base = source.parent
-    if source.suffix.lower() == ".json":
-        try:
-            data = json.loads(source.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise UserError(f"datalist {source} is not valid JSON ({exc})") from None
-        if isinstance(data, dict):
-            data = data.get("cases", data.get("data"))
-        if not isinstance(data, list):
-            raise UserError(f"datalist {source} must hold a list of cases")
-        rows = []
-        for item in data:
-            if not isinstance(item, dict):
-                raise UserError(f"datalist {source}: every case must be an object")
-            inputs = item.get("inputs", {k: v for k, v in item.items() if k in task.input_names})
-            rows.append(({"case_id": item.get("case_id", item.get("id"))}, inputs))
-    elif source.suffix.lower() in (".csv", ".tsv"):
-        with open(source, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="\t" if source.suffix.lower() == ".tsv" else ",")
-            rows = []
-            for row in reader:
-                key = _case_id_key(row)
-                # only input columns: a training datalist's label / fold columns are not inputs
-                rows.append(({"case_id": row[key]}, {k: v for k, v in row.items() if k in task.input_names and v}))
-    else:
-        raise UserError(f"datalist {source} must be .csv, .tsv or .json")
-    for i, (head, inputs) in enumerate(rows):
-        case_id = str(head["case_id"] or f"case{i + 1:04d}").strip()
-        check_case_id(case_id, source)
-        if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values()):
-            raise UserError(f"datalist {source}: case {case_id}'s inputs must map input names to paths")
-        resolved = {k: str(Path(v) if Path(v).is_absolute() else base / v) for k, v in inputs.items()}
-        cases.append((case_id, resolved))
-    ids = [c for c, _ in cases]
-    dupes = sorted({c for c in ids if ids.count(c) > 1})
-    if dupes:
-        raise UserError(f"duplicate case ids in {source}: {', '.join(dupes[:5])}")
+    if not source.is_dir():
+        # a training datalist's label / fold columns are not inputs; missing inputs fail per case
+        return [(e.id, e.inputs) for e in read_datalist(source, task.input_names)]
+    cases = []
+    for case_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        entries = [str(p) for p in sorted(case_dir.iterdir()) if (p.is_file() and is_image_file(p)) or p.is_dir()]
+        cases.append((case_dir.name, task.match_inputs(entries)))
+    if not cases:
+        raise UserError(f"folder {source} has no case sub-folders")
     return cases
-
-
-def check_case_id(case_id: str, source: Path) -> None:
-    """A case id becomes a folder name under --output: no path separators, nothing that leaves it."""
-    if not case_id or case_id in (".", "..") or any(c in case_id for c in "/\\\0"):
-        raise UserError(f"case id {case_id!r} in {source} cannot name an output folder (empty, '.', '..' or "
-                        "containing a path separator); use plain case names")
 
 
 def _read_report(path: Path) -> dict | None:

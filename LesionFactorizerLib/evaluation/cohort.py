@@ -20,7 +20,7 @@ import numpy as np
 
 from LesionFactorizerLib.evaluation.lesions import detect_lesions
 from LesionFactorizerLib.evaluation.overlap import dice, hausdorff95
-from LesionFactorizerLib.tasks import get_task
+from LesionFactorizerLib.tasks import get_task, image_suffix, is_image_file
 
 
 def regions_for(task: str) -> dict[str, tuple[int, ...]]:
@@ -115,15 +115,9 @@ def same_grid(a, b) -> bool:
     return Geometry.from_image(a).same_grid(Geometry.from_image(b))
 
 
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".seg.nrrd")
-
-
 def case_id(path: Path) -> str:
-    name = path.name
-    for suffix in sorted(LABEL_SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    suffix = image_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.stem
 
 
 def find_predictions(folder: str | Path) -> dict[str, Path]:
@@ -136,7 +130,7 @@ def find_predictions(folder: str | Path) -> dict[str, Path]:
             segs = [q for q in sorted(p.iterdir()) if q.name.startswith("segmentation.")]
             if segs:
                 found[p.name] = segs[0]
-        elif p.name.endswith(LABEL_SUFFIXES):
+        elif is_image_file(p):
             found[case_id(p)] = p
     return found
 
