@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -371,11 +370,10 @@ def save_model_file(path: str | os.PathLike, model: Any, metadata: dict[str, Any
     blob = save(tensors, metadata={METADATA_KEY: json.dumps(meta)})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_file(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
-        _ordinary_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -442,12 +440,19 @@ def verify_model(path_or_name: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
-def _ordinary_mode(path) -> None:
-    """mkstemp files are private (0600); a model file is an ordinary file, readable as the umask allows
-    (a shared model folder, a file shipped in the repository)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+def _temp_file(folder: Path, name: str) -> tuple[int, str]:
+    """A new hidden temporary file beside ``name`` for an atomic write. Unlike mkstemp's private
+    0600 files it gets the umask's ordinary mode, as a model file should (shared model folders,
+    files shipped in the repository); the umask is applied by the kernel, not read and reset,
+    which would race with other threads (the Slicer GUI)."""
+    import secrets
+
+    while True:
+        tmp = str(folder / f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 # ------------------------------------------------------------------------------------------------
@@ -552,14 +557,13 @@ def import_model(source: str | os.PathLike, name: str | None = None, overwrite: 
         raise UserError(f"{dest} already exists; pass --overwrite to replace it or --name to choose another name")
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest_dir)
+        fd, tmp = _temp_file(dest_dir, dest.name)
         os.close(fd)
     except OSError as exc:
         raise UserError(f"cannot write to the model folder {dest_dir} ({exc.strerror}); set {ENV_MODELS} to a "
                         "writable folder") from None
     try:
         shutil.copyfile(source, tmp)
-        _ordinary_mode(tmp)
         os.replace(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -19,8 +19,17 @@ def test_wheel_ships_demo_models_sample_cases_and_configs(tmp_path):
         shutil.copy2(ROOT / name, src / name)
     for name in ("LesionFactorizerLib", "training", "Resources"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(src)],
-                       capture_output=True, text=True, timeout=300, encoding="utf-8")
+    # offline when the environment already has a new enough setuptools; else pip fetches one
+    isolation: list[str] = []
+    try:
+        import setuptools
+
+        if int(setuptools.__version__.split(".")[0]) >= 77:
+            isolation = ["--no-build-isolation"]
+    except ImportError:
+        pass
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(tmp_path),
+                        str(src)], capture_output=True, text=True, timeout=300, encoding="utf-8")
     assert p.returncode == 0, p.stderr[-2000:]
     (wheel,) = tmp_path.glob("lesion_factorizer-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -202,3 +202,13 @@ def test_set_reads_exponent_numbers_as_numbers():
                               "--set", "data.patch_size=[8,8,8]"])
     o = overrides_from(args)
     assert o["optim"]["lr"] == 0.001 and o["model"]["preset"] == "2e-unet" and o["data"]["patch_size"] == [8, 8, 8]
+
+
+def test_config_files_read_exponent_numbers_as_numbers(tmp_path):
+    from LesionFactorizerLib.training.config import load_config
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("base: stroke-base.yaml\noptim: {lr: 1e-3, weight_decay: 1e-5}\ndescription: \"1e5\"\n",
+                    encoding="utf-8")
+    cfg = load_config(path)
+    assert cfg.optim.lr == 0.001 and cfg.optim.weight_decay == 1e-5 and cfg.description == "1e5"

@@ -62,7 +62,34 @@ def test_pack_holds_the_preprocessed_arrays_to_within_the_quantisation_step(pack
     assert np.array_equal(got["label"].numpy(), want["label"])
 
 
-def test_patches_are_augmented_but_stay_aligned_with_their_labels(packed):
+def test_spatial_augmentation_moves_image_and_label_together():
+    """Channel 0 *is* the label, so after rotation, scaling and flips thresholding it must give the
+    label back (up to interpolation at the borders); a label left untransformed would not match."""
+    z, y, x = np.meshgrid(*[np.arange(n) for n in (20, 24, 28)], indexing="ij")
+    label = ((z < 9) & (y < 10) | (x > 20)).astype(np.uint8)[None]          # asymmetric, off-centre
+    image = np.concatenate([label, np.random.default_rng(0).normal(size=label.shape)]).astype(np.float32)
+    case = {"image": torch.from_numpy(image), "label": torch.from_numpy(label)}
+    aug = copy.deepcopy(load_config("demo-ms-new-gpu").data.augmentation)
+    for name in AUGMENTATIONS:
+        if name not in ("affine", "flip"):
+            setattr(aug, name, None)
+    aug.affine.prob = aug.flip.prob = 1.0
+    patch = [12, 16, 20]                                                      # not cubic on purpose
+    x_aug, y_aug = GpuPatches([case], patch, None, aug, seed=1).batch(16)
+    plain = copy.deepcopy(aug)
+    plain.affine = plain.flip = None
+    _, y_plain = GpuPatches([case], patch, None, plain, seed=1).batch(16)     # same crops, no transform
+
+    def dice(a, b):
+        return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
+
+    moved = x_aug[:, :1] > 0.5
+    assert not torch.equal(y_aug, y_plain)                                    # the transform did something
+    assert dice(moved, y_aug.bool()) > 0.9
+    assert dice(moved, y_plain.bool()) < dice(moved, y_aug.bool()) - 0.1
+
+
+def test_patches_with_every_augmentation_are_finite_and_lesion_centred(packed):
     cases = load_pack(packed["pack"], "cpu")["train"]
     aug = copy.deepcopy(load_config("demo-ms-new-gpu").data.augmentation)
     from LesionFactorizerLib.training.config import BiasFieldAug
@@ -80,15 +107,16 @@ def test_patches_are_augmented_but_stay_aligned_with_their_labels(packed):
     # lesion-centred crops hold lesion; the phantoms' lesions are bright on DWI (channel 0)
     assert (y0.flatten(1).amax(1) == 1).all()
     assert x0[:, 0][y0[:, 0] == 1].mean() > x0[:, 0][y0[:, 0] == 0].mean() + 1
-    assert not torch.equal(x, x0)            # augmentation changed the images …
-    assert x[:, 0][y[:, 0] == 1].mean() > x[:, 0][(y[:, 0] == 0) & (x[:, 0] != 0)].mean()   # … not the alignment
+    assert not torch.equal(x, x0)
 
 
-def _train(packed, out: Path, *extra: str) -> dict:
+def _train(packed, out: Path, *extra: str, check: bool = True):
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     p = subprocess.run([sys.executable, str(ROOT / "training" / "packed.py"), "train", str(packed["cfg_path"]),
                         "--pack", str(packed["pack"]), "--output-dir", str(out), "--device", "cpu", *extra],
                        capture_output=True, text=True, timeout=300, env=env, encoding="utf-8")
+    if not check:
+        return p
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -113,17 +141,44 @@ def test_train_from_pack_writes_the_train_run_layout_that_export_reads(packed, t
     assert loaded.metadata["inputs"] == ["dwi", "adc"]
     assert loaded.metadata["training"]["steps"] == result["best_step"]
 
-    # --init continues from those weights with a new schedule; steps keep counting
+    # the same run folder again is refused, not overwritten
+    again = _train(packed, tmp_path / "runs", check=False)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+    # --init continues from those weights with a new schedule; steps keep counting, the starting
+    # weights are validated first (the score to beat) and the history names the earlier run
     more = _train(packed, tmp_path / "more", "--init", str(best), "--set", "trainer.max_steps=6",
                   "--set", "trainer.val_every=3")
     assert more["init_step"] == result["best_step"] and more["steps"] == result["best_step"] + 6
+    assert more["history"].startswith("12 steps in 0 min on CPU")
+    with open(tmp_path / "more" / "tiny" / "fold0" / "logs" / "metrics.csv", newline="", encoding="utf-8") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == [result["best_step"], result["best_step"] + 3, result["best_step"] + 6]
+    assert more["best_val_dice"] >= result["best_val_dice"] - 1e-9
 
 
-def test_train_refuses_a_pack_without_training_cases(packed, tmp_path):
-    empty = tmp_path / "empty.npz"
-    np.savez(empty, inputs=np.asarray(["dwi", "adc"]), task=np.asarray("stroke"))
+def test_time_budget_sets_the_step_count(packed, tmp_path):
+    result = _train(packed, tmp_path / "runs", "--minutes", "0.4", "--set", "trainer.max_steps=100000")
+    assert 40 < result["steps"] < 100000 and result["seconds"] < 0.4 * 60 + 20
+
+
+def test_a_pack_made_for_other_settings_is_refused(packed, tmp_path):
+    p = _train(packed, tmp_path / "runs", "--set", "data.spacing=[3.0,3.0,3.0]", check=False)
+    assert p.returncode == 2 and "pack" in p.stderr and "spacing" in p.stderr and "pack again" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("content, message", [("meta", "holds no training case"), ("foreign", "is not a pack")])
+def test_train_refuses_empty_or_foreign_packs(packed, tmp_path, content, message):
+    from LesionFactorizerLib.training.packed import pack_meta
+
+    bad = tmp_path / "bad.npz"
+    if content == "meta":
+        np.savez(bad, meta=np.asarray(json.dumps(pack_meta(packed["cfg"]))))
+    else:
+        np.savez(bad, something=np.zeros(3))
     p = subprocess.run([sys.executable, str(ROOT / "training" / "packed.py"), "train", str(packed["cfg_path"]),
-                        "--pack", str(empty), "--output-dir", str(tmp_path / "r"), "--device", "cpu"],
+                        "--pack", str(bad), "--output-dir", str(tmp_path / "r"), "--device", "cpu"],
                        capture_output=True, text=True, timeout=120, encoding="utf-8")
-    assert p.returncode != 0 and "holds no training case" in p.stderr
+    assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()

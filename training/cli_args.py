@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 import yaml
 
 from LesionFactorizerLib.errors import UserError
 
-NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+from .config import yaml_load
 
 
 class ListConfigs(argparse.Action):
@@ -78,10 +77,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=3e-4")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = yaml_load(raw)
         except yaml.YAMLError:
             raise UserError(f"--set {item!r}: the value is not valid YAML") from None
-        if isinstance(value, str) and NUMBER.fullmatch(value):
-            value = float(value)   # YAML 1.1 reads 1e-3 (no dot) as a string; here it means the number
         put(key.strip(), value)
     return o

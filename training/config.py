@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,22 @@ import yaml
 from LesionFactorizerLib.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where ``1e-3`` (no dot) is a string; YAML 1.2 — and every person
+    writing a learning rate — reads it as a number. Quoted values stay strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    """Safe YAML with 1.2 floats: configs and ``--set`` values."""
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass
@@ -206,7 +223,7 @@ def load_raw(path: str | Path, _seen: tuple = ()) -> dict:
     if path in _seen:
         raise UserError(f"config {path} includes itself through 'base:'")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"config {path} is not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
     if not isinstance(raw, dict):

@@ -12,9 +12,9 @@ Two recipes, one network (a reduced-width Swin Factorizer):
   ten times slower than one). The shipped stroke model.
 * ``gpu`` — ``training/packed.py`` with ``demo-<task>-gpu.yaml`` on 64 phantoms (the first 32 are
   the CPU recipe's), widths 16-256, 32-patch batches, minutes on one GPU. The shipped tumor and
-  ms-new models. The GPU host needs torch, numpy and PyYAML only: ``pack`` runs here, then copy the
-  pack and the checkout there, run the ``train`` step (or the ``packed.py train`` command it prints)
-  and copy ``WORK/runs/demo-<task>-gpu`` back before the ``card`` step.
+  ms-new models. The GPU host needs a stock PyTorch stack, not SimpleITK or MONAI: ``pack`` runs
+  here, then copy the pack and the checkout there, run the ``train`` step (or the ``packed.py
+  train`` command it prints) and copy ``WORK/runs/demo-<task>-gpu`` back before ``card``.
 
 Steps, per task (each skips what its output already holds, so an interrupted build resumes):
 

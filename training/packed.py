@@ -1,8 +1,8 @@
 """Train on one GPU from a packed array file — the fast path for small models such as the demo ones.
 
 ``lesion-factorizer train`` reads case files with SimpleITK and augments patches with MONAI on CPU
-workers. For a model of half a million parameters the CPU side is then the bottleneck, and a
-rented GPU host may lack SimpleITK and MONAI altogether. This module splits the work in two:
+workers. For a model of a million parameters the CPU side is then the bottleneck, and a rented
+GPU host may lack SimpleITK, MONAI and nilearn altogether. This module splits the work in two:
 
 ``pack`` (where the library is installed)
     Every case of the config's fold split goes through :func:`preprocess.load_case` — the arrays
@@ -10,12 +10,15 @@ rented GPU host may lack SimpleITK and MONAI altogether. This module splits the 
     ``.npz``: images quantised to uint8 in steps of 1/20 of a z-score unit (error ≤ 0.025 σ, far
     below the images' noise; half the size of fp16 so more cases travel), labels as uint8.
 
-``train`` (on the GPU host; needs only torch, numpy and PyYAML)
+``train`` (on the GPU host; needs what a stock PyTorch image has — torch, numpy, PyYAML, einops,
+safetensors, scipy, lightning (for the checkpoint plug-in's module) — but not SimpleITK or MONAI)
     All volumes live on the GPU. Patches (``data.pos_fraction`` of them centred on a lesion voxel)
     and every augmentation of ``data.augmentation`` (affine, flips, noise, smoothing, intensity
     scale/shift, bias field, contrast — the ranges and probabilities of ``augment.py``) are made
     there, a batch at a time. Network, loss, optimiser and schedule are those of
-    ``lesion-factorizer train``; validation is a sliding window over the packed validation cases.
+    ``lesion-factorizer train`` (in fp32 with TF32 matrix products, not bf16: the NMF layers'
+    multiplicative updates are the part that tolerates low precision least); validation is a
+    sliding window over the packed validation cases.
     ``--minutes`` fits the run to a time budget: the step count (and so the cosine schedule) is set
     from the speed of the first steps. The output is the run layout of ``lesion-factorizer train``
     (``checkpoints/{best,last}.ckpt.safetensors``, ``logs/metrics.csv``, ``result.json``), so
@@ -60,31 +63,62 @@ def pack(cfg: TrainConfig, out: Path, fold: int = 0) -> dict:
     val_cases = val_cases[: d.max_val_cases] if d.max_val_cases else val_cases
     names = input_names(cfg)
     arrays: dict[str, np.ndarray] = {}
+    clipped = voxels = 0
     for split, group in (("train", train_cases), ("val", val_cases)):
         for i, case in enumerate(group):
             c = load_case(case, names, d.spacing, task=cfg.task)
-            code = np.clip(np.round(c["image"] * Q_SCALE + Q_ZERO), 0, 255).astype(np.uint8)
-            arrays[f"{split}{i}_image"], arrays[f"{split}{i}_label"] = code, c["label"].astype(np.uint8)
+            code = np.round(c["image"] * Q_SCALE + Q_ZERO)
+            clipped += int(((code < 0) | (code > 255)).sum())
+            voxels += code.size
+            arrays[f"{split}{i}_image"] = np.clip(code, 0, 255).astype(np.uint8)
+            arrays[f"{split}{i}_label"] = c["label"].astype(np.uint8)
             arrays[f"{split}{i}_spacing"] = np.asarray(c["spacing"][::-1], np.float64)   # (z, y, x) mm
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays, inputs=np.asarray(names), task=np.asarray(cfg.task))
-    tmp.replace(out)
+    try:
+        np.savez_compressed(tmp, **arrays, **{"meta": np.asarray(json.dumps(pack_meta(cfg)))})
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return {"pack": str(out), "train": len(train_cases), "val": len(val_cases), "inputs": names,
-            "bytes": out.stat().st_size}
+            "clipped_fraction": clipped / max(voxels, 1), "bytes": out.stat().st_size}
 
 
-def load_pack(path: Path, device) -> dict[str, list]:
-    z = np.load(path, allow_pickle=False)
+def pack_meta(cfg: TrainConfig) -> dict:
+    """What the packed arrays depend on; ``train`` refuses a pack made for something else."""
+    from .preprocess import VERSION
+
+    d = cfg.data
+    return {"task": cfg.task, "inputs": input_names(cfg), "spacing": d.spacing, "root": str(d.root),
+            "folds": d.folds, "fold_seed": d.fold_seed, "preprocess_version": VERSION}
+
+
+def load_pack(path: Path, device, cfg: TrainConfig | None = None) -> dict[str, list]:
+    """Train and validation volumes on ``device``; with ``cfg``, the pack must have been made for
+    its task, inputs, spacing, data root and split."""
+    from LesionFactorizerLib.errors import UserError
+
+    if not Path(path).is_file():
+        raise UserError(f"pack {path} not found; make it with 'python training/packed.py pack CONFIG --out {path}'")
     out: dict[str, list] = {"train": [], "val": []}
-    for split in out:
-        i = 0
-        while f"{split}{i}_image" in z:
-            # (q - 80) / 20: exact zeros stay exact (the pipeline's background is 0)
-            image = (torch.from_numpy(z[f"{split}{i}_image"]).to(device).float() - Q_ZERO) / Q_SCALE
-            label = torch.from_numpy(z[f"{split}{i}_label"]).to(device)
-            out[split].append({"image": image, "label": label, "spacing": tuple(z[f"{split}{i}_spacing"])})
-            i += 1
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"])) if "meta" in z else None
+        if cfg is not None:
+            want = pack_meta(cfg)
+            if meta is None:
+                raise UserError(f"{path} is not a pack written by 'packed.py pack'")
+            differ = [k for k in want if meta.get(k) != want[k] and k != "root"]
+            if differ:
+                raise UserError(f"pack {path} was made for {', '.join(f'{k}={meta.get(k)}' for k in differ)}, "
+                                f"the config asks for {', '.join(f'{k}={want[k]}' for k in differ)}; pack again")
+        for split in out:
+            i = 0
+            while f"{split}{i}_image" in z:
+                # (q - 80) / 20: exact zeros stay exact (the pipeline's background is 0)
+                image = (torch.from_numpy(z[f"{split}{i}_image"]).to(device).float() - Q_ZERO) / Q_SCALE
+                label = torch.from_numpy(z[f"{split}{i}_label"]).to(device)
+                out[split].append({"image": image, "label": label, "spacing": tuple(z[f"{split}{i}_spacing"])})
+                i += 1
     return out
 
 
@@ -138,7 +172,10 @@ class GpuPatches:
                 r = math.radians(a.affine.rotate_deg)
                 ang = self._u(3 * n, -r, r).view(n, 3)
                 scale = self._u(3 * n, 1 - a.affine.scale, 1 + a.affine.scale).view(n, 3)
-                theta = _rotations(ang) * scale[:, None, :]
+                # rotate in voxel units: affine_grid works in [-1, 1] per axis, so conjugate with the
+                # patch's half-sizes (x, y, z order), else a non-cubic patch would be sheared
+                half = torch.tensor(list(x.shape[:1:-1]), device=x.device, dtype=x.dtype) / 2
+                theta = (_rotations(ang) * scale[:, None, :]) * half[None, None, :] / half[None, :, None]
                 eye = torch.eye(3, device=x.device).expand(n, 3, 3)
                 theta = torch.where(sel[:, None, None], theta, eye)
                 grid = F.affine_grid(torch.cat([theta, theta.new_zeros(n, 3, 1)], 2), list(x.shape),
@@ -174,8 +211,8 @@ class GpuPatches:
         if a.contrast:
             sel = self._chosen(n, a.contrast.prob).view(view)
             gamma = self._u(n, *a.contrast.gamma).view(view)
-            lo = x.amin(dim=(2, 3, 4), keepdim=True)
-            rng = x.amax(dim=(2, 3, 4), keepdim=True) - lo
+            lo = x.amin(dim=(1, 2, 3, 4), keepdim=True)        # over all channels, as MONAI does
+            rng = x.amax(dim=(1, 2, 3, 4), keepdim=True) - lo
             adjusted = ((x - lo) / rng.clamp_min(1e-7) + 1e-7).pow(gamma) * rng + lo
             x = torch.where(sel, adjusted, x)
         return x.contiguous(), y.round().to(torch.uint8)
@@ -301,42 +338,53 @@ def validate(model, cases: list[dict], cfg: TrainConfig, patch: list[int]) -> di
 def train(cfg: TrainConfig, pack_path: Path, output_dir: Path, minutes: float | None, device: str,
           fold: int = 0, init: Path | None = None, log=print) -> dict:
     """Train ``cfg`` on the packed arrays, from the weights of checkpoint ``init`` if given (a new
-    schedule, warm-up included); returns the contents of ``result.json``."""
+    schedule, warm-up included; those weights, validated first, are the best to beat); returns the
+    contents of ``result.json``."""
 
     from LesionFactorizerLib.errors import UserError
     from LesionFactorizerLib.evaluation.cohort import write_csv
 
     from .checkpoint_io import SUFFIX, load_checkpoint_file, save_checkpoint_file
     from .losses import DeepSupervisionLoss, SegmentationLoss
-    from .module import build_network
+    from .module import build_network, output_mode
     from .run import run_dir_for
     from .schedules import WarmupCosine
     from .targets import channel_labels, encode
     from LesionFactorizerLib.tasks import get_task
 
     t0 = time.perf_counter()
-    torch.manual_seed(cfg.trainer.seed)
-    if device.startswith("cuda"):
+    lc, o, t = cfg.loss, cfg.optim, cfg.trainer
+    if o.scheduler == "plateau":
+        raise UserError("optim.scheduler: plateau is not supported here (it needs Lightning's validation "
+                        "loop); use warmup_cosine or constant, or 'lesion-factorizer train'")
+    run_dir = run_dir_for(cfg, fold, output_dir)
+    if (run_dir / "result.json").exists() or (run_dir / "checkpoints" / f"last{SUFFIX}").exists():
+        raise UserError(f"{run_dir} already holds a run; choose another --output-dir (to continue it, "
+                        f"--init {run_dir / 'checkpoints' / f'best{SUFFIX}'} with a new --output-dir)")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)     # synchronize() and the device name below mean this GPU
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    data = load_pack(pack_path, device)
+    data = load_pack(pack_path, dev, cfg)
     if not data["train"]:
         raise UserError(f"{pack_path} holds no training case")
-    patch = list(cfg.data.patch_size)[::-1]        # config (x, y, z) → arrays (z, y, x)
-    sampler = GpuPatches(data["train"], patch, cfg.data.pos_fraction, cfg.data.augmentation, cfg.trainer.seed)
     model = build_network(cfg)
-    start_step = 0
+    start_step, history = 0, None
     if init:
         ckpt = load_checkpoint_file(init)
         model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
         start_step = int(ckpt.get("global_step", 0))
-    model = model.to(device)
-    channels = channel_labels(get_task(cfg.task), None if cfg.loss.kind != "dice_softmax" else "argmax")
-    lc, o, t = cfg.loss, cfg.optim, cfg.trainer
+        history = _history(Path(init))
+    model = model.to(dev)
+    # a continued run must not replay the patch stream of the run it continues
+    torch.manual_seed(t.seed + start_step)
+    patch = list(cfg.data.patch_size)[::-1]        # config (x, y, z) → arrays (z, y, x)
+    sampler = GpuPatches(data["train"], patch, cfg.data.pos_fraction, cfg.data.augmentation, t.seed + start_step)
+    channels = channel_labels(get_task(cfg.task), output_mode(cfg))
     criterion = DeepSupervisionLoss(SegmentationLoss(lc.kind, lc.smooth, lc.squared, lc.focal_gamma),
                                     lc.deep_supervision)
     opt = (torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam)(
         model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    run_dir = run_dir_for(cfg, fold, output_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
@@ -362,47 +410,70 @@ def train(cfg: TrainConfig, pack_path: Path, output_dir: Path, minutes: float | 
     rows: list[dict] = []
     best, best_step, step, losses = -math.inf, None, 0, []
     calibrate = (10, 40)       # steps timed to fit the budget; the first ones include warm-up
-    t_cal = t0
+    t_cal = val_seconds = 0.0
+
+    def validation() -> None:
+        nonlocal best, best_step, val_seconds
+        t_val = time.perf_counter()
+        scores = validate(model, data["val"], cfg, patch) if data["val"] else {}
+        row = {"step": start_step + step, "train/loss": float(np.mean(losses)) if losses else float("nan"),
+               "seconds": round(time.perf_counter() - t0, 1), **scores}
+        losses.clear()
+        rows.append(row)
+        log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+        if scores and scores["val/dice"] > best:
+            best, best_step = scores["val/dice"], start_step + step
+            save(ckpt_dir / f"best{SUFFIX}", step)
+        val_seconds += time.perf_counter() - t_val
+
+    if init:
+        validation()       # the starting weights are the score to beat
     while step < total:
         for g in opt.param_groups:
             g["lr"] = o.lr * (schedule(step) if o.scheduler == "warmup_cosine" else 1.0)
         losses.append(step_once())
         step += 1
         if minutes and step in calibrate:
-            if device.startswith("cuda"):
+            if dev.type == "cuda":
                 torch.cuda.synchronize()
             if step == calibrate[0]:
-                t_cal = time.perf_counter()
+                t_cal, val_before = time.perf_counter(), val_seconds
             else:
-                # steps from the measured speed, leaving a tenth of the rest for validation
-                per_step = (time.perf_counter() - t_cal) / (calibrate[1] - calibrate[0])
+                # steps from the measured speed (validation time excluded), leaving a tenth of the
+                # rest for validation
+                per_step = (time.perf_counter() - t_cal - (val_seconds - val_before)) / (calibrate[1] - calibrate[0])
                 left = minutes * 60 - (time.perf_counter() - t0)
                 total = max(step + 1, min(t.max_steps, step + int(0.9 * left / per_step)))
                 val_every = max(1, total // 10)
                 schedule = WarmupCosine(o.warmup_steps, total)
                 log(f"{cfg.name}: {per_step * 1e3:.0f} ms/step → {total} steps, validation every {val_every}")
         if step % val_every == 0 or step == total:
-            scores = validate(model, data["val"], cfg, patch) if data["val"] else {}
-            row = {"step": start_step + step, "train/loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - t0, 1),
-                   **scores}
-            losses.clear()
-            rows.append(row)
-            log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
-            if scores and scores["val/dice"] > best:
-                best, best_step = scores["val/dice"], start_step + step
-                save(ckpt_dir / f"best{SUFFIX}", step)
+            validation()
             if minutes and time.perf_counter() - t0 > minutes * 60:
                 log(f"{cfg.name}: time budget reached at step {start_step + step}")
                 break
     save(ckpt_dir / f"last{SUFFIX}", step)
     write_csv(rows, run_dir / "logs" / "metrics.csv")
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
-    result = {"best": str(ckpt_dir / f"best{SUFFIX}") if best_step else None, "last": str(ckpt_dir / f"last{SUFFIX}"),
-              "best_val_dice": best if best_step else None, "best_step": best_step, "steps": start_step + step,
-              "seconds": time.perf_counter() - t0, "fold": fold, "device": name, "trainer": "training/packed.py",
-              "init": str(init) if init else None, "init_step": start_step or None}
+    found = best_step is not None
+    result = {"best": str(ckpt_dir / f"best{SUFFIX}") if found else None, "last": str(ckpt_dir / f"last{SUFFIX}"),
+              "best_val_dice": best if found else None, "best_step": best_step, "steps": start_step + step,
+              "seconds": time.perf_counter() - t0, "fold": fold,
+              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
+              "trainer": "training/packed.py", "init": str(init) if init else None, "init_step": start_step or None,
+              "history": history}
     (run_dir / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+def _history(init: Path) -> str | None:
+    """The stages behind checkpoint ``init``, from the result.json of its run (when it sits in one),
+    for model cards: "N steps in M min on DEVICE", earlier stages first."""
+    result = init.parent.parent / "result.json"
+    if not result.is_file():
+        return None
+    r = json.loads(result.read_text(encoding="utf-8"))
+    stage = f"{r.get('steps')} steps in {r.get('seconds', 0) / 60:.0f} min on {r.get('device', 'CPU')}"
+    return f"{r['history']}, then {stage}" if r.get("history") else stage
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,8 @@ Conventions (documented once, here, and relied on by the tests):
   lesions and (β/γ) the predicted lesions that cover it, taken by decreasing overlap until they
   account for 65 % of the covered voxels, each lie at most 70 % outside the reference mask.
   PPV uses the same rule with the roles swapped. Sensitivity is NaN without reference lesions,
-  PPV NaN without predicted lesions; F1 = 2·PPV·SEN/(PPV+SEN), 0 when both are 0, NaN when
-  either is NaN.
+  PPV NaN without predicted lesions; F1 = 2·PPV·SEN/(PPV+SEN), 0 when both are 0, 0 when
+  reference lesions exist and none is predicted (all missed), NaN without reference lesions.
 * **NLP / VLP** (cases without new lesions): number of predicted lesions (after the same
   small-lesion removal) and predicted volume in mm³.
 """
