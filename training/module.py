@@ -30,6 +30,35 @@ def build_network(cfg: TrainConfig):
         raise UserError(f"cannot build model {cfg.model.preset!r} with overrides {cfg.model.overrides}: {exc}") from None
 
 
+def scored_regions(task) -> dict[str, tuple[int, ...]]:
+    """Name → label values validated: the task's regions (tumor: WT, TC, ET), else its labels."""
+    return {r.name: tuple(r.labels) for r in task.regions} or {lb.name: (lb.value,) for lb in task.labels}
+
+
+def case_scores(masks: dict[str, np.ndarray], label: np.ndarray, regions: dict[str, tuple[int, ...]], task,
+                spacing, hd95: bool = True) -> dict[str, float]:
+    """Validation scores of one case: Dice (and HD95, NaN if one side is empty) per region, and the
+    lesion-wise F1 of the task's detection rules for single-label lesion tasks. ``masks``: region →
+    boolean array; ``label``: the integer label array."""
+    scores = {}
+    for name, values in regions.items():
+        ref = np.isin(label, values)
+        scores[f"dice_{name}"] = dice(masks[name], ref)
+        if hd95:
+            scores[f"hd95_{name}"] = hausdorff95(masks[name], ref, spacing)
+    if len(task.labels) == 1:
+        pp = task.postprocessing
+        (only,) = regions
+        scores["lesion_f1"] = detect_lesions(masks[only], label > 0, spacing, pp.connectivity, pp.min_lesion_mm3).f1
+    return scores
+
+
+def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per-key nan-mean: HD95 / F1 are undefined for some cases (documented in evaluation/__init__.py)."""
+    return {k: float(np.nanmean([r[k] for r in rows])) if any(np.isfinite(r[k]) for r in rows) else float("nan")
+            for k in rows[0]}
+
+
 class SegmentationModule(L.LightningModule):
     def __init__(self, config: dict, fold: int | None = None):
         super().__init__()
@@ -48,8 +77,7 @@ class SegmentationModule(L.LightningModule):
         lc = self.cfg.loss
         self.criterion = DeepSupervisionLoss(SegmentationLoss(lc.kind, lc.smooth, lc.squared, lc.focal_gamma),
                                              lc.deep_supervision)
-        self.regions = {r.name: tuple(r.labels) for r in self.task.regions} or \
-            {label.name: (label.value,) for label in self.task.labels}
+        self.regions = scored_regions(self.task)
         self._val_scores: list[dict[str, float]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,30 +99,16 @@ class SegmentationModule(L.LightningModule):
                                           sw_batch_size=t.sw_batch_size, predictor=self.model,
                                           overlap=t.sw_overlap, mode="constant")
         masks = decode_regions(logits, self.channels, self.mode, self.regions)
-        label = batch["label"][:, 0]
+        label = batch["label"][:, 0].cpu().numpy()
         for b in range(label.shape[0]):
             spacing = tuple(float(s) for s in batch["spacing"][b])
-            scores = {}
-            for name, values in self.regions.items():
-                ref = torch.isin(label[b], torch.tensor(values, device=label.device)).cpu().numpy()
-                pred = masks[name][b].cpu().numpy()
-                scores[f"dice_{name}"] = dice(pred, ref)
-                scores[f"hd95_{name}"] = hausdorff95(pred, ref, spacing)  # NaN if one side is empty
-            if len(self.task.labels) == 1:  # lesion tasks: detection with the task's lesion rules
-                pp = self.task.postprocessing
-                (only,) = self.regions
-                det = detect_lesions(masks[only][b].cpu().numpy(), (label[b] > 0).cpu().numpy(), spacing,
-                                     pp.connectivity, pp.min_lesion_mm3)
-                scores["lesion_f1"] = det.f1
-            self._val_scores.append(scores)
+            self._val_scores.append(case_scores({n: m[b].cpu().numpy() for n, m in masks.items()}, label[b],
+                                                self.regions, self.task, spacing))
 
     def on_validation_epoch_end(self):
         if not self._val_scores:
             return
-        keys = list(self._val_scores[0])
-        # nan-mean: HD95 / F1 are undefined for some cases (documented in evaluation/__init__.py)
-        means = {k: float(np.nanmean([s[k] for s in self._val_scores])) if any(
-            np.isfinite(s[k]) for s in self._val_scores) else float("nan") for k in keys}
+        means = mean_scores(self._val_scores)
         for k, v in means.items():
             self.log(f"val/{k}", v, sync_dist=True)
         self.log("val/dice", float(np.mean([means[f"dice_{n}"] for n in self.regions])), prog_bar=True,

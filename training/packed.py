@@ -300,37 +300,25 @@ def sliding_window(model, image, patch: list[int], batch: int = 32):
 
 
 def validate(model, cases: list[dict], cfg: TrainConfig, patch: list[int]) -> dict[str, float]:
-    """Mean validation scores, named as ``lesion-factorizer train`` logs them (val/…)."""
-    from LesionFactorizerLib.evaluation import detect_lesions, dice
+    """Mean validation scores, named as ``lesion-factorizer train`` logs them (val/…), HD95 left out."""
     from LesionFactorizerLib.tasks import get_task
 
-    from .module import output_mode
+    from .module import case_scores, mean_scores, output_mode, scored_regions
     from .targets import channel_labels, decode_regions
 
     task = get_task(cfg.task)
     mode = output_mode(cfg)
     channels = channel_labels(task, mode)
-    regions = {r.name: tuple(r.labels) for r in task.regions} or {lb.name: (lb.value,) for lb in task.labels}
+    regions = scored_regions(task)
     rows = []
     model.eval()
     with torch.no_grad():
         for case in cases:
-            logits = sliding_window(model, case["image"], patch)[None]
-            masks = decode_regions(logits, channels, mode, regions)
-            label = case["label"][0]
-            row = {}
-            for name, values in regions.items():
-                ref = torch.isin(label, torch.tensor(values, device=label.device)).cpu().numpy()
-                row[f"dice_{name}"] = dice(masks[name][0].cpu().numpy(), ref)
-            if len(task.labels) == 1:
-                pp = task.postprocessing
-                (only,) = regions
-                row["lesion_f1"] = detect_lesions(masks[only][0].cpu().numpy(), (label > 0).cpu().numpy(),
-                                                  case["spacing"], pp.connectivity, pp.min_lesion_mm3).f1
-            rows.append(row)
+            masks = decode_regions(sliding_window(model, case["image"], patch)[None], channels, mode, regions)
+            rows.append(case_scores({n: m[0].cpu().numpy() for n, m in masks.items()}, case["label"][0].cpu().numpy(),
+                                    regions, task, case["spacing"], hd95=False))
     model.train()
-    means = {f"val/{k}": float(np.nanmean([r[k] for r in rows])) if any(np.isfinite(r[k]) for r in rows)
-             else float("nan") for k in rows[0]}
+    means = {f"val/{k}": v for k, v in mean_scores(rows).items()}
     means["val/dice"] = float(np.mean([means[f"val/dice_{n}"] for n in regions]))
     return means
 
