@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+from monai import transforms as T
+
 from .config import AugmentationConfig
 
 
 def train_transforms(patch_size, pos_fraction: float | None, aug: AugmentationConfig):
-    from monai import transforms as T
-
     keys = ["image", "label"]
     patch = [int(p) for p in patch_size]
     ts = [T.SpatialPadd(keys, spatial_size=patch, mode="constant")]
@@ -34,7 +35,9 @@ def train_transforms(patch_size, pos_fraction: float | None, aug: AugmentationCo
                                 padding_mode="zeros", spatial_size=patch))
     if aug.flip:
         ts += [T.RandFlipd(keys, prob=aug.flip.prob, spatial_axis=a) for a in aug.flip.axes]
-    if aug.noise:
+    if aug.noise and aug.noise.variance is not None:
+        ts.append(VarianceNoised("image", prob=aug.noise.prob, variance=aug.noise.variance))
+    elif aug.noise:
         ts.append(T.RandGaussianNoised("image", prob=aug.noise.prob, mean=0.0, std=aug.noise.std))
     if aug.smooth:
         s = tuple(aug.smooth.sigma)
@@ -52,3 +55,26 @@ def train_transforms(patch_size, pos_fraction: float | None, aug: AugmentationCo
         ts.append(T.RandAdjustContrastd("image", gamma=tuple(aug.contrast.gamma), prob=aug.contrast.prob))
     ts.append(T.ToTensord(keys, track_meta=False))
     return T.Compose(ts)
+
+
+
+class VarianceNoised(T.RandGaussianNoised):
+    """RandGaussianNoised with the noise *variance* drawn from U(0, variance) (thesis 7.6.1),
+    i.e. std = √U(0, variance) — larger, and spread differently, than reading the range as a std."""
+
+    def __init__(self, keys, prob: float, variance: float):
+        super().__init__(keys, prob=prob, mean=0.0, std=0.0, sample_std=False)
+        self.rand_gaussian_noise = _VarianceNoise(variance)
+
+
+class _VarianceNoise(T.RandGaussianNoise):
+    def __init__(self, variance: float):
+        super().__init__(prob=1.0, mean=0.0, std=0.0, sample_std=False)
+        self.variance = float(variance)
+
+    def randomize(self, img, mean=None) -> None:
+        T.RandomizableTransform.randomize(self, None)
+        if not self._do_transform:
+            return
+        std = math.sqrt(self.R.uniform(0, self.variance))
+        self.noise = self.R.normal(self.mean if mean is None else mean, std, size=img.shape).astype(np.float32)

@@ -54,8 +54,11 @@ class FlipAug:
 
 @dataclass
 class NoiseAug:
+    """Additive Gaussian noise; give one of ``variance`` (variance ~ U(0, variance), thesis 7.6.1)
+    or ``std`` (std ~ U(0, std), MONAI's RandGaussianNoise, thesis 8.3.1)."""
     prob: float = 0.15
-    std: float = 0.1              # MONAI draws the std from U(0, std)
+    variance: float | None = 0.1
+    std: float | None = None
 
 
 @dataclass
@@ -136,6 +139,7 @@ class LossConfig:
     focal_gamma: float = 2.0
     smooth: float = 1e-5          # soft-Dice smoothing (numerator and denominator)
     squared: bool = True          # ‖P‖² in the Dice denominator (thesis eq. 7.17)
+    dice_per_channel: bool = True  # Dice per sample and channel (eq. 7.17); false: over all channels (eq. 8.4)
 
 
 @dataclass
@@ -153,6 +157,7 @@ class OptimConfig:
 class TrainerConfig:
     max_steps: int = 100_000
     val_every: int = 2000         # steps between validations
+    checkpoint_every: int = 500   # steps between saves of the latest state (checkpoints/last); 0 = off
     accelerator: str = "auto"     # auto | cpu | gpu | mps
     devices: int | str = 1
     num_nodes: int = 1
@@ -301,6 +306,9 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"data.spacing must be null or three positive numbers (mm), got {d.spacing}")
     if d.pos_fraction is not None and not 0 <= d.pos_fraction <= 1:
         raise UserError(f"data.pos_fraction must be in [0, 1] or null, got {d.pos_fraction}")
+    if d.augmentation.noise and (d.augmentation.noise.std is None) == (d.augmentation.noise.variance is None):
+        raise UserError("data.augmentation.noise: give exactly one of variance (~U(0, variance)) and std "
+                        "(~U(0, std)); set the other to null")
     if d.cache not in ("memory", "disk", "none"):
         raise UserError(f"data.cache must be memory, disk or none, got {d.cache!r}")
     if cfg.loss.kind not in ("dice_bce", "dice_focal", "dice_softmax"):
@@ -313,6 +321,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"optim.scheduler must be warmup_cosine, plateau or constant, got {cfg.optim.scheduler!r}")
     if cfg.trainer.max_steps < 1 or cfg.trainer.val_every < 1:
         raise UserError("trainer.max_steps and trainer.val_every must be positive")
+    if cfg.trainer.checkpoint_every < 0:
+        raise UserError("trainer.checkpoint_every must be 0 (off) or a number of steps")
 
 
 def input_names(cfg: TrainConfig) -> list[str]:

@@ -154,15 +154,23 @@ class SegmentationData(L.LightningDataModule):
 
     def train_dataloader(self):
         d = self.cfg.data
-        length = max(len(self.train_store), 50 * d.batch_size)
+        trainer = getattr(self, "trainer", None)
+        ranks = trainer.world_size if trainer is not None else 1
+        # an epoch: every training case once (at least one batch per rank); the run is counted in steps
+        length = max(len(self.train_store), d.batch_size * ranks)
         # patch_size is in image (x, y, z) order like model-file metadata; arrays are (z, y, x)
         patch = list(d.patch_size)[::-1]
         ds = PatchDataset(self.train_store, train_transforms(patch, d.pos_fraction, d.augmentation), length)
-        from monai.data import DataLoader  # seeds the random transforms of every worker differently
+        # MONAI's loader seeds the random transforms (of the main process, or of every worker) from
+        # this generator. Every rank starts from the same global seed, so without the rank (and the
+        # step, for a resumed run) in it all DDP ranks would crop and augment alike.
+        rank, step = (trainer.global_rank, trainer.global_step) if trainer is not None else (0, 0)
+        seed = int(np.random.SeedSequence([self.cfg.trainer.seed, rank, step]).generate_state(1)[0])
+        from monai.data import DataLoader
 
         return DataLoader(ds, batch_size=d.batch_size, shuffle=True, drop_last=True,
                           num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
 
     def val_dataloader(self):
         if not self.val_cases:

@@ -24,15 +24,16 @@ from torch import nn
 
 
 class SoftDice(nn.Module):
-    """1 − (2⟨G,P⟩ + ε)/(‖G‖² + ‖P‖² + ε) per sample and channel, averaged (eq. 7.17)."""
+    """1 − (2⟨G,P⟩ + ε)/(‖G‖² + ‖P‖² + ε) per sample and channel, averaged (eq. 7.17); with
+    ``per_channel=False`` per sample over the whole (channels × voxels) tensor (eq. 8.4)."""
 
-    def __init__(self, activation: str, smooth: float = 1e-5, squared: bool = True):
+    def __init__(self, activation: str, smooth: float = 1e-5, squared: bool = True, per_channel: bool = True):
         super().__init__()
-        self.activation, self.smooth, self.squared = activation, smooth, squared
+        self.activation, self.smooth, self.squared, self.per_channel = activation, smooth, squared, per_channel
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p = torch.sigmoid(logits) if self.activation == "sigmoid" else torch.softmax(logits, dim=1)
-        dims = tuple(range(2, logits.ndim))
+        dims = tuple(range(2 if self.per_channel else 1, logits.ndim))
         inter = (p * target).sum(dims)
         if self.squared:
             denom = (p * p).sum(dims) + (target * target).sum(dims)
@@ -53,11 +54,11 @@ class SegmentationLoss(nn.Module):
     """``kind``: dice_bce (sigmoid, multi-label), dice_focal (sigmoid), dice_softmax (one-hot)."""
 
     def __init__(self, kind: str = "dice_bce", smooth: float = 1e-5, squared: bool = True,
-                 focal_gamma: float = 2.0):
+                 focal_gamma: float = 2.0, dice_per_channel: bool = True):
         super().__init__()
         self.kind = kind
         self.focal_gamma = focal_gamma
-        self.dice = SoftDice("softmax" if kind == "dice_softmax" else "sigmoid", smooth, squared)
+        self.dice = SoftDice("softmax" if kind == "dice_softmax" else "sigmoid", smooth, squared, dice_per_channel)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

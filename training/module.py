@@ -74,11 +74,11 @@ class SegmentationModule(L.LightningModule):
             raise UserError(f"model {self.cfg.model.preset!r} has {out_ch} output channels but task "
                             f"{self.cfg.task!r} with '{self.mode}' outputs needs {len(self.channels)} "
                             f"({', '.join(n for n, _ in self.channels)}); set model.overrides.out_channels")
-        lc = self.cfg.loss
-        self.criterion = DeepSupervisionLoss(SegmentationLoss(lc.kind, lc.smooth, lc.squared, lc.focal_gamma),
-                                             lc.deep_supervision)
+        self.criterion = build_loss(self.cfg)
         self.regions = scored_regions(self.task)
-        self._val_scores: list[dict[str, float]] = []
+        self._val_scores: dict[str, dict[str, float]] = {}     # case id → scores
+        self.plateau = None            # the chapter-8 schedule, stepped once per validation
+        self._plateau_state: dict | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -102,18 +102,32 @@ class SegmentationModule(L.LightningModule):
         label = batch["label"][:, 0].cpu().numpy()
         for b in range(label.shape[0]):
             spacing = tuple(float(s) for s in batch["spacing"][b])
-            self._val_scores.append(case_scores({n: m[b].cpu().numpy() for n, m in masks.items()}, label[b],
-                                                self.regions, self.task, spacing))
+            self._val_scores[batch["id"][b]] = case_scores({n: m[b].cpu().numpy() for n, m in masks.items()},
+                                                           label[b], self.regions, self.task, spacing)
 
     def on_validation_epoch_end(self):
-        if not self._val_scores:
+        scores = _gather_cases(self._val_scores)
+        self._val_scores = {}
+        if not scores:
             return
-        means = mean_scores(self._val_scores)
+        # every rank holds every case once now, so the means are the cohort's, equal on all ranks
+        means = mean_scores(list(scores.values()))
         for k, v in means.items():
             self.log(f"val/{k}", v, sync_dist=True)
-        self.log("val/dice", float(np.mean([means[f"dice_{n}"] for n in self.regions])), prog_bar=True,
-                 sync_dist=True)
-        self._val_scores.clear()
+        val_dice = float(np.mean([means[f"dice_{n}"] for n in self.regions]))
+        self.log("val/dice", val_dice, prog_bar=True, sync_dist=True)
+        self.log("val/cases", float(len(scores)), sync_dist=True)
+        if self.plateau is not None and not self.trainer.sanity_checking:
+            self.plateau.step(val_dice)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.plateau is not None:
+            checkpoint["plateau_scheduler"] = self.plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._plateau_state = checkpoint.get("plateau_scheduler")
+        if self.plateau is not None and self._plateau_state:
+            self.plateau.load_state_dict(self._plateau_state)
 
     def configure_optimizers(self):
         o = self.cfg.optim
@@ -123,11 +137,34 @@ class SegmentationModule(L.LightningModule):
             sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(o.warmup_steps, self.cfg.trainer.max_steps))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if o.scheduler == "plateau":
-            # chapter 8: divide the rate by 1/factor when validation Dice stalls for `patience` checks
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=o.plateau_factor,
-                                                               patience=o.plateau_patience)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/dice",
-                                                       "interval": "step",
-                                                       "frequency": self.cfg.trainer.val_every,
-                                                       "strict": False}}
+            # chapter 8: divide the rate by 1/factor when validation Dice stalls for `patience`
+            # validations. Stepped by on_validation_epoch_end, not handed to Lightning: Lightning
+            # counts a step scheduler's `frequency` against the batch index within an epoch, which
+            # never reaches val_every when an epoch has fewer batches (BraTS 2020: 295 < 298).
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=o.plateau_factor,
+                                                                      patience=o.plateau_patience)
+            if self._plateau_state:
+                self.plateau.load_state_dict(self._plateau_state)
         return opt
+
+
+def build_loss(cfg: TrainConfig) -> DeepSupervisionLoss:
+    lc = cfg.loss
+    return DeepSupervisionLoss(SegmentationLoss(lc.kind, lc.smooth, lc.squared, lc.focal_gamma, lc.dice_per_channel),
+                               lc.deep_supervision)
+
+
+def _gather_cases(scores: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Every rank's per-case scores, each case once. Under DDP the validation sampler pads the
+    case list so that every rank gets as many cases (duplicates), and each rank sees only its
+    share: means are taken over the gathered cases, never averaged per rank."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return scores
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, scores)
+    merged: dict[str, dict[str, float]] = {}
+    for part in parts:
+        merged.update(part)
+    return dict(sorted(merged.items()))

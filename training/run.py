@@ -3,15 +3,22 @@
 Distribution is Lightning's own: ``devices``, ``num_nodes`` and ``strategy`` are passed through
 (e.g. ``--devices 4 --strategy ddp``; multi-node under SLURM/torchrun sets the environment as
 Lightning documents). Checkpoints are pickle-free (``checkpoint_io``); ``best`` tracks the highest
-mean validation Dice and ``last`` the latest state, which ``resume`` continues from.
+mean validation Dice and ``last`` the latest state, which ``resume`` continues from. ``last`` is
+written every ``trainer.checkpoint_every`` steps, at the end, and when the run is stopped: the
+first Ctrl+C (SIGINT) or a SIGTERM (a cluster's time limit) finishes the current step, saves
+``last`` and ends the run cleanly (a second Ctrl+C aborts at once). A stopped run writes no
+``result.json``, so ``cv --resume`` continues it rather than skipping it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
 
 from LesionFactorizerLib.errors import UserError
 
@@ -28,6 +35,7 @@ class RunResult:
     steps: int
     seconds: float
     is_global_zero: bool = True   # False on the other ranks of a multi-process run
+    stopped: bool = False         # ended early by SIGINT / SIGTERM; continue with resume=True
 
 
 def run_dir_for(cfg: TrainConfig, fold: int | None, output_dir: str | Path | None = None) -> Path:
@@ -47,7 +55,9 @@ def _precision(cfg: TrainConfig, accelerator: str) -> str:
 
 
 def train(cfg: TrainConfig, fold: int | None = 0, output_dir: str | Path | None = None,
-          resume: bool = False, progress: bool | None = None) -> RunResult:
+          resume: bool = False, progress: bool | None = None, extra_callbacks=()) -> RunResult:
+    """Train one fold (``None``: all cases, no validation); ``extra_callbacks``: Lightning callbacks
+    of your own (monitoring, early stopping)."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -79,12 +89,13 @@ def train(cfg: TrainConfig, fold: int | None = 0, output_dir: str | Path | None 
     class Checkpoint(ModelCheckpoint):
         FILE_EXTENSION = SUFFIX
 
-    callbacks = [LearningRateMonitor(logging_interval="step")]
+    latest = LatestState(last, t.checkpoint_every)
+    callbacks = [LearningRateMonitor(logging_interval="step"), latest, *extra_callbacks]
     best_cb = None
     if fold is not None:
         best_cb = Checkpoint(dirpath=ckpt_dir, filename="best", monitor="val/dice", mode="max",
-                             save_top_k=1, save_last=True, auto_insert_metric_name=False)
-        callbacks.append(best_cb)
+                             save_top_k=1, save_last=False, auto_insert_metric_name=False)
+        callbacks.insert(0, best_cb)
     accelerator = t.accelerator
     trainer = L.Trainer(
         accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
@@ -95,39 +106,146 @@ def train(cfg: TrainConfig, fold: int | None = 0, output_dir: str | Path | None 
         plugins=[SafetensorsCheckpointIO()], enable_progress_bar=progress, enable_model_summary=False,
         default_root_dir=str(run_dir), deterministic=False,
     )
-    previous_log = run_dir / "logs" / "metrics.csv"
-    kept_log = run_dir / "logs" / "metrics.before-resume.csv"
-    if resume and previous_log.is_file():
-        previous_log.replace(kept_log)  # Lightning's CSV logger would delete it on start
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    logs = run_dir / "logs"
+    if resume and trainer.is_global_zero:
+        _set_aside_log(logs)      # Lightning's CSV logger would delete metrics.csv on start
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
+    try:
+        with latest.signals():
+            try:
+                trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
+            except SIGTERMException:
+                if not latest.stopped:
+                    raise
+        if not latest.stopped:
+            trainer.save_checkpoint(str(last), weights_only=False)  # the final state, even when the last step did not validate
+    finally:
+        if trainer.is_global_zero:
+            _join_logs(logs)      # also after a crash: the next resume must not lose these rows
     seconds = time.perf_counter() - start
-    if kept_log.is_file() and trainer.is_global_zero:
-        _prepend_csv(kept_log, previous_log)
-    trainer.save_checkpoint(str(last), weights_only=False)  # the final state, even when the last step did not validate
     best = Path(best_cb.best_model_path) if best_cb and best_cb.best_model_path else None
     score = float(best_cb.best_model_score) if best_cb and best_cb.best_model_score is not None else None
-    result = RunResult(run_dir, best, last, score, int(trainer.global_step), seconds, trainer.is_global_zero)
-    if trainer.is_global_zero:
+    result = RunResult(run_dir, best, last, score, int(trainer.global_step), seconds, trainer.is_global_zero,
+                       latest.stopped)
+    if trainer.is_global_zero and not latest.stopped:
         (run_dir / "result.json").write_text(json.dumps({
             "best": str(best) if best else None, "last": str(last), "best_val_dice": score,
             "steps": result.steps, "seconds": seconds, "fold": fold}, indent=2), encoding="utf-8")
     return result
 
 
-def _prepend_csv(older: Path, newer: Path) -> None:
-    """metrics.csv of a resumed run = the rows logged before the resume, then the new ones."""
+KEPT_LOG = "metrics.before-resume.csv"
+
+
+def _set_aside_log(logs: Path) -> None:
+    """Before a resumed run starts: move metrics.csv into the kept log, appending to what an earlier
+    interrupted resume left there instead of overwriting it."""
+    current, kept = logs / "metrics.csv", logs / KEPT_LOG
+    if not current.is_file():
+        return
+    if kept.is_file():
+        _write_joined(kept, current, kept)
+        current.unlink()
+    else:
+        current.replace(kept)
+
+
+def _join_logs(logs: Path) -> None:
+    """metrics.csv of a resumed run = the kept rows, then the new ones."""
+    kept = logs / KEPT_LOG
+    if kept.is_file():
+        _write_joined(kept, logs / "metrics.csv", logs / "metrics.csv")
+        kept.unlink()
+
+
+def _write_joined(older: Path, newer: Path, out: Path) -> None:
+    """Rows of ``older`` logged before the first step of ``newer``, then ``newer``'s rows: a run
+    resumed from the state of step k logs steps k, k+1, … again, and those rows replace the old ones."""
     import csv
 
     from LesionFactorizerLib.evaluation.cohort import write_csv
 
-    rows = []
-    for path in (older, newer):
-        if path.is_file():
-            with open(path, newline="", encoding="utf-8") as f:
-                rows += list(csv.DictReader(f))
-    write_csv(rows, newer)
-    older.unlink()
+    def rows(path: Path) -> list[dict]:
+        if not path.is_file():
+            return []
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    old, new = rows(older), rows(newer)
+    steps = [int(r["step"]) for r in new if r.get("step")]
+    if steps:
+        old = [r for r in old if r.get("step") and int(r["step"]) < min(steps)]
+    write_csv(old + new, out)
+
+
+class LatestState(Callback):
+    """Writes ``last`` every ``every`` steps and when the run is asked to stop (SIGINT, SIGTERM).
+
+    SIGINT is handled here (a graceful stop at the end of the step, agreed by every DDP rank);
+    SIGTERM is Lightning's (it raises at the end of the step, after the ranks agree), and the
+    state is saved in :meth:`on_exception`."""
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every = path, int(every)
+        self.stopped = False
+        self._asked = False
+        self._saved_step = -1
+
+    def _save(self, trainer) -> None:
+        if trainer.global_step != self._saved_step:
+            trainer.save_checkpoint(str(self.path), weights_only=False)
+            self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        asked = self._asked
+        if trainer.world_size > 1:
+            asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
+        if asked:
+            self._stop(trainer, "interrupted")
+            trainer.should_stop = True
+        elif self.every and trainer.global_step % self.every == 0:
+            self._save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            self._stop(trainer, "SIGTERM")
+
+    def _stop(self, trainer, why: str) -> None:
+        import sys
+
+        self._save(trainer)
+        self.stopped = True
+        if trainer.is_global_zero:
+            sys.stderr.write(f"{why}: saved the state of step {trainer.global_step} to {self.path}; "
+                             "continue with --resume\n")
+
+    @contextlib.contextmanager
+    def signals(self):
+        """First Ctrl+C: stop after this step (saving ``last``); a second one aborts at once."""
+        import signal
+        import sys
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask(signum, frame):
+            if self._asked:
+                raise KeyboardInterrupt
+            self._asked = True
+            sys.stderr.write("\nstopping after this step and saving the latest state "
+                             "(Ctrl+C again to abort without saving)\n")
+
+        previous = signal.signal(signal.SIGINT, ask)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def cross_validate(cfg: TrainConfig, output_dir: str | Path | None = None, folds: list[int] | None = None,
@@ -139,4 +257,6 @@ def cross_validate(cfg: TrainConfig, output_dir: str | Path | None = None, folds
         if resume and (run_dir_for(cfg, k, output_dir) / "result.json").exists():
             continue  # finished fold
         results.append(train(cfg, k, output_dir, resume=resume, progress=progress))
+        if results[-1].stopped:
+            break             # stopped by a signal: the folds after it are not started
     return results

@@ -28,9 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(with 'files' the references must already hold the task's label values)")
     parser.add_argument("--pred-b", help="a second prediction folder to compare with (paired Wilcoxon test)")
     parser.add_argument("--out", required=True, help="folder for cases.csv, summary.csv (and wilcoxon.csv)")
-    parser.add_argument("--hd-empty", choices=("nan", "diagonal"), default="nan",
-                        help="HD95 when exactly one mask is empty: NaN (excluded from means, default) or the "
-                        "image diagonal in mm")
+    parser.add_argument("--hd-empty", choices=("nan", "diagonal", "brats"), default="nan",
+                        help="HD95 when exactly one mask is empty: nan = MONAI's convention (excluded from "
+                        "means, default), brats = the BraTS challenge's 373.13 mm, diagonal = the image "
+                        "diagonal in mm")
 
 
 def _references(args):
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from LesionFactorizerLib.tasks import get_task
 
     get_task(args.task)
-    hd_empty = float("nan") if args.hd_empty == "nan" else "diagonal"
+    hd_empty = float("nan") if args.hd_empty == "nan" else args.hd_empty
     refs = _references(args)
     rows_a = _evaluate_set(Path(args.pred), refs, args.task, hd_empty)
     rows_b = _evaluate_set(Path(args.pred_b), refs, args.task, hd_empty) if args.pred_b else None
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(rows_a)
     write_csv(rows_a, out / "cases.csv")
     write_csv(summary, out / "summary.csv")
-    result = {"cases": len(rows_a), "outputs": [str(out / "cases.csv"), str(out / "summary.csv")]}
+    result = {"cases": len(rows_a), "hd95_empty": args.hd_empty, "outputs": [str(out / "cases.csv"), str(out / "summary.csv")]}
     if rows_b is not None:
         write_csv(rows_b, out / "cases_b.csv")
         write_csv(summarize(rows_b), out / "summary_b.csv")

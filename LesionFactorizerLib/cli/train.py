@@ -37,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
         return 0  # one summary per run, not one per DDP process
     print(json.dumps({"run_dir": str(result.run_dir), "best": str(result.best) if result.best else None,
                       "last": str(result.last), "best_val_dice": result.best_score, "steps": result.steps,
-                      "seconds": round(result.seconds, 1)}))
-    return 0
+                      "seconds": round(result.seconds, 1), "stopped": result.stopped}))
+    return 1 if result.stopped else 0   # stopped early: a script must not take the run as finished

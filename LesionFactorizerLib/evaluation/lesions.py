@@ -35,10 +35,21 @@ class Lesions:
     removed: int         # components dropped as smaller than the minimum volume
 
 
+def max_removed_voxels(min_volume_mm3: float, spacing: Sequence[float] | None = None) -> int:
+    """Largest component (in voxels) the small-lesion rule removes: ⌊min_volume_mm3 / voxel volume⌋,
+    as animaSegPerfAnalyzer (MSSEG-2) does — a component is kept when it has *more* voxels than
+    that, so at 1 mm a 3-voxel lesion is dropped and a 4-voxel one kept. The relative slack keeps
+    e.g. 3 mm³ / 0.001 mm³ from rounding below 3000."""
+    if min_volume_mm3 <= 0:
+        return 0
+    voxel_volume = float(np.prod(spacing)) if spacing is not None else 1.0
+    return int(math.floor(min_volume_mm3 / voxel_volume * (1.0 + 1e-9)))
+
+
 def find_lesions(mask: np.ndarray, spacing: Sequence[float] | None = None, connectivity: int = 18,
                  min_volume_mm3: float = 3.0) -> Lesions:
-    """Connected components of ``mask``; those of volume strictly smaller than ``min_volume_mm3``
-    are removed (MSSEG-2: "lesions smaller than 3 mm³ are removed").
+    """Connected components of ``mask``; those of at most :func:`max_removed_voxels` voxels are
+    removed (the MSSEG-2 evaluation's rule for "lesions smaller than 3 mm³").
 
     The one lesion definition of the library: the inference post-processing (small-lesion
     removal, per-lesion table) and the detection metrics both use it, so a lesion the report lists
@@ -51,11 +62,8 @@ def find_lesions(mask: np.ndarray, spacing: Sequence[float] | None = None, conne
     labels = labels.astype(np.int32, copy=False)
     if n == 0:
         return Lesions(labels, 0, 0)
-    voxel_volume = float(np.prod(spacing)) if spacing is not None else 1.0
-    # Whole voxels needed; the relative slack keeps e.g. 1000 × 0.003 mm³ from rounding below 3 mm³.
-    min_voxels = max(1, math.ceil(min_volume_mm3 / voxel_volume * (1.0 - 1e-9))) if min_volume_mm3 > 0 else 1
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    keep = np.flatnonzero(sizes >= min_voxels)
+    keep = np.flatnonzero(sizes > max_removed_voxels(min_volume_mm3, spacing))
     keep = keep[np.argsort(-sizes[keep], kind="stable")]
     lut = np.zeros(n + 1, dtype=np.int32)
     lut[keep + 1] = np.arange(1, len(keep) + 1, dtype=np.int32)

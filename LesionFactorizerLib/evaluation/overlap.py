@@ -60,12 +60,21 @@ def image_diagonal(shape: Sequence[int], spacing: Sequence[float] | None = None)
     return float(np.sqrt(np.sum((np.asarray(shape) * spacing) ** 2)))
 
 
+# The BraTS challenges' score for a region that exactly one of prediction and reference lacks: the
+# diagonal of their 240 × 240 × 155 grid of 1 mm voxels, √(240² + 240² + 155²) mm.
+BRATS_EMPTY_HD95 = 373.12866
+
+# ``empty_value`` choices by name; a number is used as given.
+HD95_EMPTY = ("nan", "diagonal", "brats")
+
+
 def hausdorff95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = None,
                 percentile: float = 95.0, empty_value: float | str = float("nan")) -> float:
     """Symmetric percentile Hausdorff distance in mm (max of the two directed percentiles).
 
-    Both empty → 0. One empty → ``empty_value`` (NaN by default; ``"diagonal"`` = image
-    diagonal in mm)."""
+    Both empty → 0. One empty → ``empty_value``: NaN by default (MONAI's convention, excluded from
+    means); ``"diagonal"`` = this image's diagonal in mm; ``"brats"`` = 373.13 mm, what the BraTS
+    challenge evaluation scores (:data:`BRATS_EMPTY_HD95`)."""
     p, r = _binary(pred), _binary(ref)
     if p.shape != r.shape:
         raise ValueError(f"mask shapes differ: {p.shape} vs {r.shape}")
@@ -75,6 +84,8 @@ def hausdorff95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | No
     if not has_p or not has_r:
         if empty_value == "diagonal":
             return image_diagonal(p.shape, spacing)
+        if empty_value == "brats":
+            return BRATS_EMPTY_HD95
         return float(empty_value)
     d_pr, d_rp = surface_distances(p, r, spacing)
     return float(max(np.percentile(d_pr, percentile), np.percentile(d_rp, percentile)))
