@@ -91,19 +91,20 @@ def test_connectivity_and_small_lesion_removal_match_simpleitk():
     b[1, 1, 1] = b[2, 2, 2] = True          # share a corner only
     assert label_lesions(b, connectivity=18, min_volume_mm3=0)[1] == 2
     assert label_lesions(b, connectivity=26, min_volume_mm3=0)[1] == 1
-    # MSSEG-2: lesions smaller than 3 mm³ are removed; exactly 3 mm³ is kept
+    # MSSEG-2 (anima): a lesion is kept when it has more than ⌊3 mm³ / voxel volume⌋ voxels
     c = np.zeros((10, 10, 10), bool)
     c[1, 1, 1:3] = True                     # 2 voxels of 1 mm³: removed
-    c[6, 6, 1:4] = True                     # 3 voxels = 3 mm³: kept
+    c[6, 6, 1:4] = True                     # 3 voxels = 3 mm³: removed (not more than 3)
+    c[3, 3, 4:8] = True                     # 4 voxels: kept
     c[3, 8, 1:8] = True                     # 7 voxels: kept, the largest → label 1
     lab, n = label_lesions(c, spacing=(1, 1, 1))
-    assert n == 2 and lab[3, 8, 1] == 1 and lab[6, 6, 1] == 2 and lab[1, 1, 1] == 0
-    assert label_lesions(c, spacing=(0.5, 1, 1))[1] == 1   # 3 × 0.5 = 1.5 mm³ goes, 7 × 0.5 = 3.5 stays
-    # 7 voxels of 0.3 mm³ are 2.1 mm³, although 2.1 / 0.3 is a hair above 7 in floating point
+    assert n == 2 and lab[3, 8, 1] == 1 and lab[3, 3, 4] == 2 and lab[6, 6, 1] == 0 and lab[1, 1, 1] == 0
+    assert label_lesions(c, spacing=(0.5, 1, 1))[1] == 1   # ⌊3 / 0.5⌋ = 6: only the 7-voxel one stays
+    # 2.1 mm³ / 0.3 mm³ is a hair above 7 in floating point; the floor is still 7, so 7 voxels go
     d = np.zeros((3, 3, 9), bool)
     d[1, 1, 1:8] = True
-    assert label_lesions(d, spacing=(0.3, 1, 1), min_volume_mm3=2.1)[1] == 1
-    assert label_lesions(d, spacing=(0.3, 1, 1), min_volume_mm3=2.2)[1] == 0
+    assert label_lesions(d, spacing=(0.3, 1, 1), min_volume_mm3=2.0)[1] == 1
+    assert label_lesions(d, spacing=(0.3, 1, 1), min_volume_mm3=2.1)[1] == 0
 
 
 def _cube(shape, lo, hi):

@@ -55,10 +55,10 @@ def test_small_lesions_are_removed_with_18_connectivity():
         labels[5, 5 + d - 3, 5 + d] = 1  # chain B: linked through voxel edges (18- and 26-connected)
     labels[0:2, 5:8, 6:9] = 1            # 18 voxels, away from both chains
     unit = Geometry((10, 8, 6), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    expected = {26: 0, 18: 3, 6: 6}      # each chain is exactly 3 mm³ when connected
+    expected = {26: 0, 18: 3, 6: 6}      # each chain is 3 voxels when connected, more than ⌊2.5⌋ = 2
     for connectivity, removed in expected.items():
         work = labels.copy()
-        found = remove_small_lesions(work, unit, 3.0, connectivity)
+        found = remove_small_lesions(work, unit, 2.5, connectivity)
         assert found.removed == removed, connectivity
         assert work.sum() == labels.sum() - removed
         assert np.array_equal(found.labels > 0, work > 0)
@@ -66,25 +66,26 @@ def test_small_lesions_are_removed_with_18_connectivity():
 
 
 def test_pipeline_and_evaluation_share_one_small_lesion_rule():
-    """MSSEG-2: lesions *smaller* than 3 mm³ are removed, so exactly 3 mm³ stays — in the
-    segmentation and in the lesion-wise metrics alike (one labelling function)."""
+    """MSSEG-2 (anima): a lesion stays when it has more than ⌊3 mm³ / voxel volume⌋ voxels, so
+    exactly 3 mm³ goes — in the segmentation and in the lesion-wise metrics alike (one labelling
+    function)."""
     from LesionFactorizerLib.evaluation import detect_lesions, label_lesions
 
     mask = np.zeros((8, 12, 30), np.uint8)
-    mask[1, 1, 0:6] = 1        # 6 voxels × 0.5 mm³ = 3.0 mm³: kept
-    mask[4, 4, 10:15] = 1      # 5 voxels = 2.5 mm³: removed
+    mask[1, 1, 0:7] = 1        # 7 voxels × 0.5 mm³ = 3.5 mm³: kept
+    mask[4, 4, 10:16] = 1      # 6 voxels = 3.0 mm³: removed
     mask[6, 8, 20:28] = 1      # 8 voxels = 4.0 mm³: kept
     geom = Geometry((30, 12, 8), (0.5, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     work = mask.copy()
     found = remove_small_lesions(work, geom, 3.0, 18)
     assert (found.count, found.removed) == (2, 1)
-    assert work[1, 1, 0:6].all() and not work[4, 4].any() and work[6, 8, 20:28].all()
+    assert work[1, 1, 0:7].all() and not work[4, 4].any() and work[6, 8, 20:28].all()
     labels, n = label_lesions(mask, spacing=geom.spacing, connectivity=18, min_volume_mm3=3.0)
     assert n == 2 and np.array_equal(labels, found.labels)
     assert detect_lesions(mask, mask, spacing=geom.spacing).n_pred == 2
     # largest first: the ids of the lesion table are the labels
     rows = lesion_table(work, geom, get_task("ms-new"), found)
-    assert [r["voxels"] for r in rows] == [8, 6] and [r["id"] for r in rows] == [1, 2]
+    assert [r["voxels"] for r in rows] == [8, 7] and [r["id"] for r in rows] == [1, 2]
     assert all(found.labels[r["bbox_index"][0][2], r["bbox_index"][0][1], r["bbox_index"][0][0]] == r["id"]
                for r in rows)
 

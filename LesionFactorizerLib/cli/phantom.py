@@ -11,7 +11,8 @@ from LesionFactorizerLib.errors import UserError
 NAME = "phantom"
 HELP = (
     "Generate synthetic brain-lesion cases (realistic MRI on the MNI152 anatomy, with labels) in the "
-    "task's public layout: BraTS 2021 (tumor), ISLES'22 BIDS (stroke), MSSEG-2 (ms-new)."
+    "task's public layout: BraTS 2021 (tumor), ISLES'22 BIDS (stroke), MSSEG-2 (ms-new); tumor also "
+    "in the MSD Task01 layout (--layout msd-task01)."
 )
 
 
@@ -84,6 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="grid size in voxels: one value or X,Y,Z, centred on the brain (default: the brain's "
         "bounding box at --spacing), e.g. --size 240,240,155 for a BraTS-sized grid",
     )
+    parser.add_argument("--layout", choices=("public", "msd-task01"), default="public",
+                        help="public: the task's challenge layout (default); msd-task01: tumor cases as the "
+                        "Medical Segmentation Decathlon's Task01_BrainTumour (imagesTr/, labelsTr/, "
+                        "dataset.json), read by the chapter-7 BraTS training configs")
     parser.add_argument("--overwrite", action="store_true", help="replace cases that already exist")
     parser.add_argument("--preview", action="store_true", help="also write PNG montages to OUT/previews/")
 
@@ -109,7 +114,17 @@ def run(args: argparse.Namespace) -> int:
     def report(i: int, rec: dict) -> None:
         print(f"case {i}: {rec['parameters']['seconds']:.1f} s, grid {'x'.join(map(str, rec['shape_xyz']))}", file=sys.stderr)
 
-    write_dataset(args.task, n, args.out, args.seed, spacing=spacing, size=size, start=start,
-                  overwrite=args.overwrite, preview=args.preview, on_case=report)
+    if getattr(args, "layout", "public") == "msd-task01":
+        from LesionFactorizerLib.phantoms.msd import write_msd_task01
+
+        if args.task != "tumor":
+            raise UserError(f"--layout msd-task01 holds brain tumours; it cannot hold {args.task} cases")
+        if args.preview:
+            raise UserError("--preview is not available with --layout msd-task01; write the public layout for previews")
+        write_msd_task01(n, args.out, args.seed, spacing=spacing, size=size, start=start,
+                         overwrite=args.overwrite, on_case=report)
+    else:
+        write_dataset(args.task, n, args.out, args.seed, spacing=spacing, size=size, start=start,
+                      overwrite=args.overwrite, preview=args.preview, on_case=report)
     print(f"wrote {n} {args.task} case(s) to {args.out} in {time.perf_counter() - t0:.1f} s")
     return 0
