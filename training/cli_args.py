@@ -34,6 +34,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-configs", action=ListConfigs,
                         help="list the bundled experiment configs (name, task, model preset) and exit")
     parser.add_argument("--data-root", help="data-set folder or datalist (overrides data.root)")
+    parser.add_argument("--pack", help="train from this pack of preprocessed cases (made by "
+                        "'python -m LesionFactorizerLib.training.packed'; overrides data.pack)")
     parser.add_argument("--output-dir", help="where runs are written (default: trainer.output_dir, 'runs')")
     parser.add_argument("--devices", help="devices per node: a number, or 'auto' (Lightning)")
     parser.add_argument("--num-nodes", type=int, help="number of nodes for multi-node DDP")
@@ -62,7 +64,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
                 raise UserError(f"--set {path}: '{k}' is not a section")
         node[keys[-1]] = value
 
-    simple = {"data_root": "data.root", "output_dir": "trainer.output_dir", "num_nodes": "trainer.num_nodes",
+    simple = {"data_root": "data.root", "pack": "data.pack", "output_dir": "trainer.output_dir", "num_nodes": "trainer.num_nodes",
               "strategy": "trainer.strategy", "accelerator": "trainer.accelerator",
               "precision": "trainer.precision", "max_steps": "trainer.max_steps",
               "val_every": "trainer.val_every", "batch_size": "data.batch_size", "workers": "data.num_workers"}

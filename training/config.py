@@ -111,6 +111,7 @@ class AugmentationConfig:
 class DataConfig:
     format: str = "datalist"      # msd-task01 | brats | isles22 | msseg2 | datalist
     root: str = ""                # data-set folder (or the datalist file for "datalist")
+    pack: str | None = None       # a pack (training/packed.py) to read the preprocessed cases from instead
     label_map: dict[int, int] | None = None   # datalist only: raw → task label value; null = the task's values
     inputs: list[str] | None = None           # network inputs in order; null = the task's required inputs
     spacing: list[float] | None = None        # mm, (x, y, z); null keeps the native grid

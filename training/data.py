@@ -131,6 +131,14 @@ class SegmentationData(L.LightningDataModule):
         if self._ready:
             return
         d = self.cfg.data
+        self.input_names = input_names(self.cfg)
+        if d.pack:
+            from .packed import load_stores
+
+            self.train_store, self.val_store = load_stores(d.pack, self.cfg, self.fold)
+            self.train_cases, self.val_cases = self.train_store.cases, self.val_store.cases
+            self._ready = True
+            return
         cases = discover(d.format, d.root, self.cfg.task, d.label_map)
         if self.fold is None:
             self.train_cases, self.val_cases = cases, []
@@ -138,7 +146,7 @@ class SegmentationData(L.LightningDataModule):
             self.train_cases, self.val_cases = folds.split(cases, self.fold, d.folds, d.fold_seed)
             if d.max_val_cases:
                 self.val_cases = self.val_cases[: d.max_val_cases]
-        self.input_names = names = input_names(self.cfg)
+        names = self.input_names
         # shared by all folds of an experiment: entries are keyed by case, files and spacing
         cache_dir = d.cache_dir or (self.run_dir.parent / "cache" if self.run_dir else None)
         if d.cache == "disk" and cache_dir is None:

@@ -10,18 +10,19 @@ Two recipes, one network (a reduced-width Swin Factorizer):
 * ``cpu`` — ``lesion-factorizer train training/configs/demo-<task>.yaml`` on 32 phantoms, widths
   8-128, single-threaded (on a small shared machine two threads fighting other processes made steps
   ten times slower than one). The shipped stroke model.
-* ``gpu`` — ``training/packed.py`` with ``demo-<task>-gpu.yaml`` on 64 phantoms (the first 32 are
+* ``gpu`` — ``lesion-factorizer train demo-<task>-gpu --pack …`` on 64 phantoms (the first 32 are
   the CPU recipe's), widths 16-256, 32-patch batches, minutes on one GPU. The shipped tumor and
-  ms-new models. The GPU host needs a stock PyTorch stack, not SimpleITK or MONAI: ``pack`` runs
-  here, then copy the pack and the checkout there, run the ``train`` step (or the ``packed.py
-  train`` command it prints) and copy ``WORK/runs/demo-<task>-gpu`` back before ``card``.
+  ms-new models (trained by the earlier GPU-only loop of ``packed.py``; their cards say how). The
+  GPU host needs torch, Lightning and MONAI, not SimpleITK: ``pack`` runs here, then copy the pack
+  and the checkout there, run the ``train`` step (or the command it prints) and copy
+  ``WORK/runs/demo-<task>-gpu`` back before ``card``.
 
 Steps, per task (each skips what its output already holds, so an interrupted build resumes):
 
 1. ``data``  — training phantoms (seed 100) and held-out phantoms (10 cases, seed 9000: no case in
    common with training, nor with the bundled sample cases) with ``lesion-factorizer phantom`` at
    the demo model's spacing.
-2. ``pack``  — gpu recipe only: the training arrays in one file (``packed.py pack``).
+2. ``pack``  — gpu recipe only: the training arrays in one file (``training/packed.py``).
 3. ``train`` — as above; fold 0 keeps validation Dice for picking the checkpoint.
 4. ``card``  — export the best checkpoint with fp16 weights, score it on the held-out phantoms
    through the real inference pipeline, and write the final model file whose description is the
@@ -45,7 +46,6 @@ TASKS = ("tumor", "stroke", "ms-new")
 SPACING_MM = {"tumor": 3.0, "stroke": 2.0, "ms-new": 2.0}
 TRAIN_SEED, TEST_CASES, TEST_SEED = 100, 10, 9000
 SHIPPED_RECIPE = {"tumor": "gpu", "stroke": "cpu", "ms-new": "gpu"}
-GPU_MINUTES = 11.0
 REAL_DATA = {   # (bundled config, data folder, note)
     "tumor": ("swin-factorizer-brats", "/path/to/BraTS2021_TrainingData",
               " (an MSD Task01 folder needs --set data.format=msd-task01)"),
@@ -93,10 +93,11 @@ def make_data(r: Recipe) -> None:
 def make_pack(r: Recipe) -> None:
     if r.kind != "gpu" or r.pack.is_file():
         return
-    run([sys.executable, "training/packed.py", "pack", r.config, "--data-root", str(r.train_dir), "--out", str(r.pack)])
+    run([sys.executable, "-m", "LesionFactorizerLib.training.packed", r.config, "--data-root", str(r.train_dir),
+         "--out", str(r.pack)])
 
 
-def train(r: Recipe, minutes: float) -> None:
+def train(r: Recipe, max_steps: int | None) -> None:
     if (r.run_dir / "result.json").is_file():
         print(f"{r.task}: training already finished in {r.run_dir}")
         return
@@ -105,8 +106,8 @@ def train(r: Recipe, minutes: float) -> None:
         cli("train", str(ROOT / "training" / "configs" / f"{r.config}.yaml"), "--fold", "0",
             "--data-root", str(r.train_dir), "--output-dir", runs, "--no-progress", threads=1)
         return
-    cmd = [sys.executable, "training/packed.py", "train", r.config, "--pack", str(r.pack), "--output-dir", runs,
-           "--minutes", f"{minutes:g}"]
+    cmd = [sys.executable, "-m", "LesionFactorizerLib", "train", r.config, "--fold", "0", "--pack", str(r.pack),
+           "--output-dir", runs, "--no-progress", *(["--max-steps", str(max_steps)] if max_steps else [])]
     import torch
 
     if not torch.cuda.is_available():
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default="data,pack,train,card", help="comma-separated subset of data,pack,train,card")
     p.add_argument("--recipe", choices=("cpu", "gpu"), help="for every task (default: each task's shipped recipe, "
                    + ", ".join(f"{t} {k}" for t, k in SHIPPED_RECIPE.items()) + ")")
-    p.add_argument("--minutes", type=float, default=GPU_MINUTES, help="gpu recipe: training time budget per task")
+    p.add_argument("--max-steps", type=int, help="gpu recipe: optimiser steps per task (default: the config's)")
     p.add_argument("--work", default=str(ROOT / "out" / "demo-models"), help="phantoms, packs, runs and drafts")
     p.add_argument("--models-dir", default=str(ROOT / "Resources" / "Models"), help="where the model files go")
     a = p.parse_args(argv)
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         if "pack" in steps:
             make_pack(r)
         if "train" in steps:
-            train(r, a.minutes)
+            train(r, a.max_steps)
         if "card" in steps:
             card(r, Path(a.models_dir))
         print(f"{task}: {time.perf_counter() - t0:.0f} s", flush=True)

@@ -55,8 +55,11 @@ def _precision(cfg: TrainConfig, accelerator: str) -> str:
 
 
 def train(cfg: TrainConfig, fold: int | None = 0, output_dir: str | Path | None = None,
-          resume: bool = False, progress: bool | None = None, extra_callbacks=()) -> RunResult:
-    """Train one fold (``None``: all cases, no validation); ``extra_callbacks``: Lightning callbacks
+          resume: bool = False, progress: bool | None = None, extra_callbacks=(),
+          init: str | Path | None = None) -> RunResult:
+    """Train one fold (``None``: all cases, no validation). ``init``: start from the network weights
+    of this training checkpoint, with a new optimiser and schedule (warm-up included) — a second
+    stage of an earlier run; ``result.json`` records it. ``extra_callbacks``: Lightning callbacks
     of your own (monitoring, early stopping)."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -79,6 +82,7 @@ def train(cfg: TrainConfig, fold: int | None = 0, output_dir: str | Path | None 
     data = SegmentationData(cfg, fold, run_dir, progress=progress)
     data.setup("fit")
     module = SegmentationModule(cfg.to_dict(), fold)
+    stage = _load_init(module, init) if init and not resume else {}
     n_in = module.model.config["kwargs"].get("in_channels")
     if n_in is not None and n_in != len(data.input_names):
         raise UserError(f"model {cfg.model.preset!r} takes {n_in} input channels but the data provide "
@@ -130,10 +134,36 @@ def train(cfg: TrainConfig, fold: int | None = 0, output_dir: str | Path | None 
     result = RunResult(run_dir, best, last, score, int(trainer.global_step), seconds, trainer.is_global_zero,
                        latest.stopped)
     if trainer.is_global_zero and not latest.stopped:
+        import torch
+
+        stage["device"] = torch.cuda.get_device_name() if trainer.strategy.root_device.type == "cuda" else "CPU"
         (run_dir / "result.json").write_text(json.dumps({
             "best": str(best) if best else None, "last": str(last), "best_val_dice": score,
-            "steps": result.steps, "seconds": seconds, "fold": fold}, indent=2), encoding="utf-8")
+            "steps": result.steps + stage.get("init_step", 0), "seconds": seconds, "fold": fold, **stage},
+            indent=2), encoding="utf-8")
     return result
+
+
+def _load_init(module, init: str | Path) -> dict:
+    """Load the network weights of checkpoint ``init`` into ``module``; returns what result.json
+    records of it: the checkpoint, its step, and the stages behind it ("N steps in M min on …",
+    earlier stages first, from its run's result.json) for model cards."""
+    from .checkpoint_io import load_checkpoint_file
+
+    ckpt = load_checkpoint_file(init)
+    weights = {k[len("model."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("model.")}
+    try:
+        module.model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise UserError(f"--init {init}: its weights do not fit model {module.cfg.model.preset!r} "
+                        f"({str(exc).splitlines()[0]})") from None
+    history = None
+    result = Path(init).parent.parent / "result.json"
+    if result.is_file():
+        r = json.loads(result.read_text(encoding="utf-8"))
+        done = f"{r.get('steps')} steps in {r.get('seconds', 0) / 60:.0f} min on {r.get('device', 'CPU')}"
+        history = f"{r['history']}, then {done}" if r.get("history") else done
+    return {"init": str(init), "init_step": int(ckpt.get("global_step", 0)), "history": history}
 
 
 KEPT_LOG = "metrics.before-resume.csv"

@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
     parser.add_argument("--fold", default="0",
                         help="validation fold 0..k-1 (default 0), or 'all' to train on every case without validation")
+    parser.add_argument("--init", metavar="CHECKPOINT",
+                        help="start from this training checkpoint's network weights (*.ckpt.safetensors) with "
+                        "a new optimiser and schedule: a further stage of an earlier run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--fold {args.fold!r}: give a fold number or 'all'") from None
     from LesionFactorizerLib.training.run import train
 
-    result = train(cfg, fold, resume=args.resume, progress=not args.no_progress and cfg.trainer.progress_bar)
+    result = train(cfg, fold, resume=args.resume, progress=not args.no_progress and cfg.trainer.progress_bar,
+                   init=args.init)
     if not result.is_global_zero:
         return 0  # one summary per run, not one per DDP process
     print(json.dumps({"run_dir": str(result.run_dir), "best": str(result.best) if result.best else None,
