@@ -65,15 +65,18 @@ def msseg2(tmp_path_factory):
     return synthetic.make_msseg2(tmp_path_factory.mktemp("msseg2"), n=5, shape=(20, 20, 20), seed=3)
 
 
-def test_sigint_saves_the_latest_state_and_resume_finishes_the_run(msseg2, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_the_latest_state_and_resume_finishes_the_run(msseg2, tmp_path, capfd, signum):
     cfg = load_config(_config(tmp_path / "c.yaml", msseg2, tmp_path / "runs", trainer={"checkpoint_every": 0}))
-    previous = signal.getsignal(signal.SIGINT)
-    first = train(cfg, 0, progress=False, extra_callbacks=[At(3, lambda: os.kill(os.getpid(), signal.SIGINT))])
-    assert signal.getsignal(signal.SIGINT) is previous          # the handler is put back
-    # a real Ctrl+C: the step in progress finishes, the state is saved, no result.json (not finished)
+    previous = signal.getsignal(signum)
+    first = train(cfg, 0, progress=False, extra_callbacks=[At(3, lambda: os.kill(os.getpid(), signum))])
+    assert signal.getsignal(signum) is previous                 # the handler is put back
+    # Ctrl+C / a cluster's SIGTERM: the step in progress finishes, the state is saved, and no
+    # result.json says the run is finished
     assert first.stopped and 3 <= first.steps < 8
     assert load_checkpoint_file(first.last)["global_step"] == first.steps
     assert not (first.run_dir / "result.json").exists()
+    assert "continue with --resume" in capfd.readouterr().err
     again = train(cfg, 0, resume=True, progress=False)
     assert not again.stopped and again.steps == 8
     assert _steps(again.run_dir) == list(range(8))

@@ -57,7 +57,6 @@ def train_transforms(patch_size, pos_fraction: float | None, aug: AugmentationCo
     return T.Compose(ts)
 
 
-
 class VarianceNoised(T.RandGaussianNoised):
     """RandGaussianNoised with the noise *variance* drawn from U(0, variance) (thesis 7.6.1),
     i.e. std = √U(0, variance) — larger, and spread differently, than reading the range as a std."""

@@ -64,8 +64,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
                 raise UserError(f"--set {path}: '{k}' is not a section")
         node[keys[-1]] = value
 
-    simple = {"data_root": "data.root", "pack": "data.pack", "output_dir": "trainer.output_dir", "num_nodes": "trainer.num_nodes",
-              "strategy": "trainer.strategy", "accelerator": "trainer.accelerator",
+    simple = {"data_root": "data.root", "pack": "data.pack", "output_dir": "trainer.output_dir",
+              "num_nodes": "trainer.num_nodes", "strategy": "trainer.strategy", "accelerator": "trainer.accelerator",
               "precision": "trainer.precision", "max_steps": "trainer.max_steps",
               "val_every": "trainer.val_every", "batch_size": "data.batch_size", "workers": "data.num_workers"}
     for attr, path in simple.items():

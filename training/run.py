@@ -120,7 +120,8 @@ def train(cfg: TrainConfig, fold: int | None = 0, output_dir: str | Path | None 
         with latest.signals():
             try:
                 trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
-            except SIGTERMException:
+                latest.stopped = False    # fit ran to max_steps: a stop asked in the last step changed nothing
+            except (SIGTERMException, StopRequested):
                 if not latest.stopped:
                     raise
         if not latest.stopped:
@@ -210,10 +211,15 @@ def _write_joined(older: Path, newer: Path, out: Path) -> None:
     write_csv(old + new, out)
 
 
+class StopRequested(Exception):
+    """Ends ``fit`` after Ctrl+C, once the latest state is saved."""
+
+
 class LatestState(Callback):
     """Writes ``last`` every ``every`` steps and when the run is asked to stop (SIGINT, SIGTERM).
 
-    SIGINT is handled here (a graceful stop at the end of the step, agreed by every DDP rank);
+    SIGINT is handled here (a stop at the end of the step, agreed by every DDP rank, without the
+    validation Lightning runs before an early stop);
     SIGTERM is Lightning's (it raises at the end of the step, after the ranks agree), and the
     state is saved in :meth:`on_exception`."""
 
@@ -234,9 +240,18 @@ class LatestState(Callback):
             asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
         if asked:
             self._stop(trainer, "interrupted")
-            trainer.should_stop = True
         elif self.every and trainer.global_step % self.every == 0:
             self._save(trainer)
+
+    # Stop before the next step or validation, once this step's log row is written (Lightning logs
+    # it after on_train_batch_end). Not trainer.should_stop, which would run a validation first.
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if self.stopped:
+            raise StopRequested
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self.stopped:
+            raise StopRequested
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException

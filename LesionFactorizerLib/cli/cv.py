@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
             folds = [int(f) for f in args.folds.split(",")]
         except ValueError:
             raise UserError(f"--folds {args.folds!r}: give numbers like 0,1,2") from None
-    cross_validate(cfg, folds=folds, resume=args.resume, progress=not args.no_progress and cfg.trainer.progress_bar)
+    results = cross_validate(cfg, folds=folds, resume=args.resume,
+                             progress=not args.no_progress and cfg.trainer.progress_bar)
+    stopped = any(r.stopped for r in results)   # by Ctrl+C / SIGTERM: --resume continues that fold
     scores = {}
     for k in folds if folds is not None else range(cfg.data.folds):
         path = run_dir_for(cfg, k) / "result.json"
@@ -39,5 +41,5 @@ def run(args: argparse.Namespace) -> int:
             scores[k] = json.loads(path.read_text(encoding="utf-8")).get("best_val_dice")
     valid = [v for v in scores.values() if v is not None]
     print(json.dumps({"folds": scores, "mean_val_dice": float(np.mean(valid)) if valid else None,
-                      "sd_val_dice": float(np.std(valid, ddof=1)) if len(valid) > 1 else None}))
-    return 0
+                      "sd_val_dice": float(np.std(valid, ddof=1)) if len(valid) > 1 else None, "stopped": stopped}))
+    return 1 if stopped else 0

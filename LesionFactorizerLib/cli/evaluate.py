@@ -85,6 +85,11 @@ def _evaluate_set(pred_dir: Path, refs: dict, task: str, hd_empty) -> list[dict]
     return rows
 
 
+HD95_NOTE = {"nan": "MONAI (a region empty on one side only: NaN, left out of the means)",
+             "brats": "BraTS challenge (a region empty on one side only: 373.13 mm)",
+             "diagonal": "image diagonal (a region empty on one side only: the image diagonal in mm)"}
+
+
 def run(args: argparse.Namespace) -> int:
     from LesionFactorizerLib.evaluation.cohort import summarize, wilcoxon_compare, write_csv
     from LesionFactorizerLib.tasks import get_task
@@ -99,12 +104,14 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(rows_a)
     write_csv(rows_a, out / "cases.csv")
     write_csv(summary, out / "summary.csv")
-    result = {"cases": len(rows_a), "hd95_empty": args.hd_empty, "outputs": [str(out / "cases.csv"), str(out / "summary.csv")]}
+    result = {"cases": len(rows_a), "hd95_empty": args.hd_empty,
+              "outputs": [str(out / "cases.csv"), str(out / "summary.csv")]}
     if rows_b is not None:
         write_csv(rows_b, out / "cases_b.csv")
         write_csv(summarize(rows_b), out / "summary_b.csv")
         write_csv(wilcoxon_compare(rows_a, rows_b), out / "wilcoxon.csv")
         result["outputs"] += [str(out / "cases_b.csv"), str(out / "summary_b.csv"), str(out / "wilcoxon.csv")]
+    print(f"HD95 convention: {HD95_NOTE[args.hd_empty]}")
     print(f"{'metric':28s} {'n':>4s} {'mean':>10s} {'sd':>10s} {'median':>10s}")
     for s in summary:
         if s["metric"].startswith(("dice", "hd95", "lesion_", "nlp", "vlp")):
