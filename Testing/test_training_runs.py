@@ -68,9 +68,14 @@ def msseg2(tmp_path_factory):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_the_latest_state_and_resume_finishes_the_run(msseg2, tmp_path, capfd, signum):
     cfg = load_config(_config(tmp_path / "c.yaml", msseg2, tmp_path / "runs", trainer={"checkpoint_every": 0}))
-    previous = signal.getsignal(signum)
-    first = train(cfg, 0, progress=False, extra_callbacks=[At(3, lambda: os.kill(os.getpid(), signum))])
-    assert signal.getsignal(signum) is previous                 # the handler is put back
+    # a fresh process's handler: an in-process `segment` test before this one may have left its own
+    previous = signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    try:
+        before = signal.getsignal(signum)
+        first = train(cfg, 0, progress=False, extra_callbacks=[At(3, lambda: os.kill(os.getpid(), signum))])
+        assert signal.getsignal(signum) is before               # the handler is put back
+    finally:
+        signal.signal(signum, previous)
     # Ctrl+C / a cluster's SIGTERM: the step in progress finishes, the state is saved, and no
     # result.json says the run is finished
     assert first.stopped and 3 <= first.steps < 8
