@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from LesionFactorizerLib import build_model
+from LesionFactorizerLib.nn.factorizer import memory_saving_path
 from LesionFactorizerLib.nn.lowrank import LowRankConv3d
 from LesionFactorizerLib.presets import PRESETS, build_architecture, count_flops, count_parameters
 
@@ -63,15 +64,25 @@ def test_presets_can_be_retargeted_and_rebuilt_from_config():
 
 
 @pytest.mark.parametrize("name", ["swin-factorizer-brats", "local-factorizer-brats", "global-factorizer-brats"])
-def test_odd_sizes_and_the_fast_inference_path_match_autograd(name):
+def test_odd_sizes_and_the_memory_saving_path_match_the_plain_forward(name):
     model = build_model(name, **SMALL).eval()
+    blocks = list(model.blocks.values())
     x = torch.randn(2, 4, 21, 18, 35)
     with torch.no_grad():
+        assert all(memory_saving_path(b) for b in blocks)  # eager inference takes it by default
         fast = model(x)
-    with torch.enable_grad():
+        for block in blocks:
+            block.memory_saving = False
+        assert not any(memory_saving_path(b) for b in blocks)
         plain = model(x)
+    with torch.enable_grad():
+        for block in blocks:
+            block.memory_saving = True
+        assert not any(memory_saving_path(b) for b in blocks)  # never under autograd
+        autograd = model(x).detach()
     assert fast.shape == (2, 3, 21, 18, 35)
-    torch.testing.assert_close(fast, plain.detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(plain, autograd, rtol=1e-6, atol=1e-6)
 
 
 def test_component_hook_returns_maps_on_each_layer_grid():
