@@ -170,6 +170,33 @@ def test_lowrank_conv_equals_conv_with_reconstructed_kernel():
     assert n_params == 3 * (5 + 6 + 3 + 3 + 3) + 5 < sum(p.numel() for p in conv.parameters())
 
 
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_lowrank_conv_run_as_cp_factors_equals_the_dense_kernel(kernel_size, layout):
+    torch.manual_seed(1)
+    layer = LowRankConv3d(6, 7, kernel_size, rank=4)
+    x = torch.randn(2, 6, 5, 9, 8).contiguous(memory_format=layout)  # small: every voxel sees the border
+    with torch.no_grad():
+        factored = layer(x)
+        dense = F.conv3d(x, layer.kernel(), layer.bias, padding=kernel_size // 2)
+        layer.factored = False
+        assert torch.equal(layer(x), dense)
+    torch.testing.assert_close(factored, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_lowrank_resunet_inference_equals_its_dense_kernel_network():
+    torch.manual_seed(2)
+    model = build_model("lowrank-resunet-brats2020", features=4, levels=3).eval()
+    x = torch.randn(1, 4, 12, 16, 20)
+    with torch.no_grad():
+        factored = model(x)
+        for layer in model.modules():
+            if isinstance(layer, LowRankConv3d):
+                layer.factored = False
+        dense = model(x)
+    torch.testing.assert_close(factored, dense, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["swin-factorizer-isles", "local-factorizer-brats", "global-factorizer-brats"])
 def test_component_maps_agree_between_inference_and_autograd_paths(name):
     model = build_model(name, widths=(8, 16, 32, 64, 128)).eval()
