@@ -29,9 +29,9 @@ def memory_saving_path(block: "FactorizerBlock") -> bool:
     That path computes exactly what the plain forward computes (tested equal), but slab-wise and
     in place, so a full-resolution map crosses main memory a few times instead of ~20 (CPUs are
     bound by memory traffic here, not FLOPs). It runs only in eager inference: under autograd its
-    in-place writes would break gradients (and it has no dropout), and compilers and exporters (``torch.compile``,
-    ``torch.export``, ONNX) get the plain graph, which they fuse themselves. ``block.memory_saving =
-    False`` turns it off (tests, and profiling the plain graph)."""
+    in-place writes would break gradients (and it has no dropout); compilers and exporters
+    (``torch.compile``, ``torch.export``, ONNX) get the plain graph, which they fuse themselves and
+    which ONNX Runtime reproduces. ``block.memory_saving = False`` turns it off (tests, profiling)."""
     return (block.memory_saving and not block.training and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling() and not torch.compiler.is_exporting())
 

@@ -156,11 +156,14 @@ def factorize(
     if rank < 1 or iters < 0:
         raise ValueError(f"NMF needs rank >= 1 and iters >= 0, got rank={rank}, iters={iters}")
     m, n = x.shape[-2:]
+    # 1. initial factors: constants of (M, N, R, seed), the same for every matrix of the batch
     u0, v0 = initial_factors(m, n, rank, seed, dtype=x.dtype, device=x.device)
     first_grad_iter = 0 if grad_iters is None else max(iters - grad_iters, 0)
+    # 2a. rank-1 HALS: the same iterations in closed form over X's Gram matrix
     if rank == 1 and solver == "hals" and iters > 0:
         u, v = _rank1_hals(x, v0[:, 0], iters, first_grad_iter, eps)
         return u.unsqueeze(-1), v.unsqueeze(-1)
+    # 2b. otherwise T alternating half-steps, U for fixed V then V for the new U
     u = u0.expand(*x.shape[:-2], m, rank)
     v = v0.expand(*x.shape[:-2], n, rank)
     xt = x.transpose(-1, -2)
