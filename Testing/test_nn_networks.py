@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from LesionFactorizerLib import build_model
+from LesionFactorizerLib.nn.factorizer import memory_saving_path
 from LesionFactorizerLib.nn.lowrank import LowRankConv3d
 from LesionFactorizerLib.presets import PRESETS, build_architecture, count_flops, count_parameters
 
@@ -63,15 +64,25 @@ def test_presets_can_be_retargeted_and_rebuilt_from_config():
 
 
 @pytest.mark.parametrize("name", ["swin-factorizer-brats", "local-factorizer-brats", "global-factorizer-brats"])
-def test_odd_sizes_and_the_fast_inference_path_match_autograd(name):
+def test_odd_sizes_and_the_memory_saving_path_match_the_plain_forward(name):
     model = build_model(name, **SMALL).eval()
+    blocks = list(model.blocks.values())
     x = torch.randn(2, 4, 21, 18, 35)
     with torch.no_grad():
+        assert all(memory_saving_path(b) for b in blocks)  # eager inference takes it by default
         fast = model(x)
-    with torch.enable_grad():
+        for block in blocks:
+            block.memory_saving = False
+        assert not any(memory_saving_path(b) for b in blocks)
         plain = model(x)
+    with torch.enable_grad():
+        for block in blocks:
+            block.memory_saving = True
+        assert not any(memory_saving_path(b) for b in blocks)  # never under autograd
+        autograd = model(x).detach()
     assert fast.shape == (2, 3, 21, 18, 35)
-    torch.testing.assert_close(fast, plain.detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(plain, autograd, rtol=1e-6, atol=1e-6)
 
 
 def test_component_hook_returns_maps_on_each_layer_grid():
@@ -157,6 +168,33 @@ def test_lowrank_conv_equals_conv_with_reconstructed_kernel():
     torch.testing.assert_close(layer(x), conv(x))
     n_params = sum(p.numel() for p in layer.parameters())
     assert n_params == 3 * (5 + 6 + 3 + 3 + 3) + 5 < sum(p.numel() for p in conv.parameters())
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_lowrank_conv_run_as_cp_factors_equals_the_dense_kernel(kernel_size, layout):
+    torch.manual_seed(1)
+    layer = LowRankConv3d(6, 7, kernel_size, rank=4)
+    x = torch.randn(2, 6, 5, 9, 8).contiguous(memory_format=layout)  # small: every voxel sees the border
+    with torch.no_grad():
+        factored = layer(x)
+        dense = F.conv3d(x, layer.kernel(), layer.bias, padding=kernel_size // 2)
+        layer.factored = False
+        assert torch.equal(layer(x), dense)
+    torch.testing.assert_close(factored, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_lowrank_resunet_inference_equals_its_dense_kernel_network():
+    torch.manual_seed(2)
+    model = build_model("lowrank-resunet-brats2020", features=4, levels=3).eval()
+    x = torch.randn(1, 4, 12, 16, 20)
+    with torch.no_grad():
+        factored = model(x)
+        for layer in model.modules():
+            if isinstance(layer, LowRankConv3d):
+                layer.factored = False
+        dense = model(x)
+    torch.testing.assert_close(factored, dense, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["swin-factorizer-isles", "local-factorizer-brats", "global-factorizer-brats"])

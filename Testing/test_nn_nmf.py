@@ -94,6 +94,23 @@ def test_initial_factors_are_reproducible_and_seeded():
     assert not torch.equal(a[1], c[1])
 
 
+@pytest.mark.parametrize("m,n,rank,seed", [(8, 50, 2, 3), (1, 4096, 1, 17), (4, 1, 3, 0)])
+def test_initial_factors_are_torch_generator_values_bit_for_bit(m, n, rank, seed):
+    """Every trained model saw ``torch.rand`` from a seeded generator: the tracer-friendly numpy
+    reproduction must give exactly those values, or trained models would change their outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    u_ref = torch.rand(m, rank, generator=gen, dtype=torch.float64)
+    v_ref = torch.rand(n, rank, generator=gen, dtype=torch.float64)
+    u0, v0 = initial_factors(m, n, rank, seed, dtype=torch.float64)
+    assert torch.equal(u0, u_ref) and torch.equal(v0, v_ref)
+
+
+def test_initial_factors_are_not_shared_mutable_state():
+    u0, _ = initial_factors(3, 5, 1, seed=9, dtype=torch.float64)
+    u0.zero_()  # a caller writing into its copy must not poison the cache
+    assert initial_factors(3, 5, 1, seed=9, dtype=torch.float64)[0].min() > 0
+
+
 def test_unknown_solver_is_rejected():
     with pytest.raises(ValueError, match="solver"):
         NMF(solver="svd")

@@ -83,6 +83,9 @@ def _utf8_pipes() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: on a shared machine spinning steals the cores
+    # the other threads (ours and other programs') need. Must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _utf8_pipes()
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -23,6 +23,19 @@ from LesionFactorizerLib.nn.nmf import NMF
 from LesionFactorizerLib.nn.unet import UShapedNet, layer_names
 
 
+def memory_saving_path(block: "FactorizerBlock") -> bool:
+    """Whether ``block`` runs its memory-saving inference path — the one switch between the two.
+
+    That path computes exactly what the plain forward computes (tested equal), but slab-wise and
+    in place, so a full-resolution map crosses main memory a few times instead of ~20 (CPUs are
+    bound by memory traffic here, not FLOPs). It runs only in eager inference: under autograd its
+    in-place writes would break gradients (and it has no dropout); compilers and exporters
+    (``torch.compile``, ``torch.export``, ONNX) get the plain graph, which they fuse themselves and
+    which ONNX Runtime reproduces. ``block.memory_saving = False`` turns it off (tests, profiling)."""
+    return (block.memory_saving and not block.training and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting())
+
+
 class WrappedNMF(nn.Module):
     """1×1 projection → matricize → ReLU → NMF (reconstruction) → dematricize → 1×1 projection.
 
@@ -45,16 +58,17 @@ class WrappedNMF(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ReLU commutes with the (pure re-indexing) matricize; in place on the fresh projection.
-        return self.dropout(self.out_proj(self.factorize(torch.relu_(self.in_proj(x)))))
+        z = torch.relu_(self.in_proj(x))
+        mats, layout = self.matricize.matricize(z)        # heads × windows → batch of E×N matrices
+        u, v = self.nmf.decompose(mats)                   # X ≈ U Vᵀ, V holds the spatial factors
+        if self.capture:
+            self.components = self.matricize.factor_maps(v.detach(), layout)
+        y = self.matricize.reconstruct(u, v, layout)      # U Vᵀ, back on the channels-last grid
+        return self.dropout(self.out_proj(y))
 
-    def factorize(self, z: torch.Tensor) -> torch.Tensor:
-        """The NMF low-rank approximation of the (non-negative) projected map ``z``."""
-        if torch.is_grad_enabled():
-            mats, layout = self.matricize.matricize(z)
-            u, v = self.nmf.decompose(mats)
-            if self.capture:
-                self.components = self.matricize.factor_maps(v.detach(), layout)
-            return self.matricize.reconstruct(u, v, layout)
+    def factorize_low_memory(self, z: torch.Tensor) -> torch.Tensor:
+        """Memory-saving path only: the NMF approximation of the projected, rectified map ``z``,
+        slab by slab (see ``LocalMatricize.factorize_map``)."""
         y, maps = self.matricize.factorize_map(z, self.nmf, self.capture)
         if self.capture:
             self.components = maps
@@ -88,6 +102,7 @@ class FactorizerBlock(nn.Module):
         self.nmf = WrappedNMF(cout, matricize, head_dim, window, nmf, dropout)
         self.mlp_norm = nn.LayerNorm(cout)
         self.mlp = MLP(cout, mlp_ratio, dropout)
+        self.memory_saving = True  # see memory_saving_path
 
     def _position(self, grid: tuple[int, ...]) -> torch.Tensor:
         pos = self.pos_embed
@@ -100,10 +115,16 @@ class FactorizerBlock(nn.Module):
         reads ``cat([skip, x])`` through the adapter without the concatenation being built."""
         x = x.permute(0, 2, 3, 4, 1)  # free view for channels_last_3d memory
         parts = [x] if skip is None else [skip.permute(0, 2, 3, 4, 1), x]
-        if self.training or torch.is_grad_enabled():
-            x = self._forward_autograd(parts)
-        else:
-            x = self._forward_inference(parts)
+        if memory_saving_path(self):
+            return self._forward_memory_saving(parts).permute(0, 4, 1, 2, 3)
+        x = self._adapt(parts)                                   # 1×1 adapter (2C→C in decoders)
+        if self.adapter is not None:
+            x = self.dropout(x)
+        if self.pos_embed is not None:                           # bridge: learnt position
+            x = self.dropout(x + self._position(tuple(x.shape[1:4])))
+        if not self.nmf.skip:
+            x = x + self.nmf(self.nmf_norm(x))                   # x + WrappedNMF(LN(x))
+        x = x + self.mlp(self.mlp_norm(x))                       # x + MLP(LN(x))
         return x.permute(0, 4, 1, 2, 3)
 
     def _adapt(self, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -116,21 +137,10 @@ class FactorizerBlock(nn.Module):
             out = out + F.linear(part, weight)
         return out
 
-    def _forward_autograd(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        x = parts[0]
-        if self.adapter is not None:
-            x = self.dropout(self._adapt(parts))
-        if self.pos_embed is not None:
-            x = self.dropout(x + self._position(tuple(x.shape[1:4])))
-        if not self.nmf.skip:
-            x = x + self.nmf(self.nmf_norm(x))
-        return x + self.mlp(self.mlp_norm(x))
-
-    def _forward_inference(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        """Same result as :meth:`_forward_autograd`, for inference: the per-voxel work (norms,
-        projections, MLP, residuals) runs over cache-sized runs of voxels and accumulates in
-        place, so a full-resolution map crosses main memory a few times instead of ~20 (this
-        layer is bound by memory traffic, not FLOPs, on CPUs)."""
+    def _forward_memory_saving(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The forward above, for eager inference (see :func:`memory_saving_path`): the same steps,
+        with the per-voxel work (norms, projections, MLP, residuals) over cache-sized runs of
+        voxels accumulated in place, and the NMF slab by slab."""
         b, d, h, w, _ = parts[0].shape
         c = self.nmf_norm.normalized_shape[0]
         rows = [p.reshape(-1, p.shape[-1]) for p in parts]
@@ -146,7 +156,7 @@ class FactorizerBlock(nn.Module):
             z = torch.empty_like(out)
             for sl in _chunks(out.shape[0], c):
                 z[sl] = torch.relu_(nmf.in_proj(self.nmf_norm(out[sl])))
-            y = nmf.factorize(z.view(b, d, h, w, c)).reshape(-1, c)
+            y = nmf.factorize_low_memory(z.view(b, d, h, w, c)).reshape(-1, c)
             for sl in _chunks(out.shape[0], c):
                 out[sl] += nmf.out_proj(y[sl])
         mlp = self.mlp

@@ -14,26 +14,65 @@ Choices, following the authors' reference code (``shared/reference/factorizer-re
 
 Deliberate change: the reference stores the initial factors as state-dict buffers sized for one
 matrix shape (for Global matricize: one entry per voxel of the training patch). Here they are
-drawn from a seeded generator for the actual ``(M, N, R)`` and cached, so a trained layer accepts
-any input size and model files carry no random buffers. The seed is part of the layer's config.
+generated from the layer's seed for the actual ``(M, N, R)``, so a trained layer accepts any input
+size and model files carry no random buffers. They are *constants* of the computation, never drawn
+inside the graph: see :func:`initial_factors`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 
+import numpy as np
 import torch
 from torch import nn
 
 SOLVERS = ("hals", "mu")
 
 
+def _torch_cpu_uniform(count: int, seed: int) -> np.ndarray:
+    """The first ``count`` values of ``torch.rand(..., generator=torch.Generator().manual_seed(seed),
+    dtype=torch.float64)``, computed without torch.
+
+    torch's CPU generator is MT19937 seeded like the reference implementation (``init_genrand``);
+    a float64 takes two 32-bit draws ``a, b`` and keeps 53 bits: ``((a mod 2²¹)·2³² + b) / 2⁵³``.
+    Reproducing it in numpy keeps the factors every model so far was trained with, while making them
+    invisible to tracers (a test checks the two agree bit for bit)."""
+    bits = np.random.MT19937()
+    bits._legacy_seeding(int(seed))
+    raw = bits.random_raw(2 * count).astype(np.uint64).reshape(count, 2)
+    mantissa = ((raw[:, 0] & np.uint64((1 << 21) - 1)) << np.uint64(32)) | raw[:, 1]
+    return mantissa.astype(np.float64) * 2.0**-53
+
+
+@functools.lru_cache(maxsize=64)
+def _initial_factors_f64(m: int, n: int, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    values = torch.from_numpy(_torch_cpu_uniform((m + n) * rank, seed))
+    return values[: m * rank].view(m, rank), values[m * rank:].view(n, rank)
+
+
+@torch.compiler.assume_constant_result
+def _initial_factors_constant(m: int, n: int, rank: int, seed: int) -> torch.Tensor:
+    """Both factors as one ``((M+N)·R,)`` float64 tensor, which compilers fold into the graph
+    (they are a function of the shape and seed alone)."""
+    u0, v0 = _initial_factors_f64(m, n, rank, seed)
+    return torch.cat([u0.reshape(-1), v0.reshape(-1)])
+
+
 def initial_factors(m: int, n: int, rank: int, seed: int, dtype=torch.float32, device=None):
-    """Reproducible U[0,1) initial factors ``(M, R)`` and ``(N, R)`` for one matrix shape."""
-    gen = torch.Generator().manual_seed(int(seed))
-    u0 = torch.rand(m, rank, generator=gen, dtype=torch.float64)
-    v0 = torch.rand(n, rank, generator=gen, dtype=torch.float64)
-    return u0.to(device=device, dtype=dtype), v0.to(device=device, dtype=dtype)
+    """Reproducible U[0,1) initial factors ``(M, R)`` and ``(N, R)`` for one matrix shape.
+
+    They depend on ``(M, N, R, seed)`` only, so they are computed in plain Python (numpy) and cached:
+    ``torch.compile`` sees one constant and no graph break, ``torch.export`` and ONNX store the
+    values for the traced shape, and no random generator runs inside ``forward``."""
+    if torch.compiler.is_compiling():
+        values = _initial_factors_constant(m, n, rank, int(seed))
+        u0, v0 = values[: m * rank].view(m, rank), values[m * rank:].view(n, rank)
+    else:
+        u0, v0 = _initial_factors_f64(m, n, rank, int(seed))
+    # copies: the cached values must never be written through a caller's tensor
+    return u0.to(device=device, dtype=dtype, copy=True), v0.to(device=device, dtype=dtype, copy=True)
 
 
 def objective(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -117,11 +156,14 @@ def factorize(
     if rank < 1 or iters < 0:
         raise ValueError(f"NMF needs rank >= 1 and iters >= 0, got rank={rank}, iters={iters}")
     m, n = x.shape[-2:]
+    # 1. initial factors: constants of (M, N, R, seed), the same for every matrix of the batch
     u0, v0 = initial_factors(m, n, rank, seed, dtype=x.dtype, device=x.device)
     first_grad_iter = 0 if grad_iters is None else max(iters - grad_iters, 0)
+    # 2a. rank-1 HALS: the same iterations in closed form over X's Gram matrix
     if rank == 1 and solver == "hals" and iters > 0:
         u, v = _rank1_hals(x, v0[:, 0], iters, first_grad_iter, eps)
         return u.unsqueeze(-1), v.unsqueeze(-1)
+    # 2b. otherwise T alternating half-steps, U for fixed V then V for the new U
     u = u0.expand(*x.shape[:-2], m, rank)
     v = v0.expand(*x.shape[:-2], n, rank)
     xt = x.transpose(-1, -2)

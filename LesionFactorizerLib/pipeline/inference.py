@@ -9,6 +9,7 @@ sub-voxel rounding.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -41,6 +42,51 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+def others_running(loadavg: str | None = None) -> int:
+    """Processes runnable right now besides this one, from ``/proc/loadavg``'s "running/total"
+    field (instantaneous, unlike the 1-minute average, which also counts our own last case).
+    0 where it cannot be read (not Linux)."""
+    try:
+        text = loadavg if loadavg is not None else open("/proc/loadavg").read()
+        return max(0, int(text.split()[3].split("/")[0]) - 1)
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def threads_for_load(default: int, cores: int | None, others: int) -> int:
+    """CPU threads for inference on a possibly busy machine: no more than the cores the other
+    runnable processes leave free (at least 1). OpenMP threads that outnumber the free cores wait
+    at every barrier for a descheduled sibling, so on a loaded machine fewer threads finish sooner.
+    The user's ``--threads`` (``OMP_NUM_THREADS``) is never overridden — see :func:`run_inference`."""
+    cores = cores or 1
+    return max(1, min(default, cores - others))
+
+
+def auto_sw_batch_size(roi: tuple[int, ...], channels: int, device_type: str, free_bytes: int | None) -> int:
+    """Windows per forward pass: small windows run several at a time (tiny ops are dominated by
+    per-op overhead and thread synchronisation), large ones one at a time. Bounded by ~1/4 of free
+    memory at ~``channels``·600 bytes per window voxel (the Factorizer's peak working set, measured)
+    and by 8. The same logits either way: windows are independent samples of the batch."""
+    voxels = 1
+    for r in roi:
+        voxels *= int(r)
+    by_size = max(1, (64**3) // voxels) if device_type == "cpu" else max(1, (128**3 * 2) // voxels)
+    if free_bytes:
+        by_size = min(by_size, max(1, free_bytes // 4 // (voxels * max(1, channels) * 600)))
+    return int(min(8, by_size))
+
+
+def _free_memory(dev) -> int | None:
+    import torch
+
+    if dev.type == "cuda":
+        return torch.cuda.mem_get_info(dev)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -54,6 +100,9 @@ class InferenceResult:
     strides: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"
     passes: int = 0
+    backend: str = "eager"                          # how the network ran (report.json "backend")
+    threads: int = 0
+    sw_batch_size: int = 1
     warnings: list[str] = field(default_factory=list)
 
 
@@ -65,19 +114,40 @@ def window_count(size: tuple[int, ...], roi: tuple[int, ...], interval: tuple[in
 
 
 def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *, overlap: float = 0.5,
-                  align: int = 16, tta: bool = False, sw_batch_size: int = 1, device: str = "auto",
+                  align: int = 16, tta: bool = False, sw_batch_size: int | None = 1, device: str = "auto",
                   component_layers: list[str] | None = None, want_components: bool = False,
                   on_window: Callable[[int, int], None] | None = None) -> InferenceResult:
     """Mean logits of ``models`` (× TTA flips) over sliding windows on ``array`` (C, D, H, W).
 
     ``roi`` and the array's spatial size must be multiples of ``align`` (checked by the caller).
     Components come from the first model that has them, on the un-flipped pass.
+    ``sw_batch_size=None`` chooses it from the window size and free memory (:func:`auto_sw_batch_size`).
+    On the CPU, unless the user fixed the thread count, threads follow the machine's load
+    (:func:`threads_for_load`) for this call.
     """
     import torch
-    from monai.inferers import sliding_window_inference
 
     dev = resolve_device(device)
     result = InferenceResult(np.empty(0), device=str(dev))
+    if sw_batch_size is None:
+        sw_batch_size = auto_sw_batch_size(roi, array.shape[0], dev.type, _free_memory(dev))
+    result.sw_batch_size = sw_batch_size
+    threads_before = torch.get_num_threads()
+    if dev.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(threads_for_load(threads_before, os.cpu_count(), others_running()))
+    result.threads = torch.get_num_threads()
+    try:
+        return _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers,
+                    want_components, on_window, result)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers, want_components,
+         on_window, result: InferenceResult) -> InferenceResult:
+    import torch
+    from monai.inferers import sliding_window_inference
+
     size = tuple(array.shape[1:])
     interval = tuple(max(align, (int(r * (1 - overlap)) // align) * align) for r in roi)
     # MONAI takes an overlap fraction; nudge it so int(roi·(1−overlap)) is exactly our interval.
