@@ -201,8 +201,11 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.componentColorTableSelector.setCurrentNode(inferno)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartSaveEvent, self._saveState)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._restoreState)
         self.onTaskChanged()
         self._resetResults()
+        self._restoreState()
 
     def enter(self):
         # Volumes loaded while the module is shown fill empty input selectors; while the user is
@@ -213,6 +216,52 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def exit(self):
         self.removeObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
+        self._saveState()
+
+    # ---- state saved with the scene
+
+    def _saveState(self, *args):
+        """Task, inputs, output, model and settings into the module's parameter node, which Slicer
+        saves with the scene. Called when the scene is saved, when the module is left and on Segment."""
+        node = self.logic.getParameterNode()
+        inputs = self.selectedInputs()
+        skip = [self.ui.skipNmfListWidget.item(i).data(qt.Qt.UserRole) for i in range(self.ui.skipNmfListWidget.count)
+                if self.ui.skipNmfListWidget.item(i).checkState() == qt.Qt.Checked]
+        values = {"task": self.task.name, "model": self.ui.modelComboBox.currentData or "",
+                  "preset": self.ui.presetComboBox.currentText, "device": self.ui.deviceComboBox.currentData,
+                  "components": self.ui.componentsCheckBox.checked, "probabilities": self.ui.probabilitiesCheckBox.checked,
+                  "tta": self.ui.ttaCheckBox.checked, "nmfIterations": self.ui.nmfIterationsSpinBox.value,
+                  "skipNmf": ",".join(skip)}
+        for name, value in values.items():
+            node.SetParameter(name, str(value))
+        for name, inputNode in inputs.items():
+            node.SetNodeReferenceID(f"input:{name}", inputNode.GetID() if inputNode else None)
+        node.SetNodeReferenceID("outputSegmentation", self.ui.outputSegmentationSelector.currentNodeID or None)
+
+    def _restoreState(self, *args):
+        """The GUI as the parameter node describes it (a reopened scene); nothing if it is new."""
+        node = self.logic.getParameterNode()
+        if node.GetParameter("task") not in TASKS:
+            return
+        combo = self.ui.taskComboBox
+        combo.setCurrentIndex(combo.findData(node.GetParameter("task")))
+        for i, spec in enumerate(self.task.inputs):
+            reference = node.GetNodeReference(f"input:{spec.name}")
+            self.inputSelectors[i].setCurrentNodeID(reference.GetID() if reference else "")
+        output = node.GetNodeReference("outputSegmentation")
+        self.ui.outputSegmentationSelector.setCurrentNodeID(output.GetID() if output else "")
+        model = self.ui.modelComboBox.findData(node.GetParameter("model"))
+        self.ui.modelComboBox.setCurrentIndex(max(model, 0))
+        self.ui.presetComboBox.setCurrentText(node.GetParameter("preset"))
+        self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(node.GetParameter("device")), 0))
+        for name in ("components", "probabilities", "tta"):
+            getattr(self.ui, f"{name}CheckBox").checked = node.GetParameter(name) == "True"
+        self.ui.nmfIterationsSpinBox.value = int(node.GetParameter("nmfIterations") or 0)
+        skip = set(filter(None, node.GetParameter("skipNmf").split(",")))
+        for i in range(self.ui.skipNmfListWidget.count):
+            item = self.ui.skipNmfListWidget.item(i)
+            item.setCheckState(qt.Qt.Checked if item.data(qt.Qt.UserRole) in skip else qt.Qt.Unchecked)
+        self.updateGuiState()
 
     def cleanup(self):
         self.removeObservers()
@@ -387,6 +436,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             overwrite = True
         self._saveSettings()
+        self._saveState()
         self._resetResults()
         self._tracker = ProgressTracker()
         self.ui.progressBar.setValue(0)

@@ -41,6 +41,9 @@ DEPENDENCIES: tuple[Dependency, ...] = (
     Dependency("SimpleITK>=2.2", bundled_with_slicer=True),
     Dependency("numpy>=1.24", bundled_with_slicer=True),
 )
+# Library dependencies the worker never needs in Slicer: matplotlib draws only the overview PNG,
+# which the module does not ask for (segmentFiles(overview=True) says to pip_install it).
+NOT_NEEDED_IN_SLICER = ("matplotlib",)
 
 
 # The worker runs in Slicer's own Python (PythonSlicer). The library and the PyTorch builds it is

@@ -116,6 +116,7 @@ def play(args, widget, result, started):
         run.update(check_segments(widget, task, context, terminology))
         assert not list((temp / MODULE).glob("*")), f"{task_name}: the job's temporary folder was left behind"
         run["component_views"] = browse_components(widget)
+        run["panel"] = panel_state(widget)
         result["runs"].append(run)
 
     result["cancel"] = cancel_midway(widget)
@@ -221,6 +222,28 @@ def browse_components(widget):
             assert np.allclose(harness.volume_geometry(shown), layer.ijk_to_ras)
             views += 1
     return views
+
+
+def panel_state(widget):
+    """What the module panel shows now, for render_panel.py (the Extension Index picture)."""
+    import re
+
+    ui = widget.ui
+    table = ui.resultsTableWidget
+    return {
+        "task": ui.taskComboBox.currentText,
+        "inputs": [[label.text, selector.currentNode().GetName()] for label, selector in
+                   zip(widget.inputLabels, widget.inputSelectors) if label.isVisible() and selector.currentNode()],
+        "model": ui.modelComboBox.currentText,
+        "model_card": re.sub(r"<[^>]+>", " ", ui.modelCardLabel.text.replace("</tr>", "\n")).replace("&nbsp;", " "),
+        "preset": ui.presetComboBox.currentText,
+        "status": ui.statusLabel.text,
+        "progress": [ui.progressBar.value, ui.progressBar.format],
+        "summary": ui.resultsSummaryLabel.text,
+        "table": [[table.item(r, c).text() for c in range(table.columnCount)] for r in range(table.rowCount)],
+        "component_layer": ui.componentLayerComboBox.currentText,
+        "component": [ui.componentSlider.value, ui.componentSlider.maximum],
+    }
 
 
 def _group_members(pgid):

@@ -159,8 +159,8 @@ class vtkMRMLScriptedModuleNode(vtkMRMLNode):
     def GetParameter(self, name):
         return self._parameters.get(name, "")
 
-    def SetNodeReferenceID(self, role, nodeID):
-        self._references[role] = nodeID
+    def SetNodeReferenceID(self, referenceRole, referencedNodeID):
+        self._references[referenceRole] = referencedNodeID or None
         self.Modified()
 
     def GetNodeReference(self, role):
@@ -298,6 +298,7 @@ class vtkMRMLSubjectHierarchyNode(vtkMRMLNode):
 
 class vtkMRMLScene(vtk.vtkObject):
     NodeAddedEvent, NodeRemovedEvent, StartCloseEvent, EndCloseEvent = 66000, 66001, 66003, 66004
+    StartSaveEvent, EndSaveEvent, StartImportEvent, EndImportEvent = 66009, 66010, 66007, 66008
 
     def __init__(self):
         vtk.vtkObject.__init__(self)
@@ -349,6 +350,12 @@ class vtkMRMLScene(vtk.vtkObject):
 
     def GetSubjectHierarchyNode(self):
         return self._shNode
+
+    def Commit(self, url=None):
+        """Saving the scene: observers update what they keep in nodes (nothing is written here)."""
+        self.InvokeEvent(self.StartSaveEvent)
+        self.InvokeEvent(self.EndSaveEvent)
+        return 1
 
     def Clear(self, removeSingletons=False):
         self.InvokeEvent(self.StartCloseEvent)
