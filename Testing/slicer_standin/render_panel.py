@@ -6,6 +6,7 @@ The picture is a schematic render of the panel's real contents after a real run 
 (texts, table, progress), labelled as such on the image: it is not a screenshot of Slicer.
 """
 
+import html
 import json
 import sys
 import textwrap
@@ -50,7 +51,7 @@ def render(panel, out):
         line(label, name)
     section("Model")
     line("Model:", panel["model"])
-    for text in [t.strip() for t in panel["model_card"].splitlines() if t.strip()][:7]:
+    for text in [t.strip() for t in html.unescape(panel["model_card"]).splitlines() if t.strip()][:7]:
         for part in textwrap.wrap(" ".join(text.split()), 62)[:2]:
             ax.text(0.06, y[0], part, fontsize=6, va="center", color="#333333")
             y[0] -= ROW * 0.7
