@@ -83,7 +83,7 @@ def _add_command_arguments(module, parser: argparse.ArgumentParser) -> None:
 
 def _training_missing(args: argparse.Namespace) -> int:
     raise UserError(f"'{args.command}' needs the training package, which this installation does not include; "
-                    f"install the library with pip: pip install \"lesionfactorizer[training]\"")
+                    f"install the library with pip: pip install \"lesion-factorizer[training]\"")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
