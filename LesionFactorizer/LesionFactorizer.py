@@ -55,6 +55,7 @@ from LesionFactorizerModuleLib import inputs as inputsLib  # noqa: E402
 from LesionFactorizerModuleLib import models as modelsLib  # noqa: E402
 from LesionFactorizerModuleLib import report as reportLib  # noqa: E402
 from LesionFactorizerModuleLib import samples as samplesLib  # noqa: E402
+from LesionFactorizerModuleLib import terminology as terminologyLib  # noqa: E402
 from LesionFactorizerModuleLib import worker as workerLib  # noqa: E402
 from LesionFactorizerModuleLib import results as resultsLib  # noqa: E402
 from LesionFactorizerModuleLib.outputs import find_outputs  # noqa: E402
@@ -86,29 +87,54 @@ class LesionFactorizer(ScriptedLoadableModule):
             "Factorizer networks: P. Ashtari, D. M. Sima, L. De Lathauwer, D. Sappey-Marinier, F. Maes and "
             "S. Van Huffel, 'Factorizer: A Scalable Interpretable Approach to Context Modeling for Medical Image "
             "Segmentation', Medical Image Analysis 84:102706, 2023, doi:10.1016/j.media.2022.102706.")
-        slicer.app.connect("startupCompleted()", registerSampleData)
+        slicer.app.connect("startupCompleted()", onStartupCompleted)
+
+
+def onStartupCompleted():
+    registerSampleData()
+    loadTerminology()
 
 
 def registerSampleData():
-    """Register the bundled sample cases (one per task) with the Sample Data module."""
+    """Register the bundled sample cases (one per task) with the Sample Data module.
+
+    Nothing here may stop Slicer's start-up: a damaged manifest or an older Sample Data module is a
+    warning in the log, and the module works without samples.
+    """
     import SampleData
 
     try:
         cases = samplesLib.discover_sample_cases(bundled_resources(_LIBRARY_ROOT) / "SampleData")
-    except Exception as exc:  # a damaged manifest must not stop Slicer's start-up
+        for case in cases:
+            source = dict(
+                category=SAMPLE_CATEGORY,
+                sampleName=case.name,
+                thumbnailFileName=str(case.thumbnail) if case.thumbnail else None,
+                uris=[f.uri for f in case.files],
+                fileNames=[f.path.name for f in case.files],
+                nodeNames=[case.node_name(f) for f in case.files],
+                checksums=[f"SHA256:{f.sha256}" for f in case.files],
+            )
+            try:
+                SampleData.SampleDataLogic.registerCustomSampleDataSource(
+                    **source, loadFileTypes=["VolumeFile"] * len(case.files))
+            except TypeError:  # Slicer 5.6 and older: one file type for all files
+                SampleData.SampleDataLogic.registerCustomSampleDataSource(**source, loadFileType="VolumeFile")
+    except Exception as exc:
         logging.warning("LesionFactorizer sample data not registered: %s", exc)
-        return
-    for case in cases:
-        SampleData.SampleDataLogic.registerCustomSampleDataSource(
-            category=SAMPLE_CATEGORY,
-            sampleName=case.name,
-            thumbnailFileName=str(case.thumbnail) if case.thumbnail else None,
-            uris=[f.uri for f in case.files],
-            fileNames=[f.path.name for f in case.files],
-            nodeNames=[case.node_name(f) for f in case.files],
-            checksums=[f"SHA256:{f.sha256}" for f in case.files],
-            loadFileTypes=["VolumeFile"] * len(case.files),
-        )
+
+
+def terminologyFile() -> Path:
+    return _MODULE_DIR / "Resources" / "Terminology" / terminologyLib.FILE_NAME
+
+
+def loadTerminology():
+    """Load the extension's terminology context, which the segments' terminology entries name."""
+    try:
+        if not slicer.modules.terminologies.logic().LoadTerminologyFromFile(str(terminologyFile())):
+            raise RuntimeError(f"{terminologyFile()} could not be read")
+    except Exception as exc:  # segments keep their names and colours; only the picker lacks the codes
+        logging.warning("LesionFactorizer terminology not loaded: %s", exc)
 
 
 #
@@ -124,6 +150,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._tracker = None
         self._cards: list[modelsLib.ModelCard] = []
+        self._result = None  # the run the results table and component browser show
         self._updating = False
         self._assignPending = False
 
@@ -173,16 +200,83 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if inferno is not None:
             self.ui.componentColorTableSelector.setCurrentNode(inferno)
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartSaveEvent, self._saveState)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._restoreState)
         self.onTaskChanged()
         self._resetResults()
+        self._restoreState()
+
+    def enter(self):
+        # Volumes loaded while the module is shown fill empty input selectors; while the user is
+        # elsewhere nothing is watched, so inputs they cleared are not refilled behind their back.
+        if not self.hasObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded):
+            self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
+        self.autoAssignInputs(keepCurrent=True)
+
+    def exit(self):
+        self.removeObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
+        self._saveState()
+
+    # ---- state saved with the scene
+
+    def _saveState(self, *args):
+        """Task, inputs, output, model and settings into the module's parameter node, which Slicer
+        saves with the scene. Called when the scene is saved, when the module is left and on Segment."""
+        node = self.logic.getParameterNode()
+        inputs = self.selectedInputs()
+        skip = [self.ui.skipNmfListWidget.item(i).data(qt.Qt.UserRole) for i in range(self.ui.skipNmfListWidget.count)
+                if self.ui.skipNmfListWidget.item(i).checkState() == qt.Qt.Checked]
+        values = {"task": self.task.name, "model": self.ui.modelComboBox.currentData or "",
+                  "preset": self.ui.presetComboBox.currentText, "device": self.ui.deviceComboBox.currentData,
+                  "components": self.ui.componentsCheckBox.checked, "probabilities": self.ui.probabilitiesCheckBox.checked,
+                  "tta": self.ui.ttaCheckBox.checked, "nmfIterations": self.ui.nmfIterationsSpinBox.value,
+                  "skipNmf": ",".join(skip)}
+        for name, value in values.items():
+            node.SetParameter(name, str(value))
+        for name, inputNode in inputs.items():
+            node.SetNodeReferenceID(f"input:{name}", inputNode.GetID() if inputNode else None)
+        node.SetNodeReferenceID("outputSegmentation", self.ui.outputSegmentationSelector.currentNodeID or None)
+
+    def _restoreState(self, *args):
+        """The GUI as the parameter node describes it (a reopened scene); nothing if it is new."""
+        node = self.logic.getParameterNode()
+        if node.GetParameter("task") not in TASKS:
+            return
+        combo = self.ui.taskComboBox
+        combo.setCurrentIndex(combo.findData(node.GetParameter("task")))
+        for i, spec in enumerate(self.task.inputs):
+            reference = node.GetNodeReference(f"input:{spec.name}")
+            self.inputSelectors[i].setCurrentNodeID(reference.GetID() if reference else "")
+        output = node.GetNodeReference("outputSegmentation")
+        self.ui.outputSegmentationSelector.setCurrentNodeID(output.GetID() if output else "")
+        model = self.ui.modelComboBox.findData(node.GetParameter("model"))
+        self.ui.modelComboBox.setCurrentIndex(max(model, 0))
+        self.ui.presetComboBox.setCurrentText(node.GetParameter("preset"))
+        self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(node.GetParameter("device")), 0))
+        for name in ("components", "probabilities", "tta"):
+            getattr(self.ui, f"{name}CheckBox").checked = node.GetParameter(name) == "True"
+        self.ui.nmfIterationsSpinBox.value = int(node.GetParameter("nmfIterations") or 0)
+        skip = set(filter(None, node.GetParameter("skipNmf").split(",")))
+        for i in range(self.ui.skipNmfListWidget.count):
+            item = self.ui.skipNmfListWidget.item(i)
+            item.setCheckState(qt.Qt.Checked if item.data(qt.Qt.UserRole) in skip else qt.Qt.Unchecked)
+        self.updateGuiState()
 
     def cleanup(self):
         self.removeObservers()
         self._job = None
         if self.logic is not None:
             self.logic.abortAll()  # stops timers, SIGTERMs the workers without waiting, removes temp dirs
+            self.logic.releaseComponentMaps()
+
+    def onReload(self):
+        # Slicer's Reload re-reads this file only: drop the helper packages so that it imports
+        # fresh copies instead of running the edited module against stale helpers.
+        for name in list(sys.modules):
+            if name.split(".")[0] in ("LesionFactorizerModuleLib", "LesionFactorizerLib"):
+                del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
     # ---- settings
 
@@ -245,6 +339,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneClosed(self, caller, event):
         self._resetResults()
+        self.logic.releaseComponentMaps()
         self.updateGuiState()
 
     def selectedInputs(self) -> dict:
@@ -272,10 +367,22 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelCardLabel.text = _("No model is installed for this task: use 'Import model…' to add "
                                             "a .safetensors model file.")
         else:
-            self.ui.modelCardLabel.text = card.html()
+            self.ui.modelCardLabel.text = card.html(measuredSeconds=self._measuredSeconds(card))
         # only Factorizer networks have NMF components to show
         self.ui.componentsCheckBox.enabled = card is None or card.has_components
         self.updateGuiState()
+
+    @staticmethod
+    def _measuredSeconds(card):
+        value = qt.QSettings().value(f"LesionFactorizer/lastRunSeconds/{card.name}")
+        return float(value) if value not in (None, "") else None
+
+    def _rememberRunTime(self, result):
+        """The model card's expected time is the last run's time on this computer (models carry none)."""
+        model = result.report.get("model") or {}
+        total = (result.report.get("timings_s") or {}).get("total")
+        if model.get("name") and isinstance(total, (int, float)):
+            qt.QSettings().setValue(f"LesionFactorizer/lastRunSeconds/{model['name']}", float(total))
 
     def onImportModel(self):
         path = qt.QFileDialog.getOpenFileName(self.parent, _("Import model"), "",
@@ -303,7 +410,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.inputStatus[i].setStyleSheet("color: #c03030;" if problem else "")
         running = self._job is not None
         noModel = not self._cards
-        reason = inputsLib.problems_summary(task, problems) or (
+        reason = dependenciesLib.unsupported_python() or inputsLib.problems_summary(task, problems) or (
             _("No model is installed for this task: use 'Import model…'.") if noModel else "")
         self.ui.segmentButton.text = _("Cancel") if running else _("Segment")
         self.ui.segmentButton.enabled = running or not reason
@@ -329,6 +436,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             overwrite = True
         self._saveSettings()
+        self._saveState()
         self._resetResults()
         self._tracker = ProgressTracker()
         self.ui.progressBar.setValue(0)
@@ -366,20 +474,28 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCompleted(self, result: "SegmentationResult"):
         self._job = None
-        if result.succeeded:
-            self.ui.progressBar.setValue(100)
-            self.ui.progressBar.setFormat(_("Done"))
-            self.ui.statusLabel.text = _("Done in {seconds:.0f} s.").format(seconds=result.elapsedSeconds)
-            # The output selector stays as it was (normally "create new"), so the next case cannot
-            # overwrite this one by accident; the 3D button follows the new result.
-            self.ui.show3DButton.setSegmentationNode(result.segmentationNode)
-            self.showResults(result)
-        else:
+        self.updateGuiState()  # first: the button must leave "Cancel" whatever happens below
+        if not result.succeeded:
             self.ui.progressBar.setFormat(_("Cancelled") if result.cancelled else _("Failed"))
             self.ui.statusLabel.text = result.message
             if not result.cancelled:
                 slicer.util.errorDisplay(result.message, detailedText="\n".join(result.log[-200:]))
-        self.updateGuiState()
+            return
+        self.ui.progressBar.setValue(100)
+        self.ui.progressBar.setFormat(_("Done"))
+        # The output selector stays as it was (normally "create new"), so the next case cannot
+        # overwrite this one by accident; the 3D button follows the new result.
+        self.ui.show3DButton.setSegmentationNode(result.segmentationNode)
+        try:
+            self._rememberRunTime(result)
+            self.onModelChanged()  # the card shows the time just measured
+            self.showResults(result)
+        except Exception as exc:
+            logging.exception("LesionFactorizer: showing the results failed")
+            self.ui.statusLabel.text = _("The segmentation is in the scene, but the results could not be shown: "
+                                         "{error}").format(error=exc)
+            return
+        self.ui.statusLabel.text = _("Done in {seconds:.0f} s.").format(seconds=result.elapsedSeconds)
 
     # ---- results and component browser
 
@@ -406,6 +522,8 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo = self.ui.componentLayerComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
+        if result.componentLayers:  # a placeholder first, so that choosing any layer shows it
+            combo.addItem(_("Choose a layer..."), "")
         for name, layer in result.componentLayers.items():
             combo.addItem(f"{layer.title} ({layer.count})", name)
         combo.blockSignals(wasBlocked)
@@ -563,6 +681,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.pythonExecutable = None  # default: PythonSlicer next to Slicer
         self.keepTemporaryFiles = False  # for debugging the worker
+        self._componentFolders: list[Path] = []  # component maps the browser may still read (see _keepComponents)
         # Asynchronous jobs are polled by their own timer; holding them here keeps them (and the
         # timer) alive when the caller drops the returned job.
         self._jobs: set[_Job] = set()
@@ -588,6 +707,9 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
 
     def setupPythonRequirements(self, askConfirmation=True) -> bool:
         """Install missing worker packages (one confirmation listing them). True when ready to run."""
+        if dependenciesLib.unsupported_python():
+            slicer.util.errorDisplay(dependenciesLib.unsupported_python())
+            return False
         plan = dependenciesLib.install_plan(dependenciesLib.check())
         if plan.empty:
             return True
@@ -642,6 +764,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
           False returns a job (job.cancel()) and calls completedCallback(result) at the end.
         Closing the scene or removing an input/output node cancels the run.
         """
+        self._requireSupportedPython()
         taskDef = get_task(task)
         nodes = {name: node for name, node in inputs.items() if node is not None}
         problems = inputsLib.input_problems(taskDef, {n: nodes[n].GetID() if n in nodes else None
@@ -663,7 +786,9 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
             inputFiles = {}
             for name, node in nodes.items():
                 path = tempDir / f"input-{name}.nrrd"
-                slicer.util.exportNode(node, str(path), {"useCompression": 0}, world=True)
+                if not slicer.util.exportNode(node, str(path), {"useCompression": 0}, world=True):
+                    raise RuntimeError(f"'{node.GetName()}' could not be written to the temporary folder {tempDir} "
+                                       f"(disk full or not writable?); see the application log.")
                 inputFiles[name] = path
             request = workerLib.SegmentRequest(
                 task=task, inputs=inputFiles, output_dir=tempDir / "output", models=self._modelList(model),
@@ -700,19 +825,21 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
 
     def segmentFiles(self, inputs, outputFolder, task="tumor", model=None, preset=DEFAULT_SPEED_PRESET, device="auto",
                      components=True, probabilities=False, tta=False, nmfIterations=None, skipNmfLayers=(),
-                     overwrite=False, progressCallback=None) -> dict:
+                     overwrite=False, overview=False, progressCallback=None) -> dict:
         """Segment files on disk without touching the scene (batch over folders).
 
         inputs: {input name: file path}, or a case folder whose files are matched to the task's
         inputs by name. Returns the worker's outputs (paths in outputFolder); raises RuntimeError
-        with the worker's one-line message on failure.
+        with the worker's one-line message on failure. overview=True also writes the QC picture
+        overview.png, which needs matplotlib in Slicer's Python (pip_install("matplotlib")).
         """
+        self._requireSupportedPython()
         if isinstance(inputs, (str, os.PathLike)):
             inputs = inputsLib.match_case_folder(get_task(task), inputs)
         request = workerLib.SegmentRequest(
             task=task, inputs=inputs, output_dir=outputFolder, models=self._modelList(model), device=device,
             preset=preset, components=components, probabilities=probabilities, tta=tta,
-            nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overwrite=overwrite)
+            nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overwrite=overwrite, overview=overview)
         process = self._launch(request)
         try:
             result = process.wait(callback=progressCallback, idle=slicer.app.processEvents)
@@ -723,6 +850,12 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(workerLib.failure_message(result))
         files = find_outputs(outputFolder, result.outputs)
         return {key: str(value) for key, value in vars(files).items() if value is not None}
+
+    @staticmethod
+    def _requireSupportedPython():
+        problem = dependenciesLib.unsupported_python()
+        if problem:
+            raise RuntimeError(problem)
 
     @staticmethod
     def _modelList(model) -> list:
@@ -786,7 +919,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                                                           outputSegmentation)
         self._placeSegmentation(reference, result.segmentationNode)
         if files.components is not None:
-            result.componentLayers = componentsLib.load_components(files.components)
+            result.componentLayers = componentsLib.load_components(self._keepComponents(files.components))
         elif result.report.get("components_note"):
             result.message = str(result.report["components_note"])
         if files.probabilities is not None:
@@ -796,6 +929,22 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                 self._placeInFolder(result, node, "probability")
                 result.probabilityVolumeNodes.append(node)
         return result
+
+    def _keepComponents(self, folder: Path) -> Path:
+        """Move the component maps out of the job's temporary folder, which is removed right after
+        the import, into a folder that lives until the scene is closed: the browser reads a layer's
+        maps only when it is first shown."""
+        if self.keepTemporaryFiles:
+            return folder
+        keep = Path(slicer.util.tempDirectory("LesionFactorizerComponents"))
+        self._componentFolders.append(keep)
+        return Path(shutil.move(str(folder), str(keep / folder.name)))
+
+    def releaseComponentMaps(self):
+        """Delete the kept component maps (scene closed or module cleaned up); layers already shown stay."""
+        for folder in self._componentFolders:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._componentFolders = []
 
     def importSegmentation(self, path, taskDef: Task, reference, outputSegmentation=None):
         """Load a label file into a segmentation node: one named, coloured, coded segment per task label."""

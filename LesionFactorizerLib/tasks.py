@@ -4,9 +4,11 @@ This is the one home for task knowledge (input names and order, label values, na
 standard terminology, post-processing and metrics). It is pure Python on purpose: the Slicer GUI
 process imports it to build its input selectors and colour tables without importing torch.
 
-Terminology codes are SNOMED CT concepts as Slicer's "DICOM master list" terminology uses them
-(category *Morphologically Altered Structure*, region *Brain*); the BraTS codes follow the labels
-used by MONAI Auto3DSeg's BraTS models in Slicer.
+Terminology codes are SNOMED CT concepts (category *Morphologically Altered Structure*, region
+*Brain*); the BraTS codes follow the labels used by MONAI Auto3DSeg's BraTS models in Slicer.
+Slicer's "DICOM master list" lacks Infarct and Lesion under that category, so the entries name the
+extension's own terminology context, which the Slicer module builds from these labels and loads at
+start-up (LesionFactorizer/Resources/Terminology).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Iterable
 
 from LesionFactorizerLib.errors import UserError
 
-# Slicer's built-in terminology contexts; a label's terminology entry string refers to them.
-SLICER_CATEGORY_CONTEXT = "Segmentation category and type - DICOM master list"
+# Terminology contexts a label's terminology entry string refers to: the extension's own category
+# and type context (shipped with the Slicer module) and Slicer's built-in anatomic context.
+SLICER_CATEGORY_CONTEXT = "Segmentation category and type - LesionFactorizer"
 SLICER_ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
 # Endings of the image files the library reads (SimpleITK), in one place for case-folder discovery,

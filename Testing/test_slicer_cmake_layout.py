@@ -1,17 +1,14 @@
 """Configure the extension's CMake with real CMake and check the packaged layout.
 
-Slicer's SDK cannot be installed here, so a minimal stand-in for the four things our CMake uses
-from it (Slicer_USE_FILE, slicerMacroBuildScriptedModule, slicer_add_python_unittest and the
-extension config/CPack includes) is generated below. The stand-in enforces what the real macros
-enforce (mandatory NAME, no unknown keywords, every listed file exists) and copies files the way
-they do. What is checked is ours: the CMake code runs, every listed file exists, and the build
+Slicer's SDK cannot be installed here, so Testing/slicer_standin/sdk.py stands in for the four
+things our CMake uses from it. What is checked is ours: the CMake code runs, every listed file exists, and the build
 tree has the layout the module relies on at run time (library and bundled data next to the module,
 found by the module's own path logic, importable without torch).
 """
 
 from __future__ import annotations
 
-import shutil
+import os
 import subprocess
 import sys
 import textwrap
@@ -19,57 +16,30 @@ from pathlib import Path
 
 import pytest
 
+from slicer_standin import sdk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LesionFactorizer"))
+
 REPO = Path(__file__).resolve().parents[1]
-
-USE_SLICER = textwrap.dedent(r"""
-    set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.9/qt-scripted-modules)
-    set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR ${Slicer_QTSCRIPTEDMODULES_LIB_DIR})
-    function(slicerMacroBuildScriptedModule)
-      cmake_parse_arguments(MY "WITH_GENERIC_TESTS;WITH_SUBDIR;VERBOSE" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
-      if(MY_UNPARSED_ARGUMENTS)
-        message(FATAL_ERROR "unknown arguments: ${MY_UNPARSED_ARGUMENTS}")
-      endif()
-      if(NOT MY_NAME)
-        message(FATAL_ERROR "NAME is mandatory")
-      endif()
-      foreach(f IN LISTS MY_SCRIPTS MY_RESOURCES)
-        if(NOT EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${f})
-          message(FATAL_ERROR "listed file does not exist: ${f}")
-        endif()
-        configure_file(${CMAKE_CURRENT_SOURCE_DIR}/${f}
-          ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/${f} COPYONLY)
-      endforeach()
-      file(APPEND ${CMAKE_BINARY_DIR}/scripted-modules.txt "${MY_NAME} ${MY_WITH_GENERIC_TESTS}\n")
-    endfunction()
-    function(slicer_add_python_unittest)
-      cmake_parse_arguments(MY "" "SCRIPT;TESTNAME_PREFIX" "SLICER_ARGS" ${ARGN})
-      if(NOT EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${MY_SCRIPT})
-        message(FATAL_ERROR "test script does not exist: ${MY_SCRIPT}")
-      endif()
-      file(APPEND ${CMAKE_BINARY_DIR}/python-tests.txt "${MY_SCRIPT}\n")
-    endfunction()
-""")
-
 
 @pytest.fixture(scope="module")
 def build_tree(tmp_path_factory):
-    if shutil.which("cmake") is None:
+    proc, build = sdk.configure(tmp_path_factory.mktemp("cmake"))
+    if proc is None:
         pytest.skip("cmake is not installed")
-    root = tmp_path_factory.mktemp("cmake")
-    sdk = root / "Slicer-SDK"
-    sdk.mkdir()
-    (sdk / "UseSlicer.cmake").write_text(USE_SLICER, encoding="utf-8")
-    (sdk / "empty.cmake").write_text("", encoding="utf-8")
-    (sdk / "SlicerConfig.cmake").write_text(textwrap.dedent("""
-        set(Slicer_USE_FILE ${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake)
-        set(Slicer_EXTENSION_GENERATE_CONFIG ${CMAKE_CURRENT_LIST_DIR}/empty.cmake)
-        set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/empty.cmake)
-    """), encoding="utf-8")
-    build = root / "build"
-    proc = subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={sdk}", "-DBUILD_TESTING=ON"],
-                          capture_output=True, text=True, timeout=240, encoding="utf-8")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return build
+
+
+def test_configure_refuses_slicer_older_than_the_worker_needs(tmp_path):
+    """Slicer 5.8 embeds Python 3.9; the worker needs 3.10+, so the extension is not built for it."""
+    from LesionFactorizerModuleLib.dependencies import MIN_SLICER
+
+    proc, _ = sdk.configure(tmp_path, version="5.8")
+    if proc is None:
+        pytest.skip("cmake is not installed")
+    assert proc.returncode != 0
+    assert f"needs Slicer {MIN_SLICER} or newer" in proc.stdout + proc.stderr
 
 
 def test_configure_registers_the_module_and_its_self_test(build_tree):
@@ -78,7 +48,7 @@ def test_configure_registers_the_module_and_its_self_test(build_tree):
 
 
 def test_build_tree_has_the_runtime_layout(build_tree):
-    modules = build_tree / "lib" / "Slicer-5.9" / "qt-scripted-modules"
+    modules = build_tree / "lib" / "Slicer-5.10" / "qt-scripted-modules"
     for rel in ("LesionFactorizer.py", "LesionFactorizerModuleLib/worker.py", "Resources/UI/LesionFactorizer.ui",
                 "Resources/Icons/LesionFactorizer.png", "LesionFactorizerLib/__init__.py",
                 "LesionFactorizerLib/tasks.py", "LesionFactorizerLib/modelfile.py", "LesionFactorizerLib/cli/segment.py"):
@@ -107,3 +77,40 @@ def test_build_tree_has_the_runtime_layout(build_tree):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=build_tree, encoding="utf-8")
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_worker_starts_from_the_packaged_layout_alone(build_tree):
+    """The worker as Slicer starts it: the packaged library on PYTHONPATH, site-packages without any
+    .pth file (-S), so neither the repository nor an editable install can supply what is missing."""
+    import sysconfig
+
+    modules = build_tree / "lib" / "Slicer-5.10" / "qt-scripted-modules"
+    env = {"PYTHONPATH": f"{modules}{os.pathsep}{sysconfig.get_paths()['purelib']}", "PATH": os.environ["PATH"]}
+
+    def worker(*args):
+        return subprocess.run([sys.executable, "-S", "-m", "LesionFactorizerLib", *args], capture_output=True,
+                              text=True, timeout=120, cwd=build_tree, env=env, encoding="utf-8")
+
+    proc = worker("segment", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "--task" in proc.stdout
+    proc = worker("train")  # training is not shipped: a clear error, not a traceback
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: 'train' needs the training package"), proc.stderr
+
+
+def test_extension_index_pictures_exist_and_demo_models_are_called_demos():
+    import re
+
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    prefix = "https://raw.githubusercontent.com/lesionfactorizer/LesionFactorizer/main/"
+    urls = re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]+)"\)', cmake).group(1).split()
+    urls.append(re.search(r'set\(EXTENSION_ICONURL "([^"]+)"\)', cmake).group(1))
+    assert len(urls) >= 3
+    for url in urls:
+        assert url.startswith(prefix), url
+        path = REPO / url[len(prefix):]
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", url
+        assert path.stat().st_size < 1_000_000, url  # small enough for the repository
+    description = re.search(r'set\(EXTENSION_DESCRIPTION "([^"]+)"\)', cmake).group(1)
+    assert "synthetic" in description and "demonstration" in description

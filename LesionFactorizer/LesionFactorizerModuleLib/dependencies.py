@@ -9,6 +9,7 @@ breaks Slicer.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -37,10 +38,28 @@ DEPENDENCIES: tuple[Dependency, ...] = (
     Dependency("scipy>=1.10,<2"),
     Dependency("tqdm>=4.60,<5"),
     Dependency("pyyaml>=6.0,<7"),
-    Dependency("matplotlib>=3.7,<4"),
     Dependency("SimpleITK>=2.2", bundled_with_slicer=True),
     Dependency("numpy>=1.24", bundled_with_slicer=True),
 )
+# Library dependencies the worker never needs in Slicer: matplotlib draws only the overview PNG,
+# which the module does not ask for (segmentFiles(overview=True) says to pip_install it).
+NOT_NEEDED_IN_SLICER = ("matplotlib",)
+
+
+# The worker runs in Slicer's own Python (PythonSlicer). The library and the PyTorch builds it is
+# tested with need Python 3.10+ (pyproject's requires-python; a test keeps the two equal), which
+# Slicer ships from 5.10 on; Slicer 5.8 embeds 3.9. The module still loads there and says so.
+MIN_PYTHON = (3, 10)
+MIN_SLICER = "5.10"
+
+
+def unsupported_python(version_info=sys.version_info) -> str:
+    """Why segmentation cannot run in this Slicer's Python, or "" when it can."""
+    if tuple(version_info[:2]) >= MIN_PYTHON:
+        return ""
+    return (f"Segmentation needs Slicer {MIN_SLICER} or newer: its worker needs Python "
+            f"{'.'.join(map(str, MIN_PYTHON))}+, and this Slicer runs Python {version_info[0]}.{version_info[1]}. "
+            f"Install the current Slicer release from download.slicer.org.")
 
 
 def installed_version(name: str) -> str | None:

@@ -16,7 +16,8 @@ from pathlib import Path
 def find_library_root(module_dir: str | os.PathLike) -> Path | None:
     """The folder that contains ``LesionFactorizerLib/``, searched from the module folder upwards."""
     start = Path(module_dir).resolve()
-    for candidate in (start, *start.parents[:2]):
+    # list(): slicing Path.parents needs Python 3.10, and Slicer 5.8 runs 3.9.
+    for candidate in [start, *list(start.parents)[:2]]:
         if (candidate / "LesionFactorizerLib" / "__init__.py").is_file():
             return candidate
     return None

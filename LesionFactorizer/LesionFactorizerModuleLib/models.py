@@ -49,8 +49,19 @@ class ModelCard:
 
     @property
     def training_data(self) -> str:
+        """One readable line: the data set (its layout and folder name), steps and validation Dice."""
         value = self._get("training.dataset", "training.data", "training.description", "training_data")
-        return str(value) if value is not None else "not stated"
+        if isinstance(value, Mapping):  # the training config's data section: {"format": ..., "root": ...}
+            layout, root = value.get("format"), value.get("root")
+            value = " ".join(filter(None, [f"{layout} layout" if layout else "",
+                                           f"'{Path(str(root)).name}'" if root else ""]))
+        parts = [str(value)] if value else []
+        steps, dice = self._get("training.steps"), self._get("training.validation.best.val/dice")
+        if isinstance(steps, int):
+            parts.append(f"{steps} training steps")
+        if isinstance(dice, (int, float)):
+            parts.append(f"validation Dice {dice:.2f}")
+        return ", ".join(parts) or "not stated"
 
     @property
     def inputs(self) -> list[str]:
@@ -65,7 +76,8 @@ class ModelCard:
     def has_components(self) -> bool:
         return "factorizer" in self.architecture.lower()
 
-    def expected_time(self) -> str:
+    def expected_time(self, measured_s: float | None = None) -> str:
+        """Times recorded in the model file, else the last run on this computer, else when it will be known."""
         cpu = self._get("timing.cpu_s", "benchmark.cpu_s", "training.timing.cpu_s")
         gpu = self._get("timing.gpu_s", "benchmark.gpu_s", "training.timing.gpu_s")
         parts = []
@@ -73,15 +85,17 @@ class ModelCard:
             parts.append(f"CPU ≈ {cpu:.0f} s")
         if isinstance(gpu, (int, float)):
             parts.append(f"GPU ≈ {gpu:.0f} s")
-        return ", ".join(parts) or "not measured"
+        if not parts and measured_s is not None:
+            parts.append(f"≈ {measured_s:.0f} s (last run on this computer)")
+        return ", ".join(parts) or "shown after the first run on this computer"
 
-    def html(self) -> str:
+    def html(self, measuredSeconds: float | None = None) -> str:
         """The model card shown under the model selector (all text escaped)."""
         e = html.escape
         rows = [
             ("Task", self.task), ("Architecture", self.architecture or "unknown"),
             ("Inputs", ", ".join(self.inputs) or "as the task"), ("Training data", self.training_data),
-            ("Licence", self.license), ("Expected time", self.expected_time()),
+            ("Licence", self.license), ("Expected time", self.expected_time(measuredSeconds)),
             ("NMF components", "yes" if self.has_components else "no (not a Factorizer)"),
             ("File", f"{self.path.name} ({self.source})"),
         ]

@@ -4,6 +4,10 @@ Each sub-command lives in its own module in this package and exposes ``NAME``, `
 ``add_arguments(parser)`` and ``run(args) -> int``; they are discovered here, so adding a command
 touches no shared file. Command modules import torch lazily inside ``run`` so that ``--help`` and
 torch-free commands stay fast.
+
+Only the command being run gets its options (``add_arguments``): the training commands' options
+come from ``LesionFactorizerLib.training``, which the Slicer extension does not ship (training
+imports the library, never the reverse), so ``segment`` must not need it.
 """
 
 from __future__ import annotations
@@ -56,7 +60,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _requested_command(argv: list[str]) -> str | None:
+    """The sub-command named on a command line (the first word that is not an option)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--threads":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _add_command_arguments(module, parser: argparse.ArgumentParser) -> None:
+    try:
+        module.add_arguments(parser)
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("LesionFactorizerLib.training"):
+            raise
+        # The Slicer extension ships the inference library only.
+        parser.set_defaults(_run=_training_missing)
+
+
+def _training_missing(args: argparse.Namespace) -> int:
+    raise UserError(f"'{args.command}' needs the training package, which this installation does not include; "
+                    f"install the library with pip: pip install \"lesion-factorizer[training]\"")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that sub-command gets its options (see the module docstring)."""
     parser = _Parser(
         prog="lesion-factorizer",
         description="Brain-lesion segmentation (tumor, stroke, new MS lesions) with interpretable "
@@ -69,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _command_modules():
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
         p.set_defaults(_run=module.run)
+        if command is None or command == module.NAME:
+            _add_command_arguments(module, p)
     return parser
 
 
@@ -87,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     # the other threads (ours and other programs') need. Must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _utf8_pipes()
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_requested_command(argv) or "")
     args = parser.parse_args(argv)
     if args.threads:
         _set_threads(args.threads)

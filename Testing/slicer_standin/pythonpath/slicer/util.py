@@ -1,0 +1,284 @@
+"""Stand-in for the ``slicer.util`` functions the module uses, on real files (SimpleITK) and arrays."""
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import sys
+import time
+import types
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import qt
+import slicer
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class VTKObservationMixin:
+    def __init__(self):
+        self.Observations = []
+
+    def addObserver(self, obj, event, method, group="none", priority=0.0):
+        tag = obj.AddObserver(event, method, priority)
+        self.Observations.append((obj, event, method, group, tag, priority))
+
+    def removeObserver(self, obj, event, method):
+        for entry in list(self.Observations):
+            if entry[0] is obj and entry[1] == event and entry[2] == method:
+                obj.RemoveObserver(entry[4])
+                self.Observations.remove(entry)
+
+    def removeObservers(self, method=None):
+        for entry in list(self.Observations):
+            if method is None or entry[2] == method:
+                entry[0].RemoveObserver(entry[4])
+                self.Observations.remove(entry)
+
+    def hasObserver(self, obj, event, method):
+        return any(e[0] is obj and e[1] == event and e[2] == method for e in self.Observations)
+
+
+# ---- UI
+
+
+def loadUI(path):
+    """Builds the widgets of a Qt Designer file: classes, designer properties and connections."""
+    root = ET.parse(path).getroot()
+    byName = {}
+
+    def build(element):
+        cls = element.get("class")
+        factory = getattr(qt, cls, None) or getattr(slicer, cls, None) or getattr(importlib.import_module("ctk"), cls)
+        widget = factory()
+        widget.objectName = element.get("name", "")
+        for prop in element.findall("property"):
+            value = _designerValue(prop)
+            if value is not None:
+                setattr(widget, prop.get("name"), value)
+        byName[widget.objectName] = widget
+        return widget
+
+    top = None
+    for element in root.iter("widget"):
+        widget = build(element)
+        top = top or widget
+        if widget is not top:
+            top._children.append(widget)
+    for connection in root.iter("connection"):
+        sender = byName[connection.findtext("sender")]
+        receiver = byName[connection.findtext("receiver")]
+        signal = connection.findtext("signal").split("(")[0]
+        slot = connection.findtext("slot").split("(")[0]
+        getattr(sender, signal).connect(getattr(receiver, slot))
+    return top
+
+
+def _designerValue(prop):
+    child = next(iter(prop), None)
+    if child is None:
+        return None
+    text = child.text or ""
+    if child.tag == "bool":
+        return text == "true"
+    if child.tag == "number":
+        return int(text)
+    if child.tag == "double":
+        return float(text)
+    if child.tag in ("string", "cstring"):
+        return text
+    if child.tag == "stringlist":
+        return [s.text for s in child.findall("string")]
+    return None
+
+
+def childWidgetVariables(widget):
+    return types.SimpleNamespace(**{w.objectName: w for w in [widget, *widget.children()] if w.objectName})
+
+
+# ---- dialogs
+
+
+def confirmOkCancelDisplay(text, windowTitle=None, parent=None, **kwargs):
+    slicer.app._dialogs.append(("confirm", text))
+    return slicer.app._dialogAnswers.pop(0) if slicer.app._dialogAnswers else True
+
+
+def errorDisplay(text, windowTitle=None, parent=None, standardButtons=None, **kwargs):
+    slicer.app._dialogs.append(("error", text))
+
+
+@contextlib.contextmanager
+def tryWithErrorDisplay(message=None, show=True, waitCursor=False):
+    try:
+        yield
+    except Exception as exc:
+        if show:
+            errorDisplay(f"{message}\n\n{exc}" if message else str(exc))
+        raise
+
+
+# ---- environment
+
+
+def startupEnvironment():
+    return dict(slicer.app._startupEnvironment)
+
+
+def tempDirectory(key="__SlicerTemp__", tempDir=None, includeDateTime=True):
+    base = tempDir or slicer.app.temporaryPath
+    stamp = time.strftime("%Y-%m-%d_%H+%M+%S") + f".{time.monotonic_ns() % 1000000:06d}" if includeDateTime else ""
+    path = os.path.join(base, key, stamp)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def pip_install(requirements):
+    raise RuntimeError("the Slicer stand-in installs no packages; prepare its Python environment instead")
+
+
+def getModuleLogic(moduleName):
+    widget = getattr(slicer.modules, moduleName.lower() + "widget", None)
+    return getattr(widget, "logic", None)
+
+
+# ---- nodes and arrays
+
+
+def getNode(pattern="*", index=0, scene=None):
+    node = (scene or slicer.mrmlScene).GetFirstNodeByName(pattern)
+    if node is None:
+        raise MRMLNodeNotFoundException(f"could not find nodes in the scene by name or id '{pattern}'")
+    return node
+
+
+class MRMLNodeNotFoundException(Exception):
+    pass
+
+
+def getNodesByClass(className, scene=None):
+    return (scene or slicer.mrmlScene).GetNodesByClass(className)
+
+
+def _image_to_node(image, nodeClass, name):
+    import SimpleITK as sitk
+
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError("the stand-in loads 3-D scalar images only")
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    m = np.eye(4)
+    m[:3, :3] = direction @ np.diag(image.GetSpacing())
+    m[:3, 3] = image.GetOrigin()
+    node = slicer.mrmlScene.AddNewNodeByClass(nodeClass, name)
+    node._array = sitk.GetArrayFromImage(image)
+    node._ijkToRAS = _LPS_TO_RAS @ m
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _nameOf(path, properties):
+    name = (properties or {}).get("name")
+    if name:
+        return name
+    base = os.path.basename(path)
+    for suffix in (".nii.gz", ".nrrd", ".nii", ".mha"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def loadVolume(filename, properties=None, returnNode=False):
+    import SimpleITK as sitk
+
+    properties = properties or {}
+    nodeClass = "vtkMRMLLabelMapVolumeNode" if properties.get("labelmap") else "vtkMRMLScalarVolumeNode"
+    return _image_to_node(sitk.ReadImage(str(filename)), nodeClass, _nameOf(filename, properties))
+
+
+def loadLabelVolume(filename, properties=None, returnNode=False):
+    return loadVolume(filename, {**(properties or {}), "labelmap": True})
+
+
+def exportNode(node, filename, properties=None, world=False):
+    """Writes a volume with its geometry; False (and nothing written) when it cannot."""
+    import SimpleITK as sitk
+
+    if node._array is None or not os.path.isdir(os.path.dirname(os.path.abspath(filename))):
+        return False
+    lps = _LPS_TO_RAS @ node._ijkToRAS
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    image = sitk.GetImageFromArray(node._array)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(v) for v in lps[:3, 3]])
+    image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
+    try:
+        sitk.WriteImage(image, str(filename), bool((properties or {}).get("useCompression", 1)))
+    except RuntimeError:
+        return False
+    return True
+
+
+def arrayFromVolume(volumeNode):
+    return volumeNode._array
+
+
+def updateVolumeFromArray(volumeNode, narray):
+    volumeNode._array = np.array(narray)
+    volumeNode.Modified()
+
+
+def addVolumeFromArray(narray, ijkToRAS=None, name=None, nodeClassName=None):
+    node = slicer.mrmlScene.AddNewNodeByClass(nodeClassName or "vtkMRMLScalarVolumeNode", name or "")
+    node._array = np.array(narray)
+    node._ijkToRAS = np.array(ijkToRAS, dtype=float) if ijkToRAS is not None else np.eye(4)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _sameGeometry(segmentationNode, referenceVolumeNode):
+    return (segmentationNode._referenceShape == referenceVolumeNode._array.shape
+            and np.allclose(segmentationNode._referenceIJKToRAS, referenceVolumeNode._ijkToRAS, atol=1e-4))
+
+
+def updateSegmentBinaryLabelmapFromArray(narray, segmentationNode, segmentId, referenceVolumeNode=None):
+    if referenceVolumeNode is None or segmentationNode._referenceIJKToRAS is None:
+        raise ValueError("the stand-in needs the reference volume and a segmentation reference geometry")
+    if not _sameGeometry(segmentationNode, referenceVolumeNode) or narray.shape != referenceVolumeNode._array.shape:
+        raise ValueError("the labelmap geometry differs from the segmentation's reference geometry "
+                         "(the stand-in does not resample)")
+    segmentationNode.GetSegmentation().GetSegment(segmentId)._labelmap = np.array(narray, dtype=np.uint8)
+
+
+def arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode=None):
+    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+    if referenceVolumeNode is not None and not _sameGeometry(segmentationNode, referenceVolumeNode):
+        raise ValueError("the reference volume's geometry differs from the segmentation's")
+    if segment._labelmap is None:
+        return np.zeros(segmentationNode._referenceShape, dtype=np.uint8)
+    return segment._labelmap
+
+
+def setSliceViewerLayers(background="keep-current", foreground="keep-current", label="keep-current",
+                         foregroundOpacity=None, labelOpacity=None, fit=False, rotateToVolumePlane=False):
+    layers = slicer.app._sliceLayers
+    for key, value in (("background", background), ("foreground", foreground), ("label", label)):
+        if value != "keep-current":
+            layers[key] = value
+    if foregroundOpacity is not None:
+        layers["foregroundOpacity"] = foregroundOpacity
+
+
+# ---- modules
+
+
+def reloadScriptedModule(moduleName):
+    """Re-imports the module file (Slicer's Reload) and returns the new module object."""
+    old = sys.modules[moduleName]
+    path = old.__file__
+    spec = importlib.util.spec_from_file_location(moduleName, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[moduleName] = module
+    spec.loader.exec_module(module)
+    return module
+
