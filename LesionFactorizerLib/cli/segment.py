@@ -59,10 +59,8 @@ def split_list(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def parse_inputs(items: list[str], task_name: str | None, models: list[str]) -> dict[str, str]:
-    """``NAME=PATH`` pairs, plus bare paths assigned by the task's file-name patterns."""
-    from LesionFactorizerLib.tasks import get_task
-
+def parse_inputs(items: list[str], task) -> dict[str, str]:
+    """``NAME=PATH`` pairs, plus bare paths assigned by ``task``'s file-name patterns."""
     named, bare = {}, []
     for item in items:
         name, sep, path = item.partition("=")
@@ -73,13 +71,6 @@ def parse_inputs(items: list[str], task_name: str | None, models: list[str]) -> 
         else:
             bare.append(item)
     if bare:
-        if not task_name and models:
-            from LesionFactorizerLib.modelfile import find_model, read_metadata
-
-            task_name = read_metadata(find_model(models[0]))["task"]
-        if not task_name:
-            raise UserError("give --task to assign inputs given without NAME= by their file names")
-        task = get_task(task_name)
         matched = task.match_inputs(bare)
         unmatched = [b for b in bare if b not in matched.values()]
         if unmatched:
@@ -92,12 +83,12 @@ def parse_inputs(items: list[str], task_name: str | None, models: list[str]) -> 
     return named
 
 
-def options_from_args(args: argparse.Namespace, inputs: dict[str, str], output: str):
+def options_from_args(args: argparse.Namespace, inputs: dict[str, str] | None = None, output: str = ""):
     from LesionFactorizerLib.pipeline.segment import SegmentOptions
 
     layers = split_list(args.component_layers)
     return SegmentOptions(
-        inputs=inputs, output=output, task=args.task, models=list(args.model), device=args.device,
+        inputs=dict(inputs or {}), output=output, task=args.task, models=list(args.model), device=args.device,
         preset=args.preset, tta=args.tta, nmf_iters=args.nmf_iters, skip_nmf=split_list(args.skip_nmf),
         overlap=args.overlap, sw_batch_size=args.sw_batch_size, components=args.components or bool(layers),
         component_layers=layers, probabilities=args.probabilities, threshold=args.threshold,
@@ -122,10 +113,11 @@ def run(args: argparse.Namespace) -> int:
     terminate_cleanly()
     progress = Progress(args.progress)
     with progress.errors_reported():
-        from LesionFactorizerLib.pipeline.segment import segment_case
+        from LesionFactorizerLib.pipeline.segment import Segmenter
 
-        inputs = parse_inputs(args.input, args.task, args.model)
-        outputs = segment_case(options_from_args(args, inputs, args.output), progress)
+        segmenter = Segmenter(options_from_args(args))
+        inputs = parse_inputs(args.input, segmenter.task)
+        outputs = segmenter.segment(inputs, args.output, args.overwrite, progress).outputs
     progress.done(outputs)
     if args.progress == "bar":
         print(f"results written to {outputs['dir']}", file=sys.stderr)

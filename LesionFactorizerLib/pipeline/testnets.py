@@ -21,6 +21,7 @@ NAME = "threshold-net"
 
 class ThresholdNet(nn.Module):
     has_components = False
+    stride = 1   # no downsampling
 
     def __init__(self, in_channels: int, out_channels: int = 1, channel: int = 0, threshold: float = 1.0,
                  gain: float = 20.0, delay_s: float = 0.0):
