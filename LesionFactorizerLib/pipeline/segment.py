@@ -27,7 +27,8 @@ from LesionFactorizerLib.outputspec import OutputSpec
 from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, AtomicOutput, InputImage
 from LesionFactorizerLib.pipeline.preprocessing import Prepared
 from LesionFactorizerLib.pipeline.progress import Progress, Warnings
-from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESETS
+from LesionFactorizerLib.pipeline.settings import check as check_settings
+from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET
 from LesionFactorizerLib.spec import ModelSpec
 from LesionFactorizerLib.tasks import Task, get_task
 
@@ -55,25 +56,8 @@ class SegmentOptions:
     overview: bool = True
 
     def resolved(self) -> dict[str, Any]:
-        if self.preset not in SPEED_PRESETS:
-            raise UserError(f"unknown preset {self.preset!r}; choose one of: {', '.join(SPEED_PRESETS)}")
-        p = dict(SPEED_PRESETS[self.preset])
-        for key in ("tta", "nmf_iters", "skip_nmf", "overlap"):
-            if getattr(self, key) is not None:
-                p[key] = getattr(self, key)
-        if not 0.0 <= p["overlap"] < 1.0:
-            raise UserError(f"--overlap must be in [0, 1), not {p['overlap']}")
-        if p["nmf_iters"] is not None and int(p["nmf_iters"]) < 1:
-            raise UserError(f"--nmf-iters must be at least 1, not {p['nmf_iters']}")
-        if self.sw_batch_size < 1:
-            raise UserError(f"--sw-batch-size must be at least 1, not {self.sw_batch_size}")
-        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            raise UserError(f"--threshold is a probability between 0 and 1 (exclusive), not {self.threshold}")
-        if self.min_lesion_mm3 is not None and self.min_lesion_mm3 < 0:
-            raise UserError(f"--min-lesion-mm3 must be 0 or more, not {self.min_lesion_mm3}")
-        if self.format not in IMAGE_FORMATS:
-            raise UserError(f"unknown output format {self.format!r}; choose one of: {', '.join(IMAGE_FORMATS)}")
-        return p
+        """The speed settings in effect, after the one check of every setting."""
+        return check_settings(asdict(self))
 
 
 # ------------------------------------------------------------------------------------------------
