@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from LesionFactorizerLib.checksums import sha256, sha256_split
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.spec import FORMAT, FORMAT_VERSION, ModelSpec, Preprocessing, parse_spec
 
@@ -154,36 +154,8 @@ def read_spec(path: str | os.PathLike) -> ModelSpec:
     return parse_spec(read_header(path).metadata, where=str(path))
 
 
-def file_sha256(path: str | os.PathLike, offset: int = 0) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(offset)
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _digests(data: bytes | memoryview, data_offset: int) -> tuple[str, str]:
-    """(SHA-256 of the whole file, SHA-256 of its tensor data section) from the file's bytes."""
-    view = memoryview(data)
-    whole = hashlib.sha256(view[:data_offset])
-    weights = hashlib.sha256()
-    for start in range(data_offset, len(view), 1 << 20):
-        chunk = view[start:start + (1 << 20)]
-        whole.update(chunk)
-        weights.update(chunk)
-    return whole.hexdigest(), weights.hexdigest()
-
-
-def _file_digests(path: Path, data_offset: int) -> tuple[str, str]:
-    """As :func:`_digests`, streaming the file once instead of holding it in memory."""
-    whole, weights = hashlib.sha256(), hashlib.sha256()
-    with open(path, "rb") as f:
-        whole.update(f.read(data_offset))
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            whole.update(chunk)
-            weights.update(chunk)
-    return whole.hexdigest(), weights.hexdigest()
+def file_sha256(path: str | os.PathLike) -> str:
+    return sha256(path)
 
 
 def _checksum_failed(path: Path) -> UserError:
@@ -198,7 +170,7 @@ def verify_file(path: str | os.PathLike) -> dict[str, Any]:
     """
     header = read_header(path)
     parse_spec(header.metadata, where=str(path))
-    whole, weights = _file_digests(Path(path), header.data_offset)
+    whole, weights = sha256_split(Path(path), header.data_offset)
     if weights != header.metadata["weights"]["sha256"]:
         raise _checksum_failed(Path(path))
     return _file_info(header, whole, weights)
@@ -279,7 +251,7 @@ def save_model_file(path: str | os.PathLike, model: Any, metadata: dict[str, Any
     # with a placeholder to learn the data bytes, then write the final file.
     blob = save(tensors, metadata={METADATA_KEY: json.dumps(meta)})
     (n,) = struct.unpack("<Q", blob[:8])
-    meta["weights"]["sha256"] = hashlib.sha256(blob[8 + n:]).hexdigest()
+    meta["weights"]["sha256"] = sha256_split(blob, 8 + n)[1]
     parse_spec(meta)
     blob = save(tensors, metadata={METADATA_KEY: json.dumps(meta)})
     path = Path(path)
@@ -292,7 +264,7 @@ def save_model_file(path: str | os.PathLike, model: Any, metadata: dict[str, Any
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return hashlib.sha256(blob).hexdigest()
+    return sha256(blob)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -305,7 +277,6 @@ def load_model_file(path_or_name: str | os.PathLike, device: str = "cpu") -> Loa
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
 
-    import LesionFactorizerLib.pipeline.testnets  # noqa: F401  (registers the diagnostic test network)
     from LesionFactorizerLib.presets import build_architecture
 
     path = find_model(path_or_name)
@@ -315,7 +286,7 @@ def load_model_file(path_or_name: str | os.PathLike, device: str = "cpu") -> Loa
     blob = path.read_bytes()
     if len(blob) != header.file_size:
         raise UserError(f"model file {path} changed while it was being read; try again")
-    sha256, weights_sha256 = _digests(blob, header.data_offset)
+    sha256, weights_sha256 = sha256_split(blob, header.data_offset)
     if weights_sha256 != meta["weights"]["sha256"]:
         raise _checksum_failed(path)
     arch = spec.architecture
