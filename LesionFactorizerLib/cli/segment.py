@@ -1,4 +1,4 @@
-"""``lesion-factorizer segment``: segment one case (DESIGN.md §4)."""
+"""``lesion-factorizer segment``: segment one case (data path: docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """From checked inputs on the reference grid to the network's input array, and back.
 
-Order (DESIGN.md §3): foreground box on the reference grid → the same box on the model grid
-(reference extent at the model's spacing) → resample only that box (linear) → channel-wise z-score
-on non-zero voxels → zero-pad to a multiple of the network stride. The box start is aligned to the
+Order: foreground box on the reference grid → the same box on the model grid (reference extent
+at the model's spacing) → resample only that box (linear) → channel-wise z-score on non-zero
+voxels → zero-pad to a multiple of the network stride. The box start is aligned to the
 network stride so every layer's grid inside the box coincides with that layer's grid over the
 whole volume: component maps can then be pasted into full-extent layer grids without
 interpolation.
