@@ -2,25 +2,20 @@
 
 Why safetensors: loading never unpickles, so a model file from a stranger cannot run code. The
 metadata document (key ``lesionfactorizer`` inside the safetensors ``__metadata__``) says
-everything needed to use the weights correctly: task, input names and order, architecture name
-and keyword arguments, output channels, preprocessing (spacing, patch, normalisation),
-post-processing overrides, training provenance, licence and description.
+everything needed to use the weights correctly; its fields and rules are
+:class:`LesionFactorizerLib.spec.ModelSpec`, which every reader parses it into.
 
-The torch-free half (:func:`read_metadata`, :func:`verify_file`, model search) parses the
-safetensors header itself, with size checks, so the Slicer GUI process can list and describe
-models without torch, and a truncated or tampered file gives a :class:`UserError`.
-
-Conventions: ``preprocessing.spacing`` (mm) and ``preprocessing.patch_size`` (voxels) are in image
-axis order (i, j, k) = ITK (x, y, z). ``weights.sha256`` is the SHA-256 of the tensor data section
-(everything after the header), so tampering with weights is detected; the whole-file SHA-256 is the
-model's identity in reports.
+The torch-free half (:func:`read_metadata`, :func:`read_spec`, :func:`verify_file`, model search)
+parses the safetensors header itself, with size checks, so the Slicer GUI process can list and
+describe models without torch, and a truncated or tampered file gives a :class:`UserError`.
+``weights.sha256`` is the SHA-256 of the tensor data section (everything after the header), so
+tampering with weights is detected; the whole-file SHA-256 is the model's identity in reports.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -29,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from LesionFactorizerLib.checksums import sha256, sha256_split
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.spec import FORMAT, FORMAT_VERSION, ModelSpec, Preprocessing, parse_spec
 
-FORMAT = "lesion-factorizer-model"
-FORMAT_VERSION = 1
 METADATA_KEY = "lesionfactorizer"
 MODEL_SUFFIX = ".safetensors"
 ENV_MODELS = "LESIONFACTORIZER_MODELS"
@@ -41,7 +36,6 @@ DEFAULT_USER_MODELS = Path("~/.lesionfactorizer/models")
 _MAX_HEADER = 100 * 1024 * 1024
 _DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
                 "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-_ACTIVATIONS = ("sigmoid", "softmax")
 
 
 @dataclass
@@ -67,6 +61,7 @@ class LoadedModel:
     sha256: str           # of the whole file
     weights_sha256: str = ""    # of the tensor data section (checked against the metadata)
     header: ModelHeader | None = None
+    spec: ModelSpec | None = None   # the metadata, parsed
 
     @property
     def name(self) -> str:
@@ -150,123 +145,17 @@ def _whole(value: Any) -> int:
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The model file's metadata document, checked for format and consistency (torch-free)."""
     header = read_header(path)
-    check_metadata(header.metadata, where=str(path))
+    parse_spec(header.metadata, where=str(path))
     return header.metadata
 
 
-def check_metadata(meta: dict[str, Any], where: str = "model metadata") -> None:
-    """Raise a :class:`UserError` naming the first problem with a metadata document."""
-    from LesionFactorizerLib.tasks import TASKS
-
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{where}: not a LesionFactorizer model file (format {meta.get('format')!r})")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise UserError(f"{where}: model format version {version!r} is not supported by this version "
-                        f"(supports {FORMAT_VERSION}); update lesion-factorizer or re-export the model")
-    task_name = meta.get("task")
-    if task_name not in TASKS:
-        raise UserError(f"{where}: unknown task {task_name!r}; known tasks: {', '.join(TASKS)}")
-    task = TASKS[task_name]
-    inputs = meta.get("inputs")
-    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
-        raise UserError(f"{where}: 'inputs' must be a non-empty list of input names")
-    unknown = [i for i in inputs if i not in task.input_names]
-    if unknown:
-        raise UserError(f"{where}: inputs {unknown} are not inputs of task {task_name!r} "
-                        f"({', '.join(task.input_names)})")
-    missing = [i for i in task.required_inputs if i not in inputs]
-    if missing:
-        raise UserError(f"{where}: the model does not take the required input(s) {missing} of task {task_name!r}")
-    if len(set(inputs)) != len(inputs):
-        raise UserError(f"{where}: duplicate input names in {inputs}")
-    arch = meta.get("architecture")
-    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs"), dict):
-        raise UserError(f"{where}: 'architecture' must be {{'name': str, 'kwargs': {{...}}}}")
-    kwargs = arch["kwargs"]
-    if "in_channels" in kwargs and kwargs["in_channels"] != len(inputs):
-        raise UserError(f"{where}: architecture expects {kwargs['in_channels']} input channels but the model "
-                        f"lists {len(inputs)} inputs")
-    outputs = meta.get("outputs")
-    if not isinstance(outputs, dict) or outputs.get("activation") not in _ACTIVATIONS \
-            or not isinstance(outputs.get("channels"), list) or not outputs["channels"]:
-        raise UserError(f"{where}: 'outputs' must be {{'activation': sigmoid|softmax, 'channels': [names]}}")
-    if "out_channels" in kwargs and kwargs["out_channels"] != len(outputs["channels"]):
-        raise UserError(f"{where}: architecture has {kwargs['out_channels']} output channels but 'outputs' "
-                        f"names {len(outputs['channels'])}")
-    pre = meta.get("preprocessing")
-    if not isinstance(pre, dict):
-        raise UserError(f"{where}: missing 'preprocessing'")
-    patch = pre.get("patch_size")
-    if not (isinstance(patch, list) and len(patch) == 3 and all(isinstance(p, int) and p > 0 for p in patch)):
-        raise UserError(f"{where}: preprocessing.patch_size must be three positive integers")
-    spacing = pre.get("spacing")
-    if spacing is not None and not (isinstance(spacing, list) and len(spacing) == 3
-                                    and all(isinstance(s, (int, float)) and s > 0 for s in spacing)):
-        raise UserError(f"{where}: preprocessing.spacing must be null or three positive numbers (mm)")
-    _check_postprocessing(meta.get("postprocessing", {}), outputs["activation"], where)
-    weights = meta.get("weights")
-    if not isinstance(weights, dict) or not isinstance(weights.get("sha256"), str):
-        raise UserError(f"{where}: missing weights checksum")
+def read_spec(path: str | os.PathLike) -> ModelSpec:
+    """The model file's :class:`~LesionFactorizerLib.spec.ModelSpec` (torch-free)."""
+    return parse_spec(read_header(path).metadata, where=str(path))
 
 
-def _check_postprocessing(post: Any, activation: str, where: str) -> None:
-    """Every override the pipeline would apply must be one it understands: an ignored or
-    misspelled key would silently change the labels."""
-    from LesionFactorizerLib.tasks import POSTPROCESSING_KEYS, POSTPROCESSING_MODES
-
-    if not isinstance(post, dict):
-        raise UserError(f"{where}: 'postprocessing' must be an object")
-    unknown = sorted(set(post) - set(POSTPROCESSING_KEYS))
-    if unknown:
-        raise UserError(f"{where}: unknown postprocessing key(s) {unknown}; known: {', '.join(POSTPROCESSING_KEYS)}")
-    mode = post.get("mode")
-    if mode is not None and mode not in POSTPROCESSING_MODES:
-        raise UserError(f"{where}: postprocessing.mode must be one of {', '.join(POSTPROCESSING_MODES)}")
-    if mode == "argmax" and activation != "softmax":
-        raise UserError(f"{where}: postprocessing.mode 'argmax' needs softmax outputs")
-    threshold = post.get("threshold")
-    if threshold is not None and not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
-                                      and 0.0 < threshold < 1.0):
-        raise UserError(f"{where}: postprocessing.threshold must be a number between 0 and 1")
-    min_mm3 = post.get("min_lesion_mm3")
-    if min_mm3 is not None and not (isinstance(min_mm3, (int, float)) and not isinstance(min_mm3, bool)
-                                    and min_mm3 >= 0):
-        raise UserError(f"{where}: postprocessing.min_lesion_mm3 must be a number ≥ 0 (mm³)")
-    if post.get("connectivity") not in (None, 6, 18, 26) or isinstance(post.get("connectivity"), bool):
-        raise UserError(f"{where}: postprocessing.connectivity must be 6, 18 or 26")
-
-
-def file_sha256(path: str | os.PathLike, offset: int = 0) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(offset)
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _digests(data: bytes | memoryview, data_offset: int) -> tuple[str, str]:
-    """(SHA-256 of the whole file, SHA-256 of its tensor data section) from the file's bytes."""
-    view = memoryview(data)
-    whole = hashlib.sha256(view[:data_offset])
-    weights = hashlib.sha256()
-    for start in range(data_offset, len(view), 1 << 20):
-        chunk = view[start:start + (1 << 20)]
-        whole.update(chunk)
-        weights.update(chunk)
-    return whole.hexdigest(), weights.hexdigest()
-
-
-def _file_digests(path: Path, data_offset: int) -> tuple[str, str]:
-    """As :func:`_digests`, streaming the file once instead of holding it in memory."""
-    whole, weights = hashlib.sha256(), hashlib.sha256()
-    with open(path, "rb") as f:
-        whole.update(f.read(data_offset))
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            whole.update(chunk)
-            weights.update(chunk)
-    return whole.hexdigest(), weights.hexdigest()
+def file_sha256(path: str | os.PathLike) -> str:
+    return sha256(path)
 
 
 def _checksum_failed(path: Path) -> UserError:
@@ -280,8 +169,8 @@ def verify_file(path: str | os.PathLike) -> dict[str, Any]:
     Returns ``{"path", "name", "task", "sha256", "weights_sha256"}``; raises :class:`UserError`.
     """
     header = read_header(path)
-    check_metadata(header.metadata, where=str(path))
-    whole, weights = _file_digests(Path(path), header.data_offset)
+    parse_spec(header.metadata, where=str(path))
+    whole, weights = sha256_split(Path(path), header.data_offset)
     if weights != header.metadata["weights"]["sha256"]:
         raise _checksum_failed(Path(path))
     return _file_info(header, whole, weights)
@@ -299,24 +188,21 @@ def make_metadata(task: str, architecture: dict[str, Any], *, name: str = "", in
                   outputs: dict[str, Any] | None = None, spacing: list[float] | None = (1.0, 1.0, 1.0),
                   patch_size: list[int] | tuple[int, ...] = (128, 128, 128), description: str = "",
                   license: str = "Apache-2.0", training: dict[str, Any] | None = None,
-                  postprocessing: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+                  postprocessing: dict[str, Any] | None = None) -> dict[str, Any]:
     """A complete metadata document with task defaults filled in.
 
     ``architecture`` is ``model.config`` (``{"architecture": name, "kwargs": {...}}``) or already
     ``{"name": ..., "kwargs": ...}``.
     """
     from LesionFactorizerLib import __version__
+    from LesionFactorizerLib.outputspec import OutputSpec
     from LesionFactorizerLib.tasks import get_task
 
     t = get_task(task)
     arch_name = architecture.get("name", architecture.get("architecture"))
     kwargs = copy.deepcopy(dict(architecture.get("kwargs", {})))
-    out_channels = kwargs.get("out_channels", len(t.output_channels))
     if outputs is None:
-        if t.postprocessing.mode == "argmax" or out_channels == len(t.labels) + 1 and out_channels > 1:
-            outputs = {"activation": "softmax", "channels": ["background"] + [lb.name for lb in t.labels]}
-        else:
-            outputs = {"activation": "sigmoid", "channels": list(t.output_channels)}
+        outputs = OutputSpec.for_network(t, kwargs.get("out_channels", len(t.output_channels))).as_outputs()
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -330,13 +216,13 @@ def make_metadata(task: str, architecture: dict[str, Any], *, name: str = "", in
         "labels": [{"value": lb.value, "name": lb.name} for lb in t.labels],
         "preprocessing": {"spacing": None if spacing is None else [float(s) for s in spacing],
                           "patch_size": [int(p) for p in patch_size],
-                          "normalization": "zscore-nonzero", "crop_foreground": True},
+                          "normalization": Preprocessing.normalization,
+                          "crop_foreground": Preprocessing.crop_foreground},
         "postprocessing": dict(postprocessing or {}),
         "training": dict(training or {}),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "library_version": __version__,
     }
-    meta.update(extra)
     return meta
 
 
@@ -365,8 +251,8 @@ def save_model_file(path: str | os.PathLike, model: Any, metadata: dict[str, Any
     # with a placeholder to learn the data bytes, then write the final file.
     blob = save(tensors, metadata={METADATA_KEY: json.dumps(meta)})
     (n,) = struct.unpack("<Q", blob[:8])
-    meta["weights"]["sha256"] = hashlib.sha256(blob[8 + n:]).hexdigest()
-    check_metadata(meta, where="model metadata")
+    meta["weights"]["sha256"] = sha256_split(blob, 8 + n)[1]
+    parse_spec(meta)
     blob = save(tensors, metadata={METADATA_KEY: json.dumps(meta)})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -378,7 +264,7 @@ def save_model_file(path: str | os.PathLike, model: Any, metadata: dict[str, Any
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return hashlib.sha256(blob).hexdigest()
+    return sha256(blob)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,24 +277,23 @@ def load_model_file(path_or_name: str | os.PathLike, device: str = "cpu") -> Loa
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
 
-    import LesionFactorizerLib.pipeline.testnets  # noqa: F401  (registers the diagnostic test network)
     from LesionFactorizerLib.presets import build_architecture
 
     path = find_model(path_or_name)
     header = read_header(path)
     meta = header.metadata
-    check_metadata(meta, where=str(path))
+    spec = parse_spec(meta, where=str(path))
     blob = path.read_bytes()
     if len(blob) != header.file_size:
         raise UserError(f"model file {path} changed while it was being read; try again")
-    sha256, weights_sha256 = _digests(blob, header.data_offset)
+    sha256, weights_sha256 = sha256_split(blob, header.data_offset)
     if weights_sha256 != meta["weights"]["sha256"]:
         raise _checksum_failed(path)
-    arch = meta["architecture"]
+    arch = spec.architecture
     try:
-        model = build_architecture(arch["name"], arch["kwargs"])
+        model = build_architecture(arch.name, arch.kwargs)
     except (ValueError, TypeError) as exc:
-        raise UserError(f"model file {path}: cannot build architecture {arch['name']!r} ({exc}); "
+        raise UserError(f"model file {path}: cannot build architecture {arch.name!r} ({exc}); "
                         "the file may need a newer lesion-factorizer") from None
     try:
         tensors = load_bytes(blob)
@@ -422,13 +307,13 @@ def load_model_file(path_or_name: str | os.PathLike, device: str = "cpu") -> Loa
     if missing or unexpected or wrong:
         detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
                   else f"wrong shape {wrong[:3]}")
-        raise UserError(f"model file {path}: weights do not match architecture {arch['name']!r} ({detail}); "
+        raise UserError(f"model file {path}: weights do not match architecture {arch.name!r} ({detail}); "
                         "the file is inconsistent, export it again")
     state = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
     model.load_state_dict(state, strict=True)
     model.eval()
     model.to(torch.device(device))
-    return LoadedModel(model, meta, path, sha256, weights_sha256, header)
+    return LoadedModel(model, meta, path, sha256, weights_sha256, header, spec)
 
 
 def verify_model(path_or_name: str | os.PathLike) -> dict[str, Any]:

@@ -20,16 +20,20 @@ from LesionFactorizerLib.nn.factorizer import Factorizer
 from LesionFactorizerLib.nn.lowrank import ResUNet8
 from LesionFactorizerLib.nn.unet import UNet
 
+
+def _threshold_net(**kwargs: Any) -> nn.Module:
+    """The diagnostic network of pipeline tests and self-checks, imported only when a file uses it."""
+    from LesionFactorizerLib.pipeline.testnets import ThresholdNet
+
+    return ThresholdNet(**kwargs)
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "factorizer": Factorizer,
     "unet": UNet,
     "resunet8": ResUNet8,
+    "threshold-net": _threshold_net,
 }
-
-
-def register_architecture(name: str, factory: Callable[..., nn.Module]) -> None:
-    """Make ``factory(**kwargs) -> nn.Module`` buildable by name (e.g. small test networks)."""
-    ARCHITECTURES[name] = factory
 
 
 @dataclass(frozen=True)

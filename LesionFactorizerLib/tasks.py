@@ -172,10 +172,6 @@ class Task:
         return [i.name for i in self.inputs if not i.optional]
 
     @property
-    def optional_inputs(self) -> list[str]:
-        return [i.name for i in self.inputs if i.optional]
-
-    @property
     def reference(self) -> str:
         return self.reference_input or self.inputs[0].name
 

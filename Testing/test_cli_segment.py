@@ -210,13 +210,14 @@ def test_unavailable_gpu_is_a_usage_error(tmp_path, case):
 def test_inputs_given_without_names_are_assigned_by_file_name(tmp_path):
     from LesionFactorizerLib.cli.segment import parse_inputs
     from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.tasks import get_task
 
-    got = parse_inputs(["/d/sub-01_dwi.nii.gz", "adc=/d/x.nrrd"], "stroke", [])
+    got = parse_inputs(["/d/sub-01_dwi.nii.gz", "adc=/d/x.nrrd"], get_task("stroke"))
     assert got == {"dwi": "/d/sub-01_dwi.nii.gz", "adc": "/d/x.nrrd"}
     with pytest.raises(UserError, match="cannot tell which input /d/scan.nii.gz is"):
-        parse_inputs(["/d/scan.nii.gz"], "stroke", [])
+        parse_inputs(["/d/scan.nii.gz"], get_task("stroke"))
     with pytest.raises(UserError, match="given twice"):
-        parse_inputs(["dwi=/a.nii", "dwi=/b.nii"], "stroke", [])
+        parse_inputs(["dwi=/a.nii", "dwi=/b.nii"], get_task("stroke"))
 
 
 @pytest.mark.parametrize("args, words", [

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from LesionFactorizerLib.pipeline.geometry import Geometry
-from LesionFactorizerLib.pipeline.postprocessing import (activate, label_volumes, lesion_table,
-                                                         remove_small_lesions, to_labels)
+from LesionFactorizerLib.outputspec import OutputSpec
+from LesionFactorizerLib.pipeline.postprocessing import activate, label_volumes, lesion_table, remove_small_lesions
 from LesionFactorizerLib.pipeline.preprocessing import foreground_box, zscore_nonzero
 from LesionFactorizerLib.pipeline.progress import Progress
 from LesionFactorizerLib.tasks import get_task
@@ -25,10 +25,10 @@ def test_brats_hierarchy_keeps_et_inside_tc_inside_wt():
     tc = np.array([0.1, 0.8, 0.8, 0.9, 0.2]).reshape(shape)   # voxel 3: TC without WT → dropped
     et = np.array([0.0, 0.1, 0.9, 0.9, 0.9]).reshape(shape)   # voxel 4: ET without TC → stays edema
     probs = np.stack([et, tc, wt])                            # channel order ET, TC, WT
-    labels = to_labels(probs, tumor, ["ET", "TC", "WT"], "sigmoid", 0.5)
+    labels = OutputSpec.resolve(tumor, "sigmoid", ["ET", "TC", "WT"]).to_labels(probs)
     assert labels.ravel().tolist() == [2, 1, 3, 0, 2]
     # channel order does not matter, names do
-    again = to_labels(probs[::-1].copy(), tumor, ["WT", "TC", "ET"], "sigmoid", 0.5)
+    again = OutputSpec.resolve(tumor, "sigmoid", ["WT", "TC", "ET"]).to_labels(probs[::-1].copy())
     assert np.array_equal(labels, again)
 
 
@@ -39,7 +39,7 @@ def test_softmax_outputs_map_channel_names_to_label_values():
         logits[channel, 0, 0, voxel] = 5.0
     probs = activate(logits, "softmax")
     assert np.allclose(probs.sum(axis=0), 1.0)
-    labels = to_labels(probs, tumor, ["background", "NCR", "ED", "ET"], "softmax", 0.5)
+    labels = OutputSpec.resolve(tumor, "softmax", ["background", "NCR", "ED", "ET"]).to_labels(probs)
     assert labels.ravel().tolist() == [0, 1, 2, 3]
 
 

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from test_pipeline_data import save_threshold_model, write_case
 
 from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.pipeline.postprocessing import resolve_mode
+from LesionFactorizerLib.outputspec import OutputSpec
 from LesionFactorizerLib.pipeline.progress import Progress
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 from LesionFactorizerLib.pipeline.speed_presets import SPEED_PRESETS
@@ -88,13 +88,19 @@ def test_the_model_files_post_processing_mode_is_the_one_applied(tmp_path):
 
 def test_resolved_mode_follows_the_outputs():
     tumor, stroke = get_task("tumor"), get_task("stroke")
-    assert resolve_mode(None, "sigmoid", tumor) == "hierarchical"
-    assert resolve_mode("hierarchical", "softmax", tumor) == "argmax"     # softmax outputs are always argmax
-    assert resolve_mode("threshold", "sigmoid", tumor) == "threshold"
+    regions, labels = ["ET", "TC", "WT"], ["background", "NCR", "ED", "ET"]
+    assert OutputSpec.resolve(tumor, "sigmoid", regions).mode == "hierarchical"
+    # softmax outputs are always argmax
+    assert OutputSpec.resolve(tumor, "softmax", labels, {"mode": "hierarchical"}).mode == "argmax"
+    assert OutputSpec.resolve(tumor, "sigmoid", ["WT"], {"mode": "threshold"}).mode == "threshold"
     with pytest.raises(UserError, match="needs nested regions"):
-        resolve_mode("hierarchical", "sigmoid", stroke)
+        OutputSpec.resolve(stroke, "sigmoid", ["infarct"], {"mode": "hierarchical"})
     with pytest.raises(UserError, match="needs softmax"):
-        resolve_mode("argmax", "sigmoid", stroke)
+        OutputSpec.resolve(stroke, "sigmoid", ["infarct"], {"mode": "argmax"})
+    with pytest.raises(UserError, match="lacks output channel"):
+        OutputSpec.resolve(tumor, "sigmoid", ["ET", "WT"])
+    with pytest.raises(UserError, match="not a label"):
+        OutputSpec.resolve(tumor, "softmax", ["background", "NCR", "edema", "ET"])
 
 
 def test_nmf_settings_of_one_case_do_not_leak_into_the_next():

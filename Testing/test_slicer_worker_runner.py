@@ -100,8 +100,8 @@ def test_command_line_is_accepted_by_the_real_cli_parser(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"device": "gpu"}, "Unknown device"), ({"preset": "turbo"}, "Unknown preset"),
-    ({"skip_nmf": ["encoder9"]}, "Unknown NMF layer"), ({"nmf_iters": 0}, "at least 1"),
+    ({"device": "gpu"}, "unknown device"), ({"preset": "turbo"}, "unknown preset"),
+    ({"skip_nmf": ["encoder9"]}, "unknown NMF layer"), ({"nmf_iters": 0}, "at least 1"),
     ({"inputs": {}}, "No input"), ({"inputs": {"fl air": "x"}}, "not valid")])
 def test_impossible_requests_are_refused_with_a_message(change, message):
     fields = dict(task="tumor", inputs={"flair": "f"}, output_dir="o")
@@ -277,7 +277,7 @@ def test_speed_presets_come_from_the_library_and_every_one_is_accepted(tmp_path)
     from LesionFactorizerLib.cli import build_parser
     from LesionFactorizerLib.pipeline.speed_presets import SPEED_PRESETS
 
-    assert worker.SPEED_PRESETS is SPEED_PRESETS
+    assert worker.settings.BY_NAME["preset"].choices == tuple(SPEED_PRESETS)
     assert not hasattr(worker, "PRESETS")
     parser = build_parser()
     for preset in SPEED_PRESETS:

@@ -26,7 +26,7 @@ def test_tasks_and_model_metadata_import_without_torch():
 def test_task_inputs_and_labels_follow_the_design():
     assert list(TASKS) == ["tumor", "stroke", "ms-new"]
     assert get_task("tumor").input_names == ["flair", "t1", "t1ce", "t2"]
-    assert get_task("stroke").required_inputs == ["dwi", "adc"] and get_task("stroke").optional_inputs == ["flair"]
+    assert get_task("stroke").required_inputs == ["dwi", "adc"] and get_task("stroke").input("flair").optional
     assert get_task("ms-new").input_names == ["flair_baseline", "flair_followup"]
     assert [(lb.value, lb.name) for lb in get_task("tumor").labels] == [(1, "NCR"), (2, "ED"), (3, "ET")]
     tumor = get_task("tumor")

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.outputspec import OutputSpec
 
 from .checkpoint_io import load_checkpoint_file
 from .config import from_dict, input_names
 from .module import output_mode
-from .targets import channel_labels
 
 
 def code_version() -> dict[str, Any]:
@@ -82,7 +82,6 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, name: str | No
 
     task = get_task(cfg.task)
     mode = output_mode(cfg)
-    channels = [n for n, _ in channel_labels(task, mode)]
     run_dir = checkpoint.parent.parent
     fold = hp.get("fold")
     training = {
@@ -99,7 +98,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, name: str | No
     meta = make_metadata(
         cfg.task, model.config, name=name or Path(output).name.removesuffix(".safetensors"),
         inputs=input_names(cfg),   # the checkpoint's own config: the inputs it was trained on, in order
-        outputs={"activation": "softmax" if mode == "argmax" else "sigmoid", "channels": channels},
+        outputs=OutputSpec.for_task(task, mode).as_outputs(),
         spacing=cfg.data.spacing, patch_size=list(cfg.data.patch_size),
         description=description if description is not None else (cfg.description or cfg.name),
         license=license, training=training,

@@ -9,12 +9,12 @@ loads it, so a damaged installation is reported instead of silently segmenting a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from LesionFactorizerLib.checksums import sha256
 from LesionFactorizerLib.tasks import TASKS
 
 MANIFEST_NAME = "manifest.json"
@@ -41,14 +41,6 @@ class SampleCase:
     def node_name(self, sample_file: SampleFile) -> str:
         # "<task>_<input>" is recognised by the task's input name patterns (auto-assignment)
         return f"{self.task}_{sample_file.input_name}"
-
-
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def discover_sample_cases(sample_root: str | os.PathLike) -> list[SampleCase]:

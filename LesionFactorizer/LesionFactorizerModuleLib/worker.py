@@ -23,19 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from LesionFactorizerLib.pipeline.speed_presets import SPEED_PRESETS  # pure Python: no torch in Slicer
+from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.nn.layout import NMF_LAYERS  # noqa: F401  (pure Python, like the imports below)
+from LesionFactorizerLib.pipeline import settings  # the segment settings' one definition and check
 from LesionFactorizerModuleLib.progress import WorkerEvent, parse_line
 
-# The CLI's --device choices with their titles for the device selector (one home; a test checks
-# the values against the library's own argument parser).
-DEVICE_CHOICES: tuple[tuple[str, str], ...] = (
-    ("auto", "Automatic (GPU if available)"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"), ("mps", "GPU (Apple MPS)"))
-DEVICES = tuple(value for value, _ in DEVICE_CHOICES)
-# NMF layer names of a Factorizer network in network order. The library's only source is
-# LesionFactorizerLib.nn.unet.layer_names(5), which imports torch, so the GUI keeps this copy;
-# Testing/test_slicer_library_copies.py asserts that both agree.
-NMF_LAYERS = ("encoder1", "encoder2", "encoder3", "encoder4", "bridge",
-              "decoder4", "decoder3", "decoder2", "decoder1")
+# The device selector: the segment settings' --device choices with their titles.
+_DEVICE_TITLES = {"auto": "Automatic (GPU if available)", "cpu": "CPU", "cuda": "GPU (CUDA)", "mps": "GPU (Apple MPS)"}
+DEVICES = settings.DEVICES
+DEVICE_CHOICES: tuple[tuple[str, str], ...] = tuple((d, _DEVICE_TITLES[d]) for d in DEVICES)
 _INPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
 
@@ -68,15 +64,17 @@ class SegmentRequest:
         for name in self.inputs:
             if not _INPUT_NAME.match(name):
                 raise ValueError(f"Input name {name!r} is not valid; use the task's input names.")
-        if self.device not in DEVICES:
-            raise ValueError(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
-        if self.preset is not None and self.preset not in SPEED_PRESETS:
-            raise ValueError(f"Unknown preset {self.preset!r}; choose one of {', '.join(SPEED_PRESETS)}.")
-        if self.nmf_iters is not None and int(self.nmf_iters) < 1:
-            raise ValueError("NMF iterations must be at least 1.")
-        unknown = [layer for layer in self.skip_nmf if layer not in NMF_LAYERS]
-        if unknown:
-            raise ValueError(f"Unknown NMF layer(s) {', '.join(unknown)}; valid: {', '.join(NMF_LAYERS)}.")
+        try:
+            settings.check(self.settings())
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+
+    def settings(self) -> dict[str, Any]:
+        """The request as segment settings (option name → value; None: not requested)."""
+        return {"task": self.task, "models": [os.fspath(m) for m in self.models], "device": self.device,
+                "preset": self.preset, "components": self.components, "probabilities": self.probabilities,
+                "tta": True if self.tta else None, "nmf_iters": self.nmf_iters, "skip_nmf": list(self.skip_nmf) or None,
+                "format": self.format, "overview": self.overview, "progress": "jsonl", "overwrite": self.overwrite}
 
 
 def build_segment_command(python: str | os.PathLike, request: SegmentRequest) -> list[str]:
@@ -86,29 +84,7 @@ def build_segment_command(python: str | os.PathLike, request: SegmentRequest) ->
     for name, path in request.inputs.items():
         args += ["--input", f"{name}={os.fspath(path)}"]
     args += ["--output", os.fspath(request.output_dir)]
-    for model in request.models:
-        args += ["--model", os.fspath(model)]
-    args += ["--device", request.device]
-    if request.preset:
-        args += ["--preset", request.preset]
-    if request.components:
-        args.append("--components")
-    if request.probabilities:
-        args.append("--probabilities")
-    if request.tta:
-        args.append("--tta")
-    if request.nmf_iters is not None:
-        args += ["--nmf-iters", str(int(request.nmf_iters))]
-    if request.skip_nmf:
-        args += ["--skip-nmf", ",".join(request.skip_nmf)]
-    if request.format:
-        args += ["--format", request.format]
-    if not request.overview:
-        args.append("--no-overview")
-    args += ["--progress", "jsonl"]
-    if request.overwrite:
-        args.append("--overwrite")
-    return args
+    return args + settings.to_argv({k: v for k, v in request.settings().items() if k != "task"})
 
 
 def worker_environment(base: Mapping[str, str], library_root: str | os.PathLike | None) -> dict[str, str]:

@@ -86,21 +86,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, progress) -> int:
     from LesionFactorizerLib.cli.segment import options_from_args
-    from LesionFactorizerLib.modelfile import default_model, find_model, load_model_file, read_metadata
     from LesionFactorizerLib.pipeline.progress import Progress
-    from LesionFactorizerLib.pipeline.segment import segment_case
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.pipeline.segment import Segmenter
 
-    if args.model:
-        paths = [find_model(m) for m in args.model]
-    elif args.task:
-        paths = [default_model(get_task(args.task).name)]
-    else:
-        raise UserError("give --task or --model")
-    task = get_task(args.task or read_metadata(paths[0])["task"])
+    segmenter = Segmenter(options_from_args(args))   # one for the cohort: models load once
+    task = segmenter.task
     cases = read_cases(args.source, task)
     out_root = Path(args.output)
-    loaded = None
     rows, failures, bad_input = [], 0, 0
     for index, (case_id, inputs) in enumerate(cases):
         case_out = out_root / case_id
@@ -115,13 +107,7 @@ def _run(args: argparse.Namespace, progress) -> int:
                 redo = True   # an unreadable report means the case is not done; its outputs are ours
         if status != "skipped":
             try:
-                if loaded is None:
-                    loaded = [load_model_file(p) for p in paths]
-                opts = options_from_args(args, inputs, str(case_out))
-                opts.task = task.name
-                opts.overwrite = opts.overwrite or redo
-                segment_case(opts, Progress("none"), loaded=loaded)
-                report = _read_report(case_out / "report.json")
+                report = segmenter.segment(inputs, case_out, args.overwrite or redo, Progress("none")).report
                 if redo:
                     progress.warning(f"{case_id}: the report.json of an earlier run was unreadable; segmented again")
             except UserError as exc:

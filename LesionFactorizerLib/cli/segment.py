@@ -1,4 +1,4 @@
-"""``lesion-factorizer segment``: segment one case (DESIGN.md §4)."""
+"""``lesion-factorizer segment``: segment one case (data path: docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -14,35 +14,10 @@ HELP = "segment one case: input images in, labels + report (+ NMF components) ou
 
 
 def add_segment_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``segment`` and ``batch``."""
-    from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESET_HELP, SPEED_PRESETS
+    """Options shared by ``segment`` and ``batch``: the segment settings' own definition."""
+    from LesionFactorizerLib.pipeline.settings import add_options
 
-    parser.add_argument("--task", help="tumor, stroke or ms-new (default: the model's task)")
-    parser.add_argument("--model", action="append", default=[], metavar="NAME|PATH",
-                        help="model name or .safetensors path; repeat for an ensemble (mean of logits); "
-                             "default: the task's default model")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="auto picks CUDA, then MPS, then CPU; CUDA out-of-memory falls back to CPU")
-    parser.add_argument("--preset", default=DEFAULT_SPEED_PRESET, choices=list(SPEED_PRESETS), help=SPEED_PRESET_HELP)
-    parser.add_argument("--tta", action="store_true", default=None, help="mirror test-time augmentation")
-    parser.add_argument("--no-tta", dest="tta", action="store_false", help="disable TTA (overrides --preset)")
-    parser.add_argument("--nmf-iters", type=int, metavar="N", help="NMF (HALS) iterations at inference")
-    parser.add_argument("--skip-nmf", metavar="LAYER,...", help="short-circuit these NMF layers "
-                        "(encoder1..4, bridge, decoder4..1)")
-    parser.add_argument("--overlap", type=float, help="sliding-window overlap (default from --preset, 0.5)")
-    parser.add_argument("--sw-batch-size", type=int, default=1, metavar="N", help="windows per forward pass")
-    parser.add_argument("--components", action="store_true", help="write NMF component maps (Factorizer models)")
-    parser.add_argument("--component-layers", metavar="LAYER,...", help="write only these layers' components "
-                        "(implies --components)")
-    parser.add_argument("--probabilities", action="store_true", help="also write probability maps")
-    parser.add_argument("--threshold", type=float, help="probability threshold (default: task/model)")
-    parser.add_argument("--min-lesion-mm3", type=float, help="remove smaller lesions (default: task; ms-new 3)")
-    parser.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd", "mha"],
-                        help="image format of the outputs")
-    parser.add_argument("--no-overview", dest="overview", action="store_false", help="skip overview.png")
-    parser.add_argument("--progress", default="bar", choices=["bar", "jsonl", "none"],
-                        help="bar (stderr), jsonl (one JSON event per line on stdout) or none")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing results in the output folder")
+    add_options(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,16 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_segment_options(parser)
 
 
-def split_list(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def parse_inputs(items: list[str], task_name: str | None, models: list[str]) -> dict[str, str]:
-    """``NAME=PATH`` pairs, plus bare paths assigned by the task's file-name patterns."""
-    from LesionFactorizerLib.tasks import get_task
-
+def parse_inputs(items: list[str], task) -> dict[str, str]:
+    """``NAME=PATH`` pairs, plus bare paths assigned by ``task``'s file-name patterns."""
     named, bare = {}, []
     for item in items:
         name, sep, path = item.partition("=")
@@ -73,13 +40,6 @@ def parse_inputs(items: list[str], task_name: str | None, models: list[str]) -> 
         else:
             bare.append(item)
     if bare:
-        if not task_name and models:
-            from LesionFactorizerLib.modelfile import find_model, read_metadata
-
-            task_name = read_metadata(find_model(models[0]))["task"]
-        if not task_name:
-            raise UserError("give --task to assign inputs given without NAME= by their file names")
-        task = get_task(task_name)
         matched = task.match_inputs(bare)
         unmatched = [b for b in bare if b not in matched.values()]
         if unmatched:
@@ -92,17 +52,17 @@ def parse_inputs(items: list[str], task_name: str | None, models: list[str]) -> 
     return named
 
 
-def options_from_args(args: argparse.Namespace, inputs: dict[str, str], output: str):
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions
+def options_from_args(args: argparse.Namespace, inputs: dict[str, str] | None = None, output: str = ""):
+    """The run's :class:`SegmentOptions` from parsed segment-settings options."""
+    from dataclasses import fields
 
-    layers = split_list(args.component_layers)
-    return SegmentOptions(
-        inputs=inputs, output=output, task=args.task, models=list(args.model), device=args.device,
-        preset=args.preset, tta=args.tta, nmf_iters=args.nmf_iters, skip_nmf=split_list(args.skip_nmf),
-        overlap=args.overlap, sw_batch_size=args.sw_batch_size, components=args.components or bool(layers),
-        component_layers=layers, probabilities=args.probabilities, threshold=args.threshold,
-        min_lesion_mm3=args.min_lesion_mm3, format=args.format, overwrite=args.overwrite,
-        overview=args.overview)
+    from LesionFactorizerLib.pipeline.segment import SegmentOptions
+    from LesionFactorizerLib.pipeline.settings import BY_NAME, split_list
+
+    given = {f.name: getattr(args, f.name) for f in fields(SegmentOptions) if f.name in BY_NAME}
+    given.update({name: split_list(given[name]) for name, o in BY_NAME.items() if o.listed})
+    given["components"] = given["components"] or bool(given["component_layers"])
+    return SegmentOptions(inputs=dict(inputs or {}), output=output, **given)
 
 
 def terminate_cleanly() -> None:
@@ -122,10 +82,11 @@ def run(args: argparse.Namespace) -> int:
     terminate_cleanly()
     progress = Progress(args.progress)
     with progress.errors_reported():
-        from LesionFactorizerLib.pipeline.segment import segment_case
+        from LesionFactorizerLib.pipeline.segment import Segmenter
 
-        inputs = parse_inputs(args.input, args.task, args.model)
-        outputs = segment_case(options_from_args(args, inputs, args.output), progress)
+        segmenter = Segmenter(options_from_args(args))
+        inputs = parse_inputs(args.input, segmenter.task)
+        outputs = segmenter.segment(inputs, args.output, args.overwrite, progress).outputs
     progress.done(outputs)
     if args.progress == "bar":
         print(f"results written to {outputs['dir']}", file=sys.stderr)

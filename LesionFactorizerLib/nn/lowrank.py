@@ -133,9 +133,14 @@ class ResUNet8(nn.Module):
         )
         self.head = nn.Conv3d(widths[0], out_channels, 1)
 
+    @property
+    def stride(self) -> int:
+        """Total downsampling: inputs are padded to a multiple of it."""
+        return 2 ** (self.levels - 1)
+
     def forward(self, x: torch.Tensor, all_heads: bool = False):
         size = x.shape[2:]
-        s = 2 ** (self.levels - 1)
+        s = self.stride
         pad = []
         for n in reversed(size):
             pad += [0, -(-n // s) * s - n]

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from LesionFactorizerLib.nn.layout import layer_names  # noqa: F401  (torch-free home, re-exported)
+
 LEAKY_SLOPE = 0.01
 GROUPS = 8
 
@@ -88,13 +90,6 @@ CONV_BLOCKS: dict[str, type[nn.Module]] = {
 
 # Block factory: (cin, cout, level, role) -> module; role is "encoder", "bridge" or "decoder".
 BlockFactory = Callable[[int, int, int, str], nn.Module]
-
-
-def layer_names(levels: int) -> list[tuple[str, int, str]]:
-    """(name, level, role) of every block in execution order: encoder1…, bridge, decoder…1."""
-    enc = [(f"encoder{i + 1}", i, "encoder") for i in range(levels - 1)]
-    dec = [(f"decoder{i + 1}", i, "decoder") for i in reversed(range(levels - 1))]
-    return enc + [("bridge", levels - 1, "bridge")] + dec
 
 
 class UShapedNet(nn.Module):

@@ -7,12 +7,12 @@ convention (tumour: 1 NCR, 2 ED, 3 ET), each file a gzip NIfTI of a few MB at mo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
 
+from LesionFactorizerLib.checksums import sha256
 from LesionFactorizerLib.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
@@ -29,14 +29,6 @@ def sample_data_dir() -> str:
     if os.path.isfile(os.path.join(installed, MANIFEST_NAME)):
         return installed
     return os.path.normpath(os.path.join(lib, "..", "Resources", "SampleData"))
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_manifest(folder: str | None = None) -> dict:

@@ -1,5 +1,5 @@
-"""The inference pipeline (DESIGN.md §3): io → preprocessing → inference → postprocessing →
-components → report, orchestrated by :func:`LesionFactorizerLib.pipeline.segment.segment_case`.
+"""The inference pipeline (docs/ARCHITECTURE.md): io → preprocessing → inference → postprocessing →
+components → report, run stage by stage by :class:`LesionFactorizerLib.pipeline.segment.Segmenter`.
 
 Importing this package is torch-free; torch loads inside the stages that need it.
 """

@@ -29,15 +29,18 @@ def place(prep: Prepared, maps: np.ndarray, stride: int) -> tuple[np.ndarray, Ge
 
 
 def write_components(prep: Prepared, comps: dict[str, np.ndarray], strides: dict[str, int], folder: Path,
-                     order: list[str], compress: bool = True) -> list[dict]:
-    """Write ``<layer>.nrrd`` (one vector voxel of K components) per layer and ``components.json``."""
+                     order: list[str], show: str = "", compress: bool = True) -> tuple[list[dict], tuple | None]:
+    """Write ``<layer>.nrrd`` (one vector voxel of K components) per layer and ``components.json``.
+
+    Returns the index entries and ``(layer, image)`` of layer ``show`` (else the first layer
+    written) for the overview picture, kept in memory rather than read back from its file."""
     import SimpleITK as sitk
 
     folder.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for name in order:
-        if name not in comps:
-            continue
+    names = [n for n in order if n in comps]
+    show = show if show in names else (names[0] if names else "")
+    entries, shown = [], None
+    for name in names:
         full, geom = place(prep, comps[name], strides[name])
         image = geom.to_image(np.ascontiguousarray(np.moveaxis(full, 0, -1)), vector=True)
         path = folder / f"{name}.nrrd"
@@ -45,9 +48,11 @@ def write_components(prep: Prepared, comps: dict[str, np.ndarray], strides: dict
         entries.append({"layer": name, "stride": int(strides[name]), "components": int(full.shape[0]),
                         "file": path.name, **geom.as_dict(),
                         "max": [float(m) for m in full.reshape(full.shape[0], -1).max(axis=1)]})
+        if name == show:
+            shown = (name, image)
         del full, image
     (folder / "components.json").write_text(json.dumps(
         {"coordinate_system": "LPS", "layers": entries,
          "note": "one NRRD per NMF layer; each voxel holds the layer's K non-negative component values "
                  "(heads x rank) at the layer's own resolution"}, indent=2), encoding="utf-8")
-    return entries
+    return entries, shown

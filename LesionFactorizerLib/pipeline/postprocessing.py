@@ -1,13 +1,14 @@
-"""Network outputs → task labels, small-lesion removal and the per-lesion table."""
+"""After the network: activation, small-lesion removal, label volumes and the per-lesion table.
+
+Probabilities become labels by the run's :class:`~LesionFactorizerLib.outputspec.OutputSpec`."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.evaluation.lesions import Lesions, find_lesions
 from LesionFactorizerLib.pipeline.geometry import Geometry, lps_to_ras
-from LesionFactorizerLib.tasks import POSTPROCESSING_MODES, Task
+from LesionFactorizerLib.tasks import Task
 
 
 def activate(logits: np.ndarray, activation: str) -> np.ndarray:
@@ -20,62 +21,6 @@ def activate(logits: np.ndarray, activation: str) -> np.ndarray:
     np.exp(logits, out=logits)
     logits /= logits.sum(axis=0, keepdims=True)
     return logits
-
-
-def resolve_mode(mode: str | None, activation: str, task: Task) -> str:
-    """The label rule actually applied: softmax outputs are always argmax; sigmoid outputs use
-    the model's post-processing mode, else the task's."""
-    mode = mode or task.postprocessing.mode
-    if mode not in POSTPROCESSING_MODES:
-        raise UserError(f"unknown post-processing mode {mode!r}; use one of: {', '.join(POSTPROCESSING_MODES)}")
-    if activation == "softmax":
-        return "argmax"
-    if mode == "argmax":
-        raise UserError("post-processing mode 'argmax' needs softmax outputs, but the model's outputs are sigmoid; "
-                        "fix the model's metadata (postprocessing.mode) or re-export it")
-    if mode == "hierarchical" and not task.regions:
-        raise UserError(f"post-processing mode 'hierarchical' needs nested regions, which task {task.name!r} "
-                        "does not have; use 'threshold'")
-    return mode
-
-
-def to_labels(probs: np.ndarray, task: Task, channels: list[str], activation: str, threshold: float,
-              mode: str | None = None) -> np.ndarray:
-    """Label map (uint8) from probabilities on the reference grid; ``mode`` as :func:`resolve_mode`."""
-    mode = resolve_mode(mode, activation, task)
-    labels = np.zeros(probs.shape[1:], dtype=np.uint8)
-    by_name = {lb.name: lb.value for lb in task.labels}
-    if mode == "argmax":
-        index = probs.argmax(axis=0)
-        lut = np.zeros(len(channels), dtype=np.uint8)
-        for c, name in enumerate(channels):
-            if name != "background":
-                if name not in by_name:
-                    raise UserError(f"model output channel {name!r} is not a label of task {task.name!r}")
-                lut[c] = by_name[name]
-        return lut[index]
-    if mode == "hierarchical":
-        # Nested regions, outermost first (WT ⊃ TC ⊃ ET): each region is only kept inside the
-        # previous one, and each shell gets the label that is not in the next region.
-        regions = sorted(task.regions, key=lambda r: -len(r.labels))
-        missing = [r.name for r in regions if r.name not in channels]
-        if missing:
-            raise UserError(f"model for task {task.name!r} lacks output channel(s) {missing}")
-        inside = np.ones(labels.shape, dtype=bool)
-        for i, region in enumerate(regions):
-            mask = probs[channels.index(region.name)] > threshold
-            mask &= inside
-            inner = set(regions[i + 1].labels) if i + 1 < len(regions) else set()
-            value = sorted(set(region.labels) - inner)[0]
-            labels[mask] = value
-            inside = mask
-        return labels
-    for c, name in enumerate(channels):
-        value = by_name.get(name, task.labels[0].value if len(channels) == 1 else None)
-        if value is None:
-            raise UserError(f"model output channel {name!r} is not a label of task {task.name!r}")
-        labels[probs[c] > threshold] = value
-    return labels
 
 
 def remove_small_lesions(labels: np.ndarray, geometry: Geometry, min_mm3: float, connectivity: int) -> Lesions:

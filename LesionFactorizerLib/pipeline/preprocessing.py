@@ -1,8 +1,8 @@
 """From checked inputs on the reference grid to the network's input array, and back.
 
-Order (DESIGN.md §3): foreground box on the reference grid → the same box on the model grid
-(reference extent at the model's spacing) → resample only that box (linear) → channel-wise z-score
-on non-zero voxels → zero-pad to a multiple of the network stride. The box start is aligned to the
+Order: foreground box on the reference grid → the same box on the model grid (reference extent
+at the model's spacing) → resample only that box (linear) → channel-wise z-score on non-zero
+voxels → zero-pad to a multiple of the network stride. The box start is aligned to the
 network stride so every layer's grid inside the box coincides with that layer's grid over the
 whole volume: component maps can then be pasted into full-extent layer grids without
 interpolation.
@@ -27,15 +27,11 @@ class Prepared:
     crop_size: tuple[int, int, int]   # unpadded box size (i, j, k), inside model_grid
     padded_size: tuple[int, int, int]
     identity: bool                  # model_grid is the reference grid (no interpolation)
-    normalisation: list[dict]
+    normalization: list[dict]      # per channel: the statistics it was normalised with
 
     @property
     def crop_geometry(self) -> Geometry:
         return self.model_grid.subgrid(self.crop_start, self.crop_size)
-
-    @property
-    def padded_geometry(self) -> Geometry:
-        return self.model_grid.subgrid(self.crop_start, self.padded_size)
 
 
 def foreground_box(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +101,9 @@ def prepare(images: list, reference: Geometry, spacing: list[float] | None, alig
             out = sitk.Resample(image, [int(s) for s in size], sitk.Transform(), sitk.sitkLinear, crop.origin,
                                 crop.spacing, crop.direction, 0.0, sitk.sitkFloat32)
             block = sitk.GetArrayFromImage(out)
-        if normalization == "zscore-nonzero":
-            stats.append(zscore_nonzero(block))
+        if normalization != "zscore-nonzero":   # the one method spec.NORMALIZATIONS lists
+            raise ValueError(f"unknown normalization {normalization!r}")
+        stats.append(zscore_nonzero(block))
         channels[c, : block.shape[0], : block.shape[1], : block.shape[2]] = block
     return Prepared(channels, reference, model_grid, tuple(int(s) for s in start), tuple(int(s) for s in size),
                     tuple(int(s) for s in padded), identity, stats)

@@ -8,8 +8,8 @@ JSON-lines events, one object per line on stdout (the Slicer module parses exact
 - ``{"event": "done", "outputs": {...}}`` — last line on success;
 - ``{"event": "error", "message": M}`` — last line on failure (M is the one-line error).
 
-Stages of one case (``segment``), in order: read, preprocess, model, inference, postprocess,
-components, write.
+Stages of one case (``segment``), in order: read, model, preprocess, inference, postprocess,
+components, write (the model comes before preprocessing: its stride sets the box alignment).
 
 ``batch`` runs its cases quietly and reports per case instead: after each case
 ``{"event": "case", "case_id": ID, "status": "done"|"skipped"|"failed", "message": M, "seconds": S}``
@@ -25,7 +25,7 @@ import sys
 import time
 
 BATCH_STAGE = "batch"
-STAGES = (("read", 0.05), ("preprocess", 0.05), ("model", 0.04), ("inference", 0.70), ("postprocess", 0.05),
+STAGES = (("read", 0.05), ("model", 0.04), ("preprocess", 0.05), ("inference", 0.70), ("postprocess", 0.05),
           ("components", 0.05), ("write", 0.06))
 
 

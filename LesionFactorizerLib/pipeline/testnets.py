@@ -3,8 +3,8 @@
 ``threshold-net``: a fixed 1×1×1 convolution, logits = gain · (x[channel] − threshold), so after
 z-scoring a voxel is labelled exactly when its normalised intensity exceeds ``threshold``. With it
 the whole real pipeline (files, resampling, cropping, sliding windows, post-processing, writing)
-can be tested for geometry without trained weights. Registered on import; model-file loading
-imports this module so such files load in any process.
+can be tested for geometry without trained weights. Model files name it ``threshold-net``
+(:data:`LesionFactorizerLib.presets.ARCHITECTURES`).
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ import time
 import torch
 from torch import nn
 
-from LesionFactorizerLib.presets import ARCHITECTURES, register_architecture
-
-NAME = "threshold-net"
-
 
 class ThresholdNet(nn.Module):
     has_components = False
+    stride = 1   # no downsampling
 
     def __init__(self, in_channels: int, out_channels: int = 1, channel: int = 0, threshold: float = 1.0,
                  gain: float = 20.0, delay_s: float = 0.0):
@@ -38,6 +35,3 @@ class ThresholdNet(nn.Module):
         y = self.conv(x)
         return [y] if all_heads else y
 
-
-if NAME not in ARCHITECTURES:
-    register_architecture(NAME, ThresholdNet)

@@ -1,0 +1,148 @@
+"""The segment settings: one definition of every option a segmentation run takes.
+
+From :data:`OPTIONS` come the ``segment`` / ``batch`` command-line options (:func:`add_options`),
+the worker's argument list that the Slicer module launches (:func:`to_argv`), and the one check of
+their values (:func:`check`), used by the library's run and by the Slicer module before it starts
+a worker. The Slicer module's keyword arguments are the option names.
+
+Pure Python (3.9+), torch-free: the Slicer GUI process imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.nn.layout import NMF_LAYERS
+from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESET_HELP, SPEED_PRESETS
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+FORMATS = ("nii.gz", "nii", "nrrd", "mha")   # keys of pipeline.io.IMAGE_FORMATS (a test checks)
+PROGRESS = ("bar", "jsonl", "none")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str                          # SegmentOptions field and Slicer keyword argument
+    flag: str                          # on the command line
+    help: str
+    type: Optional[type] = None        # None: an on/off switch
+    default: Any = None
+    choices: Tuple[str, ...] = ()
+    metavar: Optional[str] = None
+    listed: bool = False               # comma-separated list of names (LAYER,...)
+    off_flag: str = ""                 # the switch's "off" spelling (--no-tta)
+    off_help: str = ""
+    repeat: bool = False               # given once per value (--model A --model B)
+
+
+OPTIONS: Tuple[Option, ...] = (
+    Option("task", "--task", "tumor, stroke or ms-new (default: the model's task)", str),
+    Option("models", "--model", "model name or .safetensors path; repeat for an ensemble (mean of logits); "
+           "default: the task's default model", str, (), metavar="NAME|PATH", repeat=True),
+    Option("device", "--device", "auto picks CUDA, then MPS, then CPU; CUDA out-of-memory falls back to CPU",
+           str, "auto", DEVICES),
+    Option("preset", "--preset", SPEED_PRESET_HELP, str, DEFAULT_SPEED_PRESET, tuple(SPEED_PRESETS)),
+    Option("tta", "--tta", "mirror test-time augmentation", off_flag="--no-tta",
+           off_help="disable TTA (overrides --preset)"),
+    Option("nmf_iters", "--nmf-iters", "NMF (HALS) iterations at inference", int, metavar="N"),
+    Option("skip_nmf", "--skip-nmf", f"short-circuit these NMF layers ({', '.join(NMF_LAYERS)})", str,
+           metavar="LAYER,...", listed=True),
+    Option("overlap", "--overlap", "sliding-window overlap (default from --preset, 0.5)", float),
+    Option("sw_batch_size", "--sw-batch-size", "windows per forward pass", int, 1, metavar="N"),
+    Option("components", "--components", "write NMF component maps (Factorizer models)", default=False),
+    Option("component_layers", "--component-layers", "write only these layers' components (implies --components)",
+           str, metavar="LAYER,...", listed=True),
+    Option("probabilities", "--probabilities", "also write probability maps", default=False),
+    Option("threshold", "--threshold", "probability threshold (default: task/model)", float),
+    Option("min_lesion_mm3", "--min-lesion-mm3", "remove smaller lesions (default: task; ms-new 3)", float),
+    Option("format", "--format", "image format of the outputs", str, "nii.gz", FORMATS),
+    Option("overview", "--no-overview", "skip overview.png", default=True),
+    Option("progress", "--progress", "bar (stderr), jsonl (one JSON event per line on stdout) or none",
+           str, "bar", PROGRESS),
+    Option("overwrite", "--overwrite", "replace existing results in the output folder", default=False),
+)
+BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
+
+
+def add_options(parser) -> None:
+    """The options on an ``argparse`` parser (``segment`` and ``batch``)."""
+    for o in OPTIONS:
+        if o.type is None:
+            if o.default is True:      # an "off" switch: --no-overview stores False
+                parser.add_argument(o.flag, dest=o.name, action="store_false", help=o.help)
+                continue
+            parser.add_argument(o.flag, dest=o.name, action="store_true",
+                                default=None if o.off_flag else o.default, help=o.help)
+            if o.off_flag:
+                parser.add_argument(o.off_flag, dest=o.name, action="store_false", help=o.off_help)
+            continue
+        kwargs: Dict[str, Any] = {"dest": o.name, "help": o.help, "metavar": o.metavar}
+        if o.repeat:
+            kwargs.update(action="append", default=[])
+        else:
+            kwargs.update(type=o.type, default=o.default)
+        if o.choices:
+            kwargs["choices"] = list(o.choices)
+            kwargs.pop("metavar")
+        parser.add_argument(o.flag, **kwargs)
+
+
+def split_list(text: Optional[str]) -> Optional[List[str]]:
+    if text is None:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def to_argv(values: Mapping[str, Any]) -> List[str]:
+    """Command-line arguments for ``values`` (option name → value); defaults are left out."""
+    argv: List[str] = []
+    for name, value in values.items():
+        o = BY_NAME[name]
+        if value is None or (value == o.default and not o.off_flag):
+            continue
+        if o.type is None:
+            if o.default is True:
+                argv += [] if value else [o.flag]
+            else:
+                argv += [o.flag] if value else ([o.off_flag] if o.off_flag else [])
+        elif o.repeat:
+            for item in value:
+                argv += [o.flag, str(item)]
+        elif o.listed:
+            argv += [o.flag, ",".join(value)]
+        else:
+            argv += [o.flag, str(value)]
+    return argv
+
+
+def check(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """The one check of a run's settings; returns the speed settings in effect (the preset with
+    the given tta / nmf_iters / skip_nmf / overlap on top). Raises :class:`UserError`."""
+    for name in ("device", "preset", "format", "progress"):
+        value = values.get(name)
+        if value is not None and value not in BY_NAME[name].choices:
+            raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(BY_NAME[name].choices)}")
+    speed = dict(SPEED_PRESETS[values.get("preset") or DEFAULT_SPEED_PRESET])
+    for key in ("tta", "nmf_iters", "skip_nmf", "overlap"):
+        if values.get(key) is not None:
+            speed[key] = values[key]
+    if not 0.0 <= speed["overlap"] < 1.0:
+        raise UserError(f"--overlap must be in [0, 1), not {speed['overlap']}")
+    if speed["nmf_iters"] is not None and int(speed["nmf_iters"]) < 1:
+        raise UserError(f"--nmf-iters must be at least 1, not {speed['nmf_iters']}")
+    # the names any Factorizer layer can have, before any work; the model's own layers are
+    # checked when the settings are applied to it (pipeline.inference.apply_nmf_settings)
+    unknown = [n for n in speed["skip_nmf"] or () if n not in NMF_LAYERS]
+    if unknown:
+        raise UserError(f"unknown NMF layer(s) {', '.join(unknown)} in --skip-nmf; layers are: {', '.join(NMF_LAYERS)}")
+    if values.get("sw_batch_size", 1) < 1:
+        raise UserError(f"--sw-batch-size must be at least 1, not {values['sw_batch_size']}")
+    threshold = values.get("threshold")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise UserError(f"--threshold is a probability between 0 and 1 (exclusive), not {threshold}")
+    min_mm3 = values.get("min_lesion_mm3")
+    if min_mm3 is not None and min_mm3 < 0:
+        raise UserError(f"--min-lesion-mm3 must be 0 or more, not {min_mm3}")
+    return speed

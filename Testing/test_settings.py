@@ -1,0 +1,51 @@
+"""The segment settings: one definition → CLI options, worker argv and one check."""
+
+from __future__ import annotations
+
+import pytest
+
+from LesionFactorizerLib.cli import build_parser
+from LesionFactorizerLib.cli.segment import options_from_args
+from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS
+from LesionFactorizerLib.pipeline.settings import BY_NAME, FORMATS, OPTIONS, check, to_argv
+
+
+def _parse(command, argv):
+    base = ["segment", "-o", "out"] if command == "segment" else ["batch", "cases.csv", "-o", "out"]
+    return build_parser().parse_args(base + argv)
+
+
+@pytest.mark.parametrize("command", ["segment", "batch"])
+def test_argv_round_trips_through_the_generated_cli_options(command):
+    values = {"task": "tumor", "models": ["a", "b c"], "device": "cpu", "preset": "fast", "tta": False,
+              "nmf_iters": 3, "skip_nmf": ["bridge", "decoder1"], "overlap": 0.25, "sw_batch_size": 2,
+              "components": True, "component_layers": ["decoder1"], "probabilities": True, "threshold": 0.4,
+              "min_lesion_mm3": 2.5, "format": "nrrd", "overview": False, "progress": "jsonl", "overwrite": True}
+    assert set(values) == set(BY_NAME)           # every option is exercised
+    opts = options_from_args(_parse(command, to_argv(values)))
+    for name, value in values.items():
+        if name != "progress":
+            assert getattr(opts, name) == value, name
+    defaults = options_from_args(_parse(command, to_argv({name: o.default for name, o in BY_NAME.items()})))
+    assert defaults.tta is None and defaults.overview and defaults.models == [] and not defaults.components
+
+
+def test_output_formats_are_the_writers():
+    assert FORMATS == tuple(IMAGE_FORMATS)
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"preset": "turbo"}, "unknown preset 'turbo'"), ({"device": "gpu"}, "unknown device"),
+    ({"overlap": 1.0}, "--overlap must be in"), ({"nmf_iters": 0}, "--nmf-iters must be at least 1"),
+    ({"skip_nmf": ["encoder9"]}, "unknown NMF layer"), ({"sw_batch_size": 0}, "--sw-batch-size"),
+    ({"threshold": 1.0}, "--threshold"), ({"min_lesion_mm3": -1}, "--min-lesion-mm3")])
+def test_one_check_refuses_impossible_settings(values, words):
+    with pytest.raises(UserError, match=words):
+        check(values)
+
+
+def test_preset_values_are_overridden_by_given_ones():
+    assert check({"preset": "fast"}) == {"nmf_iters": 2, "skip_nmf": ["decoder1"], "tta": False, "overlap": 0.25}
+    assert check({"preset": "fast", "tta": True, "skip_nmf": []})["tta"] is True
+    assert [o.flag for o in OPTIONS if o.off_flag] == ["--tta"]
