@@ -31,7 +31,7 @@ def place(prep: Prepared, maps: np.ndarray, stride: int) -> tuple[np.ndarray, Ge
 def write_components(prep: Prepared, comps: dict[str, np.ndarray], strides: dict[str, int], folder: Path,
                      order: list[str], compress: bool = True) -> list[dict]:
     """Write ``<layer>.nrrd`` (one vector voxel of K components) per layer and ``components.json``."""
-    import SimpleITK as sitk
+    from LesionFactorizerLib.pipeline.io import write_image
 
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -41,7 +41,7 @@ def write_components(prep: Prepared, comps: dict[str, np.ndarray], strides: dict
         full, geom = place(prep, comps[name], strides[name])
         image = geom.to_image(np.ascontiguousarray(np.moveaxis(full, 0, -1)), vector=True)
         path = folder / f"{name}.nrrd"
-        sitk.WriteImage(image, str(path), compress)
+        write_image(image, path, compress)
         entries.append({"layer": name, "stride": int(strides[name]), "components": int(full.shape[0]),
                         "file": path.name, **geom.as_dict(),
                         "max": [float(m) for m in full.reshape(full.shape[0], -1).max(axis=1)]})

@@ -144,7 +144,7 @@ def segment_case(opts: SegmentOptions, progress: Progress | None = None,
     from LesionFactorizerLib.pipeline.io import align_to_reference, load_inputs, write_image
 
     t = time.monotonic()
-    inputs = load_inputs({n: opts.inputs[n] for n in model_inputs}, model_inputs)
+    inputs = load_inputs({n: opts.inputs[n] for n in model_inputs}, model_inputs, warnings)
     ref_name = task.reference if task.reference in model_inputs else model_inputs[0]
     reference = next(i for i in inputs if i.name == ref_name)
     align_to_reference(inputs, reference, warnings)
