@@ -10,6 +10,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -39,10 +40,16 @@ class InputImage:
                 "notes": self.notes}
 
 
-def _first_line(exc: Exception | str) -> str:
-    text = str(exc).strip().splitlines()
-    return next((t.strip() for t in text if t.strip() and not t.strip().startswith("/")
-                 and not t.strip().lower().startswith(("itk::", "sitk::"))), type(exc).__name__)[:200]
+_LIBRARY_PREFIX = re.compile(r"^(\*\* )?(sitk::ERROR:|ITK ERROR:|ERROR:|WARNING:)?\s*(\w+ ?\(0x[0-9a-fA-F]+\):)?\s*")
+
+
+def _first_line(exc: Exception | str, said: list[str] = ()) -> str:
+    """The reason in an ITK exception (and what niftilib printed), without ITK's source locations."""
+    lines = [t.strip() for t in [*str(exc).strip().splitlines(), *said] if t.strip()]
+    reasons = [_LIBRARY_PREFIX.sub("", t) for t in lines
+               if not t.startswith(("/", "Exception thrown in SimpleITK", "WARNING: In ")) and ".cxx" not in t]
+    reasons = list(dict.fromkeys(r for r in reasons if r))
+    return ("; ".join(reasons[:2]) or (type(exc).__name__ if isinstance(exc, Exception) else "unreadable"))[:240]
 
 
 # Physical voxel sizes an MRI volume can have (mm); outside them the header is wrong (0 read as
@@ -110,11 +117,10 @@ def read_image(path: str | os.PathLike, name: str = "input"):
             try:
                 image = sitk.ReadImage(str(path))
             except RuntimeError as exc:
-                image, reason = None, _first_line(exc)
+                image, error = None, exc
         if image is None:
-            reason = _first_line("\n".join(said)) if said and reason == "RuntimeError" else reason
-            raise UserError(f"input {name}: cannot read {path} as an image ({reason}); use NIfTI, NRRD, "
-                            "MHA or a DICOM series folder")
+            raise UserError(f"input {name}: cannot read {path} as an image ({_first_line(error, said)}); use NIfTI, "
+                            "NRRD, MHA or a DICOM series folder")
         notes += [f"reader: {line[:200]}" for line in said if not line.startswith("/")][:3]
     if image.GetPixelIDTypeAsString().startswith("complex") or \
             sitk.GetPixelIDValueAsString(image.GetPixelID()) in _COMPLEX:

@@ -151,12 +151,15 @@ def segment_case(opts: SegmentOptions, progress: Progress | None = None,
     timings["read"] = time.monotonic() - t
 
     # -- preprocess --------------------------------------------------------------------------------
+    from LesionFactorizerLib.pipeline.guards import check_finite_logits, check_memory
     from LesionFactorizerLib.pipeline.preprocessing import prepare, to_reference
 
     progress.stage("preprocess", "cropping, normalising, resampling")
     t = time.monotonic()
     pre = first["preprocessing"]
     spacing = pre.get("spacing")
+    check_memory(reference.geometry.size, reference.geometry.spacing, spacing, len(inputs), len(channels),
+                 f"input {reference.name} ({reference.path})")
     align = 16
     prep = prepare([i.image for i in inputs], reference.geometry, spacing, align,
                    crop_foreground=pre.get("crop_foreground", True),
@@ -207,6 +210,7 @@ def segment_case(opts: SegmentOptions, progress: Progress | None = None,
                                    f"--preset {opts.preset}) and have no component maps")
     for w in result.warnings:
         warnings.append(w)
+    check_finite_logits(result.logits, [m.name for m in loaded])
     timings["inference"] = time.monotonic() - t
     del prep.array
 
