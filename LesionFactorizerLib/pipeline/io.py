@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import re
 import shutil
@@ -189,10 +188,7 @@ def _read_dicom_series(path: Path, name: str, notes: list[str]):
     if image is None:
         raise UserError(f"input {name}: cannot read the DICOM series in {path} ({reason})")
     notes.append(f"DICOM series {ids[0]} ({len(files)} files)")
-    h = hashlib.sha256()
-    for f in files:
-        h.update(Path(f).name.encode("utf-8") + b"\0" + bytes.fromhex(file_sha256(f)))
-    return image, h.hexdigest()
+    return image, file_sha256(path)
 
 
 def check_slice_positions(files: list[str], name: str, path: Path) -> None:
