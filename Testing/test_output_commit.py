@@ -19,7 +19,7 @@ from test_cli_segment import REPO, cli
 from test_pipeline_data import save_threshold_model, write_case
 
 import LesionFactorizerLib.pipeline.io as io
-from LesionFactorizerLib.cli.segment import terminate_cleanly
+from LesionFactorizerLib.pipeline.progress import terminate_cleanly
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 
 

@@ -151,8 +151,7 @@ def _summary_name(shard: tuple[int, int] | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from LesionFactorizerLib.cli.segment import terminate_cleanly
-    from LesionFactorizerLib.pipeline.progress import Progress
+    from LesionFactorizerLib.pipeline.progress import Progress, terminate_cleanly
 
     terminate_cleanly()
     progress = Progress(args.progress)
@@ -303,7 +302,7 @@ def _run_on_devices(args, task: str, paths: list, todo: list, out_root: Path, re
 def _device_worker(device: str, args: argparse.Namespace, task: str, paths: list, tasks, results) -> None:
     if device != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = device   # before torch starts: this GPU becomes cuda:0
-    from LesionFactorizerLib.cli.segment import terminate_cleanly
+    from LesionFactorizerLib.pipeline.progress import terminate_cleanly
 
     terminate_cleanly()
     runner = _CaseRunner(args, task, paths, "cpu" if device == "cpu" else "cuda")
