@@ -179,3 +179,25 @@ def test_read_only_parent_is_refused_before_any_work(tmp_path, case):
     assert proc.returncode == 2 and "not writable" in proc.stderr and str(parent) in proc.stderr, proc.stderr
     assert not any(e.get("stage") == "inference" for e in events), "failed only after the work was done"
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra", [["--probabilities"], []])
+def test_full_disk_is_one_error_line_and_leaves_nothing(tmp_path, case, extra):
+    """A real full file system (a 24 kB tmpfs): an image write, or a plain-file write (lesions.csv,
+    report.json) when the images still fit, fails with ENOSPC."""
+    paths, model = case
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size = "24k" if extra else "8k"
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        proc = cli("segment", "--task", "stroke", "--model", model, "-o", disk / "out", "-i", f"dwi={paths['dwi']}",
+                   "-i", f"adc={paths['adc']}", "--no-overview", *extra)
+        assert sorted(p.name for p in disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "disk" in lines[0] and "Traceback" not in proc.stderr
