@@ -164,8 +164,8 @@ def nonfinite_tensors(header: ModelHeader, data: bytes | memoryview) -> list[tup
             continue
         view, mask = masks[info["dtype"]]
         begin, end = info["data_offsets"]
-        bits = np.frombuffer(data, dtype=np.dtype(view).newbyteorder("<"), count=(end - begin) // np.dtype(view).itemsize,
-                             offset=begin)
+        dtype = np.dtype(view).newbyteorder("<")   # safetensors data is little-endian
+        bits = np.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin)
         count = int(np.count_nonzero((bits & view(mask)) == view(mask)))
         if count:
             bad.append((name, count))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_cli_segment import REPO, cli
+from test_cli_segment import REPO, cli, read_only
 from test_pipeline_data import save_threshold_model, write_case
 
 import LesionFactorizerLib.pipeline.io as io
@@ -163,18 +163,9 @@ def test_read_only_parent_is_refused_before_any_work(tmp_path, case):
     parent = tmp_path / "results"
     out = parent / "case1"
     out.mkdir(parents=True)
-    if os.geteuid() == 0:   # permissions do not stop root; the immutable attribute does
-        if subprocess.run(["chattr", "+i", str(parent)], capture_output=True).returncode != 0:
-            pytest.skip("running as root without chattr support: cannot make a folder read-only")
-        undo = ["chattr", "-i", str(parent)]
-    else:
-        parent.chmod(0o555)
-        undo = None
-    try:
+    with read_only(parent):
         proc = cli("segment", "--task", "stroke", "--model", model, "-o", out, "-i", f"dwi={paths['dwi']}",
                    "-i", f"adc={paths['adc']}", "--progress", "jsonl")
-    finally:
-        subprocess.run(undo) if undo else parent.chmod(0o755)
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert proc.returncode == 2 and "not writable" in proc.stderr and str(parent) in proc.stderr, proc.stderr
     assert not any(e.get("stage") == "inference" for e in events), "failed only after the work was done"

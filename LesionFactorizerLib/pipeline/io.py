@@ -472,9 +472,10 @@ def _sync_tree(root: Path) -> None:
     if not hasattr(os, "O_DIRECTORY"):
         return
     for folder, _, files in os.walk(root):
-        for name in files:
+        for path, flags in [(os.path.join(folder, n), os.O_RDONLY) for n in files] + \
+                [(folder, os.O_RDONLY | os.O_DIRECTORY)]:
             try:
-                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+                fd = os.open(path, flags)
             except OSError:
                 continue
             try:
@@ -483,16 +484,6 @@ def _sync_tree(root: Path) -> None:
                 pass
             finally:
                 os.close(fd)
-        try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager
