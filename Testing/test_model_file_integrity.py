@@ -177,3 +177,6 @@ def test_metadata_claiming_huge_widths_is_refused_before_allocating(tmp_path):
     save_model_file(path, model, meta)
     with pytest.raises(UserError, match="do not match architecture"):
         load_model_file(path)
+    proc = cli("models", "import", path, env={**os.environ, "LESIONFACTORIZER_MODELS": str(tmp_path / "models")})
+    assert proc.returncode == 2 and "do not match architecture" in proc.stderr, proc.stderr   # as `verify`
+    assert not (tmp_path / "models").exists()

@@ -42,19 +42,23 @@ class InputImage:
 _LIBRARY_PREFIX = re.compile(r"^(\*\* )?(sitk::ERROR:|ITK ERROR:|ERROR:|WARNING:)?\s*(\w+ ?\(0x[0-9a-fA-F]+\):)?\s*")
 
 
-def _first_line(exc: Exception | str, said: list[str] = ()) -> str:
-    """The reason in an ITK exception (and what niftilib printed), without ITK's source locations."""
-    lines = [t.strip() for t in [*str(exc).strip().splitlines(), *said] if t.strip()]
+def _library_messages(lines) -> list[str]:
+    """What ITK/niftilib said, without their source locations, object addresses and duplicates."""
+    lines = [t.strip() for t in lines if t.strip()]
     reasons = [_LIBRARY_PREFIX.sub("", t) for t in lines
                if not t.startswith(("/", "Exception thrown in SimpleITK", "WARNING: In ")) and ".cxx" not in t]
-    reasons = list(dict.fromkeys(r for r in reasons if r))
-    return ("; ".join(reasons[:2]) or (type(exc).__name__ if isinstance(exc, Exception) else "unreadable"))[:240]
+    return list(dict.fromkeys(r for r in reasons if r))
+
+
+def _first_line(exc: Exception, said: list[str] = ()) -> str:
+    """The reason in an ITK exception (and what niftilib printed alongside)."""
+    reasons = _library_messages([*str(exc).strip().splitlines(), *said])
+    return ("; ".join(reasons[:2]) or type(exc).__name__)[:240]
 
 
 # Physical voxel sizes an MRI volume can have (mm); outside them the header is wrong (0 read as
 # 1 mm by ITK, 1e-6 from a unit mix-up), and the model grid derived from it would be nonsense.
 SPACING_RANGE_MM = (0.01, 100.0)
-_COMPLEX = ("sitkComplexFloat32", "sitkComplexFloat64")
 
 
 @contextlib.contextmanager
@@ -120,9 +124,8 @@ def read_image(path: str | os.PathLike, name: str = "input"):
         if image is None:
             raise UserError(f"input {name}: cannot read {path} as an image ({_first_line(error, said)}); use NIfTI, "
                             "NRRD, MHA or a DICOM series folder")
-        notes += [f"reader: {line[:200]}" for line in said if not line.startswith("/")][:3]
-    if image.GetPixelIDTypeAsString().startswith("complex") or \
-            sitk.GetPixelIDValueAsString(image.GetPixelID()) in _COMPLEX:
+        notes += [f"reader: {line[:200]}" for line in _library_messages(said)[:3]]
+    if image.GetPixelIDTypeAsString().startswith("complex"):
         raise UserError(f"input {name}: {path} holds complex values; give a real-valued (magnitude) MRI volume")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise UserError(f"input {name}: {path} has {image.GetNumberOfComponentsPerPixel()} values per voxel "
