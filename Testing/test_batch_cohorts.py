@@ -114,3 +114,16 @@ def test_one_worker_per_device_on_cpu(cohort, tmp_path, capsys):
                  "none"]) == 0
     assert {k: v["infarct_ml"] for k, v in read_summary(single / "summary.csv").items()} == \
         {k: v["infarct_ml"] for k, v in summary.items()}
+
+
+def test_a_gpu_index_that_does_not_exist_is_refused_before_any_work(cohort, tmp_path, capsys):
+    import torch
+
+    root, model = cohort
+    datalist = csv_list(root / "gpu.csv", [("G0", 0)])
+    missing = torch.cuda.device_count()
+    assert main(["batch", str(datalist), "--model", model, "-o", str(tmp_path / "out"), "--progress", "jsonl",
+                 "--devices", f"cpu,{missing}"]) == 2
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1]["event"] == "error" and f"no GPU {missing}" in events[-1]["message"]
+    assert not any(e["event"] == "case" for e in events)

@@ -174,8 +174,23 @@ def _task_and_models(args: argparse.Namespace):
     return get_task(args.task or read_metadata(paths[0])["task"]), paths
 
 
+def _check_devices(devices: list[str]) -> None:
+    """Every GPU index must exist (asked without starting CUDA in this process)."""
+    gpus = [int(d) for d in devices if d != "cpu"]
+    if gpus:
+        import torch
+
+        count = torch.cuda.device_count()
+        missing = [g for g in gpus if g >= count]
+        if missing:
+            raise UserError(f"--devices: there is no GPU {missing[0]} (torch sees {count} CUDA GPU(s)); give "
+                            f"indices below {count}, or cpu")
+
+
 def _run(args: argparse.Namespace, progress) -> int:
     task, paths = _task_and_models(args)
+    if args.devices:
+        _check_devices(args.devices)
     cases = read_cases(args.source, task)
     total_cases = len(cases)
     if args.shard:
