@@ -82,7 +82,7 @@ def test_batch_stopped_by_sigterm_ends_with_one_error_event(tmp_path, slow_case)
 ])
 def test_usage_errors_end_with_one_error_event(args):
     proc = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, encoding="utf-8", timeout=60)
     assert proc.returncode == 2
     final = ends_with_one_final_event(proc.stdout)
     assert final["event"] == "error" and final["message"] in proc.stderr
