@@ -65,6 +65,14 @@ def test_nifti_header_claiming_four_times_the_slices_is_refused(tmp_path):
     refused(path, "header", "20x22x48")
 
 
+@pytest.mark.parametrize("ext", [".mha", ".nrrd"])
+def test_truncated_mha_and_nrrd_are_refused_with_a_true_reason(tmp_path, ext):
+    path = write(tmp_path / f"dwi{ext}", phantom())
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) * 2 // 3])
+    assert "No such file" not in refused(path, "cannot read")
+
+
 def test_gzip_stream_with_a_crc_error_is_refused(tmp_path):
     path = write(tmp_path / "dwi.nii.gz", phantom(), compress=True)
     raw = bytearray(path.read_bytes())

@@ -122,8 +122,11 @@ def read_image(path: str | os.PathLike, name: str = "input"):
             except RuntimeError as exc:
                 image, error = None, exc
         if image is None:
-            raise UserError(f"input {name}: cannot read {path} as an image ({_first_line(error, said)}); use NIfTI, "
-                            "NRRD, MHA or a DICOM series folder")
+            reason = _first_line(error, said)
+            if "No such file or directory" in reason:   # ITK's stale errno after a short read of a file we just read
+                reason = "its data is damaged or truncated"
+            raise UserError(f"input {name}: cannot read {path} as an image ({reason}); use NIfTI, NRRD, MHA or a "
+                            "DICOM series folder")
         notes += [f"reader: {line[:200]}" for line in _library_messages(said)[:3]]
     if image.GetPixelIDTypeAsString().startswith("complex"):
         raise UserError(f"input {name}: {path} holds complex values; give a real-valued (magnitude) MRI volume")
