@@ -53,6 +53,9 @@ def _library_messages(lines) -> list[str]:
 def _first_line(exc: Exception, said: list[str] = ()) -> str:
     """The reason in an ITK exception (and what niftilib printed alongside)."""
     reasons = _library_messages([*str(exc).strip().splitlines(), *said])
+    teem = [r.split(": ", 1)[-1] for r in reasons if r.startswith("[nrrd]")]
+    if teem:   # NRRD's reader nests its reasons: the innermost (last) one says what is wrong
+        reasons = [teem[-1]]
     return ("; ".join(reasons[:2]) or type(exc).__name__)[:240]
 
 
@@ -125,6 +128,8 @@ def read_image(path: str | os.PathLike, name: str = "input"):
             reason = _first_line(error, said)
             if "No such file or directory" in reason:   # ITK's stale errno after a short read of a file we just read
                 reason = "its data is damaged or truncated"
+            elif "fread got only" in reason:
+                reason = f"its data is damaged or truncated: {reason}"
             raise UserError(f"input {name}: cannot read {path} as an image ({reason}); use NIfTI, NRRD, MHA or a "
                             "DICOM series folder")
         notes += [f"reader: {line[:200]}" for line in _library_messages(said)[:3]]
