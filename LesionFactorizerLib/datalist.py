@@ -45,9 +45,10 @@ class Entry:
 
 def _rows(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
+    text = _text(path)
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(text)
         except ValueError as exc:
             raise UserError(f"datalist {path} is not valid JSON ({exc}); fix the syntax") from None
         if isinstance(data, dict):
@@ -60,9 +61,29 @@ def _rows(path: Path) -> list[dict]:
                                 "{\"case_id\": ..., \"<input>\": path, ...}")
         return data
     if suffix in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        lines = text.splitlines(keepends=True)
+        first = lines[0] if lines else ""
+        # Excel writes ';' in locales whose decimal mark is ','
+        delimiter = "\t" if suffix == ".tsv" else (";" if ";" in first and "," not in first else ",")
+        rows = list(csv.DictReader(lines, delimiter=delimiter))
+        return [{(k.strip() if isinstance(k, str) else k): v for k, v in row.items()} for row in rows]
     raise UserError(f"datalist {path} must be a .csv, .tsv or .json file")
+
+
+def _text(path: Path) -> str:
+    """The datalist's text. Spreadsheet programs add a byte-order mark (Excel's "CSV UTF-8") or
+    write UTF-16 ("Unicode text"); read as plain UTF-8 the BOM would become part of the first
+    column's name and the case ids would silently be lost."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read datalist {path} ({exc.strerror})") from None
+    try:
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return raw.decode("utf-16")
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"datalist {path} is not UTF-8 text; save it as UTF-8 (in Excel: 'CSV UTF-8')") from None
 
 
 def check_case_id(case_id: str, where: str) -> str:

@@ -33,7 +33,9 @@ MODEL_SUFFIX = ".safetensors"
 ENV_MODELS = "LESIONFACTORIZER_MODELS"
 DEFAULT_USER_MODELS = Path("~/.lesionfactorizer/models")
 
-_MAX_HEADER = 100 * 1024 * 1024
+# The safetensors loader refuses larger headers; the torch-free checks (import, verify --quick,
+# listing) apply the same limit so that they never accept a file that loading rejects.
+_MAX_HEADER = 100_000_000
 _DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
                 "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
@@ -88,13 +90,14 @@ def read_header(path: str | os.PathLike) -> ModelHeader:
             raise UserError(f"{bad} (header size {n} does not fit the file size {size}: truncated?); "
                             "download or export it again")
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise UserError(f"{bad} (unreadable header); download or export it again") from None
+    if not raw.startswith(b"{"):
+        raise UserError(f"{bad} (the header is not a JSON object); download or export it again")
+    header = _json_or_none(raw)
     if not isinstance(header, dict):
-        raise UserError(f"{bad} (header is not a JSON object)")
+        raise UserError(f"{bad} (unreadable header); download or export it again")
     meta_raw = header.pop("__metadata__", None) or {}
+    if not isinstance(meta_raw, dict) or not all(isinstance(v, str) for v in meta_raw.values()):
+        raise UserError(f"{bad} (its __metadata__ must map names to text); download or export it again")
     data_size = size - 8 - n
     end_max = 0
     spans = []
@@ -120,19 +123,66 @@ def read_header(path: str | os.PathLike) -> ModelHeader:
     if end_max != data_size:
         raise UserError(f"{bad} ({data_size - end_max} unexpected bytes after the tensors)")
     spans.sort()
-    for (b0, e0), (b1, _) in zip(spans, spans[1:]):
-        if b1 < e0:
-            raise UserError(f"{bad} (overlapping tensors)")
+    for (b0, e0), (b1, _) in zip([(0, 0)] + spans, spans):
+        if b1 != e0:   # the safetensors loader requires the tensors to tile the data section
+            raise UserError(f"{bad} ({'overlapping tensors' if b1 < e0 else 'a gap between tensors'})")
     if METADATA_KEY not in meta_raw:
         raise UserError(f"{path} is a safetensors file without LesionFactorizer metadata; convert it with a "
                         "training export or `lesion-factorizer models import`")
-    try:
-        metadata = json.loads(meta_raw[METADATA_KEY])
-    except (TypeError, ValueError):
-        raise UserError(f"{bad} (its metadata is not valid JSON)") from None
+    metadata = _json_or_none(meta_raw[METADATA_KEY])
     if not isinstance(metadata, dict):
         raise UserError(f"{bad} (its metadata is not a JSON object)")
     return ModelHeader(path, metadata, header, n, size)
+
+
+def _json_or_none(text: str | bytes) -> Any:
+    """Parsed JSON, or None when it is not valid (including nesting too deep for the parser: one
+    hostile file must not break listing every other model)."""
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, ValueError, TypeError, RecursionError):
+        return None
+
+
+def nonfinite_tensors(header: ModelHeader, data: bytes | memoryview) -> list[tuple[str, int]]:
+    """(tensor name, count) of every floating-point tensor holding NaN or ±inf, from the raw data
+    section (torch-free: an all-ones exponent field is exactly what NaN and inf share)."""
+    import numpy as np
+
+    # dtype → (unsigned view, exponent mask); F8_E4M3 has no inf and NaN only as S.1111.111
+    masks = {"F64": (np.uint64, 0x7FF0000000000000), "F32": (np.uint32, 0x7F800000),
+             "F16": (np.uint16, 0x7C00), "BF16": (np.uint16, 0x7F80), "F8_E5M2": (np.uint8, 0x7C),
+             "F8_E4M3": (np.uint8, 0x7F)}
+    bad = []
+    for name, info in header.tensors.items():
+        if info["dtype"] not in masks:
+            continue
+        view, mask = masks[info["dtype"]]
+        begin, end = info["data_offsets"]
+        dtype = np.dtype(view).newbyteorder("<")   # safetensors data is little-endian
+        bits = np.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin)
+        count = int(np.count_nonzero((bits & view(mask)) == view(mask)))
+        if count:
+            bad.append((name, count))
+    return bad
+
+
+def check_finite_weights(header: ModelHeader, data: bytes | memoryview) -> None:
+    """Refuse weights with NaN/inf: such a network outputs NaN, which thresholds to "no lesion"."""
+    bad = nonfinite_tensors(header, data)
+    if bad:
+        listed = ", ".join(f"{name} ({count})" for name, count in bad[:3])
+        raise UserError(f"model file {header.path} has NaN or infinite weights in {len(bad)} tensor(s): {listed}; "
+                        "the training run diverged or the file was altered: use another checkpoint or model")
+
+
+def _data_section(header: ModelHeader):
+    """The tensor data section of a model file, memory-mapped (read-only, no copy)."""
+    import numpy as np
+
+    if header.file_size == header.data_offset:
+        return b""
+    return np.memmap(header.path, dtype=np.uint8, mode="r", offset=header.data_offset)
 
 
 def _whole(value: Any) -> int:
@@ -173,6 +223,7 @@ def verify_file(path: str | os.PathLike) -> dict[str, Any]:
     whole, weights = sha256_split(Path(path), header.data_offset)
     if weights != header.metadata["weights"]["sha256"]:
         raise _checksum_failed(Path(path))
+    check_finite_weights(header, _data_section(header))
     return _file_info(header, whole, weights)
 
 
@@ -255,6 +306,9 @@ def save_model_file(path: str | os.PathLike, model: Any, metadata: dict[str, Any
     parse_spec(meta)
     blob = save(tensors, metadata={METADATA_KEY: json.dumps(meta)})
     path = Path(path)
+    (n,) = struct.unpack("<Q", blob[:8])
+    layout = {k: v for k, v in json.loads(blob[8:8 + n]).items() if k != "__metadata__"}
+    check_finite_weights(ModelHeader(path, meta, layout, n, len(blob)), memoryview(blob)[8 + n:])
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_file(path.parent, path.name)
     try:
@@ -289,31 +343,49 @@ def load_model_file(path_or_name: str | os.PathLike, device: str = "cpu") -> Loa
     sha256, weights_sha256 = sha256_split(blob, header.data_offset)
     if weights_sha256 != meta["weights"]["sha256"]:
         raise _checksum_failed(path)
+    check_finite_weights(header, memoryview(blob)[header.data_offset:])
     arch = spec.architecture
-    try:
-        model = build_architecture(arch.name, arch.kwargs)
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"model file {path}: cannot build architecture {arch.name!r} ({exc}); "
-                        "the file may need a newer lesion-factorizer") from None
+    _check_architecture_matches(header, arch, build_architecture)
+    model = build_architecture(arch.name, arch.kwargs)   # its shapes were checked on the meta device above
     try:
         tensors = load_bytes(blob)
     except SafetensorError as exc:
         raise UserError(f"model file {path} is damaged ({exc}); download or export it again") from None
     del blob
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-                  else f"wrong shape {wrong[:3]}")
-        raise UserError(f"model file {path}: weights do not match architecture {arch.name!r} ({detail}); "
-                        "the file is inconsistent, export it again")
     state = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
     model.load_state_dict(state, strict=True)
     model.eval()
     model.to(torch.device(device))
     return LoadedModel(model, meta, path, sha256, weights_sha256, header, spec)
+
+
+def _check_architecture_matches(header: ModelHeader, arch, build) -> None:
+    """Build the network on torch's meta device (shapes only, no memory) and compare its tensors with
+    the file's before anything is allocated: metadata claiming huge widths must not exhaust memory."""
+    import torch
+
+    path = header.path
+    try:
+        with torch.device("meta"):
+            probe = build(arch.name, arch.kwargs)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise UserError(f"model file {path}: cannot build architecture {arch.name!r} ({_first(exc)}); "
+                        "the file may need a newer lesion-factorizer") from None
+    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    stored = {k: tuple(info["shape"]) for k, info in header.tensors.items()}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    wrong = [k for k in expected if k in stored and stored[k] != expected[k]]
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                  else f"wrong shape {wrong[:3]}")
+        raise UserError(f"model file {path}: weights do not match architecture {arch.name!r} ({detail}); "
+                        "the file is inconsistent, export it again")
+
+
+def _first(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def verify_model(path_or_name: str | os.PathLike) -> dict[str, Any]:
@@ -432,12 +504,25 @@ def default_model(task: str) -> Path:
                     "one with `lesion-factorizer models import FILE`")
 
 
+def check_model_name(name: str) -> str:
+    """A model name is a plain file stem: it must not leave the model folder (``../x``, ``/abs``) nor hide."""
+    import re
+
+    if name.endswith(MODEL_SUFFIX):
+        name = name[: -len(MODEL_SUFFIX)]
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}", name) or ".." in name:
+        raise UserError(f"model name {name!r} is not a plain name; use letters, digits, '_', '-', '.' and '+' "
+                        "(no folders), e.g. --name stroke-v2")
+    return name
+
+
 def import_model(source: str | os.PathLike, name: str | None = None, overwrite: bool = False) -> Path:
     """Verify ``source`` and copy it into the user model folder (atomically)."""
     source = Path(source)
     verify_file(source)
+    name = check_model_name(name or source.stem)
     dest_dir = user_model_dir()
-    dest = dest_dir / f"{name or source.stem}{MODEL_SUFFIX}"
+    dest = dest_dir / f"{name}{MODEL_SUFFIX}"
     if dest.exists() and not overwrite:
         raise UserError(f"{dest} already exists; pass --overwrite to replace it or --name to choose another name")
     try:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -123,24 +124,31 @@ def test_corrupt_model_file(tmp_path, case):
     run_failing(tmp_path, bad, paths, ("damaged", "truncated"))
 
 
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """Make ``folder`` unwritable for this process, also for root (the immutable attribute)."""
+    if os.geteuid() == 0:   # permissions do not stop root
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("running as root without chattr support: cannot make a folder read-only")
+        undo = lambda: subprocess.run(["chattr", "-i", str(folder)])  # noqa: E731
+    else:
+        folder.chmod(0o555)
+        undo = lambda: folder.chmod(0o755)  # noqa: E731
+    try:
+        yield
+    finally:
+        undo()
+
+
 def test_output_folder_not_writable(tmp_path, case):
     _, paths, model = case
     out = tmp_path / "out"
     out.mkdir()
-    if os.geteuid() == 0:   # permissions do not stop root; the immutable attribute does
-        if subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
-            pytest.skip("running as root without chattr support: cannot make a folder read-only")
-        undo = ["chattr", "-i", str(out)]
-    else:
-        out.chmod(0o555)
-        undo = None
-    try:
+    with read_only(out):
         before = snapshot(out)
         proc = cli("segment", "--task", "stroke", "--model", model, "-o", out, "-i", f"dwi={paths['dwi']}",
                    "-i", f"adc={paths['adc']}")
         assert_clean_failure(proc, out, before, ("not writable",))
-    finally:
-        subprocess.run(undo) if undo else out.chmod(0o755)
 
 
 def test_existing_outputs_without_overwrite(tmp_path, case):

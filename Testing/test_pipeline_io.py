@@ -40,7 +40,7 @@ def write_dicom_series(image: sitk.Image, folder, series_uid="1.2.826.0.1.368004
 def test_dicom_series_folder_is_read_with_its_geometry(tmp_path):
     geom = grid((24, 20, 8), (1.2, 1.2, 3.0))
     write_dicom_series(sample(geom), tmp_path / "dwi")
-    image, notes = read_image(tmp_path / "dwi", "dwi")
+    image, notes, _ = read_image(tmp_path / "dwi", "dwi")
     got = Geometry.from_image(image)
     assert got.size == geom.size
     assert np.allclose(got.spacing, geom.spacing, atol=1e-4) and np.allclose(got.origin, geom.origin, atol=1e-3)
@@ -63,7 +63,7 @@ def test_folder_with_two_series_is_refused(tmp_path):
 def test_four_d_images_single_volume_is_used_several_are_refused(tmp_path):
     one = sitk.JoinSeries([sitk.GetImageFromArray(np.random.default_rng(0).random((6, 7, 8)).astype(np.float32))])
     sitk.WriteImage(one, str(tmp_path / "one.nii.gz"))
-    image, _ = read_image(tmp_path / "one.nii.gz", "dwi")
+    image, _, _ = read_image(tmp_path / "one.nii.gz", "dwi")
     assert image.GetDimension() == 3 and image.GetSize() == (8, 7, 6)
     vols = [sitk.GetImageFromArray(np.random.default_rng(i).random((6, 7, 8)).astype(np.float32)) for i in range(3)]
     sitk.WriteImage(sitk.JoinSeries(vols), str(tmp_path / "multi.nii.gz"))

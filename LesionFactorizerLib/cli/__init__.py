@@ -56,8 +56,11 @@ class _Parser(argparse.ArgumentParser):
     """A usage mistake gets the same single ``error:`` line as any other bad input (argparse would
     print the whole usage first), naming where the full usage is."""
 
+    last_error = ""
+
     def error(self, message: str):
-        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+        _Parser.last_error = f"{message} (see '{self.prog} --help')"
+        self.exit(2, f"error: {_Parser.last_error}\n")
 
 
 def _requested_command(argv: list[str]) -> str | None:
@@ -121,7 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     _utf8_pipes()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_requested_command(argv) or "")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code == 2 and _Parser.last_error:
+            from LesionFactorizerLib.pipeline.progress import report_usage_error
+
+            report_usage_error(argv, _Parser.last_error)
+        raise
     if args.threads:
         _set_threads(args.threads)
     if not getattr(args, "_run", None):

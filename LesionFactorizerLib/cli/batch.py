@@ -6,6 +6,16 @@ datalist; other columns such as ``label`` or ``fold`` are ignored) or from a fol
 sub-folder per case whose files are recognised by name patterns. A failing case is reported and
 the others continue; ``summary.csv`` aggregates volumes and lesion counts. Case ids name the
 per-case output folders, so they must be plain names.
+
+Cohorts beyond one process: ``--shard K/N`` takes every N-th case starting with the K-th (in
+datalist order, or case-folder name order), so N jobs given the same list split it without
+overlap or coordinator and each writes ``summary.shard-K-of-N.csv``; ``--merge`` checks that
+all N shard summaries are there and together cover the list exactly once, and writes
+``summary.csv``. ``--devices 0,1`` runs one worker process per device (GPU index or ``cpu``),
+each loading the models once and taking the next case from a shared queue.
+
+``--resume`` skips a case only when its report.json records the same input files (paths and
+SHA-256) that the list gives now; otherwise the case is segmented again.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +32,7 @@ from LesionFactorizerLib.errors import UserError
 
 NAME = "batch"
 HELP = "segment many cases (datalist CSV/JSON or a folder of case folders) with one model load"
+SUMMARY = "summary.csv"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +41,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="DATALIST|FOLDER",
                         help="CSV/JSON datalist, or a folder with one sub-folder per case")
     parser.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the per-case outputs")
-    parser.add_argument("--resume", action="store_true", help="skip cases whose report.json already exists")
+    parser.add_argument("--resume", action="store_true", help="skip cases already segmented from the same input "
+                        "files (checked by path and checksum)")
+    parser.add_argument("--shard", type=_shard, metavar="K/N", help="run only shard K of N (K = 1..N): every N-th "
+                        "case from the K-th; for SLURM arrays or several machines (see README)")
+    parser.add_argument("--merge", action="store_true", help="do not segment: merge the N shard summaries in the "
+                        "output folder into summary.csv, checking that every case is there exactly once")
+    parser.add_argument("--devices", type=_devices, metavar="D,D,...", help="one worker per device, e.g. 0,1,2,3 "
+                        "(GPU indices) or cpu,cpu; overrides --device")
     add_segment_options(parser)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 ≤ K ≤ N (e.g. 2/8), got {text!r}")
+    return int(k), int(n)
+
+
+def _devices(text: str) -> list[str]:
+    items = [t.strip().lower() for t in text.split(",") if t.strip()]
+    for item in items:
+        index = item[5:] if item.startswith("cuda:") else item
+        if not (item == "cpu" or index.isdigit()):
+            raise argparse.ArgumentTypeError(f"devices are GPU indices or 'cpu' (e.g. 0,1 or cpu,cpu), got {item!r}")
+    if not items:
+        raise argparse.ArgumentTypeError("give at least one device")
+    return ["cpu" if i == "cpu" else i.removeprefix("cuda:") for i in items]
 
 
 def read_cases(source: str | Path, task) -> list[tuple[str, dict[str, str]]]:
@@ -74,67 +111,267 @@ def _summary_row(case_id: str, status: str, error: str, report: dict | None, tas
     return row
 
 
-def run(args: argparse.Namespace) -> int:
-    from LesionFactorizerLib.cli.segment import terminate_cleanly
-    from LesionFactorizerLib.pipeline.progress import Progress
+def _input_changes(report: dict, inputs: dict[str, str]) -> str:
+    """Why an earlier result may not belong to this case's inputs ('' when it does)."""
+    from LesionFactorizerLib.pipeline.filecheck import file_sha256
 
-    terminate_cleanly()
-    progress = Progress(args.progress)
-    with progress.errors_reported():
-        return _run(args, progress)
+    recorded = {i.get("name"): i for i in report.get("inputs", []) if isinstance(i, dict)}
+    if not recorded:
+        return "its report records no inputs"
+    for name, entry in recorded.items():
+        path = inputs.get(name)
+        if path is None:
+            return f"input {name} is no longer listed"
+        if os.path.abspath(path) != os.path.abspath(str(entry.get("path", ""))):
+            return f"input {name} is now {path}, the result was made from {entry.get('path')}"
+        if not entry.get("sha256"):
+            return f"its report has no checksum of input {name} (made by an older version)"
+        try:
+            if file_sha256(path) != entry["sha256"]:
+                return f"input {name} ({path}) changed since the result was made"
+        except OSError as exc:
+            return f"input {name} ({path}) cannot be read ({exc.strerror})"
+    return ""
 
 
-def _run(args: argparse.Namespace, progress) -> int:
-    from LesionFactorizerLib.cli.segment import options_from_args
-    from LesionFactorizerLib.pipeline.progress import Progress
-    from LesionFactorizerLib.pipeline.segment import Segmenter
-
-    segmenter = Segmenter(options_from_args(args))   # one for the cohort: models load once
-    task = segmenter.task
-    cases = read_cases(args.source, task)
-    out_root = Path(args.output)
-    rows, failures, bad_input = [], 0, 0
-    for index, (case_id, inputs) in enumerate(cases):
-        case_out = out_root / case_id
-        status, error, report = "done", "", None
-        t0 = time.monotonic()
-        redo = False
-        if args.resume and (case_out / "report.json").is_file():
-            report = _read_report(case_out / "report.json")
-            if report is not None:
-                status = "skipped"
-            else:
-                redo = True   # an unreadable report means the case is not done; its outputs are ours
-        if status != "skipped":
-            try:
-                report = segmenter.segment(inputs, case_out, args.overwrite or redo, Progress("none")).report
-                if redo:
-                    progress.warning(f"{case_id}: the report.json of an earlier run was unreadable; segmented again")
-            except UserError as exc:
-                status, error = "failed", str(exc)
-                failures += 1
-                bad_input += 1
-            except Exception as exc:  # one broken case must not stop the cohort
-                status, error = "failed", f"unexpected: {type(exc).__name__}: {exc}"
-                failures += 1
-        rows.append(_summary_row(case_id, status, error, report, task))
-        progress.case_done(case_id, status, error, time.monotonic() - t0, index + 1, len(cases))
-    out_root.mkdir(parents=True, exist_ok=True)
+def _write_summary(path: Path, rows: list[dict]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    summary = out_root / "summary.csv"
-    tmp = summary.with_name(".summary.csv.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(summary)
-    done = sum(r["status"] != "failed" for r in rows)
-    message = f"{done} of {len(rows)} case(s) segmented, {failures} failed; summary: {summary}"
+    tmp.replace(path)
+
+
+def _summary_name(shard: tuple[int, int] | None) -> str:
+    return SUMMARY if shard is None else f"summary.shard-{shard[0]}-of-{shard[1]}.csv"
+
+
+def run(args: argparse.Namespace) -> int:
+    from LesionFactorizerLib.pipeline.progress import Progress, terminate_cleanly
+
+    terminate_cleanly()
+    progress = Progress(args.progress)
+    with progress.errors_reported():
+        if args.merge:
+            return _merge(args, progress)
+        return _run(args, progress)
+
+
+def _task_and_models(args: argparse.Namespace):
+    from LesionFactorizerLib.modelfile import default_model, find_model, read_metadata
+    from LesionFactorizerLib.tasks import get_task
+
+    if args.model:
+        paths = [find_model(m) for m in args.model]
+    elif args.task:
+        paths = [default_model(get_task(args.task).name)]
+    else:
+        raise UserError("give --task or --model")
+    return get_task(args.task or read_metadata(paths[0])["task"]), paths
+
+
+def _check_devices(devices: list[str]) -> None:
+    """Every GPU index must exist (asked without starting CUDA in this process)."""
+    gpus = [int(d) for d in devices if d != "cpu"]
+    if gpus:
+        import torch
+
+        count = torch.cuda.device_count()
+        missing = [g for g in gpus if g >= count]
+        if missing:
+            raise UserError(f"--devices: there is no GPU {missing[0]} (torch sees {count} CUDA GPU(s)); give "
+                            f"indices below {count}, or cpu")
+
+
+def _run(args: argparse.Namespace, progress) -> int:
+    task, paths = _task_and_models(args)
+    if args.devices:
+        _check_devices(args.devices)
+    cases = read_cases(args.source, task)
+    total_cases = len(cases)
+    if args.shard:
+        k, n = args.shard
+        cases = cases[k - 1::n]
+    out_root = Path(args.output)
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output folder {out_root} ({exc.strerror})") from None
+    rows: list[dict | None] = [None] * len(cases)
+    todo = []
+    finished = 0
+    for index, (case_id, inputs) in enumerate(cases):
+        case_out = out_root / case_id
+        redo = False
+        if args.resume and (case_out / "report.json").is_file():
+            report = _read_report(case_out / "report.json")
+            why = "its report.json is unreadable" if report is None else _input_changes(report, inputs)
+            if not why:
+                rows[index] = _summary_row(case_id, "skipped", "", report, task)
+                finished += 1
+                progress.case_done(case_id, "skipped", "", 0.0, finished, len(cases))
+                continue
+            progress.warning(f"{case_id}: the earlier result is not reused ({why}); segmenting again")
+            redo = True   # the folder holds our earlier outputs for this case id
+        todo.append((index, case_id, inputs, redo))
+
+    def record(index: int, status: str, error: str, seconds: float) -> None:
+        nonlocal finished
+        case_id = cases[index][0]
+        report = _read_report(out_root / case_id / "report.json") if status == "done" else None
+        rows[index] = _summary_row(case_id, status, error, report, task)
+        finished += 1
+        progress.case_done(case_id, status, error, seconds, finished, len(cases))
+
+    if args.devices:
+        _run_on_devices(args, task.name, paths, todo, out_root, record)
+    else:
+        worker = _CaseRunner(args, task.name, paths, args.device)
+        for index, case_id, inputs, redo in todo:
+            record(index, *worker.run(case_id, inputs, str(out_root / case_id), redo))
+    summary = out_root / _summary_name(args.shard)
+    _write_summary(summary, rows)
+    failed = [r for r in rows if r["status"] == "failed"]
+    unexpected = [r for r in failed if str(r["error"]).startswith("unexpected")]
+    shard = f" (shard {args.shard[0]}/{args.shard[1]} of {total_cases} cases)" if args.shard else ""
+    message = (f"{len(rows) - len(failed)} of {len(rows)} case(s) segmented{shard}, {len(failed)} failed; "
+               f"summary: {summary}")
     progress.done({"summary": str(summary), "dir": str(out_root)}, message)
     if args.progress != "jsonl":
         print(message, file=sys.stderr)
-    if failures:
-        return 1 if failures > bad_input else 2
+    if failed:
+        return 1 if unexpected else 2
     return 0
+
+
+class _CaseRunner:
+    """Segments cases one after the other with models loaded once (in this process or a worker)."""
+
+    def __init__(self, args: argparse.Namespace, task: str, paths: list, device: str):
+        self.args, self.task, self.paths, self.device = args, task, paths, device
+        self.segmenter = None
+
+    def run(self, case_id: str, inputs: dict[str, str], output: str, redo: bool) -> tuple[str, str, float]:
+        from LesionFactorizerLib.cli.segment import options_from_args
+        from LesionFactorizerLib.pipeline.progress import Progress
+        from LesionFactorizerLib.pipeline.segment import Segmenter
+
+        t0 = time.monotonic()
+        try:
+            if self.segmenter is None:   # one Segmenter for the cohort: the models load once
+                opts = options_from_args(self.args)
+                opts.task, opts.device, opts.models = self.task, self.device, [str(p) for p in self.paths]
+                self.segmenter = Segmenter(opts)
+            self.segmenter.segment(inputs, output, self.args.overwrite or redo, Progress("none"))
+            return "done", "", time.monotonic() - t0
+        except UserError as exc:
+            return "failed", str(exc), time.monotonic() - t0
+        except Exception as exc:  # one broken case must not stop the cohort
+            return "failed", f"unexpected: {type(exc).__name__}: {exc}", time.monotonic() - t0
+
+
+def _run_on_devices(args, task: str, paths: list, todo: list, out_root: Path, record) -> None:
+    """One worker process per device; each takes the next case from a shared queue."""
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    ctx = mp.get_context("spawn")   # no forked copies of torch state; CUDA needs a fresh process
+    tasks, results = ctx.Queue(), ctx.Queue()
+    for index, case_id, inputs, redo in todo:
+        tasks.put((index, case_id, inputs, str(out_root / case_id), redo))
+    worker_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith("_")})
+    workers = [ctx.Process(target=_device_worker, args=(device, worker_args, task, [str(p) for p in paths],
+                                                         tasks, results), daemon=True)
+               for device in args.devices]
+    for w in workers:
+        tasks.put(None)   # one stop mark per worker
+    try:
+        for w in workers:
+            w.start()
+        pending = len(todo)
+        while pending:
+            try:
+                index, status, error, seconds = results.get(timeout=1.0)
+            except queue_mod.Empty:
+                dead = [w for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
+                if dead and all(not w.is_alive() for w in workers):
+                    raise UserError(f"every device worker stopped (exit codes {[w.exitcode for w in workers]}) "
+                                    f"with {pending} case(s) left; run again with --resume") from None
+                continue
+            record(index, status, error, seconds)
+            pending -= 1
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.terminate()   # SIGTERM: the worker removes its temporary outputs on the way out
+        for w in workers:
+            w.join(timeout=30)
+
+
+def _device_worker(device: str, args: argparse.Namespace, task: str, paths: list, tasks, results) -> None:
+    if device != "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = device   # before torch starts: this GPU becomes cuda:0
+    from LesionFactorizerLib.pipeline.progress import terminate_cleanly
+
+    terminate_cleanly()
+    runner = _CaseRunner(args, task, paths, "cpu" if device == "cpu" else "cuda")
+    while True:
+        item = tasks.get()
+        if item is None:
+            return
+        index, case_id, inputs, output, redo = item
+        results.put((index, *runner.run(case_id, inputs, output, redo)))
+
+
+def _merge(args: argparse.Namespace, progress) -> int:
+    """summary.csv from the shard summaries in the output folder, in list order, each case once."""
+    import re
+
+    out_root = Path(args.output)
+    found = {}
+    for path in sorted(out_root.glob("summary.shard-*-of-*.csv")):
+        m = re.fullmatch(r"summary\.shard-(\d+)-of-(\d+)\.csv", path.name)
+        if m:
+            found[(int(m.group(1)), int(m.group(2)))] = path
+    if not found:
+        raise UserError(f"{out_root} holds no shard summaries (summary.shard-K-of-N.csv); run the shards first")
+    counts = sorted({n for _, n in found})
+    if len(counts) != 1:
+        raise UserError(f"{out_root} holds summaries of different shardings (N = {', '.join(map(str, counts))}); "
+                        "remove the stale ones")
+    n = counts[0]
+    missing = [k for k in range(1, n + 1) if (k, n) not in found]
+    if missing:
+        raise UserError(f"shard(s) {', '.join(f'{k}/{n}' for k in missing)} have no summary in {out_root}; run them "
+                        "(with --resume to reuse finished cases) before merging")
+    rows: dict[str, dict] = {}
+    for (k, _), path in sorted(found.items()):
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                if row["case_id"] in rows:
+                    raise UserError(f"case {row['case_id']} is in more than one shard summary; merge needs a "
+                                    "disjoint split")
+                rows[row["case_id"]] = row
+    task, _ = _task_and_models(args)
+    listed = [case_id for case_id, _ in read_cases(args.source, task)]
+    absent = [c for c in listed if c not in rows]
+    extra = [c for c in rows if c not in listed]
+    if absent or extra:
+        detail = (f"{len(absent)} listed case(s) have no result (e.g. {', '.join(absent[:3])})" if absent
+                  else f"{len(extra)} result(s) are not in the list (e.g. {', '.join(extra[:3])})")
+        raise UserError(f"the shard summaries do not match {args.source}: {detail}; run the shards with the same "
+                        "list")
+    merged = [rows[c] for c in listed]
+    summary = out_root / SUMMARY
+    _write_summary(summary, merged)
+    failed = sum(r["status"] == "failed" for r in merged)
+    message = f"merged {n} shard(s): {len(merged) - failed} of {len(merged)} case(s) segmented, {failed} failed; " \
+              f"summary: {summary}"
+    progress.done({"summary": str(summary), "dir": str(out_root)}, message)
+    if args.progress != "jsonl":
+        print(message, file=sys.stderr)
+    return 2 if failed else 0

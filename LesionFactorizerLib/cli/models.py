@@ -124,8 +124,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from LesionFactorizerLib.modelfile import import_model
+    from LesionFactorizerLib.modelfile import import_model, verify_model
 
+    verify_model(args.file)   # the full check, as `models verify` (import_model alone stays torch-free for Slicer)
     dest = import_model(args.file, name=args.name, overwrite=args.overwrite)
     print(f"imported {args.file} as {dest.stem} ({dest})")
     return 0

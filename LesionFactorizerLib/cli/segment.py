@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 
 from LesionFactorizerLib.errors import UserError
@@ -65,19 +64,8 @@ def options_from_args(args: argparse.Namespace, inputs: dict[str, str] | None = 
     return SegmentOptions(inputs=dict(inputs or {}), output=output, **given)
 
 
-def terminate_cleanly() -> None:
-    """SIGTERM (e.g. Cancel in Slicer) → SystemExit, so temporary outputs are removed on the way out."""
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:   # not the main thread
-        pass
-
-
 def run(args: argparse.Namespace) -> int:
-    from LesionFactorizerLib.pipeline.progress import Progress
+    from LesionFactorizerLib.pipeline.progress import Progress, terminate_cleanly
 
     terminate_cleanly()
     progress = Progress(args.progress)

@@ -34,7 +34,7 @@ def write_components(prep: Prepared, comps: dict[str, np.ndarray], strides: dict
 
     Returns the index entries and ``(layer, image)`` of layer ``show`` (else the first layer
     written) for the overview picture, kept in memory rather than read back from its file."""
-    import SimpleITK as sitk
+    from LesionFactorizerLib.pipeline.io import write_image
 
     folder.mkdir(parents=True, exist_ok=True)
     names = [n for n in order if n in comps]
@@ -44,7 +44,7 @@ def write_components(prep: Prepared, comps: dict[str, np.ndarray], strides: dict
         full, geom = place(prep, comps[name], strides[name])
         image = geom.to_image(np.ascontiguousarray(np.moveaxis(full, 0, -1)), vector=True)
         path = folder / f"{name}.nrrd"
-        sitk.WriteImage(image, str(path), compress)
+        write_image(image, path, compress)
         entries.append({"layer": name, "stride": int(strides[name]), "components": int(full.shape[0]),
                         "file": path.name, **geom.as_dict(),
                         "max": [float(m) for m in full.reshape(full.shape[0], -1).max(axis=1)]})

@@ -6,8 +6,12 @@ what to do; nothing is written before all inputs passed their checks.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.pipeline.filecheck import check_nifti, file_sha256, read_bytes_checked
 from LesionFactorizerLib.pipeline.geometry import Geometry
 
 IMAGE_FORMATS = {"nii.gz": ".nii.gz", "nii": ".nii", "nrrd": ".nrrd", "mha": ".mha"}
@@ -27,46 +32,109 @@ class InputImage:
     image: object          # SimpleITK.Image, float32, 3-D
     geometry: Geometry
     notes: list[str] = field(default_factory=list)
+    sha256: str = ""       # of the file (or DICOM series) as read: a resumed batch compares it
 
     def describe(self) -> dict:
-        return {"name": self.name, "path": self.path, **self.geometry.as_dict(), "notes": self.notes}
+        return {"name": self.name, "path": self.path, "sha256": self.sha256, **self.geometry.as_dict(),
+                "notes": self.notes}
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return next((t.strip() for t in text if t.strip() and not t.startswith("/")), type(exc).__name__)[:200]
+_LIBRARY_PREFIX = re.compile(r"^(\*\* )?(sitk::ERROR:|ITK ERROR:|ERROR:|WARNING:)?\s*(\w+ ?\(0x[0-9a-fA-F]+\):)?\s*")
+
+
+def _library_messages(lines) -> list[str]:
+    """What ITK/niftilib said, without their source locations, object addresses and duplicates."""
+    lines = [t.strip() for t in lines if t.strip()]
+    reasons = [_LIBRARY_PREFIX.sub("", t) for t in lines
+               if not t.startswith(("/", "Exception thrown in SimpleITK", "WARNING: In ")) and ".cxx" not in t]
+    return list(dict.fromkeys(r for r in reasons if r))
+
+
+def _first_line(exc: Exception, said: list[str] = ()) -> str:
+    """The reason in an ITK exception (and what niftilib printed alongside)."""
+    reasons = _library_messages([*str(exc).strip().splitlines(), *said])
+    teem = [r.split(": ", 1)[-1] for r in reasons if r.startswith("[nrrd]")]
+    if teem:   # NRRD's reader nests its reasons: the innermost (last) one says what is wrong
+        reasons = [teem[-1]]
+    return ("; ".join(reasons[:2]) or type(exc).__name__)[:240]
+
+
+# Physical voxel sizes an MRI volume can have (mm); outside them the header is wrong (0 read as
+# 1 mm by ITK, 1e-6 from a unit mix-up), and the model grid derived from it would be nonsense.
+SPACING_RANGE_MM = (0.01, 100.0)
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """ITK and niftilib print warnings straight to file descriptor 2; collect them so the user sees
+    one ``error:`` line (with their reason in it) instead of library noise before it."""
+    captured: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):   # no real fd 2 (embedded interpreters)
+        yield captured
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.extend(line.strip() for line in sink.read().decode("utf-8", "replace").splitlines()
+                            if line.strip())
+
+
+def _path_problem(path: Path, name: str) -> None:
+    """A path that cannot be an input: missing, a broken or looping link, unreadable."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"input {name}: {path} is a symbolic link loop; point it at the image file") from None
+        if os.path.lexists(path):
+            raise UserError(f"input {name}: {path} is a broken symbolic link; point it at the image file") from None
+        if exc.errno == errno.ENOENT:
+            raise UserError(f"input {name}: {path} does not exist; check the path") from None
+        raise UserError(f"input {name}: cannot access {path} ({exc.strerror}); check the path and its "
+                        "permissions") from None
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise UserError(f"input {name}: cannot read {path} (permission denied); fix its permissions")
 
 
 def read_image(path: str | os.PathLike, name: str = "input"):
-    """Read a NIfTI / NRRD / MHA file or a DICOM series folder as a float32 3-D SimpleITK image."""
+    """Read a NIfTI / NRRD / MHA file or a DICOM series folder as a float32 3-D SimpleITK image.
+
+    Returns ``(image, notes, sha256)``; the checksum is of the file (or the series' files)."""
     import SimpleITK as sitk
 
     path = Path(path)
     notes: list[str] = []
-    if not path.exists():
-        raise UserError(f"input {name}: {path} does not exist; check the path")
+    _path_problem(path, name)
     if path.is_dir():
-        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-        if not ids:
-            raise UserError(f"input {name}: folder {path} holds no DICOM series; give an image file or a DICOM "
-                            "series folder")
-        if len(ids) > 1:
-            raise UserError(f"input {name}: folder {path} holds {len(ids)} DICOM series; put each series in its own "
-                            "folder (one series per input)")
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0])
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        try:
-            image = reader.Execute()
-        except RuntimeError as exc:
-            raise UserError(f"input {name}: cannot read the DICOM series in {path} ({_first_line(exc)})") from None
-        notes.append(f"DICOM series {ids[0]} ({len(files)} files)")
+        image, sha = _read_dicom_series(path, name, notes)
     else:
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as exc:
-            raise UserError(f"input {name}: cannot read {path} as an image ({_first_line(exc)}); use NIfTI, NRRD, "
-                            "MHA or a DICOM series folder") from None
+        data, sha = read_bytes_checked(path, name)
+        check_nifti(data, path, name)
+        del data
+        with _native_stderr_captured() as said:
+            try:
+                image = sitk.ReadImage(str(path))
+            except RuntimeError as exc:
+                image, error = None, exc
+        if image is None:
+            reason = _first_line(error, said)
+            if "No such file or directory" in reason:   # ITK's stale errno after a short read of a file we just read
+                reason = "its data is damaged or truncated"
+            elif "fread got only" in reason:
+                reason = f"its data is damaged or truncated: {reason}"
+            raise UserError(f"input {name}: cannot read {path} as an image ({reason}); use NIfTI, NRRD, MHA or a "
+                            "DICOM series folder")
+        notes += [f"reader: {line[:200]}" for line in _library_messages(said)[:3]]
+    if image.GetPixelIDTypeAsString().startswith("complex"):
+        raise UserError(f"input {name}: {path} holds complex values; give a real-valued (magnitude) MRI volume")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise UserError(f"input {name}: {path} has {image.GetNumberOfComponentsPerPixel()} values per voxel "
                         "(colour or vector image); give a scalar MRI volume")
@@ -83,8 +151,84 @@ def read_image(path: str | os.PathLike, name: str = "input"):
     if min(image.GetSize()) < 2:
         raise UserError(f"input {name}: {path} is a single slice ({'x'.join(map(str, image.GetSize()))}); "
                         "a 3-D volume is required")
+    check_grid(image, name, path)
+    native = sitk.GetArrayViewFromImage(image)
+    lo, hi = native.min(), native.max()
     image = sitk.Cast(image, sitk.sitkFloat32)
-    return image, notes
+    if lo != hi and np.float32(lo) == np.float32(hi):
+        raise UserError(f"input {name}: {path} holds values {lo}..{hi} that differ only beyond float32 precision "
+                        f"({native.dtype} pixels); rescale the image to a usual intensity range")
+    return image, notes, sha
+
+
+def check_grid(image, name: str, path: Path) -> None:
+    """Voxel sizes must be plausible and the axes orthonormal: a sheared or scaled direction matrix
+    cannot be written back to NIfTI unchanged, so labels would land elsewhere than reported."""
+    spacing = image.GetSpacing()
+    lo, hi = SPACING_RANGE_MM
+    if any(not (lo <= s <= hi) for s in spacing):
+        raise UserError(f"input {name}: {path} has voxel size {tuple(round(s, 8) for s in spacing)} mm, outside "
+                        f"the plausible {lo:g}–{hi:g} mm for an MRI volume; fix the voxel size in its header")
+    d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+        raise UserError(f"input {name}: {path} has a sheared or scaled direction matrix (axes not orthonormal); "
+                        "resample it onto a regular grid (orthonormal axes) first")
+
+
+def _read_dicom_series(path: Path, name: str, notes: list[str]):
+    import SimpleITK as sitk
+
+    with _native_stderr_captured():
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+    if not ids:
+        raise UserError(f"input {name}: folder {path} holds no DICOM series; give an image file or a DICOM "
+                        "series folder")
+    if len(ids) > 1:
+        raise UserError(f"input {name}: folder {path} holds {len(ids)} DICOM series; put each series in its own "
+                        "folder (one series per input)")
+    with _native_stderr_captured():
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0])
+    check_slice_positions(files, name, path)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    with _native_stderr_captured() as said:
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            image, reason = None, _first_line(exc)
+    if image is None:
+        raise UserError(f"input {name}: cannot read the DICOM series in {path} ({reason})")
+    notes.append(f"DICOM series {ids[0]} ({len(files)} files)")
+    return image, file_sha256(path)
+
+
+def check_slice_positions(files: list[str], name: str, path: Path) -> None:
+    """A series with a missing (or duplicated) slice would be read with an averaged spacing and every
+    lesion volume off: the slice positions along the normal must be evenly spaced."""
+    import SimpleITK as sitk
+
+    if len(files) < 3:
+        return
+    positions = []
+    reader = sitk.ImageFileReader()
+    for f in files:
+        reader.SetFileName(f)
+        try:
+            with _native_stderr_captured():
+                reader.ReadImageInformation()
+            ipp = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            iop = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):
+            return   # no positions to check (not an MR/CT image series); ITK decides
+        normal = np.cross(iop[:3], iop[3:6])
+        positions.append(float(np.dot(normal, ipp)))
+    steps = np.diff(np.sort(positions))
+    typical = float(np.median(steps))
+    if typical <= 0 or np.any(np.abs(steps - typical) > max(0.01, 0.05 * typical)):
+        worst = int(np.argmax(np.abs(steps - typical)))
+        raise UserError(f"input {name}: the DICOM series in {path} has unevenly spaced slices (a step of "
+                        f"{steps[worst]:.3g} mm where the others are {typical:.3g} mm): a slice is missing or "
+                        "duplicated; export the complete series again")
 
 
 def check_values(image, name: str, path: str) -> None:
@@ -101,15 +245,22 @@ def check_values(image, name: str, path: str) -> None:
                         "image: check that the right file was given")
 
 
-def load_inputs(paths: dict[str, str], order: list[str]) -> list[InputImage]:
+def load_inputs(paths: dict[str, str], order: list[str], warnings: list[str] | None = None) -> list[InputImage]:
     """Read and check every input (in the task's order); raises before anything is written."""
     inputs = []
     for name in order:
         if name not in paths:
             continue
-        image, notes = read_image(paths[name], name)
+        image, notes, sha = read_image(paths[name], name)
         check_values(image, name, str(paths[name]))
-        inputs.append(InputImage(name, str(paths[name]), image, Geometry.from_image(image), notes))
+        for other in inputs:
+            if os.path.samefile(other.path, paths[name]):
+                raise UserError(f"inputs {other.name} and {name} are the same file ({paths[name]}); give each "
+                                "input its own image")
+            if other.sha256 == sha and warnings is not None:
+                warnings.append(f"inputs {other.name} and {name} have identical contents ({other.path}, "
+                                f"{paths[name]}); check that each input is the intended image")
+        inputs.append(InputImage(name, str(paths[name]), image, Geometry.from_image(image), notes, sha))
     return inputs
 
 
@@ -144,20 +295,61 @@ def align_to_reference(inputs: list[InputImage], reference: InputImage, warnings
 
 
 def write_image(image, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write ``image`` and read it back: a short write (full disk, file-size limit) or a writer that
+    changes the geometry must fail here, not leave a file that disagrees with report.json."""
     import SimpleITK as sitk
 
-    sitk.WriteImage(image, str(path), compress)
+    path = Path(path)
+    try:
+        with _native_stderr_captured():
+            sitk.WriteImage(image, str(path), compress)
+    except RuntimeError as exc:
+        raise UserError(f"cannot write {path.name} ({_write_reason(path, _first_line(exc))}); free disk "
+                        "space or choose another output folder") from None
+    with _native_stderr_captured():
+        try:
+            back = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            back, reason = None, _first_line(exc)
+    if back is None or _differs(image, back):
+        why = reason if back is None else "it reads back different from what was written"
+        raise UserError(f"writing {path.name} failed ({_write_reason(path, why)}); free disk space, "
+                        "raise the file-size limit or choose another output folder")
+
+
+def _write_reason(path: Path, reason: str) -> str:
+    try:
+        usage = shutil.disk_usage(path.parent)
+        if usage.free < 1 << 20:
+            return f"{reason}; the disk is full"
+    except OSError:
+        pass
+    return reason
+
+
+def _differs(a, b) -> bool:
+    import SimpleITK as sitk
+
+    if a.GetSize() != b.GetSize() or a.GetNumberOfComponentsPerPixel() != b.GetNumberOfComponentsPerPixel():
+        return True
+    for get in ("GetSpacing", "GetOrigin", "GetDirection"):
+        if not np.allclose(getattr(a, get)(), getattr(b, get)(), rtol=1e-5, atol=1e-4):
+            return True
+    return not np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
 
 
 # ------------------------------------------------------------------------------------------------
 # Atomic output folder
 # ------------------------------------------------------------------------------------------------
 class AtomicOutput:
-    """Write into a hidden temporary folder next to the output folder, then move into place.
+    """Build the complete new output folder beside the old one, then swap it in with one rename.
 
-    If anything fails (or the process is terminated) before :meth:`commit`, the output folder
-    holds no new files. ``claims`` are the entry names this run writes; existing ones need
-    ``overwrite``.
+    Results are written into a hidden temporary folder in the output's parent; :meth:`commit`
+    carries the user's own files over (hard links), then exchanges the two folders atomically
+    (``renameat2(RENAME_EXCHANGE)`` on Linux, ``renamex_np(RENAME_SWAP)`` on macOS; elsewhere two
+    renames that an interrupted run's successor undoes). SIGTERM/SIGINT are held back during the
+    swap, so the output folder always holds either the complete previous results or the complete
+    new ones. ``claims`` are the entry names a run may write; existing ones need ``overwrite``.
     """
 
     def __init__(self, final: str | os.PathLike, claims: list[str], overwrite: bool = False):
@@ -177,16 +369,20 @@ class AtomicOutput:
             if existing:
                 raise UserError(f"output folder {final} already holds results ({', '.join(existing[:3])}); pass "
                                 "--overwrite to replace them or choose another folder")
-        probe_dir = final if final.is_dir() else next((p for p in final.parents if p.exists()), None)
-        if probe_dir is None or not probe_dir.is_dir():
+        # The results are assembled in a temporary folder in the parent and swapped in by renaming
+        # both folders: the parent and an existing output folder must be writable.
+        parent = next((p for p in [final.parent, *final.parent.parents] if p.exists()), None)
+        if parent is None or not parent.is_dir():
             raise UserError(f"cannot create output folder {final}; choose a folder in an existing, writable location")
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".lesion-factorizer-probe-", dir=probe_dir)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as exc:
-            raise UserError(f"output folder {probe_dir} is not writable ({exc.strerror}); choose a writable folder "
-                            "or fix its permissions") from None
+        for probe_dir in ([final] if final.is_dir() else []) + [parent]:
+            try:
+                probe = tempfile.mkdtemp(prefix=".lesion-factorizer-probe-", dir=probe_dir)
+                os.rmdir(probe)
+            except OSError as exc:
+                where = "" if probe_dir == final else (f" (the results are assembled there before they replace "
+                                                       f"{final.name})")
+                raise UserError(f"output folder {probe_dir} is not writable ({exc.strerror}){where}; choose a "
+                                "writable location or fix its permissions") from None
 
     def __enter__(self) -> Path:
         self.check()
@@ -206,39 +402,51 @@ class AtomicOutput:
     def commit(self) -> None:
         assert self.tmp is not None
         self.check()
-        if not self.final.exists():
+        tmp, final = self.tmp, self.final
+        if final.is_dir():
+            self._carry_user_entries(final, tmp)
+            os.chmod(tmp, final.stat().st_mode & 0o7777)
+        else:
             umask = os.umask(0)
             os.umask(umask)
-            os.chmod(self.tmp, 0o777 & ~umask)   # mkdtemp makes it private; results are ordinary files
-            os.rename(self.tmp, self.final)
-        else:
-            entries = sorted(os.listdir(self.tmp), key=lambda n: n == "report.json")  # report last: marks done
-            # Results of an earlier run that this run does not write (components/, probabilities,
-            # another format) would sit next to a report that does not list them: move them out
-            # first, into the temporary folder that is deleted below. Other files are the user's.
-            stale = [c for c in self.claims if c not in entries and os.path.lexists(self.final / c)]
-            for name in stale:
-                os.rename(self.final / name, self.tmp / f".old-{name}")
-            for name in entries:
-                src, dst = self.tmp / name, self.final / name
-                if dst.is_dir() and not dst.is_symlink():
-                    trash = self.tmp / f".old-{name}"
-                    os.rename(dst, trash)
-                    os.rename(src, dst)
-                else:
-                    os.replace(src, dst)
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            os.chmod(tmp, 0o777 & ~umask)   # mkdtemp makes it private; results are ordinary files
+        _sync_tree(tmp)
+        with _signals_held():
+            if not final.exists():
+                os.rename(tmp, final)
+            else:
+                _swap(tmp, final)   # now tmp holds the previous results
         self.tmp = None
         self._created_parents = []
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def _carry_user_entries(self, final: Path, tmp: Path) -> None:
+        """Files in the output folder that are not results (the user's notes, …) stay: hard links,
+        so the old folder is untouched until the swap."""
+        for entry in os.listdir(final):
+            if entry in self.claims or (tmp / entry).exists():
+                continue
+            src, dst = final / entry, tmp / entry
+            if src.is_symlink():
+                os.symlink(os.readlink(src), dst)
+            elif src.is_dir():
+                shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(str(src), str(dst))
 
     def _remove_stale(self, parent: Path) -> None:
-        """Remove temporary folders left by killed runs (SIGKILL cannot be cleaned up on the way out)."""
-        for p in parent.glob(f".{self.final.name}.partial-*"):
+        """Remove temporary folders left by killed runs (SIGKILL cannot be cleaned up on the way out);
+        a previous result moved aside by an interrupted two-rename swap is put back first."""
+        for p in sorted(parent.glob(f".{self.final.name}.partial-*")):
             try:
                 pid = int(p.name.rsplit(".partial-", 1)[1].split("-", 1)[0])
             except (IndexError, ValueError):
                 continue
-            if not _pid_alive(pid):
+            if _pid_alive(pid):
+                continue
+            if p.name.endswith(_OLD_SUFFIX) and not self.final.exists():
+                os.rename(p, self.final)
+            else:
                 shutil.rmtree(p, ignore_errors=True)
 
     def _remove_parents(self) -> None:
@@ -254,6 +462,93 @@ class AtomicOutput:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
             self._remove_parents()
+        if isinstance(exc, OSError) and not isinstance(exc, UserError):
+            raise UserError(f"cannot write the results for {self.final} ({exc.strerror or exc}); nothing was "
+                            "changed there: free disk space or choose another folder") from None
+
+
+_OLD_SUFFIX = "-previous"
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _sync_tree(root: Path) -> None:
+    """Flush the new results to disk before they replace the old ones (a power cut after the
+    rename must not leave an empty file under a complete-looking folder)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    for folder, _, files in os.walk(root):
+        for path, flags in [(os.path.join(folder, n), os.O_RDONLY) for n in files] + \
+                [(folder, os.O_RDONLY | os.O_DIRECTORY)]:
+            try:
+                fd = os.open(path, flags)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGTERM/SIGINT back while the folders are swapped; they are delivered right after."""
+    import signal
+    import threading
+
+    held = {signal.SIGTERM, signal.SIGINT}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _swap(new: Path, final: Path) -> None:
+    """Exchange two folders atomically; without kernel support, rename the old one aside first
+    (an interrupted run leaves it as ``.<name>.partial-PID-…-previous``, restored by the next run)."""
+    if _exchange(str(new), str(final)):
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", suffix=_OLD_SUFFIX,
+                                  dir=final.parent))
+    os.rmdir(aside)
+    os.rename(final, aside)
+    os.rename(new, final)
+    os.rename(aside, new)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically exchange two paths; False where the platform or file system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    enc = os.fsencode
+    if hasattr(libc, "renameat2"):
+        at_fdcwd, rename_exchange = -100, 2
+        if libc.renameat2(at_fdcwd, enc(a), at_fdcwd, enc(b), rename_exchange) == 0:
+            return True
+    elif hasattr(libc, "renamex_np"):
+        if libc.renamex_np(enc(a), enc(b), 2) == 0:   # RENAME_SWAP
+            return True
+    else:
+        return False
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), b)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -6,7 +6,10 @@ JSON-lines events, one object per line on stdout (the Slicer module parses exact
   overall fraction in [0, 1] and never decreases;
 - ``{"event": "warning", "message": M}`` — as soon as the warning arises;
 - ``{"event": "done", "outputs": {...}}`` — last line on success;
-- ``{"event": "error", "message": M}`` — last line on failure (M is the one-line error).
+- ``{"event": "error", "message": M}`` — last line on failure (M is the one-line error), also
+  when the run is stopped by SIGTERM or SIGINT, or the command line is wrong.
+
+Exactly one of ``done`` / ``error`` ends every run.
 
 Stages of one case (``segment``), in order: read, model, preprocess, inference, postprocess,
 components, write (the model comes before preprocessing: its stride sets the box alignment).
@@ -21,12 +24,43 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 import time
 
 BATCH_STAGE = "batch"
 STAGES = (("read", 0.05), ("model", 0.04), ("preprocess", 0.05), ("inference", 0.70), ("postprocess", 0.05),
           ("components", 0.05), ("write", 0.06))
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread by SIGTERM (Slicer's Cancel, a batch scheduler's time limit), so that
+    ``finally`` blocks remove temporary outputs and the run ends with its final event."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def terminate_cleanly() -> None:
+    """SIGTERM → :class:`Terminated` (default handling would end the process without a word)."""
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:   # not the main thread
+        pass
+
+
+def report_usage_error(argv: list[str], message: str, stream=None) -> None:
+    """A wrong command line ends a ``--progress jsonl`` run with its ``error`` event too."""
+    for i, arg in enumerate(argv):
+        if arg == "--progress=jsonl" or (arg == "--progress" and argv[i + 1:i + 2] == ["jsonl"]):
+            stream = stream or sys.stdout
+            stream.write(json.dumps({"event": "error", "message": message}) + "\n")
+            stream.flush()
+            return
 
 
 class Progress:
@@ -44,6 +78,7 @@ class Progress:
         self.t0 = time.monotonic()
         self._last_emit = 0.0
         self._bar = None
+        self._ended = False   # the final done/error event was emitted
         self._offsets = {}
         acc = 0.0
         for name, weight in STAGES:
@@ -88,6 +123,9 @@ class Progress:
         self._emit_progress(case_id)
 
     def done(self, outputs: dict, message: str = "") -> None:
+        if self._ended:
+            return
+        self._ended = True
         self.fraction = 1.0
         if self.mode == "jsonl":
             self._json({"event": "progress", "stage": self.stage_name or "write", "fraction": 1.0, "eta_s": 0.0,
@@ -112,12 +150,24 @@ class Progress:
         except UserError as exc:
             self.error(str(exc))
             raise
+        except Terminated as exc:
+            message = f"terminated by {signal.Signals(exc.signum).name}; results of the unfinished work were " \
+                      "not kept"
+            self.error(message)
+            print(f"error: {message}", file=sys.stderr)
+            raise
+        except KeyboardInterrupt:
+            self.error("interrupted (SIGINT); results of the unfinished work were not kept")
+            raise
         except BaseException as exc:
-            if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            if not isinstance(exc, SystemExit):
                 self.error(f"unexpected failure: {type(exc).__name__}: {exc}")
             raise
 
     def error(self, message: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
         if self.mode == "jsonl":
             self._json({"event": "error", "message": message})
         if self._bar is not None:

@@ -246,7 +246,7 @@ class Segmenter:
         from LesionFactorizerLib.pipeline.io import align_to_reference, load_inputs
 
         order = list(self.spec.inputs)
-        inputs = load_inputs({n: given[n] for n in order}, order)
+        inputs = load_inputs({n: given[n] for n in order}, order, warnings)
         ref_name = self.task.reference if self.task.reference in order else order[0]
         reference = next(i for i in inputs if i.name == ref_name)
         align_to_reference(inputs, reference, warnings)
@@ -276,9 +276,13 @@ class Segmenter:
 
     def prepare(self, case: Case) -> tuple[Prepared, tuple[int, int, int]]:
         """The network's input array, and the sliding-window size (numpy axis order)."""
+        from LesionFactorizerLib.pipeline.guards import check_memory
         from LesionFactorizerLib.pipeline.preprocessing import prepare
 
         pre, align = self.spec.preprocessing, self.stride
+        ref = case.reference
+        check_memory(ref.geometry.size, ref.geometry.spacing, _plain(pre.spacing), len(case.inputs),
+                     len(self.spec.outputs.channels), f"input {ref.name} ({ref.path})")
         prep = prepare([i.image for i in case.inputs], case.reference.geometry, _plain(pre.spacing), align,
                        crop_foreground=pre.crop_foreground, normalization=pre.normalization)
         patch = [int(p) for p in reversed(pre.patch_size)]
@@ -287,6 +291,7 @@ class Segmenter:
 
     def predict(self, prep: Prepared, roi: tuple[int, int, int], warnings: list[str],
                 progress: Progress) -> Prediction:
+        from LesionFactorizerLib.pipeline.guards import check_finite_logits
         from LesionFactorizerLib.pipeline.inference import run_inference
 
         opts, settings = self.opts, self.settings
@@ -301,6 +306,7 @@ class Segmenter:
                 result.warnings.append(f"NMF layer(s) {', '.join(skipped)} were short-circuited (--skip-nmf or "
                                        f"--preset {opts.preset}) and have no component maps")
         warnings.extend(result.warnings)
+        check_finite_logits(result.logits, [m.name for m in self.loaded])
         prep.array = None   # the network input is no longer needed; free it before the full-size maps
         return Prediction(result.logits, result.components, result.strides, result.device, result.passes,
                           result.sw_batch_size, result.backend, result.threads)

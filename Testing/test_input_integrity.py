@@ -1,0 +1,176 @@
+"""Damaged or implausible input files are refused with one line, never read as something else
+(issue 13 items 1, 2, 7, 8, 9, 10, 12, 16): each test damages a small real file the way a disk,
+a copy or an exporter does."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from test_cli_segment import cli
+from test_pipeline_data import grid, sample, save_threshold_model, write_case
+from test_pipeline_io import write_dicom_series
+
+from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.pipeline.io import read_image
+from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+
+
+def phantom(size=(20, 22, 12), spacing=(1.6, 1.6, 2.5)) -> sitk.Image:
+    return sample(grid(size, spacing))
+
+
+def write(path: Path, image: sitk.Image, compress=False) -> Path:
+    sitk.WriteImage(image, str(path), compress)
+    return path
+
+
+def refused(path, *words):
+    with pytest.raises(UserError) as info:
+        read_image(path, "dwi")
+    for word in words:
+        assert word in str(info.value), str(info.value)
+    return str(info.value)
+
+
+def nifti_patch(path: Path, offset: int, fmt: str, *values) -> None:
+    """Overwrite NIfTI-1 header fields of an uncompressed .nii file in place."""
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<" + fmt, data, offset, *values)
+    path.write_bytes(bytes(data))
+
+
+# -- 1. damaged files ------------------------------------------------------------------------------
+def test_gzip_nifti_cut_in_half_is_refused(tmp_path):
+    path = write(tmp_path / "dwi.nii.gz", phantom(), compress=True)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    refused(path, "truncated")
+
+
+def test_plain_nifti_cut_in_half_is_refused(tmp_path):
+    path = write(tmp_path / "dwi.nii", phantom())
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    refused(path, "truncated", "bytes")
+
+
+def test_nifti_header_claiming_four_times_the_slices_is_refused(tmp_path):
+    path = write(tmp_path / "dwi.nii", phantom())
+    nifti_patch(path, 40 + 3 * 2, "h", 12 * 4)      # dim[3]: 12 slices → 48
+    refused(path, "header", "20x22x48")
+
+
+@pytest.mark.parametrize("ext", [".mha", ".nrrd"])
+def test_truncated_mha_and_nrrd_are_refused_with_a_true_reason(tmp_path, ext):
+    path = write(tmp_path / f"dwi{ext}", phantom())
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) * 2 // 3])
+    assert "No such file" not in refused(path, "cannot read", "damaged or truncated")
+
+
+def test_gzip_stream_with_a_crc_error_is_refused(tmp_path):
+    path = write(tmp_path / "dwi.nii.gz", phantom(), compress=True)
+    raw = bytearray(path.read_bytes())
+    raw[-8] ^= 0xFF                                   # the stored CRC-32 no longer matches the data
+    path.write_bytes(bytes(raw))
+    refused(path, "damaged", "gzip")
+
+
+# -- 2. NaN / inf in NIfTI --------------------------------------------------------------------------
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_nan_and_inf_voxels_in_nifti_are_refused(tmp_path, ext):
+    array = sitk.GetArrayFromImage(phantom())
+    array[3, 4, 5], array[6, 7, 8] = np.nan, np.inf
+    path = write(tmp_path / f"dwi{ext}", sitk.GetImageFromArray(array), compress=ext.endswith("gz"))
+    refused(path, "2 NaN or infinite")
+
+
+# -- 7. sheared direction -------------------------------------------------------------------------
+def test_sheared_direction_matrix_is_refused(tmp_path):
+    image = phantom()
+    image.SetDirection((1.0, 0.3, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    refused(write(tmp_path / "dwi.mha", image), "sheared")
+
+
+# -- 8. DICOM series with a missing slice ----------------------------------------------------------
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    write_dicom_series(phantom(), tmp_path / "dwi")
+    files = sorted((tmp_path / "dwi").iterdir())
+    read_image(tmp_path / "dwi", "dwi")               # complete: fine
+    files[len(files) // 2].unlink()
+    refused(tmp_path / "dwi", "unevenly spaced", "missing")
+
+
+# -- 10. implausible spacing -----------------------------------------------------------------------
+def test_zero_voxel_size_in_a_nifti_header_is_refused(tmp_path):
+    path = write(tmp_path / "dwi.nii", phantom())
+    nifti_patch(path, 76 + 4 * 3, "f", 0.0)           # pixdim[3] = 0 (ITK would read 1 mm)
+    refused(path, "voxel size", "positive")
+
+
+@pytest.mark.parametrize("spacing", [1e-6, 1e6])
+def test_implausible_voxel_sizes_are_refused(tmp_path, spacing):
+    image = phantom()
+    image.SetSpacing((spacing,) * 3)
+    refused(write(tmp_path / "dwi.nrrd", image), "voxel size", "plausible")
+
+
+# -- 12. complex pixels ----------------------------------------------------------------------------
+def test_complex_pixel_type_is_refused(tmp_path):
+    array = sitk.GetArrayFromImage(phantom()).astype(np.complex64)
+    refused(write(tmp_path / "dwi.nrrd", sitk.GetImageFromArray(array)), "complex")
+    refused(write(tmp_path / "dwi.nii", sitk.GetImageFromArray(array)), "complex")
+
+
+# -- 16. clear reasons ----------------------------------------------------------------------------
+def test_symlink_loop_is_called_a_loop_not_missing(tmp_path):
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    refused(a, "symbolic link loop")
+
+
+def test_uint64_values_beyond_float32_precision_are_not_called_constant(tmp_path):
+    array = (np.uint64(2**60) + np.arange(20 * 22 * 12, dtype=np.uint64)).reshape(12, 22, 20)
+    message = refused(write(tmp_path / "dwi.nrrd", sitk.GetImageFromArray(array)), "float32 precision")
+    assert "constant" not in message
+
+
+def test_reader_noise_does_not_reach_stderr_before_the_error_line(tmp_path):
+    model = save_threshold_model(tmp_path / "thr.safetensors")
+    paths = write_case(tmp_path / "in")
+    bad = tmp_path / "in" / "dwi.nii"
+    bad.write_bytes(struct.pack("<i", 348) + bytes(400))     # an Analyze-style header niftilib complains about
+    proc = cli("segment", "--task", "stroke", "--model", model, "-o", tmp_path / "out", "-i", f"dwi={bad}",
+               "-i", f"adc={paths['adc']}")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: input dwi"), proc.stderr
+    assert "not recognized as a NIFTI file" in lines[0]           # ITK's reason, not its source location
+    assert ".cxx" not in lines[0] and "Exception thrown" not in lines[0] and "0x" not in lines[0], lines[0]
+
+
+# -- 9. one file for two inputs --------------------------------------------------------------------
+def test_same_file_for_two_inputs_is_refused(tmp_path):
+    paths = write_case(tmp_path / "in")
+    model = save_threshold_model(tmp_path / "thr.safetensors")
+    opts = SegmentOptions(inputs={"dwi": paths["dwi"], "adc": paths["dwi"]}, output=str(tmp_path / "out"),
+                          task="stroke", models=[model], overview=False)
+    with pytest.raises(UserError, match="same file"):
+        segment_case(opts)
+    assert not (tmp_path / "out").exists()
+
+
+# -- 12. memory before allocation ------------------------------------------------------------------
+def test_model_spacing_that_needs_more_memory_than_the_machine_is_refused(tmp_path):
+    paths = write_case(tmp_path / "in")
+    model = save_threshold_model(tmp_path / "thr.safetensors", spacing=(0.001, 0.001, 0.001))
+    opts = SegmentOptions(inputs=paths, output=str(tmp_path / "out"), task="stroke", models=[model],
+                          overview=False)
+    with pytest.raises(UserError, match="GiB of memory"):
+        segment_case(opts)
+    assert not (tmp_path / "out").exists()
