@@ -165,8 +165,8 @@ def _task_and_models(args: argparse.Namespace):
     from LesionFactorizerLib.modelfile import default_model, find_model, read_metadata
     from LesionFactorizerLib.tasks import get_task
 
-    if args.model:
-        paths = [find_model(m) for m in args.model]
+    if args.models:
+        paths = [find_model(m) for m in args.models]
     elif args.task:
         paths = [default_model(get_task(args.task).name)]
     else:
