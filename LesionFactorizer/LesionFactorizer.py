@@ -448,12 +448,12 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self._job = self.logic.segment(
                 inputs={k: v for k, v in self.selectedInputs().items() if v is not None},
-                task=self.task.name, model=self.ui.modelComboBox.currentData or None,
-                outputSegmentation=output, preset=self.ui.presetComboBox.currentText,
+                task=self.task.name, outputSegmentation=output, overwrite=overwrite, waitForCompletion=False,
+                models=self.ui.modelComboBox.currentData or None, preset=self.ui.presetComboBox.currentText,
                 device=self.ui.deviceComboBox.currentData, components=self.ui.componentsCheckBox.checked,
-                probabilities=self.ui.probabilitiesCheckBox.checked, tta=self.ui.ttaCheckBox.checked,
-                nmfIterations=self.ui.nmfIterationsSpinBox.value or None, skipNmfLayers=skip,
-                overwrite=overwrite, waitForCompletion=False,
+                probabilities=self.ui.probabilitiesCheckBox.checked,
+                tta=self.ui.ttaCheckBox.checked or None,   # unticked: the speed preset decides
+                nmf_iters=self.ui.nmfIterationsSpinBox.value or None, skip_nmf=skip or None,
                 progressCallback=self.onProgress, completedCallback=self.onCompleted)
         except Exception as exc:
             self._job = None
@@ -748,15 +748,17 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
 
     # ---- the Python API
 
-    def segment(self, inputs, task="tumor", model=None, outputSegmentation=None, preset=DEFAULT_SPEED_PRESET,
-                device="auto", components=True, probabilities=False, tta=False, nmfIterations=None,
-                skipNmfLayers=(), overwrite=False, waitForCompletion=True,
+    def segment(self, inputs, task="tumor", outputSegmentation=None, overwrite=False, waitForCompletion=True,
                 progressCallback: Callable[[WorkerEvent], None] | None = None,
-                completedCallback: Callable[[SegmentationResult], None] | None = None):
+                completedCallback: Callable[[SegmentationResult], None] | None = None, **settings):
         """Segment volume nodes.
 
         inputs: {input name: vtkMRMLScalarVolumeNode} with the task's input names.
-        model: a model name or .safetensors path, a list of them (ensemble), or None (task default).
+        settings: any segment setting by its option name (``LesionFactorizerLib.pipeline.settings``,
+          the same as the ``segment`` command's options: models, device, preset, tta, nmf_iters,
+          skip_nmf, components, probabilities, ...); ``models`` is a model name or .safetensors
+          path, or a list of them (ensemble); not given: the task's default model. The module
+          asks for NMF components unless ``components=False``.
         outputSegmentation: segmentation node to write into, or None to create one. A node that
           already has segments is only written with overwrite=True (segments named like the task's
           labels are replaced; others are kept).
@@ -790,10 +792,10 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                     raise RuntimeError(f"'{node.GetName()}' could not be written to the temporary folder {tempDir} "
                                        f"(disk full or not writable?); see the application log.")
                 inputFiles[name] = path
-            request = workerLib.SegmentRequest(
-                task=task, inputs=inputFiles, output_dir=tempDir / "output", models=self._modelList(model),
-                device=device, preset=preset, components=components, probabilities=probabilities, tta=tta,
-                nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overview=False)
+            # the worker writes into a temporary folder the module imports from; the QC picture is
+            # not needed because Slicer shows the result itself
+            request = workerLib.SegmentRequest(task, inputFiles, tempDir / "output",
+                                               **{"components": True, **settings, "overview": False})
             process = self._launch(request)
             job = _Job(process, tempDir,
                        finish=lambda job: self._finishJob(job, taskDef, nodes, outputSegmentation),
@@ -823,45 +825,11 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         self._jobs.discard(job)
         self._removeTempDir(job.tempDir)
 
-    def segmentFiles(self, inputs, outputFolder, task="tumor", model=None, preset=DEFAULT_SPEED_PRESET, device="auto",
-                     components=True, probabilities=False, tta=False, nmfIterations=None, skipNmfLayers=(),
-                     overwrite=False, overview=False, progressCallback=None) -> dict:
-        """Segment files on disk without touching the scene (batch over folders).
-
-        inputs: {input name: file path}, or a case folder whose files are matched to the task's
-        inputs by name. Returns the worker's outputs (paths in outputFolder); raises RuntimeError
-        with the worker's one-line message on failure. overview=True also writes the QC picture
-        overview.png, which needs matplotlib in Slicer's Python (pip_install("matplotlib")).
-        """
-        self._requireSupportedPython()
-        if isinstance(inputs, (str, os.PathLike)):
-            inputs = inputsLib.match_case_folder(get_task(task), inputs)
-        request = workerLib.SegmentRequest(
-            task=task, inputs=inputs, output_dir=outputFolder, models=self._modelList(model), device=device,
-            preset=preset, components=components, probabilities=probabilities, tta=tta,
-            nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overwrite=overwrite, overview=overview)
-        process = self._launch(request)
-        try:
-            result = process.wait(callback=progressCallback, idle=slicer.app.processEvents)
-        except BaseException:
-            process.cancel()
-            raise
-        if not result.succeeded:
-            raise RuntimeError(workerLib.failure_message(result))
-        files = find_outputs(outputFolder, result.outputs)
-        return {key: str(value) for key, value in vars(files).items() if value is not None}
-
     @staticmethod
     def _requireSupportedPython():
         problem = dependenciesLib.unsupported_python()
         if problem:
             raise RuntimeError(problem)
-
-    @staticmethod
-    def _modelList(model) -> list:
-        if model is None or model == "":
-            return []
-        return [str(m) for m in model] if isinstance(model, (list, tuple)) else [str(model)]
 
     # ---- worker launch
 

@@ -451,7 +451,7 @@ class ModelEntry:
     source: str
     metadata: dict[str, Any] | None = None
     problem: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    spec: ModelSpec | None = None    # the metadata parsed (None when the file has a problem)
 
 
 def list_models(task: str | None = None) -> list[ModelEntry]:
@@ -462,8 +462,8 @@ def list_models(task: str | None = None) -> list[ModelEntry]:
             continue
         for path in sorted(folder.glob(f"*{MODEL_SUFFIX}")):
             try:
-                meta = read_metadata(path)
-                entry = ModelEntry(path.stem, path, source, meta)
+                meta = read_header(path).metadata
+                entry = ModelEntry(path.stem, path, source, meta, spec=parse_spec(meta, where=str(path)))
             except UserError as exc:
                 entry = ModelEntry(path.stem, path, source, None, str(exc))
             if task is None or (entry.metadata and entry.metadata.get("task") == task):

@@ -11,7 +11,7 @@ stored in a model file's metadata and rebuilt exactly::
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
@@ -43,7 +43,6 @@ class Preset:
     patch_size: tuple[int, int, int]
     description: str
     source: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _factorizer(matricize: str, dataset: str) -> Preset:

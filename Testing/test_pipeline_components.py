@@ -11,6 +11,7 @@ import torch
 from test_pipeline_data import grid, rotation, sample, save_threshold_model
 
 from LesionFactorizerLib import build_model
+from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.modelfile import make_metadata, save_model_file
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
@@ -93,3 +94,18 @@ def test_non_factorizer_models_get_a_message_not_an_error(tmp_path, oblique_case
     assert "components" not in outputs and not (out / "components").exists()
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert "not a Factorizer" in report["components_note"]
+
+
+@pytest.mark.parametrize("option", ["component_layers", "skip_nmf"])
+def test_layers_the_model_lacks_are_refused_before_inference(tmp_path, oblique_case, option):
+    """encoder4 is a valid layer name (5-level presets) but this 4-level model has none."""
+    torch.manual_seed(0)
+    net = build_model("swin-factorizer-isles", widths=WIDTHS[:4])
+    path = tmp_path / "four-levels.safetensors"
+    save_model_file(path, net, make_metadata("stroke", net.config, name="four-levels", patch_size=(16, 16, 16)))
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=f"unknown NMF layer.*encoder4.*--{option.replace('_', '-')}; layers are: "
+                                        "encoder1, encoder2, encoder3, bridge"):
+        segment_case(SegmentOptions(inputs=oblique_case, output=str(out), task="stroke", models=[str(path)],
+                                    device="cpu", overview=False, **{option: ["encoder4"]}))
+    assert not out.exists()

@@ -38,7 +38,8 @@ def test_output_formats_are_the_writers():
 @pytest.mark.parametrize("values, words", [
     ({"preset": "turbo"}, "unknown preset 'turbo'"), ({"device": "gpu"}, "unknown device"),
     ({"overlap": 1.0}, "--overlap must be in"), ({"nmf_iters": 0}, "--nmf-iters must be at least 1"),
-    ({"skip_nmf": ["encoder9"]}, "unknown NMF layer"), ({"sw_batch_size": 0}, "--sw-batch-size"),
+    ({"skip_nmf": ["encoder9"]}, "unknown NMF layer.*--skip-nmf"), ({"sw_batch_size": 0}, "--sw-batch-size"),
+    ({"component_layers": ["decoder9"]}, "unknown NMF layer.*--component-layers"),
     ({"threshold": 1.0}, "--threshold"), ({"min_lesion_mm3": -1}, "--min-lesion-mm3")])
 def test_one_check_refuses_impossible_settings(values, words):
     with pytest.raises(UserError, match=words):
@@ -49,3 +50,20 @@ def test_preset_values_are_overridden_by_given_ones():
     assert check({"preset": "fast"}) == {"nmf_iters": 2, "skip_nmf": ["decoder1"], "tta": False, "overlap": 0.25}
     assert check({"preset": "fast", "tta": True, "skip_nmf": []})["tta"] is True
     assert [o.flag for o in OPTIONS if o.off_flag] == ["--tta"]
+
+
+def test_segment_options_defaults_are_the_settings_defaults():
+    """The library's SegmentOptions and the CLI/Slicer settings share their defaults (one home:
+    OPTIONS); a setting whose default lives in a speed preset is None in both."""
+    from dataclasses import MISSING, fields
+
+    from LesionFactorizerLib.pipeline.segment import SegmentOptions
+
+    for f in fields(SegmentOptions):
+        if f.name not in BY_NAME:
+            continue
+        default = f.default_factory() if f.default is MISSING else f.default
+        expected = BY_NAME[f.name].default
+        if BY_NAME[f.name].repeat:
+            expected = list(expected)
+        assert default == expected or (default is None and expected is None), f.name

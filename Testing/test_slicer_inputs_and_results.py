@@ -240,19 +240,6 @@ def test_bundled_sample_cases_match_their_checksums():
             {spec.name: names.get(spec.name) for spec in get_task(case.task).inputs}
 
 
-def test_case_folder_inputs_are_matched_or_explained(tmp_path):
-    stroke = get_task("stroke")
-    for name in ("sub-7_dwi.nii.gz", "sub-7_adc.nii.gz", "notes.txt"):
-        (tmp_path / name).write_bytes(b"x")
-    got = inputs.match_case_folder(stroke, tmp_path)
-    assert got == {"dwi": tmp_path / "sub-7_dwi.nii.gz", "adc": tmp_path / "sub-7_adc.nii.gz"}
-    (tmp_path / "sub-7_adc.nii.gz").unlink()
-    with pytest.raises(ValueError, match=r"no unambiguous file for ADC \(e\.g\. \*adc\*\)"):
-        inputs.match_case_folder(stroke, tmp_path)
-    with pytest.raises(ValueError, match="is not a folder"):
-        inputs.match_case_folder(stroke, tmp_path / "missing")
-
-
 def test_installer_covers_exactly_the_library_dependencies():
     """The first-use installer and pyproject.toml must not drift apart."""
     import tomllib

@@ -102,7 +102,8 @@ def test_command_line_is_accepted_by_the_real_cli_parser(tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"device": "gpu"}, "unknown device"), ({"preset": "turbo"}, "unknown preset"),
     ({"skip_nmf": ["encoder9"]}, "unknown NMF layer"), ({"nmf_iters": 0}, "at least 1"),
-    ({"inputs": {}}, "No input"), ({"inputs": {"fl air": "x"}}, "not valid")])
+    ({"inputs": {}}, "No input"), ({"inputs": {"fl air": "x"}}, "not valid"),
+    ({"nmfIterations": 3}, "Unknown segment setting")])
 def test_impossible_requests_are_refused_with_a_message(change, message):
     fields = dict(task="tumor", inputs={"flair": "f"}, output_dir="o")
     fields.update(change)
@@ -160,7 +161,6 @@ def test_successful_run_streams_progress_and_outputs(tmp_path):
     assert events[-1].kind == "done"
     assert result.outputs["segmentation"] == "segmentation.nii.gz"
     assert "loading model" in result.log
-    assert worker.resolve_output_path(tmp_path, result.outputs["report"]) == tmp_path / "report.json"
 
 
 def test_poll_never_blocks_while_the_worker_is_busy(tmp_path):
@@ -239,12 +239,6 @@ def test_killed_worker_without_message_is_explained(tmp_path):
     result = worker.WorkerProcess([sys.executable, str(script)]).wait(poll_interval=0.02)
     message = worker.failure_message(result)
     assert "signal 9" in message and "memory" in message
-
-
-def test_saved_log_can_be_replayed():
-    lines = [json.dumps({"event": "progress", "stage": "read", "fraction": 0.05}), "plain",
-             json.dumps({"event": "done", "outputs": {}})]
-    assert [e.kind for e in worker.iter_event_lines(lines)] == ["progress", "log", "done"]
 
 
 def test_a_grandchild_holding_the_pipe_does_not_keep_the_run_alive(tmp_path):

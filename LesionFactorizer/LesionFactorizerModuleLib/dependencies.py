@@ -42,7 +42,7 @@ DEPENDENCIES: tuple[Dependency, ...] = (
     Dependency("numpy>=1.24", bundled_with_slicer=True),
 )
 # Library dependencies the worker never needs in Slicer: matplotlib draws only the overview PNG,
-# which the module does not ask for (segmentFiles(overview=True) says to pip_install it).
+# which the module does not ask for.
 NOT_NEEDED_IN_SLICER = ("matplotlib",)
 
 

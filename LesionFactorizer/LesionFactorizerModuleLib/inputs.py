@@ -8,10 +8,8 @@ Segment button (missing or duplicated inputs — as text, not only as a tooltip)
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Hashable, Mapping
-from pathlib import Path
 from typing import Any
 
 from LesionFactorizerLib.tasks import Task, match_inputs
@@ -78,18 +76,3 @@ def input_label(spec: Any, problem: str | None) -> str:
     """Label text in front of an input selector, with a visible mark when something is wrong."""
     title = spec.title + (" (optional)" if spec.optional else "")
     return f"{title}: ⚠ {problem}" if problem else f"{title}:"
-
-
-def match_case_folder(task: Task, folder: str | os.PathLike) -> dict[str, Path]:
-    """Input files of one case folder, recognised by name (for batch runs over folders on disk)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder; pass a case folder or {{input name: file path}}.")
-    matched = match_inputs([str(p) for p in sorted(folder.iterdir()) if not p.name.startswith(".")], task)
-    missing = [spec for spec in task.inputs if not spec.optional and spec.name not in matched]
-    if missing:
-        wanted = "; ".join(f"{spec.title} (e.g. {', '.join(p for p in spec.patterns if not p.startswith('!'))[:40]})"
-                           for spec in missing)
-        raise ValueError(f"{folder.name}: no unambiguous file for {wanted}; rename the files or pass "
-                         f"{{input name: file path}} instead of the folder.")
-    return {name: Path(path) for name, path in matched.items()}

@@ -11,52 +11,54 @@ from __future__ import annotations
 import html
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from LesionFactorizerLib import modelfile
+from LesionFactorizerLib.spec import ModelSpec
 
 
 @dataclass(frozen=True)
 class ModelCard:
+    """What the selector shows of one model file, read from its parsed metadata (``spec``)."""
+
     name: str
     path: Path
-    task: str
     source: str  # "bundled" or "user"
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    spec: ModelSpec
 
-    def _get(self, *keys: str) -> Any:
-        for key in keys:
-            node: Any = self.metadata
-            for part in key.split("."):
-                node = node.get(part) if isinstance(node, Mapping) else None
-            if node not in (None, "", [], {}):
-                return node
-        return None
+    @property
+    def task(self) -> str:
+        return self.spec.task.name
 
     @property
     def title(self) -> str:
-        return str(self._get("title", "name") or self.name)
+        return self.spec.provenance.name or self.name
 
     @property
     def description(self) -> str:
-        return str(self._get("description") or "")
+        return self.spec.provenance.description
 
     @property
     def license(self) -> str:
-        return str(self._get("license", "licence") or "not stated")
+        return self.spec.provenance.license or "not stated"
 
     @property
     def training_data(self) -> str:
-        """One readable line: the data set (its layout and folder name), steps and validation Dice."""
-        value = self._get("training.dataset", "training.data", "training.description", "training_data")
-        if isinstance(value, Mapping):  # the training config's data section: {"format": ..., "root": ...}
-            layout, root = value.get("format"), value.get("root")
-            value = " ".join(filter(None, [f"{layout} layout" if layout else "",
-                                           f"'{Path(str(root)).name}'" if root else ""]))
-        parts = [str(value)] if value else []
-        steps, dice = self._get("training.steps"), self._get("training.validation.best.val/dice")
+        """One readable line: the data set (its layout and folder name), steps and validation Dice.
+
+        The training record is free-form in the model file (whatever the training run wrote), so
+        only the fields our trainer writes are shown, each when present and of the right type."""
+        training = self.spec.provenance.training
+        dataset = training.get("dataset")
+        if isinstance(dataset, Mapping):  # the training config's data section: {"format": ..., "root": ...}
+            layout, root = dataset.get("format"), dataset.get("root")
+            dataset = " ".join(filter(None, [f"{layout} layout" if layout else "",
+                                             f"'{Path(str(root)).name}'" if root else ""]))
+        parts = [str(dataset)] if dataset else []
+        steps = training.get("steps")
+        best = (training.get("validation") or {}).get("best") or {}
+        dice = best.get("val/dice") if isinstance(best, Mapping) else None
         if isinstance(steps, int):
             parts.append(f"{steps} training steps")
         if isinstance(dice, (int, float)):
@@ -65,29 +67,23 @@ class ModelCard:
 
     @property
     def inputs(self) -> list[str]:
-        value = self._get("inputs")
-        return [str(v) for v in value] if isinstance(value, list) else []
+        return list(self.spec.inputs)
 
     @property
     def architecture(self) -> str:
-        return str(self._get("architecture.name") or "")
+        return self.spec.architecture.name
 
     @property
     def has_components(self) -> bool:
         return "factorizer" in self.architecture.lower()
 
-    def expected_time(self, measured_s: float | None = None) -> str:
-        """Times recorded in the model file, else the last run on this computer, else when it will be known."""
-        cpu = self._get("timing.cpu_s", "benchmark.cpu_s", "training.timing.cpu_s")
-        gpu = self._get("timing.gpu_s", "benchmark.gpu_s", "training.timing.gpu_s")
-        parts = []
-        if isinstance(cpu, (int, float)):
-            parts.append(f"CPU ≈ {cpu:.0f} s")
-        if isinstance(gpu, (int, float)):
-            parts.append(f"GPU ≈ {gpu:.0f} s")
-        if not parts and measured_s is not None:
-            parts.append(f"≈ {measured_s:.0f} s (last run on this computer)")
-        return ", ".join(parts) or "shown after the first run on this computer"
+    @staticmethod
+    def expected_time(measured_s: float | None = None) -> str:
+        """The last run's time on this computer, else when it will be known (model files record no
+        timings: they depend on the computer)."""
+        if measured_s is not None:
+            return f"≈ {measured_s:.0f} s (last run on this computer)"
+        return "shown after the first run on this computer"
 
     def html(self, measuredSeconds: float | None = None) -> str:
         """The model card shown under the model selector (all text escaped)."""
@@ -103,12 +99,6 @@ class ModelCard:
         return f"<p><b>{e(self.title)}</b></p><p>{e(self.description)}</p><table>{table}</table>"
 
 
-def _card(entry: modelfile.ModelEntry) -> ModelCard:
-    meta = entry.metadata or {}
-    return ModelCard(name=entry.name, path=Path(entry.path), task=str(meta.get("task", "")),
-                     source=entry.source, metadata=meta)
-
-
 def list_cards(task: str | None = None, errors: list[str] | None = None) -> list[ModelCard]:
     """Cards of the models on the library's search path for ``task``.
 
@@ -121,7 +111,7 @@ def list_cards(task: str | None = None, errors: list[str] | None = None) -> list
             if errors is not None:
                 errors.append(f"{Path(entry.path).name}: {entry.problem}")
             continue
-        card = _card(entry)
+        card = ModelCard(entry.name, Path(entry.path), entry.source, entry.spec)
         if (task is None or card.task == task) and card.name not in seen:  # user folders come first
             seen.add(card.name)
             cards.append(card)
@@ -134,5 +124,4 @@ def import_model(source: str | os.PathLike, overwrite: bool = False) -> ModelCar
     if source.suffix != modelfile.MODEL_SUFFIX:
         raise ValueError(f"{source.name} is not a model file; choose a {modelfile.MODEL_SUFFIX} file.")
     path = modelfile.import_model(source, overwrite=overwrite)
-    return ModelCard(name=path.stem, path=path, task=str(modelfile.read_metadata(path).get("task", "")),
-                     source="user", metadata=modelfile.read_metadata(path))
+    return ModelCard(path.stem, path, "user", modelfile.read_spec(path))

@@ -18,9 +18,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from LesionFactorizerLib.errors import UserError
@@ -35,25 +34,37 @@ DEVICE_CHOICES: tuple[tuple[str, str], ...] = tuple((d, _DEVICE_TITLES[d]) for d
 _INPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
 
-@dataclass
-class SegmentRequest:
-    """Everything one ``segment`` run needs; mirrors the CLI options one to one."""
+# What the module asks of every worker run, on top of the segment settings' own defaults: JSON
+# progress events to read, and NRRD, which keeps the full-precision direction matrix of oblique
+# volumes (NIfTI's qform/sform may not).
+WORKER_DEFAULTS: dict[str, Any] = {"format": "nrrd", "progress": "jsonl"}
 
-    task: str
-    inputs: Mapping[str, str | os.PathLike]
-    output_dir: str | os.PathLike
-    models: Sequence[str] = ()
-    device: str = "auto"
-    preset: str | None = "balanced"
-    components: bool = False
-    probabilities: bool = False
-    tta: bool = False
-    nmf_iters: int | None = None
-    skip_nmf: Sequence[str] = ()
-    overwrite: bool = False
-    overview: bool = True  # the QC picture; Slicer shows the result itself, so the module skips it
-    # NRRD keeps the full-precision direction matrix of oblique volumes (NIfTI's qform/sform may not).
-    format: str = "nrrd"
+
+class SegmentRequest:
+    """Everything one ``segment`` run needs: the task, its input files, the output folder and any
+    of the segment settings (``LesionFactorizerLib.pipeline.settings.OPTIONS``, by option name; a
+    setting not given keeps its default). ``request.device`` etc. read a setting."""
+
+    def __init__(self, task: str, inputs: Mapping[str, str | os.PathLike], output_dir: str | os.PathLike,
+                 **options: Any):
+        unknown = sorted(set(options) - set(settings.BY_NAME) - {"task"})
+        if unknown:
+            raise ValueError(f"Unknown segment setting(s) {', '.join(unknown)}; settings are: "
+                             f"{', '.join(o.name for o in settings.OPTIONS if o.name != 'task')}.")
+        self.task = task
+        self.inputs = dict(inputs)
+        self.output_dir = output_dir
+        models = options.get("models")
+        if isinstance(models, (str, os.PathLike)):   # one model given as such
+            options["models"] = [models]
+        self.options = {**{o.name: o.default for o in settings.OPTIONS if o.name != "task"},
+                        **WORKER_DEFAULTS, **options}
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("options", {})
+        if name in options:
+            return options[name]
+        raise AttributeError(name)
 
     def validate(self) -> None:
         """Raise ValueError with a user-readable message for an impossible request."""
@@ -70,11 +81,10 @@ class SegmentRequest:
             raise ValueError(str(exc)) from None
 
     def settings(self) -> dict[str, Any]:
-        """The request as segment settings (option name → value; None: not requested)."""
-        return {"task": self.task, "models": [os.fspath(m) for m in self.models], "device": self.device,
-                "preset": self.preset, "components": self.components, "probabilities": self.probabilities,
-                "tta": True if self.tta else None, "nmf_iters": self.nmf_iters, "skip_nmf": list(self.skip_nmf) or None,
-                "format": self.format, "overview": self.overview, "progress": "jsonl", "overwrite": self.overwrite}
+        """The request as segment settings (option name → value)."""
+        values = {"task": self.task, **self.options}
+        values["models"] = [os.fspath(m) for m in values["models"] or ()]
+        return values
 
 
 def build_segment_command(python: str | os.PathLike, request: SegmentRequest) -> list[str]:
@@ -339,16 +349,3 @@ class WorkerProcess:
         code = self._proc.poll()
         return WorkerResult(returncode=code, cancelled=self._cancelled, outputs=dict(self.outputs),
                             error_event=self.error_event, log=list(self.log))
-
-
-def iter_event_lines(lines: Iterable[str]) -> list[WorkerEvent]:
-    """Parse a finished log (e.g. a saved worker output) into events."""
-    return [parse_line(line) for line in lines]
-
-
-def resolve_output_path(output_dir: str | os.PathLike, value: Any) -> Path | None:
-    """An output listed in the done event, as an absolute path (relative ones are under DIR)."""
-    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
-        return None
-    path = Path(value)
-    return path if path.is_absolute() else Path(output_dir) / path

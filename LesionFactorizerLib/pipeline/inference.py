@@ -247,8 +247,4 @@ def apply_nmf_settings(models: list, iters: int | None, skip: list[str] | None) 
     for model in models:
         if not getattr(model, "has_components", False):
             continue
-        names = [n for n, _ in model.component_layers]
-        bad = [s for s in (skip or []) if s not in names]
-        if bad:
-            raise UserError(f"unknown NMF layer(s) {bad} in --skip-nmf; layers are: {', '.join(names)}")
         model.set_nmf(iters=iters if iters is not None else trained_nmf_iters(model), skip=list(skip or []))

@@ -256,8 +256,13 @@ class Segmenter:
         """Load the networks (first case only), apply the NMF settings, check the component
         request; returns the note recorded when components were asked of a model without them."""
         from LesionFactorizerLib.pipeline.inference import apply_nmf_settings
+        from LesionFactorizerLib.pipeline.settings import check_layers
 
         models = [m.model for m in self.models()]
+        for model in models:
+            if getattr(model, "has_components", False):
+                check_layers(self.settings["skip_nmf"], self.opts.component_layers,
+                             [n for n, _ in model.component_layers])
         apply_nmf_settings(models, self.settings["nmf_iters"], self.settings["skip_nmf"])
         self.component_model = next((m for m in models if getattr(m, "has_components", False)), None)
         self.want_components = bool(self.opts.components or self.opts.component_layers)
@@ -267,11 +272,6 @@ class Segmenter:
                     "no component maps were written")
             warnings.append(note)
             return note
-        if self.want_components and self.opts.component_layers:
-            names = [n for n, _ in self.component_model.component_layers]
-            bad = [n for n in self.opts.component_layers if n not in names]
-            if bad:
-                raise UserError(f"unknown component layer(s) {', '.join(bad)}; layers are: {', '.join(names)}")
         return None
 
     def prepare(self, case: Case) -> tuple[Prepared, tuple[int, int, int]]:

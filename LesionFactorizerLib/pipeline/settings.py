@@ -132,11 +132,9 @@ def check(values: Mapping[str, Any]) -> Dict[str, Any]:
         raise UserError(f"--overlap must be in [0, 1), not {speed['overlap']}")
     if speed["nmf_iters"] is not None and int(speed["nmf_iters"]) < 1:
         raise UserError(f"--nmf-iters must be at least 1, not {speed['nmf_iters']}")
-    # the names any Factorizer layer can have, before any work; the model's own layers are
-    # checked when the settings are applied to it (pipeline.inference.apply_nmf_settings)
-    unknown = [n for n in speed["skip_nmf"] or () if n not in NMF_LAYERS]
-    if unknown:
-        raise UserError(f"unknown NMF layer(s) {', '.join(unknown)} in --skip-nmf; layers are: {', '.join(NMF_LAYERS)}")
+    # the names any Factorizer layer can have, before any work; the model's own layers are checked
+    # with the same rule once the model is known (Segmenter.prepare_models)
+    check_layers(speed["skip_nmf"], values.get("component_layers"), NMF_LAYERS)
     if values.get("sw_batch_size", 1) < 1:
         raise UserError(f"--sw-batch-size must be at least 1, not {values['sw_batch_size']}")
     threshold = values.get("threshold")
@@ -146,3 +144,11 @@ def check(values: Mapping[str, Any]) -> Dict[str, Any]:
     if min_mm3 is not None and min_mm3 < 0:
         raise UserError(f"--min-lesion-mm3 must be 0 or more, not {min_mm3}")
     return speed
+
+
+def check_layers(skip_nmf: Optional[List[str]], component_layers: Optional[List[str]], layers) -> None:
+    """``--skip-nmf`` and ``--component-layers`` name only NMF layers among ``layers``."""
+    for flag, names in (("--skip-nmf", skip_nmf), ("--component-layers", component_layers)):
+        unknown = [n for n in names or () if n not in layers]
+        if unknown:
+            raise UserError(f"unknown NMF layer(s) {', '.join(unknown)} in {flag}; layers are: {', '.join(layers)}")
