@@ -54,6 +54,7 @@ class SegmentRequest:
     overview: bool = True  # the QC picture; Slicer shows the result itself, so the module skips it
     # NRRD keeps the full-precision direction matrix of oblique volumes (NIfTI's qform/sform may not).
     format: str = "nrrd"
+    dicom_seg: bool = False  # also segmentation.dcm (the reference input must be a DICOM series folder)
 
     def validate(self) -> None:
         """Raise ValueError with a user-readable message for an impossible request."""
@@ -74,7 +75,7 @@ class SegmentRequest:
         return {"task": self.task, "models": [os.fspath(m) for m in self.models], "device": self.device,
                 "preset": self.preset, "components": self.components, "probabilities": self.probabilities,
                 "tta": True if self.tta else None, "nmf_iters": self.nmf_iters, "skip_nmf": list(self.skip_nmf) or None,
-                "format": self.format, "overview": self.overview, "progress": "jsonl", "overwrite": self.overwrite}
+                "format": self.format, "dicom_seg": self.dicom_seg, "overview": self.overview, "progress": "jsonl", "overwrite": self.overwrite}
 
 
 def build_segment_command(python: str | os.PathLike, request: SegmentRequest) -> list[str]:

@@ -40,6 +40,17 @@ class _Application(qt.QObject):
 
 app = _Application()
 
+
+def _dicomDatabase():
+    import ctk
+
+    database = ctk.ctkDICOMDatabase()
+    database.databaseDirectory = os.path.join(app.temporaryPath, "DICOMDatabase")
+    return database
+
+
+dicomDatabase = _dicomDatabase()
+
 # ---- MRML nodes
 
 
