@@ -47,9 +47,9 @@ def crop_around_lesion(name: str, half_mm: float = 30.0):
     return sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
 
 
-def write_dicom_series(image, folder: Path) -> list[str]:
-    """An MR series, one file per slice, with the tags a scanner writes; returns the SOP Instance UIDs
-    in slice order (k)."""
+def write_dicom_series(image, folder: Path, drop: tuple[str, ...] = ()) -> list[str]:
+    """An MR series, one file per slice, with the tags a scanner writes (less ``drop``); returns the
+    SOP Instance UIDs in slice order (k)."""
     folder.mkdir(parents=True)
     image = sitk.Cast(sitk.RescaleIntensity(image, 0, 4000), sitk.sitkInt16)
     d = image.GetDirection()
@@ -66,7 +66,8 @@ def write_dicom_series(image, folder: Path) -> list[str]:
     for k in reversed(range(image.GetDepth())):
         slice_ = image[:, :, k]
         for tag, value in tags.items():
-            slice_.SetMetaData(tag, value)
+            if tag not in drop:
+                slice_.SetMetaData(tag, value)
         uid = f"{SERIES_UID}.{k + 1}"
         slice_.SetMetaData("0008|0018", uid)
         slice_.SetMetaData("0020|0013", str(k + 1))
@@ -243,6 +244,32 @@ def test_a_series_that_is_not_on_one_grid_is_refused(tmp_path):
     shifted.SetOrigin([v + 0.5 for v in image.GetOrigin()])
     with pytest.raises(UserError, match="does not lie on a slice"):
         dicomseg.source_slices(tmp_path / "series", shifted, "dwi")
+
+
+def test_a_series_without_what_a_seg_needs_is_a_clear_error(tmp_path):
+    """No Frame of Reference UID: one line naming the series, nothing written. (No SliceThickness, a
+    Type 2 attribute, is fine: the SEG's own slice thickness is the grid's spacing.)"""
+    from LesionFactorizerLib.modelfile import read_spec
+    from LesionFactorizerLib.pipeline import dicomseg
+    from LesionFactorizerLib.pipeline.io import read_image
+
+    task = get_task("stroke")
+    model = dicomseg.model_identity(read_spec(REPO / "Resources" / "Models" / "demo-stroke.safetensors"), "m", "0" * 64)
+    write_dicom_series(crop_around_lesion("stroke_dwi.nii.gz", 12), tmp_path / "thin", drop=("0018|0050",))
+    image, _, _ = read_image(tmp_path / "thin", "dwi")
+    labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+    labels[2, 3:5, 3:6] = 1
+    dicomseg.write_dicom_seg(labels, dicomseg.source_slices(tmp_path / "thin", image, "dwi"), task, [model],
+                             tmp_path / "thin.dcm", "test")
+    assert float(pydicom.dcmread(tmp_path / "thin.dcm").SharedFunctionalGroupsSequence[0]
+                 .PixelMeasuresSequence[0].SliceThickness) == pytest.approx(image.GetSpacing()[2])
+
+    write_dicom_series(crop_around_lesion("stroke_dwi.nii.gz", 12), tmp_path / "nofor", drop=("0020|0052",))
+    image, _, _ = read_image(tmp_path / "nofor", "dwi")
+    with pytest.raises(UserError, match=f"cannot make a DICOM SEG over series {SERIES_UID}"):
+        dicomseg.write_dicom_seg(labels, dicomseg.source_slices(tmp_path / "nofor", image, "dwi"), task, [model],
+                                 tmp_path / "nofor.dcm", "test")
+    assert not (tmp_path / "nofor.dcm").exists()
 
 
 def test_missing_packages_are_named_before_any_work(monkeypatch):

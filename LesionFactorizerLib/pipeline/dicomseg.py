@@ -93,6 +93,10 @@ def source_slices(folder: str | Path, image, name: str) -> list:
                 or (int(ds.Rows), int(ds.Columns)) != (size[1], size[0]):
             raise UserError(f"--dicom-seg: instance {ds.SOPInstanceUID} of input {name} does not lie on a slice of "
                             "the series' grid; export the series again (consistent positions and orientation)")
+        if not getattr(ds, "SliceThickness", None):
+            # Type 2 (may be empty) in MR images, but the SEG's pixel measures copy it: on this
+            # in-memory copy only, the thickness of the SEG's own slices is the grid's spacing.
+            ds.SliceThickness = f"{spacing[2]:.6g}"
         ordered[k] = ds
     return ordered
 
@@ -125,15 +129,11 @@ def write_dicom_seg(labels: np.ndarray, sources: Sequence, task: Any, models: Se
     if [d.SegmentNumber for d in descriptions] != list(range(1, len(descriptions) + 1)):
         raise ValueError(f"task {task.name} labels must be numbered 1..N for a DICOM SEG")
     notice = f"{DEMO_NOTICE}: " if demo else ""
-    seg = hd.seg.Segmentation(
-        source_images=list(sources), pixel_array=np.ascontiguousarray(labels, dtype=np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(), series_number=_series_number(sources), sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=_lo(name),
-        software_versions=_lo(f"lesion-factorizer {software_version}"), device_serial_number="none",
-        series_description=_lo(f"{notice}{task.title} ({name})"),
-        content_description=_lo(f"{notice}{task.name} segmentation"), content_label="LESIONS",
-        omit_empty_frames=False)
+    try:
+        seg = _segmentation(hd, sources, labels, descriptions, name, software_version, task, notice)
+    except (ValueError, TypeError, AttributeError) as exc:   # the source series lacks what a SEG needs
+        raise UserError(f"--dicom-seg: cannot make a DICOM SEG over series {sources[0].SeriesInstanceUID} "
+                        f"({str(exc).splitlines()[0][:200]}); the series may lack required DICOM attributes") from None
     if demo:   # where viewers show free-text remarks about an object
         seg.ImageComments = (f"{DEMO_NOTICE}. Produced by demonstration model(s) {name}, trained only on "
                              "synthetic phantoms; demonstration only.")
@@ -143,6 +143,18 @@ def write_dicom_seg(labels: np.ndarray, sources: Sequence, task: Any, models: Se
             "sop_instance_uid": str(seg.SOPInstanceUID),
             "referenced_series_instance_uid": str(sources[0].SeriesInstanceUID), "frames": int(seg.NumberOfFrames),
             "not_for_clinical_use": demo}
+
+
+def _segmentation(hd, sources, labels, descriptions, name, software_version, task, notice):
+    return hd.seg.Segmentation(
+        source_images=list(sources), pixel_array=np.ascontiguousarray(labels, dtype=np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(), series_number=_series_number(sources), sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=_lo(name),
+        software_versions=_lo(f"lesion-factorizer {software_version}"), device_serial_number="none",
+        series_description=_lo(f"{notice}{task.title} ({name})"),
+        content_description=_lo(f"{notice}{task.name} segmentation"), content_label="LESIONS",
+        omit_empty_frames=False)   # every source slice gets a frame per segment, empty or not
 
 
 def write_case_dicom_seg(labels_img, reference: Any, task: Any, loaded: Sequence[Any], folder: Path,
