@@ -949,7 +949,8 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         node = nodes.get(taskDef.reference)
         uids = exportsLib.instance_uids(node.GetAttribute(exportsLib.DICOM_UIDS_ATTRIBUTE)) if node else []
         files = [slicer.dicomDatabase.fileForInstance(uid) for uid in uids]
-        problem = exportsLib.dicom_seg_problem(taskDef.input(taskDef.reference).title, uids, files)
+        transformed = node is not None and node.GetParentTransformNode() is not None
+        problem = exportsLib.dicom_seg_problem(taskDef.input(taskDef.reference).title, uids, files, transformed)
         if problem:
             raise ValueError(problem)
         return files

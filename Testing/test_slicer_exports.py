@@ -29,6 +29,7 @@ def test_dicom_seg_is_possible_only_for_a_volume_loaded_from_dicom(tmp_path):
         files.append(str(tmp_path / f"{i}.dcm"))
         Path(files[-1]).write_bytes(b"x" * (i + 1))
     assert exports.dicom_seg_problem("DWI", ["a", "b", "c"], files) == ""
+    assert "under a transform" in exports.dicom_seg_problem("DWI", ["a", "b", "c"], files, transformed=True)
     assert "1 of the 3 DICOM files" in exports.dicom_seg_problem("DWI", ["a", "b", "c"], files[:2] + [""])
     staged = exports.stage_series(files, tmp_path / "staged")
     assert sorted(p.read_bytes() for p in staged.iterdir()) == [b"x", b"xx", b"xxx"]

@@ -36,11 +36,18 @@ def instance_uids(attribute: Optional[str]) -> List[str]:
     return [uid for uid in (attribute or "").split() if uid]
 
 
-def dicom_seg_problem(reference_title: str, uids: Sequence[str], files: Sequence[Optional[str]]) -> str:
-    """Why no DICOM SEG can be made for the reference input, or "" when it can."""
+def dicom_seg_problem(reference_title: str, uids: Sequence[str], files: Sequence[Optional[str]],
+                      transformed: bool = False) -> str:
+    """Why no DICOM SEG can be made for the reference input, or "" when it can.
+
+    The worker reads the series as it was acquired, so a volume moved by a transform in the scene
+    would be segmented where the scanner put it, not where the user sees it."""
     if not uids:
         return (f"A DICOM SEG needs the {reference_title} input loaded from a DICOM series (DICOM module); "
                 "this volume was not.")
+    if transformed:
+        return (f"The {reference_title} input is under a transform; a DICOM SEG is made on the series as acquired. "
+                "Remove the transform from that volume, or uncheck DICOM SEG.")
     missing = [uid for uid, path in zip(uids, files) if not path or not os.path.isfile(path)]
     if missing:
         return (f"{len(missing)} of the {len(uids)} DICOM files of the {reference_title} input are no longer in the "
