@@ -2,7 +2,7 @@
 
 The worker's final ``done`` event lists its outputs by key with absolute paths
 (``LesionFactorizerLib.pipeline.segment.segment_case``): segmentation, report, lesions and, when
-asked for, components (+ components_index), probabilities, overview, plus ``dir``. Only that is
+asked for, components (+ components_index), probabilities, overview, dicom_seg, plus ``dir``. Only that is
 accepted; a missing required output or a listed file that does not exist is an error, so a broken
 run is reported instead of half-imported.
 """
