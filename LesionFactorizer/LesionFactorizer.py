@@ -51,6 +51,7 @@ from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET, SPE
 from LesionFactorizerLib.tasks import TASKS, Task, get_task  # noqa: E402
 from LesionFactorizerModuleLib import components as componentsLib  # noqa: E402
 from LesionFactorizerModuleLib import dependencies as dependenciesLib  # noqa: E402
+from LesionFactorizerModuleLib import exports as exportsLib  # noqa: E402
 from LesionFactorizerModuleLib import inputs as inputsLib  # noqa: E402
 from LesionFactorizerModuleLib import models as modelsLib  # noqa: E402
 from LesionFactorizerModuleLib import report as reportLib  # noqa: E402
@@ -174,6 +175,8 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.presetComboBox.addItem(preset)
         for value, title in workerLib.DEVICE_CHOICES:
             self.ui.deviceComboBox.addItem(title, value)
+        for value, title in exportsLib.SAVE_FORMATS:
+            self.ui.saveFormatComboBox.addItem(title, value)
         for layer in workerLib.NMF_LAYERS:
             item = qt.QListWidgetItem(componentsLib.layer_title(layer))
             item.setData(qt.Qt.UserRole, layer)
@@ -189,6 +192,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
         self.ui.importModelButton.clicked.connect(self.onImportModel)
         self.ui.segmentButton.clicked.connect(self.onSegmentButton)
+        self.ui.saveFolderPathLineEdit.currentPathChanged.connect(lambda path: self.updateGuiState())
         self.ui.outputSegmentationSelector.currentNodeChanged.connect(
             lambda node: self.ui.show3DButton.setSegmentationNode(node))
         self.ui.componentLayerComboBox.currentIndexChanged.connect(self.onComponentLayerChanged)
@@ -231,7 +235,8 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                   "preset": self.ui.presetComboBox.currentText, "device": self.ui.deviceComboBox.currentData,
                   "components": self.ui.componentsCheckBox.checked, "probabilities": self.ui.probabilitiesCheckBox.checked,
                   "tta": self.ui.ttaCheckBox.checked, "nmfIterations": self.ui.nmfIterationsSpinBox.value,
-                  "skipNmf": ",".join(skip)}
+                  "skipNmf": ",".join(skip), "saveFolder": self.ui.saveFolderPathLineEdit.currentPath,
+                  "saveFormat": self.ui.saveFormatComboBox.currentData, "dicomSeg": self.ui.dicomSegCheckBox.checked}
         for name, value in values.items():
             node.SetParameter(name, str(value))
         for name, inputNode in inputs.items():
@@ -254,8 +259,11 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.setCurrentIndex(max(model, 0))
         self.ui.presetComboBox.setCurrentText(node.GetParameter("preset"))
         self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(node.GetParameter("device")), 0))
-        for name in ("components", "probabilities", "tta"):
+        for name in ("components", "probabilities", "tta", "dicomSeg"):
             getattr(self.ui, f"{name}CheckBox").checked = node.GetParameter(name) == "True"
+        self.ui.saveFolderPathLineEdit.currentPath = node.GetParameter("saveFolder")
+        self.ui.saveFormatComboBox.setCurrentIndex(max(self.ui.saveFormatComboBox.findData(
+            node.GetParameter("saveFormat") or exportsLib.DEFAULT_SAVE_FORMAT), 0))
         self.ui.nmfIterationsSpinBox.value = int(node.GetParameter("nmfIterations") or 0)
         skip = set(filter(None, node.GetParameter("skipNmf").split(",")))
         for i in range(self.ui.skipNmfListWidget.count):
@@ -411,12 +419,23 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         running = self._job is not None
         noModel = not self._cards
         reason = dependenciesLib.unsupported_python() or inputsLib.problems_summary(task, problems) or (
-            _("No model is installed for this task: use 'Import model…'.") if noModel else "")
+            _("No model is installed for this task: use 'Import model…'.") if noModel else "") or \
+            exportsLib.save_folder_problem(self.ui.saveFolderPathLineEdit.currentPath)
+        self._updateDicomSegOption()
         self.ui.segmentButton.text = _("Cancel") if running else _("Segment")
         self.ui.segmentButton.enabled = running or not reason
         self.ui.segmentButton.toolTip = "" if running else reason
         if not running:
             self.ui.statusLabel.text = reason or _("Ready.")
+
+    def _updateDicomSegOption(self):
+        """DICOM SEG is offered only when the reference input was loaded from a DICOM series."""
+        task = self.task
+        node = self.selectedInputs().get(task.reference)
+        fromDicom = bool(node and exportsLib.instance_uids(node.GetAttribute(exportsLib.DICOM_UIDS_ATTRIBUTE)))
+        self.ui.dicomSegCheckBox.enabled = fromDicom
+        if not fromDicom:
+            self.ui.dicomSegCheckBox.checked = False
 
     # ---- running
 
@@ -425,7 +444,14 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Cancelling...")
             self._job.cancel()  # returns at once; completedCallback arrives when the tree is gone
             return
-        if not self.logic.setupPythonRequirements(askConfirmation=True):
+        saveFolder = self.ui.saveFolderPathLineEdit.currentPath or None
+        saveFormat = self.ui.saveFormatComboBox.currentData if saveFolder else "nrrd"
+        dicomSeg = self.ui.dicomSegCheckBox.enabled and self.ui.dicomSegCheckBox.checked
+        if not self.logic.setupPythonRequirements(askConfirmation=True, outputFormat=saveFormat, dicomSeg=dicomSeg):
+            return
+        saveOverwrite = exportsLib.holds_results(saveFolder)
+        if saveOverwrite and not slicer.util.confirmOkCancelDisplay(
+                _("'{folder}' already holds results of a run. Replace them?").format(folder=saveFolder)):
             return
         output = self.ui.outputSegmentationSelector.currentNode()
         overwrite = False
@@ -454,6 +480,8 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 probabilities=self.ui.probabilitiesCheckBox.checked,
                 tta=self.ui.ttaCheckBox.checked or None,   # unticked: the speed preset decides
                 nmf_iters=self.ui.nmfIterationsSpinBox.value or None, skip_nmf=skip or None,
+                saveFolder=saveFolder, saveOverwrite=saveOverwrite, dicom_seg=dicomSeg,
+                **({"format": saveFormat} if saveFolder else {}),
                 progressCallback=self.onProgress, completedCallback=self.onCompleted)
         except Exception as exc:
             self._job = None
@@ -496,6 +524,11 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          "{error}").format(error=exc)
             return
         self.ui.statusLabel.text = _("Done in {seconds:.0f} s.").format(seconds=result.elapsedSeconds)
+        if result.savedFolder:
+            self.ui.statusLabel.text += " " + _("Results saved in {folder}.").format(folder=result.savedFolder)
+        if result.dicomSegFile:
+            self.ui.statusLabel.text += " " + _("DICOM SEG added to the DICOM database (send it to PACS from the "
+                                               "DICOM module).")
 
     # ---- results and component browser
 
@@ -580,6 +613,8 @@ class SegmentationResult:
     mapsFolderItem: int = 0  # subject hierarchy folder for maps, created when the first map is placed
     probabilityVolumeNodes: list = field(default_factory=list)
     referenceVolumeNode: Any = None
+    savedFolder: str = ""  # the folder the results were saved in (saveFolder), "" when only in the scene
+    dicomSegFile: str = ""  # the DICOM SEG as stored in the DICOM database, when one was asked for
     log: list = field(default_factory=list)
     elapsedSeconds: float = 0.0
 
@@ -705,12 +740,15 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         """Verify a .safetensors model file and copy it to the user model folder."""
         return modelsLib.import_model(path)
 
-    def setupPythonRequirements(self, askConfirmation=True) -> bool:
-        """Install missing worker packages (one confirmation listing them). True when ready to run."""
+    def setupPythonRequirements(self, askConfirmation=True, outputFormat="", dicomSeg=False) -> bool:
+        """Install missing worker packages (one confirmation listing them). True when ready to run.
+
+        outputFormat, dicomSeg: the run's outputs; some need packages of their own (seg.nrrd, DICOM SEG)."""
         if dependenciesLib.unsupported_python():
             slicer.util.errorDisplay(dependenciesLib.unsupported_python())
             return False
-        plan = dependenciesLib.install_plan(dependenciesLib.check())
+        needed = dependenciesLib.required(outputFormat, dicomSeg)
+        plan = dependenciesLib.install_plan(dependenciesLib.check(dependencies=needed))
         if plan.empty:
             return True
         if plan.blocked:
@@ -740,7 +778,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         # The worker is a fresh process that imports the new packages itself: no restart needed,
         # only a check that the installation really satisfies the requirements now.
         importlib.invalidate_caches()
-        problems = dependenciesLib.check()
+        problems = dependenciesLib.check(dependencies=needed)
         if problems:
             slicer.util.errorDisplay(_("These packages are still missing or incompatible:\n")
                                      + "\n".join(p.describe() for p in problems))
@@ -750,7 +788,8 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, inputs, task="tumor", outputSegmentation=None, overwrite=False, waitForCompletion=True,
                 progressCallback: Callable[[WorkerEvent], None] | None = None,
-                completedCallback: Callable[[SegmentationResult], None] | None = None, **settings):
+                completedCallback: Callable[[SegmentationResult], None] | None = None,
+                saveFolder=None, saveOverwrite=False, **settings):
         """Segment volume nodes.
 
         inputs: {input name: vtkMRMLScalarVolumeNode} with the task's input names.
@@ -765,6 +804,11 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         waitForCompletion: True returns a SegmentationResult (raises RuntimeError on failure);
           False returns a job (job.cancel()) and calls completedCallback(result) at the end.
         Closing the scene or removing an input/output node cancels the run.
+        saveFolder: also keep the result files there, the segmentation in the ``format`` setting
+          (default seg.nrrd: opens in Slicer with names, colours, terminology); a folder holding
+          results needs saveOverwrite=True.
+        dicom_seg=True: also write a DICOM SEG over the reference input's DICOM series (the input must
+          have been loaded from DICOM) and add it to the DICOM database, from where it is sent to PACS.
         """
         self._requireSupportedPython()
         taskDef = get_task(task)
@@ -781,24 +825,38 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                 and not overwrite:
             raise ValueError(f"'{outputSegmentation.GetName()}' already has segments; pass overwrite=True "
                              f"to replace the task's segments, or outputSegmentation=None for a new node.")
+        problem = exportsLib.save_folder_problem(saveFolder)
+        if problem:
+            raise ValueError(problem)
+        dicomFiles = self._dicomSeries(taskDef, nodes) if settings.get("dicom_seg") else None
 
         tempDir = Path(slicer.util.tempDirectory("LesionFactorizer"))
         process = None
         try:
             inputFiles = {}
+            if dicomFiles:  # the reference input as its DICOM series: the SEG references its instances
+                inputFiles[taskDef.reference] = exportsLib.stage_series(dicomFiles, tempDir / "input-dicom")
             for name, node in nodes.items():
+                if name in inputFiles:
+                    continue
                 path = tempDir / f"input-{name}.nrrd"
                 if not slicer.util.exportNode(node, str(path), {"useCompression": 0}, world=True):
                     raise RuntimeError(f"'{node.GetName()}' could not be written to the temporary folder {tempDir} "
                                        f"(disk full or not writable?); see the application log.")
                 inputFiles[name] = path
-            # the worker writes into a temporary folder the module imports from; the QC picture is
-            # not needed because Slicer shows the result itself
-            request = workerLib.SegmentRequest(task, inputFiles, tempDir / "output",
-                                               **{"components": True, **settings, "overview": False})
+            # the worker writes into a temporary folder the module imports from, or straight into the
+            # user's save folder (atomically); the QC picture is not needed because Slicer shows the
+            # result itself
+            outputDir = Path(saveFolder) if saveFolder else tempDir / "output"
+            if saveFolder:
+                settings.setdefault("format", exportsLib.DEFAULT_SAVE_FORMAT)
+            request = workerLib.SegmentRequest(task, inputFiles, outputDir,
+                                               **{"components": True, **settings, "overview": False,
+                                                  "overwrite": bool(saveOverwrite)})
             process = self._launch(request)
             job = _Job(process, tempDir,
-                       finish=lambda job: self._finishJob(job, taskDef, nodes, outputSegmentation),
+                       finish=lambda job: self._finishJob(job, taskDef, nodes, outputSegmentation, outputDir,
+                                                          saved=bool(saveFolder)),
                        watchedNodes=[*nodes.values(), outputSegmentation], onEnded=self._jobEnded)
         except BaseException:
             if process is not None:
@@ -854,7 +912,19 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         if not self.keepTemporaryFiles:
             shutil.rmtree(tempDir, ignore_errors=True)
 
-    def _finishJob(self, job: _Job, taskDef: Task, nodes: dict, outputSegmentation) -> SegmentationResult:
+    def _dicomSeries(self, taskDef: Task, nodes: dict) -> list:
+        """The files of the DICOM series the reference input was loaded from (ValueError if none)."""
+        node = nodes.get(taskDef.reference)
+        uids = exportsLib.instance_uids(node.GetAttribute(exportsLib.DICOM_UIDS_ATTRIBUTE)) if node else []
+        files = [slicer.dicomDatabase.fileForInstance(uid) for uid in uids]
+        transformed = node is not None and node.GetParentTransformNode() is not None
+        problem = exportsLib.dicom_seg_problem(taskDef.input(taskDef.reference).title, uids, files, transformed)
+        if problem:
+            raise ValueError(problem)
+        return files
+
+    def _finishJob(self, job: _Job, taskDef: Task, nodes: dict, outputSegmentation, outputDir=None,
+                   saved=False) -> SegmentationResult:
         workerResult = job.process.result()
         cancelled = workerResult.cancelled or job.cancelRequested
         result = SegmentationResult(task=taskDef.name, cancelled=cancelled, log=workerResult.log,
@@ -862,10 +932,12 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         if cancelled or not workerResult.succeeded:
             result.message = _("Segmentation cancelled.") if cancelled else workerLib.failure_message(workerResult)
             return result
-        if self.keepTemporaryFiles:
-            result.outputFolder = str(Path(job.tempDir) / "output")
+        outputDir = Path(outputDir or Path(job.tempDir) / "output")
+        if self.keepTemporaryFiles or saved:
+            result.outputFolder = str(outputDir)
+        result.savedFolder = str(outputDir) if saved else ""
         try:
-            files = find_outputs(Path(job.tempDir) / "output", workerResult.outputs)
+            files = find_outputs(outputDir, workerResult.outputs)
             self.importResults(result, files, taskDef, nodes, outputSegmentation)
             result.succeeded = True
         except Exception as exc:
@@ -887,7 +959,8 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                                                           outputSegmentation)
         self._placeSegmentation(reference, result.segmentationNode)
         if files.components is not None:
-            result.componentLayers = componentsLib.load_components(self._keepComponents(files.components))
+            folder = files.components if result.savedFolder else self._keepComponents(files.components)
+            result.componentLayers = componentsLib.load_components(folder)
         elif result.report.get("components_note"):
             result.message = str(result.report["components_note"])
         if files.probabilities is not None:
@@ -896,7 +969,26 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                                                       name=f"{reference.GetName()} probability {name}")
                 self._placeInFolder(result, node, "probability")
                 result.probabilityVolumeNodes.append(node)
+        if files.dicom_seg is not None:
+            result.dicomSegFile = self.addToDicomDatabase(files.dicom_seg, result.report)
         return result
+
+    @staticmethod
+    def addToDicomDatabase(path, report) -> str:
+        """Import the DICOM SEG into Slicer's DICOM database (copied there, so it outlives the run's
+        temporary folder); returns the stored file."""
+        from DICOMLib import DICOMUtils
+
+        staging = Path(slicer.util.tempDirectory("LesionFactorizerDicomSeg"))
+        try:
+            shutil.copyfile(str(path), str(staging / Path(path).name))
+            DICOMUtils.importDicom(str(staging), slicer.dicomDatabase, True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        stored = slicer.dicomDatabase.fileForInstance(str(report.get("dicom_seg", {}).get("sop_instance_uid", "")))
+        if not stored:
+            raise RuntimeError(f"{path} could not be added to the DICOM database")
+        return stored
 
     def _keepComponents(self, folder: Path) -> Path:
         """Move the component maps out of the job's temporary folder, which is removed right after

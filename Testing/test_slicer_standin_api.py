@@ -31,7 +31,7 @@ QT_VTK_NAMES = {
     ("qt", "Qt", "ItemIsUserCheckable"), ("vtk", "mutable", ""), ("vtk", "VTK_OBJECT", ""),
 }
 QT_SIGNALS = {"clicked", "currentIndexChanged", "timeout"}  # Qt signals of any widget class
-PY_MODULES = {"slicer.util", "slicer.i18n", "slicer.ScriptedLoadableModule", "SampleData"}
+PY_MODULES = {"slicer.util", "slicer.i18n", "slicer.ScriptedLoadableModule", "SampleData", "DICOMLib.DICOMUtils"}
 
 
 def _index(version):

@@ -41,6 +41,20 @@ DEPENDENCIES: tuple[Dependency, ...] = (
     Dependency("SimpleITK>=2.2", bundled_with_slicer=True),
     Dependency("numpy>=1.24", bundled_with_slicer=True),
 )
+# Packages only some outputs need (pyproject extras "dicom" and "slicer"), installed when a run first
+# asks for that output. Slicer bundles pydicom for its DICOM module: it is never replaced.
+OUTPUT_DEPENDENCIES: dict[str, tuple[Dependency, ...]] = {
+    "dicom_seg": (Dependency("highdicom>=0.22,<1"), Dependency("pydicom>=2.4", bundled_with_slicer=True)),
+    "seg.nrrd": (Dependency("slicerio>=1.4,<2"),),
+}
+
+
+def required(format: str = "", dicom_seg: bool = False) -> tuple[Dependency, ...]:
+    """The worker's packages for a run that writes ``format`` (and a DICOM SEG when asked)."""
+    extra = OUTPUT_DEPENDENCIES.get(format, ()) + (OUTPUT_DEPENDENCIES["dicom_seg"] if dicom_seg else ())
+    return DEPENDENCIES + extra
+
+
 # Library dependencies the worker never needs in Slicer: matplotlib draws only the overview PNG,
 # which the module does not ask for.
 NOT_NEEDED_IN_SLICER = ("matplotlib",)

@@ -24,7 +24,7 @@ import numpy as np
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.modelfile import LoadedModel
 from LesionFactorizerLib.outputspec import OutputSpec
-from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, AtomicOutput, InputImage
+from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, AtomicOutput, InputImage, map_suffix
 from LesionFactorizerLib.pipeline.preprocessing import Prepared
 from LesionFactorizerLib.pipeline.progress import Progress, Warnings
 from LesionFactorizerLib.pipeline.settings import check as check_settings
@@ -52,6 +52,7 @@ class SegmentOptions:
     threshold: float | None = None
     min_lesion_mm3: float | None = None
     format: str = "nii.gz"
+    dicom_seg: bool = False
     overwrite: bool = False
     overview: bool = True
 
@@ -106,7 +107,9 @@ class Result:
 
 def output_claims() -> list[str]:
     """Entries a run may write (any format), so stale results of another format also need --overwrite."""
-    names = ["report.json", "lesions.csv", "overview.png", "components"]
+    from LesionFactorizerLib.pipeline.dicomseg import FILE_NAME as DICOM_SEG_NAME
+
+    names = ["report.json", "lesions.csv", "overview.png", "components", DICOM_SEG_NAME]
     for ext in IMAGE_FORMATS.values():
         names += [f"segmentation{ext}", f"probabilities{ext}"]
     return names
@@ -145,6 +148,14 @@ class Segmenter:
         self.output = OutputSpec.resolve(self.task, self.spec.outputs.activation, self.spec.outputs.channels,
                                          self.spec.postprocessing.given()).with_overrides(opts.threshold,
                                                                                           opts.min_lesion_mm3)
+        if opts.format == "seg.nrrd":   # a missing package is said before any work
+            from LesionFactorizerLib.pipeline import segnrrd
+
+            segnrrd.require()
+        if opts.dicom_seg:
+            from LesionFactorizerLib.pipeline import dicomseg
+
+            dicomseg.require()
         if opts.device not in ("auto", "cpu"):
             from LesionFactorizerLib.pipeline.inference import resolve_device
 
@@ -238,6 +249,11 @@ class Segmenter:
         if missing:
             raise UserError(f"missing input {', '.join(missing)} for task {task.name!r}; give it as --input "
                             f"{missing[0]}=PATH (accepted names: {', '.join(task.input_names)})")
+        if self.opts.dicom_seg:
+            from LesionFactorizerLib.pipeline.dicomseg import check_reference_is_dicom
+
+            ref = self.task.reference if self.task.reference in model_inputs else model_inputs[0]
+            check_reference_is_dicom(given[ref], ref)
         unused = [n for n in given if n not in model_inputs]
         if unused:
             warnings.append(f"input(s) {', '.join(unused)} are not used by the model and were ignored")
@@ -357,7 +373,18 @@ class Segmenter:
             prediction.components.clear()
             progress.stage("write", "writing results")
             t = time.monotonic()
-            write_image(labels_img, tmp / written["segmentation"])
+            if opts.format == "seg.nrrd":
+                from LesionFactorizerLib.pipeline.segnrrd import write_seg_nrrd
+
+                write_seg_nrrd(labels_img, tmp / written["segmentation"], self.task)
+            else:
+                write_image(labels_img, tmp / written["segmentation"])
+            if opts.dicom_seg:
+                from LesionFactorizerLib.pipeline.dicomseg import write_case_dicom_seg
+
+                report["dicom_seg"] = write_case_dicom_seg(labels_img, case.reference, self.task, self.loaded,
+                                                           tmp, __version__)
+                written["dicom_seg"] = report["dicom_seg"]["file"]
             if seg.probs is not None:
                 channels = self.output.channels
                 keep = [channels.index(c) for c in self.output.probability_channels]
@@ -367,7 +394,7 @@ class Segmenter:
                 img = parts[0] if len(parts) == 1 else sitk.Compose(parts)
                 del parts
                 img.CopyInformation(case.reference.image)
-                written["probabilities"] = f"probabilities{ext}"
+                written["probabilities"] = f"probabilities{map_suffix(opts.format)}"
                 write_image(img, tmp / written["probabilities"])
                 del img
                 report["probability_channels"] = self.output.probability_channels   # file order

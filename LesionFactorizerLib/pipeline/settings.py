@@ -18,7 +18,7 @@ from LesionFactorizerLib.nn.layout import NMF_LAYERS
 from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESET_HELP, SPEED_PRESETS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-FORMATS = ("nii.gz", "nii", "nrrd", "mha")   # keys of pipeline.io.IMAGE_FORMATS (a test checks)
+FORMATS = ("nii.gz", "nii", "nrrd", "mha", "seg.nrrd")   # keys of pipeline.io.IMAGE_FORMATS (a test checks)
 PROGRESS = ("bar", "jsonl", "none")
 
 
@@ -57,7 +57,11 @@ OPTIONS: Tuple[Option, ...] = (
     Option("probabilities", "--probabilities", "also write probability maps", default=False),
     Option("threshold", "--threshold", "probability threshold (default: task/model)", float),
     Option("min_lesion_mm3", "--min-lesion-mm3", "remove smaller lesions (default: task; ms-new 3)", float),
-    Option("format", "--format", "image format of the outputs", str, "nii.gz", FORMATS),
+    Option("format", "--format", "image format of the outputs; seg.nrrd: Slicer's segmentation file (segment names, "
+           "colours, terminology; needs slicerio), probability maps then as .nrrd", str, "nii.gz", FORMATS),
+    Option("dicom_seg", "--dicom-seg", "also write segmentation.dcm, a DICOM Segmentation object referencing the "
+           "reference input's DICOM series (give that input as a DICOM series folder; needs highdicom)",
+           default=False),
     Option("overview", "--no-overview", "skip overview.png", default=True),
     Option("progress", "--progress", "bar (stderr), jsonl (one JSON event per line on stdout) or none",
            str, "bar", PROGRESS),

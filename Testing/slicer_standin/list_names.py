@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent / "pythonpath"))
 
 import ctk  # noqa: E402
+import DICOMLib.DICOMUtils  # noqa: E402
 import qt  # noqa: E402
 import SampleData  # noqa: E402
 import slicer  # noqa: E402
@@ -19,7 +20,8 @@ import slicer.ScriptedLoadableModule  # noqa: E402
 import slicer.util  # noqa: E402
 import vtk  # noqa: E402
 
-MODULES = (slicer, slicer.util, slicer.i18n, slicer.ScriptedLoadableModule, SampleData, qt, ctk, vtk)
+MODULES = (slicer, slicer.util, slicer.i18n, slicer.ScriptedLoadableModule, SampleData, DICOMLib.DICOMUtils, qt, ctk,
+           vtk)
 
 
 def public(names):

@@ -122,6 +122,7 @@ def play(args, widget, result, started):
     result["cancel"] = cancel_midway(widget)
     result["rerun"] = rerun_into_same_segmentation(widget, *segmentations["stroke"])
     result["console_loop"] = console_loop(widget, segmentations["stroke"][1])
+    result["save_and_dicom_seg"] = save_to_folder_and_dicom_seg(widget, segmentations["stroke"][1], temp)
     result["observe_only_when_entered"] = node_added_only_while_entered(widget)
     # closing the scene releases the component maps kept for the browser
     slicer.mrmlScene.Clear()
@@ -306,6 +307,123 @@ def console_loop(widget, inputs):
         nodes.append(result.segmentationNode)
     assert nodes[0] is not nodes[1]
     return {"seconds": seconds}
+
+
+def write_dicom_series(node, folder):
+    """What a scanner sends: the volume as an MR series, one file per slice; returns its Series UID."""
+    import SimpleITK as sitk
+
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ harness.volume_geometry(node)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing
+    values = node._array.astype(np.float32)
+    image = sitk.GetImageFromArray(np.round(values * 1000 / max(float(values.max()), 1e-6)).astype(np.int16))
+    image.SetSpacing([float(v) for v in spacing])
+    image.SetOrigin([float(v) for v in lps[:3, 3]])
+    image.SetDirection([float(v) for v in direction.ravel()])
+    root = "1.2.826.0.1.3680043.8.498.77"
+    tags = {"0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0008|0060": "MR", "0010|0010": "Sample^Stroke",
+            "0010|0020": "LF-E2E", "0020|000d": root + ".1", "0020|000e": root + ".2", "0020|0052": root + ".3",
+            "0008|103e": "stroke_dwi DICOM", "0020|0011": "5",
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1]))}
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")  # scanner exports often have no file name ending
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        slice_ = image[:, :, k]
+        for tag, value in tags.items():
+            slice_.SetMetaData(tag, value)
+        slice_.SetMetaData("0008|0018", f"{root}.2.{k + 1}")
+        slice_.SetMetaData("0020|0013", str(k + 1))
+        slice_.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+        writer.SetFileName(str(folder / f"IM{k:04d}"))
+        writer.Execute(slice_)
+    return tags["0020|000e"]
+
+
+def nrrd_header(path):
+    """The text header of a (gzip-encoded) NRRD file: its key:=value and field: value lines."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16).split(b"\n\n", 1)[0].decode("utf-8")
+    fields = {}
+    for line in head.splitlines()[1:]:
+        key, sep, value = line.partition(":=") if ":=" in line else line.partition(": ")
+        fields[key] = value
+    return fields
+
+
+def save_to_folder_and_dicom_seg(widget, inputs, temp):
+    """The DWI comes from PACS through the DICOM module: results saved to a folder as Slicer's
+    .seg.nrrd, and a DICOM SEG over the DWI series added to the DICOM database (for PACS)."""
+    import SimpleITK as sitk
+    import slicer
+    from DICOMLib import DICOMUtils
+    from LesionFactorizerLib.tasks import SLICER_CATEGORY_CONTEXT, get_task
+    from LesionFactorizerModuleLib import terminology
+
+    ui = widget.ui
+    task = get_task("stroke")
+    ui.taskComboBox.setCurrentIndex(ui.taskComboBox.findData("stroke"))
+    for i, spec in enumerate(task.inputs):
+        widget.inputSelectors[i].setCurrentNode(inputs.get(spec.name))
+    assert not ui.dicomSegCheckBox.enabled, "DICOM SEG offered for a volume that did not come from DICOM"
+    series_uid = write_dicom_series(inputs["dwi"], temp / "from-scanner")
+    DICOMUtils.importDicom(str(temp / "from-scanner"), slicer.dicomDatabase, True)
+    (node_id,) = DICOMUtils.loadSeriesByUID([series_uid])
+    dwi = slicer.mrmlScene.GetNodeByID(node_id)
+    widget.inputSelectors[0].setCurrentNode(dwi)
+    assert ui.dicomSegCheckBox.enabled, "DICOM SEG not offered for a volume loaded from DICOM"
+    ui.dicomSegCheckBox.click()
+    folder = temp / "results" / "stroke case 1"
+    ui.saveFolderPathLineEdit.currentPath = str(folder)
+    assert ui.saveFormatComboBox.currentData == "seg.nrrd", ui.saveFormatComboBox.currentData
+    run = click_segment_and_follow(widget, "stroke (DICOM, saved)")
+    result = widget._result
+    assert result.referenceVolumeNode is dwi
+    run.update(check_segments(widget, task, harness.loaded_terminology(SLICER_CATEGORY_CONTEXT), terminology))
+    assert "DICOM SEG added" in ui.statusLabel.text and str(folder) in ui.statusLabel.text, ui.statusLabel.text
+    assert not list((temp / MODULE).glob("*")), "the job's temporary folder was left behind"
+
+    # the folder: Slicer's segmentation file with names, colours and terminology, on the DWI grid
+    saved = sorted(p.name for p in folder.iterdir())
+    for name in ("segmentation.seg.nrrd", "segmentation.dcm", "report.json", "lesions.csv", "components"):
+        assert name in saved, saved
+    header = nrrd_header(folder / "segmentation.seg.nrrd")
+    label = task.labels[0]
+    assert header["Segment0_Name"] == label.title and header["Segment0_LabelValue"] == str(label.value)
+    assert np.allclose([float(v) for v in header["Segment0_Color"].split()], [c / 255 for c in label.color])
+    assert f"TerminologyEntry:{label.terminology_entry()}|" in header["Segment0_Tags"], header["Segment0_Tags"]
+    saved_labels = sitk.ReadImage(str(folder / "segmentation.seg.nrrd"))
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ harness.volume_geometry(dwi)
+    assert np.allclose(saved_labels.GetOrigin(), lps[:3, 3], atol=1e-4)
+    assert sitk.GetArrayViewFromImage(saved_labels).shape == dwi._array.shape
+    run["component_views"] = browse_components(widget)   # read from the saved folder, which keeps them
+    assert (folder / "components" / "components.json").is_file()
+
+    # the DICOM SEG: in the DICOM database, in the DWI's study, referencing its series
+    stored = result.dicomSegFile
+    assert stored and stored == slicer.dicomDatabase.fileForInstance(result.report["dicom_seg"]["sop_instance_uid"])
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(stored)
+    reader.ReadImageInformation()
+    assert reader.GetMetaData("0008|0060").strip() == "SEG"
+    assert reader.GetMetaData("0020|000d").strip(" \0") == "1.2.826.0.1.3680043.8.498.77.1"
+    assert result.report["dicom_seg"]["referenced_series_instance_uid"] == series_uid
+    assert "NOT FOR CLINICAL USE" in reader.GetMetaData("0008|103e")
+
+    # again into the same folder: the user is asked before earlier results are replaced
+    before = len(harness.dialogs())
+    harness.answer_next_confirmations(False)
+    ui.segmentButton.click()
+    assert len(harness.dialogs()) == before + 1 and "already holds results" in harness.dialogs()[-1][1]
+    assert widget._job is None and ui.segmentButton.text == "Segment"
+
+    ui.saveFolderPathLineEdit.currentPath = ""
+    widget.inputSelectors[0].setCurrentNode(inputs["dwi"])
+    assert not ui.dicomSegCheckBox.enabled and not ui.dicomSegCheckBox.checked
+    run["saved"] = saved
+    return run
 
 
 def node_added_only_while_entered(widget):

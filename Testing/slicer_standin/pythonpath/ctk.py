@@ -1,4 +1,4 @@
-"""Stand-in for the two CTK widgets in the module's .ui."""
+"""Stand-in for the CTK widgets in the module's .ui and the DICOM database Slicer holds."""
 
 import qt
 
@@ -30,3 +30,67 @@ class ctkSliderWidget(qt.QWidget):
 
     def setValue(self, value):
         self.value = value
+
+
+class ctkPathLineEdit(qt.QWidget):
+    """A path field with a browse button; the clinician types or picks a folder."""
+
+    _signals = ("currentPathChanged",)
+    Dirs, Files = 1, 2
+
+    def __init__(self, parent=None):
+        qt.QWidget.__init__(self, parent)
+        self.filters = self.Files
+        self.showHistoryButton = True
+        self._path = ""
+
+    @property
+    def currentPath(self):
+        return self._path
+
+    @currentPath.setter
+    def currentPath(self, path):
+        if path != self._path:
+            self._path = path
+            self.currentPathChanged.emit(path)
+
+    def setCurrentPath(self, path):
+        self.currentPath = path
+
+
+class ctkDICOMDatabase(qt.QObject):
+    """Slicer's DICOM database (``slicer.dicomDatabase``): instances indexed by SOP Instance UID,
+    their files copied into the database folder when stored (as Slicer does on import)."""
+
+    def __init__(self, parent=None):
+        qt.QObject.__init__(self, parent)
+        self.databaseDirectory = ""
+        self._instances = {}  # SOP Instance UID -> (Series Instance UID, file path)
+
+    def insert(self, filePath, storeFile=True, generateThumbnail=True):
+        import os
+        import shutil
+
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(filePath))
+        reader.ReadImageInformation()  # RuntimeError for a file that is not DICOM, as the indexer skips it
+        uid = reader.GetMetaData("0008|0018").strip(" \0")
+        series = reader.GetMetaData("0020|000e").strip(" \0")
+        path = str(filePath)
+        if storeFile:
+            folder = os.path.join(self.databaseDirectory, "dicom", series)
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, uid + ".dcm")
+            shutil.copyfile(filePath, path)
+        self._instances[uid] = (series, path)
+
+    def fileForInstance(self, sopInstanceUID):
+        return self._instances.get(sopInstanceUID, ("", ""))[1]
+
+    def filesForSeries(self, seriesUID):
+        return [path for series, path in self._instances.values() if series == seriesUID]
+
+    def instancesForSeries(self, seriesUID):
+        return [uid for uid, (series, _) in self._instances.items() if series == seriesUID]

@@ -40,6 +40,17 @@ class _Application(qt.QObject):
 
 app = _Application()
 
+
+def _dicomDatabase():
+    import ctk
+
+    database = ctk.ctkDICOMDatabase()
+    database.databaseDirectory = os.path.join(app.temporaryPath, "DICOMDatabase")
+    return database
+
+
+dicomDatabase = _dicomDatabase()
+
 # ---- MRML nodes
 
 
@@ -119,6 +130,10 @@ class vtkMRMLVolumeNode(vtkMRMLNode):
         vtkMRMLNode.__init__(self)
         self._array = None
         self._ijkToRAS = np.eye(4)
+        self._parentTransformNode = None  # the stand-in has no transform nodes; volumes sit in world space
+
+    def GetParentTransformNode(self):
+        return self._parentTransformNode
 
     def GetSpacing(self):
         return tuple(float(v) for v in np.linalg.norm(self._ijkToRAS[:3, :3], axis=0))
