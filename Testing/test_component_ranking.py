@@ -183,7 +183,7 @@ def test_bad_requests_are_one_line_errors_and_write_nothing(stroke_run, tmp_path
 def test_inputs_must_be_the_files_the_segmentation_used(stroke_run, tmp_path):
     changed = tmp_path / "adc.nii.gz"
     image = sitk.ReadImage(stroke_run["inputs"]["adc"])
-    sitk.WriteImage(image * 1.01, str(changed))
+    sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32) * 1.5 + 1.0, str(changed))
     proc = _counterfactual(stroke_run["out"], "--input", f"adc={changed}", "--output", tmp_path / "cf",
                            "--progress", "none", "--device", "cpu")
     assert proc.returncode == 2 and "SHA-256 differs" in proc.stderr, proc.stderr

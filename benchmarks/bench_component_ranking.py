@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -110,12 +111,15 @@ def main() -> int:
                "counterfactual": {"timings_s": summary["timings_s"], "lesion": summary["lesion"],
                                   "difference_voxels": summary["difference_voxels"]}}
         if not args.no_subprocess:
-            t = time.monotonic()
+            t, children = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
             proc = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "counterfactual", str(case_dir),
                                    "--layer", best["layer"], "--component", str(top), "--device", args.device,
                                    "--output", str(out / f"{task}-cli-counterfactual"), "--overwrite",
                                    "--progress", "none"], capture_output=True, text=True, cwd=REPO)
             row["counterfactual"]["cli_wall_s"] = round(time.monotonic() - t, 2)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            row["counterfactual"]["cli_cpu_s"] = round(after.ru_utime + after.ru_stime
+                                                       - children.ru_utime - children.ru_stime, 2)
             if proc.returncode != 0:
                 raise SystemExit(proc.stderr[-2000:])
         results["cases"][task] = row
@@ -127,7 +131,8 @@ def main() -> int:
                   f"mass in lesion {d['mass_in_lesion']['top']:.3f} vs {d['mass_in_lesion']['random_mean']:.3f}")
         c = row["counterfactual"]
         print(f"  counterfactual: total {c['timings_s']['total']:.1f} s (inference {c['timings_s']['inference']:.1f} s,"
-              f" model {c['timings_s']['model']:.1f} s) in process; CLI {c.get('cli_wall_s', float('nan')):.1f} s; "
+              f" model {c['timings_s']['model']:.1f} s; CPU {c['timings_s']['cpu_total']:.1f} s) in process; "
+              f"CLI {c.get('cli_wall_s', float('nan')):.1f} s (CPU {c.get('cli_cpu_s', float('nan')):.1f} s); "
               f"lesion {c['lesion']['before_ml']:.2f} -> {c['lesion']['after_ml']:.2f} mL, "
               f"voxels {c['difference_voxels']}")
     results["load_average_after"] = os.getloadavg()

@@ -177,7 +177,7 @@ def score_text(layer: ComponentLayer | None, index: int) -> str:
     if found is None:
         return "not ranked (no lesion was segmented)" if layer is not None else ""
     rank, row = found
-    return (f"rank {rank} of {layer.count} in {layer.title}: score {row['score']:.2f}, covers "
+    return (f"rank {rank} of {layer.count} in {layer.title}: score {row['score']:.2g}, covers "
             f"{100 * row.get('coverage', 0.0):.0f}% of the lesion, {row.get('contrast', 0.0):.1f}x its mean in brain")
 
 

@@ -63,7 +63,7 @@ def write_components(prep: Prepared, comps: dict[str, np.ndarray], strides: dict
         # ties go to the later layer: in execution order that is the one closer to the output
         if rows and (best is None or rows[0]["score"] >= best[1]["score"]):
             best = (name, rows[0])
-            shown = (name, image, [(r["component"], f"{name} #{r['component']} score {r['score']:.2f}")
+            shown = (name, image, [(r["component"], f"{name} #{r['component']} score {r['score']:.2g}")
                                    for r in rows[:4]])
         elif best is None and name == show:
             shown = (name, image, [(k, f"{name} #{k}") for k in range(min(full.shape[0], 4))])

@@ -222,7 +222,7 @@ def opened_on_best_component(widget):
     assert np.array_equal(shown._array, layer.maps[best["component"]])
     assert list(result.componentVolumeNodes) == [best["layer"]], "layers were read before the user browsed them"
     assert ui.componentScoreLabel.text.startswith("rank 1 of"), ui.componentScoreLabel.text
-    assert f"score {best['score']:.2f}" in ui.componentScoreLabel.text, ui.componentScoreLabel.text
+    assert f"score {best['score']:.2g}" in ui.componentScoreLabel.text, ui.componentScoreLabel.text
     assert ui.dropComponentButton.enabled
     return {"layer": best["layer"], "component": best["component"], "score": best["score"],
             "label": ui.componentScoreLabel.text}
