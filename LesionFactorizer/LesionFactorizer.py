@@ -1020,7 +1020,10 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
             if path.parent != keep:
                 shutil.copy2(str(path), str(keep / path.name))
         (keep / "inputs").mkdir(exist_ok=True)
+        used = {entry.get("name") for entry in result.report.get("inputs", [])}  # an optional input may be unused
         for name, path in inputFiles.items():
+            if name not in used:
+                continue
             target = keep / "inputs" / Path(path).name
             (shutil.copy2 if self.keepTemporaryFiles else shutil.move)(str(path), str(target))
             result.caseInputs[name] = str(target)
