@@ -43,8 +43,12 @@ def test_dropping_changes_the_output_the_same_way_in_both_forward_paths(name):
     x = torch.randn(1, _in_channels(model), 16, 16, 16)
     with torch.no_grad():
         base = model(x)
-        assert component_count(model, "decoder1") == 8 // model.config["kwargs"].get("head_dim", 8)
-        with dropped(model, "decoder1", 1):
+        count = component_count(model, "decoder1")
+        assert count == 8 // model.config["kwargs"].get("head_dim", 8)
+        with pytest.raises(ValueError, match="components 0 to"):
+            with dropped(model, "decoder1", count):
+                pass
+        with dropped(model, "decoder1", count - 1):
             fast = model(x)
             for block in model.blocks.values():
                 block.memory_saving = False

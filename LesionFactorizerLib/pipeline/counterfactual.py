@@ -48,6 +48,8 @@ def dropped(model, layer: str, component: int):
     """Within the block, ``layer``'s NMF reconstructs without ``component`` (any forward path)."""
     wrapped = model.nmf_layers()[layer]
     heads = wrapped.in_proj.in_features // wrapped.matricize.head_dim
+    if not 0 <= int(component) < heads * wrapped.nmf.rank:
+        raise ValueError(f"layer {layer} has components 0 to {heads * wrapped.nmf.rank - 1}, not {component}")
     wrapped.nmf.drop = (heads, int(component))
     try:
         yield
