@@ -1252,6 +1252,12 @@ class LesionFactorizerTest(ScriptedLoadableModuleTest):
             logic.showComponent(result, name, layer.count - 1)
             node = result.componentVolumeNodes[name]
             self.assertEqual(slicer.util.arrayFromVolume(node).shape, layer.maps.shape[1:])
+        best = componentsLib.best_component(result.componentLayers)
+        if best is not None:  # "Drop this component" on the component that best explains the lesion
+            outcome = logic.dropComponent(result, *best, device="cpu")
+            self.assertEqual(outcome.differenceNode.GetSegmentation().GetNumberOfSegments(),
+                             len(componentsLib.DIFFERENCE_SEGMENTS))
+            self.assertIn("lesion", outcome.text)
         with self.assertRaises(ValueError):  # writing into a non-empty segmentation needs overwrite=True
             logic.segment(inputs, task=case.task, outputSegmentation=result.segmentationNode)
         self.delayDisplay("LesionFactorizer self-test passed")

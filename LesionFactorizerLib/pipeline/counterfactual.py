@@ -15,7 +15,9 @@ temporary folder, read back, then swapped in:
 - ``difference<ext>``: 0 unchanged, 1 added (background → lesion), 2 removed (lesion →
   background), 3 relabelled (one lesion label → another);
 - ``counterfactual.json``: per label the volume before / after / change in mL, voxel counts of the
-  difference, the component's ranking score, timings.
+  difference, the component's ranking score, timings;
+- ``difference.png``: axial slices through the most changed voxels, the difference over the
+  reference input with the original lesion outlined (the CLI user's view of the overlay).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from LesionFactorizerLib.errors import UserError
 
 FORMAT = "lesion-factorizer-counterfactual"
 DIFFERENCE = {0: "unchanged", 1: "added", 2: "removed", 3: "relabelled"}
-CLAIMS_EXTRA = ["counterfactual.json"]
+CLAIMS_EXTRA = ["counterfactual.json", "difference.png"]
+DIFFERENCE_COLOURS = {1: (0.1, 0.8, 0.2), 2: (0.9, 0.1, 0.1), 3: (0.95, 0.85, 0.1)}
 
 
 def component_count(model, layer: str) -> int:
@@ -222,10 +225,13 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
     progress.stage("write", "writing the counterfactual")
     t = time.monotonic()
     written = {"segmentation": f"segmentation{ext}", "difference": f"difference{ext}",
-               "summary": "counterfactual.json"}
+               "summary": "counterfactual.json", "picture": "difference.png"}
     with out as tmp:
         _write_labels(after, case.reference.image, tmp / written["segmentation"])
         _write_labels(difference, case.reference.image, tmp / written["difference"])
+        write_difference_png(tmp / written["picture"], case.reference, before, difference,
+                             f"{seg.task.title}: without {layer} #{component} — lesion {summary['lesion']['before_ml']:.2f} "
+                             f"→ {summary['lesion']['after_ml']:.2f} mL ({summary['lesion']['delta_ml']:+.2f} mL)")
         timings["write"] = time.monotonic() - t
         timings["total"] = time.monotonic() - t_start
         timings["cpu_total"] = time.process_time() - cpu_start   # CPU seconds of this process (all threads)
@@ -240,6 +246,60 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
     outputs = {k: str(out.final / v) for k, v in written.items()}
     outputs["dir"] = str(out.final)
     return outputs
+
+
+def write_difference_png(path: Path, reference, before: np.ndarray, difference: np.ndarray, title: str) -> None:
+    """Three axial slices (those with the most changed voxels, else through the lesion) of the
+    reference input, the original lesion outlined in cyan, added/removed/relabelled voxels in
+    green/red/yellow; radiological view like overview.png. Read back: a PNG that does not decode fails."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import SimpleITK as sitk
+    from matplotlib.colors import ListedColormap
+
+    def axial(array):
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(reference.image)
+        return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+
+    oriented = sitk.DICOMOrient(reference.image, "LPS")
+    background = sitk.GetArrayFromImage(oriented).astype(np.float32)
+    spacing = oriented.GetSpacing()
+    diff, lesion = axial(difference), axial((before > 0).astype(np.uint8))
+    weight = (diff > 0).reshape(diff.shape[0], -1).sum(axis=1)
+    if not weight.any():
+        weight = lesion.reshape(lesion.shape[0], -1).sum(axis=1)
+    if not weight.any():
+        weight = (background != 0).reshape(background.shape[0], -1).sum(axis=1)
+    zs = sorted(int(z) for z in np.argsort(weight)[::-1][:3] if weight[z] > 0) or [background.shape[0] // 2]
+    nz = background[background != 0]
+    lo, hi = np.percentile(nz, [1, 99]) if nz.size else (0.0, 1.0)
+    colours = np.zeros((4, 4))
+    for value, rgb in DIFFERENCE_COLOURS.items():
+        colours[value] = [*rgb, 0.85]
+    fig, axes = plt.subplots(1, len(zs), figsize=(3.2 * len(zs), 3.6), squeeze=False)
+    for ax, z in zip(axes[0], zs):
+        ax.imshow(background[z], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest",
+                  aspect=float(spacing[1] / spacing[0]))
+        if lesion[z].any():
+            ax.contour(lesion[z], levels=[0.5], colors="cyan", linewidths=0.8)
+        ax.imshow(diff[z], cmap=ListedColormap(colours), vmin=0, vmax=3, interpolation="nearest",
+                  aspect=float(spacing[1] / spacing[0]))
+        ax.set_title(f"z={z}: +{int((diff[z] == 1).sum())} / -{int((diff[z] == 2).sum())} voxels", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=DIFFERENCE_COLOURS[v]) for v in (1, 2, 3)]
+    fig.legend(handles, [DIFFERENCE[v] for v in (1, 2, 3)] , loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title + "\n(cyan: original lesion outline; radiological view)", fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.92))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    try:
+        plt.imread(path)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure means the file is unusable
+        raise UserError(f"writing {path.name} failed ({exc}); free disk space or choose another output folder") from None
 
 
 def difference_map(before: np.ndarray, after: np.ndarray) -> np.ndarray:
