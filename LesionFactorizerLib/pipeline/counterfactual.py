@@ -139,6 +139,18 @@ def choose(source: Source, layer: str | None, component: int | None) -> tuple[st
     return layer, int(component)
 
 
+def check_choice(source: Source, layer: str, component: int) -> None:
+    """Before any heavy work, against the layers the run recorded (the model checks again later)."""
+    from LesionFactorizerLib.nn.layout import NMF_LAYERS
+
+    if layer not in NMF_LAYERS:
+        raise UserError(f"unknown layer {layer!r}; layers are: {', '.join(NMF_LAYERS)}")
+    entries = {e["layer"]: e for e in source.report.get("components") or []}
+    if layer in entries and not 0 <= component < int(entries[layer]["components"]):
+        raise UserError(f"--component {component} is out of range: layer {layer} has components 0 to "
+                        f"{int(entries[layer]['components']) - 1}")
+
+
 def run_counterfactual(folder: str | Path, layer: str | None = None, component: int | None = None,
                        output: str | Path | None = None, inputs: dict[str, str] | None = None,
                        device: str = "auto", overwrite: bool = False, progress=None) -> dict[str, str]:
@@ -155,6 +167,7 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
     progress.stage("read", "reading the earlier run")
     source = read_source(folder, inputs)
     layer, component = choose(source, layer, component)
+    check_choice(source, layer, component)
     settings = source.report.get("settings", {})
     ext = IMAGE_FORMATS[source.format]
     out = AtomicOutput(output or default_output(source, layer, component),
