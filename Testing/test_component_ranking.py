@@ -74,7 +74,8 @@ def stroke_run(tmp_path_factory):
     size = np.minimum(centre + half, np.array(label.GetSize())) - lo
     inputs = {}
     for name in ("dwi", "adc"):
-        crop = sitk.RegionOfInterest(sitk.ReadImage(sample["inputs"][name]), [int(s) for s in size], [int(v) for v in lo])
+        crop = sitk.RegionOfInterest(sitk.ReadImage(sample["inputs"][name]), [int(s) for s in size],
+                                     [int(v) for v in lo])
         inputs[name] = str(folder / f"{name}.nii.gz")
         sitk.WriteImage(crop, inputs[name])
     sitk.WriteImage(sitk.RegionOfInterest(label, [int(s) for s in size], [int(v) for v in lo]),
@@ -136,7 +137,8 @@ def test_dropping_a_component_from_the_cli_writes_the_changed_lesion_and_the_dif
     assert events[-1]["event"] == "done" and any(e.get("stage") == "inference" for e in events)
     folder = out / "counterfactual" / f"decoder1-{component}"
     assert Path(events[-1]["outputs"]["dir"]) == folder
-    assert sorted(p.name for p in folder.iterdir()) == ["counterfactual.json", "difference.nrrd", "difference.png", "segmentation.nrrd"]
+    assert sorted(p.name for p in folder.iterdir()) == ["counterfactual.json", "difference.nrrd", "difference.png",
+                                                       "segmentation.nrrd"]
     summary = json.loads((folder / "counterfactual.json").read_text(encoding="utf-8"))
     before = sitk.ReadImage(str(out / "segmentation.nrrd"))
     after = sitk.ReadImage(str(folder / "segmentation.nrrd"))

@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where an input of the run is now, if it moved (must be the same file)")
     parser.add_argument("--device", choices=list(DEVICES), default="auto", help=BY_NAME["device"].help)
     parser.add_argument("--progress", choices=list(PROGRESS), default="bar", help=BY_NAME["progress"].help)
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier counterfactual in the output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier counterfactual in the output folder")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -242,13 +242,15 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
     with out as tmp:
         _write_labels(after, case.reference.image, tmp / written["segmentation"])
         _write_labels(difference, case.reference.image, tmp / written["difference"])
+        lesion = summary["lesion"]
         write_difference_png(tmp / written["picture"], case.reference, before, difference,
-                             f"{seg.task.title}: without {layer} #{component} — lesion {summary['lesion']['before_ml']:.2f} "
-                             f"→ {summary['lesion']['after_ml']:.2f} mL ({summary['lesion']['delta_ml']:+.2f} mL)")
+                             f"{seg.task.title}: without {layer} #{component} — lesion {lesion['before_ml']:.2f} "
+                             f"→ {lesion['after_ml']:.2f} mL ({lesion['delta_ml']:+.2f} mL)")
         timings["write"] = time.monotonic() - t
         timings["total"] = time.monotonic() - t_start
         timings["cpu_total"] = time.process_time() - cpu_start   # CPU seconds of this process (all threads)
-        summary.update({"timings_s": {k: round(v, 3) for k, v in timings.items()}, "sw_batch_size": prediction.sw_batch_size,
+        summary.update({"timings_s": {k: round(v, 3) for k, v in timings.items()},
+                        "sw_batch_size": prediction.sw_batch_size,
                         "outputs": written, "warnings": list(warnings)})
         path = tmp / written["summary"]
         path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
@@ -304,7 +306,7 @@ def write_difference_png(path: Path, reference, before: np.ndarray, difference: 
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [plt.Rectangle((0, 0), 1, 1, color=DIFFERENCE_COLOURS[v]) for v in (1, 2, 3)]
-    fig.legend(handles, [DIFFERENCE[v] for v in (1, 2, 3)] , loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.legend(handles, [DIFFERENCE[v] for v in (1, 2, 3)], loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(title + "\n(cyan: original lesion outline; radiological view)", fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 0.92))
     fig.savefig(path, dpi=90)
@@ -312,7 +314,8 @@ def write_difference_png(path: Path, reference, before: np.ndarray, difference: 
     try:
         plt.imread(path)
     except Exception as exc:  # noqa: BLE001 - any decoding failure means the file is unusable
-        raise UserError(f"writing {path.name} failed ({exc}); free disk space or choose another output folder") from None
+        raise UserError(f"writing {path.name} failed ({exc}); free disk space or choose another output "
+                        "folder") from None
 
 
 def difference_map(before: np.ndarray, after: np.ndarray) -> np.ndarray:
