@@ -15,6 +15,7 @@ segment ...`, which reports progress as JSON lines.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -152,6 +153,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._tracker = None
         self._cards: list[modelsLib.ModelCard] = []
         self._result = None  # the run the results table and component browser show
+        self._counterfactualJob = None  # a running "drop this component"
         self._updating = False
         self._assignPending = False
 
@@ -199,6 +201,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.componentSlider.valueChanged.connect(self.onComponentDisplayChanged)
         self.ui.componentOpacitySlider.valueChanged.connect(self.onComponentDisplayChanged)
         self.ui.componentColorTableSelector.currentNodeChanged.connect(lambda node: self.onComponentDisplayChanged())
+        self.ui.dropComponentButton.clicked.connect(self.onDropComponent)
 
         inferno = slicer.mrmlScene.GetFirstNodeByName("Inferno")  # perceptually uniform, reads well over grey
         if inferno is not None:
@@ -538,6 +541,8 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsSummaryLabel.text = ""
         self.ui.componentsCollapsibleButton.enabled = False
         self.ui.componentLayerComboBox.clear()
+        self.ui.componentScoreLabel.text = ""
+        self.ui.counterfactualLabel.text = ""
 
     def showResults(self, result: "SegmentationResult"):
         self._result = result
@@ -551,26 +556,36 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for c, text in enumerate(row.cells()):
                 table.setItem(r, c, qt.QTableWidgetItem(text))
         self.ui.resultsSummaryLabel.text = reportLib.summary_line(result.report, result.task)
-        # Maps stay hidden until the user browses them: fill the browser without showing anything.
+        # The browser opens on the component that best explains the lesion; unranked (no lesion),
+        # the maps stay hidden until the user chooses a layer.
+        best = componentsLib.best_component(result.componentLayers)
         combo = self.ui.componentLayerComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        if result.componentLayers:  # a placeholder first, so that choosing any layer shows it
+        if result.componentLayers and best is None:  # a placeholder first, so that choosing any layer shows it
             combo.addItem(_("Choose a layer..."), "")
         for name, layer in result.componentLayers.items():
             combo.addItem(f"{layer.title} ({layer.count})", name)
         combo.blockSignals(wasBlocked)
         self._configureComponentSlider()
         self.ui.componentsCollapsibleButton.enabled = bool(result.componentLayers)
+        self.ui.counterfactualLabel.text = ""
+        self.ui.dropComponentButton.enabled = False
+        if best is not None:  # one display, of the best component (the signals would show component 0 first)
+            wasBlocked = combo.blockSignals(True)
+            combo.setCurrentIndex(combo.findData(best[0]))
+            combo.blockSignals(wasBlocked)
+            self._configureComponentSlider(best[1])
+            self.onComponentDisplayChanged()
         if not result.componentLayers and result.message:
             self.ui.resultsSummaryLabel.text += " " + result.message
 
-    def _configureComponentSlider(self):
+    def _configureComponentSlider(self, value=0):
         layer = self._currentLayer()
         slider = self.ui.componentSlider
         wasBlocked = slider.blockSignals(True)
         slider.maximum = max(layer.count - 1, 0) if layer is not None else 0
-        slider.value = 0
+        slider.value = value
         slider.blockSignals(wasBlocked)
 
     def onComponentLayerChanged(self, *args):
@@ -584,12 +599,38 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onComponentDisplayChanged(self, *args):
         layer = self._currentLayer()
+        self.ui.componentScoreLabel.text = componentsLib.score_text(layer, int(self.ui.componentSlider.value))
+        self.ui.dropComponentButton.enabled = layer is not None and self._result.canDropComponents \
+            and self._counterfactualJob is None
         if layer is None:
             return
         colorNode = self.ui.componentColorTableSelector.currentNode()
         self.logic.showComponent(self._result, layer.name, int(self.ui.componentSlider.value),
                                  opacity=self.ui.componentOpacitySlider.value,
                                  colorNodeID=colorNode.GetID() if colorNode else None)
+
+    def onDropComponent(self):
+        """Run the counterfactual for the shown component in the worker; the GUI stays responsive."""
+        layer = self._currentLayer()
+        if layer is None or self._counterfactualJob is not None:
+            return
+        component = int(self.ui.componentSlider.value)
+        self.ui.dropComponentButton.enabled = False
+        self.ui.counterfactualLabel.text = _("Segmenting without {layer} #{component}...").format(
+            layer=layer.title, component=component)
+        try:
+            self._counterfactualJob = self.logic.dropComponent(
+                self._result, layer.name, component, device=self.ui.deviceComboBox.currentData,
+                waitForCompletion=False, completedCallback=self.onCounterfactualDone)
+        except Exception as exc:
+            self._counterfactualJob = None
+            self.ui.counterfactualLabel.text = str(exc)
+            self.onComponentDisplayChanged()
+
+    def onCounterfactualDone(self, outcome: "CounterfactualResult"):
+        self._counterfactualJob = None
+        self.ui.counterfactualLabel.text = outcome.text if outcome.succeeded else outcome.message
+        self.onComponentDisplayChanged()
 
 
 #
@@ -610,11 +651,33 @@ class SegmentationResult:
     outputFolder: str = ""
     componentVolumeNodes: dict = field(default_factory=dict)  # layer -> node, created when first shown
     componentLayers: dict = field(default_factory=dict)  # layer -> componentsLib.ComponentLayer (lazy maps)
+    caseFolder: str = ""  # kept report.json + segmentation + components: the counterfactual's RESULT_DIR
+    caseInputs: dict = field(default_factory=dict)  # input name -> kept input file, for the counterfactual
     mapsFolderItem: int = 0  # subject hierarchy folder for maps, created when the first map is placed
     probabilityVolumeNodes: list = field(default_factory=list)
     referenceVolumeNode: Any = None
     savedFolder: str = ""  # the folder the results were saved in (saveFolder), "" when only in the scene
     dicomSegFile: str = ""  # the DICOM SEG as stored in the DICOM database, when one was asked for
+    log: list = field(default_factory=list)
+    elapsedSeconds: float = 0.0
+
+    @property
+    def canDropComponents(self) -> bool:
+        return bool(self.caseFolder and self.caseInputs and self.componentLayers)
+
+
+@dataclass
+class CounterfactualResult:
+    """What "drop this component" produced: the difference as a segmentation, and the summary."""
+
+    layer: str
+    component: int
+    succeeded: bool = False
+    cancelled: bool = False
+    message: str = ""
+    summary: dict = field(default_factory=dict)  # counterfactual.json
+    text: str = ""  # one line for the panel
+    differenceNode: Any = None  # segments "added", "removed", "relabelled"
     log: list = field(default_factory=list)
     elapsedSeconds: float = 0.0
 
@@ -633,6 +696,7 @@ class _Job:
         self.ended = False
         self.progressCallback = None
         self.completedCallback = None
+        self.inputFiles: dict = {}  # input name -> file the worker read (kept for the counterfactual)
         self.timer = qt.QTimer()
         self.timer.setInterval(200)
         self.timer.timeout.connect(self.poll)
@@ -858,6 +922,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                        finish=lambda job: self._finishJob(job, taskDef, nodes, outputSegmentation, outputDir,
                                                           saved=bool(saveFolder)),
                        watchedNodes=[*nodes.values(), outputSegmentation], onEnded=self._jobEnded)
+            job.inputFiles = inputFiles
         except BaseException:
             if process is not None:
                 process.cancel()
@@ -901,7 +966,9 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         return found
 
     def _launch(self, request: workerLib.SegmentRequest) -> workerLib.WorkerProcess:
-        args = workerLib.build_segment_command(self.workerPython(), request)
+        return self._start(workerLib.build_segment_command(self.workerPython(), request))
+
+    def _start(self, args: list) -> workerLib.WorkerProcess:
         env = workerLib.worker_environment(slicer.util.startupEnvironment(), _LIBRARY_ROOT)
         if os.environ.get(modelfile.ENV_MODELS):  # the worker searches the models the GUI listed
             env[modelfile.ENV_MODELS] = os.environ[modelfile.ENV_MODELS]
@@ -939,6 +1006,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         try:
             files = find_outputs(outputDir, workerResult.outputs)
             self.importResults(result, files, taskDef, nodes, outputSegmentation)
+            self._keepCase(result, files, job.inputFiles)
             result.succeeded = True
         except Exception as exc:
             logging.exception("LesionFactorizer: importing results failed")
@@ -959,8 +1027,9 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                                                           outputSegmentation)
         self._placeSegmentation(reference, result.segmentationNode)
         if files.components is not None:
-            folder = files.components if result.savedFolder else self._keepComponents(files.components)
-            result.componentLayers = componentsLib.load_components(folder)
+            kept = self._keepComponents(files.components, copy=bool(result.savedFolder))
+            result.componentLayers = componentsLib.load_components(kept)
+            result.caseFolder = str(kept.parent)
         elif result.report.get("components_note"):
             result.message = str(result.report["components_note"])
         if files.probabilities is not None:
@@ -990,15 +1059,36 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(f"{path} could not be added to the DICOM database")
         return stored
 
-    def _keepComponents(self, folder: Path) -> Path:
+    def _keepComponents(self, folder: Path, copy: bool = False) -> Path:
         """Move the component maps out of the job's temporary folder, which is removed right after
         the import, into a folder that lives until the scene is closed: the browser reads a layer's
-        maps only when it is first shown."""
-        if self.keepTemporaryFiles:
+        maps only when it is first shown. copy: the maps are in the user's save folder, which is
+        theirs to change, so the browser and "Drop this component" work on a copy."""
+        if self.keepTemporaryFiles and not copy:
             return folder
         keep = Path(slicer.util.tempDirectory("LesionFactorizerComponents"))
         self._componentFolders.append(keep)
+        if copy:
+            return Path(shutil.copytree(str(folder), str(keep / folder.name)))
         return Path(shutil.move(str(folder), str(keep / folder.name)))
+
+    def _keepCase(self, result: SegmentationResult, files, inputFiles: dict):
+        """"Drop this component" runs the case again (the ``counterfactual`` command): keep the run's
+        report, segmentation and input files next to its component maps, until the scene is closed."""
+        if not result.caseFolder or not inputFiles:
+            return
+        keep = Path(result.caseFolder)
+        for path in (Path(files.report), Path(files.segmentation)):
+            if path.parent != keep:
+                shutil.copy2(str(path), str(keep / path.name))
+        (keep / "inputs").mkdir(exist_ok=True)
+        used = {entry.get("name") for entry in result.report.get("inputs", [])}  # an optional input may be unused
+        for name, path in inputFiles.items():
+            if name not in used:
+                continue
+            target = keep / "inputs" / Path(path).name
+            (shutil.copy2 if self.keepTemporaryFiles else shutil.move)(str(path), str(target))
+            result.caseInputs[name] = str(target)
 
     def releaseComponentMaps(self):
         """Delete the kept component maps (scene closed or module cleaned up); layers already shown stay."""
@@ -1049,7 +1139,89 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                 shNode.GetItemParent(segItem), f"{result.segmentationNode.GetName()} maps")
         shNode.SetItemParent(shNode.GetItemByDataNode(node), result.mapsFolderItem)
 
-    # ---- component browser
+    # ---- component browser and "drop this component"
+
+    def dropComponent(self, result: SegmentationResult, layerName: str, component: int, device="auto",
+                      waitForCompletion=True, progressCallback=None,
+                      completedCallback: Callable[["CounterfactualResult"], None] | None = None):
+        """Segment ``result``'s case again with one NMF component left out of its layer (in the worker)
+        and add the difference as a segmentation: "added" (green), "removed" (red), "relabelled".
+
+        Returns a CounterfactualResult (waitForCompletion=True; raises RuntimeError on failure) or the
+        job (job.cancel()), calling completedCallback(outcome) at the end.
+        """
+        self._requireSupportedPython()
+        if not result.canDropComponents:
+            raise ValueError("This result keeps no component maps and inputs to re-run; segment with "
+                             "components=True first.")
+        layer = result.componentLayers.get(layerName)
+        if layer is None or not 0 <= int(component) < layer.count:
+            raise ValueError(f"No component {component} in layer {layerName!r}.")
+        tempDir = Path(slicer.util.tempDirectory("LesionFactorizer"))
+        process = None
+        try:
+            request = workerLib.CounterfactualRequest(result.caseFolder, layerName, int(component),
+                                                      tempDir / "counterfactual", result.caseInputs, device)
+            process = self._start(workerLib.build_counterfactual_command(self.workerPython(), request))
+            job = _Job(process, tempDir,
+                       finish=lambda job: self._finishCounterfactual(job, result, layerName, int(component)),
+                       watchedNodes=[result.referenceVolumeNode], onEnded=self._jobEnded)
+        except BaseException:
+            if process is not None:
+                process.cancel()
+            self._removeTempDir(tempDir)
+            raise
+        self._jobs.add(job)
+        job.progressCallback = progressCallback
+        job.completedCallback = completedCallback
+        if not waitForCompletion:
+            job.timer.start()
+            return job
+        outcome = job.runSynchronously()
+        if not outcome.succeeded:
+            raise RuntimeError(outcome.message)
+        return outcome
+
+    def _finishCounterfactual(self, job: _Job, result: SegmentationResult, layerName: str,
+                              component: int) -> "CounterfactualResult":
+        workerResult = job.process.result()
+        cancelled = workerResult.cancelled or job.cancelRequested
+        outcome = CounterfactualResult(layer=layerName, component=component, cancelled=cancelled,
+                                       log=workerResult.log, elapsedSeconds=time.monotonic() - job.startTime)
+        if cancelled or not workerResult.succeeded:
+            outcome.message = _("Cancelled.") if cancelled else workerLib.failure_message(workerResult)
+            return outcome
+        try:
+            folder = Path(job.tempDir) / "counterfactual"
+            outcome.summary = json.loads((folder / "counterfactual.json").read_text(encoding="utf-8"))
+            outcome.text = componentsLib.counterfactual_text(outcome.summary)
+            title = f"without {result.componentLayers[layerName].title} #{component}"
+            outcome.differenceNode = self.importDifference(folder / outcome.summary["outputs"]["difference"],
+                                                           result, title)
+            outcome.succeeded = True
+        except Exception as exc:
+            logging.exception("LesionFactorizer: importing the counterfactual failed")
+            outcome.message = f"The counterfactual could not be loaded: {exc}"
+        return outcome
+
+    def importDifference(self, path, result: SegmentationResult, title: str):
+        """The difference labelmap as a segmentation node with one coloured segment per kind of change."""
+        labelmap = slicer.util.loadLabelVolume(str(path), {"show": False})
+        try:
+            values = slicer.util.arrayFromVolume(labelmap)
+            segNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                         f"{result.segmentationNode.GetName()} {title}")
+            segNode.CreateDefaultDisplayNodes()
+            segNode.SetReferenceImageGeometryParameterFromVolumeNode(result.referenceVolumeNode)
+            for value, name, color in componentsLib.DIFFERENCE_SEGMENTS:
+                segmentId = segNode.GetSegmentation().AddEmptySegment("", name, list(color))
+                mask = (values == value).astype(np.uint8)
+                if mask.any():
+                    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segNode, segmentId, labelmap)
+        finally:
+            slicer.mrmlScene.RemoveNode(labelmap)
+        self._placeInFolder(result, segNode, "counterfactual")
+        return segNode
 
     def showComponent(self, result: SegmentationResult, layerName: str, index: int, opacity=0.5,
                       colorNodeID=None):
@@ -1142,6 +1314,12 @@ class LesionFactorizerTest(ScriptedLoadableModuleTest):
             logic.showComponent(result, name, layer.count - 1)
             node = result.componentVolumeNodes[name]
             self.assertEqual(slicer.util.arrayFromVolume(node).shape, layer.maps.shape[1:])
+        best = componentsLib.best_component(result.componentLayers)
+        if best is not None:  # "Drop this component" on the component that best explains the lesion
+            outcome = logic.dropComponent(result, *best, device="cpu")
+            self.assertEqual(outcome.differenceNode.GetSegmentation().GetNumberOfSegments(),
+                             len(componentsLib.DIFFERENCE_SEGMENTS))
+            self.assertIn("lesion", outcome.text)
         with self.assertRaises(ValueError):  # writing into a non-empty segmentation needs overwrite=True
             logic.segment(inputs, task=case.task, outputSegmentation=result.segmentationNode)
         self.delayDisplay("LesionFactorizer self-test passed")

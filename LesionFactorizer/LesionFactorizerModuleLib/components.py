@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from LesionFactorizerLib.pipeline.counterfactual import DIFFERENCE  # torch-free, like the worker's imports
 from LesionFactorizerModuleLib.worker import NMF_LAYERS
 
 INDEX_NAME = "components.json"
@@ -58,6 +59,7 @@ class ComponentLayer:
     size: tuple[int, int, int]  # (i, j, k) voxels, as ITK reports it
     ijk_to_ras: np.ndarray  # 4x4
     maxima: list[float]
+    ranking: list[dict] = field(default_factory=list)  # best first: component, score, coverage, share, contrast
     _maps: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -79,6 +81,13 @@ class ComponentLayer:
                                  f"expected {expected}); run the segmentation again.")
             self._maps = np.ascontiguousarray(maps, dtype=np.float32)
         return self._maps
+
+    def rank_of(self, index: int) -> tuple[int, dict] | None:
+        """(1-based rank, scores) of component ``index``; None when the layer was not ranked."""
+        for rank, row in enumerate(self.ranking, start=1):
+            if row.get("component") == index:
+                return rank, row
+        return None
 
     def window(self, index: int) -> tuple[float, float]:
         """Display range of component ``index``: 0 (maps are non-negative) to its stored maximum."""
@@ -142,6 +151,50 @@ def load_components(directory: str | os.PathLike) -> dict[str, ComponentLayer]:
         path = root / str(_field(entry, "file", where))
         if not path.is_file():
             raise ValueError(f"{where}: {path.name} is missing.")
+        ranking = entry.get("ranking") or []   # absent: a run without a lesion, or an older library
+        if not isinstance(ranking, list) or any(not isinstance(r, dict) or not 0 <= int(r.get("component", -1)) < count
+                                                for r in ranking):
+            raise ValueError(f"{where}: inconsistent component ranking.")
         layers[name] = ComponentLayer(name=name, path=path, count=count, stride=int(_field(entry, "stride", where)),
-                                      size=size, ijk_to_ras=ijk_to_ras(origin, spacing, direction), maxima=maxima)
+                                      size=size, ijk_to_ras=ijk_to_ras(origin, spacing, direction), maxima=maxima,
+                                      ranking=[dict(r) for r in ranking])
     return dict(sorted(layers.items(), key=lambda kv: NMF_LAYERS.index(kv[0])))
+
+
+def best_component(layers: dict[str, ComponentLayer]) -> tuple[str, int] | None:
+    """(layer, component) the browser opens on: the best-scoring component of all layers (ties: the
+    later layer, closer to the output — the rule of ``components.json``'s "best"); None unranked."""
+    best = None
+    for name, layer in layers.items():
+        if layer.ranking and (best is None or layer.ranking[0]["score"] >= best[2]):
+            best = (name, int(layer.ranking[0]["component"]), float(layer.ranking[0]["score"]))
+    return (best[0], best[1]) if best else None
+
+
+def score_text(layer: ComponentLayer | None, index: int) -> str:
+    """The line beside the slider: how well component ``index`` explains the predicted lesion."""
+    found = layer.rank_of(index) if layer is not None else None
+    if found is None:
+        return "not ranked (no lesion was segmented)" if layer is not None else ""
+    rank, row = found
+    return (f"rank {rank} of {layer.count} in {layer.title}: score {row['score']:.2g}, covers "
+            f"{100 * row.get('coverage', 0.0):.0f}% of the lesion, {row.get('contrast', 0.0):.1f}x its mean in brain")
+
+
+def counterfactual_text(summary: dict) -> str:
+    """One line from ``counterfactual.json``: what dropping the component did to the lesion."""
+    lesion, voxels = summary["lesion"], summary["difference_voxels"]
+    text = (f"Without {layer_title(summary['layer'])} #{summary['component']}: lesion {lesion['before_ml']:.2f} -> "
+            f"{lesion['after_ml']:.2f} mL ({lesion['delta_ml']:+.2f} mL); {voxels['added']} voxels added (green), "
+            f"{voxels['removed']} removed (red)")
+    if voxels.get("relabelled"):
+        text += f", {voxels['relabelled']} relabelled (yellow)"
+    changed = [f"{name} {v['delta_ml']:+.2f}" for name, v in summary.get("labels", {}).items() if v["delta_ml"]]
+    if len(summary.get("labels", {})) > 1 and changed:
+        text += "; per label (mL): " + ", ".join(changed)
+    return text + "."
+
+
+# The difference labelmap's values (the library's one definition) as segments: value, name, colour.
+_DIFFERENCE_COLOURS = {"added": (0.1, 0.8, 0.2), "removed": (0.9, 0.1, 0.1), "relabelled": (0.95, 0.85, 0.1)}
+DIFFERENCE_SEGMENTS = tuple((value, name, _DIFFERENCE_COLOURS[name]) for value, name in DIFFERENCE.items() if value)

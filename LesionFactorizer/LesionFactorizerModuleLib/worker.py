@@ -97,6 +97,40 @@ def build_segment_command(python: str | os.PathLike, request: SegmentRequest) ->
     return args + settings.to_argv({k: v for k, v in request.settings().items() if k != "task"})
 
 
+@dataclass
+class CounterfactualRequest:
+    """One "drop this component" run: ``counterfactual RESULT_DIR --layer L --component K``.
+
+    ``result_dir`` holds the segmentation run's report.json and segmentation; ``inputs`` are where
+    that run's input files are now (the module keeps them with the component maps)."""
+
+    result_dir: str | os.PathLike
+    layer: str
+    component: int
+    output_dir: str | os.PathLike
+    inputs: Mapping[str, str | os.PathLike] = field(default_factory=dict)
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.layer not in NMF_LAYERS:
+            raise ValueError(f"Unknown NMF layer {self.layer!r}.")
+        if int(self.component) < 0:
+            raise ValueError("The component number must be 0 or more.")
+        if self.device not in DEVICES:
+            raise ValueError(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
+
+
+def build_counterfactual_command(python: str | os.PathLike, request: CounterfactualRequest) -> list[str]:
+    """The worker's argument list for a counterfactual (no shell)."""
+    request.validate()
+    args = [str(python), "-m", "LesionFactorizerLib", "counterfactual", os.fspath(request.result_dir),
+            "--layer", request.layer, "--component", str(int(request.component)),
+            "--output", os.fspath(request.output_dir), "--device", request.device, "--progress", "jsonl"]
+    for name, path in request.inputs.items():
+        args += ["--input", f"{name}={os.fspath(path)}"]
+    return args
+
+
 def worker_environment(base: Mapping[str, str], library_root: str | os.PathLike | None) -> dict[str, str]:
     """Environment for the worker: the library importable, output unbuffered and UTF-8.
 

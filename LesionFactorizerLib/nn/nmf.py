@@ -175,6 +175,19 @@ def factorize(
     return u, v
 
 
+def drop_component(u: torch.Tensor, heads: int, component: int) -> torch.Tensor:
+    """``U`` with the column of one component zeroed, so that ``U Vᵀ`` is the reconstruction
+    without it (the sum over the other components).
+
+    Components are numbered like the factor maps, ``head · R + rank``; in every matricize the
+    matrices of a batch list the heads innermost, so matrix ``m`` belongs to head ``m mod heads``."""
+    rank = u.shape[-1]
+    head, col = divmod(int(component), rank)
+    keep = torch.ones(heads, 1, rank, dtype=u.dtype, device=u.device)
+    keep[head, 0, col] = 0
+    return (u.reshape(-1, heads, *u.shape[-2:]) * keep).reshape(u.shape)
+
+
 class NMF(nn.Module):
     """NMF layer: forward returns the low-rank reconstruction ``U Vᵀ`` of a non-negative input.
 
@@ -196,9 +209,16 @@ class NMF(nn.Module):
             raise ValueError(f"unknown NMF solver {solver!r}; choose one of {SOLVERS}")
         self.rank, self.iters, self.solver = rank, iters, solver
         self.grad_iters, self.eps, self.seed = grad_iters, eps, seed
+        # (heads, component) left out of the reconstruction: the "drop this component"
+        # counterfactual (pipeline/counterfactual.py). Set here so that every forward path, plain
+        # or memory-saving, leaves it out; the factors themselves (and the maps) are unchanged.
+        self.drop: tuple[int, int] | None = None
 
     def decompose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return factorize(x, self.rank, self.iters, self.solver, self.grad_iters, self.eps, self.seed)
+        u, v = factorize(x, self.rank, self.iters, self.solver, self.grad_iters, self.eps, self.seed)
+        if self.drop is not None:
+            u = drop_component(u, *self.drop)
+        return u, v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u, v = self.decompose(x)

@@ -15,6 +15,7 @@ import numpy as np
 
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.preprocessing import Prepared
+from LesionFactorizerLib.pipeline.ranking import METHOD, Masks, best_component, ranked, score_components
 
 
 def place(prep: Prepared, maps: np.ndarray, stride: int) -> tuple[np.ndarray, Geometry]:
@@ -29,30 +30,54 @@ def place(prep: Prepared, maps: np.ndarray, stride: int) -> tuple[np.ndarray, Ge
 
 
 def write_components(prep: Prepared, comps: dict[str, np.ndarray], strides: dict[str, int], folder: Path,
-                     order: list[str], show: str = "", compress: bool = True) -> tuple[list[dict], tuple | None]:
+                     order: list[str], show: str = "", compress: bool = True,
+                     masks: Masks | None = None) -> tuple[list[dict], tuple | None]:
     """Write ``<layer>.nrrd`` (one vector voxel of K components) per layer and ``components.json``.
 
-    Returns the index entries and ``(layer, image)`` of layer ``show`` (else the first layer
-    written) for the overview picture, kept in memory rather than read back from its file."""
+    With ``masks`` (lesion and brain on the model grid) every component is scored by how well it
+    explains the predicted lesion (:mod:`.ranking`); each layer entry then lists its components
+    best first under ``"ranking"`` and the index names the best ``(layer, component)`` overall.
+
+    Returns the index entries and, for the overview picture, ``(layer, image, picks)``: the layer of
+    the best-scoring component (else ``show``, else the first layer written), its image kept in
+    memory rather than read back from its file, and the ``(component, title)`` pairs to draw."""
     from LesionFactorizerLib.pipeline.io import write_image
 
     folder.mkdir(parents=True, exist_ok=True)
     names = [n for n in order if n in comps]
     show = show if show in names else (names[0] if names else "")
-    entries, shown = [], None
+    entries, shown, best = [], None, None
     for name in names:
         full, geom = place(prep, comps[name], strides[name])
         image = geom.to_image(np.ascontiguousarray(np.moveaxis(full, 0, -1)), vector=True)
         path = folder / f"{name}.nrrd"
         write_image(image, path, compress)
-        entries.append({"layer": name, "stride": int(strides[name]), "components": int(full.shape[0]),
-                        "file": path.name, **geom.as_dict(),
-                        "max": [float(m) for m in full.reshape(full.shape[0], -1).max(axis=1)]})
-        if name == show:
-            shown = (name, image)
+        entry = {"layer": name, "stride": int(strides[name]), "components": int(full.shape[0]),
+                 "file": path.name, **geom.as_dict(),
+                 "max": [float(m) for m in full.reshape(full.shape[0], -1).max(axis=1)]}
+        rows = []
+        if masks is not None:
+            rows = ranked(score_components(full, *masks.at_stride(int(strides[name]), geom.shape)))
+            entry["ranking"] = rows
+        entries.append(entry)
+        # ties go to the later layer: in execution order that is the one closer to the output
+        if rows and (best is None or rows[0]["score"] >= best[1]["score"]):
+            best = (name, rows[0])
+            shown = (name, image, [(r["component"], f"{name} #{r['component']} score {r['score']:.2g}")
+                                   for r in rows[:4]])
+        elif best is None and name == show:
+            shown = (name, image, [(k, f"{name} #{k}") for k in range(min(full.shape[0], 4))])
         del full, image
-    (folder / "components.json").write_text(json.dumps(
-        {"coordinate_system": "LPS", "layers": entries,
-         "note": "one NRRD per NMF layer; each voxel holds the layer's K non-negative component values "
-                 "(heads x rank) at the layer's own resolution"}, indent=2), encoding="utf-8")
+    index = {"coordinate_system": "LPS", "layers": entries,
+             "note": "one NRRD per NMF layer; each voxel holds the layer's K non-negative component values "
+                     "(heads x rank) at the layer's own resolution; components are numbered from 0"}
+    if masks is not None:
+        index["best"] = best_component(entries)
+        index["ranking_method"] = METHOD if best else "not ranked: the segmentation has no lesion voxels"
+    (folder / "components.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
     return entries, shown
+
+
+def read_index(folder: Path) -> dict:
+    """``components.json`` of a run (the counterfactual command reads the ranking from it)."""
+    return json.loads((Path(folder) / "components.json").read_text(encoding="utf-8"))

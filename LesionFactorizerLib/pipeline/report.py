@@ -38,7 +38,8 @@ def _axial(image):
 def write_overview(path: Path, inputs: list, labels_image, task, component: tuple | None = None) -> None:
     """A few axial slices of every input with the label overlay, plus components of one layer.
 
-    ``component``: (layer name, SimpleITK vector image of that layer) or None.
+    ``component``: (layer name, SimpleITK vector image of that layer[, [(component, title), …]])
+    or None; without the list, the first four components are drawn.
     """
     import matplotlib
 
@@ -80,13 +81,14 @@ def write_overview(path: Path, inputs: list, labels_image, task, component: tupl
 
     comp_cols = []
     if component is not None:
-        name, image = component
+        name, image = component[:2]
         ref = labels_image
         k = image.GetNumberOfComponentsPerPixel()
-        for c in range(min(k, 4)):
-            scalar = sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32)
+        picks = component[2] if len(component) > 2 else [(c, f"{name} #{c}") for c in range(min(k, 4))]
+        for c, title in picks:
+            scalar = sitk.VectorIndexSelectionCast(image, int(c), sitk.sitkFloat32)
             on_ref = sitk.Resample(scalar, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-            comp_cols.append((f"{name} #{c + 1}", _axial(on_ref)[zs].copy()))
+            comp_cols.append((title, _axial(on_ref)[zs].copy()))
             del scalar, on_ref
 
     ncols = len(vols) + 1 + len(comp_cols)

@@ -109,7 +109,8 @@ def output_claims() -> list[str]:
     """Entries a run may write (any format), so stale results of another format also need --overwrite."""
     from LesionFactorizerLib.pipeline.dicomseg import FILE_NAME as DICOM_SEG_NAME
 
-    names = ["report.json", "lesions.csv", "overview.png", "components", DICOM_SEG_NAME]
+    # counterfactual/: derived from this run's segmentation, so a new run must not keep the old ones
+    names = ["report.json", "lesions.csv", "overview.png", "components", "counterfactual", DICOM_SEG_NAME]
     for ext in IMAGE_FORMATS.values():
         names += [f"segmentation{ext}", f"probabilities{ext}"]
     return names
@@ -351,6 +352,7 @@ class Segmenter:
         from LesionFactorizerLib import __version__
         from LesionFactorizerLib.pipeline.components import write_components
         from LesionFactorizerLib.pipeline.io import write_image
+        from LesionFactorizerLib.pipeline.ranking import best_component, model_grid_masks
         from LesionFactorizerLib.pipeline.report import write_json, write_lesions_csv, write_overview
 
         opts, ext = self.opts, IMAGE_FORMATS[self.opts.format]
@@ -364,8 +366,12 @@ class Segmenter:
                 progress.stage("components", "writing NMF component maps")
                 t = time.monotonic()
                 order = [n for n, _ in self.component_model.component_layers]
+                masks = model_grid_masks(labels_img, [i.image for i in case.inputs], prep.model_grid)
                 entries, shown = write_components(prep, prediction.components, prediction.strides,
-                                                  tmp / "components", order, show="decoder1")
+                                                  tmp / "components", order, show="decoder1", masks=masks)
+                del masks
+                if entries and "ranking" in entries[0]:
+                    report["components_best"] = best_component(entries)
                 if entries:
                     written["components"] = "components"
                     written["components_index"] = "components/components.json"

@@ -115,6 +115,8 @@ def play(args, widget, result, started):
         segmentations[task_name] = (seg, by_input)
         run.update(check_segments(widget, task, context, terminology))
         assert not list((temp / MODULE).glob("*")), f"{task_name}: the job's temporary folder was left behind"
+        run["opened_on"] = opened_on_best_component(widget)
+        run["counterfactual"] = drop_component(widget)
         run["component_views"] = browse_components(widget)
         run["panel"] = panel_state(widget)
         result["runs"].append(run)
@@ -205,13 +207,73 @@ def check_segments(widget, task, context, terminology):
     return {"volumes_ml": volumes}
 
 
+def opened_on_best_component(widget):
+    """The browser opens on the component that best explains the lesion (components.json "best"),
+    shows it, and says beside the slider how well it explains the lesion."""
+    ui = widget.ui
+    result = widget._result
+    index = json.loads((Path(result.caseFolder) / "components" / "components.json").read_text(encoding="utf-8"))
+    best = index["best"]
+    assert best is not None, "the sample lesion was segmented, so the components must be ranked"
+    assert ui.componentLayerComboBox.currentData == best["layer"], (ui.componentLayerComboBox.currentData, best)
+    assert ui.componentSlider.value == best["component"], (ui.componentSlider.value, best)
+    layer = widget._currentLayer()
+    shown = harness.slice_layers()["foreground"]
+    assert shown is result.componentVolumeNodes[best["layer"]]
+    assert np.array_equal(shown._array, layer.maps[best["component"]])
+    assert list(result.componentVolumeNodes) == [best["layer"]], "layers were read before the user browsed them"
+    assert ui.componentScoreLabel.text.startswith("rank 1 of"), ui.componentScoreLabel.text
+    assert f"score {best['score']:.2g}" in ui.componentScoreLabel.text, ui.componentScoreLabel.text
+    assert ui.dropComponentButton.enabled
+    return {"layer": best["layer"], "component": best["component"], "score": best["score"],
+            "label": ui.componentScoreLabel.text}
+
+
+def drop_component(widget):
+    """"Drop this component" on the shown component: the worker re-runs the case without it, the
+    difference arrives as a segmentation and the volume change is shown; the GUI stays live."""
+    import slicer
+
+    ui = widget.ui
+    result = widget._result
+    layer, component = widget._currentLayer(), int(ui.componentSlider.value)
+    before = set(slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode"))
+    started = time.monotonic()
+    ui.dropComponentButton.click()
+    assert not ui.dropComponentButton.enabled, "the button must wait for the running counterfactual"
+    assert ui.counterfactualLabel.text.startswith("Segmenting without"), ui.counterfactualLabel.text
+    harness.run_events_until(lambda: widget._counterfactualJob is None, 900, "the counterfactual")
+    seconds = round(time.monotonic() - started, 1)
+    text = ui.counterfactualLabel.text
+    assert text.startswith(f"Without {layer.title} #{component}: lesion"), text
+    added = [n for n in slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode") if n not in before]
+    assert len(added) == 1, added
+    segmentation = added[0].GetSegmentation()
+    names = [segmentation.GetSegment(segmentation.GetNthSegmentID(i)).GetName()
+             for i in range(segmentation.GetNumberOfSegments())]
+    assert names == ["added", "removed", "relabelled"], names
+    # the volume change shown is the difference of the two segmentations, voxel for voxel
+    reference = result.referenceVolumeNode
+    voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
+    counts = {}
+    for name in names:
+        segment_id = segmentation.GetSegmentIdBySegmentName(name)
+        counts[name] = int(slicer.util.arrayFromSegmentBinaryLabelmap(added[0], segment_id, reference).sum())
+    assert f"{counts['added']} voxels added" in text and f"{counts['removed']} removed" in text, (text, counts)
+    delta = (counts["added"] - counts["removed"]) * voxel_ml
+    assert f"({delta:+.2f} mL)" in text or abs(delta) < 0.01, (text, delta)
+    assert ui.dropComponentButton.enabled
+    return {"seconds": seconds, "layer": layer.name, "component": component, "voxels": counts, "text": text}
+
+
 def browse_components(widget):
     """Every layer of the browser, at the first, middle and last component, after the temp folder is gone."""
     ui = widget.ui
     assert ui.componentsCollapsibleButton.enabled and ui.componentLayerComboBox.count > 1
-    assert not widget._result.componentVolumeNodes, "maps were read before the user browsed them"
     views = 0
-    for index in range(1, ui.componentLayerComboBox.count):  # item 0 is the "Choose a layer" placeholder
+    for index in range(ui.componentLayerComboBox.count):
+        if not ui.componentLayerComboBox.itemData(index):
+            continue  # the "Choose a layer" placeholder of an unranked result
         ui.componentLayerComboBox.setCurrentIndex(index)
         layer = widget._currentLayer()
         assert ui.componentSlider.maximum == layer.count - 1

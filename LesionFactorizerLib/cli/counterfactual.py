@@ -1,0 +1,56 @@
+"""``lesion-factorizer counterfactual``: the segmentation of an earlier run without one NMF component."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+NAME = "counterfactual"
+HELP = ("drop one NMF component of an earlier `segment --components` run and show how the lesion changes "
+        "(changed segmentation, difference labelmap, volume change per label)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from LesionFactorizerLib.pipeline.settings import BY_NAME, DEVICES, PROGRESS
+
+    parser.add_argument("result_dir", metavar="RESULT_DIR", help="output folder of a `segment` run (has report.json)")
+    parser.add_argument("--layer", help="NMF layer, e.g. decoder1 (default: the layer of the top-ranked component)")
+    parser.add_argument("--component", type=int, metavar="K",
+                        help="component number in that layer, from 0 (default: the layer's top-ranked component)")
+    parser.add_argument("--output", "-o", metavar="DIR",
+                        help="output folder (default: RESULT_DIR/counterfactual/<layer>-<component>)")
+    parser.add_argument("--input", "-i", action="append", default=[], metavar="NAME=PATH",
+                        help="where an input of the run is now, if it moved (must be the same file)")
+    parser.add_argument("--device", choices=list(DEVICES), default="auto", help=BY_NAME["device"].help)
+    parser.add_argument("--progress", choices=list(PROGRESS), default="bar", help=BY_NAME["progress"].help)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier counterfactual in the output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.pipeline.progress import Progress, terminate_cleanly
+
+    terminate_cleanly()
+    progress = Progress(args.progress)
+    with progress.errors_reported():
+        from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
+
+        inputs = {}
+        for item in args.input:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise UserError(f"--input {item!r}: give NAME=PATH, e.g. --input flair=/data/flair.nii.gz")
+            inputs[name] = path
+        outputs = run_counterfactual(args.result_dir, args.layer, args.component, args.output, inputs,
+                                     args.device, args.overwrite, progress)
+    progress.done(outputs)
+    if args.progress == "bar":
+        summary = json.loads(open(outputs["summary"], encoding="utf-8").read())
+        print(f"without {summary['layer']} #{summary['component']}: lesion {summary['lesion']['before_ml']:.2f} -> "
+              f"{summary['lesion']['after_ml']:.2f} mL ({summary['lesion']['delta_ml']:+.2f} mL); "
+              f"written to {outputs['dir']}", file=sys.stderr)
+    elif args.progress == "none":
+        print(json.dumps(outputs))
+    return 0

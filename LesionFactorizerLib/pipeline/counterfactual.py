@@ -1,0 +1,379 @@
+""""Drop this component": how the segmentation changes when one NMF component is left out.
+
+The chosen NMF layer reconstructs its input from all components but one (``NMF.drop``: the
+reconstruction ``U Vᵀ`` summed over the other components); everything else — inputs, model files,
+settings — is what the earlier ``segment`` run recorded in its ``report.json``, so the only
+difference between the two segmentations is that component. The case is run again through the
+same stages as ``segment`` (read → prepare → sliding-window inference → post-processing); nothing
+upstream of the layer is cached, which keeps one code path and is fast enough on the demo models
+(timings in ``counterfactual.json`` and ``benchmarks/bench_component_ranking.py``).
+
+Outputs (``RESULT_DIR/counterfactual/<layer>-<component>/`` unless ``--output``), written in a
+temporary folder, read back, then swapped in:
+
+- ``segmentation<ext>``: the labels without the component, on the reference input's grid;
+- ``difference<ext>``: 0 unchanged, 1 added (background → lesion), 2 removed (lesion →
+  background), 3 relabelled (one lesion label → another);
+- ``counterfactual.json``: per label the volume before / after / change in mL, voxel counts of the
+  difference, the component's ranking score, timings;
+- ``difference.png``: axial slices through the most changed voxels, the difference over the
+  reference input with the original lesion outlined (the CLI user's view of the overlay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from LesionFactorizerLib.errors import UserError
+
+FORMAT = "lesion-factorizer-counterfactual"
+DIFFERENCE = {0: "unchanged", 1: "added", 2: "removed", 3: "relabelled"}
+CLAIMS_EXTRA = ["counterfactual.json", "difference.png"]
+DIFFERENCE_COLOURS = {1: (0.1, 0.8, 0.2), 2: (0.9, 0.1, 0.1), 3: (0.95, 0.85, 0.1)}
+
+
+def component_count(model, layer: str) -> int:
+    """K = heads × rank of a Factorizer layer: the components its maps (and ``--component``) number."""
+    wrapped = model.nmf_layers()[layer]
+    return wrapped.in_proj.in_features // wrapped.matricize.head_dim * wrapped.nmf.rank
+
+
+@contextlib.contextmanager
+def dropped(model, layer: str, component: int):
+    """Within the block, ``layer``'s NMF reconstructs without ``component`` (any forward path)."""
+    wrapped = model.nmf_layers()[layer]
+    heads = wrapped.in_proj.in_features // wrapped.matricize.head_dim
+    if not 0 <= int(component) < heads * wrapped.nmf.rank:
+        raise ValueError(f"layer {layer} has components 0 to {heads * wrapped.nmf.rank - 1}, not {component}")
+    wrapped.nmf.drop = (heads, int(component))
+    try:
+        yield
+    finally:
+        wrapped.nmf.drop = None
+
+
+@dataclass
+class Source:
+    """What an earlier ``segment`` run recorded, checked: the counterfactual repeats it exactly."""
+
+    folder: Path
+    report: dict
+    inputs: dict[str, str]
+    models: list[str]
+    segmentation: Path
+    format: str
+
+    def ranking_of(self, layer: str) -> list[dict]:
+        entry = next((e for e in self.report.get("components") or [] if e.get("layer") == layer), None)
+        return list((entry or {}).get("ranking") or [])
+
+
+def read_source(folder: str | Path, inputs: dict[str, str] | None = None) -> Source:
+    """The earlier run in ``folder``; ``inputs`` (name → path) replace recorded input paths (files
+    moved since), and must still be the same files (checked by SHA-256 when read)."""
+    from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS
+
+    folder = Path(folder)
+    path = folder / "report.json"
+    if not path.is_file():
+        raise UserError(f"{folder} has no report.json; give the output folder of a `lesion-factorizer segment` run")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path} ({exc}); run the segmentation again") from None
+    if report.get("format") != "lesion-factorizer-report":
+        raise UserError(f"{path} is not a LesionFactorizer report; give the output folder of a `segment` run")
+    recorded = {i["name"]: i for i in report.get("inputs", [])}
+    unknown = [n for n in inputs or {} if n not in recorded]
+    if unknown:
+        raise UserError(f"--input {unknown[0]}: the segmentation in {folder} had no such input; its inputs were "
+                        f"{', '.join(recorded)}")
+    paths = {}
+    for name, entry in recorded.items():
+        given = (inputs or {}).get(name) or entry["path"]
+        if not Path(given).exists():
+            raise UserError(f"input {name} ({given}, recorded in report.json) is missing; give it with --input "
+                            f"{name}=PATH")
+        paths[name] = str(given)
+    models = []
+    for entry in report.get("models") or [report["model"]]:
+        model = Path(entry["path"])
+        if not model.is_file():
+            raise UserError(f"model {entry['name']} ({model}) of the segmentation is missing; restore it, or segment "
+                            "again with an available model")
+        models.append(str(model))
+    seg_name = (report.get("outputs") or {}).get("segmentation", "")
+    fmt = next((f for f, ext in IMAGE_FORMATS.items() if seg_name.endswith(ext)), None)
+    if not seg_name or fmt is None or not (folder / seg_name).is_file():
+        raise UserError(f"{folder} has no segmentation file listed in report.json; run the segmentation again")
+    return Source(folder, report, paths, models, folder / seg_name, fmt)
+
+
+def default_output(source: Source, layer: str, component: int) -> Path:
+    return source.folder / "counterfactual" / f"{layer}-{component}"
+
+
+def choose(source: Source, layer: str | None, component: int | None) -> tuple[str, int]:
+    """The requested (layer, component); missing parts from the run's ranking (best first)."""
+    if layer is None:
+        best = source.report.get("components_best")
+        if not best:
+            raise UserError("give --layer (and --component): the segmentation has no component ranking (run "
+                            "`segment --components` on a Factorizer model)")
+        layer = best["layer"]
+        if component is None:
+            component = int(best["component"])
+    if component is None:
+        rows = source.ranking_of(layer)
+        if not rows:
+            raise UserError(f"give --component: layer {layer} has no component ranking in the report")
+        component = int(rows[0]["component"])
+    return layer, int(component)
+
+
+def check_choice(source: Source, layer: str, component: int) -> None:
+    """Before any heavy work, against the layers the run recorded (the model checks again later)."""
+    from LesionFactorizerLib.nn.layout import NMF_LAYERS
+
+    if layer not in NMF_LAYERS:
+        raise UserError(f"unknown layer {layer!r}; layers are: {', '.join(NMF_LAYERS)}")
+    entries = {e["layer"]: e for e in source.report.get("components") or []}
+    if layer in entries and not 0 <= component < int(entries[layer]["components"]):
+        raise UserError(f"--component {component} is out of range: layer {layer} has components 0 to "
+                        f"{int(entries[layer]['components']) - 1}")
+
+
+def run_counterfactual(folder: str | Path, layer: str | None = None, component: int | None = None,
+                       output: str | Path | None = None, inputs: dict[str, str] | None = None,
+                       device: str = "auto", overwrite: bool = False, progress=None) -> dict[str, str]:
+    """Segment the case of the run in ``folder`` again without one component; returns the outputs'
+    absolute paths (``dir``: the output folder)."""
+    from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, AtomicOutput
+    from LesionFactorizerLib.pipeline.progress import Progress, Warnings
+    from LesionFactorizerLib.pipeline.segment import SegmentOptions, Segmenter
+
+    progress = progress or Progress("none")
+    warnings = Warnings(progress)
+    timings: dict[str, float] = {}
+    t_start, cpu_start = time.monotonic(), time.process_time()
+    progress.stage("read", "reading the earlier run")
+    source = read_source(folder, inputs)
+    layer, component = choose(source, layer, component)
+    check_choice(source, layer, component)
+    settings = source.report.get("settings", {})
+    ext = IMAGE_FORMATS[source.format]
+    out = AtomicOutput(output or default_output(source, layer, component),
+                       [f"segmentation{ext}", f"difference{ext}", *CLAIMS_EXTRA], overwrite)
+    out.check()
+    opts = SegmentOptions(
+        inputs=source.inputs, output=str(out.final), task=source.report["task"], models=source.models,
+        device=device, preset=settings.get("preset") or "balanced", tta=settings.get("tta"),
+        nmf_iters=settings.get("nmf_iters"), skip_nmf=settings.get("skip_nmf"), overlap=settings.get("overlap"),
+        threshold=settings.get("threshold"), min_lesion_mm3=settings.get("min_lesion_mm3"),
+        format=source.format, overview=False)
+    seg = Segmenter(opts)
+    # Several windows per forward pass (sized from the window and free memory): the windows are
+    # independent samples of the batch, so the labels are the same as the recorded run's (tested),
+    # and small windows run about twice as fast on a CPU — this is the interactive path.
+    seg.opts.sw_batch_size = None
+    t = time.monotonic()
+    case = seg.read(source.inputs, warnings)
+    recorded = {i["name"]: i.get("sha256") for i in source.report["inputs"]}
+    for item in case.inputs:
+        if recorded.get(item.name) and item.sha256 != recorded[item.name]:
+            raise UserError(f"input {item.name} ({item.path}) is not the file the segmentation was made from "
+                            f"(its SHA-256 differs); give the original with --input {item.name}=PATH")
+    timings["read"] = time.monotonic() - t
+
+    progress.stage("model", "loading model")
+    t = time.monotonic()
+    seg.prepare_models(warnings)
+    model = seg.component_model
+    if model is None:
+        raise UserError(f"model {seg.loaded[0].name} is not a Factorizer: it has no NMF components to drop")
+    names = [n for n, _ in model.component_layers]
+    if layer not in names:
+        raise UserError(f"unknown layer {layer!r}; layers are: {', '.join(names)}")
+    if layer in (seg.settings["skip_nmf"] or []):
+        raise UserError(f"layer {layer} was short-circuited in the segmentation (--skip-nmf or preset); choose "
+                        "another layer")
+    count = component_count(model, layer)
+    if not 0 <= component < count:
+        raise UserError(f"--component {component} is out of range: layer {layer} has components 0 to {count - 1}")
+    for m in seg.loaded:
+        if m.sha256 != next((e["sha256"] for e in source.report.get("models") or [] if e["path"] == str(m.path)),
+                            m.sha256):
+            raise UserError(f"model file {m.path} changed since the segmentation (SHA-256 differs); segment again")
+    timings["model"] = time.monotonic() - t
+
+    progress.stage("preprocess", "cropping, normalising, resampling")
+    t = time.monotonic()
+    prep, roi = seg.prepare(case)
+    timings["preprocess"] = time.monotonic() - t
+
+    progress.stage("inference", f"without component {component} of {layer}")
+    t = time.monotonic()
+    with dropped(model, layer, component):
+        prediction = seg.predict(prep, roi, warnings, progress)
+    timings["inference"] = time.monotonic() - t
+
+    progress.stage("postprocess", "labels and the difference")
+    t = time.monotonic()
+    result = seg.postprocess(prep, prediction, case)
+    before = _read_labels(source.segmentation, case.reference)
+    after = result.labels
+    difference = difference_map(before, after)
+    summary = _summary(source, layer, component, before, after, difference, case.reference.geometry, seg.task,
+                       prediction.device)
+    timings["postprocess"] = time.monotonic() - t
+
+    progress.stage("write", "writing the counterfactual")
+    t = time.monotonic()
+    written = {"segmentation": f"segmentation{ext}", "difference": f"difference{ext}",
+               "summary": "counterfactual.json", "picture": "difference.png"}
+    with out as tmp:
+        _write_labels(after, case.reference.image, tmp / written["segmentation"])
+        _write_labels(difference, case.reference.image, tmp / written["difference"])
+        lesion = summary["lesion"]
+        write_difference_png(tmp / written["picture"], case.reference, before, difference,
+                             f"{seg.task.title}: without {layer} #{component} — lesion {lesion['before_ml']:.2f} "
+                             f"→ {lesion['after_ml']:.2f} mL ({lesion['delta_ml']:+.2f} mL)")
+        timings["write"] = time.monotonic() - t
+        timings["total"] = time.monotonic() - t_start
+        timings["cpu_total"] = time.process_time() - cpu_start   # CPU seconds of this process (all threads)
+        summary.update({"timings_s": {k: round(v, 3) for k, v in timings.items()},
+                        "sw_batch_size": prediction.sw_batch_size,
+                        "outputs": written, "warnings": list(warnings)})
+        path = tmp / written["summary"]
+        path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        if json.loads(path.read_text(encoding="utf-8")) != summary:
+            raise UserError(f"writing {path.name} failed (it reads back different); free disk space or choose "
+                            "another output folder")
+        out.commit()
+    outputs = {k: str(out.final / v) for k, v in written.items()}
+    outputs["dir"] = str(out.final)
+    return outputs
+
+
+def write_difference_png(path: Path, reference, before: np.ndarray, difference: np.ndarray, title: str) -> None:
+    """Three axial slices (those with the most changed voxels, else through the lesion) of the
+    reference input, the original lesion outlined in cyan, added/removed/relabelled voxels in
+    green/red/yellow; radiological view like overview.png. Read back: a PNG that does not decode fails."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import SimpleITK as sitk
+    from matplotlib.colors import ListedColormap
+
+    def axial(array):
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(reference.image)
+        return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+
+    oriented = sitk.DICOMOrient(reference.image, "LPS")
+    background = sitk.GetArrayFromImage(oriented).astype(np.float32)
+    spacing = oriented.GetSpacing()
+    diff, lesion = axial(difference), axial((before > 0).astype(np.uint8))
+    weight = (diff > 0).reshape(diff.shape[0], -1).sum(axis=1)
+    if not weight.any():
+        weight = lesion.reshape(lesion.shape[0], -1).sum(axis=1)
+    if not weight.any():
+        weight = (background != 0).reshape(background.shape[0], -1).sum(axis=1)
+    zs = sorted(int(z) for z in np.argsort(weight)[::-1][:3] if weight[z] > 0) or [background.shape[0] // 2]
+    nz = background[background != 0]
+    lo, hi = np.percentile(nz, [1, 99]) if nz.size else (0.0, 1.0)
+    colours = np.zeros((4, 4))
+    for value, rgb in DIFFERENCE_COLOURS.items():
+        colours[value] = [*rgb, 0.85]
+    fig, axes = plt.subplots(1, len(zs), figsize=(3.2 * len(zs), 3.6), squeeze=False)
+    for ax, z in zip(axes[0], zs):
+        ax.imshow(background[z], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest",
+                  aspect=float(spacing[1] / spacing[0]))
+        if lesion[z].any():
+            ax.contour(lesion[z], levels=[0.5], colors="cyan", linewidths=0.8)
+        ax.imshow(diff[z], cmap=ListedColormap(colours), vmin=0, vmax=3, interpolation="nearest",
+                  aspect=float(spacing[1] / spacing[0]))
+        ax.set_title(f"z={z}: +{int((diff[z] == 1).sum())} / -{int((diff[z] == 2).sum())} voxels", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=DIFFERENCE_COLOURS[v]) for v in (1, 2, 3)]
+    fig.legend(handles, [DIFFERENCE[v] for v in (1, 2, 3)], loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title + "\n(cyan: original lesion outline; radiological view)", fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.92))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    try:
+        plt.imread(path)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure means the file is unusable
+        raise UserError(f"writing {path.name} failed ({exc}); free disk space or choose another output "
+                        "folder") from None
+
+
+def difference_map(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """0 unchanged, 1 added, 2 removed, 3 relabelled (see :data:`DIFFERENCE`)."""
+    diff = np.zeros(before.shape, dtype=np.uint8)
+    diff[(before == 0) & (after > 0)] = 1
+    diff[(before > 0) & (after == 0)] = 2
+    diff[(before > 0) & (after > 0) & (before != after)] = 3
+    return diff
+
+
+def _summary(source: Source, layer: str, component: int, before, after, difference, geometry, task,
+             device: str) -> dict[str, Any]:
+    from LesionFactorizerLib import __version__
+    from LesionFactorizerLib.pipeline.postprocessing import label_volumes
+
+    vb, va = label_volumes(before, geometry, task), label_volumes(after, geometry, task)
+    labels = {name: {"value": v["value"], "before_ml": round(v["volume_ml"], 4),
+                     "after_ml": round(va["labels"][name]["volume_ml"], 4),
+                     "delta_ml": round(va["labels"][name]["volume_ml"] - v["volume_ml"], 4)}
+              for name, v in vb["labels"].items()}
+    ml = geometry.voxel_volume_ml()
+    lesion_before, lesion_after = float((before > 0).sum()) * ml, float((after > 0).sum()) * ml
+    counts = np.bincount(difference.ravel(), minlength=4)
+    row = next((r for r in source.ranking_of(layer) if r["component"] == component), None)
+    return {
+        "format": FORMAT, "format_version": 1,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "library_version": __version__,
+        "source": str(source.folder.absolute()), "task": task.name, "device": device,
+        "layer": layer, "component": component, "ranking": row,
+        "lesion": {"before_ml": round(lesion_before, 4), "after_ml": round(lesion_after, 4),
+                   "delta_ml": round(lesion_after - lesion_before, 4)},
+        "labels": labels,
+        "difference_voxels": {DIFFERENCE[v]: int(counts[v]) for v in (1, 2, 3)},
+        "difference_labels": {str(v): name for v, name in DIFFERENCE.items()},
+        "note": "segmentation with this NMF component left out of its layer's reconstruction, compared with the "
+                "segmentation of the source run; everything else as recorded in its report.json",
+    }
+
+
+def _read_labels(path: Path, reference) -> np.ndarray:
+    import SimpleITK as sitk
+
+    from LesionFactorizerLib.pipeline.geometry import Geometry
+
+    image = sitk.ReadImage(str(path))
+    if not Geometry.from_image(image).same_grid(reference.geometry):
+        raise UserError(f"{path.name} is not on the grid of input {reference.name}; the result folder was changed "
+                        "after the segmentation — segment again")
+    return sitk.GetArrayFromImage(image).astype(np.uint8, copy=False)
+
+
+def _write_labels(array: np.ndarray, like, path: Path) -> None:
+    import SimpleITK as sitk
+
+    from LesionFactorizerLib.pipeline.io import write_image
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.uint8))
+    image.CopyInformation(like)
+    write_image(image, path)
