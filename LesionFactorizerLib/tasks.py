@@ -162,6 +162,8 @@ class Task:
     output_channels: tuple[str, ...] = ()
     default_model: str = ""
     reference_input: str = ""   # the grid outputs are written on; defaults to the first input
+    # inputs from another session, registered onto the reference input (pipeline/registration.py)
+    register_inputs: tuple[str, ...] = ()
 
     @property
     def input_names(self) -> list[str]:
@@ -307,6 +309,7 @@ MS_NEW = Task(
     output_channels=("new_lesion",),
     default_model="resunet-msseg2",
     reference_input="flair_followup",
+    register_inputs=("flair_baseline",),
 )
 
 TASKS: dict[str, Task] = {t.name: t for t in (TUMOR, STROKE, MS_NEW)}
