@@ -174,6 +174,8 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.presetComboBox.addItem(preset)
         for value, title in workerLib.DEVICE_CHOICES:
             self.ui.deviceComboBox.addItem(title, value)
+        for value, title in workerLib.REGISTER_CHOICES:
+            self.ui.registerComboBox.addItem(title, value)
         for layer in workerLib.NMF_LAYERS:
             item = qt.QListWidgetItem(componentsLib.layer_title(layer))
             item.setData(qt.Qt.UserRole, layer)
@@ -231,7 +233,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                   "preset": self.ui.presetComboBox.currentText, "device": self.ui.deviceComboBox.currentData,
                   "components": self.ui.componentsCheckBox.checked, "probabilities": self.ui.probabilitiesCheckBox.checked,
                   "tta": self.ui.ttaCheckBox.checked, "nmfIterations": self.ui.nmfIterationsSpinBox.value,
-                  "skipNmf": ",".join(skip)}
+                  "skipNmf": ",".join(skip), "register": self.ui.registerComboBox.currentData}
         for name, value in values.items():
             node.SetParameter(name, str(value))
         for name, inputNode in inputs.items():
@@ -254,6 +256,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.setCurrentIndex(max(model, 0))
         self.ui.presetComboBox.setCurrentText(node.GetParameter("preset"))
         self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(node.GetParameter("device")), 0))
+        self.ui.registerComboBox.setCurrentIndex(max(self.ui.registerComboBox.findData(node.GetParameter("register")), 0))
         for name in ("components", "probabilities", "tta"):
             getattr(self.ui, f"{name}CheckBox").checked = node.GetParameter(name) == "True"
         self.ui.nmfIterationsSpinBox.value = int(node.GetParameter("nmfIterations") or 0)
@@ -305,6 +308,9 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 widget.setVisible(visible)
             if visible:
                 self.inputSelectors[i].toolTip = task.inputs[i].hint
+        # only a task with inputs from another session (ms-new's baseline) has something to register
+        for widget in (self.ui.registerLabel, self.ui.registerComboBox):
+            widget.setVisible(bool(task.register_inputs))
         # selector i means another input in the new task, so choose again from the names
         self.autoAssignInputs(keepCurrent=False)
         self.refreshModels()
@@ -453,6 +459,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 device=self.ui.deviceComboBox.currentData, components=self.ui.componentsCheckBox.checked,
                 probabilities=self.ui.probabilitiesCheckBox.checked, tta=self.ui.ttaCheckBox.checked,
                 nmfIterations=self.ui.nmfIterationsSpinBox.value or None, skipNmfLayers=skip,
+                register=self.ui.registerComboBox.currentData if self.task.register_inputs else "auto",
                 overwrite=overwrite, waitForCompletion=False,
                 progressCallback=self.onProgress, completedCallback=self.onCompleted)
         except Exception as exc:
@@ -752,7 +759,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                 device="auto", components=True, probabilities=False, tta=False, nmfIterations=None,
                 skipNmfLayers=(), overwrite=False, waitForCompletion=True,
                 progressCallback: Callable[[WorkerEvent], None] | None = None,
-                completedCallback: Callable[[SegmentationResult], None] | None = None):
+                completedCallback: Callable[[SegmentationResult], None] | None = None, register="auto"):
         """Segment volume nodes.
 
         inputs: {input name: vtkMRMLScalarVolumeNode} with the task's input names.
@@ -760,6 +767,8 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         outputSegmentation: segmentation node to write into, or None to create one. A node that
           already has segments is only written with overwrite=True (segments named like the task's
           labels are replaced; others are kept).
+        register: ms-new only: put the baseline on the follow-up ("auto": register rigidly when the pair
+          is misaligned, "rigid", "affine", "never": warn only); result.report["registration"] says what was done.
         waitForCompletion: True returns a SegmentationResult (raises RuntimeError on failure);
           False returns a job (job.cancel()) and calls completedCallback(result) at the end.
         Closing the scene or removing an input/output node cancels the run.
@@ -793,7 +802,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
             request = workerLib.SegmentRequest(
                 task=task, inputs=inputFiles, output_dir=tempDir / "output", models=self._modelList(model),
                 device=device, preset=preset, components=components, probabilities=probabilities, tta=tta,
-                nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overview=False)
+                nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overview=False, register=register)
             process = self._launch(request)
             job = _Job(process, tempDir,
                        finish=lambda job: self._finishJob(job, taskDef, nodes, outputSegmentation),
@@ -825,7 +834,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
 
     def segmentFiles(self, inputs, outputFolder, task="tumor", model=None, preset=DEFAULT_SPEED_PRESET, device="auto",
                      components=True, probabilities=False, tta=False, nmfIterations=None, skipNmfLayers=(),
-                     overwrite=False, overview=False, progressCallback=None) -> dict:
+                     overwrite=False, overview=False, progressCallback=None, register="auto") -> dict:
         """Segment files on disk without touching the scene (batch over folders).
 
         inputs: {input name: file path}, or a case folder whose files are matched to the task's
@@ -839,7 +848,8 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         request = workerLib.SegmentRequest(
             task=task, inputs=inputs, output_dir=outputFolder, models=self._modelList(model), device=device,
             preset=preset, components=components, probabilities=probabilities, tta=tta,
-            nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overwrite=overwrite, overview=overview)
+            nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overwrite=overwrite, overview=overview,
+            register=register)
         process = self._launch(request)
         try:
             result = process.wait(callback=progressCallback, idle=slicer.app.processEvents)

@@ -32,6 +32,10 @@ from LesionFactorizerModuleLib.progress import WorkerEvent, parse_line
 _DEVICE_TITLES = {"auto": "Automatic (GPU if available)", "cpu": "CPU", "cuda": "GPU (CUDA)", "mps": "GPU (Apple MPS)"}
 DEVICES = settings.DEVICES
 DEVICE_CHOICES: tuple[tuple[str, str], ...] = tuple((d, _DEVICE_TITLES[d]) for d in DEVICES)
+# The ms-new "Register baseline to follow-up" selector: the --register choices with their titles.
+_REGISTER_TITLES = {"auto": "Automatic (when misaligned)", "rigid": "Rigid", "affine": "Rigid, then affine",
+                    "never": "Never (warn only)"}
+REGISTER_CHOICES: tuple[tuple[str, str], ...] = tuple((m, _REGISTER_TITLES[m]) for m in settings.REGISTER_MODES)
 _INPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
 
@@ -54,6 +58,7 @@ class SegmentRequest:
     overview: bool = True  # the QC picture; Slicer shows the result itself, so the module skips it
     # NRRD keeps the full-precision direction matrix of oblique volumes (NIfTI's qform/sform may not).
     format: str = "nrrd"
+    register: str = "auto"  # ms-new: baseline onto follow-up (auto / rigid / affine / never)
 
     def validate(self) -> None:
         """Raise ValueError with a user-readable message for an impossible request."""
@@ -74,7 +79,7 @@ class SegmentRequest:
         return {"task": self.task, "models": [os.fspath(m) for m in self.models], "device": self.device,
                 "preset": self.preset, "components": self.components, "probabilities": self.probabilities,
                 "tta": True if self.tta else None, "nmf_iters": self.nmf_iters, "skip_nmf": list(self.skip_nmf) or None,
-                "format": self.format, "overview": self.overview, "progress": "jsonl", "overwrite": self.overwrite}
+                "format": self.format, "register": self.register, "overview": self.overview, "progress": "jsonl", "overwrite": self.overwrite}
 
 
 def build_segment_command(python: str | os.PathLike, request: SegmentRequest) -> list[str]:

@@ -141,9 +141,24 @@ def register_pair(fixed, moving, mode: str, moving_name: str = "flair_baseline",
         warnings.append(f"registration of {moving_name} onto {fixed_name} looks poor ({'; '.join(notes)}): check the "
                         "two scans side by side before trusting new lesions; if they are from different patients or "
                         "contrasts, fix the inputs")
-    image = sitk.Resample(moving, fixed, estimate, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    image = resample_onto(moving, fixed, estimate)
     entry["seconds"] = round(time.monotonic() - t0, 2)
     return entry, image
+
+
+RESAMPLE_INTERPOLATOR = "linear"
+
+
+def resample_onto(moving, fixed, transform):
+    """The moving image through ``transform`` on the fixed grid, once."""
+    import SimpleITK as sitk
+
+    interp = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline, "sinc": sitk.sitkLanczosWindowedSinc}[RESAMPLE_INTERPOLATOR]
+    out = sitk.Resample(moving, fixed, transform, interp, 0.0, sitk.sitkFloat32)
+    if RESAMPLE_INTERPOLATOR != "linear":
+        lo = float(sitk.GetArrayViewFromImage(moving).min())
+        out = sitk.Maximum(out, lo)
+    return out
 
 
 def quality_notes(before: dict, after: dict) -> list[str]:

@@ -147,6 +147,13 @@ def check(values: Mapping[str, Any]) -> Dict[str, Any]:
     threshold = values.get("threshold")
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise UserError(f"--threshold is a probability between 0 and 1 (exclusive), not {threshold}")
+    register, task = values.get("register"), values.get("task")
+    if register in ("rigid", "affine") and task:
+        from LesionFactorizerLib.tasks import get_task
+
+        if not get_task(task).register_inputs:
+            raise UserError(f"--register {register}: task {task!r} has no inputs from another session to register "
+                            "(only ms-new registers its baseline onto the follow-up); leave --register at auto")
     min_mm3 = values.get("min_lesion_mm3")
     if min_mm3 is not None and min_mm3 < 0:
         raise UserError(f"--min-lesion-mm3 must be 0 or more, not {min_mm3}")
