@@ -294,7 +294,7 @@ MS_NEW = Task(
     name="ms-new",
     title="New multiple-sclerosis lesions (MSSEG-2)",
     description="Lesions present on the follow-up FLAIR but not on the baseline FLAIR of the same "
-                "patient; both scans must be co-registered (MSSEG-2).",
+                "patient; the baseline is registered onto the follow-up when they are misaligned (MSSEG-2).",
     inputs=(
         InputSpec("flair_baseline", "FLAIR baseline", patterns=(
             "*baseline*", "*time01*", "*time1", "*tp1*", "*before*", "*prior*"),

@@ -79,7 +79,8 @@ class SegmentRequest:
         return {"task": self.task, "models": [os.fspath(m) for m in self.models], "device": self.device,
                 "preset": self.preset, "components": self.components, "probabilities": self.probabilities,
                 "tta": True if self.tta else None, "nmf_iters": self.nmf_iters, "skip_nmf": list(self.skip_nmf) or None,
-                "format": self.format, "register": self.register, "overview": self.overview, "progress": "jsonl", "overwrite": self.overwrite}
+                "format": self.format, "register": self.register, "overview": self.overview, "progress": "jsonl",
+                "overwrite": self.overwrite}
 
 
 def build_segment_command(python: str | os.PathLike, request: SegmentRequest) -> list[str]:

@@ -5,7 +5,8 @@ co-registered with the follow-up turns every tissue edge into a "new lesion". Re
 come straight from the scanner in their own positions; this stage checks the pair and, when it is
 misaligned (``--register auto``) or when asked (``rigid`` / ``affine``), registers the baseline onto
 the follow-up with SimpleITK before any preprocessing, and resamples it onto the follow-up's grid
-once (no second interpolation by the grid alignment that follows).
+once (no second interpolation by the grid alignment that follows), with a windowed sinc that keeps
+its noise like the follow-up's (:func:`resample_onto` says why not linear).
 
 How (all on copies smoothed and resampled to :data:`WORKING_SPACING_MM`, so a whole head takes
 seconds on two cores):
@@ -82,7 +83,7 @@ def register_inputs(inputs: list, reference, task, mode: str, warnings: list[str
         return entry, set()
     item.image = image
     item.notes.append(f"registered onto {reference.name} ({entry['transform']['kind']}) and resampled onto its grid "
-                      "(linear interpolation)")
+                      "(windowed-sinc interpolation)")
     return entry, {item.name}
 
 
@@ -146,19 +147,21 @@ def register_pair(fixed, moving, mode: str, moving_name: str = "flair_baseline",
     return entry, image
 
 
-RESAMPLE_INTERPOLATOR = "linear"
-
-
 def resample_onto(moving, fixed, transform):
-    """The moving image through ``transform`` on the fixed grid, once."""
+    """The moving image through ``transform`` on the fixed grid, once, with a windowed sinc.
+
+    Why not linear: linear interpolation averages neighbouring voxels, so the resampled baseline
+    is smoother (less noisy) than the follow-up, and a model that compares them reads the
+    follow-up's noise as new lesions. On a held-out phantom pair at the model's 2 mm, merely
+    re-registering the co-registered pair turned the demo model's 2 correct lesions into 11
+    (lesion F1 1.0 → 0.31) with linear, 1.0 → 0.5 with a cubic B-spline, and kept 1.0 with the
+    Lanczos windowed sinc, which preserves the noise texture. Its overshoot is clipped to the
+    image's range."""
     import SimpleITK as sitk
 
-    interp = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline, "sinc": sitk.sitkLanczosWindowedSinc}[RESAMPLE_INTERPOLATOR]
-    out = sitk.Resample(moving, fixed, transform, interp, 0.0, sitk.sitkFloat32)
-    if RESAMPLE_INTERPOLATOR != "linear":
-        lo = float(sitk.GetArrayViewFromImage(moving).min())
-        out = sitk.Maximum(out, lo)
-    return out
+    out = sitk.Resample(moving, fixed, transform, sitk.sitkLanczosWindowedSinc, 0.0, sitk.sitkFloat32)
+    values = sitk.GetArrayViewFromImage(moving)
+    return sitk.Clamp(out, sitk.sitkFloat32, float(values.min()), float(values.max()))
 
 
 def quality_notes(before: dict, after: dict) -> list[str]:
@@ -290,7 +293,9 @@ def _only(transform):
 
 
 def _mask_centre(image, mask) -> tuple[float, float, float]:
-    idx = np.argwhere(np.asarray(__import__("SimpleITK").GetArrayViewFromImage(mask)) > 0)
+    import SimpleITK as sitk
+
+    idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)
     centre = idx.mean(axis=0)[::-1] if len(idx) else (np.array(image.GetSize()) - 1) / 2.0
     return image.TransformContinuousIndexToPhysicalPoint([float(c) for c in centre])
 
@@ -382,13 +387,3 @@ def _rotation_deg(transform) -> float:
     r = np.array(transform.GetMatrix(), float).reshape(3, 3)
     return round(math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(r) - 1.0) / 2.0)))), 3)
 
-
-def write_transform(entry: dict, path) -> None:
-    """The applied transform as an ITK .tfm file (Slicer and ITK-SNAP load it as is)."""
-    import SimpleITK as sitk
-
-    t = entry["transform"]
-    tr = sitk.Euler3DTransform() if t["type"] == "Euler3DTransform" else sitk.AffineTransform(3)
-    tr.SetFixedParameters(t["fixed_parameters"])
-    tr.SetParameters(t["parameters"])
-    sitk.WriteTransform(tr, str(path))
