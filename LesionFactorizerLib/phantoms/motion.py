@@ -4,7 +4,8 @@ A follow-up pair that was never co-registered differs by the patient's head posi
 about some axis through the head and a shift. :func:`move_head` applies such a motion to an image
 in one of two ways a scanner produces it — the field of view moved with the head (``header``: the
 voxels are untouched, only origin and direction change, so no interpolation blurs the test) or
-the head moved inside a fixed field of view (``resample``: the voxels are resampled, linear).
+the head moved inside a fixed field of view (``resample``: the voxels are resampled, quintic
+B-spline).
 :func:`true_transform` is the motion as the fixed→moving transform that registration should find.
 """
 
@@ -42,7 +43,12 @@ def move_head(image, degrees: float, translation_mm, axis=(0.3, 0.2, 1.0), mode:
 
     motion = true_transform(image, degrees, translation_mm, axis)
     if mode == "resample":
-        return sitk.Resample(image, image, motion.GetInverse(), sitk.sitkLinear, 0.0, image.GetPixelID())
+        # a scanner acquires the moved head afresh, with unsmoothed noise: a high-order spline, not
+        # linear interpolation (which would halve the noise and make the pair differ in texture)
+        out = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), image, motion.GetInverse(), sitk.sitkBSpline5, 0.0)
+        values = sitk.GetArrayViewFromImage(image)
+        return sitk.Cast(sitk.Clamp(out, sitk.sitkFloat32, float(values.min()), float(values.max())),
+                         image.GetPixelID())
     if mode != "header":
         raise ValueError(f"mode must be 'header' or 'resample', not {mode!r}")
     r = np.array(motion.GetMatrix()).reshape(3, 3)

@@ -5,8 +5,8 @@ co-registered with the follow-up turns every tissue edge into a "new lesion". Re
 come straight from the scanner in their own positions; this stage checks the pair and, when it is
 misaligned (``--register auto``) or when asked (``rigid`` / ``affine``), registers the baseline onto
 the follow-up with SimpleITK before any preprocessing, and resamples it onto the follow-up's grid
-once (no second interpolation by the grid alignment that follows), with a windowed sinc that keeps
-its noise like the follow-up's (:func:`resample_onto` says why not linear).
+once (no second interpolation by the grid alignment that follows), with a quintic B-spline that
+keeps its noise close to the follow-up's (:func:`resample_onto` says why not linear).
 
 How (all on copies smoothed and resampled to :data:`WORKING_SPACING_MM`, so a whole head takes
 seconds on two cores):
@@ -83,7 +83,7 @@ def register_inputs(inputs: list, reference, task, mode: str, warnings: list[str
         return entry, set()
     item.image = image
     item.notes.append(f"registered onto {reference.name} ({entry['transform']['kind']}) and resampled onto its grid "
-                      "(windowed-sinc interpolation)")
+                      "(quintic B-spline interpolation)")
     return entry, {item.name}
 
 
@@ -148,18 +148,19 @@ def register_pair(fixed, moving, mode: str, moving_name: str = "flair_baseline",
 
 
 def resample_onto(moving, fixed, transform):
-    """The moving image through ``transform`` on the fixed grid, once, with a windowed sinc.
+    """The moving image through ``transform`` on the fixed grid, once, with a quintic B-spline.
 
     Why not linear: linear interpolation averages neighbouring voxels, so the resampled baseline
     is smoother (less noisy) than the follow-up, and a model that compares them reads the
     follow-up's noise as new lesions. On a held-out phantom pair at the model's 2 mm, merely
     re-registering the co-registered pair turned the demo model's 2 correct lesions into 11
-    (lesion F1 1.0 → 0.31) with linear, 1.0 → 0.5 with a cubic B-spline, and kept 1.0 with the
-    Lanczos windowed sinc, which preserves the noise texture. Its overshoot is clipped to the
-    image's range."""
+    (lesion F1 1.0 → 0.31) with linear; a windowed sinc kept 1.0. White noise rotated by 10° keeps
+    54 % of its standard deviation with linear, 82 % with a cubic B-spline, 88 % with the quintic
+    one and 90 % with the Lanczos sinc, which takes 15 times as long as the quintic. Its overshoot
+    is clipped to the image's range."""
     import SimpleITK as sitk
 
-    out = sitk.Resample(moving, fixed, transform, sitk.sitkLanczosWindowedSinc, 0.0, sitk.sitkFloat32)
+    out = sitk.Resample(moving, fixed, transform, sitk.sitkBSpline5, 0.0, sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(moving)
     return sitk.Clamp(out, sitk.sitkFloat32, float(values.min()), float(values.max()))
 
