@@ -179,6 +179,8 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceComboBox.addItem(title, value)
         for value, title in exportsLib.SAVE_FORMATS:
             self.ui.saveFormatComboBox.addItem(title, value)
+        for value, title in workerLib.REGISTER_CHOICES:
+            self.ui.registerComboBox.addItem(title, value)
         for layer in workerLib.NMF_LAYERS:
             item = qt.QListWidgetItem(componentsLib.layer_title(layer))
             item.setData(qt.Qt.UserRole, layer)
@@ -239,7 +241,8 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                   "components": self.ui.componentsCheckBox.checked, "probabilities": self.ui.probabilitiesCheckBox.checked,
                   "tta": self.ui.ttaCheckBox.checked, "nmfIterations": self.ui.nmfIterationsSpinBox.value,
                   "skipNmf": ",".join(skip), "saveFolder": self.ui.saveFolderPathLineEdit.currentPath,
-                  "saveFormat": self.ui.saveFormatComboBox.currentData, "dicomSeg": self.ui.dicomSegCheckBox.checked}
+                  "saveFormat": self.ui.saveFormatComboBox.currentData, "dicomSeg": self.ui.dicomSegCheckBox.checked,
+                  "register": self.ui.registerComboBox.currentData}
         for name, value in values.items():
             node.SetParameter(name, str(value))
         for name, inputNode in inputs.items():
@@ -262,6 +265,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.setCurrentIndex(max(model, 0))
         self.ui.presetComboBox.setCurrentText(node.GetParameter("preset"))
         self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(node.GetParameter("device")), 0))
+        self.ui.registerComboBox.setCurrentIndex(max(self.ui.registerComboBox.findData(node.GetParameter("register")), 0))
         for name in ("components", "probabilities", "tta", "dicomSeg"):
             getattr(self.ui, f"{name}CheckBox").checked = node.GetParameter(name) == "True"
         self.ui.saveFolderPathLineEdit.currentPath = node.GetParameter("saveFolder")
@@ -316,6 +320,9 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 widget.setVisible(visible)
             if visible:
                 self.inputSelectors[i].toolTip = task.inputs[i].hint
+        # only a task with inputs from another session (ms-new's baseline) has something to register
+        for widget in (self.ui.registerLabel, self.ui.registerComboBox):
+            widget.setVisible(bool(task.register_inputs))
         # selector i means another input in the new task, so choose again from the names
         self.autoAssignInputs(keepCurrent=False)
         self.refreshModels()
@@ -485,6 +492,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 nmf_iters=self.ui.nmfIterationsSpinBox.value or None, skip_nmf=skip or None,
                 saveFolder=saveFolder, saveOverwrite=saveOverwrite, dicom_seg=dicomSeg,
                 **({"format": saveFormat} if saveFolder else {}),
+                register=self.ui.registerComboBox.currentData if self.task.register_inputs else "auto",
                 progressCallback=self.onProgress, completedCallback=self.onCompleted)
         except Exception as exc:
             self._job = None
@@ -865,6 +873,8 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         outputSegmentation: segmentation node to write into, or None to create one. A node that
           already has segments is only written with overwrite=True (segments named like the task's
           labels are replaced; others are kept).
+        register: ms-new only: put the baseline on the follow-up ("auto": register rigidly when the pair
+          is misaligned, "rigid", "affine", "never": warn only); result.report["registration"] says what was done.
         waitForCompletion: True returns a SegmentationResult (raises RuntimeError on failure);
           False returns a job (job.cancel()) and calls completedCallback(result) at the end.
         Closing the scene or removing an input/output node cancels the run.

@@ -162,6 +162,8 @@ class Task:
     output_channels: tuple[str, ...] = ()
     default_model: str = ""
     reference_input: str = ""   # the grid outputs are written on; defaults to the first input
+    # inputs from another session, registered onto the reference input (pipeline/registration.py)
+    register_inputs: tuple[str, ...] = ()
 
     @property
     def input_names(self) -> list[str]:
@@ -292,7 +294,7 @@ MS_NEW = Task(
     name="ms-new",
     title="New multiple-sclerosis lesions (MSSEG-2)",
     description="Lesions present on the follow-up FLAIR but not on the baseline FLAIR of the same "
-                "patient; both scans must be co-registered (MSSEG-2).",
+                "patient; the baseline is registered onto the follow-up when they are misaligned (MSSEG-2).",
     inputs=(
         InputSpec("flair_baseline", "FLAIR baseline", patterns=(
             "*baseline*", "*time01*", "*time1", "*tp1*", "*before*", "*prior*"),
@@ -307,6 +309,7 @@ MS_NEW = Task(
     output_channels=("new_lesion",),
     default_model="resunet-msseg2",
     reference_input="flair_followup",
+    register_inputs=("flair_baseline",),
 )
 
 TASKS: dict[str, Task] = {t.name: t for t in (TUMOR, STROKE, MS_NEW)}

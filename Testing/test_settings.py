@@ -22,7 +22,7 @@ def test_argv_round_trips_through_the_generated_cli_options(command):
               "nmf_iters": 3, "skip_nmf": ["bridge", "decoder1"], "overlap": 0.25, "sw_batch_size": 2,
               "components": True, "component_layers": ["decoder1"], "probabilities": True, "threshold": 0.4,
               "min_lesion_mm3": 2.5, "format": "nrrd", "overview": False, "progress": "jsonl", "overwrite": True,
-              "dicom_seg": True}
+              "dicom_seg": True, "register": "never"}
     assert set(values) == set(BY_NAME)           # every option is exercised
     opts = options_from_args(_parse(command, to_argv(values)))
     for name, value in values.items():

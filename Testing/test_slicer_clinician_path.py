@@ -8,7 +8,8 @@ and Testing/slicer_standin/play_clinician_path.py plays what a clinician does:
   Segment, follows progress, checks segments (names, colours, terminology in the shipped
   .term.json, volumes against the report), browses every component layer at several slider
   positions after the temporary folder is gone, cancels a run midway (no process left, GUI idle),
-  re-runs into the same segmentation (confirmation declined, then accepted), runs
+  re-runs into the same segmentation (confirmation declined, then accepted), segments ms-new with
+  a baseline moved by 8° and 7.5 mm (registered by "Register baseline to follow-up: Automatic"), runs
   Logic.segment(waitForCompletion=True) in a loop, closes the scene, reloads the module.
 * Python 3.9 (Slicer 5.8): the module loads and registers its samples, and refuses to segment with
   a message naming the Slicer it needs (the worker needs Python 3.10+; CMake refuses Slicer < 5.10).
@@ -108,3 +109,4 @@ def test_clinician_path_from_the_install_tree(version, installed_modules, tmp_pa
     else:
         assert [run["task"] for run in result["runs"]] == ["tumor", "ms-new", "stroke"]
         assert all(run["component_views"] >= 3 for run in result["runs"])
+        assert result["ms_new_misaligned"]["quality"] == "good"   # the unregistered baseline was registered

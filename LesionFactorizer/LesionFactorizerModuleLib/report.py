@@ -100,10 +100,35 @@ def probability_channels(report: Mapping[str, Any]) -> list[str]:
     return [str(c) for c in channels if c != "background"]
 
 
+def registration_text(report: Mapping[str, Any]) -> str:
+    """What happened to the baseline (ms-new): registered, how far it was moved and how well, or
+    why not. Empty for reports without a registration entry (other tasks, older reports)."""
+    reg = report.get("registration")
+    if not isinstance(reg, Mapping):
+        return ""
+    shift = (reg.get("estimate") or {}).get("displacement_mm") or {}
+    if not reg.get("performed"):
+        if reg.get("mode") == "never":
+            return "Baseline not registered (registration off)"
+        return f"Baseline already aligned with the follow-up (residual {float(shift.get('mean', 0.0)):.1f} mm)"
+    transform = reg.get("transform") or {}
+    after = reg.get("metric_after") or {}
+    text = (f"Baseline registered to the follow-up ({transform.get('kind', 'rigid')}: "
+            f"{float(transform.get('rotation_deg', 0.0)):.1f}°, head moved {float(shift.get('mean', 0.0)):.1f} mm on "
+            f"average); quality {reg.get('quality')}")
+    if "correlation" in after:
+        text += f" (correlation {float(after['correlation']):.2f})"
+    return text
+
+
 def summary_line(report: Mapping[str, Any], task: str) -> str:
-    """Short text above the table: number of lesions (new lesions for ms-new) and warnings."""
+    """Short text above the table: number of lesions (new lesions for ms-new), the baseline's
+    registration (ms-new) and warnings."""
     count = lesion_count(report)
     parts = [f"New lesions: {count}" if task == "ms-new" else f"Lesions: {count}"]
+    registration = registration_text(report)
+    if registration:
+        parts.append(registration)
     warnings = report["warnings"]
     if warnings:
         parts.append(f"{len(warnings)} warning(s): " + "; ".join(str(w) for w in warnings[:3]))

@@ -31,6 +31,10 @@ from LesionFactorizerModuleLib.progress import WorkerEvent, parse_line
 _DEVICE_TITLES = {"auto": "Automatic (GPU if available)", "cpu": "CPU", "cuda": "GPU (CUDA)", "mps": "GPU (Apple MPS)"}
 DEVICES = settings.DEVICES
 DEVICE_CHOICES: tuple[tuple[str, str], ...] = tuple((d, _DEVICE_TITLES[d]) for d in DEVICES)
+# The ms-new "Register baseline to follow-up" selector: the --register choices with their titles.
+_REGISTER_TITLES = {"auto": "Automatic (when misaligned)", "rigid": "Rigid", "affine": "Rigid, then affine",
+                    "never": "Never (warn only)"}
+REGISTER_CHOICES: tuple[tuple[str, str], ...] = tuple((m, _REGISTER_TITLES[m]) for m in settings.REGISTER_MODES)
 _INPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
 

@@ -53,6 +53,7 @@ class SegmentOptions:
     min_lesion_mm3: float | None = None
     format: str = "nii.gz"
     dicom_seg: bool = False
+    register: str = "auto"
     overwrite: bool = False
     overview: bool = True
 
@@ -70,6 +71,7 @@ class Case:
 
     inputs: list[InputImage]
     reference: InputImage
+    registration: dict | None = None   # report.json["registration"] (pipeline/registration.py)
 
 
 @dataclass
@@ -238,6 +240,8 @@ class Segmenter:
         }
         if components_note:
             report["components_note"] = components_note
+        if case.registration is not None:
+            report["registration"] = case.registration
         return self.write(out, case, prep, prediction, seg, report, warnings, timings, t_start, progress)
 
     def check_inputs(self, given: dict[str, str], warnings: list[str]) -> None:
@@ -261,13 +265,15 @@ class Segmenter:
 
     def read(self, given: dict[str, str], warnings: list[str]) -> Case:
         from LesionFactorizerLib.pipeline.io import align_to_reference, load_inputs
+        from LesionFactorizerLib.pipeline.registration import register_inputs
 
         order = list(self.spec.inputs)
         inputs = load_inputs({n: given[n] for n in order}, order, warnings)
         ref_name = self.task.reference if self.task.reference in order else order[0]
         reference = next(i for i in inputs if i.name == ref_name)
-        align_to_reference(inputs, reference, warnings)
-        return Case(inputs, reference)
+        registration, registered = register_inputs(inputs, reference, self.task, self.opts.register, warnings)
+        align_to_reference([i for i in inputs if i.name not in registered], reference, warnings)
+        return Case(inputs, reference, registration)
 
     def prepare_models(self, warnings: list[str]) -> str | None:
         """Load the networks (first case only), apply the NMF settings, check the component

@@ -20,6 +20,8 @@ from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET, SPE
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FORMATS = ("nii.gz", "nii", "nrrd", "mha", "seg.nrrd")   # keys of pipeline.io.IMAGE_FORMATS (a test checks)
 PROGRESS = ("bar", "jsonl", "none")
+# ms-new: register the baseline onto the follow-up (pipeline/registration.py says how)
+REGISTER_MODES = ("auto", "rigid", "affine", "never")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option("probabilities", "--probabilities", "also write probability maps", default=False),
     Option("threshold", "--threshold", "probability threshold (default: task/model)", float),
     Option("min_lesion_mm3", "--min-lesion-mm3", "remove smaller lesions (default: task; ms-new 3)", float),
+    Option("register", "--register", "ms-new: put the baseline FLAIR on the follow-up. auto checks the pair and "
+           "registers it rigidly when misaligned; rigid / affine always register; never only warns when the pair "
+           "looks misaligned", str, "auto", REGISTER_MODES),
     Option("format", "--format", "image format of the outputs; seg.nrrd: Slicer's segmentation file (segment names, "
            "colours, terminology; needs slicerio), probability maps then as .nrrd", str, "nii.gz", FORMATS),
     Option("dicom_seg", "--dicom-seg", "also write segmentation.dcm, a DICOM Segmentation object referencing the "
@@ -124,7 +129,7 @@ def to_argv(values: Mapping[str, Any]) -> List[str]:
 def check(values: Mapping[str, Any]) -> Dict[str, Any]:
     """The one check of a run's settings; returns the speed settings in effect (the preset with
     the given tta / nmf_iters / skip_nmf / overlap on top). Raises :class:`UserError`."""
-    for name in ("device", "preset", "format", "progress"):
+    for name in ("device", "preset", "format", "progress", "register"):
         value = values.get(name)
         if value is not None and value not in BY_NAME[name].choices:
             raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(BY_NAME[name].choices)}")
@@ -144,6 +149,13 @@ def check(values: Mapping[str, Any]) -> Dict[str, Any]:
     threshold = values.get("threshold")
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise UserError(f"--threshold is a probability between 0 and 1 (exclusive), not {threshold}")
+    register, task = values.get("register"), values.get("task")
+    if register in ("rigid", "affine") and task:
+        from LesionFactorizerLib.tasks import get_task
+
+        if not get_task(task).register_inputs:
+            raise UserError(f"--register {register}: task {task!r} has no inputs from another session to register "
+                            "(only ms-new registers its baseline onto the follow-up); leave --register at auto")
     min_mm3 = values.get("min_lesion_mm3")
     if min_mm3 is not None and min_mm3 < 0:
         raise UserError(f"--min-lesion-mm3 must be 0 or more, not {min_mm3}")

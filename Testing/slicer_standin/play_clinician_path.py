@@ -120,6 +120,9 @@ def play(args, widget, result, started):
         run["component_views"] = browse_components(widget)
         run["panel"] = panel_state(widget)
         result["runs"].append(run)
+        assert ui.registerComboBox.isVisible() == bool(task.register_inputs), f"{task_name}: register option shown?"
+        if task_name == "ms-new":
+            result["ms_new_misaligned"] = register_misaligned_baseline(widget, by_input)
 
     result["cancel"] = cancel_midway(widget)
     result["rerun"] = rerun_into_same_segmentation(widget, *segmentations["stroke"])
@@ -175,6 +178,38 @@ def click_segment_and_follow(widget, task_name):
     assert ui.statusLabel.text.startswith("Done"), f"{task_name}: {ui.statusLabel.text}\n{ui.logTextEdit.toPlainText()}"
     assert seen == sorted(seen) and seen[-1] == 100 and len(seen) >= 3, f"progress went {seen}"
     return {"task": task_name, "seconds": round(time.monotonic() - started, 1), "progress_values": len(seen)}
+
+
+def register_misaligned_baseline(widget, by_input):
+    """A follow-up pair straight from the scanner: the baseline moved by 8° and 7.5 mm (RAS, about
+    its centre). With "Register baseline to follow-up" on Automatic the module registers it, and
+    the results say so."""
+    import slicer
+
+    ui = widget.ui
+    baseline = by_input["flair_baseline"]
+    ijk_to_ras = harness.volume_geometry(baseline)
+    centre = ijk_to_ras @ np.append((np.array(slicer.util.arrayFromVolume(baseline).shape[::-1]) - 1) / 2.0, 1.0)
+    axis = np.array([1.0, 0.4, -0.2]) / np.linalg.norm([1.0, 0.4, -0.2])
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    angle = np.deg2rad(8.0)
+    motion = np.eye(4)
+    motion[:3, :3] = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
+    motion[:3, 3] = centre[:3] - motion[:3, :3] @ centre[:3] + np.array([-5.0, 4.0, 4.0])
+    moved = slicer.util.addVolumeFromArray(slicer.util.arrayFromVolume(baseline).copy(), ijkToRAS=motion @ ijk_to_ras,
+                                           name="ms-new_flair_baseline unregistered")
+    slicer.app.processEvents()
+    widget.inputSelectors[0].setCurrentNode(moved)
+    ui.registerComboBox.setCurrentIndex(ui.registerComboBox.findData("auto"))
+    run = click_segment_and_follow(widget, "ms-new (unregistered baseline)")
+    registration = widget._result.report["registration"]
+    assert registration["performed"] and registration["quality"] == "good", registration
+    assert abs(registration["transform"]["rotation_deg"] - 8.0) < 1.5, registration["transform"]
+    summary = ui.resultsSummaryLabel.text
+    assert "Baseline registered to the follow-up" in summary and "quality good" in summary, summary
+    run.update(rotation_deg=registration["transform"]["rotation_deg"], quality=registration["quality"],
+               displacement_mm=registration["estimate"]["displacement_mm"], summary=summary)
+    return run
 
 
 def check_segments(widget, task, context, terminology):
