@@ -2,7 +2,7 @@
 
 The worker's final ``done`` event lists its outputs by key with absolute paths
 (``LesionFactorizerLib.pipeline.segment.segment_case``): segmentation, report, lesions and, when
-asked for, components (+ components_index), probabilities, overview, plus ``dir``. Only that is
+asked for, components (+ components_index), probabilities, uncertainty, overview, plus ``dir``. Only that is
 accepted; a missing required output or a listed file that does not exist is an error, so a broken
 run is reported instead of half-imported.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 _REQUIRED = ("segmentation", "report")
-_OPTIONAL = ("components", "components_index", "probabilities", "overview", "lesions", "dir")
+_OPTIONAL = ("components", "components_index", "probabilities", "uncertainty", "overview", "lesions", "dir")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class OutputFiles:
     probabilities: Path | None
     overview: Path | None
     lesions_csv: Path | None
+    uncertainty: Path | None = None
 
 
 def find_outputs(folder: str | os.PathLike, outputs: Mapping[str, Any]) -> OutputFiles:
@@ -52,4 +53,4 @@ def find_outputs(folder: str | os.PathLike, outputs: Mapping[str, Any]) -> Outpu
         paths[key] = path
     return OutputFiles(folder=folder, segmentation=paths["segmentation"], report=paths["report"],
                        components=paths["components"], probabilities=paths["probabilities"],
-                       overview=paths["overview"], lesions_csv=paths["lesions"])
+                       overview=paths["overview"], lesions_csv=paths["lesions"], uncertainty=paths["uncertainty"])
