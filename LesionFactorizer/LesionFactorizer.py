@@ -15,6 +15,7 @@ segment ...`, which reports progress as JSON lines.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -53,6 +54,7 @@ from LesionFactorizerModuleLib import components as componentsLib  # noqa: E402
 from LesionFactorizerModuleLib import dependencies as dependenciesLib  # noqa: E402
 from LesionFactorizerModuleLib import inputs as inputsLib  # noqa: E402
 from LesionFactorizerModuleLib import models as modelsLib  # noqa: E402
+from LesionFactorizerModuleLib import navigator as navigatorLib  # noqa: E402
 from LesionFactorizerModuleLib import report as reportLib  # noqa: E402
 from LesionFactorizerModuleLib import samples as samplesLib  # noqa: E402
 from LesionFactorizerModuleLib import terminology as terminologyLib  # noqa: E402
@@ -195,6 +197,11 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.componentSlider.valueChanged.connect(self.onComponentDisplayChanged)
         self.ui.componentOpacitySlider.valueChanged.connect(self.onComponentDisplayChanged)
         self.ui.componentColorTableSelector.currentNodeChanged.connect(lambda node: self.onComponentDisplayChanged())
+        self.ui.lesionTableWidget.cellClicked.connect(self.onLesionClicked)
+        self.ui.previousLesionButton.clicked.connect(lambda: self.onStepLesion(-1))
+        self.ui.nextLesionButton.clicked.connect(lambda: self.onStepLesion(+1))
+        self.ui.rejectLesionButton.clicked.connect(self.onRejectLesion)
+        self.ui.confidenceThresholdSlider.valueChanged.connect(self.onConfidenceThresholdChanged)
 
         inferno = slicer.mrmlScene.GetFirstNodeByName("Inferno")  # perceptually uniform, reads well over grey
         if inferno is not None:
@@ -230,6 +237,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         values = {"task": self.task.name, "model": self.ui.modelComboBox.currentData or "",
                   "preset": self.ui.presetComboBox.currentText, "device": self.ui.deviceComboBox.currentData,
                   "components": self.ui.componentsCheckBox.checked, "probabilities": self.ui.probabilitiesCheckBox.checked,
+                  "uncertainty": self.ui.uncertaintyCheckBox.checked,
                   "tta": self.ui.ttaCheckBox.checked, "nmfIterations": self.ui.nmfIterationsSpinBox.value,
                   "skipNmf": ",".join(skip)}
         for name, value in values.items():
@@ -254,7 +262,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.setCurrentIndex(max(model, 0))
         self.ui.presetComboBox.setCurrentText(node.GetParameter("preset"))
         self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(node.GetParameter("device")), 0))
-        for name in ("components", "probabilities", "tta"):
+        for name in ("components", "probabilities", "uncertainty", "tta"):
             getattr(self.ui, f"{name}CheckBox").checked = node.GetParameter(name) == "True"
         self.ui.nmfIterationsSpinBox.value = int(node.GetParameter("nmfIterations") or 0)
         skip = set(filter(None, node.GetParameter("skipNmf").split(",")))
@@ -452,6 +460,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 outputSegmentation=output, preset=self.ui.presetComboBox.currentText,
                 device=self.ui.deviceComboBox.currentData, components=self.ui.componentsCheckBox.checked,
                 probabilities=self.ui.probabilitiesCheckBox.checked, tta=self.ui.ttaCheckBox.checked,
+                uncertainty=self.ui.uncertaintyCheckBox.checked,
                 nmfIterations=self.ui.nmfIterationsSpinBox.value or None, skipNmfLayers=skip,
                 overwrite=overwrite, waitForCompletion=False,
                 progressCallback=self.onProgress, completedCallback=self.onCompleted)
@@ -505,6 +514,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsSummaryLabel.text = ""
         self.ui.componentsCollapsibleButton.enabled = False
         self.ui.componentLayerComboBox.clear()
+        self._showLesionTable()
 
     def showResults(self, result: "SegmentationResult"):
         self._result = result
@@ -518,6 +528,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for c, text in enumerate(row.cells()):
                 table.setItem(r, c, qt.QTableWidgetItem(text))
         self.ui.resultsSummaryLabel.text = reportLib.summary_line(result.report, result.task)
+        self._startLesionNavigator(result)
         # Maps stay hidden until the user browses them: fill the browser without showing anything.
         combo = self.ui.componentLayerComboBox
         wasBlocked = combo.blockSignals(True)
@@ -531,6 +542,87 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.componentsCollapsibleButton.enabled = bool(result.componentLayers)
         if not result.componentLayers and result.message:
             self.ui.resultsSummaryLabel.text += " " + result.message
+
+    # ---- lesion navigator (decisions in LesionFactorizerModuleLib/navigator.py)
+
+    def _navigator(self):
+        return self._result.navigator if self._result is not None else None
+
+    def _startLesionNavigator(self, result):
+        try:
+            self.logic.startLesionNavigator(result)
+        except ValueError as exc:  # a report without the lesion table the navigator needs
+            result.navigator = None
+            self.ui.resultsSummaryLabel.text += " " + _("Lesion navigator unavailable: {error}").format(error=exc)
+        slider = self.ui.confidenceThresholdSlider
+        wasBlocked = slider.blockSignals(True)
+        slider.value = 0.0
+        slider.blockSignals(wasBlocked)
+        self._showLesionTable()
+
+    def _showLesionTable(self):
+        nav = self._navigator()
+        table = self.ui.lesionTableWidget
+        table.setColumnCount(len(navigatorLib.LESION_HEADERS))
+        table.setHorizontalHeaderLabels(navigatorLib.LESION_HEADERS)
+        listed = nav.listed() if nav is not None else []
+        self._lesionRows = [lesion.id for lesion in listed]
+        table.setRowCount(len(listed))
+        for r, lesion in enumerate(listed):
+            cells = lesion.cells()
+            if nav.is_hidden(lesion):
+                cells[2] += _(" (hidden)")
+            for c, text in enumerate(cells):
+                item = qt.QTableWidgetItem(text)
+                item.setToolTip(lesion.tooltip())
+                table.setItem(r, c, item)
+        if nav is not None and nav.current in self._lesionRows:
+            table.selectRow(self._lesionRows.index(nav.current))
+        for button in (self.ui.previousLesionButton, self.ui.nextLesionButton, self.ui.rejectLesionButton):
+            button.enabled = bool(listed)
+        self.ui.confidenceThresholdSlider.enabled = bool(listed)
+
+    def _goToLesion(self, lesion):
+        if lesion is None:
+            self.ui.statusLabel.text = _("No lesion is shown at this confidence threshold.")
+        else:
+            self.logic.jumpToLesion(lesion)
+            self.ui.statusLabel.text = _("Lesion {id}: {volume:.2f} mL, {location}.").format(
+                id=lesion.id, volume=lesion.volume_ml, location=lesion.location())
+        self._showLesionTable()
+
+    def onLesionClicked(self, row, column=0):
+        if self._navigator() is None or not 0 <= row < len(self._lesionRows):
+            return
+        self._goToLesion(self._navigator().select(self._lesionRows[row]))
+
+    def onStepLesion(self, delta):
+        if self._navigator() is not None:
+            self._goToLesion(self._navigator().step(delta))
+
+    def onConfidenceThresholdChanged(self, value):
+        if self._navigator() is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not hide the lesions."), waitCursor=True):
+            self.logic.setLesionConfidenceThreshold(self._result, float(value))
+        self._showLesionTable()
+
+    def onRejectLesion(self):
+        nav = self._navigator()
+        if nav is None or nav.current is None:
+            self.ui.statusLabel.text = _("Choose a lesion first (click its row or use Next lesion).")
+            return
+        lesion = nav.by_id(nav.current)
+        if not slicer.util.confirmOkCancelDisplay(
+                _("Reject lesion {id} ({volume:.2f} mL, {location})? Its voxels are removed from the segmentation "
+                  "and report.json records the change.").format(id=lesion.id, volume=lesion.volume_ml,
+                                                                location=lesion.location())):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not reject the lesion."), waitCursor=True):
+            self.logic.rejectLesion(self._result, lesion.id)
+            self.ui.statusLabel.text = _("Lesion {id} rejected; recorded in {path}.").format(
+                id=lesion.id, path=self._result.reportPath)
+        self._showLesionTable()
 
     def _configureComponentSlider(self):
         layer = self._currentLayer()
@@ -580,6 +672,9 @@ class SegmentationResult:
     mapsFolderItem: int = 0  # subject hierarchy folder for maps, created when the first map is placed
     probabilityVolumeNodes: list = field(default_factory=list)
     referenceVolumeNode: Any = None
+    uncertaintyVolumeNode: Any = None
+    reportPath: str = ""  # report.json the reader's changes are written back to
+    navigator: Any = None  # navigatorLib.LesionNavigator, made when the results are shown
     log: list = field(default_factory=list)
     elapsedSeconds: float = 0.0
 
@@ -750,7 +845,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, inputs, task="tumor", model=None, outputSegmentation=None, preset=DEFAULT_SPEED_PRESET,
                 device="auto", components=True, probabilities=False, tta=False, nmfIterations=None,
-                skipNmfLayers=(), overwrite=False, waitForCompletion=True,
+                skipNmfLayers=(), overwrite=False, waitForCompletion=True, uncertainty=False,
                 progressCallback: Callable[[WorkerEvent], None] | None = None,
                 completedCallback: Callable[[SegmentationResult], None] | None = None):
         """Segment volume nodes.
@@ -793,7 +888,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
             request = workerLib.SegmentRequest(
                 task=task, inputs=inputFiles, output_dir=tempDir / "output", models=self._modelList(model),
                 device=device, preset=preset, components=components, probabilities=probabilities, tta=tta,
-                nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overview=False)
+                nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overview=False, uncertainty=uncertainty)
             process = self._launch(request)
             job = _Job(process, tempDir,
                        finish=lambda job: self._finishJob(job, taskDef, nodes, outputSegmentation),
@@ -825,7 +920,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
 
     def segmentFiles(self, inputs, outputFolder, task="tumor", model=None, preset=DEFAULT_SPEED_PRESET, device="auto",
                      components=True, probabilities=False, tta=False, nmfIterations=None, skipNmfLayers=(),
-                     overwrite=False, overview=False, progressCallback=None) -> dict:
+                     overwrite=False, overview=False, progressCallback=None, uncertainty=False) -> dict:
         """Segment files on disk without touching the scene (batch over folders).
 
         inputs: {input name: file path}, or a case folder whose files are matched to the task's
@@ -839,7 +934,8 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         request = workerLib.SegmentRequest(
             task=task, inputs=inputs, output_dir=outputFolder, models=self._modelList(model), device=device,
             preset=preset, components=components, probabilities=probabilities, tta=tta,
-            nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overwrite=overwrite, overview=overview)
+            nmf_iters=nmfIterations, skip_nmf=list(skipNmfLayers), overwrite=overwrite, overview=overview,
+            uncertainty=uncertainty)
         process = self._launch(request)
         try:
             result = process.wait(callback=progressCallback, idle=slicer.app.processEvents)
@@ -915,6 +1011,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         reference = nodes[taskDef.reference] if taskDef.reference in nodes else next(iter(nodes.values()))
         result.referenceVolumeNode = reference
         result.report = reportLib.read_report(files.report)
+        result.reportPath = str(self._keepReport(files.report))
         result.segmentationNode = self.importSegmentation(files.segmentation, taskDef, reference,
                                                           outputSegmentation)
         self._placeSegmentation(reference, result.segmentationNode)
@@ -928,7 +1025,69 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                                                       name=f"{reference.GetName()} probability {name}")
                 self._placeInFolder(result, node, "probability")
                 result.probabilityVolumeNodes.append(node)
+        if files.uncertainty is not None:
+            array, ijkToRAS = componentsLib.read_stack(files.uncertainty)
+            node = slicer.util.addVolumeFromArray(array[0], ijkToRAS=ijkToRAS,
+                                                  name=f"{reference.GetName()} uncertainty")
+            self._placeInFolder(result, node, "uncertainty")
+            result.uncertaintyVolumeNode = node
         return result
+
+    def _keepReport(self, path: Path) -> Path:
+        """report.json where the reader's changes (rejected lesions) are written back: the output
+        folder when temporary files are kept, else a copy that lives until the scene is closed
+        (the changes are also kept on the segmentation node, which is saved with the scene)."""
+        if self.keepTemporaryFiles:
+            return Path(path)
+        keep = Path(slicer.util.tempDirectory("LesionFactorizerReports"))
+        self._componentFolders.append(keep)
+        return Path(shutil.copy2(str(path), str(keep / "report.json")))
+
+    # ---- lesion navigator
+
+    def startLesionNavigator(self, result: SegmentationResult):
+        """The navigator over the segmentation as it is now (segments → one label array)."""
+        result.navigator = navigatorLib.LesionNavigator(result.report, self._lesionLabels(result))
+        return result.navigator
+
+    def _segmentIds(self, result: SegmentationResult) -> dict:
+        segmentation = result.segmentationNode.GetSegmentation()
+        return {spec.value: segmentation.GetSegmentIdBySegmentName(spec.name)
+                for spec in resultsLib.segment_specs(get_task(result.task))}
+
+    def _lesionLabels(self, result: SegmentationResult):
+        masks = [(value, slicer.util.arrayFromSegmentBinaryLabelmap(result.segmentationNode, segmentId,
+                                                                    result.referenceVolumeNode))
+                 for value, segmentId in self._segmentIds(result).items() if segmentId]
+        return navigatorLib.labels_from_masks(masks)
+
+    def _updateSegments(self, result: SegmentationResult, values):
+        """Copy the navigator's labels of these label values back into their segments."""
+        ids = self._segmentIds(result)
+        labels = result.navigator.labels
+        for value in values:
+            if ids.get(value):
+                slicer.util.updateSegmentBinaryLabelmapFromArray((labels == value).astype(np.uint8),
+                                                                 result.segmentationNode, ids[value],
+                                                                 result.referenceVolumeNode)
+
+    @staticmethod
+    def jumpToLesion(lesion):
+        """Centre every slice view on the lesion's centroid (RAS)."""
+        slicer.modules.markups.logic().JumpSlicesToLocation(*lesion.centroid_ras, True)
+
+    def setLesionConfidenceThreshold(self, result: SegmentationResult, threshold: float):
+        """Hide lesions under ``threshold`` from the segmentation (kept, not deleted)."""
+        self._updateSegments(result, result.navigator.set_threshold(threshold))
+
+    def rejectLesion(self, result: SegmentationResult, lesionId: int, reader=None) -> dict:
+        """Remove a lesion's voxels and record the reader's change in report.json and on the node."""
+        values, change = result.navigator.reject(lesionId, reader)
+        self._updateSegments(result, values)
+        navigatorLib.write_report(result.reportPath, result.report)
+        result.segmentationNode.SetAttribute("LesionFactorizer.ReaderChanges",
+                                             json.dumps(result.report["reader_changes"]))
+        return change
 
     def _keepComponents(self, folder: Path) -> Path:
         """Move the component maps out of the job's temporary folder, which is removed right after

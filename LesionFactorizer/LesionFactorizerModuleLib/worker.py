@@ -47,6 +47,7 @@ class SegmentRequest:
     preset: str | None = "balanced"
     components: bool = False
     probabilities: bool = False
+    uncertainty: bool = False  # uncertainty.<ext>: voxel-wise predictive entropy
     tta: bool = False
     nmf_iters: int | None = None
     skip_nmf: Sequence[str] = ()
@@ -73,6 +74,7 @@ class SegmentRequest:
         """The request as segment settings (option name → value; None: not requested)."""
         return {"task": self.task, "models": [os.fspath(m) for m in self.models], "device": self.device,
                 "preset": self.preset, "components": self.components, "probabilities": self.probabilities,
+                "uncertainty": self.uncertainty,
                 "tta": True if self.tta else None, "nmf_iters": self.nmf_iters, "skip_nmf": list(self.skip_nmf) or None,
                 "format": self.format, "overview": self.overview, "progress": "jsonl", "overwrite": self.overwrite}
 
