@@ -155,6 +155,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._result = None  # the run the results table and component browser show
         self._updating = False
         self._assignPending = False
+        self._lesionRows: list = []  # lesion id per row of the lesion table
 
     # ---- setup
 
@@ -208,7 +209,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.componentColorTableSelector.setCurrentNode(inferno)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartSaveEvent, self._saveState)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartSaveEvent, self._onSceneSaving)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._restoreState)
         self.onTaskChanged()
         self._resetResults()
@@ -245,6 +246,11 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name, inputNode in inputs.items():
             node.SetNodeReferenceID(f"input:{name}", inputNode.GetID() if inputNode else None)
         node.SetNodeReferenceID("outputSegmentation", self.ui.outputSegmentationSelector.currentNodeID or None)
+
+    def _onSceneSaving(self, *args):
+        # Hiding low-confidence lesions is a view, not an edit: save the segmentation whole.
+        self.ui.confidenceThresholdSlider.value = 0.0
+        self._saveState()
 
     def _restoreState(self, *args):
         """The GUI as the parameter node describes it (a reopened scene); nothing if it is new."""
@@ -342,6 +348,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _assignAfterLoading(self):
         self._assignPending = False
+        self._lesionRows: list = []  # lesion id per row of the lesion table
         if self._job is None:
             self.autoAssignInputs(keepCurrent=True)
 
@@ -509,6 +516,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---- results and component browser
 
     def _resetResults(self):
+        self._releaseNavigator()
         self._result = None
         self.ui.resultsTableWidget.setRowCount(0)
         self.ui.resultsSummaryLabel.text = ""
@@ -547,6 +555,17 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _navigator(self):
         return self._result.navigator if self._result is not None else None
+
+    def _releaseNavigator(self):
+        """Put hidden lesions back into the segmentation before its result is let go."""
+        nav = self._navigator()
+        node = self._result.segmentationNode if self._result is not None else None
+        if nav is None or not nav.threshold or node is None or node.GetScene() is None:
+            return
+        try:
+            self.logic.setLesionConfidenceThreshold(self._result, 0.0)
+        except Exception:  # the node is being removed with its scene: nothing left to restore
+            logging.exception("LesionFactorizer: hidden lesions could not be restored")
 
     def _startLesionNavigator(self, result):
         try:

@@ -223,6 +223,8 @@ def navigate_lesions(widget, task, reject):
     """The lesion table: one row per reported lesion; a click centres the slice views on it, next /
     previous walk the list, the confidence slider hides lesions from the overlay and brings them
     back, and (stroke) rejecting one removes its voxels and records the change in report.json."""
+    import slicer
+
     ui = widget.ui
     report = widget._result.report
     table = ui.lesionTableWidget
@@ -254,6 +256,9 @@ def navigate_lesions(widget, task, reject):
     assert len(jumps) == before and "No lesion" in ui.statusLabel.text
     ui.confidenceThresholdSlider.value = 0.0
     assert _lesion_voxels(widget, task) == shown, "hidden lesions did not come back"
+    ui.confidenceThresholdSlider.value = 1.0
+    slicer.mrmlScene.Commit()   # File > Save: hiding is a view, the segmentation is saved whole
+    assert ui.confidenceThresholdSlider.value == 0.0 and _lesion_voxels(widget, task) == shown
     out = {"count": len(lesions), "jumps": len(jumps), "voxels": shown}
     if reject:
         table.cellClicked.emit(0, 0)

@@ -336,6 +336,7 @@ class vtkMRMLScene(vtk.vtkObject):
             self._nodes.remove(node)
             self._shNode._removeNode(node)
             self.InvokeEvent(self.NodeRemovedEvent, node)
+            node._scene = None  # as vtkMRMLScene::RemoveNode leaves it: a node outside any scene
 
     def GetNodeByID(self, nodeID):
         return next((n for n in self._nodes if n.GetID() == nodeID), None)
