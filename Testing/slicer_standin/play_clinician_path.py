@@ -110,7 +110,10 @@ def play(args, widget, result, started):
             by_input = crops
         ui.presetComboBox.setCurrentText("fast")
         ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
+        ui.uncertaintyCheckBox.checked = task_name == "ms-new"   # Advanced > Uncertainty map, for one task
         run = click_segment_and_follow(widget, task_name)
+        if task_name == "ms-new":
+            run["uncertainty"] = check_uncertainty_map(widget)
         seg = widget._result.segmentationNode
         segmentations[task_name] = (seg, by_input)
         run.update(check_segments(widget, task, context, terminology))
@@ -203,6 +206,18 @@ def check_segments(widget, task, context, terminology):
     table = widget.ui.resultsTableWidget
     assert table.rowCount >= len(specs), table.rowCount
     return {"volumes_ml": volumes}
+
+
+def check_uncertainty_map(widget):
+    """The voxel-wise uncertainty arrived as a volume on the reference grid, in bits (0..1)."""
+    result = widget._result
+    node = result.uncertaintyVolumeNode
+    assert node is not None and node.GetAttribute("LesionFactorizer.Role") == "uncertainty"
+    reference = result.referenceVolumeNode
+    assert node._array.shape == reference._array.shape
+    assert np.allclose(harness.volume_geometry(node), harness.volume_geometry(reference), atol=1e-4)
+    assert 0.0 <= float(node._array.min()) and float(node._array.max()) <= 1.0
+    return round(float(node._array.max()), 3)
 
 
 def _lesion_voxels(widget, task):
