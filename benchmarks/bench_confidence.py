@@ -124,6 +124,8 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=6, help="held-out cases per task")
     parser.add_argument("--seed", type=int, default=7100, help="phantom seed (not 100: training)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threshold", type=float, help="probability threshold (default: the model's); a lower "
+                        "one makes more, weaker lesions, false positives among them")
     parser.add_argument("--no-tta", dest="tta", action="store_false", help="one pass (no pass agreement)")
     parser.add_argument("--work", help="keep cases and outputs here (default: a temporary folder)")
     parser.add_argument("--json", help="write every lesion's numbers and the summaries here")
@@ -136,13 +138,14 @@ def main() -> int:
     from LesionFactorizerLib.pipeline.segment import Segmenter, SegmentOptions
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-confidence-"))
-    everything: dict = {"seed": args.seed, "cases_per_task": args.n, "tta": args.tta, "tasks": {}}
+    everything: dict = {"seed": args.seed, "cases_per_task": args.n, "tta": args.tta, "threshold": args.threshold,
+                        "tasks": {}}
     all_rows = []
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         model = bundled_demo_model(task)
         spacing = float(read_spec(model).preprocessing.spacing[0])
         opts = SegmentOptions(inputs={}, output="", task=task, models=[str(model)], device=args.device,
-                              tta=args.tta, overview=False, overwrite=True)
+                              tta=args.tta, threshold=args.threshold, overview=False, overwrite=True)
         segmenter = Segmenter(opts)
         rows, t0 = [], time.perf_counter()
         for i in range(args.n):
