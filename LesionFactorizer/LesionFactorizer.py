@@ -55,6 +55,7 @@ from LesionFactorizerModuleLib import dependencies as dependenciesLib  # noqa: E
 from LesionFactorizerModuleLib import exports as exportsLib  # noqa: E402
 from LesionFactorizerModuleLib import inputs as inputsLib  # noqa: E402
 from LesionFactorizerModuleLib import models as modelsLib  # noqa: E402
+from LesionFactorizerModuleLib import navigator as navigatorLib  # noqa: E402
 from LesionFactorizerModuleLib import report as reportLib  # noqa: E402
 from LesionFactorizerModuleLib import samples as samplesLib  # noqa: E402
 from LesionFactorizerModuleLib import terminology as terminologyLib  # noqa: E402
@@ -156,6 +157,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._counterfactualJob = None  # a running "drop this component"
         self._updating = False
         self._assignPending = False
+        self._lesionRows: list = []  # lesion id per row of the lesion table
 
     # ---- setup
 
@@ -204,13 +206,18 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.componentOpacitySlider.valueChanged.connect(self.onComponentDisplayChanged)
         self.ui.componentColorTableSelector.currentNodeChanged.connect(lambda node: self.onComponentDisplayChanged())
         self.ui.dropComponentButton.clicked.connect(self.onDropComponent)
+        self.ui.lesionTableWidget.cellClicked.connect(self.onLesionClicked)
+        self.ui.previousLesionButton.clicked.connect(lambda: self.onStepLesion(-1))
+        self.ui.nextLesionButton.clicked.connect(lambda: self.onStepLesion(+1))
+        self.ui.rejectLesionButton.clicked.connect(self.onRejectLesion)
+        self.ui.confidenceThresholdSlider.valueChanged.connect(self.onConfidenceThresholdChanged)
 
         inferno = slicer.mrmlScene.GetFirstNodeByName("Inferno")  # perceptually uniform, reads well over grey
         if inferno is not None:
             self.ui.componentColorTableSelector.setCurrentNode(inferno)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartSaveEvent, self._saveState)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartSaveEvent, self._onSceneSaving)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._restoreState)
         self.onTaskChanged()
         self._resetResults()
@@ -239,6 +246,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         values = {"task": self.task.name, "model": self.ui.modelComboBox.currentData or "",
                   "preset": self.ui.presetComboBox.currentText, "device": self.ui.deviceComboBox.currentData,
                   "components": self.ui.componentsCheckBox.checked, "probabilities": self.ui.probabilitiesCheckBox.checked,
+                  "uncertainty": self.ui.uncertaintyCheckBox.checked,
                   "tta": self.ui.ttaCheckBox.checked, "nmfIterations": self.ui.nmfIterationsSpinBox.value,
                   "skipNmf": ",".join(skip), "saveFolder": self.ui.saveFolderPathLineEdit.currentPath,
                   "saveFormat": self.ui.saveFormatComboBox.currentData, "dicomSeg": self.ui.dicomSegCheckBox.checked,
@@ -248,6 +256,11 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name, inputNode in inputs.items():
             node.SetNodeReferenceID(f"input:{name}", inputNode.GetID() if inputNode else None)
         node.SetNodeReferenceID("outputSegmentation", self.ui.outputSegmentationSelector.currentNodeID or None)
+
+    def _onSceneSaving(self, *args):
+        # Hiding low-confidence lesions is a view, not an edit: save the segmentation whole.
+        self.ui.confidenceThresholdSlider.value = 0.0
+        self._saveState()
 
     def _restoreState(self, *args):
         """The GUI as the parameter node describes it (a reopened scene); nothing if it is new."""
@@ -266,7 +279,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.presetComboBox.setCurrentText(node.GetParameter("preset"))
         self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(node.GetParameter("device")), 0))
         self.ui.registerComboBox.setCurrentIndex(max(self.ui.registerComboBox.findData(node.GetParameter("register")), 0))
-        for name in ("components", "probabilities", "tta", "dicomSeg"):
+        for name in ("components", "probabilities", "uncertainty", "tta", "dicomSeg"):
             getattr(self.ui, f"{name}CheckBox").checked = node.GetParameter(name) == "True"
         self.ui.saveFolderPathLineEdit.currentPath = node.GetParameter("saveFolder")
         self.ui.saveFormatComboBox.setCurrentIndex(max(self.ui.saveFormatComboBox.findData(
@@ -352,6 +365,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _assignAfterLoading(self):
         self._assignPending = False
+        self._lesionRows: list = []  # lesion id per row of the lesion table
         if self._job is None:
             self.autoAssignInputs(keepCurrent=True)
 
@@ -493,6 +507,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 saveFolder=saveFolder, saveOverwrite=saveOverwrite, dicom_seg=dicomSeg,
                 **({"format": saveFormat} if saveFolder else {}),
                 register=self.ui.registerComboBox.currentData if self.task.register_inputs else "auto",
+                uncertainty=self.ui.uncertaintyCheckBox.checked,
                 progressCallback=self.onProgress, completedCallback=self.onCompleted)
         except Exception as exc:
             self._job = None
@@ -544,6 +559,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---- results and component browser
 
     def _resetResults(self):
+        self._releaseNavigator()
         self._result = None
         self.ui.resultsTableWidget.setRowCount(0)
         self.ui.resultsSummaryLabel.text = ""
@@ -551,6 +567,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.componentLayerComboBox.clear()
         self.ui.componentScoreLabel.text = ""
         self.ui.counterfactualLabel.text = ""
+        self._showLesionTable()
 
     def showResults(self, result: "SegmentationResult"):
         self._result = result
@@ -564,6 +581,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for c, text in enumerate(row.cells()):
                 table.setItem(r, c, qt.QTableWidgetItem(text))
         self.ui.resultsSummaryLabel.text = reportLib.summary_line(result.report, result.task)
+        self._startLesionNavigator(result)
         # The browser opens on the component that best explains the lesion; unranked (no lesion),
         # the maps stay hidden until the user chooses a layer.
         best = componentsLib.best_component(result.componentLayers)
@@ -587,6 +605,98 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onComponentDisplayChanged()
         if not result.componentLayers and result.message:
             self.ui.resultsSummaryLabel.text += " " + result.message
+
+    # ---- lesion navigator (decisions in LesionFactorizerModuleLib/navigator.py)
+
+    def _navigator(self):
+        return self._result.navigator if self._result is not None else None
+
+    def _releaseNavigator(self):
+        """Put hidden lesions back into the segmentation before its result is let go."""
+        nav = self._navigator()
+        node = self._result.segmentationNode if self._result is not None else None
+        if nav is None or not nav.threshold or node is None or node.GetScene() is None:
+            return
+        try:
+            self.logic.setLesionConfidenceThreshold(self._result, 0.0)
+        except Exception:  # the node is being removed with its scene: nothing left to restore
+            logging.exception("LesionFactorizer: hidden lesions could not be restored")
+
+    def _startLesionNavigator(self, result):
+        try:
+            self.logic.startLesionNavigator(result)
+        except ValueError as exc:  # a report without the lesion table the navigator needs
+            result.navigator = None
+            self.ui.resultsSummaryLabel.text += " " + _("Lesion navigator unavailable: {error}").format(error=exc)
+        slider = self.ui.confidenceThresholdSlider
+        wasBlocked = slider.blockSignals(True)
+        slider.value = 0.0
+        slider.blockSignals(wasBlocked)
+        self._showLesionTable()
+
+    def _showLesionTable(self):
+        nav = self._navigator()
+        table = self.ui.lesionTableWidget
+        table.setColumnCount(len(navigatorLib.LESION_HEADERS))
+        table.setHorizontalHeaderLabels(navigatorLib.LESION_HEADERS)
+        listed = nav.listed() if nav is not None else []
+        self._lesionRows = [lesion.id for lesion in listed]
+        table.setRowCount(len(listed))
+        for r, lesion in enumerate(listed):
+            cells = lesion.cells()
+            if nav.is_hidden(lesion):
+                cells[2] += _(" (hidden)")
+            for c, text in enumerate(cells):
+                item = qt.QTableWidgetItem(text)
+                item.setToolTip(lesion.tooltip())
+                table.setItem(r, c, item)
+        if nav is not None and nav.current in self._lesionRows:
+            table.selectRow(self._lesionRows.index(nav.current))
+        for button in (self.ui.previousLesionButton, self.ui.nextLesionButton, self.ui.rejectLesionButton):
+            button.enabled = bool(listed)
+        self.ui.confidenceThresholdSlider.enabled = bool(listed)
+
+    def _goToLesion(self, lesion):
+        if lesion is None:
+            self.ui.statusLabel.text = _("No lesion is shown at this confidence threshold.")
+        else:
+            self.logic.jumpToLesion(lesion)
+            self.ui.statusLabel.text = _("Lesion {id}: {volume:.2f} mL, {location}.").format(
+                id=lesion.id, volume=lesion.volume_ml, location=lesion.location())
+        self._showLesionTable()
+
+    def onLesionClicked(self, row, column=0):
+        if self._navigator() is None or not 0 <= row < len(self._lesionRows):
+            return
+        self._goToLesion(self._navigator().select(self._lesionRows[row]))
+
+    def onStepLesion(self, delta):
+        if self._navigator() is not None:
+            self._goToLesion(self._navigator().step(delta))
+
+    def onConfidenceThresholdChanged(self, value):
+        if self._navigator() is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not hide the lesions."), waitCursor=True):
+            self.logic.setLesionConfidenceThreshold(self._result, float(value))
+        self._showLesionTable()
+
+    def onRejectLesion(self):
+        nav = self._navigator()
+        if nav is None or nav.current is None:
+            self.ui.statusLabel.text = _("Choose a lesion first (click its row or use Next lesion).")
+            return
+        lesion = nav.by_id(nav.current)
+        if not slicer.util.confirmOkCancelDisplay(
+                _("Reject lesion {id} ({volume:.2f} mL, {location})? Its voxels are removed from the segmentation "
+                  "and report.json records the change.").format(id=lesion.id, volume=lesion.volume_ml,
+                                                                location=lesion.location())):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not reject the lesion."), waitCursor=True):
+            self.logic.rejectLesion(self._result, lesion.id)
+            self.ui.statusLabel.text = _("Lesion {id} rejected; recorded in {path}.").format(
+                id=lesion.id, path=self._result.reportPath)
+        self._showLesionTable()
 
     def _configureComponentSlider(self, value=0):
         layer = self._currentLayer()
@@ -666,6 +776,9 @@ class SegmentationResult:
     referenceVolumeNode: Any = None
     savedFolder: str = ""  # the folder the results were saved in (saveFolder), "" when only in the scene
     dicomSegFile: str = ""  # the DICOM SEG as stored in the DICOM database, when one was asked for
+    uncertaintyVolumeNode: Any = None
+    reportPath: str = ""  # report.json the reader's changes are written back to
+    navigator: Any = None  # navigatorLib.LesionNavigator, made when the results are shown
     log: list = field(default_factory=list)
     elapsedSeconds: float = 0.0
 
@@ -1033,6 +1146,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         reference = nodes[taskDef.reference] if taskDef.reference in nodes else next(iter(nodes.values()))
         result.referenceVolumeNode = reference
         result.report = reportLib.read_report(files.report)
+        result.reportPath = str(self._keepReport(files.report))
         result.segmentationNode = self.importSegmentation(files.segmentation, taskDef, reference,
                                                           outputSegmentation)
         self._placeSegmentation(reference, result.segmentationNode)
@@ -1048,6 +1162,12 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                                                       name=f"{reference.GetName()} probability {name}")
                 self._placeInFolder(result, node, "probability")
                 result.probabilityVolumeNodes.append(node)
+        if files.uncertainty is not None:
+            array, ijkToRAS = componentsLib.read_stack(files.uncertainty)
+            node = slicer.util.addVolumeFromArray(array[0], ijkToRAS=ijkToRAS,
+                                                  name=f"{reference.GetName()} uncertainty")
+            self._placeInFolder(result, node, "uncertainty")
+            result.uncertaintyVolumeNode = node
         if files.dicom_seg is not None:
             result.dicomSegFile = self.addToDicomDatabase(files.dicom_seg, result.report)
         return result
@@ -1068,6 +1188,62 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         if not stored:
             raise RuntimeError(f"{path} could not be added to the DICOM database")
         return stored
+
+    def _keepReport(self, path: Path) -> Path:
+        """report.json where the reader's changes (rejected lesions) are written back: the output
+        folder when temporary files are kept, else a copy that lives until the scene is closed
+        (the changes are also kept on the segmentation node, which is saved with the scene)."""
+        if self.keepTemporaryFiles:
+            return Path(path)
+        keep = Path(slicer.util.tempDirectory("LesionFactorizerReports"))
+        self._componentFolders.append(keep)
+        return Path(shutil.copy2(str(path), str(keep / "report.json")))
+
+    # ---- lesion navigator
+
+    def startLesionNavigator(self, result: SegmentationResult):
+        """The navigator over the segmentation as it is now (segments → one label array)."""
+        result.navigator = navigatorLib.LesionNavigator(result.report, self._lesionLabels(result))
+        return result.navigator
+
+    def _segmentIds(self, result: SegmentationResult) -> dict:
+        segmentation = result.segmentationNode.GetSegmentation()
+        return {spec.value: segmentation.GetSegmentIdBySegmentName(spec.name)
+                for spec in resultsLib.segment_specs(get_task(result.task))}
+
+    def _lesionLabels(self, result: SegmentationResult):
+        masks = [(value, slicer.util.arrayFromSegmentBinaryLabelmap(result.segmentationNode, segmentId,
+                                                                    result.referenceVolumeNode))
+                 for value, segmentId in self._segmentIds(result).items() if segmentId]
+        return navigatorLib.labels_from_masks(masks)
+
+    def _updateSegments(self, result: SegmentationResult, values):
+        """Copy the navigator's labels of these label values back into their segments."""
+        ids = self._segmentIds(result)
+        labels = result.navigator.labels
+        for value in values:
+            if ids.get(value):
+                slicer.util.updateSegmentBinaryLabelmapFromArray((labels == value).astype(np.uint8),
+                                                                 result.segmentationNode, ids[value],
+                                                                 result.referenceVolumeNode)
+
+    @staticmethod
+    def jumpToLesion(lesion):
+        """Centre every slice view on the lesion's centroid (RAS)."""
+        slicer.modules.markups.logic().JumpSlicesToLocation(*lesion.centroid_ras, True)
+
+    def setLesionConfidenceThreshold(self, result: SegmentationResult, threshold: float):
+        """Hide lesions under ``threshold`` from the segmentation (kept, not deleted)."""
+        self._updateSegments(result, result.navigator.set_threshold(threshold))
+
+    def rejectLesion(self, result: SegmentationResult, lesionId: int, reader=None) -> dict:
+        """Remove a lesion's voxels and record the reader's change in report.json and on the node."""
+        values, change = result.navigator.reject(lesionId, reader)
+        self._updateSegments(result, values)
+        navigatorLib.write_report(result.reportPath, result.report)
+        result.segmentationNode.SetAttribute("LesionFactorizer.ReaderChanges",
+                                             json.dumps(result.report["reader_changes"]))
+        return change
 
     def _keepComponents(self, folder: Path, copy: bool = False) -> Path:
         """Move the component maps out of the job's temporary folder, which is removed right after

@@ -2,7 +2,7 @@
 
 The worker's final ``done`` event lists its outputs by key with absolute paths
 (``LesionFactorizerLib.pipeline.segment.segment_case``): segmentation, report, lesions and, when
-asked for, components (+ components_index), probabilities, overview, dicom_seg, plus ``dir``. Only that is
+asked for, components (+ components_index), probabilities, uncertainty, overview, dicom_seg, plus ``dir``. Only that is
 accepted; a missing required output or a listed file that does not exist is an error, so a broken
 run is reported instead of half-imported.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 _REQUIRED = ("segmentation", "report")
-_OPTIONAL = ("components", "components_index", "probabilities", "overview", "lesions", "dir", "dicom_seg")
+_OPTIONAL = ("components", "components_index", "probabilities", "overview", "lesions", "dir", "dicom_seg", "uncertainty")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class OutputFiles:
     overview: Path | None
     lesions_csv: Path | None
     dicom_seg: Path | None = None  # segmentation.dcm, when the run was asked for a DICOM SEG
+    uncertainty: Path | None = None
 
 
 def find_outputs(folder: str | os.PathLike, outputs: Mapping[str, Any]) -> OutputFiles:
@@ -53,4 +54,5 @@ def find_outputs(folder: str | os.PathLike, outputs: Mapping[str, Any]) -> Outpu
         paths[key] = path
     return OutputFiles(folder=folder, segmentation=paths["segmentation"], report=paths["report"],
                        components=paths["components"], probabilities=paths["probabilities"],
-                       overview=paths["overview"], lesions_csv=paths["lesions"], dicom_seg=paths["dicom_seg"])
+                       overview=paths["overview"], lesions_csv=paths["lesions"], dicom_seg=paths["dicom_seg"],
+                       uncertainty=paths["uncertainty"])

@@ -104,6 +104,7 @@ class InferenceResult:
     threads: int = 0
     sw_batch_size: int = 1
     warnings: list[str] = field(default_factory=list)
+    votes: np.ndarray | None = None                 # (k, j, i): bit p set where pass p labelled a lesion
 
 
 def window_count(size: tuple[int, ...], roi: tuple[int, ...], interval: tuple[int, ...]) -> int:
@@ -116,7 +117,8 @@ def window_count(size: tuple[int, ...], roi: tuple[int, ...], interval: tuple[in
 def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *, overlap: float = 0.5,
                   align: int = 16, tta: bool = False, sw_batch_size: int | None = 1, device: str = "auto",
                   component_layers: list[str] | None = None, want_components: bool = False,
-                  on_window: Callable[[int, int], None] | None = None) -> InferenceResult:
+                  on_window: Callable[[int, int], None] | None = None,
+                  foreground: Callable | None = None) -> InferenceResult:
     """Mean logits of ``models`` (× TTA flips) over sliding windows on ``array`` (C, D, H, W).
 
     ``roi`` and the array's spatial size must be multiples of ``align`` (checked by the caller).
@@ -124,6 +126,9 @@ def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *,
     ``sw_batch_size=None`` chooses it from the window size and free memory (:func:`auto_sw_batch_size`).
     On the CPU, unless the user fixed the thread count, threads follow the machine's load
     (:func:`threads_for_load`) for this call.
+    ``foreground``: one pass's logits → bool map of where that pass alone labels a lesion
+    (:func:`LesionFactorizerLib.pipeline.confidence.pass_foreground`); with it and more than one
+    pass, ``votes`` records one bit per pass (pass agreement without keeping any pass's logits).
     """
     import torch
 
@@ -138,13 +143,13 @@ def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *,
     result.threads = torch.get_num_threads()
     try:
         return _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers,
-                    want_components, on_window, result)
+                    want_components, on_window, result, foreground)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers, want_components,
-         on_window, result: InferenceResult) -> InferenceResult:
+         on_window, result: InferenceResult, foreground=None) -> InferenceResult:
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -160,6 +165,7 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
     done = [0]
     x_cpu = torch.from_numpy(array).unsqueeze(0)
     acc: torch.Tensor | None = None
+    votes = _VoteBits(len(models) * len(flips)) if foreground is not None else None
 
     # MONAI stitches dict outputs in sorted-key order and shrinks its window weight map in place
     # for each lower-resolution output, so a full-resolution output after a coarse one breaks.
@@ -208,6 +214,8 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
             if flip:
                 logits = logits.flip(flip)
             acc = logits if acc is None else acc.add_(logits)
+            if votes is not None:
+                votes.add(foreground(logits), result.passes)
             result.passes += 1
             if with_components:
                 strides = dict(model.component_layers)
@@ -218,9 +226,29 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
                         result.strides[name] = strides[name]
             del out
     result.logits = (acc / result.passes)[0].numpy()
+    result.votes = votes.bits if votes is not None else None
     for model in models:
         model.to("cpu")
     return result
+
+
+class _VoteBits:
+    """One bit per pass per voxel, set where that pass labels a lesion; None when one pass (nothing
+    to agree on) or more passes than bits in a uint64."""
+
+    def __init__(self, passes: int):
+        from LesionFactorizerLib.pipeline.confidence import vote_dtype
+
+        self.dtype = vote_dtype(passes) if passes > 1 else None
+        self.bits: np.ndarray | None = None
+
+    def add(self, mask, index: int) -> None:
+        if self.dtype is None:
+            return
+        mask = mask.cpu().numpy()
+        if self.bits is None:
+            self.bits = np.zeros(mask.shape, dtype=self.dtype)
+        np.bitwise_or(self.bits, self.dtype(1 << index), out=self.bits, where=mask)
 
 
 def trained_nmf_iters(model) -> int | None:

@@ -42,9 +42,26 @@ def label_volumes(labels: np.ndarray, geometry: Geometry, task: Task) -> dict:
     return {"labels": out, "regions": regions}
 
 
-def lesion_table(labels: np.ndarray, geometry: Geometry, task: Task, lesions: Lesions) -> list[dict]:
+MIDLINE_MM = 5.0   # a lesion whose centroid is this close to the brain's mid-plane is "midline"
+
+
+def side_of(centroid_lps, center_lps) -> str:
+    """left / right / midline of a point relative to the brain centre (LPS: +x is patient left).
+    Cheap and approximate: the centre is the middle of the head's bounding box, not a fitted
+    mid-sagittal plane."""
+    dx = float(centroid_lps[0]) - float(center_lps[0])
+    if abs(dx) <= MIDLINE_MM:
+        return "midline"
+    return "left" if dx > 0 else "right"
+
+
+def lesion_table(labels: np.ndarray, geometry: Geometry, task: Task, lesions: Lesions,
+                 confidence=None, center_lps=None) -> list[dict]:
     """One row per lesion of ``lesions`` (from :func:`remove_small_lesions`), largest first:
-    volume (mL), centroid in LPS and RAS (mm), per-label volumes."""
+    volume (mL), centroid in LPS and RAS (mm), one voxel inside it (``seed_index``, so a viewer
+    can pick the lesion out of the label map), per-label volumes; with ``confidence``
+    (:class:`~LesionFactorizerLib.pipeline.confidence.ConfidenceMaps`) its confidence measures,
+    with ``center_lps`` (brain centre) its side."""
     from scipy import ndimage
 
     comp = lesions.labels
@@ -59,11 +76,17 @@ def lesion_table(labels: np.ndarray, geometry: Geometry, task: Task, lesions: Le
         centroid_index = offset + np.array([i.mean(), j.mean(), k.mean()])
         centroid = geometry.index_to_physical(centroid_index)
         voxels = int(sub.sum())
+        seed = [int(box[2].start + i[0]), int(box[1].start + j[0]), int(box[0].start + k[0])]
         row = {"id": idx, "voxels": voxels, "volume_ml": voxels * ml,
                "centroid_lps": [float(c) for c in centroid], "centroid_ras": lps_to_ras(centroid),
                "centroid_index": [float(c) for c in centroid_index],
                "bbox_index": [[int(offset[a]) for a in range(3)],
-                              [int(box[2].stop), int(box[1].stop), int(box[0].stop)]]}
+                              [int(box[2].stop), int(box[1].stop), int(box[0].stop)]],
+               "seed_index": seed}
+        if center_lps is not None:
+            row["side"] = side_of(centroid, center_lps)
+        if confidence is not None:
+            row.update(confidence.lesion(box, sub))
         if len(task.labels) > 1:
             values = labels[box][sub]
             counts = np.bincount(values, minlength=256)

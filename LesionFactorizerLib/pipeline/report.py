@@ -10,6 +10,15 @@ import numpy as np
 
 LESION_COLUMNS = ("id", "voxels", "volume_ml", "centroid_x_lps", "centroid_y_lps", "centroid_z_lps",
                   "centroid_r_ras", "centroid_a_ras", "centroid_s_ras")
+# per-lesion confidence (pipeline/confidence.py); an empty cell where a measure was not taken
+# (detected_fraction / agreement after a single pass: report.json "confidence" says why)
+CONFIDENCE_COLUMNS = ("side", "confidence", "uncertainty", "detected_fraction", "agreement")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -20,11 +29,12 @@ def write_lesions_csv(path: Path, lesions: list[dict], label_names: list[str]) -
     extra = [f"{name}_ml" for name in label_names] if lesions and "label_volume_ml" in lesions[0] else []
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow([*LESION_COLUMNS, *extra])
+        w.writerow([*LESION_COLUMNS, *extra, *CONFIDENCE_COLUMNS])
         for row in lesions:
             w.writerow([row["id"], row["voxels"], f"{row['volume_ml']:.6f}",
                         *(f"{c:.3f}" for c in row["centroid_lps"]), *(f"{c:.3f}" for c in row["centroid_ras"]),
-                        *(f"{row['label_volume_ml'][n]:.6f}" for n in label_names if extra)])
+                        *(f"{row['label_volume_ml'][n]:.6f}" for n in label_names if extra),
+                        *(_cell(row.get(c)) for c in CONFIDENCE_COLUMNS)])
 
 
 def _axial(image):

@@ -49,6 +49,7 @@ class SegmentOptions:
     components: bool = False
     component_layers: list[str] | None = None
     probabilities: bool = False
+    uncertainty: bool = False
     threshold: float | None = None
     min_lesion_mm3: float | None = None
     format: str = "nii.gz"
@@ -86,6 +87,7 @@ class Prediction:
     sw_batch_size: int
     backend: str
     threads: int | None
+    votes: np.ndarray | None = None   # bit p: pass p labelled the voxel (pipeline/confidence.py)
 
 
 @dataclass
@@ -97,6 +99,8 @@ class Segmentation:
     volumes: dict
     lesions: list[dict]
     removed: int
+    uncertainty: np.ndarray | None = None   # float32 (K, J, I) entropy in bits; None when not written
+    confidence: dict | None = None          # report.json "confidence": what the lesion measures rest on
 
 
 @dataclass
@@ -114,7 +118,7 @@ def output_claims() -> list[str]:
     # counterfactual/: derived from this run's segmentation, so a new run must not keep the old ones
     names = ["report.json", "lesions.csv", "overview.png", "components", "counterfactual", DICOM_SEG_NAME]
     for ext in IMAGE_FORMATS.values():
-        names += [f"segmentation{ext}", f"probabilities{ext}"]
+        names += [f"segmentation{ext}", f"probabilities{ext}", f"uncertainty{ext}"]
     return names
 
 
@@ -237,6 +241,7 @@ class Segmenter:
             "lesion_count": len(seg.lesions),
             "removed_small_lesions": seg.removed,
             "lesions": seg.lesions,
+            "confidence": seg.confidence,
         }
         if components_note:
             report["components_note"] = components_note
@@ -314,6 +319,7 @@ class Segmenter:
 
     def predict(self, prep: Prepared, roi: tuple[int, int, int], warnings: list[str],
                 progress: Progress) -> Prediction:
+        from LesionFactorizerLib.pipeline.confidence import pass_foreground
         from LesionFactorizerLib.pipeline.guards import check_finite_logits
         from LesionFactorizerLib.pipeline.inference import run_inference
 
@@ -321,7 +327,8 @@ class Segmenter:
         result = run_inference([m.model for m in self.loaded], prep.array, roi, overlap=settings["overlap"],
                                align=self.stride, tta=settings["tta"], sw_batch_size=opts.sw_batch_size,
                                device=opts.device, component_layers=opts.component_layers,
-                               want_components=self.want_components, on_window=lambda d, n: progress.update(d / n))
+                               want_components=self.want_components, on_window=lambda d, n: progress.update(d / n),
+                               foreground=pass_foreground(self.output))
         if self.want_components and settings["skip_nmf"]:
             wanted = opts.component_layers or [n for n, _ in self.component_model.component_layers]
             skipped = [n for n in wanted if n in settings["skip_nmf"]]
@@ -332,9 +339,10 @@ class Segmenter:
         check_finite_logits(result.logits, [m.name for m in self.loaded])
         prep.array = None   # the network input is no longer needed; free it before the full-size maps
         return Prediction(result.logits, result.components, result.strides, result.device, result.passes,
-                          result.sw_batch_size, result.backend, result.threads)
+                          result.sw_batch_size, result.backend, result.threads, result.votes)
 
     def postprocess(self, prep: Prepared, prediction: Prediction, case: Case) -> Segmentation:
+        from LesionFactorizerLib.pipeline.confidence import ConfidenceMaps, foreground_probability, votes_to_reference
         from LesionFactorizerLib.pipeline.postprocessing import (activate, label_volumes, lesion_table,
                                                                  remove_small_lesions)
         from LesionFactorizerLib.pipeline.preprocessing import to_reference
@@ -345,9 +353,15 @@ class Segmenter:
         labels = rule.to_labels(probs)
         geometry = case.reference.geometry
         found = remove_small_lesions(labels, geometry, float(rule.min_lesion_mm3), int(rule.connectivity))
-        lesions = lesion_table(labels, geometry, self.task, found)
+        votes = votes_to_reference(prep, prediction.votes) if prediction.votes is not None else None
+        prediction.votes = None
+        conf = ConfidenceMaps(foreground_probability(probs, rule), votes, prediction.passes)
+        box_center = np.asarray(prep.crop_start, dtype=float) + (np.asarray(prep.crop_size, dtype=float) - 1) / 2
+        lesions = lesion_table(labels, geometry, self.task, found, confidence=conf,
+                               center_lps=prep.model_grid.index_to_physical(box_center))
         return Segmentation(labels, probs if self.opts.probabilities else None,
-                            label_volumes(labels, geometry, self.task), lesions, found.removed)
+                            label_volumes(labels, geometry, self.task), lesions, found.removed,
+                            conf.entropy_map() if self.opts.uncertainty else None, conf.summary())
 
     def write(self, out: AtomicOutput, case: Case, prep: Prepared, prediction: Prediction, seg: Segmentation,
               report: dict[str, Any], warnings: list[str], timings: dict[str, float], t_start: float,
@@ -410,6 +424,13 @@ class Segmenter:
                 write_image(img, tmp / written["probabilities"])
                 del img
                 report["probability_channels"] = self.output.probability_channels   # file order
+            if seg.uncertainty is not None:
+                img = sitk.GetImageFromArray(seg.uncertainty)
+                seg.uncertainty = None
+                img.CopyInformation(case.reference.image)
+                written["uncertainty"] = f"uncertainty{ext}"
+                write_image(img, tmp / written["uncertainty"])
+                del img
             write_lesions_csv(tmp / "lesions.csv", report["lesions"], [lb.name for lb in self.task.labels])
             written["lesions"] = "lesions.csv"
             if opts.overview:

@@ -57,6 +57,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("component_layers", "--component-layers", "write only these layers' components (implies --components)",
            str, metavar="LAYER,...", listed=True),
     Option("probabilities", "--probabilities", "also write probability maps", default=False),
+    Option("uncertainty", "--uncertainty", "also write uncertainty.<ext>: voxel-wise predictive entropy (bits) "
+           "of the lesion/background decision, on the segmentation's grid", default=False),
     Option("threshold", "--threshold", "probability threshold (default: task/model)", float),
     Option("min_lesion_mm3", "--min-lesion-mm3", "remove smaller lesions (default: task; ms-new 3)", float),
     Option("register", "--register", "ms-new: put the baseline FLAIR on the follow-up. auto checks the pair and "

@@ -89,6 +89,13 @@ def slice_layers():
     return slicer.app._sliceLayers
 
 
+def slice_jumps():
+    """(RAS point, centered) of every JumpSlicesToLocation so far."""
+    import slicer
+
+    return slicer.app._sliceJumps
+
+
 def temporary_path():
     import slicer
 

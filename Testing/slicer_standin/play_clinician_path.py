@@ -110,10 +110,14 @@ def play(args, widget, result, started):
             by_input = crops
         ui.presetComboBox.setCurrentText("fast")
         ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
+        ui.uncertaintyCheckBox.checked = task_name == "ms-new"   # Advanced > Uncertainty map, for one task
         run = click_segment_and_follow(widget, task_name)
+        if task_name == "ms-new":
+            run["uncertainty"] = check_uncertainty_map(widget)
         seg = widget._result.segmentationNode
         segmentations[task_name] = (seg, by_input)
         run.update(check_segments(widget, task, context, terminology))
+        run["lesions"] = navigate_lesions(widget, task, reject=task_name == "stroke")
         assert not list((temp / MODULE).glob("*")), f"{task_name}: the job's temporary folder was left behind"
         run["opened_on"] = opened_on_best_component(widget)
         run["counterfactual"] = drop_component(widget)
@@ -299,6 +303,90 @@ def drop_component(widget):
     assert f"({delta:+.2f} mL)" in text or abs(delta) < 0.01, (text, delta)
     assert ui.dropComponentButton.enabled
     return {"seconds": seconds, "layer": layer.name, "component": component, "voxels": counts, "text": text}
+
+
+def check_uncertainty_map(widget):
+    """The voxel-wise uncertainty arrived as a volume on the reference grid, in bits (0..1)."""
+    result = widget._result
+    node = result.uncertaintyVolumeNode
+    assert node is not None and node.GetAttribute("LesionFactorizer.Role") == "uncertainty"
+    reference = result.referenceVolumeNode
+    assert node._array.shape == reference._array.shape
+    assert np.allclose(harness.volume_geometry(node), harness.volume_geometry(reference), atol=1e-4)
+    assert 0.0 <= float(node._array.min()) and float(node._array.max()) <= 1.0
+    return round(float(node._array.max()), 3)
+
+
+def _lesion_voxels(widget, task):
+    """Voxels of all the task's segments together (the overlay the reader sees)."""
+    import slicer
+
+    result = widget._result
+    segmentation = result.segmentationNode.GetSegmentation()
+    total = 0
+    for label in task.labels:
+        segment_id = segmentation.GetSegmentIdBySegmentName(label.title)
+        total += int(slicer.util.arrayFromSegmentBinaryLabelmap(result.segmentationNode, segment_id,
+                                                                result.referenceVolumeNode).sum())
+    return total
+
+
+def navigate_lesions(widget, task, reject):
+    """The lesion table: one row per reported lesion; a click centres the slice views on it, next /
+    previous walk the list, the confidence slider hides lesions from the overlay and brings them
+    back, and (stroke) rejecting one removes its voxels and records the change in report.json."""
+    import slicer
+
+    ui = widget.ui
+    report = widget._result.report
+    table = ui.lesionTableWidget
+    lesions = report["lesions"]
+    assert table.rowCount == len(lesions) == report["lesion_count"], (table.rowCount, len(lesions))
+    assert all("confidence" in lesion and "side" in lesion for lesion in lesions)
+    if not lesions:
+        assert not ui.nextLesionButton.enabled and not ui.rejectLesionButton.enabled
+        return {"count": 0}
+    for row, lesion in enumerate(lesions):
+        assert table.item(row, 0).text() == str(lesion["id"])
+        assert table.item(row, 2).text() == f"{lesion['confidence']:.2f}"
+    jumps = harness.slice_jumps()
+    last_row = len(lesions) - 1
+    table.cellClicked.emit(last_row, 0)
+    assert jumps[-1] == (tuple(lesions[last_row]["centroid_ras"]), True), jumps[-1]
+    assert table.currentRow() == last_row
+    ui.nextLesionButton.click()        # wraps around to the first (largest) lesion
+    assert jumps[-1][0] == tuple(lesions[0]["centroid_ras"]) and table.currentRow() == 0
+    ui.previousLesionButton.click()
+    assert jumps[-1][0] == tuple(lesions[last_row]["centroid_ras"])
+
+    shown = _lesion_voxels(widget, task)
+    ui.confidenceThresholdSlider.value = 1.0   # above every lesion's confidence: all leave the overlay
+    assert _lesion_voxels(widget, task) == 0
+    assert table.rowCount == len(lesions) and "hidden" in table.item(0, 2).text()
+    before = len(jumps)
+    ui.nextLesionButton.click()
+    assert len(jumps) == before and "No lesion" in ui.statusLabel.text
+    ui.confidenceThresholdSlider.value = 0.0
+    assert _lesion_voxels(widget, task) == shown, "hidden lesions did not come back"
+    ui.confidenceThresholdSlider.value = 1.0
+    slicer.mrmlScene.Commit()   # File > Save: hiding is a view, the segmentation is saved whole
+    assert ui.confidenceThresholdSlider.value == 0.0 and _lesion_voxels(widget, task) == shown
+    out = {"count": len(lesions), "jumps": len(jumps), "voxels": shown}
+    if reject:
+        table.cellClicked.emit(0, 0)
+        target = lesions[0]
+        ui.rejectLesionButton.click()
+        assert _lesion_voxels(widget, task) == shown - target["voxels"]
+        assert table.rowCount == len(lesions) - 1
+        path = Path(widget._result.reportPath)
+        written = json.loads(path.read_text(encoding="utf-8"))
+        change = written["reader_changes"][-1]
+        assert change["action"] == "reject_lesion" and change["lesion_id"] == target["id"], change
+        assert change["voxels_removed"] == target["voxels"]
+        attribute = widget._result.segmentationNode.GetAttribute("LesionFactorizer.ReaderChanges")
+        assert json.loads(attribute)[-1]["lesion_id"] == target["id"]
+        out["rejected"] = target["id"]
+    return out
 
 
 def browse_components(widget):

@@ -380,18 +380,35 @@ class QListWidget(QWidget):
 class QTableWidgetItem:
     def __init__(self, text=""):
         self._text = text
+        self._toolTip = ""
 
     def text(self):
         return self._text
 
+    def setToolTip(self, text):
+        self._toolTip = text
+
+    def toolTip(self):
+        return self._toolTip
+
 
 class QTableWidget(QWidget):
+    _signals = ("cellClicked",)
+
     def __init__(self, parent=None):
         QWidget.__init__(self, parent)
         self._cells, self._headers, self.rowCount, self.columnCount = {}, [], 0, 0
+        self._currentRow = -1
+
+    def selectRow(self, row):
+        self._currentRow = row if 0 <= row < self.rowCount else -1
+
+    def currentRow(self):
+        return self._currentRow
 
     def setRowCount(self, rows):
         self.rowCount = rows
+        self._currentRow = self._currentRow if self._currentRow < rows else -1
         self._cells = {k: v for k, v in self._cells.items() if k[0] < rows}
 
     def setColumnCount(self, columns):

@@ -29,6 +29,7 @@ class _Application(qt.QObject):
         self._dialogs = []  # (kind, text) of every message box shown
         self._dialogAnswers = []  # answers for the next confirmation boxes (default: OK)
         self._sliceLayers = {}  # what setSliceViewerLayers last showed
+        self._sliceJumps = []  # (RAS point, centered) of every JumpSlicesToLocation
 
     def connect(self, signal, slot):
         self._connections.setdefault(signal, []).append(slot)
@@ -350,6 +351,7 @@ class vtkMRMLScene(vtk.vtkObject):
             self._nodes.remove(node)
             self._shNode._removeNode(node)
             self.InvokeEvent(self.NodeRemovedEvent, node)
+            node._scene = None  # as vtkMRMLScene::RemoveNode leaves it: a node outside any scene
 
     def GetNodeByID(self, nodeID):
         return next((n for n in self._nodes if n.GetID() == nodeID), None)
@@ -488,6 +490,13 @@ class vtkSlicerTerminologiesModuleLogic(vtk.vtkObject):
         return sorted(self._contexts)
 
 
+class vtkSlicerMarkupsLogic(vtk.vtkObject):
+    """Only the slice-view jump the module uses; the jumps are recorded for the tests."""
+
+    def JumpSlicesToLocation(self, x, y, z, centered, viewGroup=-1, exclude=None):
+        app._sliceJumps.append(((float(x), float(y), float(z)), bool(centered)))
+
+
 class _LoadableModule:
     def __init__(self, logic):
         self._logic = logic
@@ -496,6 +505,7 @@ class _LoadableModule:
         return self._logic
 
 
-modules = types.SimpleNamespace(terminologies=_LoadableModule(vtkSlicerTerminologiesModuleLogic()))
+modules = types.SimpleNamespace(terminologies=_LoadableModule(vtkSlicerTerminologiesModuleLogic()),
+                                markups=_LoadableModule(vtkSlicerMarkupsLogic()))
 
 from slicer import util  # noqa: E402  (util uses the names above)
