@@ -116,14 +116,17 @@ def window_count(size: tuple[int, ...], roi: tuple[int, ...], interval: tuple[in
 def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *, overlap: float = 0.5,
                   align: int = 16, tta: bool = False, sw_batch_size: int | None = 1, device: str = "auto",
                   component_layers: list[str] | None = None, want_components: bool = False,
-                  on_window: Callable[[int, int], None] | None = None) -> InferenceResult:
+                  on_window: Callable[[int, int], None] | None = None, backend: str = "auto",
+                  on_message: Callable[[str], None] | None = None) -> InferenceResult:
     """Mean logits of ``models`` (× TTA flips) over sliding windows on ``array`` (C, D, H, W).
 
     ``roi`` and the array's spatial size must be multiples of ``align`` (checked by the caller).
     Components come from the first model that has them, on the un-flipped pass.
     ``sw_batch_size=None`` chooses it from the window size and free memory (:func:`auto_sw_batch_size`).
     On the CPU, unless the user fixed the thread count, threads follow the machine's load
-    (:func:`threads_for_load`) for this call.
+    (:func:`threads_for_load`) for this call. ``backend`` (auto/eager/compile/onnx) is how the
+    passes without components run (``pipeline.backends``); ``on_message`` hears what it is doing
+    (e.g. compiling) before it takes time.
     """
     import torch
 
@@ -137,14 +140,17 @@ def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *,
         torch.set_num_threads(threads_for_load(threads_before, os.cpu_count(), others_running()))
     result.threads = torch.get_num_threads()
     try:
+        from LesionFactorizerLib.pipeline.backends import Dispatch
+
+        runners = Dispatch(backend, sw_batch_size, on_message, result.warnings)
         return _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers,
-                    want_components, on_window, result)
+                    want_components, on_window, result, runners)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers, want_components,
-         on_window, result: InferenceResult) -> InferenceResult:
+         on_window, result: InferenceResult, runners) -> InferenceResult:
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -173,8 +179,9 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
                     logits, comps = model.forward_with_components(batch, component_layers)
                     out = {LOGITS: logits.float()}
                     out.update({f"{strides[k]:04d}:{k}": v.float() for k, v in comps.items()})
+                    runners.used_eager()   # components are captured by the eager forward only
                 else:
-                    out = {LOGITS: model(batch).float()}
+                    out = {LOGITS: runners.forward(model, batch).float()}
             done[0] += batch.shape[0]
             if on_window:
                 on_window(min(done[0], total), total)
@@ -218,6 +225,7 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
                         result.strides[name] = strides[name]
             del out
     result.logits = (acc / result.passes)[0].numpy()
+    result.backend = runners.summary()
     for model in models:
         model.to("cpu")
     return result
