@@ -203,6 +203,7 @@ def _onnx_session(model, shape: tuple[int, ...], notify: Callable[[str], None]):
             program = torch.export.export(model, (example,), strict=True)
             torch.onnx.export(program, (example,), str(tmp), dynamo=True, verbose=False, external_data=False)
         os.replace(tmp, path)
+    notify(f"running the network with ONNX Runtime ({path.name} in {folder})")
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
