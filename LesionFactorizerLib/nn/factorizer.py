@@ -169,7 +169,8 @@ class FactorizerBlock(nn.Module):
             y = nmf.factorize_low_memory(z.view(b, d, h, w, c)).reshape(-1, c)
             del z
             for sl in _chunks(out.shape[0], c):
-                out[sl].addmm_(y[sl], nmf.out_proj.weight.t())
+                dst = out[sl]  # one view as input and output: addmm accumulates in place, no copy
+                torch.addmm(dst, y[sl], nmf.out_proj.weight.t(), out=dst)
             del y
         mlp = self.mlp
         hidden = mlp.fc1.out_features
@@ -181,7 +182,8 @@ class FactorizerBlock(nn.Module):
             hid = buf[: sl.stop - sl.start]
             torch.addmm(mlp.fc1.bias, self.mlp_norm(out[sl]), mlp.fc1.weight.t(), out=hid[:, :hidden])
             torch._C._nn.gelu_(hid[:, :hidden])
-            out[sl].addmm_(hid, w2.t())
+            dst = out[sl]
+            torch.addmm(dst, hid, w2.t(), out=dst)
         return out.view(b, d, h, w, c)
 
 
