@@ -19,7 +19,7 @@ def _parse(command, argv):
 @pytest.mark.parametrize("command", ["segment", "batch"])
 def test_argv_round_trips_through_the_generated_cli_options(command):
     values = {"task": "tumor", "models": ["a", "b c"], "device": "cpu", "preset": "fast", "tta": False,
-              "nmf_iters": 3, "skip_nmf": ["bridge", "decoder1"], "overlap": 0.25, "sw_batch_size": 2,
+              "nmf_iters": 3, "skip_nmf": ["bridge", "decoder1"], "overlap": 0.25, "sw_batch_size": 2, "backend": "onnx",
               "components": True, "component_layers": ["decoder1"], "probabilities": True, "uncertainty": True,
               "threshold": 0.4,
               "min_lesion_mm3": 2.5, "format": "nrrd", "overview": False, "progress": "jsonl", "overwrite": True,
@@ -39,6 +39,7 @@ def test_output_formats_are_the_writers():
 
 @pytest.mark.parametrize("values, words", [
     ({"preset": "turbo"}, "unknown preset 'turbo'"), ({"device": "gpu"}, "unknown device"),
+    ({"backend": "tensorrt"}, "unknown backend 'tensorrt'"),
     ({"overlap": 1.0}, "--overlap must be in"), ({"nmf_iters": 0}, "--nmf-iters must be at least 1"),
     ({"skip_nmf": ["encoder9"]}, "unknown NMF layer.*--skip-nmf"), ({"sw_batch_size": 0}, "--sw-batch-size"),
     ({"component_layers": ["decoder9"]}, "unknown NMF layer.*--component-layers"),

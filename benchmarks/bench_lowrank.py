@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--before", metavar="LOWRANK_PY",
+                        help="an older nn/lowrank.py: its forward_factored is timed too (same run, same weights)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -49,29 +51,56 @@ def main() -> None:
         return lowrank(inp)
 
     runs = {"dense Res-U-Net": dense, "low-rank, dense kernels": low_kernel, "low-rank, CP factors": low_factors}
+    if args.before:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("lowrank_before", args.before)
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
+        current = LowRankConv3d.forward_factored
+
+        def low_factors_before(inp):
+            set_factored(lowrank, True)
+            LowRankConv3d.forward_factored = old.LowRankConv3d.forward_factored
+            try:
+                return lowrank(inp)
+            finally:
+                LowRankConv3d.forward_factored = current
+
+        runs["CP factors (before)"] = low_factors_before
     times = {k: [] for k in runs}
+    cpu = {k: [] for k in runs}  # process CPU seconds: the work done, whatever else runs on the machine
     outs = {}
     with torch.inference_mode():
         for fn in runs.values():
             fn(x[..., :32, :32, :32])  # warm-up
         for _ in range(args.repeats):
             for name, fn in runs.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 outs[name] = fn(x)
                 times[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
     diff = (outs["low-rank, CP factors"] - outs["low-rank, dense kernels"]).abs().max().item()
     set_factored(lowrank, False)
     flops = {"dense Res-U-Net": count_flops(dense, shape), "low-rank, dense kernels": count_flops(lowrank, shape)}
     set_factored(lowrank, True)
     flops["low-rank, CP factors"] = count_flops(lowrank, shape)
-    print(f"input {shape}, F={args.features}, {args.threads} threads, best of {args.repeats}")
-    print(f"{'network':<26} {'best s':>8} {'GFLOP':>8} {'GFLOP/s':>8}")
+    flops["CP factors (before)"] = flops["low-rank, CP factors"]
+    import os
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"input {shape}, F={args.features}, {args.threads} threads, best of {args.repeats}, load average {load:.1f}")
+    print(f"{'network':<26} {'best s':>8} {'CPU s':>7} {'GFLOP':>8} {'GFLOP/s':>8}")
     for name, ts in times.items():
-        print(f"{name:<26} {min(ts):8.2f} {flops[name] / 1e9:8.1f} {flops[name] / 1e9 / min(ts):8.1f}")
+        print(f"{name:<26} {min(ts):8.2f} {min(cpu[name]):7.2f} {flops[name] / 1e9:8.1f} {flops[name] / 1e9 / min(ts):8.1f}")
     best = min(times["low-rank, CP factors"])
     print(f"CP factors vs dense Res-U-Net: {min(times['dense Res-U-Net']) / best:.2f}x faster; "
-          f"vs its own dense kernels: {min(times['low-rank, dense kernels']) / best:.2f}x; "
+          f"vs its own dense kernels: {min(times['low-rank, dense kernels']) / best:.2f}x; in CPU s vs dense: "
+          f"{min(cpu['dense Res-U-Net']) / min(cpu['low-rank, CP factors']):.2f}x; "
           f"max |factors − dense kernels| = {diff:.2e}")
+    if args.before:
+        print(f"CP factors now vs before: {min(times['CP factors (before)']) / best:.2f}x (wall), "
+              f"{min(cpu['CP factors (before)']) / min(cpu['low-rank, CP factors']):.2f}x (CPU s)")
 
 
 if __name__ == "__main__":

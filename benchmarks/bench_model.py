@@ -5,10 +5,17 @@
 
 DynUNet is configured like nnU-Net's 3-D full-resolution network (filters 32, 64, 128, 256, 320;
 strides 1, 2, 2, 2, 2; 3³ kernels; GroupNorm with 8 groups). Both run in eval mode under
-``torch.inference_mode`` with the same threads, interleaved, and the best of ``--repeats`` runs is
+``torch.no_grad`` with the same threads, interleaved, and the best of ``--repeats`` runs is
 reported (the minimum is the least noisy estimate on a shared machine), plus the ratio. DynUNet is
 timed in its default (channels-first) layout and, as a stronger baseline, in ``channels_last_3d``.
 ``--profile`` prints where the preset's time goes, per block and per operator.
+
+``--backends eager,compile,onnx`` also times the preset through those inference backends
+(``pipeline/backends.py``; compile/export time reported separately, outputs checked against
+eager). ``--before OLD/factorizer.py`` adds the same preset and weights built from an older
+``nn/factorizer.py`` (e.g. ``git show HEAD~3:LesionFactorizerLib/nn/factorizer.py > /tmp/old.py``),
+timed in the same run: before/after as a ratio. CPU seconds (process time) are printed beside wall
+time: on a shared machine they show the work done, whatever the scheduler did.
 """
 
 from __future__ import annotations
@@ -34,10 +41,26 @@ def dynunet(in_channels: int, out_channels: int) -> torch.nn.Module:
                    norm_name=("group", {"num_groups": 8}))
 
 
-def timed(model: torch.nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
+CPU: dict[str, list[float]] = {}
+
+
+def timed(model, x: torch.Tensor, name: str = "") -> float:
+    start, cpu = time.perf_counter(), time.process_time()
     model(x)
+    CPU.setdefault(name, []).append(time.process_time() - cpu)
     return time.perf_counter() - start
+
+
+def before_model(path: str, net: torch.nn.Module) -> torch.nn.Module:
+    """``net``'s preset and weights, built by the Factorizer class of an older factorizer.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("factorizer_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    old = module.Factorizer(**net.config["kwargs"]).eval()
+    old.load_state_dict(net.state_dict())
+    return old
 
 
 def main() -> None:
@@ -47,6 +70,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--backends", default="eager", help="comma-separated: eager, compile, onnx")
+    parser.add_argument("--before", metavar="FACTORIZER_PY", help="an older nn/factorizer.py to time as well")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -58,27 +83,51 @@ def main() -> None:
     x = torch.randn(shape)
     x_cl = x.contiguous(memory_format=torch.channels_last_3d)
     candidates = {args.preset: (net, x), "DynUNet": (base, x), "DynUNet (channels_last_3d)": (base_cl, x_cl)}
+    if args.before:
+        candidates[f"{args.preset} (before)"] = (before_model(args.before, net), x)
+    diffs: dict[str, float] = {}
+    for name in [b for b in args.backends.split(",") if b and b != "eager"]:
+        from LesionFactorizerLib.pipeline import backends
+
+        why = backends.unavailable(name)
+        if why:
+            print(f"backend {name}: unavailable ({why})")
+            continue
+        start = time.perf_counter()
+        with torch.no_grad():
+            runner = backends.build(name, net, shape, notify=print)
+            diffs[name] = backends.max_difference(runner, net, x)  # first call: compiles / exports
+        print(f"backend {name}: set up in {time.perf_counter() - start:.1f} s, max |{name} - eager| = {diffs[name]:.2e}")
+        candidates[f"{args.preset} [{name}]"] = (runner, x)
 
     times: dict[str, list[float]] = {k: [] for k in candidates}
-    with torch.inference_mode():
+    with torch.no_grad():  # (not inference_mode: a compiled backend would recompile for it)
         for name, (model, inp) in candidates.items():  # warm-up: kernels, allocator
-            model(inp[..., :32, :32, :32])
+            if isinstance(model, torch.nn.Module):
+                model(inp[..., :32, :32, :32])
         for _ in range(args.repeats):
             for name, (model, inp) in candidates.items():
-                times[name].append(timed(model, inp))
+                times[name].append(timed(model, inp, name))
 
     flops = {args.preset: count_flops(net, shape), "DynUNet": count_flops(base, shape)}
     flops["DynUNet (channels_last_3d)"] = flops["DynUNet"]
-    print(f"input {tuple(shape)}, {args.threads} threads, best of {args.repeats}")
-    print(f"{'network':<28} {'best s':>8} {'median s':>9} {'GFLOP':>8} {'GFLOP/s':>8}")
+    for name in times:
+        flops.setdefault(name, flops[args.preset])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"input {tuple(shape)}, {args.threads} threads, best of {args.repeats}, load average {load:.1f}")
+    print(f"{'network':<40} {'best s':>8} {'median s':>9} {'CPU s':>7} {'GFLOP':>8} {'GFLOP/s':>8}")
     for name, ts in times.items():
         best = min(ts)
-        print(f"{name:<28} {best:8.2f} {statistics.median(ts):9.2f} {flops[name] / 1e9:8.1f} "
-              f"{flops[name] / 1e9 / best:8.1f}")
+        print(f"{name:<40} {best:8.2f} {statistics.median(ts):9.2f} {min(CPU[name]):7.2f} "
+              f"{flops[name] / 1e9:8.1f} {flops[name] / 1e9 / best:8.1f}")
     mine = min(times[args.preset])
     print(f"speed-up vs DynUNet: {min(times['DynUNet']) / mine:.2f}x; "
           f"vs DynUNet channels_last_3d: {min(times['DynUNet (channels_last_3d)']) / mine:.2f}x; "
           f"FLOP ratio {flops['DynUNet'] / flops[args.preset]:.2f}x")
+    for name in times:
+        if name.startswith(f"{args.preset} ") and name != args.preset:
+            print(f"{name}: eager is {min(times[name]) / mine:.2f}x as fast (wall), "
+                  f"{min(CPU[name]) / min(CPU[args.preset]):.2f}x (CPU s, best of each)")
     if args.profile:
         profile(net, x)
 

@@ -118,7 +118,8 @@ def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *,
                   align: int = 16, tta: bool = False, sw_batch_size: int | None = 1, device: str = "auto",
                   component_layers: list[str] | None = None, want_components: bool = False,
                   on_window: Callable[[int, int], None] | None = None,
-                  foreground: Callable | None = None) -> InferenceResult:
+                  foreground: Callable | None = None, backend: str = "auto",
+                  on_message: Callable[[str], None] | None = None) -> InferenceResult:
     """Mean logits of ``models`` (× TTA flips) over sliding windows on ``array`` (C, D, H, W).
 
     ``roi`` and the array's spatial size must be multiples of ``align`` (checked by the caller).
@@ -129,6 +130,9 @@ def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *,
     ``foreground``: one pass's logits → bool map of where that pass alone labels a lesion
     (:func:`LesionFactorizerLib.pipeline.confidence.pass_foreground`); with it and more than one
     pass, ``votes`` records one bit per pass (pass agreement without keeping any pass's logits).
+    ``backend`` (auto/eager/compile/onnx) is how the
+    passes without components run (``pipeline.backends``); ``on_message`` hears what it is doing
+    (e.g. compiling) before it takes time.
     """
     import torch
 
@@ -142,14 +146,17 @@ def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *,
         torch.set_num_threads(threads_for_load(threads_before, os.cpu_count(), others_running()))
     result.threads = torch.get_num_threads()
     try:
+        from LesionFactorizerLib.pipeline.backends import Dispatch
+
+        runners = Dispatch(backend, sw_batch_size, on_message, result.warnings)
         return _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers,
-                    want_components, on_window, result, foreground)
+                    want_components, on_window, result, runners, foreground)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers, want_components,
-         on_window, result: InferenceResult, foreground=None) -> InferenceResult:
+         on_window, result: InferenceResult, runners, foreground=None) -> InferenceResult:
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -179,8 +186,9 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
                     logits, comps = model.forward_with_components(batch, component_layers)
                     out = {LOGITS: logits.float()}
                     out.update({f"{strides[k]:04d}:{k}": v.float() for k, v in comps.items()})
+                    runners.used_eager()   # components are captured by the eager forward only
                 else:
-                    out = {LOGITS: model(batch).float()}
+                    out = {LOGITS: runners.forward(model, batch).float()}
             done[0] += batch.shape[0]
             if on_window:
                 on_window(min(done[0], total), total)
@@ -227,6 +235,7 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
             del out
     result.logits = (acc / result.passes)[0].numpy()
     result.votes = votes.bits if votes is not None else None
+    result.backend = runners.summary()
     for model in models:
         model.to("cpu")
     return result

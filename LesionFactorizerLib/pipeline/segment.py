@@ -46,6 +46,7 @@ class SegmentOptions:
     skip_nmf: list[str] | None = None
     overlap: float | None = None
     sw_batch_size: int = 1
+    backend: str = "auto"
     components: bool = False
     component_layers: list[str] | None = None
     probabilities: bool = False
@@ -328,7 +329,8 @@ class Segmenter:
                                align=self.stride, tta=settings["tta"], sw_batch_size=opts.sw_batch_size,
                                device=opts.device, component_layers=opts.component_layers,
                                want_components=self.want_components, on_window=lambda d, n: progress.update(d / n),
-                               foreground=pass_foreground(self.output))
+                               foreground=pass_foreground(self.output),
+                               backend=opts.backend, on_message=lambda m: progress.update(0.0, m, force=True))
         if self.want_components and settings["skip_nmf"]:
             wanted = opts.component_layers or [n for n, _ in self.component_model.component_layers]
             skipped = [n for n in wanted if n in settings["skip_nmf"]]

@@ -22,6 +22,7 @@ FORMATS = ("nii.gz", "nii", "nrrd", "mha", "seg.nrrd")   # keys of pipeline.io.I
 PROGRESS = ("bar", "jsonl", "none")
 # ms-new: register the baseline onto the follow-up (pipeline/registration.py says how)
 REGISTER_MODES = ("auto", "rigid", "affine", "never")
+BACKENDS = ("auto", "eager", "compile", "onnx")   # pipeline.backends runs them
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ OPTIONS: Tuple[Option, ...] = (
            metavar="LAYER,...", listed=True),
     Option("overlap", "--overlap", "sliding-window overlap (default from --preset, 0.5)", float),
     Option("sw_batch_size", "--sw-batch-size", "windows per forward pass", int, 1, metavar="N"),
+    Option("backend", "--backend", "how the network runs: auto (the backend measured fastest on this machine, "
+           "else eager), eager (PyTorch), compile (torch.compile; first run compiles, then cached) or onnx "
+           "(ONNX Runtime, needs the export extra)", str, "auto", BACKENDS),
     Option("components", "--components", "write NMF component maps (Factorizer models)", default=False),
     Option("component_layers", "--component-layers", "write only these layers' components (implies --components)",
            str, metavar="LAYER,...", listed=True),
@@ -131,7 +135,7 @@ def to_argv(values: Mapping[str, Any]) -> List[str]:
 def check(values: Mapping[str, Any]) -> Dict[str, Any]:
     """The one check of a run's settings; returns the speed settings in effect (the preset with
     the given tta / nmf_iters / skip_nmf / overlap on top). Raises :class:`UserError`."""
-    for name in ("device", "preset", "format", "progress", "register"):
+    for name in ("device", "preset", "format", "progress", "register", "backend"):
         value = values.get(name)
         if value is not None and value not in BY_NAME[name].choices:
             raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(BY_NAME[name].choices)}")
