@@ -20,7 +20,6 @@ choices give 21.07 M parameters against its 20.8 M).
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -40,7 +40,6 @@ class GlobalMatricize:
     """Whole-volume matrices: global context, no locality bias."""
 
     name = "global"
-    partitions = 1
 
     def __init__(self, head_dim: int):
         self.head_dim = head_dim
@@ -84,7 +83,6 @@ class LocalMatricize:
     """Non-overlapping ``P³`` windows: local context with a locality bias."""
 
     name = "local"
-    partitions = 1
 
     def __init__(self, head_dim: int, window: int):
         self.head_dim, self.window = head_dim, window
@@ -190,7 +188,6 @@ class ShiftedWindowMatricize(LocalMatricize):
     """Regular and half-window-rolled ``P³`` partitions, processed together and averaged back."""
 
     name = "swin"
-    partitions = 2
 
     @property
     def shift(self) -> int:
