@@ -1051,16 +1051,21 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                 process.cancel()
             self._removeTempDir(tempDir)
             raise
+        return self._follow(job, waitForCompletion, progressCallback, completedCallback)
+
+    def _follow(self, job: _Job, waitForCompletion, progressCallback, completedCallback):
+        """Track a started job: return it at once (completedCallback at its end), or wait for it
+        and return its result, raising RuntimeError with its message when it failed."""
         self._jobs.add(job)
         job.progressCallback = progressCallback
         job.completedCallback = completedCallback
         if not waitForCompletion:
             job.timer.start()
             return job
-        result = job.runSynchronously()
-        if not result.succeeded:
-            raise RuntimeError(result.message)
-        return result
+        outcome = job.runSynchronously()
+        if not outcome.succeeded:
+            raise RuntimeError(outcome.message)
+        return outcome
 
     def abortAll(self):
         """Cancel every running job without waiting and remove its temporary files."""
@@ -1357,16 +1362,7 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                 process.cancel()
             self._removeTempDir(tempDir)
             raise
-        self._jobs.add(job)
-        job.progressCallback = progressCallback
-        job.completedCallback = completedCallback
-        if not waitForCompletion:
-            job.timer.start()
-            return job
-        outcome = job.runSynchronously()
-        if not outcome.succeeded:
-            raise RuntimeError(outcome.message)
-        return outcome
+        return self._follow(job, waitForCompletion, progressCallback, completedCallback)
 
     def _finishCounterfactual(self, job: _Job, result: SegmentationResult, layerName: str,
                               component: int) -> "CounterfactualResult":

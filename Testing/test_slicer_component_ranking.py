@@ -12,14 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_helpers_importable():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(REPO / "LesionFactorizer"))
-        yield
+pytestmark = pytest.mark.usefixtures("module_lib_importable")
 
 
 def _index(folder: Path, rankings: dict[str, list[dict]], counts: dict[str, int]) -> Path:

@@ -11,14 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_helpers_importable():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(REPO / "LesionFactorizer"))
-        yield
+pytestmark = pytest.mark.usefixtures("module_lib_importable")
 
 
 @pytest.fixture(scope="module")

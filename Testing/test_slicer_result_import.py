@@ -18,7 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the worker needs torch")
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the worker needs torch"),
+              pytest.mark.usefixtures("module_lib_importable")]
 
 SPACING = (1.5, 1.2, 2.0)
 ORIGIN = (10.0, -20.0, 5.0)
@@ -31,11 +32,6 @@ def _oblique() -> tuple[float, ...]:
     return tuple((rot @ np.diag([1, -1, 1])).ravel())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _module_helpers_importable():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(REPO / "LesionFactorizer"))
-        yield
 
 
 @pytest.fixture(scope="module")

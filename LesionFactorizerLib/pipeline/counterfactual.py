@@ -214,26 +214,18 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
             raise UserError(f"model file {m.path} changed since the segmentation (SHA-256 differs); segment again")
     timings["model"] = time.monotonic() - t
 
-    progress.stage("preprocess", "cropping, normalising, resampling")
-    t = time.monotonic()
-    prep, roi = seg.prepare(case)
-    timings["preprocess"] = time.monotonic() - t
-
-    progress.stage("inference", f"without component {component} of {layer}")
-    t = time.monotonic()
-    with dropped(model, layer, component):
+    with progress.timed("preprocess", "cropping, normalising, resampling", timings):
+        prep, roi = seg.prepare(case)
+    with progress.timed("inference", f"without component {component} of {layer}", timings), \
+            dropped(model, layer, component):
         prediction = seg.predict(prep, roi, warnings, progress)
-    timings["inference"] = time.monotonic() - t
-
-    progress.stage("postprocess", "labels and the difference")
-    t = time.monotonic()
-    result = seg.postprocess(prep, prediction, case)
-    before = _read_labels(source.segmentation, case.reference)
-    after = result.labels
-    difference = difference_map(before, after)
-    summary = _summary(source, layer, component, before, after, difference, case.reference.geometry, seg.task,
-                       prediction.device)
-    timings["postprocess"] = time.monotonic() - t
+    with progress.timed("postprocess", "labels and the difference", timings):
+        result = seg.postprocess(prep, prediction, case)
+        before = _read_labels(source.segmentation, case.reference)
+        after = result.labels
+        difference = difference_map(before, after)
+        summary = _summary(source, layer, component, before, after, difference, case.reference.geometry, seg.task,
+                           prediction.device)
 
     progress.stage("write", "writing the counterfactual")
     t = time.monotonic()

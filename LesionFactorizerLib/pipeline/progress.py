@@ -91,6 +91,16 @@ class Progress:
         self.stage_name = name
         self.update(0.0, message=message, force=True)
 
+    @contextlib.contextmanager
+    def timed(self, name: str, message: str, timings: dict):
+        """A stage whose wall time goes into ``timings[name]`` (report.json ``timings_s``)."""
+        self.stage(name, message)
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            timings[name] = time.monotonic() - start
+
     def update(self, within: float, message: str = "", force: bool = False) -> None:
         """``within``: fraction of the current stage done."""
         start, weight = self._offsets.get(self.stage_name, (self.fraction, 0.0))

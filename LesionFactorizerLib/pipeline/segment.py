@@ -199,25 +199,15 @@ class Segmenter:
         case = self.read(inputs, warnings)
         timings["read"] = time.monotonic() - t
 
-        progress.stage("model", "loading model")
-        t = time.monotonic()
-        components_note = self.prepare_models(warnings)
-        timings["model"] = time.monotonic() - t
-
-        progress.stage("preprocess", "cropping, normalising, resampling")
-        t = time.monotonic()
-        prep, roi = self.prepare(case)
-        timings["preprocess"] = time.monotonic() - t
-
-        progress.stage("inference", f"{len(self.loaded)} model(s), {'TTA' if self.settings['tta'] else 'no TTA'}")
-        t = time.monotonic()
-        prediction = self.predict(prep, roi, warnings, progress)
-        timings["inference"] = time.monotonic() - t
-
-        progress.stage("postprocess", "labels and lesions")
-        t = time.monotonic()
-        seg = self.postprocess(prep, prediction, case)
-        timings["postprocess"] = time.monotonic() - t
+        with progress.timed("model", "loading model", timings):
+            components_note = self.prepare_models(warnings)
+        with progress.timed("preprocess", "cropping, normalising, resampling", timings):
+            prep, roi = self.prepare(case)
+        with progress.timed("inference", f"{len(self.loaded)} model(s), "
+                                         f"{'TTA' if self.settings['tta'] else 'no TTA'}", timings):
+            prediction = self.predict(prep, roi, warnings, progress)
+        with progress.timed("postprocess", "labels and lesions", timings):
+            seg = self.postprocess(prep, prediction, case)
 
         report = {
             "task": self.task.name, "task_title": self.task.title,
