@@ -133,3 +133,20 @@ def test_a_backend_that_disagrees_with_eager_is_not_used(monkeypatch):
     ref = run_inference([model], _array(), (16, 16, 16), device="cpu", backend="eager")
     assert res.backend == "eager" and any("not used" in w for w in res.warnings)
     assert np.abs(res.logits - ref.logits).max() == 0
+
+
+def test_compile_is_unavailable_in_a_non_utf8_locale():
+    """torch's compiler reads its templates in the locale's encoding: in a process whose C library
+    locale was switched to ASCII (as some libraries do) it would crash, so it is not offered."""
+    import locale
+    import sys
+
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode ignores the locale's encoding")
+    before = locale.setlocale(locale.LC_CTYPE)
+    try:
+        locale.setlocale(locale.LC_CTYPE, "C")
+        assert "UTF-8 locale" in (backends.unavailable("compile") or "")
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert backends.unavailable("compile") is None or "UTF-8" not in backends.unavailable("compile")

@@ -23,9 +23,11 @@ stores per-layer maps as a side effect, which compiled or exported graphs do not
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import json
+import locale
 import os
 import shutil
 import sys
@@ -72,6 +74,12 @@ def unavailable(name: str, device_type: str = "cpu") -> str | None:
             cxx = os.environ.get("CXX") or next((c for c in ("g++", "clang++", "c++", "cl") if shutil.which(c)), None)
             if not cxx or not shutil.which(cxx):
                 return "torch.compile needs a C++ compiler for the CPU (none found: install g++ or clang++)"
+        # torch's compiler reads its kernel templates in the locale's encoding and fails on the
+        # UTF-8 bytes in them otherwise (a C/POSIX locale, or one a library switched to at runtime)
+        encoding = locale.getpreferredencoding(False)
+        if not sys.flags.utf8_mode and codecs.lookup(encoding).name != "utf-8":
+            return (f"torch.compile needs a UTF-8 locale, this process has {encoding}; set LANG=C.UTF-8 "
+                    "or PYTHONUTF8=1")
         return None
     if name == "onnx":
         if device_type != "cpu":
