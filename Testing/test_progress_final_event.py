@@ -34,8 +34,11 @@ def slow_case(tmp_path_factory):
 
 
 def interrupt(args, sig, until) -> subprocess.CompletedProcess:
+    # the run gets the default SIGINT action even when this test runs in a background job (whose
+    # shell ignores SIGINT for its children, and Python then installs no KeyboardInterrupt)
     proc = subprocess.Popen([sys.executable, "-m", "LesionFactorizerLib", *map(str, args)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         for line in proc.stdout:
