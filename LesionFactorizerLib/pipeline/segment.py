@@ -183,6 +183,13 @@ class Segmenter:
         it, so every layer's grid in the box coincides with that layer's grid over the whole volume."""
         return max(int(getattr(m.model, "stride", 1)) for m in self.models())
 
+    @property
+    def reference_name(self) -> str:
+        """The input whose grid the outputs take: the task's reference if the model reads it, else
+        the model's first input."""
+        inputs = list(self.spec.inputs)
+        return self.task.reference if self.task.reference in inputs else inputs[0]
+
     # -- one case -------------------------------------------------------------------------------
     def segment(self, inputs: dict[str, str], output: str | Path, overwrite: bool = False,
                 progress: Progress | None = None) -> Result:
@@ -253,8 +260,7 @@ class Segmenter:
         if self.opts.dicom_seg:
             from LesionFactorizerLib.pipeline.dicomseg import check_reference_is_dicom
 
-            ref = self.task.reference if self.task.reference in model_inputs else model_inputs[0]
-            check_reference_is_dicom(given[ref], ref)
+            check_reference_is_dicom(given[self.reference_name], self.reference_name)
         unused = [n for n in given if n not in model_inputs]
         if unused:
             warnings.append(f"input(s) {', '.join(unused)} are not used by the model and were ignored")
@@ -265,8 +271,7 @@ class Segmenter:
 
         order = list(self.spec.inputs)
         inputs = load_inputs({n: given[n] for n in order}, order, warnings)
-        ref_name = self.task.reference if self.task.reference in order else order[0]
-        reference = next(i for i in inputs if i.name == ref_name)
+        reference = next(i for i in inputs if i.name == self.reference_name)
         registration, registered = register_inputs(inputs, reference, self.task, self.opts.register, warnings)
         align_to_reference([i for i in inputs if i.name not in registered], reference, warnings)
         return Case(inputs, reference, registration)
@@ -420,7 +425,7 @@ class Segmenter:
                 img = sitk.GetImageFromArray(seg.uncertainty)
                 seg.uncertainty = None
                 img.CopyInformation(case.reference.image)
-                written["uncertainty"] = f"uncertainty{ext}"
+                written["uncertainty"] = f"uncertainty{map_suffix(opts.format)}"   # a map, as the probabilities
                 write_image(img, tmp / written["uncertainty"])
                 del img
             write_lesions_csv(tmp / "lesions.csv", report["lesions"], [lb.name for lb in self.task.labels])
