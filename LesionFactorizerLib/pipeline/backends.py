@@ -224,6 +224,12 @@ def _onnx_session(model, shape: tuple[int, ...], notify: Callable[[str], None]):
     return call
 
 
+def prepare_tracing() -> None:
+    from LesionFactorizerLib.nn.nmf import prepare_tracing as mark_initial_factors_constant
+
+    mark_initial_factors_constant()
+
+
 def build(name: str, model, shape: tuple[int, ...], notify: Callable[[str], None] = lambda m: None) -> Runner:
     """A runner of ``model`` by backend ``name`` for window batches of ``shape`` (B, C, D, H, W)."""
     import torch
@@ -231,6 +237,7 @@ def build(name: str, model, shape: tuple[int, ...], notify: Callable[[str], None
     shape = tuple(int(s) for s in shape)
     if name == "eager":
         return Runner("eager", shape, model, checked=True)
+    prepare_tracing()
     if name == "compile":
         _inductor_cache()
         notify(f"compiling the network for {tuple(shape[2:])} windows with torch.compile: the first run on "

@@ -1,8 +1,8 @@
 """Sliding-window inference with optional mirror TTA, ensembles and NMF component capture.
 
-Windows are stitched by MONAI's sliding-window inferer. The predictor returns a dict — logits plus,
-for the components model, one map per NMF layer at that layer's resolution — and MONAI stitches
-each output at its own scale. Window starts are multiples of the network stride (the array is
+Windows are stitched by :mod:`LesionFactorizerLib.pipeline.sliding_window`. The predictor returns a
+dict — logits plus, for the components model, one map per NMF layer at that layer's resolution —
+and each output is stitched at its own scale. Window starts are multiples of the network stride (the array is
 padded to a multiple of it and the scan interval is rounded to it), so layer maps stitch without
 sub-voxel rounding.
 """
@@ -19,7 +19,7 @@ from LesionFactorizerLib.errors import UserError
 
 # Mirror TTA: identity plus a flip of each spatial axis (4 passes). All 8 flip combinations
 # cost twice as much for a marginal gain on these tasks.
-LOGITS = "0001:logits"
+LOGITS = "logits"  # the stitched outputs' key; the others are NMF layer names
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
 
 
@@ -107,13 +107,6 @@ class InferenceResult:
     votes: np.ndarray | None = None                 # (k, j, i): bit p set where pass p labelled a lesion
 
 
-def window_count(size: tuple[int, ...], roi: tuple[int, ...], interval: tuple[int, ...]) -> int:
-    n = 1
-    for s, r, i in zip(size, roi, interval):
-        n *= 1 if s <= r else -(-(s - r) // i) + 1
-    return n
-
-
 def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *, overlap: float = 0.5,
                   align: int = 16, tta: bool = False, sw_batch_size: int | None = 1, device: str = "auto",
                   component_layers: list[str] | None = None, want_components: bool = False,
@@ -158,34 +151,28 @@ def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *,
 def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers, want_components,
          on_window, result: InferenceResult, runners, foreground=None) -> InferenceResult:
     import torch
-    from monai.inferers import sliding_window_inference
+
+    from LesionFactorizerLib.pipeline.sliding_window import stitch, window_starts
 
     size = tuple(array.shape[1:])
+    # Starts on multiples of ``align`` (the network stride), so every layer's maps stitch exactly.
     interval = tuple(max(align, (int(r * (1 - overlap)) // align) * align) for r in roi)
-    # MONAI takes an overlap fraction; nudge it so int(roi·(1−overlap)) is exactly our interval.
-    overlaps = tuple(min(0.999, max(0.0, 1.0 - (i + 1e-3) / r)) if s > r else 0.0
-                     for i, r, s in zip(interval, roi, size))
     flips = TTA_FLIPS if tta else ((),)
     comp_model = next((m for m in models if getattr(m, "has_components", False)), None) if want_components else None
-    n_windows = window_count(size, roi, interval)
+    n_windows = len(window_starts(size, roi, interval))
     total = n_windows * len(models) * len(flips)
     done = [0]
     x_cpu = torch.from_numpy(array).unsqueeze(0)
     acc: torch.Tensor | None = None
     votes = _VoteBits(len(models) * len(flips)) if foreground is not None else None
 
-    # MONAI stitches dict outputs in sorted-key order and shrinks its window weight map in place
-    # for each lower-resolution output, so a full-resolution output after a coarse one breaks.
-    # Keys "<stride>:<name>" sort finest first.
     def make_predictor(model, with_components: bool):
-        strides = dict(model.component_layers) if with_components else {}
-
         def predictor(batch):
             with torch.no_grad():
                 if with_components:
                     logits, comps = model.forward_with_components(batch, component_layers)
                     out = {LOGITS: logits.float()}
-                    out.update({f"{strides[k]:04d}:{k}": v.float() for k, v in comps.items()})
+                    out.update({k: v.float() for k, v in comps.items()})
                     runners.used_eager()   # components are captured by the eager forward only
                 else:
                     out = {LOGITS: runners.forward(model, batch).float()}
@@ -197,9 +184,7 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
 
     def one_pass(model, flip, with_components, dev):
         x = x_cpu.flip(flip) if flip else x_cpu
-        return sliding_window_inference(
-            x, roi, sw_batch_size, make_predictor(model, with_components), overlap=overlaps,
-            mode="constant", sw_device=dev, device=torch.device("cpu"))
+        return stitch(x, roi, interval, sw_batch_size, make_predictor(model, with_components), dev)
 
     for model in models:
         for flip in flips:
@@ -229,9 +214,8 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
                 strides = dict(model.component_layers)
                 for key, value in out.items():
                     if key != LOGITS:
-                        name = key.split(":", 1)[1]
-                        result.components[name] = value[0].numpy()
-                        result.strides[name] = strides[name]
+                        result.components[key] = value[0].numpy()
+                        result.strides[key] = strides[key]
             del out
     result.logits = (acc / result.passes)[0].numpy()
     result.votes = votes.bits if votes is not None else None
