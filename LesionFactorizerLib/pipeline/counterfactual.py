@@ -179,11 +179,7 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
         nmf_iters=settings.get("nmf_iters"), skip_nmf=settings.get("skip_nmf"), overlap=settings.get("overlap"),
         threshold=settings.get("threshold"), min_lesion_mm3=settings.get("min_lesion_mm3"),
         format=source.format, overview=False)
-    seg = Segmenter(opts)
-    # Several windows per forward pass (sized from the window and free memory): the windows are
-    # independent samples of the batch, so the labels are the same as the recorded run's (tested),
-    # and small windows run about twice as fast on a CPU — this is the interactive path.
-    seg.opts.sw_batch_size = None
+    seg = Segmenter(opts)   # windows batched by default (auto): the same labels as one at a time (tested)
     t = time.monotonic()
     case = seg.read(source.inputs, warnings)
     recorded = {i["name"]: i.get("sha256") for i in source.report["inputs"]}

@@ -53,7 +53,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("skip_nmf", "--skip-nmf", f"short-circuit these NMF layers ({', '.join(NMF_LAYERS)})", str,
            metavar="LAYER,...", listed=True),
     Option("overlap", "--overlap", "sliding-window overlap (default from --preset, 0.5)", float),
-    Option("sw_batch_size", "--sw-batch-size", "windows per forward pass", int, 1, metavar="N"),
+    Option("sw_batch_size", "--sw-batch-size", "windows per forward pass (default: chosen from the window size "
+           "and free memory; the result is the same either way)", int, metavar="N"),
     Option("backend", "--backend", "how the network runs: auto (the backend measured fastest on this machine, "
            "else eager), eager (PyTorch), compile (torch.compile; first run compiles, then cached) or onnx "
            "(ONNX Runtime, needs the export extra)", str, "auto", BACKENDS),
@@ -150,7 +151,7 @@ def check(values: Mapping[str, Any]) -> Dict[str, Any]:
     # the names any Factorizer layer can have, before any work; the model's own layers are checked
     # with the same rule once the model is known (Segmenter.prepare_models)
     check_layers(speed["skip_nmf"], values.get("component_layers"), NMF_LAYERS)
-    if values.get("sw_batch_size", 1) < 1:
+    if values.get("sw_batch_size") is not None and values["sw_batch_size"] < 1:
         raise UserError(f"--sw-batch-size must be at least 1, not {values['sw_batch_size']}")
     threshold = values.get("threshold")
     if threshold is not None and not 0.0 < threshold < 1.0:
