@@ -192,3 +192,23 @@ def test_inputs_must_be_the_files_the_segmentation_used(stroke_run, tmp_path):
     assert not (tmp_path / "cf").exists()
     proc = _counterfactual(tmp_path, "--progress", "none")
     assert proc.returncode == 2 and "has no report.json" in proc.stderr
+
+
+def test_a_run_on_relative_paths_can_be_revisited_from_another_folder(stroke_run, tmp_path):
+    """report.json records where the inputs are absolutely, so the counterfactual finds them from any folder."""
+    import shutil
+
+    for name, path in stroke_run["inputs"].items():
+        shutil.copy(path, tmp_path / f"{name}.nii.gz")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "segment", "-i", "dwi=dwi.nii.gz",
+                           "-i", "adc=adc.nii.gz", "-o", "result", "--model", str(bundled_demo_model("stroke")),
+                           "--components", "--device", "cpu", "--progress", "none"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "result" / "report.json").read_text(encoding="utf-8"))
+    assert {i["name"]: i["path"] for i in report["inputs"]} == {n: str(tmp_path / f"{n}.nii.gz") for n in ("dwi", "adc")}
+    proc = _counterfactual(tmp_path / "result", "--layer", "decoder1", "--component", 0, "--device", "cpu",
+                           "--progress", "none")   # cwd: the repository, not the run's folder
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "result" / "counterfactual" / "decoder1-0" / "counterfactual.json").is_file()

@@ -43,7 +43,8 @@ class InputImage:
     sha256: str = ""       # of the file (or DICOM series) as read: a resumed batch compares it
 
     def describe(self) -> dict:
-        return {"name": self.name, "path": self.path, "sha256": self.sha256, **self.geometry.as_dict(),
+        # absolute: a later `counterfactual` (or reader) of report.json may run from another folder
+        return {"name": self.name, "path": os.path.abspath(self.path), "sha256": self.sha256, **self.geometry.as_dict(),
                 "notes": self.notes}
 
 
