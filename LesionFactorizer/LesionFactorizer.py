@@ -1456,7 +1456,7 @@ class LesionFactorizerTest(ScriptedLoadableModuleTest):
         registerSampleData()
         logic = LesionFactorizerLogic()
         if dependenciesLib.check():
-            self.delayDisplay("Worker dependencies (torch, MONAI, ...) are not installed; skipping the run.")
+            self.delayDisplay("Worker dependencies (torch, safetensors, ...) are not installed; skipping the run.")
             return
         cases = samplesLib.discover_sample_cases(bundled_resources(_LIBRARY_ROOT) / "SampleData")
         self.assertTrue(cases, "no bundled sample case found")

@@ -78,3 +78,20 @@ def test_inference_imports_neither_monai_nor_dynamo():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_library_never_imports_monai():
+    """MONAI is a training/benchmark dependency only (pyproject extras): Slicer does not install it
+    for the worker, so no module of the library may import it."""
+    import ast
+    from pathlib import Path
+
+    import LesionFactorizerLib
+
+    offenders = []
+    for path in Path(LesionFactorizerLib.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "monai"]
+    assert offenders == []

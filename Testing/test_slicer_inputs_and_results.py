@@ -148,19 +148,19 @@ def test_constraints_turn_a_silent_numpy_replacement_into_an_error(tmp_path):
 
 
 def test_install_plan_routes_torch_to_pytorch_extension_and_protects_bundled():
-    versions = {"torch": None, "monai": "0.9.0", "safetensors": "0.4.5", "einops": "0.8.0", "scipy": "1.14",
+    versions = {"torch": None, "safetensors": "0.4.5", "einops": "0.5.0", "scipy": "1.14",
                 "tqdm": "4.66", "pyyaml": "6.0.2", "matplotlib": "3.9", "SimpleITK": "2.4.0", "numpy": "1.10"}
     problems = dependencies.check(lambda name: versions.get(name))
-    assert {p.dependency.name for p in problems} == {"torch", "monai", "numpy"}
+    assert {p.dependency.name for p in problems} == {"torch", "einops", "numpy"}
     plan = dependencies.install_plan(problems)
     assert plan.torch == "torch>=2.1,<3"
-    assert plan.pip == ["monai>=1.3,<2"]
+    assert plan.pip == ["einops>=0.6,<1"]
     assert len(plan.blocked) == 1 and "numpy" in plan.blocked[0]
-    assert dependencies.pip_arguments(plan) == ["--upgrade-strategy", "only-if-needed", "monai>=1.3,<2"]
+    assert dependencies.pip_arguments(plan) == ["--upgrade-strategy", "only-if-needed", "einops>=0.6,<1"]
     assert dependencies.pip_arguments(plan, "/tmp/c.txt")[2:4] == ["-c", "/tmp/c.txt"]
     assert dependencies.protected_constraints(lambda name: versions.get(name)) == "SimpleITK==2.4.0\nnumpy==1.10\n"
     text = plan.confirmation_text()
-    assert "torch>=2.1,<3" in text and "monai>=1.3,<2" in text
+    assert "torch>=2.1,<3" in text and "einops>=0.6,<1" in text
     assert "numpy" not in dependencies.pip_arguments(plan) and "SimpleITK" not in " ".join(plan.pip)
 
 

@@ -32,7 +32,6 @@ class Dependency:
 # Tested ranges: floor = oldest tested, ceiling = next major version (unknown API changes).
 DEPENDENCIES: tuple[Dependency, ...] = (
     Dependency("torch>=2.1,<3", installer="pytorch"),
-    Dependency("monai>=1.3,<2"),
     Dependency("safetensors>=0.4,<1"),
     Dependency("einops>=0.6,<1"),
     Dependency("scipy>=1.10,<2"),

@@ -180,7 +180,7 @@ _HINTS: tuple[tuple[str, str], ...] = (
     (r"DefaultCPUAllocator|MemoryError|Cannot allocate memory",
      "The computer ran out of memory: close other programs, crop the volumes (Crop Volume module) "
      "or choose the 'fast' preset."),
-    (r"No module named '?(torch|monai|safetensors|einops|SimpleITK)",
+    (r"No module named '?(torch|safetensors|einops|scipy|SimpleITK)",
      "A required Python package is missing in Slicer's Python: open the module, press Segment and "
      "accept the dependency installer (or run logic.setupPythonRequirements())."),
     (r"No module named '?LesionFactorizerLib",
