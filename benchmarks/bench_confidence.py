@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +38,90 @@ MEASURES = ("confidence", "uncertainty", "detected_fraction", "agreement")
 HIGHER_IS_TP = {"confidence": True, "uncertainty": False, "detected_fraction": True, "agreement": True}
 
 
-def held_out_case(task: str, seed: int, index: int, spacing: float, folder: Path) -> tuple[dict, Path]:
-    """One phantom written as NIfTI files: ({input name: path}, label path)."""
+# Distribution shifts (``--shift``): what differs from the phantoms the demo models were trained on.
+# Applied to the generated scanner-unit images only (never to the label), with a random stream of
+# its own, so a case's anatomy and lesions are the unshifted case's and the truth stays exact.
+#   snr            extra Rician noise, sigma = (median brain intensity of that image) / snr; the
+#                  generator's own noise (SNR 15-45 against white matter) stays underneath
+#   bias           an extra receive-coil bias field (phantoms.fields.bias_field, log-std = bias),
+#                  one per image, so channels and the two MS time points disagree; not on ADC, a
+#                  ratio of two images taken with the same coil, where it cancels
+#   spacing_scale  the case is generated at this multiple of the model's spacing (coarser scan,
+#                  which the Segmenter resamples to the model's grid)
+SHIFTS: dict[str, dict[str, float]] = {
+    "none": {},
+    "mild": {"snr": 15.0, "bias": 0.25},
+    "hard": {"snr": 8.0, "bias": 0.45, "spacing_scale": 1.5},
+}
+SHIFT_KEYS = ("snr", "bias", "spacing_scale")
+_SHIFT_STREAM = 0x5817   # the shift's random stream, apart from the generator's three
+
+
+def parse_shift(text: str) -> dict[str, float]:
+    """A preset name (``SHIFTS``) or ``key=value,...`` over ``SHIFT_KEYS``."""
+    text = text.strip()
+    if text in SHIFTS:
+        return dict(SHIFTS[text])
+    out = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in SHIFT_KEYS:
+            raise ValueError(f"--shift {text!r}: use one of {', '.join(SHIFTS)} or key=value pairs of "
+                             f"{', '.join(SHIFT_KEYS)}")
+        out[key] = float(value)
+        if out[key] <= 0:
+            raise ValueError(f"--shift {key} must be positive, got {value}")
+    return out
+
+
+def describe_shift(shift: dict[str, float]) -> str:
+    if not shift:
+        return "none (phantoms as generated: the training distribution, unseen seed)"
+    parts = []
+    if "snr" in shift:
+        parts.append(f"extra Rician noise at SNR {shift['snr']:g} of each image's median brain intensity")
+    if "bias" in shift:
+        parts.append(f"extra coil bias field of log-std {shift['bias']:g} per image (not ADC)")
+    if "spacing_scale" in shift:
+        parts.append(f"scanned at {shift['spacing_scale']:g} x the model's spacing")
+    return "; ".join(parts)
+
+
+def shift_images(images: dict[str, np.ndarray], shift: dict[str, float], rng: np.random.Generator) -> dict:
+    """The images with ``shift``'s noise and bias: int16 in, int16 out, zero outside the brain
+    (the union of the images' non-zero voxels, as the generator skull-strips them)."""
+    from LesionFactorizerLib.phantoms.fields import bias_field, rician
+
+    if not ("snr" in shift or "bias" in shift):
+        return images
+    brain = np.zeros(next(iter(images.values())).shape, bool)
+    for array in images.values():
+        brain |= array != 0
+    out = {}
+    for name in sorted(images):   # a fixed order: the same draws whatever the dict's order
+        img = images[name].astype(np.float32)
+        if "bias" in shift and name != "adc":
+            img *= bias_field(rng, img.shape, float(shift["bias"]))
+        if "snr" in shift:
+            img = rician(rng, img, float(np.median(images[name][brain])) / float(shift["snr"]))
+        out[name] = (np.clip(np.rint(img), 0, 32767) * brain).astype(np.int16)
+    return out
+
+
+def held_out_case(task: str, seed: int, index: int, spacing: float, folder: Path,
+                  shift: dict[str, float] | None = None) -> tuple[dict, Path]:
+    """One phantom (with ``shift`` applied) written as NIfTI files: ({input name: path}, label path)."""
     from LesionFactorizerLib.phantoms.generate import generate_case
     from LesionFactorizerLib.phantoms.layouts import write_nifti
 
-    case = generate_case(task, seed, index, spacing=spacing)
+    shift = shift or {}
+    case = generate_case(task, seed, index, spacing=spacing * float(shift.get("spacing_scale", 1.0)))
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(task.encode()), int(index), _SHIFT_STREAM])
+    images = shift_images(case.images, shift, rng)
     folder.mkdir(parents=True, exist_ok=True)
     inputs = {}
-    for name, array in case.images.items():
+    for name, array in images.items():
         inputs[name] = folder / f"{name}.nii.gz"
         write_nifti(array, case.geometry, str(inputs[name]))
     label = folder / "label.nii.gz"
@@ -126,12 +202,19 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model's); a lower "
                         "one makes more, weaker lesions, false positives among them")
+    parser.add_argument("--shift", default="none", help="distribution shift of the held-out cases: "
+                        f"{', '.join(SHIFTS)} or key=value pairs of {', '.join(SHIFT_KEYS)} (see SHIFTS)")
     parser.add_argument("--no-tta", dest="tta", action="store_false", help="one pass (no pass agreement)")
     parser.add_argument("--work", help="keep cases and outputs here (default: a temporary folder)")
     parser.add_argument("--json", help="write every lesion's numbers and the summaries here")
     args = parser.parse_args()
     if args.seed == 100:
         parser.error("seed 100 made the demo models' training phantoms; choose another")
+    try:
+        shift = parse_shift(args.shift)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(f"held-out seed {args.seed}, shift: {describe_shift(shift)}", flush=True)
 
     from LesionFactorizerLib.demo import bundled_demo_model
     from LesionFactorizerLib.modelfile import read_spec
@@ -139,7 +222,7 @@ def main() -> int:
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-confidence-"))
     everything: dict = {"seed": args.seed, "cases_per_task": args.n, "tta": args.tta, "threshold": args.threshold,
-                        "tasks": {}}
+                        "shift": shift, "shift_description": describe_shift(shift), "tasks": {}}
     all_rows = []
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         model = bundled_demo_model(task)
@@ -149,7 +232,7 @@ def main() -> int:
         segmenter = Segmenter(opts)
         rows, t0 = [], time.perf_counter()
         for i in range(args.n):
-            inputs, label = held_out_case(task, args.seed, i, spacing, work / task / f"case{i}")
+            inputs, label = held_out_case(task, args.seed, i, spacing, work / task / f"case{i}", shift)
             inputs = {n: p for n, p in inputs.items() if n in segmenter.spec.inputs}
             result = segmenter.segment(inputs, work / task / f"case{i}" / "out", overwrite=True)
             case_rows = classify(result.report, result.outputs["segmentation"], label)
