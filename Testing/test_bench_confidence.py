@@ -64,6 +64,7 @@ def test_true_and_false_positive_lesions_are_told_apart_and_summarised(tmp_path,
     assert conf["auroc"] == 1.0                       # the one TP outranks the one FP
     assert summary["uncertainty"]["auroc"] == 1.0     # lower uncertainty counts as TP-like
     assert summary["detected_fraction"]["auroc"] == 1.0
+    assert summary["volume_ml"]["auroc"] == 1.0       # the size baseline: the TP is the larger one
 
 
 def test_summary_statistics_and_auroc(bench):
