@@ -116,7 +116,7 @@ def test_shift_adds_noise_and_bias_and_coarsens_the_scan_but_keeps_the_truth(tmp
     assert np.array_equal(_read(again[0]["dwi"]), _read(noisy[0]["dwi"]))
 
 
-@pytest.mark.parametrize("text", ["loud", "snr", "snr=0", "gain=2", "snr=5,blur=1"])
+@pytest.mark.parametrize("text", ["loud", "snr", "snr=0", "snr=x", "bias=nan", "gain=2", "snr=5,blur=1"])
 def test_bad_shift_is_refused(bench, text):
     with pytest.raises(ValueError, match="--shift"):
         bench.parse_shift(text)

@@ -98,8 +98,11 @@ def parse_shift(text: str) -> dict[str, float]:
         if not sep or key not in SHIFT_KEYS:
             raise ValueError(f"--shift {text!r}: use one of {', '.join(SHIFTS)} or key=value pairs of "
                              f"{', '.join(SHIFT_KEYS)}")
-        out[key] = float(value)
-        if out[key] <= 0:
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--shift {key}: {value!r} is not a number") from None
+        if not out[key] > 0:
             raise ValueError(f"--shift {key} must be positive, got {value}")
     return out
 
