@@ -6,7 +6,10 @@ come straight from the scanner in their own positions; this stage checks the pai
 misaligned (``--register auto``) or when asked (``rigid`` / ``affine``), registers the baseline onto
 the follow-up with SimpleITK before any preprocessing, and resamples it onto the follow-up's grid
 once (no second interpolation by the grid alignment that follows), with a quintic B-spline that
-keeps its noise close to the follow-up's (:func:`resample_onto` says why not linear).
+keeps its noise close to the follow-up's (:func:`resample_onto` says why not linear), and with its
+background kept exactly zero, as the follow-up's (:func:`shared_background` says why that decides
+the new-lesion F1). The model then compares the pair on the follow-up's own grid, the follow-up
+untouched, so the outputs need no resampling back (``report.json["registration"]["space"]``).
 
 How (all on copies smoothed and resampled to :data:`WORKING_SPACING_MM`, so a whole head takes
 seconds on two cores):
@@ -177,20 +180,20 @@ def resample_onto(moving, fixed, transform):
 
 
 def shared_background(resampled, moving, fixed, transform):
-    """``resampled`` (the moving image on the fixed grid) and how many of its non-zero voxels were
-    zeroed: zero wherever the moving image had
-    no data of its own (its non-zero voxels, carried by ``transform``) or the fixed image is zero.
+    """``resampled`` (the moving image on the fixed grid) with zero wherever the moving image had no
+    data of its own (its non-zero voxels, carried by ``transform``) or the fixed image is zero; and
+    how many non-zero voxels that zeroed.
 
-    Why: the models z-score each input over its non-zero voxels (skull-stripped background is
+    Why: the models z-score each input over its non-zero voxels (a skull-stripped background is
     exactly 0). A B-spline's prefilter spreads every voxel along whole image rows, so the resampled
-    background is no longer exactly 0 but 1e-37 … 1e-9 — and near the brain's edge its overshoot —
-    which the z-score then counts: on the bundled sample, resampling the baseline by the *identity*
-    alone made 1.0 M background voxels non-zero and moved its mean from 276 to 160 and its standard
-    deviation from 72 to 147, so every baseline voxel read darker than the follow-up's, and the demo
-    model's new-lesion F1 on four held-out pairs fell from 0.60 to 0.20 (registration not even
-    involved). Zeroing that background brings it back exactly. The fixed image's zeros too: pairs
-    prepared together share one brain mask, as the training pairs do, so the registered baseline
-    takes the follow-up's background (an image without a zero background is not changed by it)."""
+    background is no longer exactly 0 but 1e-37 … 1e-9 (and near the brain's edge, overshoot), and
+    the z-score counts it: on the bundled sample, resampling the baseline by the *identity* made
+    1.0 M background voxels non-zero and moved the baseline's mean from 276 to 160 and its standard
+    deviation from 72 to 147, which halves its contrast against the follow-up's; the demo model's
+    new-lesion F1 over the sample and three held-out pairs fell from 0.60 to 0.20 by that alone,
+    and came back to 0.60 with the background zeroed. The fixed image's zeros too: pairs prepared
+    together share one brain mask, as the training pairs do, so the registered baseline takes the
+    follow-up's background (a pair without a zero background is left as it is)."""
     import SimpleITK as sitk
 
     own = sitk.Resample(sitk.Cast(sitk.NotEqual(moving, 0), sitk.sitkFloat32), fixed, transform, sitk.sitkLinear,
