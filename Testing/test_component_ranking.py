@@ -209,6 +209,10 @@ def test_a_run_on_relative_paths_can_be_revisited_from_another_folder(stroke_run
     report = json.loads((tmp_path / "result" / "report.json").read_text(encoding="utf-8"))
     assert {i["name"]: i["path"] for i in report["inputs"]} == {n: str(tmp_path / f"{n}.nii.gz") for n in ("dwi", "adc")}
     proc = _counterfactual(tmp_path / "result", "--layer", "decoder1", "--component", 0, "--device", "cpu",
-                           "--progress", "none")   # cwd: the repository, not the run's folder
+                           "--progress", "none", "--no-picture")   # cwd: the repository, not the run's folder
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "result" / "counterfactual" / "decoder1-0" / "counterfactual.json").is_file()
+    folder = tmp_path / "result" / "counterfactual" / "decoder1-0"
+    assert sorted(p.name for p in folder.iterdir()) == ["counterfactual.json", "difference.nii.gz",
+                                                       "segmentation.nii.gz"]   # --no-picture: no PNG
+    summary = json.loads((folder / "counterfactual.json").read_text(encoding="utf-8"))
+    assert "picture" not in summary["outputs"]

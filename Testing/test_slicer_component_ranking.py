@@ -102,5 +102,6 @@ def test_the_worker_command_is_one_the_cli_accepts(tmp_path):
     assert (args.result_dir, args.layer, args.component, args.device, args.progress) == (
         str(tmp_path / "run dir"), "bridge", 5, "cpu", "jsonl")
     assert args.output == str(tmp_path / "out") and args.input == [f"dwi={tmp_path / 'in put' / 'dwi.nrrd'}"]
+    assert args.picture is False   # Slicer draws the difference itself
     with pytest.raises(ValueError, match="Unknown NMF layer"):
         worker.build_counterfactual_command("python", worker.CounterfactualRequest(tmp_path, "layer9", 0, tmp_path))

@@ -129,7 +129,8 @@ def build_counterfactual_command(python: str | os.PathLike, request: Counterfact
     request.validate()
     args = [str(python), "-m", "LesionFactorizerLib", "counterfactual", os.fspath(request.result_dir),
             "--layer", request.layer, "--component", str(int(request.component)),
-            "--output", os.fspath(request.output_dir), "--device", request.device, "--progress", "jsonl"]
+            "--output", os.fspath(request.output_dir), "--device", request.device, "--progress", "jsonl",
+            "--no-picture"]   # Slicer shows the difference as a segmentation: no PNG to draw
     for name, path in request.inputs.items():
         args += ["--input", f"{name}={os.fspath(path)}"]
     return args

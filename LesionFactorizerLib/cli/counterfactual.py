@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where an input of the run is now, if it moved (must be the same file)")
     parser.add_argument("--device", choices=list(DEVICES), default="auto", help=BY_NAME["device"].help)
     parser.add_argument("--progress", choices=list(PROGRESS), default="bar", help=BY_NAME["progress"].help)
+    parser.add_argument("--no-picture", dest="picture", action="store_false",
+                        help="do not draw difference.png (e.g. when a viewer shows the difference)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier counterfactual in the output folder")
 
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"--input {item!r}: give NAME=PATH, e.g. --input flair=/data/flair.nii.gz")
             inputs[name] = path
         outputs = run_counterfactual(args.result_dir, args.layer, args.component, args.output, inputs,
-                                     args.device, args.overwrite, progress)
+                                     args.device, args.overwrite, progress, args.picture)
     progress.done(outputs)
     if args.progress == "bar":
         summary = json.loads(open(outputs["summary"], encoding="utf-8").read())

@@ -95,8 +95,11 @@ class FactorizerBlock(nn.Module):
         self.adapter = nn.Linear(cin, cout, bias=False) if cin != cout else None
         self.pos_embed = None
         if pos_embed_size:
-            # std-1 normal init as in the authors' code; resized at run time for other grids.
-            self.pos_embed = nn.Parameter(torch.randn(1, cout, *(pos_embed_size,) * 3))
+            # std-1 normal init as in the authors' code (the same values as torch.randn); resized at
+            # run time for other grids. Not drawn on the meta device, where model files' shapes are
+            # checked: a meta normal_ loads torch's symbolic-shape machinery, ~0.7 s per worker start.
+            pos = torch.empty(1, cout, *(pos_embed_size,) * 3)
+            self.pos_embed = nn.Parameter(pos if pos.is_meta else pos.normal_())
         self.dropout = nn.Dropout(dropout)
         self.nmf_norm = nn.LayerNorm(cout)
         self.nmf = WrappedNMF(cout, matricize, head_dim, window, nmf, dropout)

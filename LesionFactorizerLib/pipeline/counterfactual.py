@@ -153,9 +153,11 @@ def check_choice(source: Source, layer: str, component: int) -> None:
 
 def run_counterfactual(folder: str | Path, layer: str | None = None, component: int | None = None,
                        output: str | Path | None = None, inputs: dict[str, str] | None = None,
-                       device: str = "auto", overwrite: bool = False, progress=None) -> dict[str, str]:
+                       device: str = "auto", overwrite: bool = False, progress=None,
+                       picture: bool = True) -> dict[str, str]:
     """Segment the case of the run in ``folder`` again without one component; returns the outputs'
-    absolute paths (``dir``: the output folder)."""
+    absolute paths (``dir``: the output folder). ``picture=False`` skips difference.png (Slicer
+    shows the difference itself; drawing it costs ~1 s of the click)."""
     from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, AtomicOutput
     from LesionFactorizerLib.pipeline.progress import Progress, Warnings
     from LesionFactorizerLib.pipeline.segment import SegmentOptions, Segmenter
@@ -226,14 +228,15 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
     progress.stage("write", "writing the counterfactual")
     t = time.monotonic()
     written = {"segmentation": f"segmentation{ext}", "difference": f"difference{ext}",
-               "summary": "counterfactual.json", "picture": "difference.png"}
+               "summary": "counterfactual.json", **({"picture": "difference.png"} if picture else {})}
     with out as tmp:
         _write_labels(after, case.reference.image, tmp / written["segmentation"])
         _write_labels(difference, case.reference.image, tmp / written["difference"])
         lesion = summary["lesion"]
-        write_difference_png(tmp / written["picture"], case.reference, before, difference,
-                             f"{seg.task.title}: without {layer} #{component} — lesion {lesion['before_ml']:.2f} "
-                             f"→ {lesion['after_ml']:.2f} mL ({lesion['delta_ml']:+.2f} mL)")
+        if picture:
+            write_difference_png(tmp / written["picture"], case.reference, before, difference,
+                                 f"{seg.task.title}: without {layer} #{component} — lesion "
+                                 f"{lesion['before_ml']:.2f} → {lesion['after_ml']:.2f} mL ({lesion['delta_ml']:+.2f} mL)")
         timings["write"] = time.monotonic() - t
         timings["total"] = time.monotonic() - t_start
         timings["cpu_total"] = time.process_time() - cpu_start   # CPU seconds of this process (all threads)
