@@ -174,6 +174,16 @@ def test_cli_registers_the_misaligned_sample(pair, tmp_path):
     seg = sitk.ReadImage(str(out / "segmentation.nii.gz"))
     assert seg.GetSize() == sitk.ReadImage(pair["followup"]).GetSize()
 
+    # a baseline that does not even overlap, with registration turned off: the error names the way out
+    far = tmp_path / "far_baseline.nii.gz"
+    image = sitk.ReadImage(pair["baseline"])
+    image.SetOrigin(tuple(o + 1000.0 for o in image.GetOrigin()))
+    sitk.WriteImage(image, str(far))
+    proc = cli("segment", "--task", "ms-new", "--model", model, "--register", "never", "--input",
+               f"flair_baseline={far}", "--input", f"flair_followup={pair['followup']}", "--output", tmp_path / "far")
+    assert proc.returncode == 2 and "do not overlap" in proc.stderr and "--register rigid" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "far").exists()
+
     proc = cli("segment", "--task", "stroke", "--register", "rigid", "--input", f"dwi={pair['followup']}",
                "--input", f"adc={pair['baseline']}", "--output", tmp_path / "stroke")
     assert proc.returncode == 2 and proc.stderr.startswith("error: --register rigid"), proc.stderr

@@ -273,7 +273,8 @@ class Segmenter:
         inputs = load_inputs({n: given[n] for n in order}, order, warnings)
         reference = next(i for i in inputs if i.name == self.reference_name)
         registration, registered = register_inputs(inputs, reference, self.task, self.opts.register, warnings)
-        align_to_reference([i for i in inputs if i.name not in registered], reference, warnings)
+        align_to_reference([i for i in inputs if i.name not in registered], reference, warnings,
+                           self.task.register_inputs)
         return Case(inputs, reference, registration)
 
     def prepare_models(self, warnings: list[str]) -> str | None:
