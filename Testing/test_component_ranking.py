@@ -195,19 +195,22 @@ def test_inputs_must_be_the_files_the_segmentation_used(stroke_run, tmp_path):
 
 
 def test_a_run_on_relative_paths_can_be_revisited_from_another_folder(stroke_run, tmp_path):
-    """report.json records where the inputs are absolutely, so the counterfactual finds them from any folder."""
+    """report.json records where the inputs and the model are absolutely, so the counterfactual finds
+    them from any folder."""
     import shutil
 
     for name, path in stroke_run["inputs"].items():
         shutil.copy(path, tmp_path / f"{name}.nii.gz")
+    shutil.copy(bundled_demo_model("stroke"), tmp_path / "stroke.safetensors")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "segment", "-i", "dwi=dwi.nii.gz",
-                           "-i", "adc=adc.nii.gz", "-o", "result", "--model", str(bundled_demo_model("stroke")),
+                           "-i", "adc=adc.nii.gz", "-o", "result", "--model", "./stroke.safetensors",
                            "--components", "--device", "cpu", "--progress", "none"],
                           capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "result" / "report.json").read_text(encoding="utf-8"))
     assert {i["name"]: i["path"] for i in report["inputs"]} == {n: str(tmp_path / f"{n}.nii.gz") for n in ("dwi", "adc")}
+    assert report["model"]["path"] == str(tmp_path / "stroke.safetensors")
     proc = _counterfactual(tmp_path / "result", "--layer", "decoder1", "--component", 0, "--device", "cpu",
                            "--progress", "none", "--no-picture")   # cwd: the repository, not the run's folder
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from monai.data import partition_dataset
 
 from LesionFactorizerLib.datasets import Case, ImageRef, convert_labels, discover
 from LesionFactorizerLib.errors import UserError
@@ -113,6 +112,7 @@ def test_convert_labels_explicit_tables():
 
 @pytest.mark.parametrize("n", [5, 12, 23])
 def test_folds_match_monai_partition_dataset(n):
+    partition_dataset = pytest.importorskip("monai.data").partition_dataset   # MONAI: a training extra
     items = list(range(n))
     ref = partition_dataset(items, num_partitions=5, shuffle=True, seed=42)
     assert folds.fold_indices(n, 5, 42) == ref

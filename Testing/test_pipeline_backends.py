@@ -132,7 +132,8 @@ def test_a_backend_that_disagrees_with_eager_is_not_used(monkeypatch):
     res = run_inference([model], _array(), (16, 16, 16), device="cpu", backend="compile")
     ref = run_inference([model], _array(), (16, 16, 16), device="cpu", backend="eager")
     assert res.backend == "eager" and any("not used" in w for w in res.warnings)
-    assert np.abs(res.logits - ref.logits).max() == 0
+    # eager's logits, not the backend's (+1): equal up to the rounding of a zero-padded batch
+    assert np.abs(res.logits - ref.logits).max() <= 1e-5
 
 
 def test_compile_is_unavailable_in_a_non_utf8_locale():

@@ -50,10 +50,14 @@ def test_stitch_equals_monai_constant_blend(size, roi, interval, batch):
 
 
 def test_window_starts_cover_every_voxel_and_end_at_the_edge():
-    starts = window_starts((40, 17), (16, 17), (12, 5))
-    assert [s[0] for s in starts[::1]][:1] == [0]
+    size, roi = (40, 17), (16, 17)
+    starts = window_starts(size, roi, (12, 5))
     assert sorted({s[0] for s in starts}) == [0, 12, 24]       # 24 + 16 = 40: the last moved back
-    assert {s[1] for s in starts} == {0}
+    assert {s[1] for s in starts} == {0}                       # the window spans the whole axis
+    covered = torch.zeros(size)
+    for a, b in starts:
+        covered[a:a + roi[0], b:b + roi[1]] += 1
+    assert covered.min() >= 1 and starts == sorted(starts)     # every voxel, in MONAI's order
 
 
 def test_window_larger_than_volume_and_non_dividing_output_are_refused():

@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
                                      "batch of a model and record the fastest (that matches eager) for --backend auto.")
     parser.add_argument("model", help="model name, .safetensors path, or a preset name (random weights)")
     parser.add_argument("--window", type=int, nargs=3, metavar=("D", "H", "W"), help="default: the model's patch size")
-    parser.add_argument("--sw-batch-size", type=int, default=1)
+    parser.add_argument("--sw-batch-size", type=int,
+                        help="windows per batch (default: what `segment` chooses for this window and device)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
@@ -388,8 +389,12 @@ def main(argv: list[str] | None = None) -> None:
 
         loaded = load_model_file(args.model)
         model, patch = loaded.model, tuple(reversed(loaded.spec.preprocessing.patch_size))
+    from LesionFactorizerLib.pipeline.inference import default_sw_batch_size, resolve_device
+
     cin = model.config["kwargs"]["in_channels"]
-    shape = (args.sw_batch_size, cin, *(args.window or patch))
+    window = tuple(args.window or patch)
+    batch = args.sw_batch_size or default_sw_batch_size(window, cin, resolve_device(args.device))
+    shape = (batch, cin, *window)
     out = calibrate(model, shape, args.device, repeats=args.repeats)
     print(json.dumps(out, indent=1))
 

@@ -180,6 +180,8 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
         device=device, preset=settings.get("preset") or "balanced", tta=settings.get("tta"),
         nmf_iters=settings.get("nmf_iters"), skip_nmf=settings.get("skip_nmf"), overlap=settings.get("overlap"),
         threshold=settings.get("threshold"), min_lesion_mm3=settings.get("min_lesion_mm3"),
+        sw_batch_size=settings.get("sw_batch_size"),
+        register=(source.report.get("registration") or {}).get("mode") or "auto",
         format=source.format, overview=False)
     seg = Segmenter(opts)   # windows batched by default (auto): the same labels as one at a time (tested)
     t = time.monotonic()

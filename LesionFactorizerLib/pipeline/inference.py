@@ -76,6 +76,12 @@ def auto_sw_batch_size(roi: tuple[int, ...], channels: int, device_type: str, fr
     return int(min(8, by_size))
 
 
+def default_sw_batch_size(roi: tuple[int, ...], channels: int, dev) -> int:
+    """What ``--sw-batch-size`` means when not given: :func:`auto_sw_batch_size` on ``dev``'s
+    free memory now. ``--backend auto``'s calibration measures this same batch shape."""
+    return auto_sw_batch_size(roi, channels, dev.type, _free_memory(dev))
+
+
 def _free_memory(dev) -> int | None:
     import torch
 
@@ -108,7 +114,7 @@ class InferenceResult:
 
 
 def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *, overlap: float = 0.5,
-                  align: int = 16, tta: bool = False, sw_batch_size: int | None = 1, device: str = "auto",
+                  align: int = 16, tta: bool = False, sw_batch_size: int | None = None, device: str = "auto",
                   component_layers: list[str] | None = None, want_components: bool = False,
                   on_window: Callable[[int, int], None] | None = None,
                   foreground: Callable | None = None, backend: str = "auto",
@@ -132,7 +138,7 @@ def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *,
     dev = resolve_device(device)
     result = InferenceResult(np.empty(0), device=str(dev))
     if sw_batch_size is None:
-        sw_batch_size = auto_sw_batch_size(roi, array.shape[0], dev.type, _free_memory(dev))
+        sw_batch_size = default_sw_batch_size(roi, array.shape[0], dev)
     result.sw_batch_size = sw_batch_size
     threads_before = torch.get_num_threads()
     if dev.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
@@ -200,6 +206,9 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
                 result.warnings.append(f"{dev.type.upper()} ran out of memory; fell back to the CPU (slower)")
                 dev = torch.device("cpu")
                 result.device = "cpu (fallback after GPU out of memory)"
+                # a batch sized from free GPU memory can be far too big for RAM: size it again
+                sw_batch_size = default_sw_batch_size(roi, array.shape[0], dev)
+                runners.batch_size = result.sw_batch_size = sw_batch_size
                 done[0] = start_done
                 model.to(dev)
                 out = one_pass(model, flip, with_components, dev)

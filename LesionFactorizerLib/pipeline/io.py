@@ -294,7 +294,7 @@ def align_to_reference(inputs: list[InputImage], reference: InputImage, warnings
         if fraction <= 0.0:
             if item.name in registrable:
                 raise UserError(f"inputs {item.name} and {reference.name} do not overlap in physical space; give "
-                                f"--register rigid (or auto) to register {item.name} onto {reference.name}, or check "
+                                f"--register rigid to register {item.name} onto {reference.name}, or check "
                                 "that both scans are of the same patient")
             raise UserError(f"inputs {item.name} and {reference.name} do not overlap in physical space; they must be "
                             "co-registered images of the same patient and session (check origins/orientation)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -496,6 +497,6 @@ def _label_extra(task: Task, value: int) -> dict[str, Any]:
 
 def _model_entry(m: LoadedModel) -> dict[str, Any]:
     spec = m.spec
-    return {"name": m.name, "path": str(m.path), "sha256": m.sha256, "architecture": spec.architecture.name,
+    return {"name": m.name, "path": os.path.abspath(m.path), "sha256": m.sha256, "architecture": spec.architecture.name,
             "description": spec.provenance.description, "license": spec.provenance.license,
             "weights_sha256": spec.weights.sha256}
