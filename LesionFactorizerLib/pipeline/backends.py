@@ -224,15 +224,11 @@ def _onnx_session(model, shape: tuple[int, ...], notify: Callable[[str], None]):
     return call
 
 
-def prepare_tracing() -> None:
-    from LesionFactorizerLib.nn.nmf import prepare_tracing as mark_initial_factors_constant
-
-    mark_initial_factors_constant()
-
-
 def build(name: str, model, shape: tuple[int, ...], notify: Callable[[str], None] = lambda m: None) -> Runner:
     """A runner of ``model`` by backend ``name`` for window batches of ``shape`` (B, C, D, H, W)."""
     import torch
+
+    from LesionFactorizerLib.nn.nmf import prepare_tracing
 
     shape = tuple(int(s) for s in shape)
     if name == "eager":

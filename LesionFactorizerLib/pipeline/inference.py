@@ -2,9 +2,9 @@
 
 Windows are stitched by :mod:`LesionFactorizerLib.pipeline.sliding_window`. The predictor returns a
 dict — logits plus, for the components model, one map per NMF layer at that layer's resolution —
-and each output is stitched at its own scale. Window starts are multiples of the network stride (the array is
-padded to a multiple of it and the scan interval is rounded to it), so layer maps stitch without
-sub-voxel rounding.
+and each output is stitched at its own scale. Window starts are multiples of the network stride
+(the array is padded to a multiple of it and the scan interval is rounded to it), so layer maps
+stitch without sub-voxel rounding.
 """
 
 from __future__ import annotations

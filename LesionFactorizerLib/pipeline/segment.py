@@ -46,7 +46,7 @@ class SegmentOptions:
     nmf_iters: int | None = None
     skip_nmf: list[str] | None = None
     overlap: float | None = None
-    sw_batch_size: int | None = None   # None: chosen by inference.auto_sw_batch_size
+    sw_batch_size: int | None = None   # None: inference.default_sw_batch_size
     backend: str = "auto"
     components: bool = False
     component_layers: list[str] | None = None

@@ -59,10 +59,8 @@ def stitch(x: torch.Tensor, roi: tuple[int, ...], interval: tuple[int, ...], bat
                 sums[key] = torch.zeros((1, out.shape[1], *grid), dtype=out.dtype)
                 if stride not in counts:
                     counts[stride] = _coverage(starts, roi, grid, stride)
-            stride = strides[key]
             for n, corner in enumerate(corners):
-                region = tuple(slice(c // t, (c + r) // t) for c, r, t in zip(corner, roi, stride))
-                sums[key][(0, slice(None), *region)] += out[n]
+                sums[key][(0, slice(None), *_region(corner, roi, strides[key]))] += out[n]
     return {key: total.div_(counts[strides[key]]) for key, total in sums.items()}
 
 
@@ -80,5 +78,10 @@ def _coverage(starts: list[tuple[int, ...]], roi: tuple[int, ...], grid: tuple[i
         raise ValueError(f"window starts are not multiples of the output stride {stride}")
     count = torch.zeros(grid)
     for corner in starts:
-        count[tuple(slice(c // t, (c + r) // t) for c, r, t in zip(corner, roi, stride))] += 1
+        count[_region(corner, roi, stride)] += 1
     return count
+
+
+def _region(corner: tuple[int, ...], roi: tuple[int, ...], stride: tuple[int, ...]) -> tuple[slice, ...]:
+    """A window's voxels on the grid at ``1/stride`` resolution."""
+    return tuple(slice(c // t, (c + r) // t) for c, r, t in zip(corner, roi, stride))
