@@ -103,13 +103,17 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Forward FLOPs by ``torch.utils.flop_counter`` (2 per multiply-add, the thesis convention).
+    """Forward FLOPs by ``torch.utils.flop_counter`` (2 per multiply-add, the thesis convention),
+    of the plain forward (the memory-saving inference path trades extra FLOPs for memory traffic).
 
     Runs on the meta device, so no memory is allocated for activations."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     meta = copy.deepcopy(model).to("meta").eval()
+    for module in meta.modules():   # the network's own FLOPs: not those of the folded inference path
+        if hasattr(module, "memory_saving"):
+            module.memory_saving = False
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         meta(torch.empty(input_shape, device="meta"))

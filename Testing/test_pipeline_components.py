@@ -72,6 +72,7 @@ def test_every_layer_covers_the_input_within_one_layer_voxel(tmp_path, swin_file
         assert (np.abs(hi - ref_hi) <= one_layer_voxel + 1e-6).all(), (name, hi, ref_hi)
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert [e["layer"] for e in report["components"]] == list(layers)
+    assert report["settings"]["window_nmf"].startswith(("native (", "pytorch ("))  # what ran the NMF
     assert outputs["components"] == str(out / "components")
 
 

@@ -51,7 +51,8 @@ def test_build_tree_has_the_runtime_layout(build_tree):
     modules = build_tree / "lib" / "Slicer-5.10" / "qt-scripted-modules"
     for rel in ("LesionFactorizer.py", "LesionFactorizerModuleLib/worker.py", "Resources/UI/LesionFactorizer.ui",
                 "Resources/Icons/LesionFactorizer.png", "LesionFactorizerLib/__init__.py",
-                "LesionFactorizerLib/tasks.py", "LesionFactorizerLib/modelfile.py", "LesionFactorizerLib/cli/segment.py"):
+                "LesionFactorizerLib/tasks.py", "LesionFactorizerLib/modelfile.py", "LesionFactorizerLib/cli/segment.py",
+                "LesionFactorizerLib/nn/window_nmf.c"):
         assert (modules / rel).is_file(), rel
     sources = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "LesionFactorizerLib").rglob("*.py")
                      if "__pycache__" not in p.parts)

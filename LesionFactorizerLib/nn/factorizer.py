@@ -66,13 +66,12 @@ class WrappedNMF(nn.Module):
         y = self.matricize.reconstruct(u, v, layout)      # U Vᵀ, back on the channels-last grid
         return self.dropout(self.out_proj(y))
 
-    def factorize_low_memory(self, z: torch.Tensor) -> torch.Tensor:
-        """Memory-saving path only: the NMF approximation of the projected, rectified map ``z``,
-        slab by slab (see ``LocalMatricize.factorize_map``)."""
-        y, maps = self.matricize.factorize_map(z, self.nmf, self.capture)
+    def add_low_memory(self, z: torch.Tensor, out: torch.Tensor) -> None:
+        """Memory-saving path only: ``out += W_out · NMF-approximation(z)`` (no bias) in place, for
+        the projected, rectified map ``z`` (see ``LocalMatricize.add_projected``)."""
+        maps = self.matricize.add_projected(z, self.nmf, self.out_proj.weight, out, self.capture)
         if self.capture:
             self.components = maps
-        return y
 
 
 class MLP(nn.Module):
@@ -145,12 +144,15 @@ class FactorizerBlock(nn.Module):
         over cache-sized runs of voxels, with every per-voxel pass that can be folded away folded:
 
         - the NMF sub-block's output bias is added while ``out`` is first written (``x + b``), and
-          its projection accumulates into ``out`` inside the matrix product (``addmm_``, β = 1): no
-          bias broadcast, no separate residual add;
+          its projection is added into ``out`` window by window, folded with the reconstruction
+          (``add_low_memory``): no reconstructed map, no bias broadcast, no separate residual add;
         - the NMF input ``z = ReLU(W_in LN(x))`` is written by the product straight into its buffer;
         - GELU runs in place on the MLP's hidden rows.
         Each removed pass is one full-resolution read+write; on CPUs this block is bound by memory
-        traffic, not FLOPs (profiled: copies and bias broadcasts were a third of its time)."""
+        traffic, not FLOPs (profiled: copies and bias broadcasts were a third of its time). Every
+        per-chunk temporary is written into one :class:`_Scratch` buffer reused by all chunks: a fresh
+        ~2 MB tensor per chunk is a fresh page-faulted, zeroed allocation each time (the decoder's
+        adapter alone ran 4.6× slower that way, 0.43 s vs 0.09 s at 128³)."""
         b, d, h, w, _ = parts[0].shape
         c = self.nmf_norm.normalized_shape[0]
         rows = [p.reshape(-1, p.shape[-1]) for p in parts]
@@ -158,28 +160,59 @@ class FactorizerBlock(nn.Module):
         pos = self._position((d, h, w)).reshape(-1, c) if self.pos_embed is not None else None
         nmf = self.nmf
         z = None if nmf.skip else torch.empty_like(out)
+        scratch = _Scratch(out)
         for sl in _chunks(out.shape[0], c):
-            xi = self._adapt([r[sl] for r in rows])
+            xi = self._adapt_into([r[sl] for r in rows], scratch)
             if pos is not None:  # rows of a chunk may span batch items: index modulo the grid
                 xi = xi + pos[torch.arange(sl.start, sl.stop, device=out.device) % pos.shape[0]]
             if z is None:
                 out[sl] = xi
                 continue
-            torch.mm(self.nmf_norm(xi), nmf.in_proj.weight.t(), out=z[sl]).relu_()
+            torch.mm(scratch.layer_norm(self.nmf_norm, xi), nmf.in_proj.weight.t(), out=z[sl]).relu_()
             torch.add(xi, nmf.out_proj.bias, out=out[sl])
         if z is not None:
-            y = nmf.factorize_low_memory(z.view(b, d, h, w, c)).reshape(-1, c)
+            nmf.add_low_memory(z.view(b, d, h, w, c), out.view(b, d, h, w, c))
             del z
-            for sl in _chunks(out.shape[0], c):
-                dst = out[sl]  # one view as input and output: addmm accumulates in place, no copy
-                torch.addmm(dst, y[sl], nmf.out_proj.weight.t(), out=dst)
-            del y
         mlp = self.mlp
-        # Plain products: folding fc2's bias into an (hidden+1)-wide product written into a strided
-        # buffer was no faster (bench_model --before, 96³, best of 6: 1.03x in favour of this).
         for sl in _chunks(out.shape[0], mlp.fc1.out_features):
-            out[sl] += mlp.fc2(torch._C._nn.gelu_(mlp.fc1(self.mlp_norm(out[sl]))))
+            dst = out[sl]
+            hidden = scratch.rows("hidden", dst.shape[0], mlp.fc1.out_features)
+            torch.addmm(mlp.fc1.bias, scratch.layer_norm(self.mlp_norm, dst), mlp.fc1.weight.t(), out=hidden)
+            torch._C._nn.gelu_(hidden)
+            torch.addmm(dst, hidden, mlp.fc2.weight.t(), out=dst)  # one view in and out: accumulates
+            dst += mlp.fc2.bias
         return out.view(b, d, h, w, c)
+
+    def _adapt_into(self, parts: list[torch.Tensor], scratch: "_Scratch") -> torch.Tensor:
+        """:meth:`_adapt` for one chunk of rows, written into ``scratch`` (no adapter: the rows)."""
+        if self.adapter is None:
+            return parts[0]
+        weights = self.adapter.weight.split([p.shape[-1] for p in parts], dim=1)
+        out = torch.mm(parts[0], weights[0].t(), out=scratch.rows("adapt", parts[0].shape[0], weights[0].shape[0]))
+        for part, weight in zip(parts[1:], weights[1:]):
+            out.addmm_(part, weight.t())
+        return out
+
+
+class _Scratch:
+    """Named row buffers for one block's chunk loops, allocated once at the largest chunk."""
+
+    def __init__(self, like: torch.Tensor):
+        self.like, self.buffers = like, {}
+
+    def rows(self, name: str, rows: int, width: int) -> torch.Tensor:
+        buf = self.buffers.get(name)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != width:
+            buf = self.buffers[name] = self.like.new_empty(rows, width)
+        return buf[:rows]
+
+    def layer_norm(self, norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        """``norm(x)`` written into a scratch buffer (``native_layer_norm``'s out= form)."""
+        n = x.shape[0]
+        out = self.rows("norm", n, x.shape[1])
+        torch.ops.aten.native_layer_norm.out(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps,
+                                             out0=out, out1=self.rows("mean", n, 1), out2=self.rows("rstd", n, 1))
+        return out
 
 
 def _chunks(rows: int, width: int, floats: int = 1 << 19) -> list[slice]:

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from LesionFactorizerLib.nn import native
+from LesionFactorizerLib.nn.nmf import drop_component, initial_factors, rank1_hals_from_moments
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -66,11 +69,16 @@ class GlobalMatricize:
         b, (d, h, w) = lay.batch, lay.spatial
         return _window_products(u, v, lay).reshape(b, d, h, w, lay.heads * lay.head_dim)
 
-    def factorize_map(self, z: torch.Tensor, nmf, capture: bool = False):
-        """``reconstruct`` ∘ ``nmf.decompose`` ∘ ``matricize`` (and the factor maps if asked)."""
+    def add_projected(self, z: torch.Tensor, nmf, weight: torch.Tensor, out: torch.Tensor,
+                      capture: bool = False):
+        """Inference: ``out += reconstruct(NMF(matricize(z))) @ weightᵀ`` in place (and the factor
+        maps if asked). A whole-volume matrix has no smaller unit to work in, so this is the plain
+        computation with the projection accumulated into ``out``."""
         mats, lay = self.matricize(z)
         u, v = nmf.decompose(mats)
-        return self.reconstruct(u, v, lay), (self.factor_maps(v, lay) if capture else None)
+        y = self.reconstruct(u, v, lay)
+        out.view(-1, out.shape[-1]).addmm_(y.view(-1, y.shape[-1]), weight.t())
+        return self.factor_maps(v, lay) if capture else None
 
     def factor_maps(self, v: torch.Tensor, lay: Layout) -> torch.Tensor:
         """``V (B·heads, N, R)`` → ``(B, heads·R, D, H, W)``."""
@@ -143,40 +151,116 @@ class LocalMatricize:
     def dematricize(self, mats: torch.Tensor, lay: Layout) -> torch.Tensor:
         return self._crop(self._merge(mats, lay, lay.head_dim), lay)
 
-    def factorize_map(self, z: torch.Tensor, nmf, capture: bool = False):
-        """Inference: the NMF approximation of ``z``, one row of windows (a ``P``-thick slab) at a
-        time. Windows are independent, so slabs give the same result while every temporary stays
-        a slab in size (cache-resident, no huge fresh allocations)."""
+    # -- eager inference: the sub-block's projected output added straight into the residual stream
+    def partitions(self) -> list[tuple[int, float]]:
+        """(shift, weight) of each window partition whose reconstructions are summed."""
+        return [(0, 1.0)]
+
+    def add_projected(self, z: torch.Tensor, nmf, weight: torch.Tensor, out: torch.Tensor,
+                      capture: bool = False):
+        """Inference: ``out += reconstruct(NMF(matricize(z))) @ weightᵀ`` in place, computed one
+        row of windows (a ``P``-thick slab) at a time, and the factor maps if asked.
+
+        Windows are independent, so slabs give the same result while every temporary stays a
+        slab in size. Each slab is gathered once into window-major ``(windows, P³, C)`` rows (whole
+        channel rows: a copy at memory speed); the NMF and the projection then work on those rows
+        by batched matrix products (see :meth:`_project_slab`), and the result is added back to
+        where each voxel came from. No reconstructed map, matrix batch or rolled copy of the
+        full-resolution map is ever built."""
         lay = self._layout(z)
-        y, maps = self._factorize_slabs(self._pad(z, lay), nmf, capture, weight=1.0)
-        return self._crop(y, lay), (_crop_maps(maps, lay) if capture else None)
+        zp = self._pad(z, lay)
+        padded = lay.padded != lay.spatial
+        target = out.new_zeros(*zp.shape[:-1], out.shape[-1]) if padded else out
+        maps = zp.new_zeros(lay.batch, lay.heads * nmf.rank, *lay.padded) if capture else None
+        p, depth = self.window, lay.padded[0]
+        for shift, scale in self.partitions():
+            if self._add_native(zp, nmf, weight, target, maps, shift, scale):
+                continue
+            for i0 in range(0, depth, p):
+                # slab row r holds map row (i0 - shift + r) mod depth, rolled by ``shift`` in-plane
+                rows = _wrapped_rows(i0 - shift, p, depth)
+                if shift == 0:
+                    slab = zp[:, i0:i0 + p]
+                else:
+                    slab = zp.new_empty(zp.shape[0], p, *zp.shape[2:])
+                    for dst, src in rows:
+                        roll_spatial(zp[:, src], shift, (2, 3), into=slab[:, dst])
+                contrib, vt, sl = self._project_slab(slab, nmf, weight, scale, capture)
+                contrib = self._window_view(contrib, sl)
+                if shift == 0:
+                    target[:, i0:i0 + p].view(contrib.shape).add_(contrib)
+                else:
+                    natural = contrib.reshape(slab.shape[:-1] + contrib.shape[-1:])
+                    for dst, src in rows:
+                        roll_spatial(natural[:, dst], -shift, (2, 3), into=target[:, src], add=True)
+                if capture:
+                    vt = self._window_view(vt, sl).permute(0, 7, 1, 2, 3, 4, 5, 6)
+                    if shift == 0:
+                        maps[:, :, i0:i0 + p].view(vt.shape).add_(vt)
+                    else:
+                        natural = vt.reshape(*vt.shape[:2], *slab.shape[1:4])
+                        for dst, src in rows:
+                            roll_spatial(natural[:, :, dst], -shift, (3, 4), into=maps[:, :, src], add=True)
+        if padded:
+            out += self._crop(target, lay)
+        return _crop_maps(maps, lay) if capture else None
 
-    def _factorize_slab(self, part: torch.Tensor, nmf, capture: bool, weight: float):
-        """One padded slab ``(B, P, H, W, C)`` → its window-major reconstruction ``(windows, P³,
-        C)`` (and factor maps), scaled by ``weight``."""
-        lay = self._layout(part)
-        u, v = nmf.decompose(self._split(part, lay))
-        maps = LocalMatricize.factor_maps(self, v * weight, lay) if capture else None
-        return _window_products(u * weight, v, lay), maps, lay
+    def _add_native(self, zp, nmf, weight, target, maps, shift: int, scale: float) -> bool:
+        """One partition by the compiled kernel (``nn/native.py``) when it is available and the NMF
+        is rank-1 HALS: the same arithmetic as :meth:`_project_slab`, window by window in cache."""
+        if not nmf.uses_moments():
+            return False
+        e, n = self.head_dim, self.window ** 3
+        _, v0 = initial_factors(e, n, 1, nmf.seed, dtype=zp.dtype)
+        return native.window_nmf_rank1(
+            zp, target, maps, heads=zp.shape[-1] // self.head_dim, window=self.window, shift=shift,
+            weight=weight, v0=v0.reshape(-1), iters=nmf.iters, eps=nmf.eps, scale=scale,
+            drop_head=None if nmf.drop is None else nmf.drop[1])
 
-    def _window_major(self, index: torch.Tensor, lay: Layout) -> torch.Tensor:
-        """A padded map's voxel indices ``(D·H·W,)`` re-listed in window-major order."""
-        (pd, ph, pw), p = lay.padded, self.window
-        return index.view(pd // p, p, ph // p, p, pw // p, p).permute(0, 2, 4, 1, 3, 5).reshape(-1)
+    def _project_slab(self, slab: torch.Tensor, nmf, weight: torch.Tensor, scale: float, capture: bool):
+        """One padded slab ``(B, P, H, W, C)`` → ``scale · reconstruction @ weightᵀ`` window-major
+        ``(windows, P³, C)``, the scaled spatial factors ``(windows, P³, heads·R)`` if ``capture``,
+        and the slab's layout.
 
-    def _factorize_slabs(self, zp: torch.Tensor, nmf, capture: bool, weight: float):
-        p = self.window
-        y = torch.empty_like(zp)
-        maps = None
-        for i0 in range(0, zp.shape[1], p):
-            ys, ms, lay = self._factorize_slab(zp[:, i0:i0 + p], nmf, capture, weight)
-            # written straight from the window-major products into the slab: one copy
-            y[:, i0:i0 + p].view(self._window_view(ys, lay).shape).copy_(self._window_view(ys, lay))
-            if capture:
-                if maps is None:
-                    maps = zp.new_empty(ms.shape[0], ms.shape[1], *zp.shape[1:4])
-                maps[:, :, i0:i0 + p] = ms
-        return y, maps
+        Rank-1 HALS (every preset) never forms the E×P³ matrices: the heads' Gram matrices are the
+        diagonal blocks of one ``C×C`` product per window, the iterations run on them
+        (:func:`rank1_hals_from_moments`), and since the reconstruction ``u vᵀ`` with
+        ``v = (Xᵀu + eps)/c`` is linear in X, reconstruction and projection fold into one ``C×C``
+        matrix per window: one more product over the window's rows gives the sub-block's output.
+        Other ranks and solvers run the generic :meth:`NMF.decompose` on the gathered rows."""
+        lay = self._layout(slab)
+        heads, e = lay.heads, lay.head_dim
+        zw = self._window_view_of(slab, lay).reshape(-1, self.window ** 3, slab.shape[-1])
+        k, n, c = zw.shape
+        if not nmf.uses_moments():
+            u, v = nmf.decompose(zw.view(k, n, heads, e).permute(0, 2, 3, 1).reshape(k * heads, e, n))
+            contrib = torch.matmul(_window_products(u * scale, v, lay), weight.t())
+            vt = v.view(k, heads, n, -1).permute(0, 2, 1, 3).reshape(k, n, -1) * scale if capture else None
+            return contrib, vt, lay
+        gram = torch.bmm(zw.transpose(1, 2), zw).view(k, heads, e, heads, e)
+        gram = gram.diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)         # (k, heads, E, E)
+        _, v0 = initial_factors(e, n, 1, nmf.seed, dtype=zw.dtype, device=zw.device)
+        moments = torch.matmul(zw.transpose(1, 2), torch.cat([torch.ones_like(v0), v0], 1))
+        rowsum, xv0 = moments.view(k, heads, e, 2).unbind(-1)
+        u, cc = rank1_hals_from_moments(gram, rowsum, xv0, v0.pow(2).sum(), n, nmf.iters, nmf.eps)
+        ud = u if nmf.drop is None else drop_component(u.reshape(k * heads, e, 1), *nmf.drop).view(u.shape)
+        # what one unit of a head's v adds to the output channels: scale · W_h u_h   (k, heads, C)
+        m = torch.matmul(ud.unsqueeze(-2), weight.view(-1, heads, e).permute(1, 2, 0)).squeeze(-2) * scale
+        m = m / cc                                                        # v = (Xᵀu + eps) / c
+        fold = (u.unsqueeze(-1) * m.unsqueeze(-2)).reshape(k, c, -1)      # (k, C, C_out)
+        contrib = torch.baddbmm((nmf.eps * m.sum(1)).unsqueeze(1), zw, fold)
+        vt = None
+        if capture:
+            blocks = u.unsqueeze(-1) * torch.eye(heads, dtype=u.dtype, device=u.device)[:, None, :]
+            vt = (torch.bmm(zw, blocks.reshape(k, c, heads)) + nmf.eps) * (scale / cc.view(k, 1, heads))
+        return contrib, vt, lay
+
+    def _window_view_of(self, x: torch.Tensor, lay: Layout) -> torch.Tensor:
+        """A padded channels-last map viewed ``(b, gd, gh, gw, p, p, p, C)``: window-major order,
+        each window's voxels in (d, h, w) order as in :meth:`_split`; ``reshape`` gathers it."""
+        b, (pd, ph, pw), p = lay.batch, lay.padded, lay.window[0]
+        x = x.reshape(b, pd // p, p, ph // p, p, pw // p, p, x.shape[-1])
+        return x.permute(0, 1, 3, 5, 2, 4, 6, 7)
 
     def factor_maps(self, v: torch.Tensor, lay: Layout) -> torch.Tensor:
         """``V (B·windows·heads, P³, R)`` → ``(B, heads·R, D, H, W)``."""
@@ -226,30 +310,8 @@ class ShiftedWindowMatricize(LocalMatricize):
     def factor_maps(self, v: torch.Tensor, lay: Layout) -> torch.Tensor:
         return self._average(v.transpose(-1, -2), lay, v.shape[-1]).permute(0, 4, 1, 2, 3)
 
-    def factorize_map(self, z: torch.Tensor, nmf, capture: bool = False):
-        """Inference, slab by slab (see ``LocalMatricize.factorize_map``): the regular windows,
-        then each slab of the rolled partition. A rolled slab is gathered from the circularly
-        shifted rows/columns with one ``index_select`` and its reconstruction is added back to
-        where each voxel came from with one ``index_add_`` — the roll never costs a pass."""
-        lay = self._layout(z)
-        zp = self._pad(z, lay)
-        y, maps = self._factorize_slabs(zp, nmf, capture, weight=0.5)
-        b, depth, height, width, c = zp.shape
-        p, s = self.window, self.shift
-        flat_z, flat_y = zp.reshape(b, -1, c), y.view(b, -1, c)
-        hh = (torch.arange(height, device=z.device) - s) % height
-        ww = (torch.arange(width, device=z.device) - s) % width
-        plane = (hh[:, None] * width + ww[None, :]).reshape(-1)  # rolled (h, w) → source
-        for i0 in range(0, depth, p):
-            rows = (torch.arange(i0 - s, i0 - s + p, device=z.device) % depth)
-            index = (rows[:, None] * (height * width) + plane[None, :]).reshape(-1)  # (P·H·W,)
-            part = flat_z.index_select(1, index).view(b, p, height, width, c)
-            ys, ms, slab = self._factorize_slab(part, nmf, capture, weight=0.5)
-            # the products are window-major; list the destinations in the same order
-            flat_y.index_add_(1, self._window_major(index, slab), ys.view(b, -1, c))
-            if capture:
-                maps.view(b, ms.shape[1], -1).index_add_(2, index, ms.reshape(b, ms.shape[1], -1))
-        return self._crop(y, lay), (_crop_maps(maps, lay) if capture else None)
+    def partitions(self) -> list[tuple[int, float]]:
+        return [(0, 0.5), (self.shift, 0.5)]  # the average of the regular and the rolled partition
 
 
 def _window_products(u: torch.Tensor, v: torch.Tensor, lay: Layout) -> torch.Tensor:
@@ -277,27 +339,38 @@ def _roll_pieces(n: int, shift: int) -> list[tuple[slice, slice]]:
     return [(slice(shift, n), slice(0, n - shift)), (slice(0, shift), slice(n - shift, n))]
 
 
-def roll_spatial(x: torch.Tensor, shift: int, dims=(1, 2, 3), add_into: torch.Tensor | None = None) -> torch.Tensor:
-    """``torch.roll`` by ``shift`` along each of ``dims`` in one pass.
+def roll_spatial(x: torch.Tensor, shift: int, dims=(1, 2, 3), into: torch.Tensor | None = None,
+                 add: bool = False) -> torch.Tensor:
+    """``torch.roll`` by ``shift`` along each of ``dims`` in one pass, written into ``into`` (a new
+    tensor if None), or added to it with ``add``.
 
     torch.roll over several axes chains one full copy per axis; this copies the (up to 2^len(dims))
-    blocks directly. With ``add_into``, the rolled tensor is added to that tensor instead.
+    blocks directly.
     """
-    out = x.new_empty(x.shape) if add_into is None else add_into
+    out = x.new_empty(x.shape) if into is None else into
     for pieces in itertools.product(*(_roll_pieces(x.shape[d], shift) for d in dims)):
         dst, src = [slice(None)] * x.dim(), [slice(None)] * x.dim()
         for d, (to, frm) in zip(dims, pieces):
             dst[d], src[d] = to, frm
-        if add_into is None:
-            out[tuple(dst)].copy_(x[tuple(src)])
-        else:
+        if add:
             out[tuple(dst)].add_(x[tuple(src)])
+        else:
+            out[tuple(dst)].copy_(x[tuple(src)])
     return out
 
 
 def roll3(x: torch.Tensor, shift: int, add_into: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`roll_spatial` over the three spatial axes of a channels-last map."""
-    return roll_spatial(x, shift, (1, 2, 3), add_into)
+    return roll_spatial(x, shift, (1, 2, 3), into=add_into, add=add_into is not None)
+
+
+def _wrapped_rows(start: int, count: int, length: int) -> list[tuple[slice, slice]]:
+    """(slab rows, map rows) pieces such that slab row r is map row (start + r) mod length."""
+    start %= length
+    if start + count <= length:
+        return [(slice(0, count), slice(start, start + count))]
+    head = length - start
+    return [(slice(0, head), slice(start, length)), (slice(head, count), slice(0, count - head))]
 
 
 def _crop_maps(maps: torch.Tensor, lay: Layout) -> torch.Tensor:

@@ -120,12 +120,21 @@ def _rank1_hals(x: torch.Tensor, v0: torch.Tensor, iters: int, first_grad_iter: 
     bounds this layer on CPUs: 2 passes over X instead of 2T. Same arithmetic, so same result and
     gradients as the column-wise solver (up to rounding).
     """
-    n = x.shape[-1]
-    gram = x @ x.transpose(-1, -2)
-    rowsum = x.sum(-1)
-    xv = x @ v0  # X v0, shape (…, M)
-    vv = v0.dot(v0)
+    u, c = rank1_hals_from_moments(x @ x.transpose(-1, -2), x.sum(-1), x @ v0, v0.dot(v0),
+                                   x.shape[-1], iters, eps, first_grad_iter)
+    v = ((u.unsqueeze(-2) @ x).squeeze(-2) + eps) / c
+    return u, v
+
+
+def rank1_hals_from_moments(gram: torch.Tensor, rowsum: torch.Tensor, xv0: torch.Tensor,
+                            vv0: torch.Tensor | float, n: int, iters: int, eps: float,
+                            first_grad_iter: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``iters`` rank-1 HALS iterations of :func:`_rank1_hals` from X's moments alone:
+    ``gram = X Xᵀ (…, M, M)``, ``rowsum = X 1``, ``xv0 = X v0`` (both ``(…, M)``), ``vv0 = v0ᵀv0``
+    and ``n`` columns. Returns ``u (…, M)`` and ``c (…, 1)``; the final factor is
+    ``v = (Xᵀu + eps) / c``, left to the caller, which may fold it into what it computes next."""
     u = c = None
+    xv, vv = xv0, vv0
     for it in range(iters):
         # Iterations before first_grad_iter see detached inputs, so no gradient flows through them.
         g, s = (gram.detach(), rowsum.detach()) if it < first_grad_iter else (gram, rowsum)
@@ -138,8 +147,7 @@ def _rank1_hals(x: torch.Tensor, v0: torch.Tensor, iters: int, first_grad_iter: 
                   + eps * eps * n) / (c * c)
         u = (xv + eps) / (vv + eps)
         c = u.pow(2).sum(-1, keepdim=True) + eps
-    v = ((u.unsqueeze(-2) @ x).squeeze(-2) + eps) / c
-    return u, v
+    return u, c
 
 
 def factorize(
@@ -166,7 +174,7 @@ def factorize(
     u0, v0 = initial_factors(m, n, rank, seed, dtype=x.dtype, device=x.device)
     first_grad_iter = 0 if grad_iters is None else max(iters - grad_iters, 0)
     # 2a. rank-1 HALS: the same iterations in closed form over X's Gram matrix
-    if rank == 1 and solver == "hals" and iters > 0:
+    if rank == 1 and solver == "hals" and iters > 0:   # NMF.uses_moments
         u, v = _rank1_hals(x, v0[:, 0], iters, first_grad_iter, eps)
         return u.unsqueeze(-1), v.unsqueeze(-1)
     # 2b. otherwise T alternating half-steps, U for fixed V then V for the new U
@@ -225,6 +233,11 @@ class NMF(nn.Module):
         if self.drop is not None:
             u = drop_component(u, *self.drop)
         return u, v
+
+    def uses_moments(self) -> bool:
+        """Whether :func:`factorize` takes the rank-1 HALS closed form, which needs only X's
+        moments (:func:`rank1_hals_from_moments`) — callers may compute those their own way."""
+        return self.rank == 1 and self.solver == "hals" and self.iters > 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u, v = self.decompose(x)

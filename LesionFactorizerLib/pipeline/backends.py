@@ -33,30 +33,15 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from LesionFactorizerLib.pipeline.settings import BACKENDS
+from LesionFactorizerLib.usercache import cache_dir
 
 MIN_GAIN = 1.1     # a backend must be ≥10 % faster than eager, measured on the same run, to be chosen
 TEST_TOL = 1e-4    # calibration: max |backend − eager| on the calibration batch (float32 logits)
 RUN_TOL = 1e-3     # a run's first-batch check (real data, larger logits): beyond it, eager instead
 RECORDS = "backends.json"
-
-
-def cache_dir() -> Path:
-    """The user cache folder for compiled code, exported models and backend measurements:
-    ``$LESION_FACTORIZER_CACHE``, else the platform's user cache (``%LOCALAPPDATA%`` on Windows,
-    ``~/Library/Caches`` on macOS, ``$XDG_CACHE_HOME`` or ``~/.cache`` elsewhere) + ``lesion-factorizer``."""
-    if os.environ.get("LESION_FACTORIZER_CACHE"):
-        return Path(os.environ["LESION_FACTORIZER_CACHE"])
-    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
-        base = Path(os.environ["LOCALAPPDATA"])
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "lesion-factorizer"
 
 
 def unavailable(name: str, device_type: str = "cpu") -> str | None:

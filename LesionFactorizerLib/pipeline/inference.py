@@ -107,6 +107,7 @@ class InferenceResult:
     device: str = "cpu"
     passes: int = 0
     backend: str = "eager"                          # how the network ran (report.json "backend")
+    window_nmf: str = "not used"                    # what ran the eager window NMF (nn/native.status)
     threads: int = 0
     sw_batch_size: int = 1
     warnings: list[str] = field(default_factory=list)
@@ -158,6 +159,7 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
          on_window, result: InferenceResult, runners, foreground=None) -> InferenceResult:
     import torch
 
+    from LesionFactorizerLib.nn import native
     from LesionFactorizerLib.pipeline.sliding_window import stitch, window_starts
 
     size = tuple(array.shape[1:])
@@ -229,6 +231,7 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
     result.logits = (acc / result.passes)[0].numpy()
     result.votes = votes.bits if votes is not None else None
     result.backend = runners.summary()
+    result.window_nmf = native.status()
     for model in models:
         model.to("cpu")
     return result

@@ -90,6 +90,7 @@ class Prediction:
     backend: str
     threads: int | None
     votes: np.ndarray | None = None   # bit p: pass p labelled the voxel (pipeline/confidence.py)
+    window_nmf: str = "not used"      # native kernel or PyTorch (nn/native.status)
 
 
 @dataclass
@@ -228,7 +229,8 @@ class Segmenter:
             "settings": {"preset": self.opts.preset, "device": prediction.device, "tta": self.settings["tta"],
                          "overlap": self.settings["overlap"], "nmf_iters": self.settings["nmf_iters"],
                          "skip_nmf": self.settings["skip_nmf"], "sw_batch_size": prediction.sw_batch_size,
-                         "backend": prediction.backend, "threads": prediction.threads,
+                         "backend": prediction.backend, "window_nmf": prediction.window_nmf,
+                         "threads": prediction.threads,
                          "roi": list(reversed(roi)), "passes": prediction.passes, **self.output.settings(),
                          "model_spacing": _plain(self.spec.preprocessing.spacing)},
             "preprocessing": {"crop_start": list(prep.crop_start), "crop_size": list(prep.crop_size),
@@ -338,7 +340,8 @@ class Segmenter:
         check_finite_logits(result.logits, [m.name for m in self.loaded])
         prep.array = None   # the network input is no longer needed; free it before the full-size maps
         return Prediction(result.logits, result.components, result.strides, result.device, result.passes,
-                          result.sw_batch_size, result.backend, result.threads, result.votes)
+                          result.sw_batch_size, result.backend, result.threads, result.votes,
+                          window_nmf=result.window_nmf)
 
     def postprocess(self, prep: Prepared, prediction: Prediction, case: Case) -> Segmentation:
         from LesionFactorizerLib.pipeline.confidence import ConfidenceMaps, foreground_probability, votes_to_reference
