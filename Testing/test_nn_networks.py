@@ -85,6 +85,31 @@ def test_odd_sizes_and_the_memory_saving_path_match_the_plain_forward(name):
     torch.testing.assert_close(plain, autograd, rtol=1e-6, atol=1e-6)
 
 
+def test_kept_buffers_never_leak_between_calls_threads_or_copies():
+    """The workspace (reused full-size buffers) must not let one result overwrite another."""
+    import copy
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = build_model("swin-factorizer-brats", **SMALL).eval()
+    xs = [torch.randn(1, 4, 16, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    with torch.no_grad():
+        first = model(xs[0])
+        seq = [model(x) for x in xs]                       # the same shape again and again
+        torch.testing.assert_close(first, seq[0], rtol=0, atol=0)
+        block = model.blocks["encoder1"]
+        feat = torch.randn(1, 8, 16, 16, 16).contiguous(memory_format=torch.channels_last_3d)
+        a = block(feat)
+        b = block(feat * 2)                                # outside a network forward: fresh outputs
+        assert a.data_ptr() != b.data_ptr() and not torch.equal(a, b)
+        twin = copy.deepcopy(model)
+        assert twin.blocks["encoder1"].workspace is not block.workspace
+        assert twin.blocks["encoder1"].workspace is twin.blocks["decoder1"].workspace
+        with ThreadPoolExecutor(4) as pool:                # concurrent forwards of one network
+            threaded = list(pool.map(model, xs * 3))
+    for got, want in zip(threaded, seq * 3):   # (threads round differently; sharing would not be 1e-5)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_component_hook_returns_maps_on_each_layer_grid():
     model = build_model("swin-factorizer-isles", widths=(8, 16, 32, 64, 128)).eval()
     x = torch.randn(1, 2, 24, 20, 18)

@@ -12,6 +12,8 @@ switching views is free.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Iterable, Sequence
 
 import torch
@@ -105,6 +107,7 @@ class FactorizerBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(cout)
         self.mlp = MLP(cout, mlp_ratio, dropout)
         self.memory_saving = True  # see memory_saving_path
+        self.workspace = Workspace()  # the Factorizer gives all its blocks one
 
     def _position(self, grid: tuple[int, ...]) -> torch.Tensor:
         pos = self.pos_embed
@@ -156,10 +159,10 @@ class FactorizerBlock(nn.Module):
         b, d, h, w, _ = parts[0].shape
         c = self.nmf_norm.normalized_shape[0]
         rows = [p.reshape(-1, p.shape[-1]) for p in parts]
-        out = parts[0].new_empty(b * d * h * w, c)
+        out = self.workspace.get(("out", id(self)), b * d * h * w * c, parts[0]).view(-1, c)
         pos = self._position((d, h, w)).reshape(-1, c) if self.pos_embed is not None else None
         nmf = self.nmf
-        z = None if nmf.skip else torch.empty_like(out)
+        z = None if nmf.skip else self.workspace.get("z", out.numel(), out).view(out.shape)
         scratch = _Scratch(out)
         for sl in _chunks(out.shape[0], c):
             xi = self._adapt_into([r[sl] for r in rows], scratch)
@@ -172,7 +175,6 @@ class FactorizerBlock(nn.Module):
             torch.add(xi, nmf.out_proj.bias, out=out[sl])
         if z is not None:
             nmf.add_low_memory(z.view(b, d, h, w, c), out.view(b, d, h, w, c))
-            del z
         mlp = self.mlp
         for sl in _chunks(out.shape[0], mlp.fc1.out_features):
             dst = out[sl]
@@ -192,6 +194,54 @@ class FactorizerBlock(nn.Module):
         for part, weight in zip(parts[1:], weights[1:]):
             out.addmm_(part, weight.t())
         return out
+
+
+class Workspace:
+    """Full-size maps of the memory-saving path, kept and reused across a network's forward passes:
+    the NMF input ``z`` (one buffer for all blocks, which run one after another) and each block's
+    output. A fresh full-resolution buffer is paid for in page faults at first touch, every time
+    (~0.1–0.2 s per 268 MB map at 128³, more than the NMF kernel), and sliding windows run the same
+    shape again and again.
+
+    Only inside the network's own forward (:meth:`session`), where every block output is consumed
+    before the forward returns (the heads write fresh logits); a block called on its own, another
+    thread meanwhile, or a GPU (whose allocator caches freed blocks itself) gets fresh tensors.
+    Memory: what the forward needed at its peak, plus the decoder outputs, held while the network
+    lives."""
+
+    def __init__(self):
+        self.buffers: dict = {}
+        self.lock = threading.Lock()
+        self.owner: int | None = None
+
+    def __deepcopy__(self, memo):   # a copied network gets its own (empty) workspace
+        return Workspace()
+
+    def __reduce__(self):
+        return Workspace, ()
+
+    @contextlib.contextmanager
+    def session(self):
+        """Reuse buffers in this thread until the block exits (not if another thread is using it)."""
+        if not self.lock.acquire(blocking=False):
+            yield
+            return
+        self.owner = threading.get_ident()
+        try:
+            yield
+        finally:
+            self.owner = None
+            self.lock.release()
+
+    def get(self, key, numel: int, like: torch.Tensor) -> torch.Tensor:
+        """A flat tensor of ``numel`` elements like ``like``: the kept one for ``key`` in a session."""
+        if self.owner != threading.get_ident() or like.device.type != "cpu":
+            return like.new_empty(numel)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype:
+            self.buffers[key] = buf = None  # the old one is freed before a larger one is allocated
+            self.buffers[key] = buf = like.new_empty(numel)
+        return buf[:numel]
 
 
 class _Scratch:
@@ -260,7 +310,14 @@ class Factorizer(UShapedNet):
             )
 
         super().__init__(in_channels, out_channels, widths, make_block, deep_supervision, channels_last=True)
+        workspace = Workspace()
+        for block in self.blocks.values():
+            block.workspace = workspace
         self.widths = tuple(widths)
+
+    def forward(self, x: torch.Tensor, all_heads: bool = False):
+        with self.blocks["encoder1"].workspace.session():
+            return super().forward(x, all_heads)
 
     def _decode(self, block: FactorizerBlock, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         return block(up, skip=skip)  # no concatenated copy: the adapter reads both parts
