@@ -8,7 +8,9 @@ strides 1, 2, 2, 2, 2; 3³ kernels; GroupNorm with 8 groups). Both run in eval m
 ``torch.no_grad`` with the same threads, interleaved, and the best of ``--repeats`` runs is
 reported (the minimum is the least noisy estimate on a shared machine), plus the ratio. DynUNet is
 timed in its default (channels-first) layout and, as a stronger baseline, in ``channels_last_3d``.
-``--profile`` prints where the preset's time goes, per block and per operator.
+``--profile`` prints where the preset's time goes, per block and per operator. The timed forward
+is the eager inference path (memory-saving blocks, the compiled window-NMF kernel of
+``nn/native.py`` where a C compiler exists); its max difference to the plain graph is printed.
 
 ``--backends eager,compile,onnx`` also times the preset through those inference backends
 (``pipeline/backends.py``; compile/export time reported separately, outputs checked against
@@ -124,6 +126,18 @@ def main() -> None:
     print(f"speed-up vs DynUNet: {min(times['DynUNet']) / mine:.2f}x; "
           f"vs DynUNet channels_last_3d: {min(times['DynUNet (channels_last_3d)']) / mine:.2f}x; "
           f"FLOP ratio {flops['DynUNet'] / flops[args.preset]:.2f}x")
+    if hasattr(net, "blocks"):  # the timed (memory-saving, native-kernel) path against the plain graph
+        with torch.no_grad():
+            fast = net(x)
+            for block in net.blocks.values():
+                block.memory_saving = False
+            plain = net(x)
+            for block in net.blocks.values():
+                block.memory_saving = True
+        from LesionFactorizerLib.nn import native
+
+        print(f"max |timed - plain forward| = {(fast - plain).abs().max().item():.2e} "
+              f"(logits up to {plain.abs().max().item():.2f}); window NMF: {native.status()}")
     for name in times:
         if name.startswith(f"{args.preset} ") and name != args.preset:
             print(f"{name}: eager is {min(times[name]) / mine:.2f}x as fast (wall), "

@@ -51,7 +51,7 @@ def write_components(prep: Prepared, comps: dict[str, np.ndarray], strides: dict
         full, geom = place(prep, comps[name], strides[name])
         image = geom.to_image(np.ascontiguousarray(np.moveaxis(full, 0, -1)), vector=True)
         path = folder / f"{name}.nrrd"
-        write_image(image, path, compress)
+        write_image(image, path, compress, level=1)   # the largest files of a run: fastest zlib level
         entry = {"layer": name, "stride": int(strides[name]), "components": int(full.shape[0]),
                  "file": path.name, **geom.as_dict(),
                  "max": [float(m) for m in full.reshape(full.shape[0], -1).max(axis=1)]}

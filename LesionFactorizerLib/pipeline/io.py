@@ -309,15 +309,22 @@ def align_to_reference(inputs: list[InputImage], reference: InputImage, warnings
             item.notes.append("resampled onto the reference grid")
 
 
-def write_image(image, path: str | os.PathLike, compress: bool = True) -> None:
+def write_image(image, path: str | os.PathLike, compress: bool = True, level: int | None = None) -> None:
     """Write ``image`` and read it back: a short write (full disk, file-size limit) or a writer that
-    changes the geometry must fail here, not leave a file that disagrees with report.json."""
+    changes the geometry must fail here, not leave a file that disagrees with report.json.
+    ``level``: the zlib compression level (None: the writer's default); 1 halves the time of large
+    float maps for ~20 % larger files."""
     import SimpleITK as sitk
 
     path = Path(path)
     try:
         with _native_stderr_captured():
-            sitk.WriteImage(image, str(path), compress)
+            writer = sitk.ImageFileWriter()
+            writer.SetFileName(str(path))
+            writer.SetUseCompression(compress)
+            if compress and level is not None:
+                writer.SetCompressionLevel(level)
+            writer.Execute(image)
     except RuntimeError as exc:
         raise UserError(f"cannot write {path.name} ({_write_reason(path, _first_line(exc))}); free disk "
                         "space or choose another output folder") from None
