@@ -62,7 +62,6 @@ def write_overview(path: Path, inputs: list, labels_image, task, component: tupl
     lab = sitk.GetArrayFromImage(oriented)
     spacing = oriented.GetSpacing()
     aspect = float(spacing[1] / spacing[0])   # row/column pixel aspect of the axial slices
-    del oriented
     lesion_z = np.flatnonzero(lab.reshape(lab.shape[0], -1).any(axis=1))
     if lesion_z.size:
         # area-weighted quantiles: slices through the bulk of the lesion load, not through stray specks
@@ -92,14 +91,17 @@ def write_overview(path: Path, inputs: list, labels_image, task, component: tupl
     comp_cols = []
     if component is not None:
         name, image = component[:2]
-        ref = labels_image
         k = image.GetNumberOfComponentsPerPixel()
         picks = component[2] if len(component) > 2 else [(c, f"{name} #{c}") for c in range(min(k, 4))]
+        # resampled onto the shown slices only (an image slice keeps its physical geometry), not
+        # onto the whole reference volume
+        slices = [oriented[:, :, z:z + 1] for z in zs]
         for c, title in picks:
             scalar = sitk.VectorIndexSelectionCast(image, int(c), sitk.sitkFloat32)
-            on_ref = sitk.Resample(scalar, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-            comp_cols.append((title, _axial(on_ref)[zs].copy()))
-            del scalar, on_ref
+            comp_cols.append((title, np.concatenate([sitk.GetArrayFromImage(sitk.Resample(
+                scalar, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)) for ref in slices])))
+            del scalar
+    del oriented
 
     ncols = len(vols) + 1 + len(comp_cols)
     fig, axes = plt.subplots(len(zs), ncols, figsize=(2.2 * ncols, 2.3 * len(zs)), squeeze=False)
