@@ -112,6 +112,7 @@ def play(args, widget, result, started):
         ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
         ui.uncertaintyCheckBox.checked = task_name == "ms-new"   # Advanced > Uncertainty map, for one task
         run = click_segment_and_follow(widget, task_name)
+        run["window_nmf"] = widget._result.report["settings"]["window_nmf"]   # what ran the NMF layers
         if task_name == "ms-new":
             run["uncertainty"] = check_uncertainty_map(widget)
         seg = widget._result.segmentationNode
