@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from LesionFactorizerLib.nn.factorizer import Factorizer
+from LesionFactorizerLib.nn.factorizer import Factorizer, plain_forward
 from LesionFactorizerLib.nn.lowrank import ResUNet8
 from LesionFactorizerLib.nn.unet import UNet
 
@@ -111,11 +111,8 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     meta = copy.deepcopy(model).to("meta").eval()
-    for module in meta.modules():   # the network's own FLOPs: not those of the folded inference path
-        if hasattr(module, "memory_saving"):
-            module.memory_saving = False
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
+    with counter, torch.no_grad(), plain_forward(meta):   # not the folded inference path's FLOPs
         meta(torch.empty(input_shape, device="meta"))
     return counter.get_total_flops()
 

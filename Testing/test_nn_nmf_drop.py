@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from LesionFactorizerLib import build_model
+from LesionFactorizerLib.nn.factorizer import plain_forward
 from LesionFactorizerLib.nn.matricize import make_matricize
 from LesionFactorizerLib.nn.nmf import NMF
 from LesionFactorizerLib.pipeline.counterfactual import component_count, dropped
@@ -50,11 +51,8 @@ def test_dropping_changes_the_output_the_same_way_in_both_forward_paths(name):
                 pass
         with dropped(model, "decoder1", count - 1):
             fast = model(x)
-            for block in model.blocks.values():
-                block.memory_saving = False
-            plain = model(x)
-            for block in model.blocks.values():
-                block.memory_saving = True
+            with plain_forward(model):
+                plain = model(x)
         again = model(x)
     assert model.nmf_layers()["decoder1"].nmf.drop is None   # switched off after the block
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)

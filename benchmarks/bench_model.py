@@ -127,14 +127,13 @@ def main() -> None:
           f"vs DynUNet channels_last_3d: {min(times['DynUNet (channels_last_3d)']) / mine:.2f}x; "
           f"FLOP ratio {flops['DynUNet'] / flops[args.preset]:.2f}x")
     if hasattr(net, "blocks"):  # the timed (memory-saving, native-kernel) path against the plain graph
+        from LesionFactorizerLib.nn import native
+        from LesionFactorizerLib.nn.factorizer import plain_forward
+
         with torch.no_grad():
             fast = net(x)
-            for block in net.blocks.values():
-                block.memory_saving = False
-            plain = net(x)
-            for block in net.blocks.values():
-                block.memory_saving = True
-        from LesionFactorizerLib.nn import native
+            with plain_forward(net):
+                plain = net(x)
 
         print(f"max |timed - plain forward| = {(fast - plain).abs().max().item():.2e} "
               f"(logits up to {plain.abs().max().item():.2f}); window NMF: {native.status()}")

@@ -33,9 +33,25 @@ def memory_saving_path(block: "FactorizerBlock") -> bool:
     bound by memory traffic here, not FLOPs). It runs only in eager inference: under autograd its
     in-place writes would break gradients (and it has no dropout); compilers and exporters
     (``torch.compile``, ``torch.export``, ONNX) get the plain graph, which they fuse themselves and
-    which ONNX Runtime reproduces. ``block.memory_saving = False`` turns it off (tests, profiling)."""
+    which ONNX Runtime reproduces. ``block.memory_saving = False`` turns it off (tests, profiling;
+    :func:`plain_forward` for a whole network)."""
     return (block.memory_saving and not block.training and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling() and not torch.compiler.is_exporting())
+
+
+@contextlib.contextmanager
+def plain_forward(model: nn.Module):
+    """Inside, every Factorizer block of ``model`` runs its plain forward: the reference the
+    memory-saving path is checked against, and the graph whose FLOPs are the network's own."""
+    blocks = [m for m in model.modules() if isinstance(m, FactorizerBlock)]
+    saved = [block.memory_saving for block in blocks]
+    for block in blocks:
+        block.memory_saving = False
+    try:
+        yield model
+    finally:
+        for block, flag in zip(blocks, saved):
+            block.memory_saving = flag
 
 
 class WrappedNMF(nn.Module):
