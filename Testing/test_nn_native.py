@@ -92,3 +92,6 @@ def test_built_once_into_the_cache_and_failures_fall_back(tmp_path):
     assert status.startswith("pytorch (building it with") and "false" in status
     assert list((tmp_path / "native").iterdir()) == [built]   # nothing half-written left behind
     assert _status(tmp_path, LESION_FACTORIZER_NATIVE="0")[0] == "pytorch (turned off by LESION_FACTORIZER_NATIVE=0)"
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    assert _status(blocked)[0].startswith("pytorch (building it with")   # an unwritable cache folder

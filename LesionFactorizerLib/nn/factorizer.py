@@ -238,7 +238,8 @@ class Workspace:
 
     @contextlib.contextmanager
     def session(self):
-        """Reuse buffers in this thread until the block exits (not if another thread is using it)."""
+        """Buffers are kept and reused for this thread inside the ``with`` (unless another thread
+        holds the session: then everything is freshly allocated)."""
         if not self.lock.acquire(blocking=False):
             yield
             return

@@ -230,7 +230,7 @@ class LocalMatricize:
         Other ranks and solvers run the generic :meth:`NMF.decompose` on the gathered rows."""
         lay = self._layout(slab)
         heads, e = lay.heads, lay.head_dim
-        zw = self._window_view_of(slab, lay).reshape(-1, self.window ** 3, slab.shape[-1])
+        zw = self._as_window_major(slab, lay).reshape(-1, self.window ** 3, slab.shape[-1])
         k, n, c = zw.shape
         if not nmf.uses_moments():
             u, v = nmf.decompose(zw.view(k, n, heads, e).permute(0, 2, 3, 1).reshape(k * heads, e, n))
@@ -255,7 +255,7 @@ class LocalMatricize:
             vt = (torch.bmm(zw, blocks.reshape(k, c, heads)) + nmf.eps) * (scale / cc.view(k, 1, heads))
         return contrib, vt, lay
 
-    def _window_view_of(self, x: torch.Tensor, lay: Layout) -> torch.Tensor:
+    def _as_window_major(self, x: torch.Tensor, lay: Layout) -> torch.Tensor:
         """A padded channels-last map viewed ``(b, gd, gh, gw, p, p, p, C)``: window-major order,
         each window's voxels in (d, h, w) order as in :meth:`_split`; ``reshape`` gathers it."""
         b, (pd, ph, pw), p = lay.batch, lay.padded, lay.window[0]

@@ -8,7 +8,7 @@ rows in cache, and adds the result straight into the residual stream.
 
 It is built once per machine by the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) into
 ``cache_dir()/native``, keyed by the source, compiler, flags and CPU, and loaded with ``ctypes``
-(plain C, no torch headers: a build takes about a second). Without a compiler, or if the build
+(plain C, no torch headers: a build takes about half a second). Without a compiler, or if the build
 fails, the PyTorch path runs and :func:`status` says why. ``LESION_FACTORIZER_NATIVE=0`` turns the
 kernel off. Outputs equal the PyTorch path's within float rounding (tested).
 """
@@ -39,7 +39,7 @@ _lock = threading.Lock()
 _state: dict = {}
 _pool: ThreadPoolExecutor | None = None
 
-_L, _F, _P = ctypes.c_long, ctypes.c_float, ctypes.c_void_p
+_L, _F, _P = ctypes.c_longlong, ctypes.c_float, ctypes.c_void_p   # lf_int is long long
 _ARGTYPES = [_P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _L, _F, _F, _L, _L, _L]
 
 
@@ -110,9 +110,12 @@ def _load() -> dict:
 def _build(cc: str, flags: tuple[str, ...], path: Path) -> str:
     """Compiles into a temporary file beside ``path`` and renames it: concurrent runs never load a
     half-written library. Returns the compiler's error output, or "" on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=SUFFIX, dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=SUFFIX, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:   # e.g. a read-only cache folder
+        return str(exc)
     try:
         done = subprocess.run([cc, *flags, "-std=c99", "-shared", "-fPIC", "-o", tmp, str(SOURCE)],
                               capture_output=True, text=True, timeout=120)

@@ -18,26 +18,28 @@
 #include <stdlib.h>
 #include <string.h>
 
-static long wrap(long i, long n) { i %= n; return i < 0 ? i + n : i; }
+typedef long long lf_int;   /* 64-bit sizes and indices on every platform (C long is 32-bit on Windows) */
+
+static lf_int wrap(lf_int i, lf_int n) { i %= n; return i < 0 ? i + n : i; }
 
 /* Moments of every head's E x n matrix of one gathered window `buf` (n rows of c = heads*E
    floats): Gram X X^T (heads, E, E), row sums X 1 and X v0 (heads*E each). */
-static void moments_any(const float *restrict buf, long n, long c, long heads, long e_dim,
+static void moments_any(const float *restrict buf, lf_int n, lf_int c, lf_int heads, lf_int e_dim,
                         const float *restrict v0, float *restrict gram, float *restrict rowsum,
                         float *restrict xv)
 {
     memset(gram, 0, sizeof(float) * (size_t)(heads * e_dim * e_dim));
     memset(rowsum, 0, sizeof(float) * (size_t)c);
     memset(xv, 0, sizeof(float) * (size_t)c);
-    for (long k = 0; k < n; k++) {
+    for (lf_int k = 0; k < n; k++) {
         const float *restrict row = buf + k * c;
-        for (long j = 0; j < c; j++) {
+        for (lf_int j = 0; j < c; j++) {
             rowsum[j] += row[j];
             xv[j] += v0[k] * row[j];
         }
-        for (long h = 0; h < heads; h++)
-            for (long i = 0; i < e_dim; i++)
-                for (long j = 0; j < e_dim; j++)
+        for (lf_int h = 0; h < heads; h++)
+            for (lf_int i = 0; i < e_dim; i++)
+                for (lf_int j = 0; j < e_dim; j++)
                     gram[(h * e_dim + i) * e_dim + j] += row[h * e_dim + i] * row[h * e_dim + j];
     }
 }
@@ -46,16 +48,16 @@ static void moments_any(const float *restrict buf, long n, long c, long heads, l
 /* The same for E = 4 and 8 with one head's accumulators held in vector registers (GCC/Clang
    vector extensions): the loop above would load and store the whole Gram for every voxel. */
 #define MOMENTS_E(E)                                                                              \
-static void moments_##E(const float *restrict buf, long n, long c, long heads,                    \
+static void moments_##E(const float *restrict buf, lf_int n, lf_int c, lf_int heads,                    \
                         const float *restrict v0, float *restrict gram, float *restrict rowsum,    \
                         float *restrict xv)                                                        \
 {                                                                                                  \
     typedef float vec_t __attribute__((vector_size(4 * E)));                                       \
-    for (long h = 0; h < heads; h++) {                                                             \
+    for (lf_int h = 0; h < heads; h++) {                                                             \
         vec_t g[E], s, x, r;                                                                       \
         memset(&s, 0, sizeof s); x = s;                                                            \
         for (int i = 0; i < E; i++) g[i] = s;                                                      \
-        for (long k = 0; k < n; k++) {                                                             \
+        for (lf_int k = 0; k < n; k++) {                                                             \
             memcpy(&r, buf + k * c + h * E, sizeof r);                                             \
             s += r;                                                                                \
             x += v0[k] * r;                                                                        \
@@ -78,38 +80,38 @@ MOMENTS_E(8)
 /* Returns 0, or 1 if scratch memory could not be allocated. */
 int lf_window_nmf_rank1(
     const float *z, float *out, float *maps,            /* maps: (B, heads, D, H, W) or NULL */
-    long batch, long depth, long height, long width,
-    long heads, long e_dim, long c_out, long p, long shift,
+    lf_int batch, lf_int depth, lf_int height, lf_int width,
+    lf_int heads, lf_int e_dim, lf_int c_out, lf_int p, lf_int shift,
     const float *weight,                                /* (c_out, heads * e_dim), row-major */
     const float *v0,                                    /* initial spatial factor, P^3 */
-    long iters, float eps, float scale, long drop_head, /* drop_head < 0: none */
-    long first, long last)                              /* windows [first, last) */
+    lf_int iters, float eps, float scale, lf_int drop_head, /* drop_head < 0: none */
+    lf_int first, lf_int last)                              /* windows [first, last) */
 {
-    const long c = heads * e_dim, n = p * p * p;
-    const long gd = depth / p, gh = height / p, gw = width / p, plane = depth * height * width;
+    const lf_int c = heads * e_dim, n = p * p * p;
+    const lf_int gd = depth / p, gh = height / p, gw = width / p, plane = depth * height * width;
     float *buf = malloc(sizeof(float) * (size_t)(n * c + heads * e_dim * e_dim + 5 * c + 2 * c_out
                                                  + heads * c_out + 3 * heads));
-    long *at = malloc(sizeof(long) * (size_t)n);
+    lf_int *at = malloc(sizeof(lf_int) * (size_t)n);
     if (!buf || !at) { free(buf); free(at); return 1; }
     float *gram = buf + n * c, *rowsum = gram + heads * e_dim * e_dim, *xv = rowsum + c, *u = xv + c;
     float *gu = u + c, *prod = gu + c, *acc = prod + c, *m = acc + c_out, *cc = m + heads * c_out;
     float *vv = cc + heads, *vp = vv + heads, *bias = vp + heads;
     float vv0 = 0.f;
-    for (long i = 0; i < n; i++) vv0 += v0[i] * v0[i];
+    for (lf_int i = 0; i < n; i++) vv0 += v0[i] * v0[i];
     (void)batch;
 
-    for (long win = first; win < last; win++) {
-        long rest = win;
-        const long iw = rest % gw; rest /= gw;
-        const long ih = rest % gh; rest /= gh;
-        const long id = rest % gd; rest /= gd;
-        const long b = rest;
+    for (lf_int win = first; win < last; win++) {
+        lf_int rest = win;
+        const lf_int iw = rest % gw; rest /= gw;
+        const lf_int ih = rest % gh; rest /= gh;
+        const lf_int id = rest % gd; rest /= gd;
+        const lf_int b = rest;
         /* gather: the window's voxels in (d, h, w) order, as LocalMatricize lists them */
-        for (long a = 0, k = 0; a < p; a++)
-            for (long bb = 0; bb < p; bb++) {
-                const long line = ((b * depth + wrap(id * p + a - shift, depth)) * height
+        for (lf_int a = 0, k = 0; a < p; a++)
+            for (lf_int bb = 0; bb < p; bb++) {
+                const lf_int line = ((b * depth + wrap(id * p + a - shift, depth)) * height
                                    + wrap(ih * p + bb - shift, height)) * width;
-                for (long q = 0; q < p; q++, k++) {
+                for (lf_int q = 0; q < p; q++, k++) {
                     at[k] = line + wrap(iw * p + q - shift, width);
                     memcpy(buf + k * c, z + at[k] * c, sizeof(float) * (size_t)c);
                 }
@@ -117,19 +119,19 @@ int lf_window_nmf_rank1(
         /* 1. moments */
         MOMENTS(e_dim);
         /* 2. rank-1 HALS iterations, per head, exactly as rank1_hals_from_moments */
-        for (long h = 0; h < heads; h++) vv[h] = vv0;
-        for (long it = 0; it < iters; it++)
-            for (long h = 0; h < heads; h++) {
+        for (lf_int h = 0; h < heads; h++) vv[h] = vv0;
+        for (lf_int it = 0; it < iters; it++)
+            for (lf_int h = 0; h < heads; h++) {
                 float *uh = u + h * e_dim, *xh = xv + h * e_dim, *sh = rowsum + h * e_dim, *gh_ = gu + h * e_dim;
                 if (it > 0) {
                     const float *g = gram + h * e_dim * e_dim;
                     float ugu = 0.f, us = 0.f;
-                    for (long i = 0; i < e_dim; i++) {
+                    for (lf_int i = 0; i < e_dim; i++) {
                         float t = 0.f;
-                        for (long j = 0; j < e_dim; j++) t += g[i * e_dim + j] * uh[j];
+                        for (lf_int j = 0; j < e_dim; j++) t += g[i * e_dim + j] * uh[j];
                         gh_[i] = t;
                     }
-                    for (long i = 0; i < e_dim; i++) {
+                    for (lf_int i = 0; i < e_dim; i++) {
                         ugu += uh[i] * gh_[i];
                         us += uh[i] * sh[i];
                         xh[i] = (gh_[i] + eps * sh[i]) / cc[h];
@@ -137,7 +139,7 @@ int lf_window_nmf_rank1(
                     vv[h] = (ugu + 2.f * eps * us + eps * eps * (float)n) / (cc[h] * cc[h]);
                 }
                 float sq = 0.f;
-                for (long i = 0; i < e_dim; i++) {
+                for (lf_int i = 0; i < e_dim; i++) {
                     uh[i] = (xh[i] + eps) / (vv[h] + eps);
                     sq += uh[i] * uh[i];
                 }
@@ -145,32 +147,32 @@ int lf_window_nmf_rank1(
             }
         /* 3. what one unit of head h's v adds to the output channels: scale * W_h u_h / c_h (zero
            for a dropped head), and the eps of v summed over the heads: a per-window bias */
-        for (long o = 0; o < c_out; o++) bias[o] = 0.f;
-        for (long h = 0; h < heads; h++) {
+        for (lf_int o = 0; o < c_out; o++) bias[o] = 0.f;
+        for (lf_int h = 0; h < heads; h++) {
             const float f = h == drop_head ? 0.f : scale / cc[h];
-            for (long o = 0; o < c_out; o++) {
+            for (lf_int o = 0; o < c_out; o++) {
                 float t = 0.f;
-                for (long i = 0; i < e_dim; i++) t += weight[o * c + h * e_dim + i] * u[h * e_dim + i];
+                for (lf_int i = 0; i < e_dim; i++) t += weight[o * c + h * e_dim + i] * u[h * e_dim + i];
                 m[h * c_out + o] = t * f;
                 bias[o] += eps * t * f;
             }
         }
-        for (long k = 0; k < n; k++) {
+        for (lf_int k = 0; k < n; k++) {
             const float *restrict row = buf + k * c;
             float *restrict dst = out + at[k] * c_out;
-            for (long j = 0; j < c; j++) prod[j] = u[j] * row[j];
-            for (long h = 0; h < heads; h++) {
+            for (lf_int j = 0; j < c; j++) prod[j] = u[j] * row[j];
+            for (lf_int h = 0; h < heads; h++) {
                 float t = 0.f;
-                for (long i = 0; i < e_dim; i++) t += prod[h * e_dim + i];
+                for (lf_int i = 0; i < e_dim; i++) t += prod[h * e_dim + i];
                 vp[h] = t;   /* (X^T u) at this voxel, head h */
             }
-            for (long o = 0; o < c_out; o++) acc[o] = bias[o];
-            for (long h = 0; h < heads; h++)
-                for (long o = 0; o < c_out; o++) acc[o] += vp[h] * m[h * c_out + o];
-            for (long o = 0; o < c_out; o++) dst[o] += acc[o];
+            for (lf_int o = 0; o < c_out; o++) acc[o] = bias[o];
+            for (lf_int h = 0; h < heads; h++)
+                for (lf_int o = 0; o < c_out; o++) acc[o] += vp[h] * m[h * c_out + o];
+            for (lf_int o = 0; o < c_out; o++) dst[o] += acc[o];
             if (maps) {
-                const long pos = at[k] - b * plane;
-                for (long h = 0; h < heads; h++)
+                const lf_int pos = at[k] - b * plane;
+                for (lf_int h = 0; h < heads; h++)
                     maps[(b * heads + h) * plane + pos] += scale * (vp[h] + eps) / cc[h];
             }
         }
