@@ -333,6 +333,8 @@ class Factorizer(UShapedNet):
         self.widths = tuple(widths)
 
     def forward(self, x: torch.Tensor, all_heads: bool = False):
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():   # graphs own their memory
+            return super().forward(x, all_heads)
         with self.blocks["encoder1"].workspace.session():
             return super().forward(x, all_heads)
 
