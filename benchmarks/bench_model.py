@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch: same allocator for both nets
+from LesionFactorizerLib.processmemory import configure_process_memory
+
+MEMORY = configure_process_memory()  # before torch, as the CLI does: same allocator for both nets
 
 import argparse
 import statistics
@@ -116,7 +118,7 @@ def main() -> None:
     for name in times:
         flops.setdefault(name, flops[args.preset])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"input {tuple(shape)}, {args.threads} threads, best of {args.repeats}, load average {load:.1f}")
+    print(f"input {tuple(shape)}, {args.threads} threads, best of {args.repeats}, load average {load:.1f}; {MEMORY}")
     print(f"{'network':<40} {'best s':>8} {'median s':>9} {'CPU s':>7} {'GFLOP':>8} {'GFLOP/s':>8}")
     for name, ts in times.items():
         best = min(ts)

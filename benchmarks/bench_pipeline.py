@@ -11,7 +11,7 @@ What runs, each in its own process so peak RSS is measured per process (``wait4`
    with and without ``--components``.
 
 Reported: wall time per stage (from report.json), windows, peak RSS, and ratios against the
-baseline measured in the same run (time per window, memory). Targets for later tuning: ≤ 60 s and
+baseline measured in the same run (time per window, memory). Targets (issue 12): ≤ 30 s and
 ≤ 4 GB including components, on 2 CPU cores. Threads are pinned with ``--threads`` (default 2).
 """
 
@@ -160,7 +160,7 @@ def main() -> int:
         print(f"\n[{'with' if c else 'without'} components] inference / (windows × baseline forward) = "
               f"{inf / (windows * forward_s):.2f}; total / inference = {rep['timings_s']['total'] / inf:.2f}; "
               f"peak RSS / baseline = {peak / base_peak:.2f}; "
-              f"target ≤60 s: {'met' if wall <= 60 else 'not met'} ({wall:.0f} s), "
+              f"target ≤30 s: {'met' if wall <= 30 else 'not met'} ({wall:.0f} s), "
               f"≤4 GB: {'met' if peak <= 4096 else 'not met'} ({peak / 1024:.2f} GiB)")
     return 0
 

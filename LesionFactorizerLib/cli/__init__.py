@@ -18,12 +18,12 @@ import os
 import pkgutil
 import sys
 
-# Our own processes (CLI, Slicer worker) let torch's CPU allocator back large tensors with
-# transparent huge pages. Full-resolution feature maps are hundreds of MB; with 4 KB pages the page
-# faults of every fresh allocation cost more than the arithmetic (measured: 47 ms vs 11 ms to
-# first-fill 256 MB). Only effective before torch is imported, hence here and not in a library
-# module; THP_MEM_ALLOC_ENABLE=0 turns it off.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+from LesionFactorizerLib.processmemory import configure_process_memory
+
+# Our own processes (CLI, Slicer worker) reuse memory for large tensors instead of faulting in
+# fresh pages for every feature map; only effective before torch is imported, hence here and
+# not in a library module (see processmemory).
+configure_process_memory()
 
 from LesionFactorizerLib import __version__
 from LesionFactorizerLib.errors import UserError
