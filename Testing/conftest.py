@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import pytest
@@ -16,3 +17,19 @@ def module_lib_importable():
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(REPO / "LesionFactorizer"))
         yield
+
+
+LOCALE_AT_START = locale.setlocale(locale.LC_ALL)
+
+
+@pytest.fixture(autouse=True)
+def _process_locale_restored():
+    """Each test ends with the process locale the session started with. GDCM's DICOM writer
+    (SimpleITK 2.5, writing Image Position Patient) leaves LC_CTYPE at "C"; the tests that write
+    DICOM series would otherwise make every later test run in ASCII, where the library rightly
+    declines ``torch.compile`` and that backend's tests only skip. (The library never writes DICOM
+    through GDCM; its reads leave the locale alone.) Compared with the session's start, not the
+    test's: a module-scoped fixture runs before this one."""
+    yield
+    if locale.setlocale(locale.LC_ALL) != LOCALE_AT_START:
+        locale.setlocale(locale.LC_ALL, LOCALE_AT_START)
