@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from LesionFactorizerLib import build_model
 from LesionFactorizerLib.nn.factorizer import memory_saving_path
-from LesionFactorizerLib.nn.lowrank import LowRankConv3d
+from LesionFactorizerLib.modelfile import load_model_file, make_metadata, save_model_file
+from LesionFactorizerLib.nn.lowrank import InstanceNorm3d, LowRankConv3d
 from LesionFactorizerLib.presets import PRESETS, build_architecture, count_flops, count_parameters
 
 # Measured on the authors' reference code (shared/reference/factorizer-reference.md §2.4, §3).
@@ -220,6 +221,39 @@ def test_lowrank_resunet_inference_equals_its_dense_kernel_network():
                 layer.factored = False
         dense = model(x)
     torch.testing.assert_close(factored, dense, rtol=1e-4, atol=1e-4)
+
+
+def test_instance_norm_keeps_channels_last_at_inference_with_the_same_values():
+    x = torch.randn(1, 6, 9, 10, 11).mul_(3).add_(2).contiguous(memory_format=torch.channels_last_3d)
+    ours, reference = InstanceNorm3d(6), torch.nn.InstanceNorm3d(6)
+    with torch.no_grad():
+        fast = ours(x)
+        assert fast.is_contiguous(memory_format=torch.channels_last_3d)
+        torch.testing.assert_close(fast, reference(x), rtol=1e-5, atol=1e-5)
+        two = torch.cat([x, 2 * x + 5]).contiguous(memory_format=torch.channels_last_3d)  # per sample, not per batch
+        torch.testing.assert_close(ours(two), reference(two), rtol=1e-5, atol=1e-5)
+    assert list(ours.state_dict()) == list(reference.state_dict()) == []   # model files unchanged
+
+
+@pytest.mark.parametrize("name", ["resunet-brats2020", "lowrank-resunet-brats2020"])
+def test_resunet_channels_last_inference_equals_the_training_graph_and_still_saves(name, tmp_path):
+    torch.manual_seed(3)
+    model = build_model(name, features=4, levels=3).eval()
+    for layer in model.modules():
+        if isinstance(layer, LowRankConv3d):
+            layer.factored = False   # the same kernels both ways: only layouts differ
+    x = torch.randn(1, 4, 12, 16, 20)
+    trained_graph = model(x).detach()          # autograd on: contiguous weights, PyTorch's instance norm
+    with torch.no_grad():
+        fast = model(x)
+    assert all(layer.weight.is_contiguous(memory_format=torch.channels_last_3d) for layer in model.modules()
+               if isinstance(layer, torch.nn.Conv3d) and layer.kernel_size == (3, 3, 3))
+    torch.testing.assert_close(fast, trained_graph, rtol=1e-4, atol=1e-4)
+    path = tmp_path / "m.safetensors"
+    save_model_file(path, model, make_metadata("tumor", model.config, name="t", patch_size=(16, 16, 16),
+                                               spacing=(1.0, 1.0, 1.0)))
+    with torch.no_grad():
+        torch.testing.assert_close(load_model_file(path).model(x), fast, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["swin-factorizer-isles", "local-factorizer-brats", "global-factorizer-brats"])

@@ -14,6 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from LesionFactorizerLib.processmemory import configure_process_memory
+
+MEMORY = configure_process_memory()  # before torch, as the CLI does: same allocator for all three
+
 import torch
 
 from LesionFactorizerLib.nn.lowrank import LowRankConv3d
@@ -89,7 +93,8 @@ def main() -> None:
     import os
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"input {shape}, F={args.features}, {args.threads} threads, best of {args.repeats}, load average {load:.1f}")
+    print(f"input {shape}, F={args.features}, {args.threads} threads, best of {args.repeats}, load average {load:.1f}; "
+          f"{MEMORY}")
     print(f"{'network':<26} {'best s':>8} {'CPU s':>7} {'GFLOP':>8} {'GFLOP/s':>8}")
     for name, ts in times.items():
         print(f"{name:<26} {min(ts):8.2f} {min(cpu[name]):7.2f} {flops[name] / 1e9:8.1f} {flops[name] / 1e9 / min(ts):8.1f}")

@@ -109,6 +109,27 @@ def _depthwise_taps(y: torch.Tensor, axis: int, taps: torch.Tensor) -> torch.Ten
     return out
 
 
+def _eager_inference() -> bool:
+    """Eager inference: where the layouts below pay off. Autograd and graph capture
+    (``torch.compile``, ``torch.export``, ONNX) get the plain modules."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+
+
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` (no affine, no running statistics: no state) that keeps
+    ``channels_last_3d`` memory in eager inference on one sample. PyTorch's instance norm makes a
+    channels-last input contiguous first (measured at 60×64³: 102 ms against 33 ms on contiguous
+    input), and the next convolution then reorders it back; for one sample the instance statistics
+    are the batch statistics, and ``batch_norm`` has a channels-last kernel (28 ms, output equal
+    within float rounding)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.shape[0] == 1 and not self.affine and not self.track_running_stats and _eager_inference()
+                and x.is_contiguous(memory_format=torch.channels_last_3d)):
+            return F.batch_norm(x, None, None, training=True, eps=self.eps)
+        return super().forward(x)
+
+
 def _conv3(cin: int, cout: int, alpha: float | None) -> nn.Module:
     if alpha is None:
         return nn.Conv3d(cin, cout, 3, padding=1)
@@ -120,8 +141,8 @@ class ResBlock8(nn.Module):
 
     def __init__(self, cin: int, cout: int, alpha: float | None = None):
         super().__init__()
-        self.conv1, self.norm1 = _conv3(cin, cout, alpha), nn.InstanceNorm3d(cout)
-        self.conv2, self.norm2 = _conv3(cout, cout, alpha), nn.InstanceNorm3d(cout)
+        self.conv1, self.norm1 = _conv3(cin, cout, alpha), InstanceNorm3d(cout)
+        self.conv2, self.norm2 = _conv3(cout, cout, alpha), InstanceNorm3d(cout)
         self.shortcut = nn.Conv3d(cin, cout, 1)
         self.act = nn.LeakyReLU(0.01)
 
@@ -159,6 +180,16 @@ class ResUNet8(nn.Module):
         """Total downsampling: inputs are padded to a multiple of it."""
         return 2 ** (self.levels - 1)
 
+    def _weights_channels_last(self) -> None:
+        """Dense convolution weights in ``channels_last_3d`` memory, like the activations: oneDNN
+        then uses them without a reorder per call (the whole 64³ forward ~0.15 s faster). The same
+        values, changed once; training is layout-agnostic and the model savers write
+        ``.contiguous()`` copies."""
+        for layer in self.modules():
+            if isinstance(layer, (nn.Conv3d, nn.ConvTranspose3d)) and layer.weight.dim() == 5 and \
+                    not layer.weight.is_contiguous(memory_format=torch.channels_last_3d):
+                layer.weight.data = layer.weight.data.contiguous(memory_format=torch.channels_last_3d)
+
     def forward(self, x: torch.Tensor, all_heads: bool = False):
         size = x.shape[2:]
         s = self.stride
@@ -170,6 +201,8 @@ class ResUNet8(nn.Module):
             # Inference runs channels-last: the depthwise 1-D convolutions of the CP factors are
             # several times faster on contiguous channel rows (and the dense convolutions no slower).
             h = h.contiguous(memory_format=torch.channels_last_3d)
+            if _eager_inference():
+                self._weights_channels_last()
         skips = []
         for i, block in enumerate(self.encoder):
             h = block(F.max_pool3d(h, 2) if i > 0 else h)
