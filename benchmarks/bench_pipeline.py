@@ -30,7 +30,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 BASELINE = r"""
-import sys, time, json, torch
+import sys, time, json
+from LesionFactorizerLib.processmemory import configure_process_memory
+configure_process_memory()   # the allocator the pipeline's CLI process has
+import torch
 torch.set_num_threads(int(sys.argv[3]))
 from LesionFactorizerLib.modelfile import load_model_file
 m = load_model_file(sys.argv[1]).model
