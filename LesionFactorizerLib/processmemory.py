@@ -24,7 +24,7 @@ import sys
 
 KEEP_BYTES = 1 << 30          # blocks up to this size come from (and return to) the heap
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameter numbers
-_USER_MALLOC_VARS = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+USER_MALLOC_VARS = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def configure_process_memory() -> str:
@@ -38,7 +38,7 @@ def configure_process_memory() -> str:
 def _keep_freed_blocks() -> str:
     if not sys.platform.startswith("linux"):
         return "malloc default (not Linux)"
-    if any(name in os.environ for name in _USER_MALLOC_VARS):
+    if any(name in os.environ for name in USER_MALLOC_VARS):
         return "malloc as set by the environment"
     try:
         mallopt = ctypes.CDLL(None).mallopt

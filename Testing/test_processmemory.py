@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from LesionFactorizerLib.processmemory import USER_MALLOC_VARS
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
 
 PROBE = r"""
@@ -36,8 +38,7 @@ print(json.dumps({"mapped_while_held": mapped, "heap_after_free": mallinfo().are
 def _probe(mode: str, **env) -> dict:
     if not hasattr(__import__("ctypes").CDLL(None), "mallinfo2"):
         pytest.skip("C library without mallinfo2 (glibc < 2.33 or not glibc)")
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+    environ = {k: v for k, v in os.environ.items() if k not in USER_MALLOC_VARS}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**environ, **env}, capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
