@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import socket
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -100,7 +99,7 @@ class Catalog:
             if entry.name == name:
                 return entry
         raise UserError(f"the catalogue {self.url} has no model named {name!r}; available: "
-                        f"{', '.join(e.name for e in self.models) or 'none'} (see `lesion-factorizer models available`)")
+                        f"{', '.join(e.name for e in self.models) or 'none'} (`lesion-factorizer models available`)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,8 +114,8 @@ def parse_catalog(doc: Any, url: str = "", where: str = "") -> Catalog:
         found = doc.get("format") if isinstance(doc, dict) else None
         raise UserError(f"{where}: not a LesionFactorizer model catalogue (format {found!r})")
     if doc.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{where}: catalogue format version {doc.get('format_version')!r} is not supported by this "
-                        f"version (supports {FORMAT_VERSION}); update lesion-factorizer")
+        raise UserError(f"{where}: catalogue format version {doc.get('format_version')!r} is not supported by "
+                        f"this version (supports {FORMAT_VERSION}); update lesion-factorizer")
     _keys(doc, "catalogue", _TOP, _TOP_REQUIRED, where)
     if not isinstance(doc["version"], str) or not isinstance(doc.get("description", ""), str):
         raise UserError(f"{where}: 'version' and 'description' must be text")

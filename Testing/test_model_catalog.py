@@ -10,9 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,91 +18,18 @@ import pytest
 from LesionFactorizerLib import catalog
 from LesionFactorizerLib.checksums import sha256
 from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.modelfile import ENV_MODELS, read_header
+from LesionFactorizerLib.modelfile import ENV_MODELS
 
-REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "Resources" / "Models"
-GOOD = MODELS / "demo-stroke.safetensors"
-STALL_AFTER = 1 << 16
-
-
-class _Server:
-    """Serves ``files`` (path → bytes); ``/truncated/…`` announces the whole file but sends half,
-    ``/stall/…`` sends its first bytes and then nothing until the test ends."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files = files
-        self.release = threading.Event()
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.requests.append(self.path)
-                kind, _, name = self.path.lstrip("/").partition("/")
-                body = server.files.get(name if kind in ("truncated", "stall") else self.path.lstrip("/"))
-                if body is None:
-                    self.send_error(404, "Not Found")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if kind == "truncated":
-                    self.wfile.write(body[: len(body) // 2])
-                elif kind == "stall":
-                    self.wfile.write(body[:STALL_AFTER])
-                    self.wfile.flush()
-                    server.release.wait(60)
-                else:
-                    self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def _corrupted(data: bytes) -> bytes:
-    """One byte of the weights changed: same size, other SHA-256."""
-    offset = 8 + read_header(GOOD).header_size + 1000
-    return data[:offset] + bytes([data[offset] ^ 0x40]) + data[offset + 1:]
+from model_server import GOOD, MODELS, REPO, STALL_AFTER, corrupted, serve_test_catalog
 
 
 @pytest.fixture()
 def served(tmp_path, monkeypatch):
-    good = GOOD.read_bytes()
-    bad = _corrupted(good)
-    entry = json.loads((MODELS / catalog.CATALOG_NAME).read_text(encoding="utf-8"))
-    base = next(m for m in entry["models"] if m["name"] == "demo-stroke")
-    assert base["sha256"] == sha256(good) and base["size"] == len(good)
-
-    def variant(name, url, **changes):
-        return {**copy.deepcopy(base), "name": name, "url": url, **changes}
-
-    doc = {"format": catalog.FORMAT, "format_version": catalog.FORMAT_VERSION, "version": "test-1", "models": [
-        variant("stroke-good", "models/stroke.safetensors"),
-        variant("stroke-corrupted", "models/corrupted.safetensors"),      # catalogue: the good file's checksum
-        variant("stroke-damaged-weights", "models/corrupted.safetensors", sha256=sha256(bad)),  # checksum of what is served
-        variant("stroke-truncated", "truncated/stroke.safetensors"),
-        variant("stroke-stalls", "stall/stroke.safetensors"),
-        variant("stroke-missing", "models/missing.safetensors"),
-        variant("stroke-as-tumor", "models/stroke.safetensors", task="tumor", inputs=["flair", "t1", "t1ce", "t2"]),
-        variant("stroke-huge", "models/stroke.safetensors", size=10**18),
-    ]}
-    server = _Server({"catalog.json": json.dumps(doc).encode(), "models/stroke.safetensors": good,
-                      "models/corrupted.safetensors": bad, "stroke.safetensors": good})
+    server = serve_test_catalog()
     models = tmp_path / "models"
     monkeypatch.setenv(ENV_MODELS, str(models))
     monkeypatch.delenv(catalog.ENV_CATALOG, raising=False)
-    yield server, server.url + "catalog.json", models
+    yield server, server.catalog_url, models
     server.close()
 
 
@@ -207,7 +132,7 @@ def test_a_different_file_of_the_same_name_is_replaced_only_when_asked(served):
     server, url, models = served
     good = catalog.load_catalog(url).entry("stroke-good")
     models.mkdir()
-    (models / "stroke-good.safetensors").write_bytes(_corrupted(GOOD.read_bytes()))
+    (models / "stroke-good.safetensors").write_bytes(corrupted(GOOD.read_bytes()))
     assert catalog.installed(good)[0] == "other"
     with pytest.raises(UserError, match="different file.*--overwrite"):
         catalog.download(good)
@@ -270,8 +195,9 @@ def test_cli_refuses_the_corrupted_file(served):
 def test_cancel_mid_download_leaves_nothing(served, sig):
     server, url, models = served
     proc = subprocess.Popen([sys.executable, "-m", "LesionFactorizerLib", "models", "download", "stroke-stalls",
-                             "--catalog", url, "--progress", "jsonl", "--timeout", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO, env={**os.environ, ENV_MODELS: str(models)})
+                             "--catalog", url, "--progress", "jsonl", "--timeout", "120"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, ENV_MODELS: str(models)})
+
     def partial():   # the hidden temporary file, once the first bytes have arrived
         return [p for p in models.glob(".*.tmp") if p.stat().st_size >= STALL_AFTER] if models.exists() else []
 

@@ -190,7 +190,8 @@ def _available(args: argparse.Namespace) -> int:
     print(f"{'name':<28} {'task':<7} {'status':<9} {'version':<26} {'size':>9}  {'licence':<14} installed")
     for e, state, _ in rows:
         shown = {"other": "other file", "": "-"}.get(state, state)
-        print(f"{e.name:<28} {e.task:<7} {e.status:<9} {e.version:<26} {e.size / 1e6:>6.1f} MB  {e.license:<14} {shown}")
+        print(f"{e.name:<28} {e.task:<7} {e.status:<9} {e.version:<26} {e.size / 1e6:>6.1f} MB  {e.license:<14} "
+              f"{shown}")
     return 0
 
 
