@@ -458,8 +458,14 @@ def catalog_text(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
+def write_bundled_catalog(models_dir: str | os.PathLike) -> Path:
+    """(Re)write ``catalog.json`` beside the bundled model files (after rebuilding them)."""
+    path = Path(models_dir) / CATALOG_NAME
+    path.write_text(catalog_text(bundled_catalog_document(models_dir)), encoding="utf-8")
+    return path
+
+
 if __name__ == "__main__":   # regenerate the schema and the bundled catalogue after changing them
     SCHEMA_PATH.write_text(schema_text(), encoding="utf-8")
-    models = Path(__file__).resolve().parent.parent / "Resources" / "Models"
-    (models / CATALOG_NAME).write_text(catalog_text(bundled_catalog_document(models)), encoding="utf-8")
-    print(f"wrote {SCHEMA_PATH} and {models / CATALOG_NAME}")
+    written = write_bundled_catalog(Path(__file__).resolve().parent.parent / "Resources" / "Models")
+    print(f"wrote {SCHEMA_PATH} and {written}")

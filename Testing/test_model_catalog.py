@@ -214,3 +214,16 @@ def test_cancel_mid_download_leaves_nothing(served, sig):
     assert proc.returncode == (130 if sig == signal.SIGINT else 128 + sig)
     assert _events(rest)[-1]["event"] == "error"
     assert _left_in(models) == []
+
+
+def test_catalogue_reading_is_torch_free_and_runs_on_python_39(tmp_path):
+    """The Slicer GUI reads catalogues (Slicer 5.8 embeds Python 3.9) and must never load torch."""
+    import glob
+
+    pythons = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9"))) or [sys.executable]
+    code = ("import sys; from LesionFactorizerLib import catalog; "
+            "rows = [catalog.installed(e)[0] for e in catalog.load_catalog().models]; "
+            "assert 'torch' not in sys.modules, sorted(sys.modules); print(rows)")
+    out = subprocess.run([pythons[-1], "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO), ENV_MODELS: str(tmp_path)}, check=True)
+    assert out.stdout.strip() == str(["bundled"] * len(list(MODELS.glob("*.safetensors"))))
