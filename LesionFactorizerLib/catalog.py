@@ -175,6 +175,9 @@ def _resolve(base: str, url: str, where: str) -> str:
     if scheme not in SCHEMES:
         raise UserError(f"{where}: URL {url!r} is not an http(s) or file URL"
                         + ("" if base else " (a relative URL needs the catalogue's own URL)"))
+    if scheme == "file" and urllib.parse.urlsplit(base).scheme not in ("", "file"):
+        # a catalogue from a server has no business naming files on the user's own disk
+        raise UserError(f"{where}: URL {url!r} is a local file, but the catalogue comes from a server")
     return resolved
 
 

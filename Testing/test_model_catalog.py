@@ -79,6 +79,7 @@ def test_published_schema_and_bundled_catalogue_are_the_generated_ones():
     (lambda d: d["models"][0].update(inputs=["flair_followup"]), "required input"),
     (lambda d: d["models"][0].update(name="../evil"), "not a plain file name"),
     (lambda d: d["models"][0].update(url="ftp://host/m.safetensors"), "not an http(s) or file URL"),
+    (lambda d: d["models"][0].update(url="file:///etc/hostname"), "a local file, but the catalogue comes from a server"),
     (lambda d: d["models"][0].update(sample={}), "'sample' must be"),
     (lambda d: d["models"].append(d["models"][0]), "more than once"),
 ])
