@@ -320,8 +320,8 @@ def _stream(entry: CatalogEntry, out, progress: ProgressCallback | None, timeout
     with _open(entry.url, timeout) as response:
         announced = response.headers.get("Content-Length")
         if announced is not None and announced.isdigit() and int(announced) != entry.size:
-            raise UserError(f"{entry.url} is {_mb(int(announced))} but the catalogue says {_mb(entry.size)}: "
-                            "not the catalogue's file; nothing was installed")
+            raise UserError(f"{entry.url} is {int(announced):,} bytes but the catalogue says {entry.size:,}: not the "
+                            "catalogue's file; nothing was installed")
         if progress:
             progress(0, entry.size)
         read = getattr(response, "read1", response.read)   # what has arrived, without waiting for a full chunk

@@ -94,6 +94,7 @@ def serve_test_catalog() -> ModelServer:
         variant("stroke-missing", "models/missing.safetensors"),
         variant("stroke-as-tumor", "models/stroke.safetensors", task="tumor", inputs=["flair", "t1", "t1ce", "t2"]),
         variant("stroke-huge", "models/stroke.safetensors", size=10**18),
+        variant("stroke-smaller", "models/stroke.safetensors", size=len(good) - 1),
     ]}
     return ModelServer({"catalog.json": json.dumps(doc).encode(), "models/stroke.safetensors": good,
                         "models/corrupted.safetensors": bad, "stroke.safetensors": good})

@@ -22,6 +22,8 @@ from LesionFactorizerLib.modelfile import ENV_MODELS
 
 from model_server import GOOD, MODELS, REPO, STALL_AFTER, corrupted, serve_test_catalog
 
+SIZE = GOOD.stat().st_size
+
 
 @pytest.fixture()
 def served(tmp_path, monkeypatch):
@@ -79,7 +81,7 @@ def test_published_schema_and_bundled_catalogue_are_the_generated_ones():
     (lambda d: d["models"][0].update(inputs=["flair_followup"]), "required input"),
     (lambda d: d["models"][0].update(name="../evil"), "not a plain file name"),
     (lambda d: d["models"][0].update(url="ftp://host/m.safetensors"), "not an http(s) or file URL"),
-    (lambda d: d["models"][0].update(url="file:///etc/hostname"), "a local file, but the catalogue comes from a server"),
+    (lambda d: d["models"][0].update(url="file:///etc/hostname"), "a local file, but the catalogue comes from"),
     (lambda d: d["models"][0].update(sample={}), "'sample' must be"),
     (lambda d: d["models"].append(d["models"][0]), "more than once"),
 ])
@@ -115,10 +117,11 @@ def test_download_streams_verifies_and_installs(served):
 @pytest.mark.parametrize("name, words", [
     ("stroke-corrupted", "failed its checksum"),
     ("stroke-damaged-weights", "not a usable model file: model file the download failed its checksum"),
-    ("stroke-truncated", "ended after 0.5 MB of 0.9 MB"),
+    ("stroke-truncated", f"ended after {SIZE // 2 / 1e6:.1f} MB of {SIZE / 1e6:.1f} MB"),
     ("stroke-missing", "HTTP 404"),
     ("stroke-as-tumor", "is a stroke model with inputs dwi, adc, but the catalogue lists task tumor"),
     ("stroke-huge", "not enough disk space"),
+    ("stroke-smaller", f"is {SIZE:,} bytes but the catalogue says {SIZE - 1:,}"),
 ])
 def test_a_bad_download_is_refused_and_leaves_nothing(served, name, words):
     server, url, models = served
@@ -127,6 +130,14 @@ def test_a_bad_download_is_refused_and_leaves_nothing(served, name, words):
         catalog.download(entry)
     assert "\n" not in str(info.value)
     assert _left_in(models) == []   # no model, no temporary file
+
+
+def test_a_server_that_stops_sending_is_given_up_after_the_timeout(served):
+    server, url, models = served
+    stopped = f"stopped sending for 1 s after {STALL_AFTER / 1e6:.1f} MB of {SIZE / 1e6:.1f} MB"
+    with pytest.raises(UserError, match=stopped):
+        catalog.download(catalog.load_catalog(url).entry("stroke-stalls"), timeout=1)
+    assert _left_in(models) == []
 
 
 def test_a_different_file_of_the_same_name_is_replaced_only_when_asked(served):
