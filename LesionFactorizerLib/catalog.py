@@ -401,10 +401,15 @@ def entry_for(path: str | os.PathLike, url: str, status: str, version: str = "",
         "version": version or spec.provenance.created or "1", "url": url, "sha256": info["sha256"],
         "size": path.stat().st_size, "license": spec.provenance.license or "not stated", "status": status,
         "sample": sample or {"bundled": spec.task.name},
-        "description": ". ".join(spec.provenance.description.split(". ")[:2]).strip().rstrip(".") + ".",
+        "description": _first_sentences(spec.provenance.description, 2),
     }
     _entry(entry, "file:///", "entry")   # the rules of a catalogue entry hold
     return entry
+
+
+def _first_sentences(text: str, count: int) -> str:
+    shown = ". ".join(text.split(". ")[:count]).strip().rstrip(".")
+    return shown + "." if shown else ""
 
 
 def bundled_catalog_document(models_dir: str | os.PathLike) -> dict[str, Any]:

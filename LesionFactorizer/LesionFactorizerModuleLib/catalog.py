@@ -81,10 +81,10 @@ class Download:
 
     def poll(self) -> bool:
         """Apply the events that arrived; True once the worker has ended (``result`` is set)."""
+        running = self.process.running   # False only once the output was read to its end
         for event in self.process.poll():
             self.tracker.update(event)
-        if self.result is None and not self.process.running:
-            self.process.poll()
+        if self.result is None and not running:
             self.result = self.process.result()
         return self.result is not None
 
