@@ -197,6 +197,7 @@ def _available(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from LesionFactorizerLib.catalog import download, installed, load_catalog
+    from LesionFactorizerLib.modelfile import user_model_dir
     from LesionFactorizerLib.pipeline.progress import Progress, terminate_cleanly
 
     terminate_cleanly()   # Slicer's Cancel sends SIGTERM: the temporary file must go too
@@ -205,7 +206,7 @@ def _download(args: argparse.Namespace) -> int:
         entry = load_catalog(args.catalog, timeout=args.timeout).entry(args.name)
         progress.stage("download", f"{entry.name} from {entry.url}")
         state, path = installed(entry)
-        if state == "bundled" or (state == "downloaded" and path.parent == _user_folder()):
+        if state == "bundled" or (state == "downloaded" and path.parent == user_model_dir()):
             message = f"{entry.name} {entry.version} is already installed ({path})"
         else:
             def report(done: int, total: int) -> None:
@@ -220,12 +221,6 @@ def _download(args: argparse.Namespace) -> int:
     if args.progress != "jsonl":
         print(message)
     return 0
-
-
-def _user_folder():
-    from LesionFactorizerLib.modelfile import user_model_dir
-
-    return user_model_dir()
 
 
 def _delete(args: argparse.Namespace) -> int:
