@@ -206,8 +206,12 @@ def catalog_url(source: str | os.PathLike | None = None) -> str:
 def load_catalog(source: str | os.PathLike | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> Catalog:
     """Read and check a catalogue (see :func:`catalog_url` for which)."""
     url = catalog_url(source)
-    with _open(url, timeout) as response:
-        raw = response.read(MAX_CATALOG_BYTES + 1)
+    try:
+        with _open(url, timeout) as response:
+            raw = response.read(MAX_CATALOG_BYTES + 1)
+    except (socket.timeout, TimeoutError, http.client.HTTPException, ConnectionError):
+        raise UserError(f"{url}: the catalogue could not be read completely; check the network or try again "
+                        "later") from None
     if len(raw) > MAX_CATALOG_BYTES:
         raise UserError(f"{url} is larger than {MAX_CATALOG_BYTES // 1_000_000} MB: not a model catalogue")
     try:
