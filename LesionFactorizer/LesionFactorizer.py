@@ -197,6 +197,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.autoAssignButton.clicked.connect(lambda: self.autoAssignInputs(keepCurrent=False))
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
         self.ui.importModelButton.clicked.connect(self.onImportModel)
+        self.ui.getModelsButton.clicked.connect(self.onGetModels)
         self.ui.segmentButton.clicked.connect(self.onSegmentButton)
         self.ui.saveFolderPathLineEdit.currentPathChanged.connect(lambda path: self.updateGuiState())
         self.ui.outputSegmentationSelector.currentNodeChanged.connect(
@@ -427,6 +428,14 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.taskComboBox.setCurrentIndex(self.ui.taskComboBox.findData(card.task))
             self.refreshModels()
             self.ui.modelComboBox.setCurrentIndex(self.ui.modelComboBox.findData(str(card.path)))
+
+    def onGetModels(self):
+        from LesionFactorizerModuleLib.catalog_dialog import GetModelsDialog
+
+        if getattr(self, "getModelsDialog", None) is None:   # one dialog: a running download keeps its window
+            self.getModelsDialog = GetModelsDialog(self.logic.workerPython, self.logic._start, self.refreshModels,
+                                                   self.parent)
+        self.getModelsDialog.show()
 
     def updateGuiState(self):
         """Input marks, status text and the Segment button, from the current selections."""

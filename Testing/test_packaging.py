@@ -42,5 +42,6 @@ def test_wheel_ships_demo_models_sample_cases_and_configs(tmp_path):
         for file in [*case["inputs"].values(), case["label"]]:
             assert f"{res}SampleData/{file}" in names
     assert f"{res}SampleData/manifest.json" in names
+    assert f"{res}Models/catalog.json" in names and "LesionFactorizerLib/model-catalog.schema.json" in names
     assert "LesionFactorizerLib/nn/window_nmf.c" in names  # the kernel source native.py compiles
     assert not any(n.startswith(("Testing/", "out/", "LesionFactorizer/")) for n in names)

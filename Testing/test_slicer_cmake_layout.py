@@ -60,6 +60,7 @@ def test_build_tree_has_the_runtime_layout(build_tree):
     assert copied == sources  # the worker gets the whole library
     for data in (REPO / "Resources" / "Models").glob("*.safetensors"):
         assert (modules / "Resources" / "Models" / data.name).is_file()
+    assert (modules / "Resources" / "Models" / "catalog.json").is_file()
 
     # In the installed layout the module's own path logic finds the library, the library finds the
     # bundled models folder, and nothing imports torch.
@@ -72,6 +73,8 @@ def test_build_tree_has_the_runtime_layout(build_tree):
         import LesionFactorizerLib.modelfile as mf, LesionFactorizerLib.tasks
         assert mf.__file__.startswith({str(modules)!r}), mf.__file__
         assert bundled_resources(root) / "Models" in [d for d in mf.bundled_model_dirs()]
+        from LesionFactorizerLib import catalog   # the bundled catalogue resolves to the bundled files
+        assert all(catalog.installed(e)[0] == "bundled" for e in catalog.load_catalog().models)
         assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "monai")]
         print("ok")
     """)

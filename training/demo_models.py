@@ -203,6 +203,7 @@ def model_card(r: Recipe, meta: dict, held: dict, result: dict) -> str:
 
 
 def card(r: Recipe, models_dir: Path) -> Path:
+    from LesionFactorizerLib.catalog import write_bundled_catalog
     from LesionFactorizerLib.modelfile import read_metadata
     from LesionFactorizerLib.training.export import export_checkpoint
 
@@ -221,6 +222,7 @@ def card(r: Recipe, models_dir: Path) -> Path:
         "train_device": result.get("device", "CPU"),
         "held_out": {k: v for k, v in held.items() if k != "per_case"}})
     (r.work / f"held-out-{r.task}.json").write_text(json.dumps(held, indent=2), encoding="utf-8")
+    write_bundled_catalog(models_dir)   # the catalogue's checksum and size of the demos come from the files
     print(json.dumps({"task": r.task, "model": str(final), "bytes": final.stat().st_size,
                       "held_out": held["mean"]}))
     return final

@@ -4,6 +4,7 @@ Everything the module does that does not need a Slicer object lives here, so tha
 exercise it on real files and real processes without Slicer: building the worker command line,
 running the worker and parsing its JSON-lines progress, mapping report.json to table rows, input
 auto-assignment and validation messages, terminology strings, component-map reading, the
-dependency check, model cards and sample-data discovery. Nothing here imports slicer, qt, torch
-or MONAI.
+dependency check, model cards, the model catalogue's rows and downloads, and sample-data discovery.
+Nothing here imports torch or MONAI; only ``catalog_dialog`` (the Qt glue of "Get models…")
+imports slicer and qt.
 """

@@ -96,6 +96,8 @@ STAGE_TITLES = {
     "components": "Computing NMF components",
     "postprocess": "Post-processing",
     "write": "Writing results",
+    "download": "Downloading",   # models download
+    "verify": "Checking the file",
 }
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from LesionFactorizerLib.catalog import DEFAULT_TIMEOUT_S, ENV_CATALOG, STATUSES
+
 NAME = "models"
-HELP = "list, inspect, verify and import model files; print the architecture presets"
+HELP = "list, inspect, verify, import, download and delete model files; print the architecture presets"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +36,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="name to install it under (default: the file name)")
     p.add_argument("--overwrite", action="store_true", help="replace an installed model of the same name")
     p.set_defaults(_models_run=_import)
+
+    catalog_help = (f"model catalogue: URL or file (default: ${ENV_CATALOG}, else the catalogue bundled with "
+                    "the package)")
+    p = sub.add_parser("available", help="the models of a catalogue, and which are installed")
+    p.add_argument("--catalog", metavar="URL|FILE", help=catalog_help)
+    p.add_argument("--task", help="only models for this task")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(_models_run=_available)
+
+    p = sub.add_parser("download", help="download a catalogue model into the user model folder, checked "
+                       "(size, SHA-256, model file) before it is installed")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--catalog", metavar="URL|FILE", help=catalog_help)
+    p.add_argument("--overwrite", action="store_true", help="replace a different installed file of the same name")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help="give up when the server sends nothing for S seconds (default %(default)g)")
+    p.add_argument("--progress", choices=["bar", "jsonl", "none"], default="bar",
+                   help="progress display: bar (stderr), jsonl (JSON events on stdout, as segment's) or none")
+    p.set_defaults(_models_run=_download)
+
+    p = sub.add_parser("delete", help="remove a downloaded or imported model (bundled models stay)")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(_models_run=_delete)
+
+    p = sub.add_parser("catalog-entry", help="print the catalogue entry of a model file (to publish it)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--url", required=True, help="where the file will be served (absolute, or relative to the "
+                   "catalogue)")
+    p.add_argument("--status", required=True, choices=STATUSES, help="demo, research or clinical")
+    p.add_argument("--version", default="", help="the model's version (default: the file's creation time)")
+    p.add_argument("--sample-url", default="", help="a sample case to try it on (default: the bundled sample "
+                   "case of its task)")
+    p.add_argument("--name", default="", help="name to publish it under (default: the file name)")
+    p.set_defaults(_models_run=_catalog_entry)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,4 +165,76 @@ def _import(args: argparse.Namespace) -> int:
     verify_model(args.file)   # the full check, as `models verify` (import_model alone stays torch-free for Slicer)
     dest = import_model(args.file, name=args.name, overwrite=args.overwrite)
     print(f"imported {args.file} as {dest.stem} ({dest})")
+    return 0
+
+
+def _available(args: argparse.Namespace) -> int:
+    import json
+
+    from LesionFactorizerLib.catalog import installed, load_catalog
+
+    catalog = load_catalog(args.catalog)
+    rows = []
+    for entry in catalog.models:
+        if args.task and entry.task != args.task:
+            continue
+        state, path = installed(entry)
+        rows.append((entry, state, path))
+    if args.json:
+        print(json.dumps({"catalog": catalog.url, "version": catalog.version, "models": [
+            {"name": e.name, "task": e.task, "inputs": list(e.inputs), "version": e.version, "status": e.status,
+             "size": e.size, "license": e.license, "url": e.url, "sha256": e.sha256, "description": e.description,
+             "installed": state or None, "path": str(path) if path else None} for e, state, path in rows]}, indent=2))
+        return 0
+    print(f"catalogue {catalog.url} (version {catalog.version})")
+    print(f"{'name':<28} {'task':<7} {'status':<9} {'version':<26} {'size':>9}  {'licence':<14} installed")
+    for e, state, _ in rows:
+        shown = {"other": "other file", "": "-"}.get(state, state)
+        print(f"{e.name:<28} {e.task:<7} {e.status:<9} {e.version:<26} {e.size / 1e6:>6.1f} MB  {e.license:<14} "
+              f"{shown}")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from LesionFactorizerLib.catalog import download, installed, load_catalog
+    from LesionFactorizerLib.modelfile import user_model_dir
+    from LesionFactorizerLib.pipeline.progress import Progress, terminate_cleanly
+
+    terminate_cleanly()   # Slicer's Cancel sends SIGTERM: the temporary file must go too
+    progress = Progress(args.progress, stages=(("download", 0.95), ("verify", 0.05)))
+    with progress.errors_reported():
+        entry = load_catalog(args.catalog, timeout=args.timeout).entry(args.name)
+        progress.stage("download", f"{entry.name} from {entry.url}")
+        state, path = installed(entry)
+        if state == "bundled" or (state == "downloaded" and path.parent == user_model_dir()):
+            message = f"{entry.name} {entry.version} is already installed ({path})"
+        else:
+            def report(done: int, total: int) -> None:
+                if done == total:
+                    progress.stage("verify", "checking the file")
+                else:
+                    progress.update(done / total, f"{done / 1e6:.1f} of {total / 1e6:.1f} MB")
+
+            path = download(entry, progress=report, overwrite=args.overwrite, timeout=args.timeout)
+            message = f"installed {entry.name} {entry.version} ({entry.status}, {entry.license}) as {path}"
+    progress.done({"model": str(path), "name": entry.name, "sha256": entry.sha256}, message)
+    if args.progress != "jsonl":
+        print(message)
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from LesionFactorizerLib.catalog import delete
+
+    print(f"deleted {delete(args.name)}")
+    return 0
+
+
+def _catalog_entry(args: argparse.Namespace) -> int:
+    import json
+
+    from LesionFactorizerLib.catalog import entry_for
+
+    sample = {"url": args.sample_url} if args.sample_url else None
+    print(json.dumps(entry_for(args.file, args.url, args.status, args.version, sample, args.name), indent=2))
     return 0

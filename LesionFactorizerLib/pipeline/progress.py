@@ -64,7 +64,7 @@ def report_usage_error(argv: list[str], message: str, stream=None) -> None:
 
 
 class Progress:
-    def __init__(self, mode: str = "bar", stream=None, min_interval: float = 0.25):
+    def __init__(self, mode: str = "bar", stream=None, min_interval: float = 0.25, stages=STAGES):
         if mode not in ("bar", "jsonl", "none"):
             raise ValueError(mode)
         self.human = mode == "bar"   # a person (or their log file) reads stderr
@@ -81,7 +81,7 @@ class Progress:
         self._ended = False   # the final done/error event was emitted
         self._offsets = {}
         acc = 0.0
-        for name, weight in STAGES:
+        for name, weight in stages:   # (name, share of the whole run) in order; a case's STAGES by default
             self._offsets[name] = (acc, weight)
             acc += weight
         self._total = acc

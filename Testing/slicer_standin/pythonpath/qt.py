@@ -178,8 +178,15 @@ class QLayout(QObject):
     def addStretch(self, stretch=0):
         pass
 
+    def addLayout(self, layout):
+        self._widgets.append(layout)
+
 
 class QVBoxLayout(QLayout):
+    pass
+
+
+class QHBoxLayout(QLayout):
     pass
 
 
@@ -191,18 +198,43 @@ class QLabel(QFrame):
     def __init__(self, text="", parent=None):
         QFrame.__init__(self, parent)
         self.text = text
+        self.wordWrap = False
 
     def setText(self, text):
         self.text = text
+
+    def setWordWrap(self, on):
+        self.wordWrap = bool(on)
+
+
+class QDialog(QWidget):
+    """A dialog shown modeless (``show``): the test drives it while the event loop runs."""
+
+    def __init__(self, parent=None):
+        QWidget.__init__(self, parent)
+        self._visible = False
+        self.windowTitle = ""
+
+    def setWindowTitle(self, title):
+        self.windowTitle = title
+
+    def show(self):
+        self._visible = True
+
+    def close(self):
+        self._visible = False
+        return True
 
 
 class QAbstractButton(QWidget):
     _signals = ("clicked",)
     _checkable = False
 
-    def __init__(self, parent=None):
+    def __init__(self, text="", parent=None):
+        if not isinstance(text, str):   # QPushButton(parent) or QPushButton(text, parent), as in Qt
+            text, parent = "", text
         QWidget.__init__(self, parent)
-        self.text = ""
+        self.text = text
         self.checked = False
 
     def setText(self, text):
