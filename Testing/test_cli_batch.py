@@ -212,12 +212,16 @@ def test_merge_checks_every_shard_summary_and_every_finished_case(sharded, capsy
     assert not (out / "summary.csv").exists()
 
 
-def test_merge_of_intact_shards_keeps_the_folder_column(sharded):
+def test_resume_redoes_an_incomplete_case_and_the_merge_keeps_the_folder_column(sharded):
     base, out = sharded
+    (out / "A" / "segmentation.nii.gz").unlink()
+    assert main([*base, "--merge"]) == 2
+    assert main([*base, "--shard", "1/2", "--resume"]) == 0     # resume redoes the incomplete case
+    assert read_summary(out / "summary.shard-1-of-2.csv")["A"]["status"] == "done"
     assert main([*base, "--merge"]) == 0
     summary = read_summary(out / "summary.csv")
     assert [(r["case_id"], r["folder"], r["status"]) for r in summary.values()] == \
-        [("A", "A", "done"), ("B", "B", "done"), ("C", "C", "done")]
+        [("A", "A", "done"), ("B", "B", "done"), ("C", "C", "skipped")]
 
 
 def _locked_by_another(lock):

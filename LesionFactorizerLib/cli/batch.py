@@ -15,13 +15,14 @@ second run into the same folder; the N shards of one split may run side by side.
 Cohorts beyond one process: ``--shard K/N`` takes every N-th case starting with the K-th (in
 datalist order, or case-folder name order), so N jobs given the same list split it without
 overlap or coordinator and each writes ``summary.shard-K-of-N.csv``; ``--merge`` checks that
-all N shard summaries are there and together cover the list exactly once, and writes
-``summary.csv``, after checking every shard summary (columns, encoding, folders) and that each
-finished case's result folder is there and complete. ``--devices 0,1`` runs one worker process per device (GPU index or ``cpu``),
-each loading the models once and taking the next case from a shared queue.
+all N shard summaries are there and together cover the list exactly once, checks every shard
+summary (columns, encoding, folders) and that each finished case's result folder is there and
+complete, and writes ``summary.csv``. ``--devices 0,1`` runs one worker process per device (GPU
+index or ``cpu``), each loading the models once and taking the next case from a shared queue.
 
 ``--resume`` skips a case only when its report.json records the same input files (paths and
-SHA-256) that the list gives now; otherwise the case is segmented again.
+SHA-256) that the list gives now and every output it lists is there; otherwise the case is
+segmented again.
 """
 
 from __future__ import annotations
@@ -140,22 +141,31 @@ def case_folders(case_ids: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def locked(out_root: Path, shard: tuple[int, int] | None = None):
+def locked(out_root: Path, shard: tuple[int, int] | None = None, warn=None):
     """Hold the output folder against other batch runs for the block: a whole run or a merge holds
     it alone, a shard shares it with the other shards (each shard alone). An OS lock on a lock file:
-    the kernel releases it when the process ends, however it ends."""
-    holders = [] if shard is None else [f".lesion-factorizer-batch.shard-{shard[0]}-of-{shard[1]}.lock"]
+    the kernel releases it when the process ends, however it ends. ``warn(message)``: said when the
+    file system has no locks (some network shares)."""
+    names = [(LOCK, shard is not None)]
+    if shard is not None:
+        names.append((f".lesion-factorizer-batch.shard-{shard[0]}-of-{shard[1]}.lock", False))
     files = []
     try:
-        for name, shared in [(LOCK, shard is not None), *((h, False) for h in holders)]:
+        for name, shared in names:
             try:
                 f = open(out_root / name, "a+b")
             except OSError as exc:
                 raise UserError(f"cannot create the lock file in {out_root} ({exc.strerror}); choose a writable "
                                 "output folder") from None
             files.append(f)
-            if not _try_lock(f, shared):
-                what = f"shard {shard[0]}/{shard[1]}" if name != LOCK and shard else "a batch"
+            held = _try_lock(f, shared)
+            if held is None:
+                if warn:
+                    warn(f"the file system of {out_root} does not lock files: make sure no other batch run writes "
+                         "into this folder at the same time")
+                break
+            if not held:
+                what = f"shard {shard[0]}/{shard[1]}" if name != LOCK else "a batch"
                 raise UserError(f"output folder {out_root} is in use by another `lesion-factorizer batch` run "
                                 f"({what} into the same folder); wait for it to finish or choose another folder")
         yield
@@ -164,7 +174,10 @@ def locked(out_root: Path, shard: tuple[int, int] | None = None):
             f.close()   # closing releases the lock
 
 
-def _try_lock(f, shared: bool) -> bool:
+def _try_lock(f, shared: bool) -> bool | None:
+    """True: held; False: another process holds it; None: this file system has no locks."""
+    import errno
+
     try:
         import fcntl
     except ImportError:   # Windows: exclusive locks only; the shards' shared hold is left out there
@@ -182,6 +195,10 @@ def _try_lock(f, shared: bool) -> bool:
         return True
     except BlockingIOError:
         return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            return None
+        raise UserError(f"cannot lock {f.name} ({exc.strerror}); choose another output folder") from None
 
 
 def _read_report(path: Path) -> dict | None:
@@ -296,7 +313,7 @@ def _run(args: argparse.Namespace, progress) -> int:
         out_root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the output folder {out_root} ({exc.strerror})") from None
-    with locked(out_root, args.shard):
+    with locked(out_root, args.shard, progress.warning):
         return _run_locked(args, progress, task, paths, cases, folders, total_cases, out_root)
 
 
@@ -309,7 +326,8 @@ def _run_locked(args, progress, task, paths, cases, folders, total_cases, out_ro
         redo = False
         if args.resume and (case_out / "report.json").is_file():
             report = _read_report(case_out / "report.json")
-            why = "its report.json is unreadable" if report is None else _input_changes(report, inputs)
+            why = ("its report.json is unreadable" if report is None
+                   else _input_changes(report, inputs) or _incomplete(case_out))
             if not why:
                 rows[index] = _summary_row(case_id, "skipped", "", report, task)
                 finished += 1
@@ -432,7 +450,7 @@ def _merge(args: argparse.Namespace, progress) -> int:
     out_root = Path(args.output)
     if not out_root.is_dir():
         raise UserError(f"{out_root} is not a folder; give the output folder of the shards")
-    with locked(out_root):   # no shard may still be writing
+    with locked(out_root, warn=progress.warning):   # no shard may still be writing
         return _merge_locked(args, progress, out_root)
 
 
@@ -485,10 +503,8 @@ def _merge_locked(args: argparse.Namespace, progress, out_root: Path) -> int:
 def _read_shard_summary(path: Path, out_root: Path, remedy: str) -> list[dict]:
     """The rows of one shard summary, each checked: the columns merge relies on, a known status, the
     case's folder as :func:`case_folder` names it, and a complete result for every finished case."""
-    from LesionFactorizerLib.pipeline.report import read_run_report
-
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:   # -sig: also after a save from Excel
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
             rows = list(reader)
@@ -506,14 +522,20 @@ def _read_shard_summary(path: Path, out_root: Path, remedy: str) -> list[dict]:
         if row["folder"] != case_folder(case_id):
             raise UserError(f"{path} line {line}: case {case_id} is in folder {case_folder(case_id)!r}, not "
                             f"{row['folder']!r}; {remedy}")
-        if status != "failed":
-            folder = out_root / row["folder"]
-            try:
-                lost = read_run_report(folder).missing_outputs()
-            except UserError as exc:
-                raise UserError(f"case {case_id} is {status} in {path.name}, but its result is not usable: {exc}") \
-                    from None
-            if lost:
-                raise UserError(f"case {case_id} is {status} in {path.name}, but {folder} lacks {', '.join(lost[:3])}; "
-                                f"{remedy}")
+        why = _incomplete(out_root / row["folder"]) if status != "failed" else ""
+        if why:
+            raise UserError(f"case {case_id} is {status} in {path.name}, but its result is incomplete ({why}); "
+                            f"{remedy}")
     return rows
+
+
+def _incomplete(folder: Path) -> str:
+    """Why ``folder`` holds no complete result ('' when it does: a valid report.json and every output
+    it lists)."""
+    from LesionFactorizerLib.pipeline.report import read_run_report
+
+    try:
+        lost = read_run_report(folder).missing_outputs()
+    except UserError as exc:
+        return str(exc)
+    return f"{folder} lacks {', '.join(lost[:3])}" if lost else ""
