@@ -141,7 +141,7 @@ def test_case_ids_get_safe_bounded_folders_and_the_summary_maps_them(tmp_path, c
 
     case = write_case(tmp_path / "data" / "a")
     model = save_threshold_model(tmp_path / "thr.safetensors")
-    ids = ["P1", "summary.csv", "summary.shard-1-of-2.csv", "x" * 240, "é" * 150, ".hidden", "CON", "a:b", "tab\there"]
+    ids = ["P1", "summary.csv", "summary.shard-1-of-2.csv", "x" * 240, "y" * 300, "é" * 150, ".hidden", "CON", "a:b", "tab\there"]
     out = tmp_path / "out"
     assert main(["batch", str(_json_list(tmp_path / "list.json", ids, case)), "--model", model, "-o", str(out),
                  "--no-overview", "--progress", "none"]) == 0
@@ -153,7 +153,7 @@ def test_case_ids_get_safe_bounded_folders_and_the_summary_maps_them(tmp_path, c
         assert folder == case_folder(case_id) and (out / folder / "segmentation.nii.gz").is_file()
         assert len(folder.encode("utf-8")) <= 120 and not folder.startswith(".")
         assert not any(c in folder for c in '<>:"/\\|?*\t')
-    assert folders[3].startswith("x" * 100) and folders[1] != "summary.csv" and folders[6].lower() != "con"
+    assert folders[3].startswith("x" * 100) and folders[1] != "summary.csv" and folders[7].lower() != "con"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted([*folders, "summary.csv"])
 
 
@@ -256,36 +256,40 @@ def _wait_for_lock(proc, lock):
 @pytest.mark.skipif(sys.platform == "win32", reason="the test watches the POSIX lock")
 def test_one_batch_at_a_time_per_output_folder(tmp_path):
     case = write_case(tmp_path / "data" / "a")
-    slow = save_threshold_model(tmp_path / "slow.safetensors", delay_s=1.0)
+    fast = save_threshold_model(tmp_path / "fast.safetensors")
+    stuck = save_threshold_model(tmp_path / "stuck.safetensors", delay_s=600.0)   # killed once it has the folder
     out = tmp_path / "out"
-    args = [str(_json_list(tmp_path / "list.json", ["A", "B", "C"], case)), "--model", slow, "-o", str(out),
-            "--no-overview", "--progress", "none"]
+    datalist = str(_json_list(tmp_path / "list.json", ["A", "B", "C"], case))
+
+    def batch(model, *extra):
+        return [datalist, "--model", model, "-o", str(out), "--no-overview", "--progress", "none", *extra]
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "batch", *args], cwd=REPO,
+                              capture_output=True, text=True, encoding="utf-8", timeout=300)
+
     lock = out / ".lesion-factorizer-batch.lock"
-    first = _start_batch(args)
+    first = _start_batch(batch(stuck))
     _wait_for_lock(first, lock)
-    second = _start_batch(args)
-    _, err = second.communicate(timeout=120)
-    assert second.returncode == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    assert "is in use by another `lesion-factorizer batch` run" in err
-    _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
+    second = run(*batch(fast))
+    assert second.returncode == 2 and second.stderr.startswith("error: ") and second.stderr.count("\n") == 1
+    assert "is in use by another `lesion-factorizer batch` run" in second.stderr
+    assert not (out / "summary.csv").exists() and not (out / "A").exists()   # the second wrote nothing
+    first.kill()   # SIGKILL: no clean-up of its own; the kernel drops its lock
+    first.communicate(timeout=60)
+    done = run(*batch(fast))
+    assert done.returncode == 0, done.stderr
     assert {r["status"] for r in read_summary(out / "summary.csv").values()} == {"done"}
 
     # the shards of one split share the folder; a whole run does not join them
-    stuck = save_threshold_model(tmp_path / "stuck.safetensors", delay_s=600.0)   # killed below
-    shard = _start_batch([*args[:2], stuck, *args[3:], "--shard", "1/2", "--overwrite"])
+    shard = _start_batch(batch(stuck, "--shard", "1/2", "--overwrite"))
     _wait_for_lock(shard, lock)
-    other = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "batch", *args, "--shard", "2/2",
-                            "--overwrite"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    other = run(*batch(fast, "--shard", "2/2", "--overwrite"))
     assert other.returncode == 0, other.stderr
-    whole = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "batch", *args, "--resume"], cwd=REPO,
-                           capture_output=True, text=True, timeout=300)
+    whole = run(*batch(fast, "--resume"))
     assert whole.returncode == 2 and "in use by another" in whole.stderr, whole.stderr
-
-    # a killed run leaves no lock behind
     shard.kill()
     shard.communicate(timeout=60)
-    again = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "batch", *args, "--resume"], cwd=REPO,
-                           capture_output=True, text=True, timeout=300)
+    again = run(*batch(fast, "--resume"))
     assert again.returncode == 0, again.stderr
-    assert {r["status"] for r in read_summary(out / "summary.csv").values()} <= {"done", "skipped"}
+    assert {r["status"] for r in read_summary(out / "summary.csv").values()} == {"skipped"}
