@@ -128,3 +128,168 @@ def test_resume_redoes_a_case_whose_report_is_unreadable(tmp_path, capsys):
     assert json.loads(report.read_text(encoding="utf-8"))["task"] == "stroke"
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert any(e["event"] == "warning" and "c1" in e["message"] and "unreadable" in e["message"] for e in events)
+
+
+# ---- case folders, merge checks and one batch per output folder (issue 27) ----------------------
+def _json_list(path, ids, case):
+    path.write_text(json.dumps([{"case_id": i, "inputs": case} for i in ids]), encoding="utf-8")
+    return path
+
+
+def test_case_ids_get_safe_bounded_folders_and_the_summary_maps_them(tmp_path, capsys):
+    from LesionFactorizerLib.cli.batch import case_folder
+
+    case = write_case(tmp_path / "data" / "a")
+    model = save_threshold_model(tmp_path / "thr.safetensors")
+    ids = ["P1", "summary.csv", "summary.shard-1-of-2.csv", "x" * 240, "y" * 300, "é" * 150, ".hidden", "CON", "a:b", "tab\there"]
+    out = tmp_path / "out"
+    assert main(["batch", str(_json_list(tmp_path / "list.json", ids, case)), "--model", model, "-o", str(out),
+                 "--no-overview", "--progress", "none"]) == 0
+    summary = read_summary(out / "summary.csv")
+    assert list(summary) == ids and {r["status"] for r in summary.values()} == {"done"}
+    folders = [summary[i]["folder"] for i in ids]
+    assert folders[0] == "P1" and len(set(folders)) == len(ids)
+    for case_id, folder in zip(ids, folders):
+        assert folder == case_folder(case_id) and (out / folder / "segmentation.nii.gz").is_file()
+        assert len(folder.encode("utf-8")) <= 120 and not folder.startswith(".")
+        assert not any(c in folder for c in '<>:"/\\|?*\t')
+    assert folders[3].startswith("x" * 100) and folders[1] != "summary.csv" and folders[7].lower() != "con"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted([*folders, "summary.csv"])
+
+
+def test_ids_that_would_share_a_folder_are_refused(tmp_path, capsys):
+    case = write_case(tmp_path / "data" / "a")
+    model = save_threshold_model(tmp_path / "thr.safetensors")
+    assert main(["batch", str(_json_list(tmp_path / "list.json", ["Pat1", "PAT1"], case)), "--model", model,
+                 "-o", str(tmp_path / "out"), "--no-overview", "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "would share the output folder" in err
+    assert not (tmp_path / "out" / "Pat1").exists()
+
+
+@pytest.fixture
+def sharded(tmp_path):
+    """Three cases split in two shards, both finished; returns (argv without --merge, output folder)."""
+    case = write_case(tmp_path / "data" / "a")
+    model = save_threshold_model(tmp_path / "thr.safetensors")
+    out = tmp_path / "out"
+    base = ["batch", str(_json_list(tmp_path / "list.json", ["A", "B", "C"], case)), "--model", model, "-o",
+            str(out), "--no-overview", "--progress", "none"]
+    for k in (1, 2):
+        assert main([*base, "--shard", f"{k}/2"]) == 0
+    return base, out
+
+
+def _rewrite(path, edit, encoding="utf-8"):
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    rows, columns = edit(rows)
+    with open(path, "w", newline="", encoding=encoding) as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p, out: _rewrite(p, lambda r: (r, [c for c in r[0] if c != "status"])), "lacks the column(s) status"),
+    (lambda p, out: _rewrite(p, lambda r: ([{**r[0], "error": "Jos\xe9"}, *r[1:]], list(r[0])), "cp1252"),
+     "cannot be read as a summary"),
+    (lambda p, out: _rewrite(p, lambda r: ([{**r[0], "folder": "../elsewhere"}, *r[1:]], list(r[0]))),
+     "not '../elsewhere'"),
+    (lambda p, out: _rewrite(p, lambda r: ([{**r[0], "status": "finished"}, *r[1:]], list(r[0]))),
+     "is not a case row"),
+    (lambda p, out: __import__("shutil").rmtree(out / "A"), "has no report.json"),
+    (lambda p, out: (out / "A" / "segmentation.nii.gz").unlink(), "lacks segmentation.nii.gz"),
+    (lambda p, out: (out / "A" / "report.json").write_text("{\"format\": 3", encoding="utf-8"), "cannot read"),
+])
+def test_merge_checks_every_shard_summary_and_every_finished_case(sharded, capsys, damage, message):
+    base, out = sharded
+    damage(out / "summary.shard-1-of-2.csv", out)   # shard 1 holds A and C
+    capsys.readouterr()
+    assert main([*base, "--merge"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (out / "summary.csv").exists()
+
+
+def test_resume_redoes_an_incomplete_case_and_the_merge_keeps_the_folder_column(sharded):
+    base, out = sharded
+    (out / "A" / "segmentation.nii.gz").unlink()
+    assert main([*base, "--merge"]) == 2
+    assert main([*base, "--shard", "1/2", "--resume"]) == 0     # resume redoes the incomplete case
+    assert read_summary(out / "summary.shard-1-of-2.csv")["A"]["status"] == "done"
+    assert main([*base, "--merge"]) == 0
+    summary = read_summary(out / "summary.csv")
+    assert [(r["case_id"], r["folder"], r["status"]) for r in summary.values()] == \
+        [("A", "A", "done"), ("B", "B", "done"), ("C", "C", "skipped")]
+
+
+def _locked_by_another(lock):
+    import fcntl
+
+    if not lock.exists():
+        return False
+    with open(lock, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def _start_batch(args):
+    return subprocess.Popen([sys.executable, "-m", "LesionFactorizerLib", "batch", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
+
+
+def _wait_for_lock(proc, lock):
+    import time
+
+    deadline = time.monotonic() + 120
+    while not _locked_by_another(lock):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the test watches the POSIX lock")
+def test_one_batch_at_a_time_per_output_folder(tmp_path):
+    case = write_case(tmp_path / "data" / "a")
+    fast = save_threshold_model(tmp_path / "fast.safetensors")
+    stuck = save_threshold_model(tmp_path / "stuck.safetensors", delay_s=600.0)   # killed once it has the folder
+    out = tmp_path / "out"
+    datalist = str(_json_list(tmp_path / "list.json", ["A", "B", "C"], case))
+
+    def batch(model, *extra):
+        return [datalist, "--model", model, "-o", str(out), "--no-overview", "--progress", "none", *extra]
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "batch", *args], cwd=REPO,
+                              capture_output=True, text=True, encoding="utf-8", timeout=300)
+
+    lock = out / ".lesion-factorizer-batch.lock"
+    first = _start_batch(batch(stuck))
+    _wait_for_lock(first, lock)
+    second = run(*batch(fast))
+    assert second.returncode == 2 and second.stderr.startswith("error: ") and second.stderr.count("\n") == 1
+    assert "is in use by another `lesion-factorizer batch` run" in second.stderr
+    assert not (out / "summary.csv").exists() and not (out / "A").exists()   # the second wrote nothing
+    first.kill()   # SIGKILL: no clean-up of its own; the kernel drops its lock
+    first.communicate(timeout=60)
+    done = run(*batch(fast))
+    assert done.returncode == 0, done.stderr
+    assert {r["status"] for r in read_summary(out / "summary.csv").values()} == {"done"}
+
+    # the shards of one split share the folder; a whole run does not join them
+    shard = _start_batch(batch(stuck, "--shard", "1/2", "--overwrite"))
+    _wait_for_lock(shard, lock)
+    other = run(*batch(fast, "--shard", "2/2", "--overwrite"))
+    assert other.returncode == 0, other.stderr
+    whole = run(*batch(fast, "--resume"))
+    assert whole.returncode == 2 and "in use by another" in whole.stderr, whole.stderr
+    shard.kill()
+    shard.communicate(timeout=60)
+    again = run(*batch(fast, "--resume"))
+    assert again.returncode == 0, again.stderr
+    assert {r["status"] for r in read_summary(out / "summary.csv").values()} == {"skipped"}

@@ -219,3 +219,135 @@ def test_a_run_on_relative_paths_can_be_revisited_from_another_folder(stroke_run
                                                        "segmentation.nii.gz"]   # --no-picture: no PNG
     summary = json.loads((folder / "counterfactual.json").read_text(encoding="utf-8"))
     assert "picture" not in summary["outputs"]
+
+
+# ---- counterfactual trusts nothing it reads (issue 27) -------------------------------------------
+def _copy_result(stroke_run, target: Path, edit=None) -> Path:
+    """The stroke run's result folder (without its counterfactuals), report.json changed by ``edit``."""
+    import shutil
+
+    shutil.copytree(stroke_run["out"], target, ignore=shutil.ignore_patterns("counterfactual"))
+    if edit is not None:
+        report = json.loads((target / "report.json").read_text(encoding="utf-8"))
+        edit(report)
+        (target / "report.json").write_text(json.dumps(report), encoding="utf-8")
+    return target
+
+
+def _one_line_error(proc, message):
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert message in proc.stderr, proc.stderr
+
+
+def test_the_output_never_mixes_with_a_segmentation_run(stroke_run, tmp_path):
+    result = _copy_result(stroke_run, tmp_path / "result")
+    other = _copy_result(stroke_run, tmp_path / "other")
+    before = {p.name: p.read_bytes() for p in result.iterdir() if p.is_file()}
+    for target, message in [(result, "is the result folder"), (tmp_path, "is the result folder"),
+                            (result / "components" / "x", "among its outputs"),
+                            (other, "holds a segmentation run")]:
+        proc = _counterfactual(result, "--layer", "decoder1", "--component", 0, "-o", target, "--overwrite",
+                               "--device", "cpu", "--progress", "none")
+        _one_line_error(proc, message)
+    assert {p.name: p.read_bytes() for p in result.iterdir() if p.is_file()} == before
+    assert not (result / "components" / "x").exists()
+    assert sorted(p.name for p in other.iterdir()) == sorted(p.name for p in result.iterdir())
+
+
+def _set(path, value):
+    """An edit of report.json: ``path`` is a list of keys/indices; value ``...`` deletes the last one."""
+    def edit(report):
+        obj = report
+        for key in path[:-1]:
+            obj = obj[key]
+        if value is ...:
+            del obj[path[-1]]
+        else:
+            obj[path[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (["outputs", "segmentation"], "../elsewhere/segmentation.nrrd", "not a file inside the result folder"),
+    (["outputs", "segmentation"], "/tmp/segmentation.nrrd", "not a file inside the result folder"),
+    (["models"], ..., "no checksum of the model list"),
+    (["inputs", 0, "sha256"], "", "no checksum of input dwi"),
+    (["models", 0, "sha256"], ..., "no checksum of model"),
+    (["inputs"], ..., "'inputs' is missing"),
+    (["inputs"], "dwi.nii.gz", "'inputs' is str, not list"),
+    (["inputs", 0], 5, "inputs[0] is int"),
+    (["inputs", 1, "path"], ..., "inputs[1] 'path' is missing"),
+    (["model"], ..., "'model' is missing"),
+    (["outputs"], ..., "'outputs' is missing"),
+    (["outputs", "segmentation"], 3, "outputs 'segmentation' is int, not str"),
+    (["settings"], [], "'settings' is list, not dict"),
+    (["settings", "overlap"], "0.5", "settings 'overlap' is str, not int or number"),
+    (["settings", "tta"], 1, "settings 'tta' is int, not bool"),
+    (["task"], ..., "'task' is missing"),
+    (["format_version"], "1", "'format_version' is str"),
+    (["components_best"], [], "'components_best' is list"),
+    (["components", 0, "ranking"], [{"component": "a"}], "'component' is str, not int"),
+    (["registration"], "rigid", "'registration' is str"),
+])
+def test_a_damaged_report_is_a_one_line_error(stroke_run, tmp_path, path, value, message):
+    result = _copy_result(stroke_run, tmp_path / "result", _set(path, value))
+    (tmp_path / "elsewhere").mkdir()
+    proc = _counterfactual(result, "--device", "cpu", "--progress", "none")
+    _one_line_error(proc, message)
+    assert "Traceback" not in proc.stderr and not (result / "counterfactual").exists()
+
+
+def test_the_model_is_checked_even_when_the_report_lists_no_models(stroke_run, tmp_path):
+    from test_pipeline_data import save_threshold_model
+
+    other = save_threshold_model(tmp_path / "another.safetensors")
+
+    def swap(report):
+        del report["models"]
+        report["model"]["path"] = other   # the recorded checksum is still the demo model's
+    result = _copy_result(stroke_run, tmp_path / "result", swap)
+    proc = _counterfactual(result, "--layer", "decoder1", "--component", 0, "--device", "cpu", "--progress", "none")
+    _one_line_error(proc, "--trust-inputs")
+    proc = _counterfactual(result, "--layer", "decoder1", "--component", 0, "--device", "cpu", "--progress", "none",
+                           "--trust-inputs")
+    _one_line_error(proc, "SHA-256 differs")
+    assert not (result / "counterfactual").exists()
+
+
+def test_trust_inputs_runs_on_an_unchecked_input_with_a_warning(stroke_run, tmp_path):
+    result = _copy_result(stroke_run, tmp_path / "result", _set(["inputs", 1, "sha256"], ""))
+    proc = _counterfactual(result, "--layer", "decoder1", "--component", 0, "--device", "cpu", "--progress", "jsonl",
+                           "--no-picture", "--trust-inputs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "warning" and "input adc has no recorded checksum" in e["message"] for e in events)
+    summary = json.loads((result / "counterfactual" / "decoder1-0" / "counterfactual.json").read_text("utf-8"))
+    assert any("--trust-inputs" in w for w in summary["warnings"])
+
+
+def test_a_seg_nrrd_run_gets_a_seg_nrrd_counterfactual(stroke_run, tmp_path):
+    import slicerio
+
+    from LesionFactorizerLib.pipeline.segnrrd import write_seg_nrrd
+    from LesionFactorizerLib.tasks import get_task
+
+    def as_seg_nrrd(report):
+        report["outputs"]["segmentation"] = "segmentation.seg.nrrd"
+    result = _copy_result(stroke_run, tmp_path / "result", as_seg_nrrd)
+    labels = sitk.ReadImage(str(result / "segmentation.nrrd"))
+    write_seg_nrrd(labels, result / "segmentation.seg.nrrd", get_task("stroke"))   # as `segment --format seg.nrrd`
+    (result / "segmentation.nrrd").unlink()
+    proc = _counterfactual(result, "--layer", "decoder1", "--component", 0, "--device", "cpu", "--progress", "none",
+                           "--no-picture")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = result / "counterfactual" / "decoder1-0"
+    assert sorted(p.name for p in folder.iterdir()) == ["counterfactual.json", "difference.nrrd",
+                                                       "segmentation.seg.nrrd"]
+    seg = slicerio.read_segmentation(str(folder / "segmentation.seg.nrrd"))
+    assert [s["name"] for s in seg["segments"]] == [lb.title for lb in get_task("stroke").labels]
+    again = _counterfactual(stroke_run["out"], "--layer", "decoder1", "--component", 0, "--device", "cpu",
+                            "--progress", "none", "--no-picture", "-o", tmp_path / "plain")
+    assert again.returncode == 0, again.stderr[-3000:]
+    plain = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "plain" / "segmentation.nrrd")))
+    assert np.array_equal(np.transpose(seg["voxels"], (2, 1, 0)), plain)

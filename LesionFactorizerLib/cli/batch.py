@@ -4,26 +4,36 @@ Cases come from a datalist (CSV with a ``case_id`` column and one column per inp
 a list of ``{"case_id": ..., "inputs": {name: path}}``; relative paths are relative to the
 datalist; other columns such as ``label`` or ``fold`` are ignored) or from a folder with one
 sub-folder per case whose files are recognised by name patterns. A failing case is reported and
-the others continue; ``summary.csv`` aggregates volumes and lesion counts. Case ids name the
-per-case output folders, so they must be plain names.
+the others continue; ``summary.csv`` aggregates volumes and lesion counts.
+
+Each case's output folder is named by :func:`case_folder`: the case id itself when it is a short,
+plain name that no batch output uses, else a readable part of it and a hash of the whole id (the
+summary's ``folder`` column maps ids to folders). One batch at a time writes into an output folder:
+an OS lock (released by the kernel when the process ends, so a crashed run leaves none) refuses a
+second run into the same folder; the N shards of one split may run side by side.
 
 Cohorts beyond one process: ``--shard K/N`` takes every N-th case starting with the K-th (in
 datalist order, or case-folder name order), so N jobs given the same list split it without
 overlap or coordinator and each writes ``summary.shard-K-of-N.csv``; ``--merge`` checks that
-all N shard summaries are there and together cover the list exactly once, and writes
-``summary.csv``. ``--devices 0,1`` runs one worker process per device (GPU index or ``cpu``),
-each loading the models once and taking the next case from a shared queue.
+all N shard summaries are there and together cover the list exactly once, checks every shard
+summary (columns, encoding, folders) and that each finished case's result folder is there and
+complete, and writes ``summary.csv``. ``--devices 0,1`` runs one worker process per device (GPU
+index or ``cpu``), each loading the models once and taking the next case from a shared queue.
 
 ``--resume`` skips a case only when its report.json records the same input files (paths and
-SHA-256) that the list gives now; otherwise the case is segmented again.
+SHA-256) that the list gives now and every output it lists is there; otherwise the case is
+segmented again.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,6 +43,14 @@ from LesionFactorizerLib.errors import UserError
 NAME = "batch"
 HELP = "segment many cases (datalist CSV/JSON or a folder of case folders) with one model load"
 SUMMARY = "summary.csv"
+SUMMARY_COLUMNS = ("case_id", "folder", "status", "error")   # the columns --merge relies on
+STATUSES = ("done", "skipped", "failed")
+LOCK = ".lesion-factorizer-batch.lock"
+# Room for the temporary sibling a case's results are assembled in (".<folder>.partial-<pid>-<random>")
+# within a file name's 255 bytes.
+FOLDER_BYTES = 120
+_FOLDER_UNSAFE = set('<>:"/\\|?*')   # path separators and what Windows refuses in names
+_WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"{p}{n}" for p in ("com", "lpt") for n in range(1, 10))}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +108,99 @@ def read_cases(source: str | Path, task) -> list[tuple[str, dict[str, str]]]:
     return cases
 
 
+def _is_plain(case_id: str) -> bool:
+    return (bool(case_id) and not case_id.startswith(".") and not case_id.endswith((" ", "."))
+            and len(case_id.encode("utf-8")) <= FOLDER_BYTES
+            and not any(c in _FOLDER_UNSAFE or ord(c) < 32 or ord(c) == 127 for c in case_id)
+            and not (case_id.lower().startswith("summary") and case_id.lower().endswith(".csv"))
+            and case_id.split(".")[0].lower() not in _WINDOWS_DEVICES)
+
+
+def case_folder(case_id: str) -> str:
+    """The case's output folder name: the id when it is plain (short, no path or control characters,
+    not hidden, not a name batch writes such as summary.csv), else a readable prefix of it with
+    ``~`` and the first 12 hex digits of the id's SHA-256 (the same for every run and shard)."""
+    if _is_plain(case_id):
+        return case_id
+    readable = "".join("_" if c in _FOLDER_UNSAFE or ord(c) < 32 or ord(c) == 127 else c for c in case_id)
+    readable = readable.encode("utf-8")[:FOLDER_BYTES - 13].decode("utf-8", "ignore").strip(". ") or "case"
+    return f"{readable}~{hashlib.sha256(case_id.encode('utf-8')).hexdigest()[:12]}"
+
+
+def case_folders(case_ids: list[str]) -> list[str]:
+    """Folder names of a whole list, refused when two would share a folder (also on file systems
+    that ignore case)."""
+    folders = [case_folder(c) for c in case_ids]
+    seen: dict[str, str] = {}
+    for case_id, folder in zip(case_ids, folders):
+        other = seen.setdefault(folder.casefold(), case_id)
+        if other != case_id:
+            raise UserError(f"case ids {other!r} and {case_id!r} would share the output folder {folder!r} (names "
+                            "that differ only in upper/lower case are one folder on Windows and macOS); rename one")
+    return folders
+
+
+@contextlib.contextmanager
+def locked(out_root: Path, shard: tuple[int, int] | None = None, warn=None):
+    """Hold the output folder against other batch runs for the block: a whole run or a merge holds
+    it alone, a shard shares it with the other shards (each shard alone). An OS lock on a lock file:
+    the kernel releases it when the process ends, however it ends. ``warn(message)``: said when the
+    file system has no locks (some network shares)."""
+    names = [(LOCK, shard is not None)]
+    if shard is not None:
+        names.append((f".lesion-factorizer-batch.shard-{shard[0]}-of-{shard[1]}.lock", False))
+    files = []
+    try:
+        for name, shared in names:
+            try:
+                f = open(out_root / name, "a+b")
+            except OSError as exc:
+                raise UserError(f"cannot create the lock file in {out_root} ({exc.strerror}); choose a writable "
+                                "output folder") from None
+            files.append(f)
+            held = _try_lock(f, shared)
+            if held is None:
+                if warn:
+                    warn(f"the file system of {out_root} does not lock files: make sure no other batch run writes "
+                         "into this folder at the same time")
+                break
+            if not held:
+                what = f"shard {shard[0]}/{shard[1]}" if name != LOCK else "a batch"
+                raise UserError(f"output folder {out_root} is in use by another `lesion-factorizer batch` run "
+                                f"({what} into the same folder); wait for it to finish or choose another folder")
+        yield
+    finally:
+        for f in files:
+            f.close()   # closing releases the lock
+
+
+def _try_lock(f, shared: bool) -> bool | None:
+    """True: held; False: another process holds it; None: this file system has no locks."""
+    import errno
+
+    try:
+        import fcntl
+    except ImportError:   # Windows: exclusive locks only; the shards' shared hold is left out there
+        import msvcrt
+
+        if shared:
+            return True
+        try:
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(f.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            return None
+        raise UserError(f"cannot lock {f.name} ({exc.strerror}); choose another output folder") from None
+
+
 def _read_report(path: Path) -> dict | None:
     """The report of an earlier run, or None when it is missing or unreadable (then the case is redone)."""
     try:
@@ -100,7 +211,7 @@ def _read_report(path: Path) -> dict | None:
 
 
 def _summary_row(case_id: str, status: str, error: str, report: dict | None, task) -> dict:
-    row = {"case_id": case_id, "status": status, "error": error}
+    row = {"case_id": case_id, "folder": case_folder(case_id), "status": status, "error": error}
     if report:
         row["lesion_count"] = report.get("lesion_count")
         for lb in task.labels:
@@ -193,23 +304,30 @@ def _run(args: argparse.Namespace, progress) -> int:
         _check_devices(args.devices)
     cases = read_cases(args.source, task)
     total_cases = len(cases)
+    folders = case_folders([c for c, _ in cases])   # the whole list: every shard maps ids alike
     if args.shard:
         k, n = args.shard
-        cases = cases[k - 1::n]
+        cases, folders = cases[k - 1::n], folders[k - 1::n]
     out_root = Path(args.output)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the output folder {out_root} ({exc.strerror})") from None
+    with locked(out_root, args.shard, progress.warning):
+        return _run_locked(args, progress, task, paths, cases, folders, total_cases, out_root)
+
+
+def _run_locked(args, progress, task, paths, cases, folders, total_cases, out_root: Path) -> int:
     rows: list[dict | None] = [None] * len(cases)
     todo = []
     finished = 0
     for index, (case_id, inputs) in enumerate(cases):
-        case_out = out_root / case_id
+        case_out = out_root / folders[index]
         redo = False
         if args.resume and (case_out / "report.json").is_file():
             report = _read_report(case_out / "report.json")
-            why = "its report.json is unreadable" if report is None else _input_changes(report, inputs)
+            why = ("its report.json is unreadable" if report is None
+                   else _input_changes(report, inputs) or _incomplete(case_out))
             if not why:
                 rows[index] = _summary_row(case_id, "skipped", "", report, task)
                 finished += 1
@@ -217,22 +335,22 @@ def _run(args: argparse.Namespace, progress) -> int:
                 continue
             progress.warning(f"{case_id}: the earlier result is not reused ({why}); segmenting again")
             redo = True   # the folder holds our earlier outputs for this case id
-        todo.append((index, case_id, inputs, redo))
+        todo.append((index, case_id, inputs, str(case_out), redo))
 
     def record(index: int, status: str, error: str, seconds: float) -> None:
         nonlocal finished
         case_id = cases[index][0]
-        report = _read_report(out_root / case_id / "report.json") if status == "done" else None
+        report = _read_report(out_root / folders[index] / "report.json") if status == "done" else None
         rows[index] = _summary_row(case_id, status, error, report, task)
         finished += 1
         progress.case_done(case_id, status, error, seconds, finished, len(cases))
 
     if args.devices:
-        _run_on_devices(args, task.name, paths, todo, out_root, record)
+        _run_on_devices(args, task.name, paths, todo, record)
     else:
         worker = _CaseRunner(args, task.name, paths, args.device)
-        for index, case_id, inputs, redo in todo:
-            record(index, *worker.run(case_id, inputs, str(out_root / case_id), redo))
+        for index, case_id, inputs, output, redo in todo:
+            record(index, *worker.run(case_id, inputs, output, redo))
     summary = out_root / _summary_name(args.shard)
     _write_summary(summary, rows)
     failed = [r for r in rows if r["status"] == "failed"]
@@ -274,15 +392,15 @@ class _CaseRunner:
             return "failed", f"unexpected: {type(exc).__name__}: {exc}", time.monotonic() - t0
 
 
-def _run_on_devices(args, task: str, paths: list, todo: list, out_root: Path, record) -> None:
+def _run_on_devices(args, task: str, paths: list, todo: list, record) -> None:
     """One worker process per device; each takes the next case from a shared queue."""
     import multiprocessing as mp
     import queue as queue_mod
 
     ctx = mp.get_context("spawn")   # no forked copies of torch state; CUDA needs a fresh process
     tasks, results = ctx.Queue(), ctx.Queue()
-    for index, case_id, inputs, redo in todo:
-        tasks.put((index, case_id, inputs, str(out_root / case_id), redo))
+    for item in todo:
+        tasks.put(item)
     worker_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith("_")})
     workers = [ctx.Process(target=_device_worker, args=(device, worker_args, task, [str(p) for p in paths],
                                                          tasks, results), daemon=True)
@@ -329,9 +447,14 @@ def _device_worker(device: str, args: argparse.Namespace, task: str, paths: list
 
 def _merge(args: argparse.Namespace, progress) -> int:
     """summary.csv from the shard summaries in the output folder, in list order, each case once."""
-    import re
-
     out_root = Path(args.output)
+    if not out_root.is_dir():
+        raise UserError(f"{out_root} is not a folder; give the output folder of the shards")
+    with locked(out_root, warn=progress.warning):   # no shard may still be writing
+        return _merge_locked(args, progress, out_root)
+
+
+def _merge_locked(args: argparse.Namespace, progress, out_root: Path) -> int:
     found = {}
     for path in sorted(out_root.glob("summary.shard-*-of-*.csv")):
         m = re.fullmatch(r"summary\.shard-(\d+)-of-(\d+)\.csv", path.name)
@@ -350,12 +473,12 @@ def _merge(args: argparse.Namespace, progress) -> int:
                         "(with --resume to reuse finished cases) before merging")
     rows: dict[str, dict] = {}
     for (k, _), path in sorted(found.items()):
-        with open(path, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                if row["case_id"] in rows:
-                    raise UserError(f"case {row['case_id']} is in more than one shard summary; merge needs a "
-                                    "disjoint split")
-                rows[row["case_id"]] = row
+        for row in _read_shard_summary(path, out_root, f"run shard {k}/{n} again (with --resume to keep its "
+                                                       "finished cases)"):
+            if row["case_id"] in rows:
+                raise UserError(f"case {row['case_id']} is in more than one shard summary; merge needs a "
+                                "disjoint split")
+            rows[row["case_id"]] = row
     task, _ = _task_and_models(args)
     listed = [case_id for case_id, _ in read_cases(args.source, task)]
     absent = [c for c in listed if c not in rows]
@@ -375,3 +498,44 @@ def _merge(args: argparse.Namespace, progress) -> int:
     if args.progress != "jsonl":
         print(message, file=sys.stderr)
     return 2 if failed else 0
+
+
+def _read_shard_summary(path: Path, out_root: Path, remedy: str) -> list[dict]:
+    """The rows of one shard summary, each checked: the columns merge relies on, a known status, the
+    case's folder as :func:`case_folder` names it, and a complete result for every finished case."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:   # -sig: also after a save from Excel
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path} cannot be read as a summary ({exc}); {remedy}") from None
+    lacking = [c for c in SUMMARY_COLUMNS if c not in columns]
+    if lacking:
+        raise UserError(f"{path} lacks the column(s) {', '.join(lacking)} (damaged, or written by an older version); "
+                        f"{remedy}")
+    for line, row in enumerate(rows, start=2):
+        case_id, status = row["case_id"], row["status"]
+        if None in row or any(row[c] is None for c in SUMMARY_COLUMNS) or not case_id or status not in STATUSES:
+            raise UserError(f"{path} line {line} is not a case row (its cells do not match the header, or status "
+                            f"{status!r} is not one of {', '.join(STATUSES)}); {remedy}")
+        if row["folder"] != case_folder(case_id):
+            raise UserError(f"{path} line {line}: case {case_id} is in folder {case_folder(case_id)!r}, not "
+                            f"{row['folder']!r}; {remedy}")
+        why = _incomplete(out_root / row["folder"]) if status != "failed" else ""
+        if why:
+            raise UserError(f"case {case_id} is {status} in {path.name}, but its result is incomplete ({why}); "
+                            f"{remedy}")
+    return rows
+
+
+def _incomplete(folder: Path) -> str:
+    """Why ``folder`` holds no complete result ('' when it does: a valid report.json and every output
+    it lists)."""
+    from LesionFactorizerLib.pipeline.report import read_run_report
+
+    try:
+        lost = read_run_report(folder).missing_outputs()
+    except UserError as exc:
+        return str(exc)
+    return f"{folder} lacks {', '.join(lost[:3])}" if lost else ""

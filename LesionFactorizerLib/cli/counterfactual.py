@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", choices=list(PROGRESS), default="bar", help=BY_NAME["progress"].help)
     parser.add_argument("--no-picture", dest="picture", action="store_false",
                         help="do not draw difference.png (e.g. when a viewer shows the difference)")
+    parser.add_argument("--trust-inputs", action="store_true",
+                        help="run even when report.json records no checksum of an input or model (an older or "
+                             "hand-made report): the files are used as found, with a warning")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier counterfactual in the output folder")
 
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"--input {item!r}: give NAME=PATH, e.g. --input flair=/data/flair.nii.gz")
             inputs[name] = path
         outputs = run_counterfactual(args.result_dir, args.layer, args.component, args.output, inputs,
-                                     args.device, args.overwrite, progress, args.picture)
+                                     args.device, args.overwrite, progress, args.picture,
+                                     args.trust_inputs)
     progress.done(outputs)
     if args.progress == "bar":
         summary = json.loads(open(outputs["summary"], encoding="utf-8").read())

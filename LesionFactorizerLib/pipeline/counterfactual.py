@@ -8,12 +8,19 @@ same stages as ``segment`` (read → prepare → sliding-window inference → po
 upstream of the layer is cached, which keeps one code path and is fast enough on the demo models
 (timings in ``counterfactual.json`` and ``benchmarks/bench_component_ranking.py``).
 
-Outputs (``RESULT_DIR/counterfactual/<layer>-<component>/`` unless ``--output``), written in a
+Nothing in report.json is taken on trust: it is parsed strictly (``pipeline/report.read_run_report``),
+the segmentation it names must lie inside the result folder, and every input and model file is
+compared with its recorded SHA-256; a run without checksums is refused unless ``--trust-inputs``.
+
+Outputs (``RESULT_DIR/counterfactual/<layer>-<component>/`` unless ``--output``: never the result
+folder, a folder holding it, a place among its outputs or another run's folder), written in a
 temporary folder, read back, then swapped in:
 
-- ``segmentation<ext>``: the labels without the component, on the reference input's grid;
+- ``segmentation<ext>``: the labels without the component, on the reference input's grid, in the
+  run's format (``.seg.nrrd`` too);
 - ``difference<ext>``: 0 unchanged, 1 added (background → lesion), 2 removed (lesion →
-  background), 3 relabelled (one lesion label → another);
+  background), 3 relabelled (one lesion label → another); not the task's labels, so in the run's
+  format for maps (``.nrrd`` for a ``.seg.nrrd`` run);
 - ``counterfactual.json``: per label the volume before / after / change in mL, voxel counts of the
   difference, the component's ranking score, timings;
 - ``difference.png``: axial slices through the most changed voxels, the difference over the
@@ -70,51 +77,84 @@ class Source:
     models: list[str]
     segmentation: Path
     format: str
+    checksums: dict[str, str]     # input name or model path → recorded SHA-256 (every file it runs on)
+    unchecked: list[str]          # what has no recorded checksum (run only with trust_inputs)
+    recorded: Any                 # the parsed report (pipeline/report.RunReport)
 
     def ranking_of(self, layer: str) -> list[dict]:
         entry = next((e for e in self.report.get("components") or [] if e.get("layer") == layer), None)
         return list((entry or {}).get("ranking") or [])
 
 
-def read_source(folder: str | Path, inputs: dict[str, str] | None = None) -> Source:
-    """The earlier run in ``folder``; ``inputs`` (name → path) replace recorded input paths (files
-    moved since), and must still be the same files (checked by SHA-256 when read)."""
+def image_format(name: str) -> str | None:
+    """The output format a file name was written in (the longest ending: .seg.nrrd, not .nrrd)."""
     from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS
 
-    folder = Path(folder)
-    path = folder / "report.json"
-    if not path.is_file():
-        raise UserError(f"{folder} has no report.json; give the output folder of a `lesion-factorizer segment` run")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path} ({exc}); run the segmentation again") from None
-    if report.get("format") != "lesion-factorizer-report":
-        raise UserError(f"{path} is not a LesionFactorizer report; give the output folder of a `segment` run")
-    recorded = {i["name"]: i for i in report.get("inputs", [])}
+    found = [f for f, ext in IMAGE_FORMATS.items() if name.endswith(ext)]
+    return max(found, key=lambda f: len(IMAGE_FORMATS[f]), default=None)
+
+
+def read_source(folder: str | Path, inputs: dict[str, str] | None = None, trust_inputs: bool = False) -> Source:
+    """The earlier run in ``folder``; ``inputs`` (name → path) replace recorded input paths (files
+    moved since), and must still be the same files (checked by SHA-256 when read). Inputs and models
+    without a recorded checksum are refused unless ``trust_inputs``."""
+    from LesionFactorizerLib.pipeline.report import read_run_report
+
+    run = read_run_report(folder)
+    folder = run.folder
+    recorded = {i.name: i for i in run.inputs}
     unknown = [n for n in inputs or {} if n not in recorded]
     if unknown:
         raise UserError(f"--input {unknown[0]}: the segmentation in {folder} had no such input; its inputs were "
                         f"{', '.join(recorded)}")
-    paths = {}
+    paths, checksums, unchecked = {}, {}, []
     for name, entry in recorded.items():
-        given = (inputs or {}).get(name) or entry["path"]
+        given = (inputs or {}).get(name) or entry.path
         if not Path(given).exists():
             raise UserError(f"input {name} ({given}, recorded in report.json) is missing; give it with --input "
                             f"{name}=PATH")
         paths[name] = str(given)
+        checksums[name] = entry.sha256
+        if not entry.sha256:
+            unchecked.append(f"input {name}")
+    if run.models is None:
+        # without the list an ensemble would silently run as its first member
+        unchecked.append("the model list (report.json has no 'models')")
     models = []
-    for entry in report.get("models") or [report["model"]]:
-        model = Path(entry["path"])
+    for entry in run.models or [run.model]:
+        model = Path(entry.path)
         if not model.is_file():
-            raise UserError(f"model {entry['name']} ({model}) of the segmentation is missing; restore it, or segment "
+            raise UserError(f"model {entry.name} ({model}) of the segmentation is missing; restore it, or segment "
                             "again with an available model")
         models.append(str(model))
-    seg_name = (report.get("outputs") or {}).get("segmentation", "")
-    fmt = next((f for f, ext in IMAGE_FORMATS.items() if seg_name.endswith(ext)), None)
-    if not seg_name or fmt is None or not (folder / seg_name).is_file():
+        checksums[str(model)] = entry.sha256
+        if not entry.sha256:
+            unchecked.append(f"model {entry.name}")
+    if unchecked and not trust_inputs:
+        raise UserError(f"{folder / 'report.json'} records no checksum of {', '.join(unchecked)}, so the "
+                        "counterfactual cannot check it runs on the files the segmentation used; segment again, or "
+                        "pass --trust-inputs if you know they are unchanged")
+    seg_name = run.outputs["segmentation"]
+    fmt = image_format(seg_name)
+    if fmt is None or not run.output("segmentation").is_file():
         raise UserError(f"{folder} has no segmentation file listed in report.json; run the segmentation again")
-    return Source(folder, report, paths, models, folder / seg_name, fmt)
+    return Source(folder, run.data, paths, models, run.output("segmentation"), fmt, checksums, unchecked, run)
+
+
+def check_output(source: Source, final: Path) -> None:
+    """The counterfactual never writes where it would mix with a segmentation run's results: not
+    into the result folder (or a folder holding it), not beside its outputs, not into another run."""
+    src, target = source.folder.resolve(), Path(final).resolve()
+    if target == src or target in src.parents:
+        raise UserError(f"--output {final} is the result folder of the segmentation (or holds it); choose another "
+                        "folder, e.g. the default RESULT_DIR/counterfactual/<layer>-<component>")
+    cf = src / "counterfactual"
+    if src in target.parents and target != cf and cf not in target.parents:
+        raise UserError(f"--output {final} is inside the segmentation's result folder among its outputs; choose a "
+                        f"folder under {cf} or outside {src}")
+    if (target / "report.json").exists():
+        raise UserError(f"--output {final} holds a segmentation run (report.json): the counterfactual would replace "
+                        "its segmentation while its report keeps the old numbers; choose another folder")
 
 
 def default_output(source: Source, layer: str, component: int) -> Path:
@@ -154,11 +194,12 @@ def check_choice(source: Source, layer: str, component: int) -> None:
 def run_counterfactual(folder: str | Path, layer: str | None = None, component: int | None = None,
                        output: str | Path | None = None, inputs: dict[str, str] | None = None,
                        device: str = "auto", overwrite: bool = False, progress=None,
-                       picture: bool = True) -> dict[str, str]:
+                       picture: bool = True, trust_inputs: bool = False) -> dict[str, str]:
     """Segment the case of the run in ``folder`` again without one component; returns the outputs'
     absolute paths (``dir``: the output folder). ``picture=False`` skips difference.png (Slicer
-    shows the difference itself; drawing it costs ~1 s of the click)."""
-    from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, AtomicOutput
+    shows the difference itself; drawing it costs ~1 s of the click). ``trust_inputs``: run on
+    inputs and models the report records no checksum of (with a warning)."""
+    from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, AtomicOutput, map_suffix
     from LesionFactorizerLib.pipeline.progress import Progress, Warnings
     from LesionFactorizerLib.pipeline.segment import SegmentOptions, Segmenter
 
@@ -167,13 +208,17 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
     timings: dict[str, float] = {}
     t_start, cpu_start = time.monotonic(), time.process_time()
     progress.stage("read", "reading the earlier run")
-    source = read_source(folder, inputs)
+    source = read_source(folder, inputs, trust_inputs)
+    for what in source.unchecked:
+        warnings.append(f"{what} has no recorded checksum: used as given (--trust-inputs)")
     layer, component = choose(source, layer, component)
     check_choice(source, layer, component)
-    settings = source.report.get("settings", {})
-    ext = IMAGE_FORMATS[source.format]
-    out = AtomicOutput(output or default_output(source, layer, component),
-                       [f"segmentation{ext}", f"difference{ext}", *CLAIMS_EXTRA], overwrite)
+    settings = source.recorded.settings
+    # the segmentation in the run's format; the difference (not the task's labels) as its maps
+    ext, diff_ext = IMAGE_FORMATS[source.format], map_suffix(source.format)
+    claims = [f"{stem}{e}" for stem in ("segmentation", "difference") for e in IMAGE_FORMATS.values()]
+    out = AtomicOutput(output or default_output(source, layer, component), [*claims, *CLAIMS_EXTRA], overwrite)
+    check_output(source, out.final)
     out.check()
     opts = SegmentOptions(
         inputs=source.inputs, output=str(out.final), task=source.report["task"], models=source.models,
@@ -181,14 +226,13 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
         nmf_iters=settings.get("nmf_iters"), skip_nmf=settings.get("skip_nmf"), overlap=settings.get("overlap"),
         threshold=settings.get("threshold"), min_lesion_mm3=settings.get("min_lesion_mm3"),
         sw_batch_size=settings.get("sw_batch_size"),
-        register=(source.report.get("registration") or {}).get("mode") or "auto",
-        format=source.format, overview=False)
+        register=source.recorded.register, format=source.format, overview=False)
     seg = Segmenter(opts)   # windows batched by default (auto): the same labels as one at a time (tested)
     t = time.monotonic()
+    seg.check_inputs(source.inputs, warnings)
     case = seg.read(source.inputs, warnings)
-    recorded = {i["name"]: i.get("sha256") for i in source.report["inputs"]}
     for item in case.inputs:
-        if recorded.get(item.name) and item.sha256 != recorded[item.name]:
+        if source.checksums[item.name] and item.sha256 != source.checksums[item.name]:
             raise UserError(f"input {item.name} ({item.path}) is not the file the segmentation was made from "
                             f"(its SHA-256 differs); give the original with --input {item.name}=PATH")
     timings["read"] = time.monotonic() - t
@@ -196,6 +240,9 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
     progress.stage("model", "loading model")
     t = time.monotonic()
     seg.prepare_models(warnings)
+    for m, path in zip(seg.loaded, source.models):
+        if source.checksums[path] and m.sha256 != source.checksums[path]:
+            raise UserError(f"model file {m.path} changed since the segmentation (SHA-256 differs); segment again")
     model = seg.component_model
     if model is None:
         raise UserError(f"model {seg.loaded[0].name} is not a Factorizer: it has no NMF components to drop")
@@ -208,10 +255,6 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
     count = component_count(model, layer)
     if not 0 <= component < count:
         raise UserError(f"--component {component} is out of range: layer {layer} has components 0 to {count - 1}")
-    for m in seg.loaded:
-        if m.sha256 != next((e["sha256"] for e in source.report.get("models") or [] if e["path"] == str(m.path)),
-                            m.sha256):
-            raise UserError(f"model file {m.path} changed since the segmentation (SHA-256 differs); segment again")
     timings["model"] = time.monotonic() - t
 
     with progress.timed("preprocess", "cropping, normalising, resampling", timings):
@@ -229,10 +272,10 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
 
     progress.stage("write", "writing the counterfactual")
     t = time.monotonic()
-    written = {"segmentation": f"segmentation{ext}", "difference": f"difference{ext}",
+    written = {"segmentation": f"segmentation{ext}", "difference": f"difference{diff_ext}",
                "summary": "counterfactual.json", **({"picture": "difference.png"} if picture else {})}
     with out as tmp:
-        _write_labels(after, case.reference.image, tmp / written["segmentation"])
+        _write_labels(after, case.reference.image, tmp / written["segmentation"], seg.task)
         _write_labels(difference, case.reference.image, tmp / written["difference"])
         lesion = summary["lesion"]
         if picture:
@@ -355,18 +398,28 @@ def _read_labels(path: Path, reference) -> np.ndarray:
 
     from LesionFactorizerLib.pipeline.geometry import Geometry
 
-    image = sitk.ReadImage(str(path))
-    if not Geometry.from_image(image).same_grid(reference.geometry):
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise UserError(f"cannot read the segmentation {path} ({str(exc).strip().splitlines()[-1]}); segment "
+                        "again") from None
+    if image.GetNumberOfComponentsPerPixel() != 1 or not Geometry.from_image(image).same_grid(reference.geometry):
         raise UserError(f"{path.name} is not on the grid of input {reference.name}; the result folder was changed "
                         "after the segmentation — segment again")
     return sitk.GetArrayFromImage(image).astype(np.uint8, copy=False)
 
 
-def _write_labels(array: np.ndarray, like, path: Path) -> None:
+def _write_labels(array: np.ndarray, like, path: Path, task=None) -> None:
+    """``task``: the labels are the task's, so a .seg.nrrd gets its named segments."""
     import SimpleITK as sitk
 
     from LesionFactorizerLib.pipeline.io import write_image
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.uint8))
     image.CopyInformation(like)
-    write_image(image, path)
+    if path.name.endswith(".seg.nrrd"):
+        from LesionFactorizerLib.pipeline.segnrrd import write_seg_nrrd
+
+        write_seg_nrrd(image, path, task)
+    else:
+        write_image(image, path)
