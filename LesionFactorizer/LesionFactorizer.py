@@ -58,6 +58,7 @@ from LesionFactorizerModuleLib import models as modelsLib  # noqa: E402
 from LesionFactorizerModuleLib import navigator as navigatorLib  # noqa: E402
 from LesionFactorizerModuleLib import report as reportLib  # noqa: E402
 from LesionFactorizerModuleLib import samples as samplesLib  # noqa: E402
+from LesionFactorizerModuleLib import state as stateLib  # noqa: E402
 from LesionFactorizerModuleLib import terminology as terminologyLib  # noqa: E402
 from LesionFactorizerModuleLib import worker as workerLib  # noqa: E402
 from LesionFactorizerModuleLib import results as resultsLib  # noqa: E402
@@ -156,6 +157,7 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._result = None  # the run the results table and component browser show
         self._counterfactualJob = None  # a running "drop this component"
         self._updating = False
+        self._restoring = True  # until the parameter node has been read: no widget change is written to it
         self._assignPending = False
         self._lesionRows: list = []  # lesion id per row of the lesion table
 
@@ -211,13 +213,17 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.nextLesionButton.clicked.connect(lambda: self.onStepLesion(+1))
         self.ui.rejectLesionButton.clicked.connect(self.onRejectLesion)
         self.ui.confidenceThresholdSlider.valueChanged.connect(self.onConfidenceThresholdChanged)
+        self._connectStateSignals()
 
         inferno = slicer.mrmlScene.GetFirstNodeByName("Inferno")  # perceptually uniform, reads well over grey
         if inferno is not None:
             self.ui.componentColorTableSelector.setCurrentNode(inferno)
 
+        # While a scene closes or loads, selectors follow nodes leaving and arriving: the parameter
+        # node is neither written then nor read until the scene is complete.
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self._pauseState)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartSaveEvent, self._onSceneSaving)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartImportEvent, self._pauseState)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._restoreState)
         self.onTaskChanged()
         self._resetResults()
@@ -232,13 +238,34 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def exit(self):
         self.removeObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
-        self._saveState()
 
     # ---- state saved with the scene
 
-    def _saveState(self, *args):
+    def _connectStateSignals(self):
+        """Every widget the parameter node describes writes it on each change (Slicer fires no event
+        before a save, so what is on screen must already be in the node)."""
+        ui = self.ui
+        save = lambda *args: self._saveState()  # noqa: E731
+        for combo in (ui.taskComboBox, ui.modelComboBox, ui.presetComboBox, ui.deviceComboBox,
+                      ui.saveFormatComboBox, ui.registerComboBox):
+            combo.currentIndexChanged.connect(save)
+        for box in (ui.componentsCheckBox, ui.probabilitiesCheckBox, ui.uncertaintyCheckBox, ui.ttaCheckBox,
+                    ui.dicomSegCheckBox):
+            box.toggled.connect(save)
+        ui.nmfIterationsSpinBox.valueChanged.connect(save)
+        ui.skipNmfListWidget.itemChanged.connect(save)
+        ui.saveFolderPathLineEdit.currentPathChanged.connect(save)
+        for selector in (*self.inputSelectors, ui.outputSegmentationSelector):
+            selector.currentNodeChanged.connect(save)
+
+    def _pauseState(self, *args):
+        self._restoring = True
+
+    def _saveState(self):
         """Task, inputs, output, model and settings into the module's parameter node, which Slicer
-        saves with the scene. Called when the scene is saved, when the module is left and on Segment."""
+        saves with the scene (reference roles in ``stateLib``)."""
+        if self._restoring or self.logic is None:
+            return
         node = self.logic.getParameterNode()
         inputs = self.selectedInputs()
         skip = [self.ui.skipNmfListWidget.item(i).data(qt.Qt.UserRole) for i in range(self.ui.skipNmfListWidget.count)
@@ -251,28 +278,33 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                   "skipNmf": ",".join(skip), "saveFolder": self.ui.saveFolderPathLineEdit.currentPath,
                   "saveFormat": self.ui.saveFormatComboBox.currentData, "dicomSeg": self.ui.dicomSegCheckBox.checked,
                   "register": self.ui.registerComboBox.currentData}
+        assert set(values) == set(stateLib.PARAMETERS)
         for name, value in values.items():
             node.SetParameter(name, str(value))
-        for name, inputNode in inputs.items():
-            node.SetNodeReferenceID(f"input:{name}", inputNode.GetID() if inputNode else None)
-        node.SetNodeReferenceID("outputSegmentation", self.ui.outputSegmentationSelector.currentNodeID or None)
-
-    def _onSceneSaving(self, *args):
-        # Hiding low-confidence lesions is a view, not an edit: save the segmentation whole.
-        self.ui.confidenceThresholdSlider.value = 0.0
-        self._saveState()
+        for name in {spec.name for task in TASKS.values() for spec in task.inputs}:  # other tasks' inputs: none
+            inputNode = inputs.get(name)
+            node.SetNodeReferenceID(stateLib.input_role(name), inputNode.GetID() if inputNode else None)
+        node.SetNodeReferenceID(stateLib.OUTPUT_ROLE, self.ui.outputSegmentationSelector.currentNodeID or None)
 
     def _restoreState(self, *args):
-        """The GUI as the parameter node describes it (a reopened scene); nothing if it is new."""
-        node = self.logic.getParameterNode()
-        if node.GetParameter("task") not in TASKS:
+        """The GUI as the parameter node describes it (a reopened scene), then written back."""
+        self._restoring = True
+        try:
+            self._applyState(self.logic.getParameterNode())
+        finally:
+            self._restoring = False
+        self.updateGuiState()
+        self._saveState()
+
+    def _applyState(self, node):
+        if node.GetParameter("task") not in TASKS:  # a new scene: the GUI's defaults stand
             return
         combo = self.ui.taskComboBox
         combo.setCurrentIndex(combo.findData(node.GetParameter("task")))
         for i, spec in enumerate(self.task.inputs):
-            reference = node.GetNodeReference(f"input:{spec.name}")
+            reference = node.GetNodeReference(stateLib.input_role(spec.name))
             self.inputSelectors[i].setCurrentNodeID(reference.GetID() if reference else "")
-        output = node.GetNodeReference("outputSegmentation")
+        output = node.GetNodeReference(stateLib.OUTPUT_ROLE)
         self.ui.outputSegmentationSelector.setCurrentNodeID(output.GetID() if output else "")
         model = self.ui.modelComboBox.findData(node.GetParameter("model"))
         self.ui.modelComboBox.setCurrentIndex(max(model, 0))
@@ -289,7 +321,6 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for i in range(self.ui.skipNmfListWidget.count):
             item = self.ui.skipNmfListWidget.item(i)
             item.setCheckState(qt.Qt.Checked if item.data(qt.Qt.UserRole) in skip else qt.Qt.Unchecked)
-        self.updateGuiState()
 
     def cleanup(self):
         self.removeObservers()
@@ -357,9 +388,11 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updating = False
         self.updateGuiState()
 
-    def onNodeAdded(self, caller, event):
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(self, caller, event, node):
         # Nodes arrive one by one while loading: assign once, when the event loop is idle again.
-        if not self._assignPending:
+        # Only a possible input counts (not the "__temp__" label volumes of segment edits).
+        if node.GetClassName() == "vtkMRMLScalarVolumeNode" and not self._assignPending:
             self._assignPending = True
             qt.QTimer.singleShot(0, self._assignAfterLoading)
 
@@ -373,6 +406,8 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._resetResults()
         self.logic.releaseComponentMaps()
         self.updateGuiState()
+        self._restoring = False
+        self._saveState()  # the closed scene reset the parameter node; it describes the GUI again
 
     def selectedInputs(self) -> dict:
         task = self.task
@@ -486,7 +521,6 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             overwrite = True
         self._saveSettings()
-        self._saveState()
         self._resetResults()
         self._tracker = ProgressTracker()
         self.ui.progressBar.setValue(0)
@@ -559,7 +593,6 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---- results and component browser
 
     def _resetResults(self):
-        self._releaseNavigator()
         self._result = None
         self.ui.resultsTableWidget.setRowCount(0)
         self.ui.resultsSummaryLabel.text = ""
@@ -610,17 +643,6 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _navigator(self):
         return self._result.navigator if self._result is not None else None
-
-    def _releaseNavigator(self):
-        """Put hidden lesions back into the segmentation before its result is let go."""
-        nav = self._navigator()
-        node = self._result.segmentationNode if self._result is not None else None
-        if nav is None or not nav.threshold or node is None or node.GetScene() is None:
-            return
-        try:
-            self.logic.setLesionConfidenceThreshold(self._result, 0.0)
-        except Exception:  # the node is being removed with its scene: nothing left to restore
-            logging.exception("LesionFactorizer: hidden lesions could not be restored")
 
     def _startLesionNavigator(self, result):
         try:
@@ -1223,14 +1245,36 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         return navigatorLib.labels_from_masks(masks)
 
     def _updateSegments(self, result: SegmentationResult, values):
-        """Copy the navigator's labels of these label values back into their segments."""
+        """Copy the navigator's labels of these label values back into their segments, and its
+        hidden lesions into each label's hidden "below confidence threshold" segment: the
+        segmentation always holds every lesion not rejected, whatever is shown."""
         ids = self._segmentIds(result)
-        labels = result.navigator.labels
+        labels, hidden = result.navigator.labels, result.navigator.hidden_labels()
+        specs = {spec.value: spec for spec in resultsLib.segment_specs(get_task(result.task))}
         for value in values:
             if ids.get(value):
-                slicer.util.updateSegmentBinaryLabelmapFromArray((labels == value).astype(np.uint8),
-                                                                 result.segmentationNode, ids[value],
-                                                                 result.referenceVolumeNode)
+                self._writeSegment(result, ids[value], labels == value)
+                self._writeHiddenSegment(result, specs[value], hidden == value)
+
+    def _writeSegment(self, result: SegmentationResult, segmentId, mask):
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype(np.uint8), result.segmentationNode,
+                                                         segmentId, result.referenceVolumeNode)
+
+    def _writeHiddenSegment(self, result: SegmentationResult, spec, mask):
+        """The hidden voxels of one label in their own segment, invisible; no segment when none are hidden."""
+        segmentation = result.segmentationNode.GetSegmentation()
+        name = navigatorLib.hidden_segment_name(spec.name)
+        segmentId = segmentation.GetSegmentIdBySegmentName(name)
+        if not mask.any():
+            if segmentId:
+                segmentation.RemoveSegment(segmentId)
+            return
+        if not segmentId:
+            segmentId = segmentation.AddEmptySegment("", name, list(spec.color))
+            segmentation.GetSegment(segmentId).SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(),
+                                                      spec.terminology)
+            result.segmentationNode.GetDisplayNode().SetSegmentVisibility(segmentId, False)
+        self._writeSegment(result, segmentId, mask)
 
     @staticmethod
     def jumpToLesion(lesion):
@@ -1238,8 +1282,10 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         slicer.modules.markups.logic().JumpSlicesToLocation(*lesion.centroid_ras, True)
 
     def setLesionConfidenceThreshold(self, result: SegmentationResult, threshold: float):
-        """Hide lesions under ``threshold`` from the segmentation (kept, not deleted)."""
+        """Hide lesions under ``threshold``: they move to hidden segments (kept in the scene and in
+        saved files, not deleted); the threshold is recorded on the segmentation node."""
         self._updateSegments(result, result.navigator.set_threshold(threshold))
+        result.segmentationNode.SetAttribute(navigatorLib.THRESHOLD_ATTRIBUTE, f"{float(threshold):g}")
 
     def rejectLesion(self, result: SegmentationResult, lesionId: int, reader=None) -> dict:
         """Remove a lesion's voxels and record the reader's change in report.json and on the node."""
@@ -1298,9 +1344,10 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
             segNode.SetReferenceImageGeometryParameterFromVolumeNode(reference)
             segmentation = segNode.GetSegmentation()
             for spec in resultsLib.segment_specs(taskDef):
-                existing = segmentation.GetSegmentIdBySegmentName(spec.name)
-                if existing:
-                    segmentation.RemoveSegment(existing)
+                for name in (spec.name, navigatorLib.hidden_segment_name(spec.name)):
+                    existing = segmentation.GetSegmentIdBySegmentName(name)
+                    if existing:
+                        segmentation.RemoveSegment(existing)
                 segmentId = segmentation.AddEmptySegment("", spec.name, list(spec.color))
                 # SetTag works in every Slicer release; the SetTerminology shortcut is newer than 5.6.
                 segmentation.GetSegment(segmentId).SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(),

@@ -169,35 +169,6 @@ def _python39():
     pytest.skip("Python 3.9 (Slicer 5.8's Python) is not installed")
 
 
-def test_saved_scene_reopens_with_the_same_task_inputs_and_settings(tmp_path):
-    out = run_in_slicer(tmp_path, """
-        import numpy as np
-        ui = widget.ui
-        nodes = {name: slicer.util.addVolumeFromArray(np.zeros((4, 4, 4), np.float32), name=f"scan {name}")
-                 for name in ("dwi", "adc", "flair")}
-        ui.taskComboBox.setCurrentIndex(ui.taskComboBox.findData("stroke"))
-        for i, name in enumerate(("adc", "dwi", "flair")):  # not what the names would suggest
-            widget.inputSelectors[i].setCurrentNode(nodes[name])
-        ui.presetComboBox.setCurrentText("fast")
-        ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
-        ui.ttaCheckBox.checked = True
-        ui.nmfIterationsSpinBox.value = 3
-        ui.skipNmfListWidget.item(2).setCheckState(qt.Qt.Checked)
-        slicer.mrmlScene.Commit()  # File > Save
-        reopened = harness.create_widget(sys.modules["LesionFactorizer"], "LesionFactorizer")
-        r = reopened.ui
-        out["task"] = r.taskComboBox.currentData
-        out["inputs"] = [s.currentNode().GetName() for s in reopened.inputSelectors[:3]]
-        out["settings"] = [r.presetComboBox.currentText, r.deviceComboBox.currentData, r.ttaCheckBox.checked,
-                           r.nmfIterationsSpinBox.value]
-        out["skip"] = [r.skipNmfListWidget.item(i).checkState() == qt.Qt.Checked for i in range(r.skipNmfListWidget.count)]
-    """)
-    assert out["task"] == "stroke"
-    assert out["inputs"] == ["scan adc", "scan dwi", "scan flair"]
-    assert out["settings"] == ["fast", "cpu", True, 3]
-    assert out["skip"] == [i == 2 for i in range(len(out["skip"]))]
-
-
 def test_model_card_reads_like_a_card():
     """Training data as a sentence, not a dict; expected time from this computer once measured."""
     from LesionFactorizerModuleLib import models

@@ -197,13 +197,23 @@ class QLabel(QFrame):
 
 
 class QAbstractButton(QWidget):
-    _signals = ("clicked",)
+    _signals = ("clicked", "toggled")
     _checkable = False
 
     def __init__(self, parent=None):
         QWidget.__init__(self, parent)
         self.text = ""
-        self.checked = False
+        self._checked = False
+
+    @property
+    def checked(self):
+        return self._checked
+
+    @checked.setter
+    def checked(self, checked):  # PythonQt: the property setter is setChecked, which emits toggled on a change
+        if bool(checked) != self._checked:
+            self._checked = bool(checked)
+            self.toggled.emit(self._checked)
 
     def setText(self, text):
         self.text = text
@@ -338,6 +348,7 @@ class QPlainTextEdit(QWidget):
 class QListWidgetItem:
     def __init__(self, text=""):
         self._text, self._data, self._flags, self._check = text, {}, _ITEM_DEFAULT_FLAGS, None
+        self._list = None  # the QListWidget holding it, which emits itemChanged
 
     def text(self):
         return self._text
@@ -355,13 +366,18 @@ class QListWidgetItem:
         self._flags = flags
 
     def setCheckState(self, state):
+        changed = state != self._check
         self._check = state
+        if changed and self._list is not None:
+            self._list.itemChanged.emit(self)
 
     def checkState(self):
         return self._check
 
 
 class QListWidget(QWidget):
+    _signals = ("itemChanged",)
+
     def __init__(self, parent=None):
         QWidget.__init__(self, parent)
         self._items = []
@@ -371,7 +387,9 @@ class QListWidget(QWidget):
         return len(self._items)
 
     def addItem(self, item):
-        self._items.append(item if isinstance(item, QListWidgetItem) else QListWidgetItem(item))
+        item = item if isinstance(item, QListWidgetItem) else QListWidgetItem(item)
+        item._list = self
+        self._items.append(item)
 
     def item(self, row):
         return self._items[row] if 0 <= row < len(self._items) else None

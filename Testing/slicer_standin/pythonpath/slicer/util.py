@@ -161,7 +161,8 @@ def getNodesByClass(className, scene=None):
     return (scene or slicer.mrmlScene).GetNodesByClass(className)
 
 
-def _image_to_node(image, nodeClass, name):
+def _arrayAndGeometry(image):
+    """(voxels (k, j, i), IJK-to-RAS) of a SimpleITK image."""
     import SimpleITK as sitk
 
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
@@ -170,11 +171,34 @@ def _image_to_node(image, nodeClass, name):
     m = np.eye(4)
     m[:3, :3] = direction @ np.diag(image.GetSpacing())
     m[:3, 3] = image.GetOrigin()
+    return sitk.GetArrayFromImage(image), _LPS_TO_RAS @ m
+
+
+def _image_to_node(image, nodeClass, name):
+    array, ijkToRAS = _arrayAndGeometry(image)
     node = slicer.mrmlScene.AddNewNodeByClass(nodeClass, name)
-    node._array = sitk.GetArrayFromImage(image)
-    node._ijkToRAS = _LPS_TO_RAS @ m
+    node._array, node._ijkToRAS = array, ijkToRAS
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def saveScene(filename, properties={}):
+    """A directory: the .mrml and every node's data (Base/Python/slicer/util.py saveScene). Only
+    writes: Slicer fires no event on saving (see slicer._mrmlfile)."""
+    from slicer import _mrmlfile
+
+    if filename.endswith((".mrml", ".mrb")):
+        raise ValueError("the stand-in saves scenes to a directory (scene and data), as saveScene(directory) does")
+    _mrmlfile.write_scene(slicer.mrmlScene, filename)
+    return True
+
+
+def loadScene(filename, properties={}):
+    """Adds the scene's nodes to the current scene (vtkMRMLScene::Import, as File > Add Data of a
+    .mrml does; close the scene first to reopen one)."""
+    from slicer import _mrmlfile
+
+    _mrmlfile.read_scene(slicer.mrmlScene, filename)
 
 
 def _nameOf(path, properties):
@@ -247,7 +271,13 @@ def updateSegmentBinaryLabelmapFromArray(narray, segmentationNode, segmentId, re
     if not _sameGeometry(segmentationNode, referenceVolumeNode) or narray.shape != referenceVolumeNode._array.shape:
         raise ValueError("the labelmap geometry differs from the segmentation's reference geometry "
                          "(the stand-in does not resample)")
-    segmentationNode.GetSegmentation().GetSegment(segmentId)._labelmap = np.array(narray, dtype=np.uint8)
+    # Base/Python/slicer/util.py updateSegmentBinaryLabelmapFromArray: a "__temp__" label volume is
+    # added to the scene, imported into the segment and removed (NodeAdded/NodeRemoved each call)
+    temp = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__temp__")
+    try:
+        segmentationNode.GetSegmentation().GetSegment(segmentId)._labelmap = np.array(narray, dtype=np.uint8)
+    finally:
+        slicer.mrmlScene.RemoveNode(temp)
 
 
 def arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode=None):
