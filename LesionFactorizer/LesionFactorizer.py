@@ -14,7 +14,6 @@ segment ...`, which reports progress as JSON lines.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -54,6 +53,7 @@ from LesionFactorizerModuleLib import components as componentsLib  # noqa: E402
 from LesionFactorizerModuleLib import dependencies as dependenciesLib  # noqa: E402
 from LesionFactorizerModuleLib import exports as exportsLib  # noqa: E402
 from LesionFactorizerModuleLib import inputs as inputsLib  # noqa: E402
+from LesionFactorizerModuleLib import installer as installerLib  # noqa: E402
 from LesionFactorizerModuleLib import models as modelsLib  # noqa: E402
 from LesionFactorizerModuleLib import navigator as navigatorLib  # noqa: E402
 from LesionFactorizerModuleLib import report as reportLib  # noqa: E402
@@ -947,49 +947,10 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
         """Verify a .safetensors model file and copy it to the user model folder."""
         return modelsLib.import_model(path)
 
-    def setupPythonRequirements(self, askConfirmation=True, outputFormat="", dicomSeg=False) -> bool:
-        """Install missing worker packages (one confirmation listing them). True when ready to run.
-
-        outputFormat, dicomSeg: the run's outputs; some need packages of their own (seg.nrrd, DICOM SEG)."""
-        if dependenciesLib.unsupported_python():
-            slicer.util.errorDisplay(dependenciesLib.unsupported_python())
-            return False
-        needed = dependenciesLib.required(outputFormat, dicomSeg)
-        plan = dependenciesLib.install_plan(dependenciesLib.check(dependencies=needed))
-        if plan.empty:
-            return True
-        if plan.blocked:
-            slicer.util.errorDisplay(_("Incompatible packages bundled with Slicer:\n") + "\n".join(plan.blocked))
-            return False
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(plan.confirmation_text()):
-            return False
-        with slicer.util.tryWithErrorDisplay(_("Installing Python packages failed."), waitCursor=True):
-            if plan.torch:
-                if not hasattr(slicer.modules, "pytorchutils"):
-                    raise RuntimeError(_("Install the 'PyTorch' extension in the Extensions Manager, restart "
-                                         "Slicer, and press Segment again."))
-                import PyTorchUtils
-
-                # The PyTorch extension may import torch into Slicer's own process while installing;
-                # that is harmless here because only the worker (a fresh process) uses torch.
-                if PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                        askConfirmation=False, torchVersionRequirement=plan.torch[len("torch"):]) is None:
-                    raise RuntimeError(_("PyTorch was not installed; open the PyTorch Utils module for details."))
-            if plan.pip:
-                constraints = Path(slicer.util.tempDirectory("LesionFactorizer")) / "constraints.txt"
-                constraints.write_text(dependenciesLib.protected_constraints(), encoding="utf-8")
-                try:
-                    slicer.util.pip_install(dependenciesLib.pip_arguments(plan, str(constraints)))
-                finally:
-                    shutil.rmtree(constraints.parent, ignore_errors=True)
-        # The worker is a fresh process that imports the new packages itself: no restart needed,
-        # only a check that the installation really satisfies the requirements now.
-        importlib.invalidate_caches()
-        problems = dependenciesLib.check(dependencies=needed)
-        if problems:
-            slicer.util.errorDisplay(_("These packages are still missing or incompatible:\n")
-                                     + "\n".join(p.describe() for p in problems))
-        return not problems
+    @staticmethod
+    def setupPythonRequirements(askConfirmation=True, outputFormat="", dicomSeg=False) -> bool:
+        """Install missing worker packages after one confirmation; True when ready to run."""
+        return installerLib.setup_python_requirements(askConfirmation, outputFormat, dicomSeg)
 
     # ---- the Python API
 

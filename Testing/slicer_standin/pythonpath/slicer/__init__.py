@@ -30,6 +30,8 @@ class _Application(qt.QObject):
         self._dialogAnswers = []  # answers for the next confirmation boxes (default: OK)
         self._sliceLayers = {}  # what setSliceViewerLayers last showed
         self._sliceJumps = []  # (RAS point, centered) of every JumpSlicesToLocation
+        self._installs = []  # every slicer.util._executePythonModule call (pip, light-the-torch)
+        self._packageIndex = {}  # project name -> version the stand-in's package index installs
 
     def connect(self, signal, slot):
         self._connections.setdefault(signal, []).append(slot)

@@ -135,7 +135,47 @@ def tempDirectory(key="__SlicerTemp__", tempDir=None, includeDateTime=True):
 
 
 def pip_install(requirements):
-    raise RuntimeError("the Slicer stand-in installs no packages; prepare its Python environment instead")
+    """Base/Python/slicer/util.py pip_install: ``PythonSlicer -m pip install ...``."""
+    import shlex
+
+    args = shlex.split(requirements) if isinstance(requirements, str) else list(requirements)
+    _executePythonModule("pip", ["install", *args])
+
+
+def _executePythonModule(module, args):
+    """Base/Python/slicer/util.py _executePythonModule: ``PythonSlicer -m module args`` in a child
+    process, CalledProcessError when it fails. The stand-in records each call (with the text of any
+    ``-c`` constraints file) and plays a package index: ``slicer.app._packageIndex`` maps a project
+    name to the version it "installs" into the shared site-packages (``SLICER_STANDIN_WORKER_SITE``)
+    as real distribution metadata; a name missing from it fails the call, as pip does. An installed
+    ``torch`` is a real package whose import leaves a mark, so a test sees whether the GUI imported it."""
+    import re
+    import subprocess
+
+    from packaging.requirements import Requirement
+
+    args = [str(a) for a in args]
+    constraints = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "-c"]
+    slicer.app._installs.append({"module": module, "args": args,
+                                 "constraints": [open(c, encoding="utf-8").read() for c in constraints]})
+    if args[:1] != ["install"]:
+        raise subprocess.CalledProcessError(2, ["PythonSlicer", "-m", module, *args])
+    skip = {i + 1 for i, a in enumerate(args) if a in ("-c", "--upgrade-strategy")}
+    requirements = [Requirement(a) for i, a in enumerate(args[1:], 1) if i not in skip and not a.startswith("-")]
+    if any(r.name not in slicer.app._packageIndex for r in requirements):
+        raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", module, *args])
+    site = os.environ["SLICER_STANDIN_WORKER_SITE"]
+    for requirement in requirements:
+        version = slicer.app._packageIndex[requirement.name]
+        name = re.sub(r"[-_.]+", "_", requirement.name)
+        info = os.path.join(site, f"{name}-{version}.dist-info")
+        os.makedirs(info, exist_ok=True)
+        with open(os.path.join(info, "METADATA"), "w", encoding="utf-8") as f:
+            f.write(f"Metadata-Version: 2.1\nName: {requirement.name}\nVersion: {version}\n")
+        if requirement.name == "torch":
+            os.makedirs(os.path.join(site, "torch"), exist_ok=True)
+            with open(os.path.join(site, "torch", "__init__.py"), "w", encoding="utf-8") as f:
+                f.write("open(__file__ + '.imported', 'w').close()\n")
 
 
 def getModuleLogic(moduleName):
