@@ -94,6 +94,10 @@ class LesionFactorizer(ScriptedLoadableModule):
         slicer.app.connect("startupCompleted()", onStartupCompleted)
 
 
+def _transformedNames(nodes) -> list:
+    return [node.GetName() for node in nodes if node is not None and node.GetParentTransformNode() is not None]
+
+
 def onStartupCompleted():
     registerSampleData()
     loadTerminology()
@@ -456,12 +460,15 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                               _("Model files (*.safetensors)"))
         if not path:
             return
-        with slicer.util.tryWithErrorDisplay(_("Could not import the model."), waitCursor=True):
-            card = self.logic.importModel(path)
-            if card.task != self.task.name and card.task in TASKS:
-                self.ui.taskComboBox.setCurrentIndex(self.ui.taskComboBox.findData(card.task))
-            self.refreshModels()
-            self.ui.modelComboBox.setCurrentIndex(self.ui.modelComboBox.findData(str(card.path)))
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not import the model."), waitCursor=True):
+                card = self.logic.importModel(path)
+        except Exception:  # shown to the user; a slot has no caller to raise to
+            return
+        if card.task != self.task.name and card.task in TASKS:
+            self.ui.taskComboBox.setCurrentIndex(self.ui.taskComboBox.findData(card.task))
+        self.refreshModels()
+        self.ui.modelComboBox.setCurrentIndex(self.ui.modelComboBox.findData(str(card.path)))
 
     def updateGuiState(self):
         """Input marks, status text and the Segment button, from the current selections."""
@@ -477,7 +484,8 @@ class LesionFactorizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.inputStatus[i].setStyleSheet("color: #c03030;" if problem else "")
         running = self._job is not None
         noModel = not self._cards
-        reason = dependenciesLib.unsupported_python() or inputsLib.problems_summary(task, problems) or (
+        reason = dependenciesLib.unsupported_python() or inputsLib.problems_summary(task, problems) or \
+            inputsLib.transformed_problem(_transformedNames(self.selectedInputs().values())) or (
             _("No model is installed for this task: use 'Import model…'.") if noModel else "") or \
             exportsLib.save_folder_problem(self.ui.saveFolderPathLineEdit.currentPath)
         self._updateDicomSegOption()
@@ -991,6 +999,9 @@ class LesionFactorizerLogic(ScriptedLoadableModuleLogic):
                              f"its inputs are {', '.join(taskDef.input_names)}.")
         if problems:
             raise ValueError(inputsLib.problems_summary(taskDef, problems))
+        transformed = inputsLib.transformed_problem(_transformedNames(nodes.values()))
+        if transformed:
+            raise ValueError(transformed)
         if outputSegmentation is not None and outputSegmentation.GetSegmentation().GetNumberOfSegments() > 0 \
                 and not overwrite:
             raise ValueError(f"'{outputSegmentation.GetName()}' already has segments; pass overwrite=True "

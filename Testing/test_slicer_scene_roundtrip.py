@@ -37,8 +37,11 @@ def test_settings_and_inputs_survive_save_close_and_reopen(tmp_path):
         ui.skipNmfListWidget.item(2).setCheckState(qt.Qt.Checked)
         slicer.util.saveScene(str(harness.temporary_path() / "saved"))   # no exit(), no save event
         out["mrml"] = (harness.temporary_path() / "saved" / "saved.mrml").read_text()
+        before = widget.logic.getParameterNode()
         slicer.mrmlScene.Clear()                      # File > Close scene
         out["closed"] = widget.inputSelectors[0].currentNode() is None
+        after = widget.logic.getParameterNode()       # Slicer's singleton: same node, reset, then the GUI's state
+        out["singleton"] = [after is before, after.GetID() == before.GetID(), after.GetParameter("preset")]
         slicer.util.loadScene(str(harness.temporary_path() / "saved" / "saved.mrml"))
         def shown(w):
             r = w.ui
@@ -53,7 +56,7 @@ def test_settings_and_inputs_survive_save_close_and_reopen(tmp_path):
         out["parameter nodes"] = len(slicer.mrmlScene.GetNodesByClass("vtkMRMLScriptedModuleNode"))
     """)
     assert 'input_adc:' in out["mrml"] and "input:" not in out["mrml"]
-    assert out["closed"]
+    assert out["closed"] and out["singleton"] == [True, True, "fast"]
     for view in ("same widget", "new widget"):
         assert out[view]["task"] == "stroke", view
         assert out[view]["inputs"] == ["scan adc", "scan dwi", "scan flair"], view
@@ -66,19 +69,7 @@ def test_saving_after_hiding_lesions_keeps_every_lesion(tmp_path, run):  # noqa:
     """Hide lesions with the confidence slider at its maximum, save, close, reopen: each lesion's
     voxels are in the reopened segmentation (the hidden ones in invisible segments), none lost."""
     labels = sitk.GetArrayFromImage(sitk.ReadImage(run["segmentation"]))
-    out = run_in_slicer(tmp_path, f"""
-        import json
-        import numpy as np
-        m = sys.modules["LesionFactorizer"]
-        from LesionFactorizerLib.tasks import get_task
-        logic = widget.logic
-        reference = slicer.util.loadVolume({_reference_input(run)!r})
-        task = get_task("stroke")
-        segNode = logic.importSegmentation({run["segmentation"]!r}, task, reference)
-        result = m.SegmentationResult(task="stroke", succeeded=True, segmentationNode=segNode,
-                                      report=json.load(open({run["report"]!r})), referenceVolumeNode=reference,
-                                      reportPath={str(tmp_path / "report.json")!r})
-        widget.showResults(result)
+    out = run_in_slicer(tmp_path, _show_result(run, tmp_path) + f"""
         widget.ui.confidenceThresholdSlider.value = 1.0      # every lesion below 1 hidden
         out["hidden rows"] = sum("hidden" in widget.ui.lesionTableWidget.item(r, 2).text()
                                  for r in range(widget.ui.lesionTableWidget.rowCount))
@@ -112,6 +103,56 @@ def test_saving_after_hiding_lesions_keeps_every_lesion(tmp_path, run):  # noqa:
     assert hidden and all(not visible for _, visible in hidden.values())
     assert sum(n for n, _ in hidden.values()) == sum(lesion["voxels"] for lesion in below)
     assert out["threshold"] == "1"
+
+
+def _show_result(run, tmp_path) -> str:
+    """Stand-in code: the run's reference input and segmentation in the scene, shown as a result."""
+    return f"""
+        import json
+        import numpy as np
+        m = sys.modules["LesionFactorizer"]
+        from LesionFactorizerLib.tasks import get_task
+        logic = widget.logic
+        reference = slicer.util.loadVolume({_reference_input(run)!r})
+        task = get_task("stroke")
+        segNode = logic.importSegmentation({run["segmentation"]!r}, task, reference)
+        result = m.SegmentationResult(task="stroke", succeeded=True, segmentationNode=segNode,
+                                      report=json.load(open({run["report"]!r})), referenceVolumeNode=reference,
+                                      reportPath={str(tmp_path / "report.json")!r})
+        widget.showResults(result)
+    """
+
+
+def test_confidence_slider_rewrites_segments_only_when_a_lesion_changes_side(tmp_path, run):  # noqa: F811
+    """Each segment write adds and removes a "__temp__" label volume in Slicer; dragging the slider
+    must write only when a lesion crosses the threshold, and must not set off input auto-assign."""
+    out = run_in_slicer(tmp_path, _show_result(run, tmp_path) + """
+        import vtk
+        slicer.app.processEvents()
+        widget.inputSelectors[0].setCurrentNode(None)
+        temp = []
+        @vtk.calldata_type(vtk.VTK_OBJECT)
+        def added(caller, event, node):
+            temp.append(node.GetName())
+        slicer.mrmlScene.AddObserver(slicer.mrmlScene.NodeAddedEvent, added)
+        slider = widget.ui.confidenceThresholdSlider
+        steps = [round(i * 0.05, 2) for i in range(21)]
+        for value in steps:     # every position of a drag (as with tracking on)
+            slider.value = value
+        slicer.app.processEvents()
+        out["writes"] = temp.count("__temp__")
+        out["steps"] = steps
+        out["tracking"] = slider.tracking
+        out["input after"] = widget.inputSelectors[0].currentNode() is None
+    """)
+    report = json.loads(Path(run["report"]).read_text(encoding="utf-8"))
+    confidences = [lesion["confidence"] for lesion in report["lesions"]]
+    hidden = [frozenset(i for i, c in enumerate(confidences) if c < t) for t in out["steps"]]
+    changes = sum(a != b for a, b in zip(hidden, hidden[1:]))
+    assert 0 < changes < len(out["steps"]) - 1
+    assert out["writes"] == 2 * changes   # the label's segment and its hidden segment, per change
+    assert out["tracking"] is False       # a real drag emits once, on release
+    assert out["input after"] is True     # no auto-assign set off by the temporary nodes
 
 
 def _reference_input(run) -> str:

@@ -443,7 +443,9 @@ class QTableWidget(QWidget):
 
 
 class QFileDialog:
+    _answers = []  # paths the next open dialogs return (harness.answer_next_file_dialogs)
+
     @staticmethod
     def getOpenFileName(parent=None, caption="", directory="", filter=""):
-        return ""  # the user cancelled
+        return QFileDialog._answers.pop(0) if QFileDialog._answers else ""  # "": the user cancelled
 

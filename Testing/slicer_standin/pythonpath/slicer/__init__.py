@@ -164,10 +164,14 @@ class vtkMRMLVolumeNode(vtkMRMLNode):
         vtkMRMLNode.__init__(self)
         self._array = None
         self._ijkToRAS = np.eye(4)
-        self._parentTransformNode = None  # the stand-in has no transform nodes; volumes sit in world space
+        self._parentTransformNode = None  # a vtkMRMLLinearTransformNode; voxels are never moved by it here
 
     def GetParentTransformNode(self):
         return self._parentTransformNode
+
+    def SetAndObserveTransformNodeID(self, transformNodeID):
+        self._parentTransformNode = self._scene.GetNodeByID(transformNodeID) if transformNodeID else None
+        self.Modified()
 
     def GetSpacing(self):
         return tuple(float(v) for v in np.linalg.norm(self._ijkToRAS[:3, :3], axis=0))
@@ -186,6 +190,10 @@ class vtkMRMLScalarVolumeNode(vtkMRMLVolumeNode):
 
 class vtkMRMLLabelMapVolumeNode(vtkMRMLScalarVolumeNode):
     _displayClass = vtkMRMLLabelMapVolumeDisplayNode
+
+
+class vtkMRMLLinearTransformNode(vtkMRMLNode):
+    pass
 
 
 class vtkMRMLColorNode(vtkMRMLNode):
