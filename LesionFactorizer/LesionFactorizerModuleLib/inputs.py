@@ -78,6 +78,11 @@ def input_label(spec: Any, problem: str | None) -> str:
     return f"{title}: ⚠ {problem}" if problem else f"{title}:"
 
 
+def transformed_names(nodes) -> list[str]:
+    """Names of the volume nodes (any objects with Slicer's node methods) under a parent transform."""
+    return [node.GetName() for node in nodes if node is not None and node.GetParentTransformNode() is not None]
+
+
 def transformed_problem(node_names: list[str]) -> str:
     """Why volumes under a parent transform are refused, or "" when none are. The worker would read
     them hardened, but the lesion navigator writes the hidden and rejected lesions through the
