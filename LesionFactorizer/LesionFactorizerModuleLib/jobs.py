@@ -232,9 +232,9 @@ class JobsMixin:
                                                   "overwrite": bool(saveOverwrite)})
             process = self._launch(request)
             job = Job(process, tempDir,
-                       finish=lambda job: self._finishJob(job, taskDef, nodes, outputSegmentation, outputDir,
-                                                          saved=bool(saveFolder)),
-                       watchedNodes=[*nodes.values(), outputSegmentation], onEnded=self._jobEnded)
+                      finish=lambda job: self._finishJob(job, taskDef, nodes, outputSegmentation, outputDir,
+                                                         saved=bool(saveFolder)),
+                      watchedNodes=[*nodes.values(), outputSegmentation], onEnded=self._jobEnded)
             job.inputFiles = inputFiles
         except BaseException:
             if process is not None:
@@ -341,8 +341,8 @@ class JobsMixin:
                                                       tempDir / "counterfactual", result.caseInputs, device)
             process = self._start(workerLib.build_counterfactual_command(self.workerPython(), request))
             job = Job(process, tempDir,
-                       finish=lambda job: self._finishCounterfactual(job, result, layerName, int(component)),
-                       watchedNodes=[result.referenceVolumeNode], onEnded=self._jobEnded)
+                      finish=lambda job: self._finishCounterfactual(job, result, layerName, int(component)),
+                      watchedNodes=[result.referenceVolumeNode], onEnded=self._jobEnded)
         except BaseException:
             if process is not None:
                 process.cancel()

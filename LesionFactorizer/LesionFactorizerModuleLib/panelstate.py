@@ -13,9 +13,11 @@ from LesionFactorizerModuleLib import state as stateLib
 
 
 class ParameterNodeStateMixin:
+    """Needs the widget's ``ui``, ``inputSelectors``, ``logic`` and ``_restoring`` (True while a
+    scene closes or loads, when selectors follow nodes leaving and arriving)."""
+
     def _connectStateSignals(self):
-        """Every widget the parameter node describes writes it on each change (Slicer fires no event
-        before a save, so what is on screen must already be in the node)."""
+        """Every widget the parameter node describes writes it on each change."""
         ui = self.ui
         save = lambda *args: self._saveState()  # noqa: E731
         for combo in (ui.taskComboBox, ui.modelComboBox, ui.presetComboBox, ui.deviceComboBox,
@@ -50,7 +52,6 @@ class ParameterNodeStateMixin:
                   "skipNmf": ",".join(skip), "saveFolder": self.ui.saveFolderPathLineEdit.currentPath,
                   "saveFormat": self.ui.saveFormatComboBox.currentData, "dicomSeg": self.ui.dicomSegCheckBox.checked,
                   "register": self.ui.registerComboBox.currentData}
-        assert set(values) == set(stateLib.PARAMETERS)
         for name, value in values.items():
             node.SetParameter(name, str(value))
         for name in {spec.name for task in TASKS.values() for spec in task.inputs}:  # other tasks' inputs: none

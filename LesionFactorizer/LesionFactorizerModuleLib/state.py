@@ -1,4 +1,5 @@
-"""What the module keeps in its parameter node, so that a saved scene reopens as it was shown.
+"""The reference roles of the module's parameter node (the parameters themselves are named where the
+panel writes and reads them, ``panelstate.py``), so that a saved scene reopens as it was shown.
 
 MRML writes node references as ``role:id;`` without escaping the role and reads them back by
 cutting at the first ':' (vtkMRMLNode::ParseReferencesAttribute), so a role must hold no ':', ';'
@@ -8,9 +9,6 @@ or whitespace; parameter values are strings (``"True"``/``"False"`` for check bo
 from __future__ import annotations
 
 OUTPUT_ROLE = "outputSegmentation"
-# widget settings by parameter name; every one is written on every change of its widget
-PARAMETERS = ("task", "model", "preset", "device", "components", "probabilities", "uncertainty", "tta",
-              "nmfIterations", "skipNmf", "saveFolder", "saveFormat", "dicomSeg", "register")
 
 
 def check_role(role: str) -> str:

@@ -117,13 +117,9 @@ def _write_data(node, path):
     import SimpleITK as sitk
 
     if node.GetClassName() != "vtkMRMLSegmentationNode":
-        lps = _LPS_TO_RAS @ node._ijkToRAS
-        spacing = np.linalg.norm(lps[:3, :3], axis=0)
-        image = sitk.GetImageFromArray(node._array)
-        image.SetSpacing([float(s) for s in spacing])
-        image.SetOrigin([float(v) for v in lps[:3, 3]])
-        image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
-        sitk.WriteImage(image, path, True)
+        from slicer.util import _imageFromNode
+
+        sitk.WriteImage(_imageFromNode(node), path, True)
         return
     import slicerio
     from slicerio.segmentation import terminology_entry_from_string

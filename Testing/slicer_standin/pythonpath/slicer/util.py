@@ -264,20 +264,27 @@ def loadLabelVolume(filename, properties=None, returnNode=False):
     return loadVolume(filename, {**(properties or {}), "labelmap": True})
 
 
-def exportNode(node, filename, properties=None, world=False):
-    """Writes a volume with its geometry; False (and nothing written) when it cannot."""
+def _imageFromNode(node):
+    """A volume node's voxels and geometry as a SimpleITK image (LPS, as files store it)."""
     import SimpleITK as sitk
 
-    if node._array is None or not os.path.isdir(os.path.dirname(os.path.abspath(filename))):
-        return False
     lps = _LPS_TO_RAS @ node._ijkToRAS
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     image = sitk.GetImageFromArray(node._array)
     image.SetSpacing([float(s) for s in spacing])
     image.SetOrigin([float(v) for v in lps[:3, 3]])
     image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
+    return image
+
+
+def exportNode(node, filename, properties=None, world=False):
+    """Writes a volume with its geometry; False (and nothing written) when it cannot."""
+    import SimpleITK as sitk
+
+    if node._array is None or not os.path.isdir(os.path.dirname(os.path.abspath(filename))):
+        return False
     try:
-        sitk.WriteImage(image, str(filename), bool((properties or {}).get("useCompression", 1)))
+        sitk.WriteImage(_imageFromNode(node), str(filename), bool((properties or {}).get("useCompression", 1)))
     except RuntimeError:
         return False
     return True
