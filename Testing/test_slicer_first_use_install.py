@@ -141,19 +141,21 @@ def test_failed_install_is_reported_and_not_called_ready(tmp_path):
 
 
 def test_dicom_seg_holds_slicers_pydicom(tmp_path):
-    """Slicer 5.10 bundles pydicom 2.4.4: highdicom is installed under a constraint that keeps it."""
+    """With a pydicom 3 in Slicer's Python, highdicom is installed under a constraint that keeps it."""
     out = run_first_use(tmp_path, """
         out["ready"] = logic.setupPythonRequirements(askConfirmation=False, dicomSeg=True)
-    """, bundled={"pydicom": "2.4.4"})
+    """, bundled={"pydicom": "3.0.1"})
     assert out["ready"] is True
     pip = out["installs"][-1]
-    assert "highdicom>=0.22,<1" in _requirements(pip)
-    assert "pydicom==2.4.4" in pip["constraints"][0].split()
+    assert "highdicom>=0.23,<1" in _requirements(pip)
+    assert "pydicom==3.0.1" in pip["constraints"][0].split()
 
 
-def test_a_bundled_package_out_of_range_is_never_replaced(tmp_path):
+def test_slicer_5_10s_pydicom_refuses_dicom_seg_before_any_install(tmp_path):
+    """Slicer 5.10 bundles pydicom 2.4.4 (with numpy 2): no highdicom works there, and Slicer's
+    pydicom is never replaced, so DICOM SEG is refused with the reason and nothing is installed."""
     out = run_first_use(tmp_path, """
         out["ready"] = logic.setupPythonRequirements(askConfirmation=False, dicomSeg=True)
-    """, bundled={"pydicom": "2.3.0"}, installed={n: v for n, v in INDEX.items()})
+    """, bundled={"pydicom": "2.4.4"}, installed={n: v for n, v in INDEX.items()})
     assert out["ready"] is False and out["installs"] == []
     assert any("bundled with Slicer" in text for kind, text in out["dialogs"] if kind == "error")
