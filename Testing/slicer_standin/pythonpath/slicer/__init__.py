@@ -16,6 +16,7 @@ import types
 import numpy as np
 import qt
 import vtk
+from _standin_events import FIRED as _FIRED
 
 # ---- application
 
@@ -218,9 +219,6 @@ class vtkMRMLScriptedModuleNode(vtkMRMLNode):
     def GetParameter(self, name):
         return self._parameters.get(name, "")
 
-    def GetParameterNames(self):
-        return sorted(self._parameters)
-
 
 class vtkSegment(vtk.vtkObject):
     def __init__(self):
@@ -364,8 +362,9 @@ class vtkMRMLScene(vtk.vtkObject):
     declared there too, but nothing in Slicer fires it (no StartState(SaveState)), so neither does
     the stand-in: saving is slicer.util.saveScene, which only writes (see _mrmlfile.py)."""
 
-    NodeAddedEvent, NodeRemovedEvent = 0x2001, 0x2003
-    StartCloseEvent, EndCloseEvent, StartImportEvent, EndImportEvent = 0x2103, 0x2203, 0x2105, 0x2205
+    NodeAddedEvent, NodeRemovedEvent = _FIRED["NodeAddedEvent"][0], _FIRED["NodeRemovedEvent"][0]
+    StartCloseEvent, EndCloseEvent = _FIRED["StartCloseEvent"][0], _FIRED["EndCloseEvent"][0]
+    StartImportEvent, EndImportEvent = _FIRED["StartImportEvent"][0], _FIRED["EndImportEvent"][0]
     StartSaveEvent, EndSaveEvent = 0x2110, 0x2210
 
     def __init__(self):
