@@ -237,8 +237,6 @@ class LesionFactorizerWidget(ParameterNodeStateMixin, ResultsPanelMixin, LesionP
     def exit(self):
         self.removeObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
 
-    # ---- state saved with the scene
-
     def cleanup(self):
         self.removeObservers()
         self._job = None
