@@ -509,10 +509,6 @@ class LesionFactorizerWidget(ParameterNodeStateMixin, ResultsPanelMixin, LesionP
             self.ui.statusLabel.text += " " + _("DICOM SEG added to the DICOM database (send it to PACS from the "
                                                "DICOM module).")
 
-    # ---- results and component browser
-
-    # ---- lesion navigator (decisions in LesionFactorizerModuleLib/navigator.py)
-
 
 #
 # Logic
