@@ -5,7 +5,8 @@ by a constraints file) and never imports torch into the GUI.
 The GUI interpreter starts without site-packages (``-S``): it sees the stand-in, numpy, SimpleITK
 and packaging (as Slicer bundles them) and an empty shared site-packages, where the stand-in's
 recording ``pip_install`` / ``_executePythonModule`` install real distribution metadata (and a
-``torch`` package that marks its import).
+``torch`` package that marks its import); the stand-in PyTorchUtils would install torchvision and
+import torch if the module used it.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def _requirements(call):
 def test_missing_packages_are_installed_after_one_confirmation_without_torch_in_the_gui(tmp_path):
     out = run_first_use(tmp_path, """
         import numpy, SimpleITK
+        slicer.modules.pytorchutils = object()   # the PyTorch extension is installed (the stand-in PyTorchUtils)
         out["ready"] = logic.setupPythonRequirements(askConfirmation=True, outputFormat="seg.nrrd")
         out["versions"] = [numpy.__version__, SimpleITK.Version_VersionString()]
     """)
