@@ -107,7 +107,7 @@ def test_extension_index_pictures_exist_and_demo_models_are_called_demos():
     import re
 
     cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
-    prefix = "https://raw.githubusercontent.com/lesionfactorizer/LesionFactorizer/main/"
+    prefix = "https://raw.githubusercontent.com/lesionfactorizer/SlicerLesionFactorizer/main/"
     urls = re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]+)"\)', cmake).group(1).split()
     urls.append(re.search(r'set\(EXTENSION_ICONURL "([^"]+)"\)', cmake).group(1))
     assert len(urls) >= 3
@@ -118,3 +118,29 @@ def test_extension_index_pictures_exist_and_demo_models_are_called_demos():
         assert path.stat().st_size < 1_000_000, url  # small enough for the repository
     description = re.search(r'set\(EXTENSION_DESCRIPTION "([^"]+)"\)', cmake).group(1)
     assert "synthetic" in description and "demonstration" in description
+
+
+def test_extension_index_entry_matches_the_extension():
+    """The catalog entry to submit to Slicer's ExtensionsIndex (a file named after the extension):
+    the fields of catalog entry schema v1.0.1, and what the index's checks compare with the
+    repository (project name, a repository name holding "Slicer", a known category, dependencies)."""
+    import json
+    import re
+
+    entry_file = REPO / "Resources" / "ExtensionsIndex" / "LesionFactorizer.json"
+    entry = json.loads(entry_file.read_text(encoding="utf-8"))
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+               "build_subdirectory", "enabled", "tier"}
+    assert {"$schema", "category", "scm_url"} <= set(entry) <= allowed
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert isinstance(entry["tier"], int) and 1 <= entry["tier"] <= 5
+    assert re.search(r"project\((\w+)\)", cmake).group(1) == entry_file.stem
+    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in cmake
+    assert entry["build_dependencies"] == re.search(r'set\(EXTENSION_DEPENDS "([^"]*)"\)', cmake).group(1).split()
+    repository = re.fullmatch(r"https://github\.com/([\w-]+/[\w-]+)\.git", entry["scm_url"]).group(1)
+    assert "slicer" in repository.split("/")[1].lower()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        value = re.search(rf'set\({key} "([^"]+)"\)', cmake).group(1)
+        assert all(repository in url for url in value.split()), key
+    assert (REPO / "LICENSE").is_file()

@@ -169,35 +169,6 @@ def _python39():
     pytest.skip("Python 3.9 (Slicer 5.8's Python) is not installed")
 
 
-def test_saved_scene_reopens_with_the_same_task_inputs_and_settings(tmp_path):
-    out = run_in_slicer(tmp_path, """
-        import numpy as np
-        ui = widget.ui
-        nodes = {name: slicer.util.addVolumeFromArray(np.zeros((4, 4, 4), np.float32), name=f"scan {name}")
-                 for name in ("dwi", "adc", "flair")}
-        ui.taskComboBox.setCurrentIndex(ui.taskComboBox.findData("stroke"))
-        for i, name in enumerate(("adc", "dwi", "flair")):  # not what the names would suggest
-            widget.inputSelectors[i].setCurrentNode(nodes[name])
-        ui.presetComboBox.setCurrentText("fast")
-        ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
-        ui.ttaCheckBox.checked = True
-        ui.nmfIterationsSpinBox.value = 3
-        ui.skipNmfListWidget.item(2).setCheckState(qt.Qt.Checked)
-        slicer.mrmlScene.Commit()  # File > Save
-        reopened = harness.create_widget(sys.modules["LesionFactorizer"], "LesionFactorizer")
-        r = reopened.ui
-        out["task"] = r.taskComboBox.currentData
-        out["inputs"] = [s.currentNode().GetName() for s in reopened.inputSelectors[:3]]
-        out["settings"] = [r.presetComboBox.currentText, r.deviceComboBox.currentData, r.ttaCheckBox.checked,
-                           r.nmfIterationsSpinBox.value]
-        out["skip"] = [r.skipNmfListWidget.item(i).checkState() == qt.Qt.Checked for i in range(r.skipNmfListWidget.count)]
-    """)
-    assert out["task"] == "stroke"
-    assert out["inputs"] == ["scan adc", "scan dwi", "scan flair"]
-    assert out["settings"] == ["fast", "cpu", True, 3]
-    assert out["skip"] == [i == 2 for i in range(len(out["skip"]))]
-
-
 def test_model_card_reads_like_a_card():
     """Training data as a sentence, not a dict; expected time from this computer once measured."""
     from LesionFactorizerModuleLib import models
@@ -208,3 +179,56 @@ def test_model_card_reads_like_a_card():
     assert card.expected_time() == "shown after the first run on this computer"
     assert card.expected_time(41.6) == "≈ 42 s (last run on this computer)"
     assert "≈ 42 s" in card.html(measuredSeconds=41.6)
+
+
+def test_inputs_under_a_transform_are_refused_with_what_to_do(tmp_path):
+    out = run_in_slicer(tmp_path, """
+        import numpy as np
+        ui = widget.ui
+        ui.taskComboBox.setCurrentIndex(ui.taskComboBox.findData("stroke"))
+        nodes = {n: slicer.util.addVolumeFromArray(np.zeros((4, 4, 4), np.float32), name=f"case {n}") for n in ("dwi", "adc")}
+        for i, name in enumerate(("dwi", "adc")):
+            widget.inputSelectors[i].setCurrentNode(nodes[name])
+        widget.updateGuiState()
+        out["before"] = ui.statusLabel.text
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+        nodes["adc"].SetAndObserveTransformNodeID(transform.GetID())
+        widget.updateGuiState()
+        out["status"], out["enabled"] = ui.statusLabel.text, ui.segmentButton.enabled
+        try:
+            widget.logic.segment(nodes, task="stroke")
+        except ValueError as exc:
+            out["error"] = str(exc)
+    """)
+    assert "transform" not in out["before"]
+    assert "'case adc' is under a transform" in out["status"] and "Harden transform" in out["status"]
+    assert out["enabled"] is False
+    assert out["error"] == out["status"]
+
+
+def test_import_model_button_adds_a_model_and_refuses_a_broken_file(tmp_path):
+    import shutil
+
+    good = tmp_path / "my-stroke.safetensors"
+    shutil.copy(REPO / "Resources" / "Models" / "demo-stroke.safetensors", good)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a model")
+    out = run_in_slicer(tmp_path, f"""
+        ui = widget.ui
+        ui.taskComboBox.setCurrentIndex(ui.taskComboBox.findData("tumor"))
+        harness.answer_next_file_dialogs({str(broken)!r}, {str(good)!r})
+        ui.importModelButton.click()
+        out["error"] = [text for kind, text in harness.dialogs() if kind == "error"]
+        ui.importModelButton.click()
+        out["task"] = ui.taskComboBox.currentData
+        out["model"] = ui.modelComboBox.currentData
+        out["card"] = ui.modelCardLabel.text
+        ui.importModelButton.click()   # the dialog cancelled: nothing happens
+        out["errors after cancel"] = len([1 for kind, _ in harness.dialogs() if kind == "error"])
+    """)
+    assert len(out["error"]) == 1 and "Could not import the model" in out["error"][0]
+    assert out["task"] == "stroke"   # the imported model's task
+    assert out["model"].endswith("my-stroke.safetensors") and Path(out["model"]).is_file()
+    assert str(tmp_path) in out["model"] and out["model"] != str(good)   # copied into the user folder
+    assert out["card"] and out["errors after cancel"] == 1
+    assert not (Path(out["model"]).parent / "broken.safetensors").exists()

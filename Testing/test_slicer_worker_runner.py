@@ -278,3 +278,13 @@ def test_speed_presets_come_from_the_library_and_every_one_is_accepted(tmp_path)
         request = worker.SegmentRequest(task="stroke", inputs={"dwi": "d", "adc": "a"}, output_dir=tmp_path,
                                         preset=preset)
         assert parser.parse_args(worker.build_segment_command("py", request)[3:]).preset == preset
+
+
+def test_cancel_on_windows_kills_the_tree_without_a_console_window():
+    """taskkill is a console program: started from Slicer's GUI without CREATE_NO_WINDOW it flashes a
+    console. (Windows API value of the flag; the runner's own spawn uses the same constant.)"""
+    argv, flags = worker.windows_kill_command(4321)
+    assert argv == ["taskkill", "/F", "/T", "/PID", "4321"]
+    assert flags & 0x08000000
+    source = Path(worker.__file__).read_text(encoding="utf-8")
+    assert source.count("creationflags=") == 1 and "creationflags=flags" in source  # the kill passes it

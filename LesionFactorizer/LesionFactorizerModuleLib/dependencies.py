@@ -41,9 +41,11 @@ DEPENDENCIES: tuple[Dependency, ...] = (
     Dependency("numpy>=1.24", bundled_with_slicer=True),
 )
 # Packages only some outputs need (pyproject extras "dicom" and "slicer"), installed when a run first
-# asks for that output. Slicer bundles pydicom for its DICOM module: it is never replaced.
+# asks for that output. Slicer bundles pydicom for its DICOM module: it is never replaced. Slicer
+# 5.10 bundles pydicom 2.4.4 with numpy 2, and no highdicom works with both (0.22, the last for
+# pydicom 2, uses np.float_), so there DICOM SEG is refused before any install.
 OUTPUT_DEPENDENCIES: dict[str, tuple[Dependency, ...]] = {
-    "dicom_seg": (Dependency("highdicom>=0.22,<1"), Dependency("pydicom>=2.4", bundled_with_slicer=True)),
+    "dicom_seg": (Dependency("highdicom>=0.23,<1"), Dependency("pydicom>=3.0.1", bundled_with_slicer=True)),
     "seg.nrrd": (Dependency("slicerio>=1.4,<2"),),
 }
 

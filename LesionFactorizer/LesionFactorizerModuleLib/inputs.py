@@ -76,3 +76,18 @@ def input_label(spec: Any, problem: str | None) -> str:
     """Label text in front of an input selector, with a visible mark when something is wrong."""
     title = spec.title + (" (optional)" if spec.optional else "")
     return f"{title}: ⚠ {problem}" if problem else f"{title}:"
+
+
+def transformed_names(nodes) -> list[str]:
+    """Names of the volume nodes (any objects with Slicer's node methods) under a parent transform."""
+    return [node.GetName() for node in nodes if node is not None and node.GetParentTransformNode() is not None]
+
+
+def transformed_problem(node_names: list[str]) -> str:
+    """Why volumes under a parent transform are refused, or "" when none are. The worker would read
+    them hardened, but the lesion navigator writes the hidden and rejected lesions through the
+    untransformed reference grid, so the segmentation would no longer match what was segmented."""
+    if not node_names:
+        return ""
+    return (f"{', '.join(repr(n) for n in node_names)} {'is' if len(node_names) == 1 else 'are'} under a transform: "
+            f"harden it first (Data module: right-click the volume, 'Harden transform') or remove the transform.")

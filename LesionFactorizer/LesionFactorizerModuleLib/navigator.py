@@ -28,6 +28,12 @@ import numpy as np
 
 LESION_HEADERS = ["Lesion", "Volume (mL)", "Confidence", "Location"]
 REJECT_ACTION = "reject_lesion"
+THRESHOLD_ATTRIBUTE = "LesionFactorizer.ConfidenceThreshold"  # on the segmentation node: what is hidden
+
+
+def hidden_segment_name(label_name: str) -> str:
+    """The segment that holds a label's lesions hidden by the confidence threshold (kept, not shown)."""
+    return f"{label_name} (below confidence threshold)"
 
 
 @dataclass(frozen=True)
@@ -224,7 +230,8 @@ class LesionNavigator:
 
     def set_threshold(self, threshold: float) -> List[int]:
         """Hide lesions whose confidence is below ``threshold`` (their voxels leave the labels and
-        are kept here), show again those at or above it. Returns the label values that changed."""
+        are kept here, see :meth:`hidden_labels`), show again those at or above it. Returns the
+        label values that changed."""
         self.threshold = float(threshold)
         changed = set()
         for lesion in self.listed():
@@ -244,6 +251,15 @@ class LesionNavigator:
                 target[mask] = restored
                 changed.update(int(v) for v in np.unique(values))
         return sorted(changed)
+
+    def hidden_labels(self) -> np.ndarray:
+        """The hidden lesions' voxels with their label values (0 elsewhere): with ``labels`` they make
+        up every lesion not rejected, so the module keeps them in the scene, out of sight."""
+        hidden = np.zeros_like(self.labels)
+        for box, mask, values in self._parked.values():
+            target = hidden[box]
+            target[mask] = values
+        return hidden
 
     def reject(self, lesion_id: int, reader: Optional[str] = None) -> Tuple[List[int], Dict[str, Any]]:
         """Remove a lesion's voxels for good and record the reader's change in the report

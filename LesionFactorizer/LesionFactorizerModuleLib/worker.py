@@ -214,6 +214,17 @@ def failure_message(result: WorkerResult) -> str:
     return f"{reason.rstrip('.')}." + (f" {hint}" if hint else "")
 
 
+# Win32 CREATE_NO_WINDOW (0x08000000; the subprocess constant exists only on Windows): a console
+# program started from Slicer's GUI would otherwise flash a console window.
+CREATE_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
+
+
+def windows_kill_command(pid: int) -> tuple[list[str], int]:
+    """(argv, creationflags) ending a worker tree on Windows: no process groups to signal there, so
+    taskkill /T walks the tree (forcefully: Windows has no SIGTERM), without a console window."""
+    return ["taskkill", "/F", "/T", "/PID", str(int(pid))], CREATE_NO_WINDOW
+
+
 def _signal_tree(pid: int, sig: int, known: list | None = None) -> list:
     """Send ``sig`` to a worker and everything it started; returns the processes found (psutil).
 
@@ -239,8 +250,8 @@ def _signal_tree(pid: int, sig: int, known: list | None = None) -> list:
             except psutil.Error:
                 pass
     if sys.platform == "win32":
-        # No process groups to signal: taskkill /T walks the tree (forcefully, Windows has no SIGTERM).
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
+        argv, flags = windows_kill_command(pid)
+        subprocess.run(argv, capture_output=True, check=False, creationflags=flags)
         return procs
     try:
         os.killpg(pid, sig)
@@ -275,8 +286,7 @@ class WorkerProcess:
                  cwd: str | os.PathLike | None = None) -> None:
         kwargs: dict[str, Any] = {}
         if sys.platform == "win32":
-            kwargs["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP
-                                       | getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW
         else:
             kwargs["start_new_session"] = True  # own process group: cancel kills all of it
         self.args = list(args)

@@ -83,6 +83,12 @@ def answer_next_confirmations(*answers):
     slicer.app._dialogAnswers[:] = list(answers)
 
 
+def answer_next_file_dialogs(*paths):
+    import qt
+
+    qt.QFileDialog._answers[:] = [str(p) for p in paths]
+
+
 def slice_layers():
     import slicer
 

@@ -370,8 +370,13 @@ def navigate_lesions(widget, task, reject):
     ui.confidenceThresholdSlider.value = 0.0
     assert _lesion_voxels(widget, task) == shown, "hidden lesions did not come back"
     ui.confidenceThresholdSlider.value = 1.0
-    slicer.mrmlScene.Commit()   # File > Save: hiding is a view, the segmentation is saved whole
-    assert ui.confidenceThresholdSlider.value == 0.0 and _lesion_voxels(widget, task) == shown
+    # hiding is a view: every lesion stays in the segmentation, in hidden segments
+    segmentation = widget._result.segmentationNode
+    stored = sum(int(slicer.util.arrayFromSegmentBinaryLabelmap(
+        segmentation, segmentation.GetSegmentation().GetNthSegmentID(i), widget._result.referenceVolumeNode).sum())
+        for i in range(segmentation.GetSegmentation().GetNumberOfSegments()))
+    assert stored == shown, (stored, shown)
+    ui.confidenceThresholdSlider.value = 0.0
     out = {"count": len(lesions), "jumps": len(jumps), "voxels": shown}
     if reject:
         table.cellClicked.emit(0, 0)

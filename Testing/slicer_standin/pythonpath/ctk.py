@@ -15,6 +15,8 @@ class ctkSliderWidget(qt.QWidget):
     def __init__(self, parent=None):
         qt.QWidget.__init__(self, parent)
         self.minimum, self.maximum, self.singleStep, self.pageStep, self.decimals = 0.0, 99.0, 1.0, 10.0, 2
+        # tracking off: a drag emits valueChanged once, on release; a value set in code emits at once
+        self.tracking = True
         self._value = 0.0
 
     @property

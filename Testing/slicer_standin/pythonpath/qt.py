@@ -227,7 +227,7 @@ class QDialog(QWidget):
 
 
 class QAbstractButton(QWidget):
-    _signals = ("clicked",)
+    _signals = ("clicked", "toggled")
     _checkable = False
 
     def __init__(self, text="", parent=None):
@@ -235,7 +235,17 @@ class QAbstractButton(QWidget):
             text, parent = "", text
         QWidget.__init__(self, parent)
         self.text = text
-        self.checked = False
+        self._checked = False
+
+    @property
+    def checked(self):
+        return self._checked
+
+    @checked.setter
+    def checked(self, checked):  # PythonQt: the property setter is setChecked, which emits toggled on a change
+        if bool(checked) != self._checked:
+            self._checked = bool(checked)
+            self.toggled.emit(self._checked)
 
     def setText(self, text):
         self.text = text
@@ -370,6 +380,7 @@ class QPlainTextEdit(QWidget):
 class QListWidgetItem:
     def __init__(self, text=""):
         self._text, self._data, self._flags, self._check = text, {}, _ITEM_DEFAULT_FLAGS, None
+        self._list = None  # the QListWidget holding it, which emits itemChanged
 
     def text(self):
         return self._text
@@ -387,13 +398,18 @@ class QListWidgetItem:
         self._flags = flags
 
     def setCheckState(self, state):
+        changed = state != self._check
         self._check = state
+        if changed and self._list is not None:
+            self._list.itemChanged.emit(self)
 
     def checkState(self):
         return self._check
 
 
 class QListWidget(QWidget):
+    _signals = ("itemChanged",)
+
     def __init__(self, parent=None):
         QWidget.__init__(self, parent)
         self._items = []
@@ -403,7 +419,9 @@ class QListWidget(QWidget):
         return len(self._items)
 
     def addItem(self, item):
-        self._items.append(item if isinstance(item, QListWidgetItem) else QListWidgetItem(item))
+        item = item if isinstance(item, QListWidgetItem) else QListWidgetItem(item)
+        item._list = self
+        self._items.append(item)
 
     def item(self, row):
         return self._items[row] if 0 <= row < len(self._items) else None
@@ -457,7 +475,9 @@ class QTableWidget(QWidget):
 
 
 class QFileDialog:
+    _answers = []  # paths the next open dialogs return (harness.answer_next_file_dialogs)
+
     @staticmethod
     def getOpenFileName(parent=None, caption="", directory="", filter=""):
-        return ""  # the user cancelled
+        return QFileDialog._answers.pop(0) if QFileDialog._answers else ""  # "": the user cancelled
 

@@ -24,7 +24,10 @@ def calldata_type(kind):
     return mark
 
 
-_MODIFIED_EVENT = "ModifiedEvent"  # vtkCommand::ModifiedEvent
+_MODIFIED_EVENT = 33  # vtkCommand::ModifiedEvent
+
+# Every event fired goes through InvokeEvent, which fires only events real Slicer fires.
+_fired = []  # event ids fired so far in this process, for Testing/test_slicer_standin_events.py
 
 
 class vtkObject:
@@ -53,6 +56,12 @@ class vtkObject:
         return any(e == event and (callback is None or c == callback) for e, c in self._observers.values())
 
     def InvokeEvent(self, event, callData=None):
+        from _standin_events import ALLOWED_IDS
+
+        if event not in ALLOWED_IDS:
+            raise AssertionError(f"the stand-in fired event {event}, which real Slicer does not fire "
+                                 f"(list: Testing/slicer_standin/pythonpath/_standin_events.py)")
+        _fired.append(event)
         for tag, (e, callback) in list(self._observers.items()):
             if e == event and tag in self._observers:
                 if callData is not None and getattr(callback, "CallDataType", None) is not None:

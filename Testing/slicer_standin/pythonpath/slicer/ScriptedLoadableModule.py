@@ -50,13 +50,20 @@ class ScriptedLoadableModuleLogic:
         self.moduleName = type(self).__name__[: -len("Logic")]
 
     def getParameterNode(self):
+        # Base/Python/slicer/ScriptedLoadableModule.py getParameterNode / createParameterNode: one
+        # singleton node per module (tag = module name), which survives File > Close scene (reset,
+        # same node and ID) and takes the content of a loaded scene's parameter node
         scene = slicer.mrmlScene
-        node = next((n for n in scene.GetNodesByClass("vtkMRMLScriptedModuleNode")
-                     if n.GetAttribute("ModuleName") == self.moduleName), None)
-        if node is None:
-            node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", self.moduleName)
-            node.SetAttribute("ModuleName", self.moduleName)
-        return node
+        node = scene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+        if node is not None:
+            if node.GetAttribute("ModuleName") != self.moduleName:  # reset by a scene close
+                node.SetAttribute("ModuleName", self.moduleName)
+            return node
+        node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+        node.SetSingletonTag(self.moduleName)
+        node.SetAttribute("ModuleName", self.moduleName)
+        node.SetName(self.moduleName)
+        return scene.AddNode(node)
 
 
 class ScriptedLoadableModuleTest(unittest.TestCase):

@@ -16,6 +16,7 @@ import types
 import numpy as np
 import qt
 import vtk
+from _standin_events import FIRED as _FIRED
 
 # ---- application
 
@@ -30,6 +31,8 @@ class _Application(qt.QObject):
         self._dialogAnswers = []  # answers for the next confirmation boxes (default: OK)
         self._sliceLayers = {}  # what setSliceViewerLayers last showed
         self._sliceJumps = []  # (RAS point, centered) of every JumpSlicesToLocation
+        self._installs = []  # every slicer.util._executePythonModule call (pip, light-the-torch)
+        self._packageIndex = {}  # project name -> version the stand-in's package index installs
 
     def connect(self, signal, slot):
         self._connections.setdefault(signal, []).append(slot)
@@ -60,6 +63,10 @@ class vtkMRMLNode(vtk.vtkObject):
         vtk.vtkObject.__init__(self)
         self._id, self._name, self._attributes, self._scene = None, "", {}, None
         self._displayNode = None
+        self._singletonTag = None
+        # role -> referenced node ID, as vtkMRMLNode keeps them (one ID per role here); written and
+        # read as MRML does (_mrmlfile.py), so a role with ':' breaks exactly as it would in Slicer
+        self._references = {}
 
     def GetID(self):
         return self._id
@@ -80,11 +87,38 @@ class vtkMRMLNode(vtk.vtkObject):
     def GetScene(self):
         return self._scene
 
+    def SetSingletonTag(self, tag):
+        self._singletonTag = tag
+
+    def GetSingletonTag(self):
+        return self._singletonTag
+
+    def SetNodeReferenceID(self, referenceRole, referencedNodeID):
+        if referencedNodeID:
+            self._references[referenceRole] = referencedNodeID
+        else:
+            self._references.pop(referenceRole, None)
+        self.Modified()
+
+    def GetNodeReferenceID(self, referenceRole):
+        return self._references.get(referenceRole)
+
+    def GetNodeReference(self, referenceRole):
+        nodeID = self._references.get(referenceRole)
+        return self._scene.GetNodeByID(nodeID) if nodeID and self._scene is not None else None
+
     def GetDisplayNode(self):
         return self._displayNode
 
     def CreateDefaultDisplayNodes(self):
         pass
+
+    def _copyContent(self, other):
+        """vtkMRMLNode::CopyContent as AddNode of a singleton and Reset use it: everything but ID and scene."""
+        keep = {"_id": self._id, "_scene": self._scene, "_observers": self._observers, "_nextTag": self._nextTag}
+        self.__dict__.update({k: v for k, v in other.__dict__.items() if k not in keep})
+        self.__dict__.update(keep)
+        self.Modified()
 
 
 class vtkMRMLDisplayNode(vtkMRMLNode):
@@ -131,10 +165,14 @@ class vtkMRMLVolumeNode(vtkMRMLNode):
         vtkMRMLNode.__init__(self)
         self._array = None
         self._ijkToRAS = np.eye(4)
-        self._parentTransformNode = None  # the stand-in has no transform nodes; volumes sit in world space
+        self._parentTransformNode = None  # a vtkMRMLLinearTransformNode; voxels are never moved by it here
 
     def GetParentTransformNode(self):
         return self._parentTransformNode
+
+    def SetAndObserveTransformNodeID(self, transformNodeID):
+        self._parentTransformNode = self._scene.GetNodeByID(transformNodeID) if transformNodeID else None
+        self.Modified()
 
     def GetSpacing(self):
         return tuple(float(v) for v in np.linalg.norm(self._ijkToRAS[:3, :3], axis=0))
@@ -155,6 +193,10 @@ class vtkMRMLLabelMapVolumeNode(vtkMRMLScalarVolumeNode):
     _displayClass = vtkMRMLLabelMapVolumeDisplayNode
 
 
+class vtkMRMLLinearTransformNode(vtkMRMLNode):
+    pass
+
+
 class vtkMRMLColorNode(vtkMRMLNode):
     pass
 
@@ -166,21 +208,16 @@ class vtkMRMLColorTableNode(vtkMRMLColorNode):
 class vtkMRMLScriptedModuleNode(vtkMRMLNode):
     def __init__(self):
         vtkMRMLNode.__init__(self)
-        self._parameters, self._references = {}, {}
+        self._parameters = {}
 
     def SetParameter(self, name, value):
-        self._parameters[name] = str(value)
-        self.Modified()
+        # Libs/MRML/Core/vtkMRMLScriptedModuleNode.cxx SetParameter: Modified only on a change
+        if self._parameters.get(name) != str(value):
+            self._parameters[name] = str(value)
+            self.Modified()
 
     def GetParameter(self, name):
         return self._parameters.get(name, "")
-
-    def SetNodeReferenceID(self, referenceRole, referencedNodeID):
-        self._references[referenceRole] = referencedNodeID or None
-        self.Modified()
-
-    def GetNodeReference(self, role):
-        return self._scene.GetNodeByID(self._references.get(role)) if self._references.get(role) else None
 
 
 class vtkSegment(vtk.vtkObject):
@@ -251,7 +288,15 @@ class vtkSegmentation(vtk.vtkObject):
 
 
 class vtkMRMLSegmentationDisplayNode(vtkMRMLDisplayNode):
-    pass
+    def __init__(self):
+        vtkMRMLDisplayNode.__init__(self)
+        self._segmentVisibility = {}  # segment ID -> visible (default: visible)
+
+    def SetSegmentVisibility(self, segmentID, visible):
+        self._segmentVisibility[segmentID] = bool(visible)
+
+    def GetSegmentVisibility(self, segmentID):
+        return self._segmentVisibility.get(segmentID, True)
 
 
 class vtkMRMLSegmentationNode(vtkMRMLNode):
@@ -313,8 +358,14 @@ class vtkMRMLSubjectHierarchyNode(vtkMRMLNode):
 
 
 class vtkMRMLScene(vtk.vtkObject):
-    NodeAddedEvent, NodeRemovedEvent, StartCloseEvent, EndCloseEvent = 66000, 66001, 66003, 66004
-    StartSaveEvent, EndSaveEvent, StartImportEvent, EndImportEvent = 66009, 66010, 66007, 66008
+    """Events and their values as Libs/MRML/Core/vtkMRMLScene.h declares them. StartSaveEvent is
+    declared there too, but nothing in Slicer fires it (no StartState(SaveState)), so neither does
+    the stand-in: saving is slicer.util.saveScene, which only writes (see _mrmlfile.py)."""
+
+    NodeAddedEvent, NodeRemovedEvent = _FIRED["NodeAddedEvent"][0], _FIRED["NodeRemovedEvent"][0]
+    StartCloseEvent, EndCloseEvent = _FIRED["StartCloseEvent"][0], _FIRED["EndCloseEvent"][0]
+    StartImportEvent, EndImportEvent = _FIRED["StartImportEvent"][0], _FIRED["EndImportEvent"][0]
+    StartSaveEvent, EndSaveEvent = 0x2110, 0x2210
 
     def __init__(self):
         vtk.vtkObject.__init__(self)
@@ -326,10 +377,14 @@ class vtkMRMLScene(vtk.vtkObject):
             self._add(vtkMRMLColorTableNode(), name, hierarchy=False)
         self._singletons = list(self._nodes)
 
-    def _add(self, node, name, hierarchy=True):
+    def _add(self, node, name, hierarchy=True, nodeID=None):
         cls = type(node).__name__
-        self._counter[cls] = self._counter.get(cls, 0) + 1
-        node._id, node._scene = f"{cls}{self._counter[cls]}", self
+        if nodeID is None or self.GetNodeByID(nodeID) is not None:
+            self._counter[cls] = self._counter.get(cls, 0) + 1
+            while self.GetNodeByID(f"{cls}{self._counter[cls]}") is not None:
+                self._counter[cls] += 1
+            nodeID = f"{cls}{self._counter[cls]}"
+        node._id, node._scene = nodeID, self
         node._name = name or node._name or f"{cls[len('vtkMRML'):-len('Node')]}"
         self._nodes.append(node)
         if hierarchy and not isinstance(node, (vtkMRMLDisplayNode, vtkMRMLScriptedModuleNode)):
@@ -338,13 +393,25 @@ class vtkMRMLScene(vtk.vtkObject):
         return node
 
     def AddNode(self, node):
+        # Libs/MRML/Core/vtkMRMLScene.cxx AddNodeNoNotify: a singleton already in the scene keeps
+        # its node and ID and takes the new node's content, with no NodeAddedEvent
+        existing = self.GetSingletonNode(node.GetSingletonTag(), node.GetClassName()) if node.GetSingletonTag() else None
+        if existing is not None:
+            existing._copyContent(node)
+            return existing
         return self._add(node, node.GetName())
 
-    def AddNewNodeByClass(self, className, nodeBaseName=""):
+    def CreateNodeByClass(self, className):
         cls = globals().get(className)
         if not (isinstance(cls, type) and issubclass(cls, vtkMRMLNode)):
             raise ValueError(f"unknown MRML node class {className}")
-        return self._add(cls(), nodeBaseName)
+        return cls()
+
+    def AddNewNodeByClass(self, className, nodeBaseName=""):
+        return self._add(self.CreateNodeByClass(className), nodeBaseName)
+
+    def GetSingletonNode(self, singletonTag, className):
+        return next((n for n in self._nodes if n.IsA(className) and n.GetSingletonTag() == singletonTag), None)
 
     def RemoveNode(self, node):
         if node in self._nodes:
@@ -352,6 +419,10 @@ class vtkMRMLScene(vtk.vtkObject):
             self._shNode._removeNode(node)
             self.InvokeEvent(self.NodeRemovedEvent, node)
             node._scene = None  # as vtkMRMLScene::RemoveNode leaves it: a node outside any scene
+            # vtkMRMLScene::RemoveNode also drops every reference to the removed node
+            for other in self._nodes:
+                for role in [r for r, i in other._references.items() if i == node.GetID()]:
+                    del other._references[role]
 
     def GetNodeByID(self, nodeID):
         return next((n for n in self._nodes if n.GetID() == nodeID), None)
@@ -368,16 +439,20 @@ class vtkMRMLScene(vtk.vtkObject):
     def GetSubjectHierarchyNode(self):
         return self._shNode
 
-    def Commit(self, url=None):
-        """Saving the scene: observers update what they keep in nodes (nothing is written here)."""
-        self.InvokeEvent(self.StartSaveEvent)
-        self.InvokeEvent(self.EndSaveEvent)
-        return 1
-
     def Clear(self, removeSingletons=False):
+        """Libs/MRML/Core/vtkMRMLScene.cxx Clear(0): StartCloseEvent, every node without a singleton
+        tag removed, the singletons reset to a new node's content (ResetNodes, vtkMRMLNode::Reset
+        keeps the singleton tag and ID), EndCloseEvent."""
         self.InvokeEvent(self.StartCloseEvent)
-        for node in [n for n in self._nodes if n not in self._singletons]:
+        for node in [n for n in self._nodes if n not in self._singletons and not n.GetSingletonTag()]:
             self.RemoveNode(node)
+        for node in self._nodes:
+            if node.GetSingletonTag() and node not in self._singletons:
+                tag = node.GetSingletonTag()
+                node._copyContent(type(node)())
+                node._singletonTag = tag
+        self._shNode._items = {k: v for k, v in self._shNode._items.items() if k == 1 or v["node"] is not None}
+        self.Modified()
         self.InvokeEvent(self.EndCloseEvent)
 
 

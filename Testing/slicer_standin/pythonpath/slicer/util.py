@@ -135,7 +135,47 @@ def tempDirectory(key="__SlicerTemp__", tempDir=None, includeDateTime=True):
 
 
 def pip_install(requirements):
-    raise RuntimeError("the Slicer stand-in installs no packages; prepare its Python environment instead")
+    """Base/Python/slicer/util.py pip_install: ``PythonSlicer -m pip install ...``."""
+    import shlex
+
+    args = shlex.split(requirements) if isinstance(requirements, str) else list(requirements)
+    _executePythonModule("pip", ["install", *args])
+
+
+def _executePythonModule(module, args):
+    """Base/Python/slicer/util.py _executePythonModule: ``PythonSlicer -m module args`` in a child
+    process, CalledProcessError when it fails. The stand-in records each call (with the text of any
+    ``-c`` constraints file) and plays a package index: ``slicer.app._packageIndex`` maps a project
+    name to the version it "installs" into the shared site-packages (``SLICER_STANDIN_WORKER_SITE``)
+    as real distribution metadata; a name missing from it fails the call, as pip does. An installed
+    ``torch`` is a real package whose import leaves a mark, so a test sees whether the GUI imported it."""
+    import re
+    import subprocess
+
+    from packaging.requirements import Requirement
+
+    args = [str(a) for a in args]
+    constraints = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "-c"]
+    slicer.app._installs.append({"module": module, "args": args,
+                                 "constraints": [open(c, encoding="utf-8").read() for c in constraints]})
+    if args[:1] != ["install"]:
+        raise subprocess.CalledProcessError(2, ["PythonSlicer", "-m", module, *args])
+    skip = {i + 1 for i, a in enumerate(args) if a in ("-c", "--upgrade-strategy")}
+    requirements = [Requirement(a) for i, a in enumerate(args[1:], 1) if i not in skip and not a.startswith("-")]
+    if any(r.name not in slicer.app._packageIndex for r in requirements):
+        raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", module, *args])
+    site = os.environ["SLICER_STANDIN_WORKER_SITE"]
+    for requirement in requirements:
+        version = slicer.app._packageIndex[requirement.name]
+        name = re.sub(r"[-_.]+", "_", requirement.name)
+        info = os.path.join(site, f"{name}-{version}.dist-info")
+        os.makedirs(info, exist_ok=True)
+        with open(os.path.join(info, "METADATA"), "w", encoding="utf-8") as f:
+            f.write(f"Metadata-Version: 2.1\nName: {requirement.name}\nVersion: {version}\n")
+        if requirement.name == "torch":
+            os.makedirs(os.path.join(site, "torch"), exist_ok=True)
+            with open(os.path.join(site, "torch", "__init__.py"), "w", encoding="utf-8") as f:
+                f.write("open(__file__ + '.imported', 'w').close()\n")
 
 
 def getModuleLogic(moduleName):
@@ -161,7 +201,8 @@ def getNodesByClass(className, scene=None):
     return (scene or slicer.mrmlScene).GetNodesByClass(className)
 
 
-def _image_to_node(image, nodeClass, name):
+def _arrayAndGeometry(image):
+    """(voxels (k, j, i), IJK-to-RAS) of a SimpleITK image."""
     import SimpleITK as sitk
 
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
@@ -170,11 +211,34 @@ def _image_to_node(image, nodeClass, name):
     m = np.eye(4)
     m[:3, :3] = direction @ np.diag(image.GetSpacing())
     m[:3, 3] = image.GetOrigin()
+    return sitk.GetArrayFromImage(image), _LPS_TO_RAS @ m
+
+
+def _image_to_node(image, nodeClass, name):
+    array, ijkToRAS = _arrayAndGeometry(image)
     node = slicer.mrmlScene.AddNewNodeByClass(nodeClass, name)
-    node._array = sitk.GetArrayFromImage(image)
-    node._ijkToRAS = _LPS_TO_RAS @ m
+    node._array, node._ijkToRAS = array, ijkToRAS
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def saveScene(filename, properties={}):
+    """A directory: the .mrml and every node's data (Base/Python/slicer/util.py saveScene). Only
+    writes: Slicer fires no event on saving (see slicer._mrmlfile)."""
+    from slicer import _mrmlfile
+
+    if filename.endswith((".mrml", ".mrb")):
+        raise ValueError("the stand-in saves scenes to a directory (scene and data), as saveScene(directory) does")
+    _mrmlfile.write_scene(slicer.mrmlScene, filename)
+    return True
+
+
+def loadScene(filename, properties={}):
+    """Adds the scene's nodes to the current scene (vtkMRMLScene::Import, as File > Add Data of a
+    .mrml does; close the scene first to reopen one)."""
+    from slicer import _mrmlfile
+
+    _mrmlfile.read_scene(slicer.mrmlScene, filename)
 
 
 def _nameOf(path, properties):
@@ -200,20 +264,27 @@ def loadLabelVolume(filename, properties=None, returnNode=False):
     return loadVolume(filename, {**(properties or {}), "labelmap": True})
 
 
-def exportNode(node, filename, properties=None, world=False):
-    """Writes a volume with its geometry; False (and nothing written) when it cannot."""
+def _imageFromNode(node):
+    """A volume node's voxels and geometry as a SimpleITK image (LPS, as files store it)."""
     import SimpleITK as sitk
 
-    if node._array is None or not os.path.isdir(os.path.dirname(os.path.abspath(filename))):
-        return False
     lps = _LPS_TO_RAS @ node._ijkToRAS
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     image = sitk.GetImageFromArray(node._array)
     image.SetSpacing([float(s) for s in spacing])
     image.SetOrigin([float(v) for v in lps[:3, 3]])
     image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
+    return image
+
+
+def exportNode(node, filename, properties=None, world=False):
+    """Writes a volume with its geometry; False (and nothing written) when it cannot."""
+    import SimpleITK as sitk
+
+    if node._array is None or not os.path.isdir(os.path.dirname(os.path.abspath(filename))):
+        return False
     try:
-        sitk.WriteImage(image, str(filename), bool((properties or {}).get("useCompression", 1)))
+        sitk.WriteImage(_imageFromNode(node), str(filename), bool((properties or {}).get("useCompression", 1)))
     except RuntimeError:
         return False
     return True
@@ -247,7 +318,13 @@ def updateSegmentBinaryLabelmapFromArray(narray, segmentationNode, segmentId, re
     if not _sameGeometry(segmentationNode, referenceVolumeNode) or narray.shape != referenceVolumeNode._array.shape:
         raise ValueError("the labelmap geometry differs from the segmentation's reference geometry "
                          "(the stand-in does not resample)")
-    segmentationNode.GetSegmentation().GetSegment(segmentId)._labelmap = np.array(narray, dtype=np.uint8)
+    # Base/Python/slicer/util.py updateSegmentBinaryLabelmapFromArray: a "__temp__" label volume is
+    # added to the scene, imported into the segment and removed (NodeAdded/NodeRemoved each call)
+    temp = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__temp__")
+    try:
+        segmentationNode.GetSegmentation().GetSegment(segmentId)._labelmap = np.array(narray, dtype=np.uint8)
+    finally:
+        slicer.mrmlScene.RemoveNode(temp)
 
 
 def arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode=None):
