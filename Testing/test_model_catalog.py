@@ -223,7 +223,7 @@ def test_cancel_mid_download_leaves_nothing(served, sig):
         proc.wait(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == (130 if sig == signal.SIGINT else 128 + sig)
+    assert proc.returncode == (130 if sig == signal.SIGINT else 128 + sig), proc.stderr.read()
     assert _events(rest)[-1]["event"] == "error"
     assert _left_in(models) == []
 
