@@ -57,7 +57,8 @@ def _load(cache: Path, pythonpath: str | None = None, **env) -> tuple[int, list[
         env["PYTHONPATH"] = pythonpath
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
                          cwd=cache.parent)   # not the repository: -c puts the working folder first on sys.path
-    return run.returncode, run.stdout.strip().splitlines() + [run.stderr[-2000:]]
+    lines = run.stdout.strip().splitlines()[:3]
+    return run.returncode, lines + [""] * (3 - len(lines)) + [run.stderr[-2000:]]   # a crash prints nothing
 
 
 @pytest.fixture
