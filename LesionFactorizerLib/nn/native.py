@@ -113,7 +113,8 @@ def _load() -> dict:
     if PREBUILT.exists():
         fn, record, why = _open(PREBUILT, source, own=False)
         if fn is not None:
-            return {"lib": fn, "compiler": f"prebuilt, {record.get('compiler', '?')}", "path": PREBUILT.parent / record["library"]}
+            return {"lib": fn, "compiler": f"prebuilt, {record.get('compiler', '?')}",
+                    "path": PREBUILT.parent / record["library"]}
         why = f"the installed kernel is not used: {why}"
         warning = f"{why}; the slower PyTorch path runs" if mode != "build" else why
     else:
@@ -153,25 +154,24 @@ def _load_cached(source: str) -> dict:
     cc = _compiler()
     if cc is None:
         return {"lib": None, "why": "no C compiler found; set CC to use one"}
-    error, warning = "", None
+    error, stale = "", ""
     for flags in FLAGS:
         key = hashlib.sha256(b"\0".join([source.encode(), cc.encode(), " ".join(flags).encode(),
                                          platform.platform().encode(), _cpu().encode()])).hexdigest()[:16]
-        record_path = folder / f"window_nmf-{key}.json"
+        library, record_path = folder / f"window_nmf-{key}{SUFFIX}", folder / f"window_nmf-{key}.json"
         label = f"built here, {Path(cc).name} {' '.join(flags)}"
-        if record_path.exists() or (folder / f"window_nmf-{key}{SUFFIX}").exists():
-            fn, _, why = _open(record_path, source, own=True)
+        if record_path.exists() or library.exists():
+            fn, _, stale = _open(record_path, source, own=True)
             if fn is not None:
-                return {"lib": fn, "compiler": label, "path": folder / f"window_nmf-{key}{SUFFIX}"}
-            warning = f"rebuilt the cached window-NMF kernel: {why}"
-        error = _build(cc, flags, folder / f"window_nmf-{key}{SUFFIX}", record_path, label)
-        if error:
-            continue
-        fn, _, error = _open(record_path, source, own=True)
-        if fn is not None:
-            return {"lib": fn, "compiler": label, "path": folder / f"window_nmf-{key}{SUFFIX}", "warning": warning}
-    last = (error.strip().splitlines() or ["?"])[-1]
-    return {"lib": None, "why": f"building it with {cc} failed: {last}", "warning": warning}
+                return {"lib": fn, "compiler": label, "path": library}
+        error = _build(cc, flags, library, record_path, label)
+        if not error:
+            fn, _, error = _open(record_path, source, own=True)
+            if fn is not None:
+                return {"lib": fn, "compiler": label, "path": library,
+                        "warning": f"rebuilt the cached window-NMF kernel: {stale}" if stale else None}
+    why = f"building it with {cc} failed: {(error.strip().splitlines() or ['?'])[-1]}"
+    return {"lib": None, "why": why, "warning": f"the cached window-NMF kernel is not used: {stale}; {why}" if stale else None}
 
 
 def _build(cc: str, flags: tuple[str, ...], path: Path, record_path: Path, label: str) -> str:
