@@ -102,6 +102,20 @@ def test_by_default_no_compiler_is_run(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_tensors_the_kernel_cannot_take_never_look_for_it(dtype, monkeypatch):
+    """A GPU run (here the meta device, which has the same role: not the CPU) or a half-precision
+    one decides before the library is looked for, so it never loads or compiles anything."""
+    monkeypatch.setattr(native, "_state", {})
+    device = "meta" if dtype == torch.float32 else "cpu"
+    z = torch.zeros(1, 8, 8, 8, 8, device=device, dtype=dtype)
+    taken = native.window_nmf_rank1(z, torch.zeros_like(z), None, heads=2, window=4, shift=0,
+                                    weight=torch.zeros(8, 8, device=device, dtype=dtype),
+                                    v0=torch.zeros(64, device=device, dtype=dtype), iters=2, eps=1e-8,
+                                    scale=1.0, drop_head=None)
+    assert taken is False and native.status() == "not used"
+
+
 def test_built_once_into_the_cache_and_failures_fall_back(tmp_path):
     if native._compiler() is None:
         pytest.skip("no C compiler on this machine")
