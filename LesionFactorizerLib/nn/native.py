@@ -109,21 +109,21 @@ def _load() -> dict:
     if not SOURCE.is_file():
         return {"lib": None, "why": f"the kernel source {SOURCE.name} is not installed"}
     source = sha256(SOURCE)
-    warning = None
+    note = None
     if PREBUILT.exists():
         fn, record, why = _open(PREBUILT, source, own=False)
         if fn is not None:
             return {"lib": fn, "compiler": f"prebuilt, {record.get('compiler', '?')}",
                     "path": PREBUILT.parent / record["library"]}
         why = f"the installed kernel is not used: {why}"
-        warning = f"{why}; the slower PyTorch path runs" if mode != "build" else why
+        note = f"{why}; the slower PyTorch path runs" if mode != "build" else why
     else:
         why = f"no prebuilt kernel in this installation ({ENV}=build compiles one)"
     if mode != "build":
-        return {"lib": None, "why": why, "warning": warning}
+        return {"lib": None, "why": why, "warning": note}
     state = _load_cached(source)
-    if warning:
-        state["warning"] = "; ".join(filter(None, [warning, state.get("warning")]))
+    if note:
+        state["warning"] = "; ".join(filter(None, [note, state.get("warning")]))
     return state
 
 
