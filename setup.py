@@ -38,6 +38,15 @@ class BuildKernel(build_ext):
         record = manifest(library, f"{compiler}, setuptools")
         library.with_name(PREBUILT.name).write_text(json.dumps(record), encoding="utf-8")
 
+    def copy_extensions_to_source(self):
+        """Editable installs (``pip install -e``) copy the library into the sources: its manifest too."""
+        super().copy_extensions_to_source()
+        build_py = self.get_finalized_command("build_py")
+        for ext in self.extensions:
+            inplace, built = map(Path, self._get_inplace_equivalent(build_py, ext))
+            if built.with_name(PREBUILT.name).exists():
+                self.copy_file(str(built.with_name(PREBUILT.name)), str(inplace.with_name(PREBUILT.name)))
+
     def run(self):
         try:
             super().run()
