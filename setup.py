@@ -54,6 +54,5 @@ class BuildKernel(build_ext):
             print(NOT_BUILT.format(exc), file=sys.stderr)
 
 
-setup(ext_modules=[Extension("LesionFactorizerLib.nn.window_nmf", [SOURCE.relative_to(Path(__file__).resolve().parent).as_posix()],
-                             optional=True)],
+setup(ext_modules=[Extension("LesionFactorizerLib.nn.window_nmf", [f"LesionFactorizerLib/nn/{SOURCE.name}"], optional=True)],
       cmdclass={"build_ext": BuildKernel})
