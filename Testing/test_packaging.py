@@ -1,24 +1,29 @@
 """A wheel (non-editable install) carries what `demo` and `train` need: demo models, sample cases,
 training configs — not only the editable checkout."""
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_wheel_ships_demo_models_sample_cases_and_configs(tmp_path):
+@pytest.mark.parametrize("compiler", ["the system's", "a failing one"])
+def test_wheel_ships_demo_models_sample_cases_and_configs(tmp_path, compiler):
     # build from a copy: setuptools leaves a build/ folder beside the sources
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
-    for name in ("LesionFactorizerLib", "training", "Resources"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("LesionFactorizerLib", "training", "Resources"):   # not an in-place build's kernel
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "window_nmf.[!c]*"))
     # offline when the environment already has a new enough setuptools; else pip fetches one
     isolation: list[str] = []
     try:
@@ -28,8 +33,9 @@ def test_wheel_ships_demo_models_sample_cases_and_configs(tmp_path):
             isolation = ["--no-build-isolation"]
     except ImportError:
         pass
+    env = {**os.environ, **({"CC": "false"} if compiler == "a failing one" else {})}
     p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(tmp_path),
-                        str(src)], capture_output=True, text=True, timeout=300, encoding="utf-8")
+                        str(src)], capture_output=True, text=True, timeout=300, encoding="utf-8", env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     (wheel,) = tmp_path.glob("lesion_factorizer-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -45,3 +51,14 @@ def test_wheel_ships_demo_models_sample_cases_and_configs(tmp_path):
     assert f"{res}Models/catalog.json" in names and "LesionFactorizerLib/model-catalog.schema.json" in names
     assert "LesionFactorizerLib/nn/window_nmf.c" in names  # the kernel source native.py compiles
     assert not any(n.startswith(("Testing/", "out/", "LesionFactorizer/")) for n in names)
+    # the compiled window-NMF kernel and its manifest, unless no compiler works: then the wheel
+    # still builds, without them (nn/native.py runs the PyTorch path)
+    zipped = zipfile.ZipFile(wheel)
+    kernel = [n for n in names if n.startswith("LesionFactorizerLib/nn/window_nmf.") and not n.endswith(".c")]
+    if compiler == "a failing one" or shutil.which("cc") is None:
+        assert kernel == []
+    else:
+        record = json.loads(zipped.read("LesionFactorizerLib/nn/window_nmf.json"))
+        library = zipped.read(f"LesionFactorizerLib/nn/{record['library']}")
+        assert sorted(kernel) == sorted(["LesionFactorizerLib/nn/window_nmf.json", f"LesionFactorizerLib/nn/{record['library']}"])
+        assert (len(library), hashlib.sha256(library).hexdigest()) == (record["bytes"], record["sha256"])

@@ -103,6 +103,43 @@ def test_worker_starts_from_the_packaged_layout_alone(build_tree):
     assert proc.stderr.startswith("error: 'train' needs the training package"), proc.stderr
 
 
+def test_kernel_loads_from_the_install_tree_without_a_compiler(build_tree, tmp_path):
+    """The extension's CMake compiles the window-NMF kernel: the worker finds it in the install tree
+    on a machine without a compiler (no cc/gcc/clang on PATH, no CC), verifies it against its
+    manifest, computes what the PyTorch path computes, and compiles nothing."""
+    import json
+    import sysconfig
+
+    modules = sdk.install(build_tree, tmp_path / "install")
+    nn = modules / "LesionFactorizerLib" / "nn"
+    record = json.loads((nn / "window_nmf.json").read_text(encoding="utf-8"))
+    (tmp_path / "bin").mkdir()
+    env = {"PYTHONPATH": f"{modules}{os.pathsep}{sysconfig.get_paths()['purelib']}", "PATH": str(tmp_path / "bin"),
+           "HOME": str(tmp_path), "LESION_FACTORIZER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    code = textwrap.dedent("""
+        import shutil, torch
+        assert not any(map(shutil.which, ("cc", "gcc", "clang"))), "a compiler is on PATH"
+        from LesionFactorizerLib.nn import native
+        from LesionFactorizerLib.nn.matricize import make_matricize
+        from LesionFactorizerLib.nn.nmf import NMF
+        z, weight = torch.rand(1, 8, 8, 8, 12), torch.randn(12, 12)
+        mat, nmf = make_matricize("swin", 4, 4), NMF(rank=1, iters=3)
+        out = torch.zeros_like(z)
+        mat.add_projected(z, nmf, weight, out)
+        print(native.status()); print(native._state["path"])
+        native.library = lambda: None   # the PyTorch path
+        expected = torch.zeros_like(z)
+        mat.add_projected(z, nmf, weight, expected)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    """)
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env=env, encoding="utf-8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, path = proc.stdout.split("\n")[:2]
+    assert status.startswith("native (prebuilt, ") and path == str(nn / record["library"])
+    assert not (tmp_path / "cache").exists()
+
+
 def test_extension_index_pictures_exist_and_demo_models_are_called_demos():
     import re
 

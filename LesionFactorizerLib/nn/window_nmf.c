@@ -1,7 +1,7 @@
 /* Rank-1 HALS window NMF of a Factorizer block, fused with the block's output projection.
 
    The Python reference is LocalMatricize._project_slab (nn/matricize.py), which this computes for
-   one window partition; nn/native.py builds this file with the system C compiler and calls it.
+   one window partition; nn/native.py loads the compiled library and calls it.
 
    For every P^3 window of a channels-last map z (B, D, H, W, C), C = heads * E, and every head h:
      1. moments of the head's E x P^3 matrix X: Gram X X^T, row sums X 1, X v0  (one pass, the
@@ -13,7 +13,8 @@
    regular partition, shift P/2 the rolled one of the Swin Factorizer (torch.roll semantics).
    Windows of one partition never overlap, so disjoint window ranges can run on parallel threads.
 
-   Plain C99 and no math library: it is compiled on the user's machine when a compiler exists. */
+   Plain C99 and no math library: it is built with the extension (CMake) and the wheel (setup.py);
+   nn/native.py loads that prebuilt library (or, for developers, one it compiles into the cache). */
 
 #include <stdlib.h>
 #include <string.h>
@@ -77,8 +78,14 @@ MOMENTS_E(8)
 #define MOMENTS(e) moments_any(buf, n, c, heads, e, v0, gram, rowsum, xv)
 #endif
 
+#ifdef _WIN32
+#define LF_EXPORT __declspec(dllexport)   /* a DLL exports only what it marks */
+#else
+#define LF_EXPORT
+#endif
+
 /* Returns 0, or 1 if scratch memory could not be allocated. */
-int lf_window_nmf_rank1(
+LF_EXPORT int lf_window_nmf_rank1(
     const float *z, float *out, float *maps,            /* maps: (B, heads, D, H, W) or NULL */
     lf_int batch, lf_int depth, lf_int height, lf_int width,
     lf_int heads, lf_int e_dim, lf_int c_out, lf_int p, lf_int shift,

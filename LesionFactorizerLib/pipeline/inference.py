@@ -232,6 +232,8 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
     result.votes = votes.bits if votes is not None else None
     result.backend = runners.summary()
     result.window_nmf = native.status()
+    if native.warning() and native.warning() not in result.warnings:   # e.g. a cache it refused
+        result.warnings.append(native.warning())
     for model in models:
         model.to("cpu")
     return result

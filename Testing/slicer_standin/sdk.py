@@ -76,11 +76,12 @@ def configure(workdir, version="5.10"):
 
 
 def install(build, prefix):
-    """``cmake --install``: the tree the Extensions Manager unpacks; its scripted-modules folder."""
-    proc = subprocess.run(["cmake", "--install", str(build), "--prefix", str(prefix)],
-                          capture_output=True, text=True, timeout=240, encoding="utf-8")
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    """``cmake --build`` (the kernel library) and ``cmake --install``: the tree the Extensions Manager
+    unpacks; its scripted-modules folder."""
+    for command in (["cmake", "--build", str(build)], ["cmake", "--install", str(build), "--prefix", str(prefix)]):
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=240, encoding="utf-8")
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
     found = sorted(Path(prefix).glob("lib/Slicer-*/qt-scripted-modules"))
     if len(found) != 1:
         raise RuntimeError(f"expected one scripted-modules folder under {prefix}, found {found}")
