@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.pipeline.filecheck import check_nifti, file_sha256, read_bytes_checked
+from LesionFactorizerLib.pipeline.filecheck import check_nifti, file_sha256, nifti_size, read_bytes_checked
 from LesionFactorizerLib.pipeline.geometry import Geometry
 
 IMAGE_FORMATS = {"nii.gz": ".nii.gz", "nii": ".nii", "nrrd": ".nrrd", "mha": ".mha", "seg.nrrd": ".seg.nrrd"}
@@ -113,6 +114,72 @@ def _path_problem(path: Path, name: str) -> None:
         raise UserError(f"input {name}: cannot read {path} (permission denied); fix its permissions")
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header announces, read without its voxels."""
+    size: tuple[int, ...]       # voxels per axis (a DICOM series: rows, columns, files)
+    spacing: tuple[float, ...]
+    voxel_bytes: int            # one stored voxel, all its components
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.size)
+
+
+def read_header(path: str | os.PathLike, name: str = "input") -> ImageHeader | None:
+    """The header of an input file or DICOM series folder; None where it cannot be read alone
+    (the full read then says what is wrong)."""
+    path = Path(path)
+    _path_problem(path, name)
+    if path.is_dir():
+        return _series_header(_series_files(path, name)[1])
+    nifti = nifti_size(path)
+    if nifti is not None:
+        dims, spacing, voxel_bytes = nifti
+        return ImageHeader(tuple(dims), tuple(float(s) for s in spacing), voxel_bytes)
+    return _file_header(path)
+
+
+def _file_header(path) -> ImageHeader | None:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    with _native_stderr_captured():
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return None
+    kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    bits = re.search(r"(\d+)-bit", kind)
+    component = (int(bits.group(1)) // 8 if bits else 8) * (2 if kind.startswith("complex") else 1)
+    return ImageHeader(tuple(reader.GetSize()), tuple(reader.GetSpacing()),
+                       component * max(1, reader.GetNumberOfComponents()))
+
+
+def _series_header(files: list[str]) -> ImageHeader | None:
+    first = _file_header(files[0])
+    if first is None:
+        return None
+    return ImageHeader((*first.size[:2], len(files)), first.spacing, first.voxel_bytes)
+
+
+def check_header(header: ImageHeader | None, path, name: str) -> None:
+    """Refuse a header whose dimensions overflow any address space, or an image this process
+    cannot hold while it is read (stored and float32 copies), before a voxel is allocated."""
+    from LesionFactorizerLib.pipeline.guards import refuse_beyond
+
+    if header is None:
+        return
+    dims = "x".join(map(str, header.size))
+    if header.voxels * max(header.voxel_bytes, 4) > sys.maxsize:
+        raise UserError(f"input {name}: {path} announces {dims} voxels in its header, more than any computer can "
+                        "address: the header is damaged; export the image again")
+    need = header.voxels * (header.voxel_bytes + 4)
+    refuse_beyond(need, f"input {name}: {path} announces {dims} voxels in its header, which need at least "
+                        f"{need / 2**30:.3g} GiB of memory to read", "check that the image and its header are right")
+
+
 def read_image(path: str | os.PathLike, name: str = "input"):
     """Read a NIfTI / NRRD / MHA file or a DICOM series folder as a float32 3-D SimpleITK image.
 
@@ -123,8 +190,11 @@ def read_image(path: str | os.PathLike, name: str = "input"):
     notes: list[str] = []
     _path_problem(path, name)
     if path.is_dir():
-        image, sha = _read_dicom_series(path, name, notes)
+        uid, files = _series_files(path, name)
+        check_header(_series_header(files), path, name)
+        image, sha = _read_dicom_series(path, uid, files, name, notes)
     else:
+        check_header(read_header(path, name), path, name)
         data, sha = read_bytes_checked(path, name)
         check_nifti(data, path, name)
         del data
@@ -184,7 +254,8 @@ def check_grid(image, name: str, path: Path) -> None:
                         "resample it onto a regular grid (orthonormal axes) first")
 
 
-def _read_dicom_series(path: Path, name: str, notes: list[str]):
+def _series_files(path: Path, name: str) -> tuple[str, list[str]]:
+    """The series UID and files of the one DICOM series in folder ``path``, in slice order."""
     import SimpleITK as sitk
 
     with _native_stderr_captured():
@@ -196,7 +267,12 @@ def _read_dicom_series(path: Path, name: str, notes: list[str]):
         raise UserError(f"input {name}: folder {path} holds {len(ids)} DICOM series; put each series in its own "
                         "folder (one series per input)")
     with _native_stderr_captured():
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0])
+        return ids[0], list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0]))
+
+
+def _read_dicom_series(path: Path, uid: str, files: list[str], name: str, notes: list[str]):
+    import SimpleITK as sitk
+
     check_slice_positions(files, name, path)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -207,7 +283,7 @@ def _read_dicom_series(path: Path, name: str, notes: list[str]):
             image, reason = None, _first_line(exc)
     if image is None:
         raise UserError(f"input {name}: cannot read the DICOM series in {path} ({reason})")
-    notes.append(f"DICOM series {ids[0]} ({len(files)} files)")
+    notes.append(f"DICOM series {uid} ({len(files)} files)")
     return image, file_sha256(path)
 
 
