@@ -273,7 +273,7 @@ def _series_files(path: Path, name: str) -> tuple[str, list[str]]:
 def _read_dicom_series(path: Path, uid: str, files: list[str], name: str, notes: list[str]):
     import SimpleITK as sitk
 
-    check_slice_positions(files, name, path)
+    check_slice_geometry(files, name, path)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     with _native_stderr_captured() as said:
@@ -287,27 +287,61 @@ def _read_dicom_series(path: Path, uid: str, files: list[str], name: str, notes:
     return image, file_sha256(path)
 
 
-def check_slice_positions(files: list[str], name: str, path: Path) -> None:
-    """A series with a missing (or duplicated) slice would be read with an averaged spacing and every
-    lesion volume off: the slice positions along the normal must be evenly spaced."""
+# Angle between a series' slice step and its slices' normal above which it counts as tilted: real
+# exports round orientations to ~1e-6, far below it; 0.05° shifts the last of 200 1-mm slices by 0.17 mm.
+TILT_TOLERANCE_DEG = 0.05
+_GEOMETRY_TAGS = {"0020|0032": "ImagePositionPatient (0020,0032)", "0020|0037": "ImageOrientationPatient (0020,0037)"}
+
+
+def check_slice_geometry(files: list[str], name: str, path: Path) -> None:
+    """ITK builds a series' grid from its first slice's position, the orientation's normal and the
+    distance between positions; it is right only when every slice has both geometry tags, the
+    orientation is one, the slices are stacked along its normal (no gantry tilt) and evenly spaced
+    (no missing or duplicated slice). Any other series is refused: read, it would put lesions
+    elsewhere and measure them wrongly (a series without positions becomes 1 mm slices at origin 0)."""
     import SimpleITK as sitk
 
-    if len(files) < 3:
-        return
-    positions = []
+    positions, orientations = [], []
     reader = sitk.ImageFileReader()
     for f in files:
         reader.SetFileName(f)
         try:
             with _native_stderr_captured():
                 reader.ReadImageInformation()
-            ipp = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
-            iop = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        except RuntimeError:
+            return   # ITK's series reader says what is wrong with the file
+        missing = [label for tag, label in _GEOMETRY_TAGS.items() if not reader.HasMetaDataKey(tag)]
+        try:
+            ipp, iop = ([float(v) for v in reader.GetMetaData(tag).split("\\")] for tag in _GEOMETRY_TAGS)
         except (RuntimeError, ValueError):
-            return   # no positions to check (not an MR/CT image series); ITK decides
-        normal = np.cross(iop[:3], iop[3:6])
-        positions.append(float(np.dot(normal, ipp)))
-    steps = np.diff(np.sort(positions))
+            ipp, iop = [], []
+        if missing or len(ipp) != 3 or len(iop) != 6:
+            what = f"no {' and no '.join(missing)}" if missing else f"unreadable {' / '.join(_GEOMETRY_TAGS.values())}"
+            raise UserError(f"input {name}: the DICOM series in {path} has {what} in {Path(f).name}, so its geometry "
+                            "(slice spacing, orientation, position) is unknown and volumes would be wrong; export the "
+                            "series with its geometry tags or convert it to NIfTI with the right geometry")
+        positions.append(ipp)
+        orientations.append(iop)
+    orientations, positions = np.asarray(orientations), np.asarray(positions)
+    if np.abs(orientations - orientations[0]).max() > 1e-4:
+        raise UserError(f"input {name}: the DICOM series in {path} changes its slice orientation from slice to slice; "
+                        "it is not one volume: export each orientation as its own series")
+    iop = orientations[0]
+    normal = np.cross(iop[:3], iop[3:6])
+    along = positions @ normal
+    order = np.argsort(along)
+    if len(files) >= 2:
+        span = positions[order[-1]] - positions[order[0]]
+        length = float(np.linalg.norm(span))
+        tilt = float(np.degrees(np.arccos(min(1.0, abs(span @ normal) / length)))) if length > 0 else 0.0
+        if tilt > TILT_TOLERANCE_DEG:
+            raise UserError(f"input {name}: the DICOM series in {path} was acquired with a gantry tilt of {tilt:.1f}° "
+                            "(its slices are not stacked along their normal), which would be read as a straight grid "
+                            "with wrong positions and volumes; correct the tilt first (dcm2niix does; Slicer's DICOM "
+                            "module can regularise the acquisition geometry) and give the result as NIfTI")
+    if len(files) < 3:
+        return
+    steps = np.diff(along[order])
     typical = float(np.median(steps))
     if typical <= 0 or np.any(np.abs(steps - typical) > max(0.01, 0.05 * typical)):
         worst = int(np.argmax(np.abs(steps - typical)))
