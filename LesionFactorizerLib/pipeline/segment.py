@@ -75,6 +75,7 @@ class Case:
     inputs: list[InputImage]
     reference: InputImage
     registration: dict | None = None   # report.json["registration"] (pipeline/registration.py)
+    uncovered: np.ndarray | None = None   # reference voxels where another session's input has no data
 
 
 @dataclass
@@ -281,10 +282,11 @@ class Segmenter:
                          len(self.spec.outputs.channels), f"input {self.reference_name} ({ref_path})")
         inputs = load_inputs({n: given[n] for n in order}, order, warnings)
         reference = next(i for i in inputs if i.name == self.reference_name)
-        registration, registered = register_inputs(inputs, reference, self.task, self.opts.register, warnings)
+        registration, registered, uncovered = register_inputs(inputs, reference, self.task, self.opts.register,
+                                                              warnings)
         align_to_reference([i for i in inputs if i.name not in registered], reference, warnings,
                            self.task.register_inputs)
-        return Case(inputs, reference, registration)
+        return Case(inputs, reference, registration, uncovered)
 
     def prepare_models(self, warnings: list[str]) -> str | None:
         """Load the networks (first case only), apply the NMF settings, check the component
@@ -354,6 +356,9 @@ class Segmenter:
         rule = self.output
         probs = to_reference(prep, activate(prediction.logits, rule.activation), rule.outside_fill)
         prediction.logits = None
+        if case.uncovered is not None:   # no baseline there: nothing can be called new (registration.py)
+            for c, fill in enumerate(rule.outside_fill):
+                probs[c][case.uncovered] = fill
         labels = rule.to_labels(probs)
         geometry = case.reference.geometry
         found = remove_small_lesions(labels, geometry, float(rule.min_lesion_mm3), int(rule.connectivity))
