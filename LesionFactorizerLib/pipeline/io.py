@@ -391,10 +391,10 @@ def overlap_fraction(a: Geometry, b: Geometry) -> float:
     return float(np.prod(inter) / max(np.prod(ahi - alo), 1e-12))
 
 
-def align_to_reference(inputs: list[InputImage], reference: InputImage, warnings: list[str],
-                       registrable: tuple[str, ...] = ()) -> None:
-    """Resample inputs on other grids onto the reference grid in physical space (linear).
-    ``registrable``: inputs the pipeline could have registered (``--register``), named in the error."""
+def align_to_reference(inputs: list[InputImage], reference: InputImage, warnings: list[str]) -> None:
+    """Resample inputs of the reference's session on other grids onto the reference grid in physical
+    space (linear). Another session's input on another grid never comes here:
+    ``registration.register_inputs`` resamples it by its own rule."""
     import SimpleITK as sitk
 
     for item in inputs:
@@ -402,10 +402,6 @@ def align_to_reference(inputs: list[InputImage], reference: InputImage, warnings
             continue
         fraction = overlap_fraction(reference.geometry, item.geometry)
         if fraction <= 0.0:
-            if item.name in registrable:
-                raise UserError(f"inputs {item.name} and {reference.name} do not overlap in physical space; give "
-                                f"--register rigid to register {item.name} onto {reference.name}, or check "
-                                "that both scans are of the same patient")
             raise UserError(f"inputs {item.name} and {reference.name} do not overlap in physical space; they must be "
                             "co-registered images of the same patient and session (check origins/orientation)")
         if fraction < 0.5:

@@ -4,11 +4,11 @@ New-lesion detection compares the two time points voxel by voxel, so a baseline 
 co-registered with the follow-up turns every tissue edge into a "new lesion". Real follow-up pairs
 come straight from the scanner in their own positions; this stage checks the pair and, when it is
 misaligned (``--register auto``) or when asked (``rigid`` / ``affine``), registers the baseline onto
-the follow-up with SimpleITK before any preprocessing, and resamples it onto the follow-up's grid
-once (no second interpolation by the grid alignment that follows), with a quintic B-spline that
-keeps its noise close to the follow-up's (:func:`resample_onto` says why not linear), and with its
-background kept exactly zero, as the follow-up's (:func:`shared_background` says why that decides
-the new-lesion F1). The model then compares the pair on the follow-up's own grid, the follow-up
+the follow-up with SimpleITK before any preprocessing, and resamples it (registered, or only on
+another grid) onto the follow-up's grid once (no second interpolation by the grid alignment that
+follows), with a quintic B-spline that keeps its noise close to the follow-up's
+(:func:`resample_onto` says why not linear), and with its background kept exactly zero, as the
+follow-up's (:func:`shared_background` says why that decides the new-lesion F1). The model then compares the pair on the follow-up's own grid, the follow-up
 untouched, so the outputs need no resampling back (``report.json["registration"]["space"]``).
 
 How (all on copies smoothed and resampled to :data:`WORKING_SPACING_MM`, so a whole head takes
@@ -24,9 +24,14 @@ seconds on two cores):
   and the similarity improves — co-registered pairs keep sub-millimetre residuals, and leaving them
   alone avoids an interpolation; ``never`` only warns;
 * the quality figures, before and after: normalised mutual information (NMI, 1 … 2), Pearson
-  correlation of the intensities inside the follow-up's head mask, head-mask Dice. ``poor`` when
-  the correlation or the head Dice stays low or the similarity got worse; a poor result is a
-  warning (progress event and report.json), the segmentation still runs.
+  correlation of the intensities inside the follow-up's head mask, head-mask Dice where both scans
+  have data, and how much of the follow-up's head the baseline covers;
+* the gate (:func:`gate_notes`), on the pair as the model will compare it, registered or not: a
+  pair whose correlation or head Dice stays low is refused (``never``: a warning), so a baseline
+  rotated by 90° is never "already aligned"; a registration that passes but lowers the NMI is
+  ``poor``, a warning;
+* partial coverage: where the baseline has no data (outside its field of view) nothing can be
+  called new, so the segmentation masks those voxels (:func:`outside_view`, ``Case.uncovered``).
 
 The report entry (``report.json["registration"]``) is documented in :func:`register_inputs`.
 """

@@ -277,15 +277,14 @@ class Segmenter:
         order = list(self.spec.inputs)
         ref_path = given[self.reference_name]
         header = read_header(ref_path, self.reference_name)   # the case's size, before any voxel is read
-        if header is not None:
+        if header is not None and all(math.isfinite(v) and v > 0 for v in header.spacing[:3]):   # else refused below
             check_memory(header.size[:3], header.spacing[:3], _plain(self.spec.preprocessing.spacing), len(order),
                          len(self.spec.outputs.channels), f"input {self.reference_name} ({ref_path})")
         inputs = load_inputs({n: given[n] for n in order}, order, warnings)
         reference = next(i for i in inputs if i.name == self.reference_name)
         registration, registered, uncovered = register_inputs(inputs, reference, self.task, self.opts.register,
                                                               warnings)
-        align_to_reference([i for i in inputs if i.name not in registered], reference, warnings,
-                           self.task.register_inputs)
+        align_to_reference([i for i in inputs if i.name not in registered], reference, warnings)
         return Case(inputs, reference, registration, uncovered)
 
     def prepare_models(self, warnings: list[str]) -> str | None:
