@@ -27,10 +27,10 @@ def physical_memory() -> int | None:
         return None
 
 
-def _proc_status_bytes(field: str, proc: str = "/proc") -> int:
+def _proc_status_bytes(field: str) -> int:
     """A ``VmSize``/``VmRSS`` line of this process's status, in bytes (0 where not available)."""
     try:
-        for line in Path(proc, "self", "status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
@@ -57,14 +57,14 @@ def cgroup_memory_limit(proc: str = "/proc") -> int | None:
         elif len(parts) == 3 and "memory" in parts[1].split(","):
             wanted["cgroup"] = parts[2]
     limits = []
-    for line in mounts:
-        fields = line.split()
-        if " - " not in line:
+    for line in mounts:   # "id parent dev root mountpoint options … - fstype source superoptions"
+        fields, _, tail = line.partition(" - ")
+        fields, tail = fields.split(), tail.split()
+        if len(fields) < 5 or len(tail) < 3 or tail[0] not in wanted:
             continue
-        kind, opts = line.split(" - ", 1)[1].split()[0], line.split(" - ", 1)[1].split()[-1]
-        if kind not in wanted or (kind == "cgroup" and "memory" not in opts.split(",")):
+        kind, root, mount = tail[0], fields[3], fields[4]
+        if kind == "cgroup" and "memory" not in tail[2].split(","):
             continue
-        root, mount = fields[3], fields[4]
         own = wanted[kind]
         rel = os.path.relpath(own, root) if own.startswith(root) else "."
         name = "memory.max" if kind == "cgroup2" else "memory.limit_in_bytes"

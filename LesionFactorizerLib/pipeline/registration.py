@@ -8,8 +8,9 @@ the follow-up with SimpleITK before any preprocessing, and resamples it (registe
 another grid) onto the follow-up's grid once (no second interpolation by the grid alignment that
 follows), with a quintic B-spline that keeps its noise close to the follow-up's
 (:func:`resample_onto` says why not linear), and with its background kept exactly zero, as the
-follow-up's (:func:`shared_background` says why that decides the new-lesion F1). The model then compares the pair on the follow-up's own grid, the follow-up
-untouched, so the outputs need no resampling back (``report.json["registration"]["space"]``).
+follow-up's (:func:`shared_background` says why that decides the new-lesion F1). The model then
+compares the pair on the follow-up's own grid, the follow-up untouched, so the outputs need no
+resampling back (``report.json["registration"]["space"]``).
 
 How (all on copies smoothed and resampled to :data:`WORKING_SPACING_MM`, so a whole head takes
 seconds on two cores):
@@ -44,12 +45,13 @@ from typing import Any
 import numpy as np
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.settings import REGISTER_MODES
 
 WORKING_SPACING_MM = 3.0      # registration grid: coarse enough for seconds, fine enough for sub-mm rigid fits
 AUTO_THRESHOLD_MM = 1.0       # mean head displacement above which ``auto`` registers
-POOR_CORRELATION = 0.5        # intensity correlation inside the head after registration below this: poor
-POOR_HEAD_DICE = 0.9          # head-mask overlap after registration below this: poor
+POOR_CORRELATION = 0.5        # intensity correlation inside the head of the pair compared below this: refused
+POOR_HEAD_DICE = 0.9          # head-mask overlap (where both have data) of the pair compared below this: refused
 SAMPLING_SEED = 14            # Mattes MI's random sample: fixed, so a case registers the same every time
 SAMPLING_FRACTION = 0.25
 HISTOGRAM_BINS = 32
@@ -152,9 +154,9 @@ def register_pair(fixed, moving, mode: str, moving_name: str = "flair_baseline",
         entry["performed"] = True
     compared = after if entry["performed"] else before
     if compared["head_coverage"] == 0.0:   # nothing to compare: every voxel would be masked
-        raise UserError(f"inputs {moving_name} and {fixed_name} do not overlap in physical space; give --register "
-                        f"rigid to register {moving_name} onto {fixed_name}, or check that both scans are of the same "
-                        "patient")
+        way = f"give --register rigid to register {moving_name} onto {fixed_name}, or " if mode == "never" else ""
+        raise UserError(f"inputs {moving_name} and {fixed_name} do not overlap in physical space; {way}check that "
+                        "both scans are of the same patient")
     gate = gate_notes(compared)
     entry["gate"] = {"passed": not gate, "notes": gate}
     if gate and mode != "never":
@@ -182,7 +184,7 @@ def register_pair(fixed, moving, mode: str, moving_name: str = "flair_baseline",
                             "patients or contrasts, fix the inputs")
     else:
         entry["quality"] = "not registered"
-    if not entry["performed"] and _same_grid(moving, fixed):
+    if not entry["performed"] and Geometry.from_image(moving).same_grid(Geometry.from_image(fixed)):
         entry["seconds"] = round(time.monotonic() - t0, 2)
         return entry, None, None
     image, zeroed = resample_onto(moving, fixed, transform)
@@ -199,12 +201,6 @@ def register_pair(fixed, moving, mode: str, moving_name: str = "flair_baseline",
                         "masked there (background); give a baseline that covers the whole head to look there")
     entry["seconds"] = round(time.monotonic() - t0, 2)
     return entry, image, uncovered if masked else None
-
-
-def _same_grid(a, b) -> bool:
-    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-6)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))
 
 
 def outside_view(moving, fixed, transform) -> np.ndarray:
