@@ -174,3 +174,101 @@ def test_model_spacing_that_needs_more_memory_than_the_machine_is_refused(tmp_pa
     with pytest.raises(UserError, match="GiB of memory"):
         segment_case(opts)
     assert not (tmp_path / "out").exists()
+
+
+# -- issue 27: sizes from the header, before any voxel is read -------------------------------------
+def nifti2_header(dims, code=16, spacing=(1.0, 1.0, 1.0)) -> bytes:
+    """A NIfTI-2 header (540 bytes + 4 extension bytes) announcing ``dims`` voxels of type ``code``."""
+    h = bytearray(544)
+    struct.pack_into("<i4s8s", h, 0, 540, b"n+2\0", b"\r\n\x1a\n")
+    struct.pack_into("<hh", h, 12, code, 32)
+    struct.pack_into("<8q", h, 16, len(dims), *dims, *([1] * (7 - len(dims))))
+    struct.pack_into("<8d", h, 104, 1.0, *spacing, *([1.0] * (7 - len(spacing))))
+    struct.pack_into("<q2d", h, 168, 544, 1.0, 0.0)
+    return bytes(h)
+
+
+def write_header_only(path: Path, dims) -> Path:
+    if path.name.endswith(".mha"):
+        path.write_text(f"ObjectType = Image\nNDims = 3\nDimSize = {' '.join(map(str, dims))}\n"
+                        "ElementType = MET_FLOAT\nElementSpacing = 1 1 1\nElementDataFile = LOCAL\n")
+    else:
+        path.write_bytes(nifti2_header(dims))
+    return path
+
+
+@pytest.mark.parametrize("ext", [".nii", ".mha"])
+def test_header_dimensions_that_overflow_are_refused_with_one_line(tmp_path, ext):
+    """2^31 x 2^31 x 4 voxels: a traceback (MHA) or a message with a wrapped-around byte count (NIfTI)."""
+    big = write_header_only(tmp_path / f"dwi{ext}", (2**31, 2**31, 4))
+    refused(big, "2147483648x2147483648x4", "header", "address")
+    paths = write_case(tmp_path / "in")
+    model = save_threshold_model(tmp_path / "thr.safetensors")
+    run = cli("segment", "--task", "stroke", "--model", model, "--input", f"dwi={big}", "--input",
+              f"adc={paths['adc']}", "-o", tmp_path / "out")
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().count("\n") == 0 and run.stderr.startswith("error:"), run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def gzip_of_zeros(path: Path, dims) -> Path:
+    """A .nii.gz of ``dims`` uint8 voxels, zeros but the last (a real NIfTI-1 header, written by
+    SimpleITK, resized): tiny on disk, ``prod(dims)`` bytes decoded."""
+    import gzip
+
+    small = path.with_name("small.nii")
+    sitk.WriteImage(sitk.Image([2, 2, 2], sitk.sitkUInt8), str(small))
+    header = bytearray(small.read_bytes()[:352])
+    small.unlink()
+    struct.pack_into("<4h", header, 40, 3, *dims)
+    chunk = 1 << 24
+    full, rest = divmod(int(np.prod(dims)) - 1, chunk)
+    zeros = gzip.compress(bytes(chunk), 1)   # gzip members concatenate: one compressed chunk, repeated
+    with open(path, "wb") as out:
+        out.write(gzip.compress(bytes(header)) + zeros * full + gzip.compress(bytes(rest) + b"\x01"))
+    return path
+
+
+def test_image_beyond_the_process_address_space_limit_is_refused_before_reading(tmp_path):
+    """Under ``ulimit -v`` (RLIMIT_AS) an image small on disk but huge in its header is refused
+    from its header with one line naming the limit, not by a failed allocation (on disk 4 MB, read
+    0.75 GiB, cast to float32 3 GiB)."""
+    import resource
+
+    big = gzip_of_zeros(tmp_path / "dwi.nii.gz", (1024, 1024, 768))
+    assert big.stat().st_size < 2**23
+    paths = write_case(tmp_path / "in")
+    model = save_threshold_model(tmp_path / "thr.safetensors")
+    limit = 2 << 30   # the case needs ~25 GiB: the physical-memory check alone passes it on a large machine
+    run = cli("segment", "--task", "stroke", "--model", model, "--input", f"dwi={big}", "--input",
+              f"adc={paths['adc']}", "-o", tmp_path / "out",
+              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().count("\n") == 0, run.stderr
+    assert "address-space limit (ulimit -v) of 2 GiB" in run.stderr and "1024x1024x768" in run.stderr, run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cgroup_memory_limits_are_read_from_this_process_hierarchies(tmp_path):
+    """The v2 ``memory.max`` and v1 ``memory.limit_in_bytes`` of the process's own cgroup and its
+    parents, in the layouts /proc/self/cgroup and /proc/self/mountinfo describe."""
+    from LesionFactorizerLib.pipeline.guards import cgroup_memory_limit
+
+    proc, sys_fs = tmp_path / "proc", tmp_path / "sys"
+    (proc / "self").mkdir(parents=True)
+    v2 = sys_fs / "unified" / "job" / "step"
+    v1 = sys_fs / "memory" / "slurm" / "uid_1"
+    v2.mkdir(parents=True)
+    v1.mkdir(parents=True)
+    (sys_fs / "unified" / "job" / "memory.max").write_text(f"{3 << 30}\n")
+    (v2 / "memory.max").write_text("max\n")
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")   # v1's "no limit"
+    (proc / "self" / "mountinfo").write_text(
+        f"41 31 0:38 / {sys_fs / 'unified'} rw,relatime - cgroup2 cgroup2 rw\n"
+        f"35 31 0:32 / {sys_fs / 'memory'} rw,relatime - cgroup cgroup rw,memory\n")
+    (proc / "self" / "cgroup").write_text("4:memory:/slurm/uid_1\n0::/job/step\n")
+    assert cgroup_memory_limit(str(proc)) == 3 << 30            # the v2 parent's limit
+    (v1 / "memory.limit_in_bytes").write_text(f"{1 << 30}\n")
+    assert cgroup_memory_limit(str(proc)) == 1 << 30            # v1's, tighter
+    (proc / "self" / "cgroup").write_text("0::/\n")
+    assert cgroup_memory_limit(str(proc)) is None               # the root: no limit

@@ -16,25 +16,53 @@ from LesionFactorizerLib.pipeline.io import AtomicOutput, read_image
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 
 
-def write_dicom_series(image: sitk.Image, folder, series_uid="1.2.826.0.1.3680043.2.1125.1", description="DWI"):
+def write_dicom_series(image: sitk.Image, folder, series_uid="1.2.826.0.1.3680043.2.1125.1", description="DWI",
+                       tilt_deg: float = 0.0, omit=()):
+    """One file per slice, its geometry tags from ``image``. ``tilt_deg``: gantry tilt, each slice's
+    position shifted along the column direction by tan(tilt) x slice spacing (the orientation stays
+    the scanner's); ``omit``: tags (``"0020|0032"``) left out of every file."""
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(sitk.RescaleIntensity(image, 0, 1000), sitk.sitkInt16)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     direction = image.GetDirection()
+    column = np.array(direction[1::3])
+    shear = np.tan(np.radians(tilt_deg)) * image.GetSpacing()[2]
     for z in range(image.GetDepth()):
         s = image[:, :, z]
-        s.SetMetaData("0020|000e", series_uid)
-        s.SetMetaData("0020|000d", "1.2.826.0.1.3680043.2.1125.2")
-        s.SetMetaData("0008|0060", "MR")
-        s.SetMetaData("0008|103e", description)
-        s.SetMetaData("0020|0037", "\\".join(map(str, (direction[0], direction[3], direction[6],
-                                                           direction[1], direction[4], direction[7]))))
-        s.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z)))))
-        s.SetMetaData("0020|0013", str(z + 1))
-        s.SetMetaData("0008|0018", f"{series_uid}.{z + 1}")
+        position = np.array(image.TransformIndexToPhysicalPoint((0, 0, z))) + z * shear * column
+        tags = {"0020|000e": series_uid, "0020|000d": "1.2.826.0.1.3680043.2.1125.2", "0008|0060": "MR",
+                "0008|103e": description,
+                "0020|0037": "\\".join(map(str, (direction[0], direction[3], direction[6],
+                                                  direction[1], direction[4], direction[7]))),
+                "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+                "0020|0013": str(z + 1), "0008|0018": f"{series_uid}.{z + 1}"}
+        for key, value in tags.items():
+            s.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
         writer.Execute(s)
+        if omit:   # GDCM's writer fills geometry tags in from the image: remove them afterwards
+            import pydicom
+
+            ds = pydicom.dcmread(folder / f"slice{z:03d}.dcm")
+            for tag in omit:
+                del ds[tuple(int(part, 16) for part in tag.split("|"))]
+            ds.save_as(folder / f"slice{z:03d}.dcm")
+
+
+def geometry_from_tags(folder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Origin, spacing and direction (columns: row, column, slice axes) of a DICOM series computed
+    from its tags with pydicom, not ITK: slices sorted along the orientation's normal."""
+    import pydicom
+
+    slices = [pydicom.dcmread(f) for f in sorted(folder.iterdir())]
+    iop = np.array(slices[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    positions = sorted((np.array(s.ImagePositionPatient, float) for s in slices), key=lambda p: p @ normal)
+    step = positions[1] - positions[0]
+    row_mm, col_mm = map(float, slices[0].PixelSpacing)   # between rows, between columns
+    spacing = np.array([col_mm, row_mm, np.linalg.norm(step)])
+    return positions[0], spacing, np.column_stack([iop[:3], iop[3:], step / np.linalg.norm(step)])
 
 
 def test_dicom_series_folder_is_read_with_its_geometry(tmp_path):
@@ -45,6 +73,45 @@ def test_dicom_series_folder_is_read_with_its_geometry(tmp_path):
     assert got.size == geom.size
     assert np.allclose(got.spacing, geom.spacing, atol=1e-4) and np.allclose(got.origin, geom.origin, atol=1e-3)
     assert "DICOM series" in notes[0]
+
+
+def test_oblique_dicom_series_geometry_matches_its_tags(tmp_path):
+    """An oblique (rotated, not tilted) series: origin, spacing and axes as pydicom reads the tags."""
+    from test_pipeline_data import rotation
+
+    write_dicom_series(sample(grid((24, 20, 8), (1.1, 1.3, 3.0), rotation(0, 20) @ rotation(2, 10))), tmp_path / "dwi")
+    image, _, _ = read_image(tmp_path / "dwi", "dwi")
+    origin, spacing, direction = geometry_from_tags(tmp_path / "dwi")
+    assert np.allclose(image.GetOrigin(), origin, atol=1e-3)
+    assert np.allclose(image.GetSpacing(), spacing, atol=1e-4)
+    assert np.allclose(np.array(image.GetDirection()).reshape(3, 3), direction, atol=1e-5)
+
+
+def test_gantry_tilted_dicom_series_is_refused_naming_the_tilt(tmp_path):
+    """Read as an orthogonal grid, a 15° tilted series loses the tilt: slice spacing, positions and
+    volumes are wrong. The tilt the message names is the angle between the slice step and the
+    orientation's normal, computed here from the tags."""
+    write_dicom_series(sample(grid((24, 20, 8), (1.2, 1.2, 2.0))), tmp_path / "dwi", tilt_deg=15.0)
+    _, _, direction = geometry_from_tags(tmp_path / "dwi")
+    iop_normal = np.cross(direction[:, 0], direction[:, 1])
+    tilt = np.degrees(np.arccos(abs(direction[:, 2] @ iop_normal)))
+    assert abs(tilt - 15.0) < 0.01
+    with pytest.raises(UserError) as info:
+        read_image(tmp_path / "dwi", "dwi")
+    message = str(info.value)
+    assert f"gantry tilt of {tilt:.1f}°" in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("missing", [("0020|0032",), ("0020|0037",), ("0020|0032", "0020|0037")])
+def test_dicom_series_without_position_or_orientation_is_refused(tmp_path, missing):
+    """Without them ITK assumes 1 mm slices, the identity orientation and origin 0: a 54 mL infarct
+    read as 24 mL. Refused, naming the missing tag."""
+    write_dicom_series(sample(grid((24, 20, 8), (1.2, 1.2, 2.0))), tmp_path / "dwi", omit=missing)
+    with pytest.raises(UserError) as info:
+        read_image(tmp_path / "dwi", "dwi")
+    message = str(info.value)
+    names = {"0020|0032": "ImagePositionPatient", "0020|0037": "ImageOrientationPatient"}
+    assert all(names[tag] in message for tag in missing) and "geometry" in message, message
 
 
 def test_folder_with_two_series_is_refused(tmp_path):

@@ -50,7 +50,7 @@ def read(path):
 
 def test_co_registered_pair_is_detected_as_aligned(pair):
     warnings = []
-    entry, image = register_pair(read(pair["followup"]), read(pair["baseline"]), "auto", warnings=warnings)
+    entry, image, _ = register_pair(read(pair["followup"]), read(pair["baseline"]), "auto", warnings=warnings)
     assert image is None and not entry["performed"] and not warnings
     assert entry["reason"].startswith("already aligned")
     assert entry["estimate"]["displacement_mm"]["mean"] < AUTO_THRESHOLD_MM
@@ -59,7 +59,7 @@ def test_co_registered_pair_is_detected_as_aligned(pair):
 
 def test_misaligned_pair_is_registered_to_the_known_motion(pair):
     fixed, warnings = read(pair["followup"]), []
-    entry, image = register_pair(fixed, read(pair["moved"]), "auto", warnings=warnings)
+    entry, image, _ = register_pair(fixed, read(pair["moved"]), "auto", warnings=warnings)
     assert entry["performed"] and entry["quality"] == "good" and not warnings, (entry, warnings)
     assert entry["reason"].startswith("flair_baseline appears moved by")
     t = entry["transform"]
@@ -81,7 +81,7 @@ def test_misaligned_pair_is_registered_to_the_known_motion(pair):
     # resampled once, straight onto the follow-up grid
     assert image.GetSize() == fixed.GetSize() and np.allclose(image.GetDirection(), fixed.GetDirection())
     # deterministic: the same case registers to the same transform
-    again, _ = register_pair(fixed, read(pair["moved"]), "auto")
+    again, _, _ = register_pair(fixed, read(pair["moved"]), "auto")
     assert again["transform"]["parameters"] == t["parameters"]
 
 
@@ -100,7 +100,7 @@ def test_resampling_keeps_the_background_at_zero(pair):
     a, b = sitk.GetArrayViewFromImage(same), sitk.GetArrayViewFromImage(baseline)
     assert np.array_equal(a != 0, b != 0) and np.allclose(a, b, atol=1e-3)
 
-    entry, image = register_pair(followup, read(pair["moved"]), "rigid")
+    entry, image, _ = register_pair(followup, read(pair["moved"]), "rigid")
     assert entry["space"] == "flair_followup grid" and entry["background_voxels_zeroed"] > 0
     assert "zero where flair_followup is zero" in entry["background"]
     moved, unmoved = nonzero_stats(image), nonzero_stats(baseline)
@@ -113,29 +113,33 @@ def test_resampling_keeps_the_background_at_zero(pair):
 
 def test_never_only_warns_about_the_misalignment(pair):
     warnings = []
-    entry, image = register_pair(read(pair["followup"]), read(pair["moved"]), "never", warnings=warnings)
-    assert image is None and not entry["performed"]
-    assert len(warnings) == 1 and "look misaligned" in warnings[0] and "--register auto" in warnings[0]
+    followup = read(pair["followup"])
+    entry, image, _ = register_pair(followup, read(pair["moved"]), "never", warnings=warnings)
+    assert not entry["performed"] and not entry["gate"]["passed"]
+    assert "look misaligned" in warnings[0] and "--register auto" in warnings[0]
+    assert all("masked" in w for w in warnings[1:])   # the moved field of view misses a corner of the head
+    # its file is on another grid: put on the follow-up's by the one resampling rule, without a transform
+    same, _ = resample_onto(read(pair["moved"]), followup, sitk.Transform())
+    assert np.array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(same))
 
 
 def test_affine_refines_the_rigid_fit(pair):
     fixed = read(pair["followup"])
-    entry, image = register_pair(fixed, read(pair["moved"]), "affine")
+    entry, image, _ = register_pair(fixed, read(pair["moved"]), "affine")
     assert entry["performed"] and entry["transform"]["type"] == "AffineTransform", entry
     assert entry["quality"] == "good" and entry["metric_after"]["correlation"] > 0.7
     assert image.GetSize() == fixed.GetSize()
 
 
 def test_a_different_image_registers_poorly_and_says_so(pair):
-    """Noise against a head: nothing to align, so the result must be flagged, not trusted."""
+    """Noise against a head: nothing to align, so the result is refused, not trusted."""
     fixed = read(pair["followup"])
     rng = np.random.default_rng(0)
     noise = sitk.GetImageFromArray(rng.random(sitk.GetArrayViewFromImage(fixed).shape).astype(np.float32))
     noise.CopyInformation(fixed)
-    warnings = []
-    entry, _ = register_pair(fixed, noise, "rigid", warnings=warnings)
-    assert entry["performed"] and entry["quality"] == "poor" and entry["quality_notes"]
-    assert any("looks poor" in w for w in warnings)
+    with pytest.raises(UserError, match="do not line up after rigid registration") as info:
+        register_pair(fixed, noise, "rigid")
+    assert "intensity correlation" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_register_option_is_one_setting():
@@ -188,6 +192,61 @@ def test_cli_registers_the_misaligned_sample(pair, tmp_path):
                "--input", f"adc={pair['baseline']}", "--output", tmp_path / "stroke")
     assert proc.returncode == 2 and proc.stderr.startswith("error: --register rigid"), proc.stderr
     assert not (tmp_path / "stroke").exists()
+
+
+def test_baseline_rotated_by_90_degrees_is_refused_not_called_aligned(pair, tmp_path):
+    """The best rigid fit from either start stays near the identity (NMI does not improve): that
+    must not read as "already aligned" when the pair's intensities do not even correlate."""
+    rotated = tmp_path / "flair_baseline_rot90.nii.gz"
+    sitk.WriteImage(move_head(sitk.ReadImage(pair["baseline"]), 90.0, (0, 0, 0), axis=(0, 0, 1)), str(rotated))
+    warnings = []
+    entry, _, _ = register_pair(read(pair["followup"]), read(rotated), "never", warnings=warnings)
+    assert not entry["gate"]["passed"] and "intensity correlation" in entry["gate"]["notes"][0]
+    assert "look misaligned" in warnings[0]
+
+    model = save_threshold_model(tmp_path / "thr.safetensors", task="ms-new", in_channels=2, channel=1,
+                                 inputs=["flair_baseline", "flair_followup"], spacing=(2.0, 2.0, 2.0))
+    proc = cli("segment", "--task", "ms-new", "--model", model, "--input", f"flair_baseline={rotated}",
+               "--input", f"flair_followup={pair['followup']}", "--output", tmp_path / "out", "--no-overview")
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "do not line up" in proc.stderr and "--register never" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_baseline_covering_half_the_head_masks_the_comparison_where_it_has_no_data(pair, tmp_path):
+    """A baseline of the upper half of the head (its own, shorter grid): no lesion may be reported
+    where it has no data, report.json and a warning say what was masked, and the baseline reaches
+    the model through the one resampling rule (quintic B-spline, shared background), not linear."""
+    baseline = sitk.ReadImage(pair["baseline"])
+    depth = baseline.GetSize()[2]
+    half = tmp_path / "flair_baseline_half.nii.gz"
+    sitk.WriteImage(baseline[:, :, depth // 2:], str(half))
+    followup = read(pair["followup"])
+    warnings = []
+    entry, image, uncovered = register_pair(followup, read(half), "auto", warnings=warnings)
+    assert not entry["performed"] and entry["gate"]["passed"]
+    same, _ = resample_onto(read(half), followup, sitk.Transform())
+    assert np.array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(same))
+    assert uncovered.shape == sitk.GetArrayViewFromImage(followup).shape
+    slices = np.flatnonzero(uncovered.all(axis=(1, 2)))   # numpy axis 0 is z: the lower half, entirely
+    assert len(slices) == depth // 2 and slices.max() == depth // 2 - 1 and not uncovered[depth // 2:].any()
+    assert 0.3 < entry["coverage"]["head_fraction"] < 0.7 and entry["coverage"]["masked_voxels"] > 0
+    assert len(warnings) == 1 and "masked" in warnings[0]
+
+    model = save_threshold_model(tmp_path / "thr.safetensors", task="ms-new", in_channels=2, channel=1,
+                                 inputs=["flair_baseline", "flair_followup"], spacing=(2.0, 2.0, 2.0), threshold=2.0)
+    out = tmp_path / "out"
+    proc = cli("segment", "--task", "ms-new", "--model", model, "--input", f"flair_baseline={half}",
+               "--input", f"flair_followup={pair['followup']}", "--output", out, "--no-overview")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["registration"]["coverage"]["masked_voxels"] == entry["coverage"]["masked_voxels"]
+    assert any("masked" in w for w in report["warnings"])
+    assert not any("linear" in w for w in report["warnings"])
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nii.gz")))
+    assert labels[depth // 2:].any() and not labels[: depth // 2].any()   # lesions only where both scans are
+    z_limit = followup.TransformIndexToPhysicalPoint((0, 0, depth // 2))[2] - 0.5
+    assert report["lesions"] and all(lesion["centroid_lps"][2] > z_limit for lesion in report["lesions"])
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +320,7 @@ def test_slicer_request_and_summary_carry_the_registration(pair):
         workerLib.SegmentRequest(task="stroke", inputs={"dwi": "a", "adc": "b"}, output_dir="o",
                                  register="affine").validate()
 
-    entry, _ = register_pair(read(pair["followup"]), read(pair["moved"]), "auto")
+    entry, _, _ = register_pair(read(pair["followup"]), read(pair["moved"]), "auto")
     report = {"lesion_count": 2, "warnings": [], "registration": entry}
     line = reportLib.summary_line(report, "ms-new")
     assert "Baseline registered to the follow-up (rigid: 10." in line and "quality good" in line, line

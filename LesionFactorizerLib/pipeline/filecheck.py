@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import struct
 import zlib
@@ -75,7 +76,7 @@ def check_nifti(data: bytes, path: Path, name: str) -> None:
     kind, size = _NIFTI_TYPES[code]
     if kind.startswith("c"):
         raise UserError(f"{bad} holds complex values; give a real-valued (magnitude) MRI volume")
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 0
+    count = math.prod(dims) if dims else 0   # Python ints: 2^31 x 2^31 x 4 must not wrap to 0
     needed = vox_offset + count * size
     if count <= 0 or len(data) < needed:
         raise UserError(f"{bad} is truncated or its header is wrong: the header announces "
@@ -94,6 +95,24 @@ def check_nifti(data: bytes, path: Path, name: str) -> None:
         bad_count = count - int(np.count_nonzero(np.isfinite(values)))
         if bad_count:
             raise UserError(f"{bad} contains {bad_count} NaN or infinite voxel values; fix or re-export the image")
+
+
+def nifti_size(path: Path) -> tuple[list[int], list[float], int] | None:
+    """(dims, voxel sizes, bytes per voxel) from a single-file NIfTI's header alone (the first bytes
+    of the gzip stream when compressed), or None when the file is no such NIfTI: the size is known
+    before the voxels are decompressed or allocated."""
+    try:
+        with open(path, "rb") as raw:
+            head = raw.read(2)
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
+            data = stream.read(544)
+    except (OSError, EOFError, zlib.error):
+        return None   # read_bytes_checked says what is wrong with the file
+    header = _nifti_header(data)
+    if header is None or not header[0] or header[1] not in _NIFTI_TYPES:
+        return None
+    return header[0], header[3], _NIFTI_TYPES[header[1]][1]
 
 
 def header_order(data: bytes) -> str:

@@ -4,12 +4,13 @@ New-lesion detection compares the two time points voxel by voxel, so a baseline 
 co-registered with the follow-up turns every tissue edge into a "new lesion". Real follow-up pairs
 come straight from the scanner in their own positions; this stage checks the pair and, when it is
 misaligned (``--register auto``) or when asked (``rigid`` / ``affine``), registers the baseline onto
-the follow-up with SimpleITK before any preprocessing, and resamples it onto the follow-up's grid
-once (no second interpolation by the grid alignment that follows), with a quintic B-spline that
-keeps its noise close to the follow-up's (:func:`resample_onto` says why not linear), and with its
-background kept exactly zero, as the follow-up's (:func:`shared_background` says why that decides
-the new-lesion F1). The model then compares the pair on the follow-up's own grid, the follow-up
-untouched, so the outputs need no resampling back (``report.json["registration"]["space"]``).
+the follow-up with SimpleITK before any preprocessing, and resamples it (registered, or only on
+another grid) onto the follow-up's grid once (no second interpolation by the grid alignment that
+follows), with a quintic B-spline that keeps its noise close to the follow-up's
+(:func:`resample_onto` says why not linear), and with its background kept exactly zero, as the
+follow-up's (:func:`shared_background` says why that decides the new-lesion F1). The model then
+compares the pair on the follow-up's own grid, the follow-up untouched, so the outputs need no
+resampling back (``report.json["registration"]["space"]``).
 
 How (all on copies smoothed and resampled to :data:`WORKING_SPACING_MM`, so a whole head takes
 seconds on two cores):
@@ -24,9 +25,14 @@ seconds on two cores):
   and the similarity improves — co-registered pairs keep sub-millimetre residuals, and leaving them
   alone avoids an interpolation; ``never`` only warns;
 * the quality figures, before and after: normalised mutual information (NMI, 1 … 2), Pearson
-  correlation of the intensities inside the follow-up's head mask, head-mask Dice. ``poor`` when
-  the correlation or the head Dice stays low or the similarity got worse; a poor result is a
-  warning (progress event and report.json), the segmentation still runs.
+  correlation of the intensities inside the follow-up's head mask, head-mask Dice where both scans
+  have data, and how much of the follow-up's head the baseline covers;
+* the gate (:func:`gate_notes`), on the pair as the model will compare it, registered or not: a
+  pair whose correlation or head Dice stays low is refused (``never``: a warning), so a baseline
+  rotated by 90° is never "already aligned"; a registration that passes but lowers the NMI is
+  ``poor``, a warning;
+* partial coverage: where the baseline has no data (outside its field of view) nothing can be
+  called new, so the segmentation masks those voxels (:func:`outside_view`, ``Case.uncovered``).
 
 The report entry (``report.json["registration"]``) is documented in :func:`register_inputs`.
 """
@@ -39,23 +45,28 @@ from typing import Any
 import numpy as np
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.settings import REGISTER_MODES
 
 WORKING_SPACING_MM = 3.0      # registration grid: coarse enough for seconds, fine enough for sub-mm rigid fits
 AUTO_THRESHOLD_MM = 1.0       # mean head displacement above which ``auto`` registers
-POOR_CORRELATION = 0.5        # intensity correlation inside the head after registration below this: poor
-POOR_HEAD_DICE = 0.9          # head-mask overlap after registration below this: poor
+POOR_CORRELATION = 0.5        # intensity correlation inside the head of the pair compared below this: refused
+POOR_HEAD_DICE = 0.9          # head-mask overlap (where both have data) of the pair compared below this: refused
 SAMPLING_SEED = 14            # Mattes MI's random sample: fixed, so a case registers the same every time
 SAMPLING_FRACTION = 0.25
 HISTOGRAM_BINS = 32
 
 
-def register_inputs(inputs: list, reference, task, mode: str, warnings: list[str]) -> tuple[dict | None, set[str]]:
+def register_inputs(inputs: list, reference, task, mode: str, warnings: list[str]):
     """Check (and with ``mode`` != never, possibly register) the task's other-session inputs.
 
-    Returns the ``report.json["registration"]`` entry (None for tasks without such inputs) and the
-    names of the inputs now on the reference grid. Registered inputs get their image replaced by
-    the one resampled onto the reference grid; their ``geometry`` stays the file's. The entry:
+    Returns the ``report.json["registration"]`` entry (None for tasks without such inputs), the
+    names of the inputs now on the reference grid, and where on that grid they have no data (a
+    boolean array, numpy order, or None: the outputs are masked there). Inputs registered or on
+    another grid get their image replaced by the one resampled onto the reference grid (always
+    :func:`resample_onto`: one rule); their ``geometry`` stays the file's. Refused (``UserError``)
+    unless ``mode`` is ``never``: a pair that does not line up (:func:`gate_notes`) in the state the
+    model would compare. The entry:
 
     * ``mode`` (auto / rigid / affine / never), ``moving`` (input name), ``fixed`` (reference name);
     * ``performed`` (bool), ``reason`` (why it was or was not registered);
@@ -65,12 +76,18 @@ def register_inputs(inputs: list, reference, task, mode: str, warnings: list[str
       ``matrix_lps`` (4×4, maps follow-up points to baseline points in LPS mm: ITK's resampling
       convention), ``baseline_to_followup_ras`` (4×4, the inverse in RAS: what a Slicer transform
       node applied to the baseline volume needs), ``rotation_deg`` (rigid part's angle);
-    * ``metric_before`` / ``metric_after``: ``nmi``, ``correlation``, ``head_dice`` on the working grid;
-    * ``space`` (when performed): where the model compared the two time points — ``"<fixed> grid"``:
+    * ``metric_before`` / ``metric_after``: ``nmi``, ``correlation``, ``head_dice`` (inside the
+      baseline's field of view), ``head_coverage`` (fraction of the follow-up's head inside it) on the
+      working grid;
+    * ``gate``: the checks of the pair as compared (``passed``, ``notes``);
+    * ``space`` (when resampled): where the model compared the two time points — ``"<fixed> grid"``:
       the baseline resampled onto the follow-up's grid, the follow-up untouched, so the outputs are
       on the follow-up's geometry with no second resampling;
-    * ``background`` (when performed): the rule that keeps the resampled baseline's background at
+    * ``background`` (when resampled): the rule that keeps the resampled baseline's background at
       exactly zero (:func:`shared_background` says why) and ``background_voxels_zeroed``;
+    * ``coverage`` (when resampled): ``head_fraction`` and ``masked_voxels``: follow-up voxels with
+      a non-zero value outside the baseline's field of view, where no lesion can be called new and
+      the outputs are masked (background);
     * ``quality`` (good / poor; ``not registered`` when not performed) and ``quality_notes``;
     * ``seconds`` spent.
     """
@@ -82,25 +99,27 @@ def register_inputs(inputs: list, reference, task, mode: str, warnings: list[str
         if mode in ("rigid", "affine"):
             raise UserError(f"--register {mode}: task {task.name!r} has no inputs from another session to register "
                             "(only ms-new registers its baseline onto the follow-up); leave --register at auto")
-        return None, set()
+        return None, set(), None
     if len(moving_inputs) > 1:   # one entry per run; tasks register one earlier time point
         raise UserError(f"task {task.name!r} lists {len(moving_inputs)} inputs to register; one is supported")
     item = moving_inputs[0]
-    entry, image = register_pair(reference.image, item.image, mode, item.name, reference.name, warnings)
+    entry, image, uncovered = register_pair(reference.image, item.image, mode, item.name, reference.name, warnings)
     if image is None:
-        return entry, set()
+        return entry, set(), None
     item.image = image
-    item.notes.append(f"registered onto {reference.name} ({entry['transform']['kind']}) and resampled onto its grid "
-                      f"(quintic B-spline interpolation; background kept at zero: {entry['background']})")
-    return entry, {item.name}
+    how = (f"registered onto {reference.name} ({entry['transform']['kind']}) and resampled onto its grid"
+           if entry["performed"] else f"resampled onto {reference.name}'s grid without a transform")
+    item.notes.append(f"{how} (quintic B-spline interpolation; background kept at zero: {entry['background']})")
+    return entry, {item.name}, uncovered
 
 
 def register_pair(fixed, moving, mode: str, moving_name: str = "flair_baseline", fixed_name: str = "flair_followup",
                   warnings: list[str] | None = None):
     """Register ``moving`` onto ``fixed`` (SimpleITK images) as ``mode`` says.
 
-    Returns ``(entry, image)``: the report entry (see :func:`register_inputs`) and the moving
-    image resampled onto the fixed grid, or None when it was not registered."""
+    Returns ``(entry, image, uncovered)``: the report entry (see :func:`register_inputs`), the
+    moving image resampled onto the fixed grid (None when it was neither registered nor on another
+    grid), and the fixed-grid voxels outside its field of view (None when none)."""
     import time
 
     import SimpleITK as sitk
@@ -126,37 +145,73 @@ def register_pair(fixed, moving, mode: str, moving_name: str = "flair_baseline",
             f"against {fixed_name}")
     if mode == "never":
         entry["reason"] = "--register never"
-        if misaligned:
-            warnings.append(f"{what} (correlation {before['correlation']:.2f}): the scans look misaligned and "
-                            "--register never was given; new-lesion detection compares the scans voxel by voxel, so "
-                            "misaligned anatomy reads as new lesions: run again with --register auto")
     elif mode == "auto" and not misaligned:
         entry["reason"] = (f"already aligned: the best rigid fit moves the head by {shift['mean']:.2f} mm on average "
-                           f"(threshold {AUTO_THRESHOLD_MM:g} mm)" if not improved or shift["mean"] <= AUTO_THRESHOLD_MM
-                           else "already aligned")
+                           f"(threshold {AUTO_THRESHOLD_MM:g} mm)" if shift["mean"] <= AUTO_THRESHOLD_MM
+                           else "already aligned: no transform found improves the similarity")
     else:
         entry["reason"] = what if mode == "auto" else f"--register {mode}"
         entry["performed"] = True
-    if not entry["performed"]:
+    compared = after if entry["performed"] else before
+    if compared["head_coverage"] == 0.0:   # nothing to compare: every voxel would be masked
+        way = f"give --register rigid to register {moving_name} onto {fixed_name}, or " if mode == "never" else ""
+        raise UserError(f"inputs {moving_name} and {fixed_name} do not overlap in physical space; {way}check that "
+                        "both scans are of the same patient")
+    gate = gate_notes(compared)
+    entry["gate"] = {"passed": not gate, "notes": gate}
+    if gate and mode != "never":
+        done = (f"after {entry['estimate']['kind']} registration" if entry["performed"]
+                else "and registration found no better fit")
+        raise UserError(f"{moving_name} and {fixed_name} do not line up {done} ({'; '.join(gate)}): they may be "
+                        "different patients or contrasts, or one is flipped or rotated far beyond a head's motion; "
+                        "check both scans and co-register them beforehand (or give --register never to compare "
+                        "them as they are)")
+    if mode == "never" and (misaligned or gate):
+        warnings.append(f"{what} (correlation {before['correlation']:.2f}{'; ' + '; '.join(gate) if gate else ''}): "
+                        "the scans look misaligned and --register never was given; new-lesion detection compares the "
+                        "scans voxel by voxel, so misaligned anatomy reads as new lesions: run again with "
+                        "--register auto")
+    transform = estimate if entry["performed"] else sitk.Transform()
+    if entry["performed"]:
+        entry["metric_after"] = after
+        entry["transform"] = describe_transform(estimate, rigid, entry["estimate"]["kind"])
+        notes = quality_notes(before, after)
+        entry["quality"] = "poor" if notes else "good"
+        entry["quality_notes"] = notes
+        if notes:
+            warnings.append(f"registration of {moving_name} onto {fixed_name} looks poor ({'; '.join(notes)}): check "
+                            "the two scans side by side before trusting new lesions; if they are from different "
+                            "patients or contrasts, fix the inputs")
+    else:
         entry["quality"] = "not registered"
+    if not entry["performed"] and Geometry.from_image(moving).same_grid(Geometry.from_image(fixed)):
         entry["seconds"] = round(time.monotonic() - t0, 2)
-        return entry, None
-    entry["metric_after"] = after
-    entry["transform"] = describe_transform(estimate, rigid, entry["estimate"]["kind"])
-    notes = quality_notes(before, after)
-    entry["quality"] = "poor" if notes else "good"
-    entry["quality_notes"] = notes
-    if notes:
-        warnings.append(f"registration of {moving_name} onto {fixed_name} looks poor ({'; '.join(notes)}): check the "
-                        "two scans side by side before trusting new lesions; if they are from different patients or "
-                        "contrasts, fix the inputs")
-    image, zeroed = resample_onto(moving, fixed, estimate)
+        return entry, None, None
+    image, zeroed = resample_onto(moving, fixed, transform)
     entry["space"] = f"{fixed_name} grid"
     entry["background"] = (f"zero where {fixed_name} is zero or {moving_name} had no non-zero voxel "
                            "(the models z-score the non-zero voxels)")
     entry["background_voxels_zeroed"] = zeroed
+    uncovered = outside_view(moving, fixed, transform)
+    masked = int((uncovered & (sitk.GetArrayViewFromImage(fixed) != 0)).sum())
+    entry["coverage"] = {"head_fraction": compared["head_coverage"], "masked_voxels": masked}
+    if masked:
+        warnings.append(f"{moving_name} covers only {compared['head_coverage']:.0%} of {fixed_name}'s head: where it "
+                        f"has no data ({masked} voxels of {fixed_name}) nothing can be called new, so the outputs are "
+                        "masked there (background); give a baseline that covers the whole head to look there")
     entry["seconds"] = round(time.monotonic() - t0, 2)
-    return entry, image
+    return entry, image, uncovered if masked else None
+
+
+def outside_view(moving, fixed, transform) -> np.ndarray:
+    """Fixed-grid voxels (numpy order) that ``transform`` maps outside the moving image's field of
+    view (the hull of its voxel centres): the baseline has no data there, only the resampler's zeros."""
+    import SimpleITK as sitk
+
+    ones = sitk.Image(moving.GetSize(), sitk.sitkFloat32) + 1.0
+    ones.CopyInformation(moving)
+    inside = sitk.Resample(ones, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(inside) < 1.0 - 1e-3
 
 
 def resample_onto(moving, fixed, transform):
@@ -203,13 +258,21 @@ def shared_background(resampled, moving, fixed, transform):
     return sitk.Mask(resampled, keep, 0.0), int(drop.sum())
 
 
-def quality_notes(before: dict, after: dict) -> list[str]:
-    """Reasons to call a registration poor (empty: good)."""
+def gate_notes(compared: dict) -> list[str]:
+    """Why a pair, as the model would compare it, does not line up (empty: it does): its intensities
+    inside the follow-up's head must correlate and the two heads overlap where both scans have data.
+    A baseline rotated by 90° (correlation about 0) or another patient's scan fails."""
     notes = []
-    if after["correlation"] < POOR_CORRELATION:
-        notes.append(f"intensity correlation {after['correlation']:.2f} < {POOR_CORRELATION:g}")
-    if after["head_dice"] < POOR_HEAD_DICE:
-        notes.append(f"head overlap (Dice) {after['head_dice']:.2f} < {POOR_HEAD_DICE:g}")
+    if compared["correlation"] < POOR_CORRELATION:
+        notes.append(f"intensity correlation {compared['correlation']:.2f} < {POOR_CORRELATION:g}")
+    if compared["head_dice"] < POOR_HEAD_DICE:
+        notes.append(f"head overlap (Dice) {compared['head_dice']:.2f} < {POOR_HEAD_DICE:g}")
+    return notes
+
+
+def quality_notes(before: dict, after: dict) -> list[str]:
+    """Reasons to call a registration that passed the gate poor (empty: good)."""
+    notes = []
     if after["nmi"] < before["nmi"] - 1e-3:
         notes.append(f"similarity got worse (NMI {before['nmi']:.3f} → {after['nmi']:.3f})")
     return notes
@@ -362,7 +425,8 @@ def displacement(transform, image, mask) -> dict[str, float]:
 
 
 def similarity(fixed, moving, fixed_mask, moving_mask, transform) -> dict[str, float]:
-    """NMI, correlation and head-mask Dice of ``moving`` seen through ``transform`` on ``fixed``'s grid."""
+    """NMI, correlation, head-mask Dice and head coverage of ``moving`` seen through ``transform`` on
+    ``fixed``'s grid (:func:`register_inputs` defines them)."""
     import SimpleITK as sitk
 
     moved = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
@@ -371,13 +435,15 @@ def similarity(fixed, moving, fixed_mask, moving_mask, transform) -> dict[str, f
     head = sitk.GetArrayViewFromImage(fixed_mask) > 0
     a = sitk.GetArrayViewFromImage(fixed)
     use = head & (inside > 0)
-    dice = 2.0 * float((head & moved_mask).sum()) / max(float(head.sum() + moved_mask.sum()), 1.0)
+    # the overlap where both scans have data: a baseline of half the head can still line up
+    dice = 2.0 * float((use & moved_mask).sum()) / max(float(use.sum() + moved_mask.sum()), 1.0)
+    coverage = round(float(use.sum()) / max(float(head.sum()), 1.0), 4)
     if use.sum() < 10:
-        return {"nmi": 1.0, "correlation": 0.0, "head_dice": round(dice, 4)}
+        return {"nmi": 1.0, "correlation": 0.0, "head_dice": round(dice, 4), "head_coverage": coverage}
     x, y = a[use].astype(np.float64), moved[use].astype(np.float64)
     corr = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else 0.0
     return {"nmi": round(normalised_mutual_information(x, y), 4), "correlation": round(corr, 4),
-            "head_dice": round(dice, 4)}
+            "head_dice": round(dice, 4), "head_coverage": coverage}
 
 
 def normalised_mutual_information(x: np.ndarray, y: np.ndarray, bins: int = HISTOGRAM_BINS) -> float:

@@ -75,6 +75,7 @@ class Case:
     inputs: list[InputImage]
     reference: InputImage
     registration: dict | None = None   # report.json["registration"] (pipeline/registration.py)
+    uncovered: np.ndarray | None = None   # reference voxels where another session's input has no data
 
 
 @dataclass
@@ -269,16 +270,22 @@ class Segmenter:
             warnings.append(f"input(s) {', '.join(unused)} are not used by the model and were ignored")
 
     def read(self, given: dict[str, str], warnings: list[str]) -> Case:
-        from LesionFactorizerLib.pipeline.io import align_to_reference, load_inputs
+        from LesionFactorizerLib.pipeline.guards import check_memory
+        from LesionFactorizerLib.pipeline.io import align_to_reference, load_inputs, read_header
         from LesionFactorizerLib.pipeline.registration import register_inputs
 
         order = list(self.spec.inputs)
+        ref_path = given[self.reference_name]
+        header = read_header(ref_path, self.reference_name)   # the case's size, before any voxel is read
+        if header is not None and all(math.isfinite(v) and v > 0 for v in header.spacing[:3]):   # else refused below
+            check_memory(header.size[:3], header.spacing[:3], _plain(self.spec.preprocessing.spacing), len(order),
+                         len(self.spec.outputs.channels), f"input {self.reference_name} ({ref_path})")
         inputs = load_inputs({n: given[n] for n in order}, order, warnings)
         reference = next(i for i in inputs if i.name == self.reference_name)
-        registration, registered = register_inputs(inputs, reference, self.task, self.opts.register, warnings)
-        align_to_reference([i for i in inputs if i.name not in registered], reference, warnings,
-                           self.task.register_inputs)
-        return Case(inputs, reference, registration)
+        registration, registered, uncovered = register_inputs(inputs, reference, self.task, self.opts.register,
+                                                              warnings)
+        align_to_reference([i for i in inputs if i.name not in registered], reference, warnings)
+        return Case(inputs, reference, registration, uncovered)
 
     def prepare_models(self, warnings: list[str]) -> str | None:
         """Load the networks (first case only), apply the NMF settings, check the component
@@ -304,13 +311,9 @@ class Segmenter:
 
     def prepare(self, case: Case) -> tuple[Prepared, tuple[int, int, int]]:
         """The network's input array, and the sliding-window size (numpy axis order)."""
-        from LesionFactorizerLib.pipeline.guards import check_memory
         from LesionFactorizerLib.pipeline.preprocessing import prepare
 
         pre, align = self.spec.preprocessing, self.stride
-        ref = case.reference
-        check_memory(ref.geometry.size, ref.geometry.spacing, _plain(pre.spacing), len(case.inputs),
-                     len(self.spec.outputs.channels), f"input {ref.name} ({ref.path})")
         prep = prepare([i.image for i in case.inputs], case.reference.geometry, _plain(pre.spacing), align,
                        crop_foreground=pre.crop_foreground, normalization=pre.normalization)
         patch = [int(p) for p in reversed(pre.patch_size)]
@@ -352,6 +355,9 @@ class Segmenter:
         rule = self.output
         probs = to_reference(prep, activate(prediction.logits, rule.activation), rule.outside_fill)
         prediction.logits = None
+        if case.uncovered is not None:   # no baseline there: nothing can be called new (registration.py)
+            for c, fill in enumerate(rule.outside_fill):
+                probs[c][case.uncovered] = fill
         labels = rule.to_labels(probs)
         geometry = case.reference.geometry
         found = remove_small_lesions(labels, geometry, float(rule.min_lesion_mm3), int(rule.connectivity))
