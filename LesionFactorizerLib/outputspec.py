@@ -213,8 +213,9 @@ class OutputSpec:
         labels = np.zeros(probs.shape[1:], dtype=np.uint8)
         inside = None
         order = self.regions_outermost_first
+        region = self.region_probabilities(probs)
         for (name, values), inner in zip(order, order[1:] + [(None, ())]):
-            mask = self.region_probabilities(probs)[name] > self.threshold_for(name)
+            mask = region[name] > self.threshold_for(name)
             inside = mask if inside is None else inside & mask
             labels[inside] = sorted(set(values) - set(inner[1]))[0]
         return labels
