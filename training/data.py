@@ -210,6 +210,8 @@ class SegmentationData(L.LightningDataModule):
 
         return DataLoader(ds, batch_size=d.batch_size, sampler=sampler, drop_last=True,
                           num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
+                          # a generator of its own: MONAI's loader draws a seed from it, which would
+                          # otherwise come from (and advance) the global torch stream
                           pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
 
     def val_dataloader(self):
