@@ -67,6 +67,7 @@ class PostProcessingOverrides:
     threshold: Optional[float] = None
     min_lesion_mm3: Optional[float] = None
     connectivity: Optional[int] = None
+    thresholds: Optional[Mapping[str, float]] = None   # hierarchical rule: region name → threshold
 
     def given(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -161,7 +162,7 @@ def parse_spec(meta: Any, where: str = "model metadata") -> ModelSpec:
         raise UserError(f"{where}: architecture has {kwargs['out_channels']} output channels but 'outputs' "
                         f"names {len(outputs.channels)}")
     _labels(meta.get("labels"), task, where)
-    post = _postprocessing(meta.get("postprocessing", {}), outputs.activation, where)
+    post = _postprocessing(meta.get("postprocessing", {}), outputs.activation, outputs.channels, task, where)
     training = meta.get("training", {})
     if not isinstance(training, dict):
         raise UserError(f"{where}: 'training' must be a JSON object")
@@ -233,15 +234,23 @@ def _preprocessing(pre: Any, where: str) -> Preprocessing:
                          normalization, crop)
 
 
-def _postprocessing(post: Any, activation: str, where: str) -> PostProcessingOverrides:
+def _postprocessing(post: Any, activation: str, channels, task: Task, where: str) -> PostProcessingOverrides:
     """Every override the pipeline would apply must be one it understands: an ignored or
     misspelled key would silently change the labels."""
     post = _keys(post, "postprocessing", tuple(f.name for f in fields(PostProcessingOverrides)), (), where)
     mode = post.get("mode")
     if mode is not None and mode not in POSTPROCESSING_MODES:
         raise UserError(f"{where}: postprocessing.mode must be one of {', '.join(POSTPROCESSING_MODES)}")
-    if mode == "argmax" and activation != "softmax":
-        raise UserError(f"{where}: postprocessing.mode 'argmax' needs softmax outputs")
+    regions = {r.name for r in task.regions}
+    if mode == "argmax" and activation != "softmax" and set(channels) != regions:
+        raise UserError(f"{where}: postprocessing.mode 'argmax' needs softmax outputs or one sigmoid channel per "
+                        "nested region")
+    thresholds = post.get("thresholds")
+    if thresholds is not None:
+        if not isinstance(thresholds, dict) or not thresholds or set(thresholds) - regions or not all(
+                _number(t) and 0.0 < t < 1.0 for t in thresholds.values()):
+            raise UserError(f"{where}: postprocessing.thresholds must map regions of task {task.name!r} "
+                            f"({', '.join(sorted(regions)) or 'none'}) to numbers between 0 and 1")
     threshold = post.get("threshold")
     if threshold is not None and not (_number(threshold) and 0.0 < threshold < 1.0):
         raise UserError(f"{where}: postprocessing.threshold must be a number between 0 and 1")
@@ -304,7 +313,10 @@ def json_schema() -> dict:
                 "mode": {"enum": list(POSTPROCESSING_MODES)},
                 "threshold": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
                 "min_lesion_mm3": {"type": "number", "minimum": 0},
-                "connectivity": {"enum": list(CONNECTIVITIES)}}),
+                "connectivity": {"enum": list(CONNECTIVITIES)},
+                "thresholds": {"type": "object", "minProperties": 1, "propertyNames": {
+                    "enum": sorted({r.name for t in TASKS.values() for r in t.regions})},
+                    "additionalProperties": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}}}),
             "training": {"type": "object"},
             "weights": obj({"sha256": text, "dtype": {"enum": list(WEIGHT_DTYPES)},
                             "tensors": {"type": "integer", "minimum": 0}}, ("sha256",)),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass, fields
-from typing import Iterable
+from typing import Iterable, Mapping, Optional
 
 from LesionFactorizerLib.errors import UserError
 
@@ -131,16 +131,19 @@ class PostProcessing:
     """How network outputs become labels.
 
     mode:
-      - ``hierarchical``: one sigmoid channel per nested region (listed outermost first in
-        ``Task.regions`` order reversed); WT, then TC inside WT, then ET inside TC (thesis 8.3.6).
+      - ``hierarchical``: nested regions thresholded in turn, WT, then TC inside WT, then ET
+        inside TC (thesis 8.3.6), from one sigmoid channel per region or from softmax outputs.
       - ``threshold``: one sigmoid channel → label 1.
-      - ``argmax``: softmax over background + labels.
+      - ``argmax``: the most probable label per voxel.
+    ``thresholds``: per-region thresholds of the hierarchical rule (region name → probability);
+    regions not named use ``threshold``. ``OutputSpec`` (outputspec.py) applies the rules.
     """
 
     mode: str
     threshold: float = 0.5
     min_lesion_mm3: float = 0.0
     connectivity: int = 26   # 6, 18 or 26: lesion = connected component with this neighbourhood
+    thresholds: Optional[Mapping[str, float]] = None
 
 
 POSTPROCESSING_MODES = ("hierarchical", "threshold", "argmax")

@@ -1,6 +1,7 @@
 """Evaluation metrics, cross-checked against independent implementations (MONAI, medpy,
 SimpleITK) on random and edge-case masks, plus the MSSEG-2 detection rules on hand-built cases."""
 
+import json
 import math
 
 import numpy as np
@@ -235,6 +236,9 @@ def test_evaluate_cli_writes_cases_summary_and_wilcoxon(tmp_path):
     assert out.returncode == 0, out.stderr
     cases = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv", encoding="utf-8")))
     assert len(cases) == 8 and all(float(r["dice_WT"]) > 0.99 for r in cases)
+    # MONAI's convention is the default and every output names it
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text(encoding="utf-8"))["convention"] == "monai"
+    assert "convention: MONAI" in out.stdout
     summary = {r["metric"]: r for r in csv.DictReader(open(tmp_path / "eval" / "summary_b.csv", encoding="utf-8"))}
     assert float(summary["dice_WT"]["mean"]) < 0.9 and int(summary["dice_WT"]["n"]) == 8
     wil = {r["metric"]: r for r in csv.DictReader(open(tmp_path / "eval" / "wilcoxon.csv", encoding="utf-8"))}

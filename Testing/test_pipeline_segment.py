@@ -90,8 +90,10 @@ def test_resolved_mode_follows_the_outputs():
     tumor, stroke = get_task("tumor"), get_task("stroke")
     regions, labels = ["ET", "TC", "WT"], ["background", "NCR", "ED", "ET"]
     assert OutputSpec.resolve(tumor, "sigmoid", regions).mode == "hierarchical"
-    # softmax outputs are always argmax
-    assert OutputSpec.resolve(tumor, "softmax", labels, {"mode": "hierarchical"}).mode == "argmax"
+    # softmax outputs: argmax, or thresholded by region (thesis 8.3.6) where the task has nested regions
+    assert OutputSpec.resolve(tumor, "softmax", labels, {"mode": "hierarchical"}).mode == "hierarchical"
+    assert OutputSpec.resolve(tumor, "softmax", labels, {"mode": "threshold"}).mode == "argmax"
+    assert OutputSpec.resolve(stroke, "softmax", ["background", "infarct"], {"mode": "hierarchical"}).mode == "argmax"
     assert OutputSpec.resolve(tumor, "sigmoid", ["WT"], {"mode": "threshold"}).mode == "threshold"
     with pytest.raises(UserError, match="needs nested regions"):
         OutputSpec.resolve(stroke, "sigmoid", ["infarct"], {"mode": "hierarchical"})

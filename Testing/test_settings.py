@@ -23,7 +23,7 @@ def test_argv_round_trips_through_the_generated_cli_options(command):
               "components": True, "component_layers": ["decoder1"], "probabilities": True, "uncertainty": True,
               "threshold": 0.4,
               "min_lesion_mm3": 2.5, "format": "nrrd", "overview": False, "progress": "jsonl", "overwrite": True,
-              "dicom_seg": True, "register": "never"}
+              "dicom_seg": True, "register": "never", "postprocess": "argmax"}
     assert set(values) == set(BY_NAME)           # every option is exercised
     opts = options_from_args(_parse(command, to_argv(values)))
     for name, value in values.items():

@@ -156,4 +156,14 @@ def test_cross_validation_runs_each_fold_and_resume_skips_finished(tmp_path, cap
     out, err = capfd.readouterr()
     summary = json.loads(out.strip().splitlines()[-1])
     assert list(summary["folds"]) == ["1"] and summary["folds"]["1"] is not None
+    # every finished fold's model, and a summary beside them (per fold and mean)
+    from LesionFactorizerLib.modelfile import read_metadata
+
+    models = tmp_path / "runs" / cfg.name / "models"
+    assert summary["models"] == [str(models / "fold1.safetensors")]
+    assert read_metadata(models / "fold1.safetensors")["training"]["fold"] == 1
+    written = json.loads((models / "cv-summary.json").read_text(encoding="utf-8"))
+    assert [r["fold"] for r in written["folds"]] == [1]
+    assert written["mean"]["val/dice"] == pytest.approx(summary["folds"]["1"])
+    assert "mean" in (models / "cv-summary.csv").read_text(encoding="utf-8")
     assert "preprocessing" not in err and "Epoch" not in out + err and "it/s" not in out + err

@@ -66,15 +66,14 @@ def test_crops_from_a_pack_are_placed_as_monai_places_them(packed):
     """The trainer's own sampler: uniform crop offsets (the GPU-only sampler of the earlier packed
     loop put 92 % of them at the two extremes)."""
     from LesionFactorizerLib.training.augment import train_transforms
-    from LesionFactorizerLib.training.data import PatchDataset
+    from LesionFactorizerLib.training.data import DrawSampler, PatchDataset
 
     z = np.arange(24, dtype=np.float32)[None, :, None, None] * np.ones((1, 24, 4, 4), np.float32)
     store = PackStore({"train0_image": np.zeros((1, 24, 4, 4), np.uint8), "train0_label": np.zeros((1, 24, 4, 4), np.uint8),
                        "train0_spacing": np.ones(3)}, "train", ["c"])
     store.cases[0]["image"] = z                                 # voxel value = its z index
     ds = PatchDataset(store, train_transforms([8, 4, 4], None, load_config(packed["cfg_path"]).data.augmentation), 300)
-    ds.transform.set_random_state(0)
-    offsets = np.array([int(ds[i]["image"][0, 0, 0, 0]) for i in range(300)])
+    offsets = np.array([int(ds[key]["image"][0, 0, 0, 0]) for key in DrawSampler(300, 0, 0, lambda: 0)])
     assert offsets.min() == 0 and offsets.max() == 16
     assert np.mean((offsets == 0) | (offsets == 16)) < 0.2      # 17 offsets, uniform: 2/17 ≈ 12 %
 

@@ -84,8 +84,37 @@ class CaseStore:
         return self._load(i)
 
 
+def draw_seed(seed: int, rank: int, draw: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, draw]).generate_state(1)[0])
+
+
+class DrawSampler(torch.utils.data.Sampler):
+    """The training draws of one rank, numbered over the whole run: draw ``n`` is position
+    ``n mod length`` of epoch ``n // length``'s shuffled order, augmented with a seed made from
+    (seed, rank, n). Each ``__iter__`` (an epoch) starts at draw ``first_draw()`` — the trainer's
+    steps × batch size — so a resumed run draws exactly what the uninterrupted run would have,
+    whatever loader workers, prefetching or the epoch bookkeeping did before the stop."""
+
+    def __init__(self, length: int, seed: int, rank: int, first_draw):
+        self.length, self.seed, self.rank, self.first_draw = length, seed, rank, first_draw
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        start = int(self.first_draw())
+        epoch, order = None, None
+        for n in range(start, start + self.length):
+            e, pos = divmod(n, self.length)
+            if e != epoch:
+                epoch, order = e, np.random.default_rng([self.seed, self.rank, e]).permutation(self.length)
+            yield int(order[pos]), draw_seed(self.seed, self.rank, n)
+
+
 class PatchDataset(Dataset):
-    """Random augmented patches; an "epoch" is ``length`` draws cycling over the cases."""
+    """Random augmented patches; an "epoch" is ``length`` draws cycling over the cases. Items are
+    (index, seed) pairs from :class:`DrawSampler`: the augmentation of a draw depends on its seed
+    only, not on which process ran the draws before it."""
 
     def __init__(self, store: CaseStore, transform, length: int):
         self.store, self.transform, self.length = store, transform, length
@@ -93,7 +122,9 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        index, seed = key
+        self.transform.set_random_state(seed=seed)
         d = self.store.get(index % len(self.store))
         out = self.transform({"image": np.asarray(d["image"], dtype=np.float32),
                               "label": np.asarray(d["label"], dtype=np.float32)})
@@ -164,21 +195,24 @@ class SegmentationData(L.LightningDataModule):
         d = self.cfg.data
         trainer = getattr(self, "trainer", None)
         ranks = trainer.world_size if trainer is not None else 1
-        # an epoch: every training case once (at least one batch per rank); the run is counted in steps
-        length = max(len(self.train_store), d.batch_size * ranks)
+        # an epoch: every training case once (at least one batch per rank), in whole batches so
+        # that steps × batch size counts the draws; the run is counted in steps
+        length = max(len(self.train_store), d.batch_size * ranks) // d.batch_size * d.batch_size
         # patch_size is in image (x, y, z) order like model-file metadata; arrays are (z, y, x)
         patch = list(d.patch_size)[::-1]
         ds = PatchDataset(self.train_store, train_transforms(patch, d.pos_fraction, d.augmentation), length)
-        # MONAI's loader seeds the random transforms (of the main process, or of every worker) from
-        # this generator. Every rank starts from the same global seed, so without the rank (and the
-        # step, for a resumed run) in it all DDP ranks would crop and augment alike.
-        rank, step = (trainer.global_rank, trainer.global_step) if trainer is not None else (0, 0)
-        seed = int(np.random.SeedSequence([self.cfg.trainer.seed, rank, step]).generate_state(1)[0])
+        # the rank is in every draw's seed: all DDP ranks start from the same global seed and would
+        # otherwise crop and augment alike
+        rank = trainer.global_rank if trainer is not None else 0
+        sampler = DrawSampler(length, self.cfg.trainer.seed, rank,
+                              lambda: trainer.global_step * d.batch_size if trainer is not None else 0)
         from monai.data import DataLoader
 
-        return DataLoader(ds, batch_size=d.batch_size, shuffle=True, drop_last=True,
+        return DataLoader(ds, batch_size=d.batch_size, sampler=sampler, drop_last=True,
                           num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
-                          pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
+                          # a generator of its own: MONAI's loader draws a seed from it, which would
+                          # otherwise come from (and advance) the global torch stream
+                          pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
 
     def val_dataloader(self):
         if not self.val_cases:

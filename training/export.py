@@ -60,9 +60,12 @@ def _validation_metrics(run_dir: Path) -> dict[str, dict[str, float]]:
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, name: str | None = None,
                       description: str | None = None, license: str = "Apache-2.0", half: bool = False,
-                      extra_training: dict[str, Any] | None = None) -> dict[str, Any]:
+                      extra_training: dict[str, Any] | None = None,
+                      postprocessing: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write a model file from a ``*.ckpt.safetensors`` training checkpoint; returns
-    ``{"path", "sha256", "metadata"}``."""
+    ``{"path", "sha256", "metadata"}``. ``postprocessing``: the model's own post-processing values
+    (e.g. ``{"mode": "hierarchical", "thresholds": {"WT": 0.5, "TC": 0.4, "ET": 0.45}}``), checked
+    as every model file's are."""
     from LesionFactorizerLib.modelfile import make_metadata, save_model_file
     from LesionFactorizerLib.presets import build_model
 
@@ -101,7 +104,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, name: str | No
         outputs=OutputSpec.for_task(task, mode).as_outputs(),
         spacing=cfg.data.spacing, patch_size=list(cfg.data.patch_size),
         description=description if description is not None else (cfg.description or cfg.name),
-        license=license, training=training,
+        license=license, training=training, postprocessing=postprocessing,
     )
     sha = save_model_file(output, model, meta, half=half)
     return {"path": str(output), "sha256": sha, "metadata": meta}

@@ -93,8 +93,10 @@ def train(cfg: TrainConfig, fold: int | None = 0, output_dir: str | Path | None 
     class Checkpoint(ModelCheckpoint):
         FILE_EXTENSION = SUFFIX
 
+    from .rng_state import RngStates
+
     latest = LatestState(last, t.checkpoint_every)
-    callbacks = [LearningRateMonitor(logging_interval="step"), latest, *extra_callbacks]
+    callbacks = [LearningRateMonitor(logging_interval="step"), RngStates(), latest, *extra_callbacks]
     best_cb = None
     if fold is not None:
         best_cb = Checkpoint(dirpath=ckpt_dir, filename="best", monitor="val/dice", mode="max",
@@ -211,6 +213,32 @@ def _write_joined(older: Path, newer: Path, out: Path) -> None:
     write_csv(old + new, out)
 
 
+def start_of_next_epoch(checkpoint: dict) -> None:
+    """A state saved after an epoch's last batch (at a stop, or after fit ended) made the start of
+    the next epoch, in place. Lightning restores such a state by finishing that epoch again: the
+    next epoch then ended a batch early, or the epoch count jumped by 2."""
+    loops = checkpoint.get("loops", {}).get("fit_loop", {})
+    batches, epochs = loops.get("epoch_loop.batch_progress"), loops.get("epoch_progress")
+    if not batches or not epochs or not batches.get("is_last_batch"):
+        return
+    started = int(epochs["total"]["ready"])
+    for part in ("total", "current"):
+        epochs[part] = {k: started for k in epochs[part]}
+    batches["is_last_batch"] = False
+
+    def zero_current(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "current" and isinstance(v, dict):
+                    node[k] = {f: 0 for f in v}
+                else:
+                    zero_current(v)
+
+    for key, value in loops.items():
+        if key.startswith("epoch_loop.") and not key.startswith("epoch_loop.val_loop"):
+            zero_current(value)
+
+
 class StopRequested(Exception):
     """Ends ``fit`` after Ctrl+C, once the latest state is saved."""
 
@@ -248,10 +276,17 @@ class LatestState(Callback):
     def on_train_batch_start(self, trainer, *args) -> None:
         if self.stopped:
             raise StopRequested
+        # Log rows are numbered by Lightning's count of stepped batches, which equals the optimiser
+        # step before every batch of an uninterrupted run; its restart bookkeeping left it one ahead
+        # after resuming a finished run (a step without a row, every later row one too high)
+        trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if self.stopped:
             raise StopRequested
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        start_of_next_epoch(checkpoint)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException

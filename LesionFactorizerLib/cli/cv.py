@@ -6,7 +6,8 @@ import argparse
 import json
 
 NAME = "cv"
-HELP = "k-fold cross-validation of an experiment: trains every fold and summarises validation Dice"
+HELP = ("k-fold cross-validation of an experiment: trains every fold, exports each fold's model and writes "
+        "cv-summary.json/.csv (per-fold and mean validation scores) beside them")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from LesionFactorizerLib.errors import UserError
     from LesionFactorizerLib.training.cli_args import overrides_from
     from LesionFactorizerLib.training.config import load_config
+    from LesionFactorizerLib.training.cv_outputs import export_folds
     from LesionFactorizerLib.training.run import cross_validate, run_dir_for
 
     cfg = load_config(args.config, overrides_from(args))
@@ -40,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         if path.is_file():
             scores[k] = json.loads(path.read_text(encoding="utf-8")).get("best_val_dice")
     valid = [v for v in scores.values() if v is not None]
+    summary = export_folds(cfg, list(scores))
     print(json.dumps({"folds": scores, "mean_val_dice": float(np.mean(valid)) if valid else None,
-                      "sd_val_dice": float(np.std(valid, ddof=1)) if len(valid) > 1 else None, "stopped": stopped}))
+                      "sd_val_dice": float(np.std(valid, ddof=1)) if len(valid) > 1 else None, "stopped": stopped,
+                      "models": [r["model"] for r in summary["folds"]], "summary": summary["path"]}))
     return 1 if stopped else 0

@@ -19,7 +19,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--description", help="one-paragraph description shown by `models info`")
     parser.add_argument("--license", default="Apache-2.0", help="licence of the weights (default Apache-2.0)")
     parser.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
+    parser.add_argument("--thresholds", metavar="REGION=P,...",
+                        help="tumor: per-region thresholds of the hierarchical post-processing (thesis 8.3.6), e.g. "
+                        "WT=0.5,TC=0.4,ET=0.45; recorded in the model file (regions not named use the task's threshold)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
+def parse_thresholds(text: str) -> dict:
+    """``WT=0.5,TC=0.4`` → {"WT": 0.5, "TC": 0.4}; the regions and ranges are checked with the model's spec."""
+    from LesionFactorizerLib.errors import UserError
+
+    out = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        region, _, value = item.partition("=")
+        try:
+            out[region.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"--thresholds {text!r}: expected REGION=PROBABILITY,..., e.g. WT=0.5,TC=0.4,ET=0.45") \
+                from None
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--output {out}: model files end in .safetensors")
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
+    post = {"mode": "hierarchical", "thresholds": parse_thresholds(args.thresholds)} if args.thresholds else None
     res = export_checkpoint(ckpt, out, name=args.name, description=args.description, license=args.license,
-                            half=args.half)
+                            half=args.half, postprocessing=post)
     t = res["metadata"]["training"]
     print(json.dumps({"path": res["path"], "sha256": res["sha256"], "task": res["metadata"]["task"],
                       "steps": t["steps"], "fold": t["fold"], "validation": t["validation"]}))

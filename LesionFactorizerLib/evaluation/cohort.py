@@ -135,17 +135,20 @@ def find_predictions(folder: str | Path) -> dict[str, Path]:
     return found
 
 
-def summarize(rows: Sequence[dict]) -> list[dict]:
-    """Mean / SD / median / count of every numeric column, NaNs excluded and counted."""
+def summarize(rows: Sequence[dict], keep_infinite: bool = False) -> list[dict]:
+    """Mean / SD / median / count of every numeric column, NaNs excluded and counted (infinite
+    values too, unless ``keep_infinite``: then they make the mean infinite, as pandas does)."""
     columns = [c for c in rows[0] if c != "case"] if rows else []
     out = []
     for c in columns:
         vals = np.array([float(r.get(c, float("nan"))) for r in rows], dtype=float)
-        ok = vals[np.isfinite(vals)]
+        ok = vals[~np.isnan(vals)] if keep_infinite else vals[np.isfinite(vals)]
+        with np.errstate(invalid="ignore"):   # the SD of values with an infinity is NaN
+            sd = float(ok.std(ddof=1)) if ok.size > 1 else float("nan")
         out.append({
             "metric": c, "n": int(ok.size), "n_nan": int(vals.size - ok.size),
             "mean": float(ok.mean()) if ok.size else float("nan"),
-            "sd": float(ok.std(ddof=1)) if ok.size > 1 else float("nan"),
+            "sd": sd,
             "median": float(np.median(ok)) if ok.size else float("nan"),
         })
     return out

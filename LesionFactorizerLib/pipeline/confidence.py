@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from LesionFactorizerLib.outputspec import BACKGROUND, OutputSpec, nesting_order
+from LesionFactorizerLib.outputspec import BACKGROUND, OutputSpec
 
 MAX_VOTE_PASSES = 64   # one bit per pass in a uint64; more passes keep no per-pass record
 ONE_PASS_NOTE = ("one inference pass (no TTA, one model): detected_fraction and agreement need --tta or an "
@@ -43,11 +43,15 @@ def vote_dtype(passes: int):
 
 
 def _foreground_channels(spec: OutputSpec) -> tuple[str, list[int]]:
-    """("outer" | "any" | "not-background", channel indices) of the spec's foreground rule."""
+    """("outer" | "any" | "not-background" | "background-below", channel indices) of the spec's
+    foreground rule ("background-below": softmax under the hierarchical rule, where the whole
+    tumour is 1 − p(background) above its threshold)."""
+    if spec.activation == "softmax" and spec.mode == "hierarchical":
+        return "background-below", [spec.channels.index(BACKGROUND)]
     if spec.activation == "softmax":
         return "not-background", [spec.channels.index(BACKGROUND)] if BACKGROUND in spec.channels else []
     if spec.mode == "hierarchical":
-        return "outer", [spec.channels.index(nesting_order(spec.channel_values)[0])]
+        return "outer", [spec.channels.index(spec.regions_outermost_first[0][0])]
     return "any", list(range(len(spec.channels)))
 
 
@@ -55,11 +59,13 @@ def pass_foreground(spec: OutputSpec) -> Callable:
     """One pass's logits ``(1, C, k, j, i)`` (torch) → bool ``(k, j, i)``: where that pass alone
     would label a lesion. Sigmoid thresholds are compared in logit units (no activation needed)."""
     kind, channels = _foreground_channels(spec)
-    t = float(spec.threshold)
+    t = spec.threshold_for(spec.regions_outermost_first[0][0]) if spec.mode == "hierarchical" else spec.threshold
     cut = math.log(t / (1.0 - t))
 
     def foreground(logits):
         x = logits[0]
+        if kind == "background-below":
+            return x.softmax(dim=0)[channels[0]] < 1.0 - t
         if kind == "outer":
             return x[channels[0]] > cut
         if kind == "any":
@@ -75,6 +81,8 @@ def foreground_probability(probs: np.ndarray, spec: OutputSpec) -> np.ndarray:
     kind, channels = _foreground_channels(spec)
     if kind == "outer":
         return np.asarray(probs[channels[0]], dtype=np.float32)
+    if kind == "background-below":
+        return (1.0 - probs[channels[0]]).astype(np.float32, copy=False)
     if kind == "any":
         return probs.max(axis=0).astype(np.float32, copy=False)
     if not channels:

@@ -119,8 +119,12 @@ def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *,
                   component_layers: list[str] | None = None, want_components: bool = False,
                   on_window: Callable[[int, int], None] | None = None,
                   foreground: Callable | None = None, backend: str = "auto",
-                  on_message: Callable[[str], None] | None = None) -> InferenceResult:
+                  on_message: Callable[[str], None] | None = None,
+                  average_probabilities: str | None = None) -> InferenceResult:
     """Mean logits of ``models`` (× TTA flips) over sliding windows on ``array`` (C, D, H, W).
+    ``average_probabilities`` (``sigmoid`` | ``softmax``): average the passes' probabilities under
+    this activation instead (thesis 8.3.6 ensembles); the result is still logits — those of the mean
+    probabilities — so every later step is the same.
 
     ``roi`` and the array's spatial size must be multiples of ``align`` (checked by the caller).
     Components come from the first model that has them, on the un-flipped pass.
@@ -150,13 +154,28 @@ def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *,
 
         runners = Dispatch(backend, sw_batch_size, on_message, result.warnings)
         return _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers,
-                    want_components, on_window, result, runners, foreground)
+                    want_components, on_window, result, runners, foreground, average_probabilities)
     finally:
         torch.set_num_threads(threads_before)
 
 
+def to_probabilities(logits, activation: str):
+    import torch
+
+    return torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=1)
+
+
+def to_logits(probs, activation: str):
+    """Logits whose activation gives ``probs`` back (softmax: up to a per-voxel constant, which
+    softmax ignores); clamped so that a probability of exactly 0 or 1 stays finite."""
+    import torch
+
+    p = probs.clamp(1e-7, 1 - 1e-7)
+    return torch.log(p) - torch.log1p(-p) if activation == "sigmoid" else torch.log(p)
+
+
 def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers, want_components,
-         on_window, result: InferenceResult, runners, foreground=None) -> InferenceResult:
+         on_window, result: InferenceResult, runners, foreground=None, average_probabilities=None) -> InferenceResult:
     import torch
 
     from LesionFactorizerLib.nn import native
@@ -217,9 +236,11 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
             logits = out[LOGITS]
             if flip:
                 logits = logits.flip(flip)
-            acc = logits if acc is None else acc.add_(logits)
             if votes is not None:
                 votes.add(foreground(logits), result.passes)
+            if average_probabilities:
+                logits = to_probabilities(logits, average_probabilities)
+            acc = logits if acc is None else acc.add_(logits)
             result.passes += 1
             if with_components:
                 strides = dict(model.component_layers)
@@ -228,7 +249,10 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
                         result.components[key] = value[0].numpy()
                         result.strides[key] = strides[key]
             del out
-    result.logits = (acc / result.passes)[0].numpy()
+    acc /= result.passes
+    if average_probabilities:
+        acc = to_logits(acc, average_probabilities)
+    result.logits = acc[0].numpy()
     result.votes = votes.bits if votes is not None else None
     result.backend = runners.summary()
     result.window_nmf = native.status()

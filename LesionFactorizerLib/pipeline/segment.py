@@ -54,6 +54,7 @@ class SegmentOptions:
     uncertainty: bool = False
     threshold: float | None = None
     min_lesion_mm3: float | None = None
+    postprocess: str | None = None
     format: str = "nii.gz"
     dicom_seg: bool = False
     register: str = "auto"
@@ -157,8 +158,8 @@ class Segmenter:
         for path, spec in zip(self.paths[1:], self.specs[1:]):
             check_ensemble_member(self.spec, spec, Path(self.paths[0]).name, Path(path).name)
         self.output = OutputSpec.resolve(self.task, self.spec.outputs.activation, self.spec.outputs.channels,
-                                         self.spec.postprocessing.given()).with_overrides(opts.threshold,
-                                                                                          opts.min_lesion_mm3)
+                                         self.spec.postprocessing.given()).with_overrides(
+            opts.threshold, opts.min_lesion_mm3, opts.postprocess)
         if opts.format == "seg.nrrd":   # a missing package is said before any work
             from LesionFactorizerLib.pipeline import segnrrd
 
@@ -332,7 +333,9 @@ class Segmenter:
                                device=opts.device, component_layers=opts.component_layers,
                                want_components=self.want_components, on_window=lambda d, n: progress.update(d / n),
                                foreground=pass_foreground(self.output),
-                               backend=opts.backend, on_message=lambda m: progress.update(0.0, m, force=True))
+                               backend=opts.backend, on_message=lambda m: progress.update(0.0, m, force=True),
+                               average_probabilities=self.output.activation if self.output.mode == "hierarchical"
+                               and len(self.loaded) > 1 else None)
         if self.want_components and settings["skip_nmf"]:
             wanted = opts.component_layers or [n for n, _ in self.component_model.component_layers]
             skipped = [n for n in wanted if n in settings["skip_nmf"]]

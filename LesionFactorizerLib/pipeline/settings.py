@@ -23,6 +23,7 @@ PROGRESS = ("bar", "jsonl", "none")
 # ms-new: register the baseline onto the follow-up (pipeline/registration.py says how)
 REGISTER_MODES = ("auto", "rigid", "affine", "never")
 BACKENDS = ("auto", "eager", "compile", "onnx")   # pipeline.backends runs them
+POSTPROCESS = ("hierarchical", "argmax")          # outputspec.OutputSpec decodes by them
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class Option:
 
 OPTIONS: Tuple[Option, ...] = (
     Option("task", "--task", "tumor, stroke or ms-new (default: the model's task)", str),
-    Option("models", "--model", "model name or .safetensors path; repeat for an ensemble (mean of logits); "
+    Option("models", "--model", "model name or .safetensors path; repeat for an ensemble (mean of logits; under the hierarchical "
+           "rule mean of probabilities, thesis 8.3.6); "
            "default: the task's default model", str, (), metavar="NAME|PATH", repeat=True),
     Option("device", "--device", "auto picks CUDA, then MPS, then CPU; CUDA out-of-memory falls back to CPU",
            str, "auto", DEVICES),
@@ -65,6 +67,10 @@ OPTIONS: Tuple[Option, ...] = (
     Option("uncertainty", "--uncertainty", "also write uncertainty.<ext>: voxel-wise predictive entropy (bits) "
            "of the lesion/background decision, on the segmentation's grid", default=False),
     Option("threshold", "--threshold", "probability threshold (default: task/model)", float),
+    Option("postprocess", "--postprocess", "tumor: how probabilities become labels. hierarchical (thesis 8.3.6): "
+           "whole tumour by threshold, tumour core thresholded inside it, enhancing vs necrosis inside the core, "
+           "with the model's per-region thresholds; argmax: the most probable label per voxel (default: the model's)",
+           str, None, POSTPROCESS),
     Option("min_lesion_mm3", "--min-lesion-mm3", "remove smaller lesions (default: task; ms-new 3)", float),
     Option("register", "--register", "ms-new: put the baseline FLAIR on the follow-up. auto checks the pair and "
            "registers it rigidly when misaligned; rigid / affine always register; never only warns when the pair "
@@ -136,7 +142,7 @@ def to_argv(values: Mapping[str, Any]) -> List[str]:
 def check(values: Mapping[str, Any]) -> Dict[str, Any]:
     """The one check of a run's settings; returns the speed settings in effect (the preset with
     the given tta / nmf_iters / skip_nmf / overlap on top). Raises :class:`UserError`."""
-    for name in ("device", "preset", "format", "progress", "register", "backend"):
+    for name in ("device", "preset", "format", "progress", "register", "backend", "postprocess"):
         value = values.get(name)
         if value is not None and value not in BY_NAME[name].choices:
             raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(BY_NAME[name].choices)}")
