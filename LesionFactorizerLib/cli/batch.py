@@ -37,6 +37,7 @@ SUMMARY = "summary.csv"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from LesionFactorizerLib.cli.segment import add_segment_options
+    from LesionFactorizerLib.serve.remote_batch import add_server_options
 
     parser.add_argument("source", metavar="DATALIST|FOLDER",
                         help="CSV/JSON datalist, or a folder with one sub-folder per case")
@@ -49,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "output folder into summary.csv, checking that every case is there exactly once")
     parser.add_argument("--devices", type=_devices, metavar="D,D,...", help="one worker per device, e.g. 0,1,2,3 "
                         "(GPU indices) or cpu,cpu; overrides --device")
+    add_server_options(parser)
     add_segment_options(parser)
 
 
@@ -165,6 +167,10 @@ def _task_and_models(args: argparse.Namespace):
     from LesionFactorizerLib.modelfile import default_model, find_model, read_metadata
     from LesionFactorizerLib.tasks import get_task
 
+    if getattr(args, "server", None):   # the server finds the models by name
+        if not args.task:
+            raise UserError("with --server give --task (the server finds the models by name)")
+        return get_task(args.task), list(args.models)
     if args.models:
         paths = [find_model(m) for m in args.models]
     elif args.task:
@@ -189,7 +195,7 @@ def _check_devices(devices: list[str]) -> None:
 
 def _run(args: argparse.Namespace, progress) -> int:
     task, paths = _task_and_models(args)
-    if args.devices:
+    if args.devices and not args.server:
         _check_devices(args.devices)
     cases = read_cases(args.source, task)
     total_cases = len(cases)
@@ -227,10 +233,12 @@ def _run(args: argparse.Namespace, progress) -> int:
         finished += 1
         progress.case_done(case_id, status, error, seconds, finished, len(cases))
 
-    if args.devices:
+    if args.devices and not args.server:
         _run_on_devices(args, task.name, paths, todo, out_root, record)
     else:
-        worker = _CaseRunner(args, task.name, paths, args.device)
+        from LesionFactorizerLib.serve.remote_batch import ServerCaseRunner
+
+        worker = ServerCaseRunner(args, task.name) if args.server else _CaseRunner(args, task.name, paths, args.device)
         for index, case_id, inputs, redo in todo:
             record(index, *worker.run(case_id, inputs, str(out_root / case_id), redo))
     summary = out_root / _summary_name(args.shard)
