@@ -1,7 +1,7 @@
 """`lesion-factorizer serve` and its clients, against a real server process on localhost.
 
 One server (token file with two tokens, small caps, one CPU device) serves the module's tests;
-the inputs are the stroke sample cropped around its lesion (20³ voxels) so a job takes seconds,
+the inputs are the stroke sample cropped around its lesion (30³ voxels) so a job takes seconds,
 and the whole sample where a job must still be running when it is cancelled or killed.
 """
 
@@ -95,15 +95,15 @@ class Server:
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory) -> dict[str, Path]:
-    """The stroke sample cropped to 20³ voxels around its lesion (NIfTI dwi, NRRD adc) and the whole sample."""
+    """The stroke sample cropped to 30³ voxels around its lesion (NIfTI dwi, NRRD adc) and the whole sample."""
     folder = tmp_path_factory.mktemp("case")
     label = sitk.ReadImage(str(SAMPLES / "stroke_label.nii.gz"))
     centre = np.round(np.argwhere(sitk.GetArrayViewFromImage(label) > 0).mean(axis=0)).astype(int)[::-1]
     paths = {}
     for name, suffix in (("dwi", ".nii.gz"), ("adc", ".nrrd")):
         image = sitk.ReadImage(str(SAMPLES / f"stroke_{name}.nii.gz"))
-        lo = np.maximum(centre - 10, 0)
-        crop = sitk.RegionOfInterest(image, [20, 20, 20], [int(v) for v in lo])
+        lo = np.maximum(centre - 15, 0)
+        crop = sitk.RegionOfInterest(image, [30, 30, 30], [int(v) for v in lo])
         paths[name] = folder / f"{name}{suffix}"
         sitk.WriteImage(crop, str(paths[name]), True)
         paths[f"full_{name}"] = SAMPLES / f"stroke_{name}.nii.gz"
