@@ -379,3 +379,45 @@ def test_rate_limit_and_non_loopback_refusal(tmp_path):
             client.request("GET", "/v1/info")
     finally:
         s.stop()
+
+
+def test_slicer_remote_run_reads_like_a_local_worker(server, case, tmp_path, module_lib_importable):
+    """The module's "Process on: Server" run: the same events, result and messages as its local worker."""
+    from LesionFactorizerModuleLib.outputs import find_outputs
+    from LesionFactorizerModuleLib.progress import ProgressTracker
+    from LesionFactorizerModuleLib.remote import RemoteRun
+    from LesionFactorizerModuleLib.worker import SegmentRequest, failure_message
+
+    from LesionFactorizerLib.modelfile import find_model
+
+    # the module lists this computer's model files; the server is asked for the model by name
+    request = SegmentRequest("stroke", {"dwi": case["dwi"], "adc": case["adc"]}, tmp_path / "output",
+                             models=str(find_model("demo-stroke")), components=True, overview=False)
+    run = RemoteRun(server.url, TOKENS[0], request)
+    tracker, kinds = ProgressTracker(), []
+    result = run.wait(callback=lambda e: (tracker.update(e), kinds.append(e.kind)))
+    assert result.succeeded, failure_message(result)
+    assert kinds[-1] == "done" and tracker.percent == 100
+    files = find_outputs(tmp_path / "output", result.outputs)   # what the module's result import reads
+    assert files.segmentation.is_file() and files.components is not None and files.components.is_dir()
+    assert json.loads(files.report.read_text())["models"][0]["name"] == "demo-stroke"
+
+    refused = RemoteRun(server.url, "wrong-token-0123456789", request).wait()
+    assert not refused.succeeded and "refused the token" in failure_message(refused)
+    unreachable = RemoteRun(f"http://127.0.0.1:{_free_port()}", TOKENS[0], request).wait()
+    assert "cannot reach the segmentation server" in failure_message(unreachable)
+
+    full = SegmentRequest("stroke", {"dwi": case["full_dwi"], "adc": case["full_adc"]}, tmp_path / "cancelled",
+                          preset="best")
+    run = RemoteRun(server.url, TOKENS[0], full)
+    while not [e for e in run.poll(0.2) if e.stage == "inference"]:
+        assert run.running
+    run.cancel()
+    result = run.wait()
+    assert result.cancelled and not result.succeeded and failure_message(result) == "Segmentation cancelled."
+    assert not (tmp_path / "cancelled").exists()
+    # deleted by the client; the folder goes once the worker has let go of it
+    deadline = time.monotonic() + 30
+    while server.job_files() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.job_files() == [], "the cancelled job was deleted on the server"
