@@ -183,6 +183,23 @@ def test_result_equals_local_segment_voxel_for_voxel(server, case, tmp_path):
     assert server.job_files() == []
 
 
+def test_progress_as_server_sent_events(server, case):
+    client = server.client()
+    job_id = client.submit("stroke", {"dwi": case["dwi"], "adc": case["adc"]}, {})
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+    try:
+        conn.request("GET", f"/v1/jobs/{job_id}/events/stream", headers=_auth())
+        response = conn.getresponse()
+        assert response.getheader("content-type").startswith("text/event-stream")
+        events = [json.loads(line[len(b"data: "):]) for line in response.read().split(b"\n")
+                  if line.startswith(b"data: ")]
+    finally:
+        conn.close()
+    assert events == client.events(job_id, 0)[1]   # the stream ends after the final event, like polling
+    assert events[-1]["event"] == "done" and events[-1]["outputs"]["segmentation"] == "segmentation.nii.gz"
+    client.delete(job_id)
+
+
 def test_four_clients_at_once_all_complete_with_models_loaded_once_per_worker(server, case, tmp_path):
     results, errors = {}, []
 
