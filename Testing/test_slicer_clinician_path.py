@@ -163,6 +163,10 @@ def test_clinician_path_through_the_server(installed_modules, tmp_path):
         # the jobs ran on the server, and the client deleted each one after unpacking it
         info = Client(f"http://127.0.0.1:{port}", token).check()
         assert info["devices"][0]["jobs_done"] >= 3
+        # (the cancelled job's folder goes once its worker has ended)
+        deadline = _time.monotonic() + 30
+        while [p for p in (tmp_path / "jobs").rglob("*") if p.is_file()] and _time.monotonic() < deadline:
+            _time.sleep(0.2)
         assert not [p for p in (tmp_path / "jobs").rglob("*") if p.is_file()]
     finally:
         server.terminate()
