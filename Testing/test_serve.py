@@ -438,3 +438,23 @@ def test_slicer_remote_run_reads_like_a_local_worker(server, case, tmp_path, mod
     while server.job_files() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server.job_files() == [], "the cancelled job was deleted on the server"
+
+
+def test_upload_formats_and_sizes_come_from_the_first_bytes(tmp_path):
+    """What the server reads before storing an upload, fed in small pieces as a network delivers it."""
+    from LesionFactorizerLib.serve.uploads import HeaderReader, TooLarge
+
+    image = sitk.Image([7, 5, 3], sitk.sitkFloat32)
+    for name, suffix in (("a.nii", ".nii"), ("a.nii.gz", ".nii.gz"), ("a.nrrd", ".nrrd")):
+        sitk.WriteImage(image, str(tmp_path / name))
+        data = (tmp_path / name).read_bytes()
+        reader = HeaderReader(max_voxels=105)
+        for i in range(0, len(data), 10):
+            if reader.feed(data[i:i + 10]) is not None:
+                break
+        assert (reader.finish().suffix, reader.finish().shape) == (suffix, (7, 5, 3))
+        with pytest.raises(TooLarge, match="105 voxels"):
+            HeaderReader(max_voxels=104).feed(data)
+    detached = b"NRRD0004\ntype: float\ndimension: 3\nsizes: 7 5 3\nencoding: raw\ndata file: /etc/passwd\n\n"
+    with pytest.raises(UserError, match="detached header"):
+        HeaderReader(max_voxels=1000).feed(detached)

@@ -77,8 +77,8 @@ def create_app(config: Config) -> FastAPI:
     manager = JobManager(config.work_dir, config.devices, config.retention_s)
     limiter = _RateLimiter(config.requests_per_minute)
     app = FastAPI(title="LesionFactorizer segmentation server", version=__version__, docs_url=None, redoc_url=None,
-                  description=__doc__, on_shutdown=[manager.shutdown])
-    app.state.manager = manager
+                  description=__doc__)
+    app.state.manager = manager   # its shutdown() stops the workers (the serve command calls it at exit)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
