@@ -18,12 +18,12 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.serve.client import SERVER_DECIDES, Client
 from LesionFactorizerModuleLib.progress import WorkerEvent, parse_line
-from LesionFactorizerModuleLib.worker import SegmentRequest, WorkerResult
+from LesionFactorizerModuleLib.worker import SegmentRequest, WorkerProcess, WorkerResult
 
 # "Process on" choices with their titles, and the application-settings keys (qt.QSettings).
 PROCESS_CHOICES: tuple[tuple[str, str], ...] = (("local", "This computer"), ("server", "Server"))
@@ -113,15 +113,7 @@ class RemoteRun:
         """Ask the server to stop the job; returns at once (the thread sends the request)."""
         self._cancel.set()
 
-    def wait(self, callback: Callable[[WorkerEvent], None] | None = None, poll_interval: float = 0.1,
-             idle: Callable[[], None] | None = None) -> WorkerResult:
-        while self.running:
-            for event in self.poll(timeout=poll_interval):
-                if callback is not None:
-                    callback(event)
-            if idle is not None:
-                idle()
-        return self.result()
+    wait = WorkerProcess.wait   # the same loop over poll / running / result
 
     def result(self) -> WorkerResult:
         return WorkerResult(returncode=self._returncode, cancelled=self._cancel.is_set(), outputs=dict(self.outputs),
