@@ -60,6 +60,7 @@ from LesionFactorizerModuleLib import report as reportLib  # noqa: E402
 from LesionFactorizerModuleLib import samples as samplesLib  # noqa: E402
 from LesionFactorizerModuleLib import terminology as terminologyLib  # noqa: E402
 from LesionFactorizerModuleLib import worker as workerLib  # noqa: E402
+from LesionFactorizerModuleLib import remote as remoteLib  # noqa: E402
 from LesionFactorizerModuleLib import results as resultsLib  # noqa: E402
 from LesionFactorizerModuleLib.progress import ProgressTracker, WorkerEvent  # noqa: E402
 
@@ -179,6 +180,8 @@ class LesionFactorizerWidget(ParameterNodeStateMixin, ResultsPanelMixin, LesionP
             self.ui.presetComboBox.addItem(preset)
         for value, title in workerLib.DEVICE_CHOICES:
             self.ui.deviceComboBox.addItem(title, value)
+        for value, title in remoteLib.PROCESS_CHOICES:
+            self.ui.processOnComboBox.addItem(title, value)
         for value, title in exportsLib.SAVE_FORMATS:
             self.ui.saveFormatComboBox.addItem(title, value)
         for value, title in workerLib.REGISTER_CHOICES:
@@ -260,9 +263,17 @@ class LesionFactorizerWidget(ParameterNodeStateMixin, ResultsPanelMixin, LesionP
         self.ui.presetComboBox.setCurrentText(settings.value("LesionFactorizer/preset", DEFAULT_SPEED_PRESET))
         index = self.ui.deviceComboBox.findData(settings.value("LesionFactorizer/device", "auto"))
         self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
+        # the server and its token: application settings, never the scene (remoteLib.SETTINGS)
+        self.ui.processOnComboBox.setCurrentIndex(max(self.ui.processOnComboBox.findData(
+            settings.value(remoteLib.SETTINGS["process_on"], "local")), 0))
+        self.ui.serverURLLineEdit.text = settings.value(remoteLib.SETTINGS["url"], "")
+        self.ui.serverTokenLineEdit.text = settings.value(remoteLib.SETTINGS["token"], "")
 
     def _saveSettings(self):
         settings = qt.QSettings()
+        settings.setValue(remoteLib.SETTINGS["process_on"], self.ui.processOnComboBox.currentData)
+        settings.setValue(remoteLib.SETTINGS["url"], self.ui.serverURLLineEdit.text)
+        settings.setValue(remoteLib.SETTINGS["token"], self.ui.serverTokenLineEdit.text)
         settings.setValue("LesionFactorizer/preset", self.ui.presetComboBox.currentText)
         settings.setValue("LesionFactorizer/device", self.ui.deviceComboBox.currentData)
 
@@ -434,7 +445,10 @@ class LesionFactorizerWidget(ParameterNodeStateMixin, ResultsPanelMixin, LesionP
         saveFolder = self.ui.saveFolderPathLineEdit.currentPath or None
         saveFormat = self.ui.saveFormatComboBox.currentData if saveFolder else "nrrd"
         dicomSeg = self.ui.dicomSegCheckBox.enabled and self.ui.dicomSegCheckBox.checked
-        if not self.logic.setupPythonRequirements(askConfirmation=True, outputFormat=saveFormat, dicomSeg=dicomSeg):
+        onServer = self.ui.processOnComboBox.currentData == "server"
+        self.logic.server = (self.ui.serverURLLineEdit.text, self.ui.serverTokenLineEdit.text) if onServer else None
+        if not onServer and not self.logic.setupPythonRequirements(askConfirmation=True, outputFormat=saveFormat,
+                                                                   dicomSeg=dicomSeg):
             return
         saveOverwrite = exportsLib.holds_results(saveFolder)
         if saveOverwrite and not slicer.util.confirmOkCancelDisplay(
@@ -540,6 +554,7 @@ class LesionFactorizerLogic(JobsMixin, SceneExportMixin, SceneImportMixin, Lesio
         self.libraryRoot = _LIBRARY_ROOT  # put on the worker's path
         self.pythonExecutable = None  # default: PythonSlicer next to Slicer
         self.keepTemporaryFiles = False  # for debugging the worker
+        self.server = None  # (URL, token): segment on a `lesion-factorizer serve` machine (remoteLib)
         self._componentFolders: list[Path] = []  # component maps the browser may still read (see _keepComponents)
         # Asynchronous jobs are polled by their own timer; holding them here keeps them (and the
         # timer) alive when the caller drops the returned job.

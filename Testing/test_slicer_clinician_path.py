@@ -112,3 +112,59 @@ def test_clinician_path_from_the_install_tree(version, installed_modules, tmp_pa
         # the worker ran the window-NMF kernel the extension's CMake built (nn/native.py)
         assert all(run["window_nmf"].startswith("native (prebuilt") for run in result["runs"]), result["runs"]
         assert result["ms_new_misaligned"]["quality"] == "good"   # the unregistered baseline was registered
+
+
+def test_clinician_path_through_the_server(installed_modules, tmp_path):
+    """Process on: Server: the three tasks and a cancel, segmented by a `lesion-factorizer serve` on
+    localhost (this test's interpreter runs it; the GUI needs only the standard library to reach it)."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    import socket
+    import time as _time
+
+    python = _gui_environment("3.12")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "clinic-laptop-token-0123456789"
+    (tmp_path / "tokens").write_text(token + "\n", encoding="utf-8")
+    server = subprocess.Popen([sys.executable, "-m", "LesionFactorizerLib", "--threads", "1", "serve", "--port",
+                               str(port), "--token-file", str(tmp_path / "tokens"), "--work-dir", str(tmp_path / "jobs")],
+                              cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        from LesionFactorizerLib.errors import UserError
+        from LesionFactorizerLib.serve.client import Client
+
+        deadline = _time.monotonic() + 120
+        while True:
+            try:
+                Client(f"http://127.0.0.1:{port}").request("GET", "/v1/version")
+                break
+            except UserError:
+                assert server.poll() is None and _time.monotonic() < deadline, "the server did not start"
+                _time.sleep(0.3)
+        out = tmp_path / "result.json"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env["HOME"] = str(tmp_path)
+        proc = subprocess.run(
+            [python, "-I", str(PLAY), str(installed_modules), str(out), "--slicer-version", SLICER_FOR_PYTHON["3.12"],
+             "--worker-python", sys.executable, "--worker-site", sysconfig.get_paths()["purelib"],
+             "--crop-mm", os.environ.get("LESIONFACTORIZER_E2E_CROP_MM", "36"),
+             "--server", f"http://127.0.0.1:{port}", token],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800, encoding="utf-8", errors="replace")
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+        result = json.loads(out.read_text(encoding="utf-8"))
+        assert [run["task"] for run in result["runs"]] == ["tumor", "ms-new", "stroke"]
+        assert all(run["component_views"] >= 3 for run in result["runs"])
+        assert result["cancel"]["cancelled"]
+        # the jobs ran on the server, and the client deleted each one after unpacking it
+        info = Client(f"http://127.0.0.1:{port}", token).check()
+        assert info["devices"][0]["jobs_done"] >= 3
+        # (the cancelled job's folder goes once its worker has ended)
+        deadline = _time.monotonic() + 30
+        while [p for p in (tmp_path / "jobs").rglob("*") if p.is_file()] and _time.monotonic() < deadline:
+            _time.sleep(0.2)
+        assert not [p for p in (tmp_path / "jobs").rglob("*") if p.is_file()]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

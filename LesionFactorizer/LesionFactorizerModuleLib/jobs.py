@@ -28,6 +28,7 @@ from LesionFactorizerModuleLib import components as componentsLib
 from LesionFactorizerModuleLib import dependencies as dependenciesLib
 from LesionFactorizerModuleLib import exports as exportsLib
 from LesionFactorizerModuleLib import inputs as inputsLib
+from LesionFactorizerModuleLib import remote as remoteLib
 from LesionFactorizerModuleLib import worker as workerLib
 from LesionFactorizerModuleLib.outputs import find_outputs
 from LesionFactorizerModuleLib.progress import WorkerEvent
@@ -282,6 +283,8 @@ class JobsMixin:
         return found
 
     def _launch(self, request: workerLib.SegmentRequest) -> workerLib.WorkerProcess:
+        if self.server:
+            return remoteLib.RemoteRun(*self.server, request)
         return self._start(workerLib.build_segment_command(self.workerPython(), request))
 
     def _start(self, args: list) -> workerLib.WorkerProcess:

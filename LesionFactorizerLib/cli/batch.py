@@ -55,6 +55,7 @@ _WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"{p}{n}" for p in ("com", "lp
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from LesionFactorizerLib.cli.segment import add_segment_options
+    from LesionFactorizerLib.serve.remote_batch import add_server_options
 
     parser.add_argument("source", metavar="DATALIST|FOLDER",
                         help="CSV/JSON datalist, or a folder with one sub-folder per case")
@@ -67,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "output folder into summary.csv, checking that every case is there exactly once")
     parser.add_argument("--devices", type=_devices, metavar="D,D,...", help="one worker per device, e.g. 0,1,2,3 "
                         "(GPU indices) or cpu,cpu; overrides --device")
+    add_server_options(parser)
     add_segment_options(parser)
 
 
@@ -276,6 +278,10 @@ def _task_and_models(args: argparse.Namespace):
     from LesionFactorizerLib.modelfile import default_model, find_model, read_metadata
     from LesionFactorizerLib.tasks import get_task
 
+    if getattr(args, "server", None):   # the server finds the models by name
+        if not args.task:
+            raise UserError("with --server give --task (the server finds the models by name)")
+        return get_task(args.task), list(args.models)
     if args.models:
         paths = [find_model(m) for m in args.models]
     elif args.task:
@@ -300,7 +306,7 @@ def _check_devices(devices: list[str]) -> None:
 
 def _run(args: argparse.Namespace, progress) -> int:
     task, paths = _task_and_models(args)
-    if args.devices:
+    if args.devices and not args.server:
         _check_devices(args.devices)
     cases = read_cases(args.source, task)
     total_cases = len(cases)
@@ -345,10 +351,15 @@ def _run_locked(args, progress, task, paths, cases, folders, total_cases, out_ro
         finished += 1
         progress.case_done(case_id, status, error, seconds, finished, len(cases))
 
-    if args.devices:
+    if args.devices and not args.server:
         _run_on_devices(args, task.name, paths, todo, record)
     else:
-        worker = _CaseRunner(args, task.name, paths, args.device)
+        if args.server:
+            from LesionFactorizerLib.serve.remote_batch import ServerCaseRunner
+
+            worker = ServerCaseRunner(args, task.name)
+        else:
+            worker = _CaseRunner(args, task.name, paths, args.device)
         for index, case_id, inputs, output, redo in todo:
             record(index, *worker.run(case_id, inputs, output, redo))
     summary = out_root / _summary_name(args.shard)

@@ -34,6 +34,9 @@ def main():
     parser.add_argument("--worker-site", required=True)
     parser.add_argument("--crop-mm", type=float, default=0.0,
                         help="segment a box of this half-size around the sample lesion (0: whole volumes)")
+    parser.add_argument("--server", metavar="URL TOKEN", nargs=2,
+                        help="Process on: Server (a running `lesion-factorizer serve`): the three tasks and a "
+                             "cancel through it, then stop")
     args = parser.parse_args()
     started = time.monotonic()
     harness.start(args.modules_dir, args.slicer_version, args.worker_python, args.worker_site)
@@ -90,6 +93,9 @@ def play(args, widget, result, started):
     cases = {task: SampleData.SampleDataLogic.sourceForSampleName(f"{MODULE} {task}") for task in TASKS_IN_ORDER}
     temp = harness.temporary_path()
     segmentations = {}
+    if args.server:   # Advanced > Process on: Server, its address and token (kept in the application settings)
+        ui.processOnComboBox.setCurrentIndex(ui.processOnComboBox.findData("server"))
+        ui.serverURLLineEdit.text, ui.serverTokenLineEdit.text = args.server
     for task_name in TASKS_IN_ORDER:
         task = get_task(task_name)
         if slicer.mrmlScene.GetNodesByClass("vtkMRMLScalarVolumeNode"):
@@ -129,6 +135,11 @@ def play(args, widget, result, started):
         if task_name == "ms-new":
             result["ms_new_misaligned"] = register_misaligned_baseline(widget, by_input)
 
+    if args.server:
+        result["cancel"] = cancel_on_server(widget)
+        result["seconds"] = round(time.monotonic() - started, 1)
+        Path(args.result_json).write_text(json.dumps(result, indent=1), encoding="utf-8")
+        return
     result["cancel"] = cancel_midway(widget)
     result["rerun"] = rerun_into_same_segmentation(widget, *segmentations["stroke"])
     result["console_loop"] = console_loop(widget, segmentations["stroke"][1])
@@ -465,6 +476,27 @@ def cancel_midway(widget):
     assert ui.segmentButton.enabled
     assert not _group_members(process.pid), f"orphans after cancel: {_group_members(process.pid)}"
     return {"processes_stopped": len(members)}
+
+
+def cancel_on_server(widget):
+    """Cancel while the server segments: the GUI is idle again and nothing was imported."""
+    ui = widget.ui
+    before = slicer_segmentation_count()
+    ui.segmentButton.click()
+    process = widget._job.process
+    harness.run_events_until(lambda: ui.progressBar.value > 0 or not process.running, 300, "the first progress")
+    assert process.running, "the run ended before it could be cancelled"
+    ui.segmentButton.click()
+    harness.run_events_until(lambda: ui.segmentButton.text == "Segment", 60, "the cancelled run to end")
+    assert ui.progressBar.format == "Cancelled", ui.progressBar.format
+    assert slicer_segmentation_count() == before, "a cancelled run imported a result"
+    return {"cancelled": True}
+
+
+def slicer_segmentation_count():
+    import slicer
+
+    return len(slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode"))
 
 
 def rerun_into_same_segmentation(widget, segmentation_node, inputs):

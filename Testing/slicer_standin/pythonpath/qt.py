@@ -377,6 +377,12 @@ class QPlainTextEdit(QWidget):
         return "\n".join(self._lines)
 
 
+class QLineEdit(QWidget):
+    def __init__(self, parent=None):
+        QWidget.__init__(self, parent)
+        self.text = ""
+
+
 class QListWidgetItem:
     def __init__(self, text=""):
         self._text, self._data, self._flags, self._check = text, {}, _ITEM_DEFAULT_FLAGS, None
