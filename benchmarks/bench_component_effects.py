@@ -100,17 +100,15 @@ def run_case(name: str, inputs: dict, model: Path, out: Path, device: str, check
 
 def show(name: str, row: dict) -> None:
     best, ob = row["best_effect"], row["best_overlap"]
-    rho = row["spearman_pooled"]
+    rho, median = (("n/a" if v is None else f"{v:+.2f}") for v in (row["spearman_pooled"], row["spearman_median_layer"]))
     top = (f"top effect {best['layer']} #{best['component']}: {best['changed_voxels']} voxels, "
            f"{best['changed_ml']:.2f} mL changed ({best['delta_ml']:+.2f} mL)" if best else "no component changes a voxel")
     over = ""
     if ob:
         layer = row["layers"].get(ob["layer"], {})
         over = f"; overlap top {ob['layer']} #{ob['component']} changes {layer.get('top_overlap_effect_voxels')} voxels"
-    print(f"[{name}] lesion {row['lesion_ml']:.2f} mL; {top}{over}; Spearman(score, effect) pooled "
-          f"{'n/a' if rho is None else f'{rho:+.2f}'}, median per layer "
-          f"{'n/a' if row['spearman_median_layer'] is None else f'{row['spearman_median_layer']:+.2f}'}; "
-          f"effects {row['effects_s']:.1f} s vs segment {row['segment_s']:.1f} s (x{row['ratio']})", flush=True)
+    print(f"[{name}] lesion {row['lesion_ml']:.2f} mL; {top}{over}; Spearman(score, effect) pooled {rho}, "
+          f"median per layer {median}; effects {row['effects_s']:.1f} s vs segment {row['segment_s']:.1f} s (x{row['ratio']})", flush=True)
     if "counterfactual_check" in row:
         print(f"    counterfactual of the top component: {row['counterfactual_check']}", flush=True)
     print("    per layer: " + ", ".join(f"{n} K={v['components']} {v['effects_s']:.1f}s" for n, v in row["layers"].items()),
