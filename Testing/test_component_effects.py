@@ -19,18 +19,18 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from test_component_ranking import HALF_MM, cropped_stroke_sample
+
 from LesionFactorizerLib import build_model
 from LesionFactorizerLib.demo import bundled_demo_model
 from LesionFactorizerLib.nn.factorizer import plain_forward
 from LesionFactorizerLib.nn.matricize import make_matricize
 from LesionFactorizerLib.nn.nmf import NMF
-from LesionFactorizerLib.phantoms.samples import sample_case
-from LesionFactorizerLib.pipeline.counterfactual import dropped, run_counterfactual
+from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
 from LesionFactorizerLib.pipeline.groups import kept
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 
 REPO = Path(__file__).resolve().parents[1]
-HALF_MM = 36.0
 LAYERS = ["decoder2", "decoder1"]
 
 
@@ -78,18 +78,7 @@ def test_keeping_one_component_is_the_same_in_both_forward_paths():
 def case(tmp_path_factory):
     """The stroke sample cropped to ±36 mm around its lesion; effects of two decoder layers."""
     folder = tmp_path_factory.mktemp("effects")
-    sample = sample_case("stroke")
-    label = sitk.ReadImage(sample["label"])
-    centre = np.round(np.argwhere(sitk.GetArrayViewFromImage(label) > 0).mean(axis=0)).astype(int)[::-1]
-    half = np.ceil(HALF_MM / np.array(label.GetSpacing())).astype(int)
-    lo = np.maximum(centre - half, 0)
-    size = np.minimum(centre + half, np.array(label.GetSize())) - lo
-    inputs = {}
-    for name in ("dwi", "adc"):
-        crop = sitk.RegionOfInterest(sitk.ReadImage(sample["inputs"][name]), [int(s) for s in size],
-                                     [int(v) for v in lo])
-        inputs[name] = str(folder / f"{name}.nii.gz")
-        sitk.WriteImage(crop, inputs[name])
+    inputs = cropped_stroke_sample(folder, HALF_MM)
     model = str(bundled_demo_model("stroke"))
 
     def run(out, **extra):

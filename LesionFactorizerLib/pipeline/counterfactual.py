@@ -22,7 +22,6 @@ temporary folder, read back, then swapped in:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import time
@@ -46,18 +45,11 @@ def component_count(model, layer: str) -> int:
     return wrapped.in_proj.in_features // wrapped.matricize.head_dim * wrapped.nmf.rank
 
 
-@contextlib.contextmanager
 def dropped(model, layer: str, component: int):
     """Within the block, ``layer``'s NMF reconstructs without ``component`` (any forward path)."""
-    wrapped = model.nmf_layers()[layer]
-    heads = wrapped.in_proj.in_features // wrapped.matricize.head_dim
-    if not 0 <= int(component) < heads * wrapped.nmf.rank:
-        raise ValueError(f"layer {layer} has components 0 to {heads * wrapped.nmf.rank - 1}, not {component}")
-    wrapped.nmf.drop = (heads, int(component))
-    try:
-        yield
-    finally:
-        wrapped.nmf.drop = None
+    from LesionFactorizerLib.pipeline.groups import selected
+
+    return selected(model, layer, component, "drop")
 
 
 @dataclass

@@ -72,7 +72,7 @@ def compute_effects(seg, prep, case, inputs: EffectInputs, layers: list[str] | N
     runner = _Passes(seg, inputs)
     total = sum(component_count(model, n) for n in names) or 1
     done, result = 0, {}
-    with torch.no_grad():
+    with torch.no_grad(), runner:
         for name in names:
             t = time.monotonic()
             count = component_count(model, name)
@@ -154,6 +154,13 @@ class _Passes:
         self.per_chunk = max(1, min(MAX_CHUNK, samples // max(1, inputs.sw_batch_size),
                                     MAX_STITCH_BYTES // (4 * outputs * voxels)))
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for model in self.models:   # back where the pipeline keeps them between runs
+            model.to("cpu")
+
     def chunks(self, count: int) -> list[list[int]]:
         return [list(range(i, min(i + self.per_chunk, count))) for i in range(0, count, self.per_chunk)]
 
@@ -198,13 +205,13 @@ class _Passes:
         ``i·B … i·B+B−1``)."""
         import torch
 
-        from LesionFactorizerLib.pipeline.counterfactual import dropped
+        from LesionFactorizerLib.pipeline.groups import selected
 
         def call(name, h, skip):
             if name == layer:
                 outs = []
                 for k in chunk:
-                    with dropped(model, layer, k):
+                    with selected(model, layer, k, "drop"):
                         # clone: a block writes its output into a buffer it reuses on its next call
                         outs.append(model.run_block(name, h, skip).clone())
                 return torch.cat(outs)

@@ -21,17 +21,23 @@ NOTES = {"keep": "segmentation with this NMF layer reconstructing its input from
 
 
 @contextlib.contextmanager
-def kept(model, layer: str, component: int):
-    """Within the block, ``layer``'s NMF reconstructs from ``component`` alone (any forward path)."""
+def selected(model, layer: str, component: int, how: str):
+    """Within the block, ``layer``'s NMF reconstructs without ``component`` (``how="drop"``,
+    ``NMF.drop``) or from it alone (``how="keep"``, ``NMF.keep``), in any forward path."""
     wrapped = model.nmf_layers()[layer]
     heads = wrapped.in_proj.in_features // wrapped.matricize.head_dim
     if not 0 <= int(component) < heads * wrapped.nmf.rank:
         raise ValueError(f"layer {layer} has components 0 to {heads * wrapped.nmf.rank - 1}, not {component}")
-    wrapped.nmf.keep = (heads, int(component))
+    setattr(wrapped.nmf, how, (heads, int(component)))
     try:
         yield
     finally:
-        wrapped.nmf.keep = None
+        setattr(wrapped.nmf, how, None)
+
+
+def kept(model, layer: str, component: int):
+    """Within the block, ``layer``'s NMF reconstructs from ``component`` alone."""
+    return selected(model, layer, component, "keep")
 
 
 @contextlib.contextmanager
@@ -48,11 +54,9 @@ def short_circuited(model, layer: str):
 
 def variant(model, layer: str, component: int | None, mode: str):
     """The context of one counterfactual: ``mode`` (:data:`MODES`) applied to ``layer``/``component``."""
-    from LesionFactorizerLib.pipeline.counterfactual import dropped
-
     if mode == "skip":
         return short_circuited(model, layer)
-    return (kept if mode == "keep" else dropped)(model, layer, int(component))
+    return selected(model, layer, int(component), mode)
 
 
 def folder_name(layer: str, component: int | None, mode: str) -> str:
