@@ -184,3 +184,42 @@ def test_keeping_one_of_two_components_is_dropping_the_other(case):
     a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(f / "segmentation.nrrd"))) for f in runs.values())
     assert np.array_equal(a, b)
     assert json.loads((runs["--keep"] / "counterfactual.json").read_text(encoding="utf-8"))["mode"] == "keep"
+
+
+def _effect_row(component, voxels):
+    return {"component": component, "changed_voxels": voxels, "added": voxels, "removed": 0, "relabelled": 0,
+            "changed_ml": voxels / 1000, "delta_ml": voxels / 1000, "labels_delta_ml": {}}
+
+
+def test_the_overview_opens_on_the_largest_effect_and_the_overlap_ranking_stays(tmp_path):
+    from LesionFactorizerLib.pipeline.components import write_components
+    from LesionFactorizerLib.pipeline.geometry import Geometry
+    from LesionFactorizerLib.pipeline.preprocessing import Prepared
+    from LesionFactorizerLib.pipeline.ranking import Masks
+
+    grid = Geometry((8, 8, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    prep = Prepared(None, grid, grid, (0, 0, 0), (8, 8, 8), (8, 8, 8), True, [])
+    lesion, brain = np.zeros((8, 8, 8), np.float32), np.ones((8, 8, 8), np.float32)
+    lesion[2:5, 2:5, 2:5] = 1
+    rng = np.random.default_rng(0)
+    comps = {"encoder1": rng.random((2, 8, 8, 8), dtype=np.float32),
+             "decoder1": np.stack([lesion + 0.01, rng.random((8, 8, 8), dtype=np.float32)])}
+    order, strides = ["encoder1", "decoder1"], {"encoder1": 1, "decoder1": 1}
+    effects = {"encoder1": {"ranking": [_effect_row(1, 50), _effect_row(0, 3)], "seconds": 1.0},
+               "decoder1": {"ranking": [_effect_row(0, 7), _effect_row(1, 0)], "seconds": 0.5}}
+    runs = {}
+    for name, extra in (("plain", None), ("effects", effects)):
+        entries, shown = write_components(prep, comps, strides, tmp_path / name, order,
+                                          masks=Masks(lesion, brain), effects=extra)
+        runs[name] = (json.loads((tmp_path / name / "components.json").read_text(encoding="utf-8")), shown)
+    plain, with_effects = runs["plain"][0], runs["effects"][0]
+    assert plain["best"] == with_effects["best"] == {"layer": "decoder1", "component": 0,
+                                                     "score": plain["layers"][1]["ranking"][0]["score"]}
+    assert [e["ranking"] for e in plain["layers"]] == [e["ranking"] for e in with_effects["layers"]]
+    assert runs["plain"][1][0] == "decoder1"                       # the overlap's best layer
+    layer, _image, picks = runs["effects"][1]
+    assert layer == "encoder1" and [c for c, _ in picks] == [1, 0]   # the largest effect, then the next
+    assert "50 vox" in picks[0][1] and "overlap #" in picks[0][1]
+    assert with_effects["best_effect"] == {"layer": "encoder1", "component": 1, "changed_voxels": 50,
+                                           "changed_ml": 0.05, "delta_ml": 0.05}
+    assert with_effects["layers"][0]["effects_s"] == 1.0 and "effect_ranking" not in plain["layers"][0]
