@@ -223,3 +223,12 @@ def test_the_overview_opens_on_the_largest_effect_and_the_overlap_ranking_stays(
     assert with_effects["best_effect"] == {"layer": "encoder1", "component": 1, "changed_voxels": 50,
                                            "changed_ml": 0.05, "delta_ml": 0.05}
     assert with_effects["layers"][0]["effects_s"] == 1.0 and "effect_ranking" not in plain["layers"][0]
+
+
+def test_with_mirror_tta_every_pass_is_branched_the_same_way(case):
+    out = case["run"]("tta", component_layers=["decoder1"], effects=True, tta=True)
+    entry = _report(out)["components"][0]
+    assert entry["layer"] == "decoder1" and _report(out)["settings"]["passes"] == 4
+    for row in entry["effect_ranking"]:
+        summary = _counterfactual_summary(out, "decoder1", row["component"])
+        assert summary["difference_voxels"] == {k: row[k] for k in ("added", "removed", "relabelled")}

@@ -14,12 +14,13 @@ blocks downstream run on all those copies at once — components batched, as win
 sample's result does not depend on the others in its batch). Windows, passes (TTA flips, ensemble
 members, in the same order), stitching, and post-processing (:meth:`Segmenter.labels_of`) are the
 pipeline's own, so each component's labels are those a ``counterfactual`` run with that component
-dropped writes (tested label for label). Runs eager PyTorch on the run's device and window batch;
+dropped writes (tested label for label, one pass and mirror TTA; ensemble members
+follow the same order, untested). Runs eager PyTorch on the run's device and window batch;
 ``counterfactual`` runs through ``--backend``, eager unless a faster backend was calibrated.
 
 **Cost.** Per layer with K components: ``⌈K/G⌉`` times the network up to the layer, plus K times
 the layer and everything downstream of it, for every window and pass; ``G`` components share a
-forward (bounded by :data:`MAX_BATCH` samples and :data:`MAX_STITCH_BYTES` of stitched logits).
+forward (at most :data:`MAX_CHUNK`, within free memory and :data:`MAX_STITCH_BYTES` of stitched logits).
 Post-processing runs once per component. Deep layers have the most components (heads grow with
 width) and the least downstream; measured per layer in ``components.json`` (``effects_s``) and by
 ``benchmarks/bench_component_effects.py``.
