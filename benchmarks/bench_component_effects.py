@@ -79,12 +79,13 @@ def analyse(report: dict) -> dict:
             "ratio": round(timings["effects"] / rest, 1) if rest > 0 else None, "layers": per_layer}
 
 
-def run_case(name: str, inputs: dict, model: Path, out: Path, device: str, check: bool) -> dict:
+def run_case(name: str, inputs: dict, model: Path, out: Path, device: str, check: bool,
+             layers: list[str] | None = None) -> dict:
     from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
     from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 
     segment_case(SegmentOptions(inputs=inputs, output=str(out), models=[str(model)], device=device,
-                                components=True, effects=True, overwrite=True))
+                                components=True, effects=True, component_layers=layers, overwrite=True))
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     row = analyse(report)
     best = row["best_effect"]
@@ -137,6 +138,7 @@ def main() -> int:
     parser.add_argument("--tasks", default="tumor,stroke,ms-new")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--check", action="store_true", help="also run the top component's counterfactual")
+    parser.add_argument("--layers", help="rank only these NMF layers (comma-separated; default: all)")
     parser.add_argument("--out", default=str(REPO / "build" / "bench-component-effects"))
     args = parser.parse_args()
 
@@ -148,14 +150,15 @@ def main() -> int:
 
     out = Path(args.out)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    results: dict = {"device": args.device, "threads": os.environ.get("OMP_NUM_THREADS"),
+    layers = [n.strip() for n in args.layers.split(",")] if args.layers else None
+    results: dict = {"device": args.device, "layers": layers or "all", "threads": os.environ.get("OMP_NUM_THREADS"),
                      "load_average_before": os.getloadavg(), "samples": {}, "phantoms": {}}
     for task in tasks if args.samples else []:
         model = bundled_demo_model(task)
         sample = sample_case(task)
         inputs = {n: sample["inputs"][n] for n in read_spec(model).inputs}
         results["samples"][task] = run_case(f"sample {task}", inputs, model, out / "samples" / task, args.device,
-                                            args.check)
+                                            args.check, layers)
     for task in tasks if args.phantoms else []:
         model = bundled_demo_model(task)
         spec = read_spec(model)
@@ -165,14 +168,15 @@ def main() -> int:
             folder = out / "phantoms" / task / f"case{i}"
             inputs, _label = held_out_case(task, HELD_OUT_SEED, i, spacing, folder)
             inputs = {n: p for n, p in inputs.items() if n in spec.inputs}
-            rows.append(run_case(f"phantom {task} {i}", inputs, model, folder / "out", args.device, args.check))
+            rows.append(run_case(f"phantom {task} {i}", inputs, model, folder / "out", args.device, args.check,
+                                 layers))
         results["phantoms"][task] = rows
     if args.brats_size:
         t = time.monotonic()
         inputs = brats_size_case(out / "brats-size")
         print(f"BraTS-size phantom made in {time.monotonic() - t:.0f} s", flush=True)
         results["brats_size"] = run_case("BraTS-size tumor", inputs, bundled_demo_model("tumor"),
-                                         out / "brats-size" / "out", args.device, False)
+                                         out / "brats-size" / "out", args.device, False, layers)
     results["load_average_after"] = os.getloadavg()
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench-component-effects.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
