@@ -60,7 +60,7 @@ def options_from_args(args: argparse.Namespace, inputs: dict[str, str] | None = 
 
     given = {f.name: getattr(args, f.name) for f in fields(SegmentOptions) if f.name in BY_NAME}
     given.update({name: split_list(given[name]) for name, o in BY_NAME.items() if o.listed})
-    given["components"] = given["components"] or bool(given["component_layers"]) or bool(given["effects"])
+    given["components"] = given["components"] or bool(given["component_layers"])
     return SegmentOptions(inputs=dict(inputs or {}), output=output, **given)
 
 

@@ -304,7 +304,7 @@ class Segmenter:
                              [n for n, _ in model.component_layers])
         apply_nmf_settings(models, self.settings["nmf_iters"], self.settings["skip_nmf"])
         self.component_model = next((m for m in models if getattr(m, "has_components", False)), None)
-        self.want_components = bool(self.opts.components or self.opts.component_layers)
+        self.want_components = bool(self.opts.components or self.opts.component_layers or self.opts.effects)
         if self.want_components and self.component_model is None:
             self.want_components = False
             note = (f"model {self.loaded[0].name} is not a Factorizer and has no NMF components; "
