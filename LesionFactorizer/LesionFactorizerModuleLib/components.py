@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from LesionFactorizerLib.pipeline.counterfactual import DIFFERENCE  # torch-free, like the worker's imports
+from LesionFactorizerLib.pipeline.effects import best_effect  # torch-free: the library's rule, not a copy
 from LesionFactorizerModuleLib.worker import NMF_LAYERS
 
 INDEX_NAME = "components.json"
+EFFECT_FIELDS = ("component", "changed_voxels", "added", "removed", "changed_ml", "delta_ml")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -60,7 +62,7 @@ class ComponentLayer:
     ijk_to_ras: np.ndarray  # 4x4
     maxima: list[float]
     ranking: list[dict] = field(default_factory=list)  # best first: component, score, coverage, share, contrast
-    effects: list[dict] = field(default_factory=list)  # largest first: component, changed_voxels, added, ... delta_ml
+    effects: list[dict] = field(default_factory=list)  # largest first: EFFECT_FIELDS (+ relabelled, labels_delta_ml)
     _maps: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -165,8 +167,8 @@ def load_components(directory: str | os.PathLike) -> dict[str, ComponentLayer]:
             if not isinstance(rows, list) or any(not isinstance(r, dict) or not 0 <= int(r.get("component", -1)) < count
                                                  for r in rows):
                 raise ValueError(f"{where}: inconsistent component ranking.")
-        if any(not isinstance(r.get("changed_voxels"), int) for r in effects):
-            raise ValueError(f"{where}: inconsistent effect ranking (changed_voxels).")
+        if any(not isinstance(r.get("changed_voxels"), int) or not all(k in r for k in EFFECT_FIELDS) for r in effects):
+            raise ValueError(f"{where}: inconsistent effect ranking.")
         layers[name] = ComponentLayer(name=name, path=path, count=count, stride=int(_field(entry, "stride", where)),
                                       size=size, ijk_to_ras=ijk_to_ras(origin, spacing, direction), maxima=maxima,
                                       ranking=[dict(r) for r in ranking], effects=[dict(r) for r in effects])
@@ -178,12 +180,9 @@ def best_component(layers: dict[str, ComponentLayer]) -> tuple[str, int] | None:
     when the run ranked effects (``components.json``'s "best_effect"), else the best-scoring
     component of all layers (ties: the later layer, closer to the output — the rule of
     ``components.json``'s "best"); None unranked."""
-    best = None
-    for name, layer in layers.items():
-        if layer.effects and (best is None or layer.effects[0]["changed_voxels"] >= best[2]):
-            best = (name, int(layer.effects[0]["component"]), int(layer.effects[0]["changed_voxels"]))
-    if best and best[2] > 0:
-        return best[0], best[1]
+    top = best_effect({name: {"ranking": layer.effects} for name, layer in layers.items()})
+    if top:
+        return top["layer"], int(top["component"])
     best = None
     for name, layer in layers.items():
         if layer.ranking and (best is None or layer.ranking[0]["score"] >= best[2]):
