@@ -62,14 +62,12 @@ def test_block_mean_is_the_fraction_of_each_coarse_voxel():
     assert coarse.sum() == pytest.approx(2 / 8)
 
 
-@pytest.fixture(scope="module")
-def stroke_run(tmp_path_factory):
-    """The stroke sample, cropped to ±24 mm around its lesion, through the demo model with components."""
-    folder = tmp_path_factory.mktemp("stroke")
+def cropped_stroke_sample(folder: Path, half_mm: float) -> dict[str, str]:
+    """The stroke sample's DWI and ADC (and label.nii.gz) cropped to ±``half_mm`` around its lesion."""
     sample = sample_case("stroke")
     label = sitk.ReadImage(sample["label"])
     centre = np.round(np.argwhere(sitk.GetArrayViewFromImage(label) > 0).mean(axis=0)).astype(int)[::-1]  # i, j, k
-    half = np.ceil(HALF_MM / np.array(label.GetSpacing())).astype(int)
+    half = np.ceil(half_mm / np.array(label.GetSpacing())).astype(int)
     lo = np.maximum(centre - half, 0)
     size = np.minimum(centre + half, np.array(label.GetSize())) - lo
     inputs = {}
@@ -80,6 +78,14 @@ def stroke_run(tmp_path_factory):
         sitk.WriteImage(crop, inputs[name])
     sitk.WriteImage(sitk.RegionOfInterest(label, [int(s) for s in size], [int(v) for v in lo]),
                     str(folder / "label.nii.gz"))
+    return inputs
+
+
+@pytest.fixture(scope="module")
+def stroke_run(tmp_path_factory):
+    """The stroke sample, cropped to ±36 mm around its lesion, through the demo model with components."""
+    folder = tmp_path_factory.mktemp("stroke")
+    inputs = cropped_stroke_sample(folder, HALF_MM)
     out = folder / "result"
     outputs = segment_case(SegmentOptions(inputs=inputs, output=str(out), models=[str(bundled_demo_model("stroke"))],
                                           device="cpu", components=True, format="nrrd"))

@@ -20,7 +20,8 @@ def _parse(command, argv):
 def test_argv_round_trips_through_the_generated_cli_options(command):
     values = {"task": "tumor", "models": ["a", "b c"], "device": "cpu", "preset": "fast", "tta": False,
               "nmf_iters": 3, "skip_nmf": ["bridge", "decoder1"], "overlap": 0.25, "sw_batch_size": 2, "backend": "onnx",
-              "components": True, "component_layers": ["decoder1"], "probabilities": True, "uncertainty": True,
+              "components": True, "component_layers": ["decoder1"], "effects": True, "probabilities": True,
+              "uncertainty": True,
               "threshold": 0.4,
               "min_lesion_mm3": 2.5, "format": "nrrd", "overview": False, "progress": "jsonl", "overwrite": True,
               "dicom_seg": True, "register": "never", "postprocess": "argmax"}

@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from LesionFactorizerLib.pipeline.counterfactual import DIFFERENCE  # torch-free, like the worker's imports
+from LesionFactorizerLib.pipeline.effects import best_effect  # torch-free: the library's rule, not a copy
 from LesionFactorizerModuleLib.worker import NMF_LAYERS
 
 INDEX_NAME = "components.json"
+EFFECT_FIELDS = ("component", "changed_voxels", "added", "removed", "changed_ml", "delta_ml")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -60,6 +62,7 @@ class ComponentLayer:
     ijk_to_ras: np.ndarray  # 4x4
     maxima: list[float]
     ranking: list[dict] = field(default_factory=list)  # best first: component, score, coverage, share, contrast
+    effects: list[dict] = field(default_factory=list)  # largest first: EFFECT_FIELDS (+ relabelled, labels_delta_ml)
     _maps: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -85,6 +88,13 @@ class ComponentLayer:
     def rank_of(self, index: int) -> tuple[int, dict] | None:
         """(1-based rank, scores) of component ``index``; None when the layer was not ranked."""
         for rank, row in enumerate(self.ranking, start=1):
+            if row.get("component") == index:
+                return rank, row
+        return None
+
+    def effect_of(self, index: int) -> tuple[int, dict] | None:
+        """(1-based rank by effect, row) of component ``index``; None without an effect ranking."""
+        for rank, row in enumerate(self.effects, start=1):
             if row.get("component") == index:
                 return rank, row
         return None
@@ -152,18 +162,27 @@ def load_components(directory: str | os.PathLike) -> dict[str, ComponentLayer]:
         if not path.is_file():
             raise ValueError(f"{where}: {path.name} is missing.")
         ranking = entry.get("ranking") or []   # absent: a run without a lesion, or an older library
-        if not isinstance(ranking, list) or any(not isinstance(r, dict) or not 0 <= int(r.get("component", -1)) < count
-                                                for r in ranking):
-            raise ValueError(f"{where}: inconsistent component ranking.")
+        effects = entry.get("effect_ranking") or []   # absent: a run without --effects
+        for rows in (ranking, effects):
+            if not isinstance(rows, list) or any(not isinstance(r, dict) or not 0 <= int(r.get("component", -1)) < count
+                                                 for r in rows):
+                raise ValueError(f"{where}: inconsistent component ranking.")
+        if any(not isinstance(r.get("changed_voxels"), int) or not all(k in r for k in EFFECT_FIELDS) for r in effects):
+            raise ValueError(f"{where}: inconsistent effect ranking.")
         layers[name] = ComponentLayer(name=name, path=path, count=count, stride=int(_field(entry, "stride", where)),
                                       size=size, ijk_to_ras=ijk_to_ras(origin, spacing, direction), maxima=maxima,
-                                      ranking=[dict(r) for r in ranking])
+                                      ranking=[dict(r) for r in ranking], effects=[dict(r) for r in effects])
     return dict(sorted(layers.items(), key=lambda kv: NMF_LAYERS.index(kv[0])))
 
 
 def best_component(layers: dict[str, ComponentLayer]) -> tuple[str, int] | None:
-    """(layer, component) the browser opens on: the best-scoring component of all layers (ties: the
-    later layer, closer to the output — the rule of ``components.json``'s "best"); None unranked."""
+    """(layer, component) the browser opens on: the component with the largest effect on the lesion
+    when the run ranked effects (``components.json``'s "best_effect"), else the best-scoring
+    component of all layers (ties: the later layer, closer to the output — the rule of
+    ``components.json``'s "best"); None unranked."""
+    top = best_effect({name: {"ranking": layer.effects} for name, layer in layers.items()})
+    if top:
+        return top["layer"], int(top["component"])
     best = None
     for name, layer in layers.items():
         if layer.ranking and (best is None or layer.ranking[0]["score"] >= best[2]):
@@ -177,8 +196,19 @@ def score_text(layer: ComponentLayer | None, index: int) -> str:
     if found is None:
         return "not ranked (no lesion was segmented)" if layer is not None else ""
     rank, row = found
-    return (f"rank {rank} of {layer.count} in {layer.title}: score {row['score']:.2g}, covers "
+    text = (f"rank {rank} of {layer.count} in {layer.title}: score {row['score']:.2g}, covers "
             f"{100 * row.get('coverage', 0.0):.0f}% of the lesion, {row.get('contrast', 0.0):.1f}x its mean in brain")
+    effect = layer.effect_of(index)
+    if effect is not None:
+        text += "\n" + effect_text(*effect, layer.count)
+    return text
+
+
+def effect_text(rank: int, row: dict, count: int) -> str:
+    """What dropping the component does to the lesion (``segment --effects``), and its rank by that."""
+    return (f"effect rank {rank} of {count}: dropping it changes {row['changed_voxels']} voxels "
+            f"({row.get('changed_ml', 0.0):.2f} mL; +{row.get('added', 0)} / -{row.get('removed', 0)}), "
+            f"lesion {row.get('delta_ml', 0.0):+.2f} mL")
 
 
 def counterfactual_text(summary: dict) -> str:

@@ -15,11 +15,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from LesionFactorizerLib.pipeline.settings import BY_NAME, DEVICES, PROGRESS
 
     parser.add_argument("result_dir", metavar="RESULT_DIR", help="output folder of a `segment` run (has report.json)")
-    parser.add_argument("--layer", help="NMF layer, e.g. decoder1 (default: the layer of the top-ranked component)")
+    parser.add_argument("--layer", help="NMF layer, e.g. decoder1 (default: the layer of the component with the "
+                        "largest effect when `segment --effects` ranked them, else of the top-ranked component)")
     parser.add_argument("--component", type=int, metavar="K",
-                        help="component number in that layer, from 0 (default: the layer's top-ranked component)")
+                        help="component number in that layer, from 0 (default: the layer's largest effect, else "
+                             "its top-ranked component)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--keep", dest="mode", action="store_const", const="keep", default="drop",
+                       help="keep only this component in its layer instead of dropping it")
+    group.add_argument("--whole-layer", dest="mode", action="store_const", const="skip",
+                       help="short-circuit the whole --layer (as --skip-nmf) instead of dropping one component")
     parser.add_argument("--output", "-o", metavar="DIR",
-                        help="output folder (default: RESULT_DIR/counterfactual/<layer>-<component>)")
+                        help="output folder (default: RESULT_DIR/counterfactual/<layer>-<component>, "
+                             "<layer>-keep-<component> or <layer>-skipped)")
     parser.add_argument("--input", "-i", action="append", default=[], metavar="NAME=PATH",
                         help="where an input of the run is now, if it moved (must be the same file)")
     parser.add_argument("--device", choices=list(DEVICES), default="auto", help=BY_NAME["device"].help)
@@ -50,11 +58,16 @@ def run(args: argparse.Namespace) -> int:
             inputs[name] = path
         outputs = run_counterfactual(args.result_dir, args.layer, args.component, args.output, inputs,
                                      args.device, args.overwrite, progress, args.picture,
-                                     args.trust_inputs)
+                                     args.trust_inputs, args.mode)
     progress.done(outputs)
     if args.progress == "bar":
         summary = json.loads(open(outputs["summary"], encoding="utf-8").read())
-        print(f"without {summary['layer']} #{summary['component']}: lesion {summary['lesion']['before_ml']:.2f} -> "
+        from LesionFactorizerLib.pipeline.groups import describe
+
+        why = {"effect": " (the largest effect of `segment --effects`)",
+               "overlap": " (the overlap ranking's top: run `segment --effects` to rank by effect)"}
+        print(f"{describe(summary['layer'], summary['component'], summary['mode'])}"
+              f"{why.get(summary['chosen_by'], '')}: lesion {summary['lesion']['before_ml']:.2f} -> "
               f"{summary['lesion']['after_ml']:.2f} mL ({summary['lesion']['delta_ml']:+.2f} mL); "
               f"written to {outputs['dir']}", file=sys.stderr)
     elif args.progress == "none":

@@ -332,11 +332,11 @@ class Factorizer(UShapedNet):
             block.workspace = workspace
         self.widths = tuple(widths)
 
-    def forward(self, x: torch.Tensor, all_heads: bool = False):
+    def forward(self, x: torch.Tensor, all_heads: bool = False, call=None):
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():   # graphs own their memory
-            return super().forward(x, all_heads)
+            return super().forward(x, all_heads, call)
         with self.blocks["encoder1"].workspace.session():
-            return super().forward(x, all_heads)
+            return super().forward(x, all_heads, call)
 
     def _decode(self, block: FactorizerBlock, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         return block(up, skip=skip)  # no concatenated copy: the adapter reads both parts

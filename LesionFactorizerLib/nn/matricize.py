@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from LesionFactorizerLib.nn import native
-from LesionFactorizerLib.nn.nmf import drop_component, initial_factors, rank1_hals_from_moments
+from LesionFactorizerLib.nn.nmf import initial_factors, rank1_hals_from_moments, select_components
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ class LocalMatricize:
     def _add_native(self, zp, nmf, weight, target, maps, shift: int, scale: float) -> bool:
         """One partition by the compiled kernel (``nn/native.py``) when it is available and the NMF
         is rank-1 HALS: the same arithmetic as :meth:`_project_slab`, window by window in cache."""
-        if not nmf.uses_moments():
+        if not nmf.uses_moments() or nmf.keep is not None:   # the kernel can drop a head, not keep one
             return False
         e, n = self.head_dim, self.window ** 3
         _, v0 = initial_factors(e, n, 1, nmf.seed, dtype=zp.dtype)
@@ -243,7 +243,7 @@ class LocalMatricize:
         moments = torch.matmul(zw.transpose(1, 2), torch.cat([torch.ones_like(v0), v0], 1))
         rowsum, xv0 = moments.view(k, heads, e, 2).unbind(-1)
         u, cc = rank1_hals_from_moments(gram, rowsum, xv0, v0.pow(2).sum(), n, nmf.iters, nmf.eps)
-        ud = u if nmf.drop is None else drop_component(u.reshape(k * heads, e, 1), *nmf.drop).view(u.shape)
+        ud = select_components(nmf, u.reshape(k * heads, e, 1)).view(u.shape)
         # what one unit of a head's v adds to the output channels: scale · W_h u_h   (k, heads, C)
         m = torch.matmul(ud.unsqueeze(-2), weight.view(-1, heads, e).permute(1, 2, 0)).squeeze(-2) * scale
         m = m / cc                                                        # v = (Xᵀu + eps) / c

@@ -202,6 +202,21 @@ def drop_component(u: torch.Tensor, heads: int, component: int) -> torch.Tensor:
     return (u.reshape(-1, heads, *u.shape[-2:]) * keep).reshape(u.shape)
 
 
+def keep_component(u: torch.Tensor, heads: int, component: int) -> torch.Tensor:
+    """``U`` with every column but one component's zeroed: ``U Vᵀ`` is then that component's term
+    alone (numbered as in :func:`drop_component`)."""
+    return u - drop_component(u, heads, component)
+
+
+def select_components(nmf: "NMF", u: torch.Tensor) -> torch.Tensor:
+    """``U`` as the layer's reconstruction uses it: without ``nmf.drop``, or only ``nmf.keep``."""
+    if nmf.drop is not None:
+        u = drop_component(u, *nmf.drop)
+    if nmf.keep is not None:
+        u = keep_component(u, *nmf.keep)
+    return u
+
+
 class NMF(nn.Module):
     """NMF layer: forward returns the low-rank reconstruction ``U Vᵀ`` of a non-negative input.
 
@@ -227,12 +242,12 @@ class NMF(nn.Module):
         # counterfactual (pipeline/counterfactual.py). Set here so that every forward path, plain
         # or memory-saving, leaves it out; the factors themselves (and the maps) are unchanged.
         self.drop: tuple[int, int] | None = None
+        # (heads, component) kept alone: the "keep only this component" group counterfactual
+        self.keep: tuple[int, int] | None = None
 
     def decompose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u, v = factorize(x, self.rank, self.iters, self.solver, self.grad_iters, self.eps, self.seed)
-        if self.drop is not None:
-            u = drop_component(u, *self.drop)
-        return u, v
+        return select_components(self, u), v
 
     def uses_moments(self) -> bool:
         """Whether :func:`factorize` takes the rank-1 HALS closed form, which needs only X's

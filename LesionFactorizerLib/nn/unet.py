@@ -90,6 +90,8 @@ CONV_BLOCKS: dict[str, type[nn.Module]] = {
 
 # Block factory: (cin, cout, level, role) -> module; role is "encoder", "bridge" or "decoder".
 BlockFactory = Callable[[int, int, int, str], nn.Module]
+# How the skeleton runs one block: (name, input, skip connection or None) -> output.
+BlockCall = Callable[[str, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 class UShapedNet(nn.Module):
@@ -144,29 +146,38 @@ class UShapedNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return x, size
 
-    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Decoder outputs from the finest level up, and runs every block in order."""
+    def _features(self, x: torch.Tensor, call: BlockCall | None = None) -> list[torch.Tensor]:
+        """Decoder outputs from the finest level up, and runs every block in order.
+
+        ``call(name, h, skip)`` runs each block in place of :meth:`run_block` (``skip``: a decoder's
+        skip connection, else None); it may return a larger batch than it got, e.g. one copy of the
+        windows per variant of that block, and later blocks then see that batch."""
+        call = call or self.run_block
         skips = []
         h = self.stem(x)
         for level in range(self.levels):
             if level > 0:
                 h = self.down[level - 1](h)
             name = "bridge" if level == self.levels - 1 else f"encoder{level + 1}"
-            h = self.blocks[name](h)
+            h = call(name, h, None)
             skips.append(h)
         outs = [h]
         for level in reversed(range(self.levels - 1)):
-            h = self._decode(self.blocks[f"decoder{level + 1}"], skips[level], self.up[level](h))
+            h = call(f"decoder{level + 1}", self.up[level](h), skips[level])
             outs.append(h)
         return outs[::-1]  # finest first
+
+    def run_block(self, name: str, h: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """Block ``name`` on ``h`` (a decoder: the upsampled tensor with its ``skip`` connection)."""
+        return self.blocks[name](h) if skip is None else self._decode(self.blocks[name], skip, h)
 
     def _decode(self, block: nn.Module, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """A decoder block on the skip connection concatenated before the upsampled tensor."""
         return block(torch.cat([skip, up], dim=1))
 
-    def forward(self, x: torch.Tensor, all_heads: bool = False):
+    def forward(self, x: torch.Tensor, all_heads: bool = False, call: BlockCall | None = None):
         x, size = self._pad(x)
-        feats = self._features(x)
+        feats = self._features(x, call)
         n_heads = len(self.heads) if all_heads else 1
         outs = []
         for i in range(n_heads):

@@ -29,7 +29,6 @@ temporary folder, read back, then swapped in:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import time
@@ -53,18 +52,11 @@ def component_count(model, layer: str) -> int:
     return wrapped.in_proj.in_features // wrapped.matricize.head_dim * wrapped.nmf.rank
 
 
-@contextlib.contextmanager
 def dropped(model, layer: str, component: int):
     """Within the block, ``layer``'s NMF reconstructs without ``component`` (any forward path)."""
-    wrapped = model.nmf_layers()[layer]
-    heads = wrapped.in_proj.in_features // wrapped.matricize.head_dim
-    if not 0 <= int(component) < heads * wrapped.nmf.rank:
-        raise ValueError(f"layer {layer} has components 0 to {heads * wrapped.nmf.rank - 1}, not {component}")
-    wrapped.nmf.drop = (heads, int(component))
-    try:
-        yield
-    finally:
-        wrapped.nmf.drop = None
+    from LesionFactorizerLib.pipeline.groups import selected
+
+    return selected(model, layer, component, "drop")
 
 
 @dataclass
@@ -81,9 +73,10 @@ class Source:
     unchecked: list[str]          # what has no recorded checksum (run only with trust_inputs)
     recorded: Any                 # the parsed report (pipeline/report.RunReport)
 
-    def ranking_of(self, layer: str) -> list[dict]:
+    def ranking_of(self, layer: str, key: str = "ranking") -> list[dict]:
+        """A layer's overlap ranking (``effect_ranking``: its effect ranking), best first."""
         entry = next((e for e in self.report.get("components") or [] if e.get("layer") == layer), None)
-        return list((entry or {}).get("ranking") or [])
+        return list((entry or {}).get(key) or [])
 
 
 def image_format(name: str) -> str | None:
@@ -157,26 +150,33 @@ def check_output(source: Source, final: Path) -> None:
                         "its segmentation while its report keeps the old numbers; choose another folder")
 
 
-def default_output(source: Source, layer: str, component: int) -> Path:
-    return source.folder / "counterfactual" / f"{layer}-{component}"
+def default_output(source: Source, layer: str, component: int | None, mode: str = "drop") -> Path:
+    from LesionFactorizerLib.pipeline.groups import folder_name
+
+    return source.folder / "counterfactual" / folder_name(layer, component, mode)
 
 
-def choose(source: Source, layer: str | None, component: int | None) -> tuple[str, int]:
-    """The requested (layer, component); missing parts from the run's ranking (best first)."""
+def choose(source: Source, layer: str | None, component: int | None) -> tuple[str, int, str]:
+    """The requested (layer, component) and what chose it: ``given``, ``effect`` (the run's effect
+    ranking, `segment --effects`: the largest effect) or ``overlap`` (the overlap ranking's best)."""
+    if layer is not None and component is not None:
+        return layer, int(component), "given"
     if layer is None:
-        best = source.report.get("components_best")
+        best, basis = source.report.get("components_best_effect"), "effect"
+        if not best:
+            best, basis = source.report.get("components_best"), "overlap"
         if not best:
             raise UserError("give --layer (and --component): the segmentation has no component ranking (run "
                             "`segment --components` on a Factorizer model)")
         layer = best["layer"]
         if component is None:
-            component = int(best["component"])
-    if component is None:
-        rows = source.ranking_of(layer)
-        if not rows:
-            raise UserError(f"give --component: layer {layer} has no component ranking in the report")
-        component = int(rows[0]["component"])
-    return layer, int(component)
+            return layer, int(best["component"]), basis
+    rows, basis = source.ranking_of(layer, "effect_ranking"), "effect"
+    if not rows:
+        rows, basis = source.ranking_of(layer), "overlap"
+    if not rows:
+        raise UserError(f"give --component: layer {layer} has no component ranking in the report")
+    return layer, int(rows[0]["component"]), basis
 
 
 def check_choice(source: Source, layer: str, component: int) -> None:
@@ -194,11 +194,14 @@ def check_choice(source: Source, layer: str, component: int) -> None:
 def run_counterfactual(folder: str | Path, layer: str | None = None, component: int | None = None,
                        output: str | Path | None = None, inputs: dict[str, str] | None = None,
                        device: str = "auto", overwrite: bool = False, progress=None,
-                       picture: bool = True, trust_inputs: bool = False) -> dict[str, str]:
+                       picture: bool = True, trust_inputs: bool = False, mode: str = "drop") -> dict[str, str]:
     """Segment the case of the run in ``folder`` again without one component; returns the outputs'
     absolute paths (``dir``: the output folder). ``picture=False`` skips difference.png (Slicer
     shows the difference itself; drawing it costs ~1 s of the click). ``trust_inputs``: run on
-    inputs and models the report records no checksum of (with a warning)."""
+    inputs and models the report records no checksum of (with a warning). ``mode``
+    (``groups.MODES``): ``keep`` keeps only that component in its layer, ``skip`` short-circuits
+    the whole layer."""
+    from LesionFactorizerLib.pipeline.groups import MODES, NOTES, describe, variant
     from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, AtomicOutput, map_suffix
     from LesionFactorizerLib.pipeline.progress import Progress, Warnings
     from LesionFactorizerLib.pipeline.segment import SegmentOptions, Segmenter
@@ -211,13 +214,19 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
     source = read_source(folder, inputs, trust_inputs)
     for what in source.unchecked:
         warnings.append(f"{what} has no recorded checksum: used as given (--trust-inputs)")
-    layer, component = choose(source, layer, component)
+    if mode not in MODES:
+        raise UserError(f"unknown counterfactual mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "skip" and layer is None:
+        raise UserError("give --layer: which NMF layer to short-circuit")
+    layer, component, chosen_by = choose(source, layer, 0 if mode == "skip" else component)
     check_choice(source, layer, component)
+    component = None if mode == "skip" else component
     settings = source.recorded.settings
     # the segmentation in the run's format; the difference (not the task's labels) as its maps
     ext, diff_ext = IMAGE_FORMATS[source.format], map_suffix(source.format)
     claims = [f"{stem}{e}" for stem in ("segmentation", "difference") for e in IMAGE_FORMATS.values()]
-    out = AtomicOutput(output or default_output(source, layer, component), [*claims, *CLAIMS_EXTRA], overwrite)
+    out = AtomicOutput(output or default_output(source, layer, component, mode), [*claims, *CLAIMS_EXTRA],
+                       overwrite)
     check_output(source, out.final)
     out.check()
     opts = SegmentOptions(
@@ -253,14 +262,14 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
         raise UserError(f"layer {layer} was short-circuited in the segmentation (--skip-nmf or preset); choose "
                         "another layer")
     count = component_count(model, layer)
-    if not 0 <= component < count:
+    if component is not None and not 0 <= component < count:
         raise UserError(f"--component {component} is out of range: layer {layer} has components 0 to {count - 1}")
     timings["model"] = time.monotonic() - t
 
     with progress.timed("preprocess", "cropping, normalising, resampling", timings):
         prep, roi = seg.prepare(case)
-    with progress.timed("inference", f"without component {component} of {layer}", timings), \
-            dropped(model, layer, component):
+    with progress.timed("inference", describe(layer, component, mode), timings), \
+            variant(model, layer, component, mode):
         prediction = seg.predict(prep, roi, warnings, progress)
     with progress.timed("postprocess", "labels and the difference", timings):
         result = seg.postprocess(prep, prediction, case)
@@ -269,6 +278,11 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
         difference = difference_map(before, after)
         summary = _summary(source, layer, component, before, after, difference, case.reference.geometry, seg.task,
                            prediction.device)
+        summary.update({"mode": mode, "chosen_by": chosen_by,
+                        "effect": next((r for r in source.ranking_of(layer, "effect_ranking")
+                                        if mode == "drop" and r["component"] == component), None)})
+        if mode != "drop":
+            summary["note"] = NOTES[mode]
 
     progress.stage("write", "writing the counterfactual")
     t = time.monotonic()
@@ -280,7 +294,7 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
         lesion = summary["lesion"]
         if picture:
             write_difference_png(tmp / written["picture"], case.reference, before, difference,
-                                 f"{seg.task.title}: without {layer} #{component} — lesion "
+                                 f"{seg.task.title}: {describe(layer, component, mode)} — lesion "
                                  f"{lesion['before_ml']:.2f} → {lesion['after_ml']:.2f} mL ({lesion['delta_ml']:+.2f} mL)")
         timings["write"] = time.monotonic() - t
         timings["total"] = time.monotonic() - t_start

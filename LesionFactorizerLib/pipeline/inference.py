@@ -62,6 +62,10 @@ def threads_for_load(default: int, cores: int | None, others: int) -> int:
     return max(1, min(default, cores - others))
 
 
+# The Factorizer's peak working set per window voxel and input channel (measured), in bytes.
+WINDOW_BYTES_PER_VOXEL = 600
+
+
 def auto_sw_batch_size(roi: tuple[int, ...], channels: int, device_type: str, free_bytes: int | None) -> int:
     """Windows per forward pass: small windows run several at a time (tiny ops are dominated by
     per-op overhead and thread synchronisation), large ones one at a time. Bounded by ~1/4 of free
@@ -72,17 +76,17 @@ def auto_sw_batch_size(roi: tuple[int, ...], channels: int, device_type: str, fr
         voxels *= int(r)
     by_size = max(1, (64**3) // voxels) if device_type == "cpu" else max(1, (128**3 * 2) // voxels)
     if free_bytes:
-        by_size = min(by_size, max(1, free_bytes // 4 // (voxels * max(1, channels) * 600)))
+        by_size = min(by_size, max(1, free_bytes // 4 // (voxels * max(1, channels) * WINDOW_BYTES_PER_VOXEL)))
     return int(min(8, by_size))
 
 
 def default_sw_batch_size(roi: tuple[int, ...], channels: int, dev) -> int:
     """What ``--sw-batch-size`` means when not given: :func:`auto_sw_batch_size` on ``dev``'s
     free memory now. ``--backend auto``'s calibration measures this same batch shape."""
-    return auto_sw_batch_size(roi, channels, dev.type, _free_memory(dev))
+    return auto_sw_batch_size(roi, channels, dev.type, free_memory(dev))
 
 
-def _free_memory(dev) -> int | None:
+def free_memory(dev) -> int | None:
     import torch
 
     if dev.type == "cuda":
@@ -174,6 +178,12 @@ def to_logits(probs, activation: str):
     return torch.log(p) - torch.log1p(-p) if activation == "sigmoid" else torch.log(p)
 
 
+def window_interval(roi: tuple[int, ...], overlap: float, align: int) -> tuple[int, ...]:
+    """Steps between window starts: multiples of ``align`` (the network stride), so every layer's
+    maps stitch exactly."""
+    return tuple(max(align, (int(r * (1 - overlap)) // align) * align) for r in roi)
+
+
 def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers, want_components,
          on_window, result: InferenceResult, runners, foreground=None, average_probabilities=None) -> InferenceResult:
     import torch
@@ -182,8 +192,7 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
     from LesionFactorizerLib.pipeline.sliding_window import stitch, window_starts
 
     size = tuple(array.shape[1:])
-    # Starts on multiples of ``align`` (the network stride), so every layer's maps stitch exactly.
-    interval = tuple(max(align, (int(r * (1 - overlap)) // align) * align) for r in roi)
+    interval = window_interval(roi, overlap, align)
     flips = TTA_FLIPS if tta else ((),)
     comp_model = next((m for m in models if getattr(m, "has_components", False)), None) if want_components else None
     n_windows = len(window_starts(size, roi, interval))

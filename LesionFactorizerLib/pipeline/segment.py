@@ -50,6 +50,7 @@ class SegmentOptions:
     backend: str = "auto"
     components: bool = False
     component_layers: list[str] | None = None
+    effects: bool = False               # also the effect ranking (pipeline/effects.py); implies components
     probabilities: bool = False
     uncertainty: bool = False
     threshold: float | None = None
@@ -214,11 +215,21 @@ class Segmenter:
             components_note = self.prepare_models(warnings)
         with progress.timed("preprocess", "cropping, normalising, resampling", timings):
             prep, roi = self.prepare(case)
+        array = prep.array if self.want_components and self.opts.effects else None   # kept for the effects
         with progress.timed("inference", f"{len(self.loaded)} model(s), "
                                          f"{'TTA' if self.settings['tta'] else 'no TTA'}", timings):
             prediction = self.predict(prep, roi, warnings, progress)
         with progress.timed("postprocess", "labels and lesions", timings):
             seg = self.postprocess(prep, prediction, case)
+        effects = None
+        if array is not None:
+            from LesionFactorizerLib.pipeline.effects import EffectInputs, compute_effects
+
+            with progress.timed("effects", "each NMF component's effect on the lesion", timings):
+                effects = compute_effects(self, prep, case, EffectInputs(array, roi, prediction.sw_batch_size,
+                                                                         seg.labels),
+                                          self.opts.component_layers, lambda f, m: progress.update(f, m))
+            del array
 
         report = {
             "task": self.task.name, "task_title": self.task.title,
@@ -250,7 +261,7 @@ class Segmenter:
             report["components_note"] = components_note
         if case.registration is not None:
             report["registration"] = case.registration
-        return self.write(out, case, prep, prediction, seg, report, warnings, timings, t_start, progress)
+        return self.write(out, case, prep, prediction, seg, report, warnings, timings, t_start, progress, effects)
 
     def check_inputs(self, given: dict[str, str], warnings: list[str]) -> None:
         task, model_inputs = self.task, self.spec.inputs
@@ -301,7 +312,7 @@ class Segmenter:
                              [n for n, _ in model.component_layers])
         apply_nmf_settings(models, self.settings["nmf_iters"], self.settings["skip_nmf"])
         self.component_model = next((m for m in models if getattr(m, "has_components", False)), None)
-        self.want_components = bool(self.opts.components or self.opts.component_layers)
+        self.want_components = bool(self.opts.components or self.opts.component_layers or self.opts.effects)
         if self.want_components and self.component_model is None:
             self.want_components = False
             note = (f"model {self.loaded[0].name} is not a Factorizer and has no NMF components; "
@@ -351,19 +362,12 @@ class Segmenter:
 
     def postprocess(self, prep: Prepared, prediction: Prediction, case: Case) -> Segmentation:
         from LesionFactorizerLib.pipeline.confidence import ConfidenceMaps, foreground_probability, votes_to_reference
-        from LesionFactorizerLib.pipeline.postprocessing import (activate, label_volumes, lesion_table,
-                                                                 remove_small_lesions)
-        from LesionFactorizerLib.pipeline.preprocessing import to_reference
+        from LesionFactorizerLib.pipeline.postprocessing import label_volumes, lesion_table
 
         rule = self.output
-        probs = to_reference(prep, activate(prediction.logits, rule.activation), rule.outside_fill)
-        prediction.logits = None
-        if case.uncovered is not None:   # no baseline there: nothing can be called new (registration.py)
-            for c, fill in enumerate(rule.outside_fill):
-                probs[c][case.uncovered] = fill
-        labels = rule.to_labels(probs)
         geometry = case.reference.geometry
-        found = remove_small_lesions(labels, geometry, float(rule.min_lesion_mm3), int(rule.connectivity))
+        labels, probs, found = self.labels_of(prep, prediction.logits, case)
+        prediction.logits = None
         votes = votes_to_reference(prep, prediction.votes) if prediction.votes is not None else None
         prediction.votes = None
         conf = ConfidenceMaps(foreground_probability(probs, rule), votes, prediction.passes)
@@ -374,14 +378,32 @@ class Segmenter:
                             label_volumes(labels, geometry, self.task), lesions, found.removed,
                             conf.entropy_map() if self.opts.uncertainty else None, conf.summary())
 
+    def labels_of(self, prep: Prepared, logits: np.ndarray, case: Case):
+        """Mean logits on the prepared box → labels and probabilities on the reference grid, small
+        lesions removed (and what was removed): the labels of a run (also each component's in
+        ``pipeline/effects.py``)."""
+        from LesionFactorizerLib.pipeline.postprocessing import activate, remove_small_lesions
+        from LesionFactorizerLib.pipeline.preprocessing import to_reference
+
+        rule = self.output
+        probs = to_reference(prep, activate(logits, rule.activation), rule.outside_fill)
+        if case.uncovered is not None:   # no baseline there: nothing can be called new (registration.py)
+            for c, fill in enumerate(rule.outside_fill):
+                probs[c][case.uncovered] = fill
+        labels = rule.to_labels(probs)
+        found = remove_small_lesions(labels, case.reference.geometry, float(rule.min_lesion_mm3),
+                                     int(rule.connectivity))
+        return labels, probs, found
+
     def write(self, out: AtomicOutput, case: Case, prep: Prepared, prediction: Prediction, seg: Segmentation,
               report: dict[str, Any], warnings: list[str], timings: dict[str, float], t_start: float,
-              progress: Progress) -> Result:
+              progress: Progress, effects: dict[str, dict] | None = None) -> Result:
         """Everything into the temporary folder, then moved into place; the report comes last."""
         import SimpleITK as sitk
 
         from LesionFactorizerLib import __version__
         from LesionFactorizerLib.pipeline.components import write_components
+        from LesionFactorizerLib.pipeline.effects import best_effect
         from LesionFactorizerLib.pipeline.io import write_image
         from LesionFactorizerLib.pipeline.ranking import best_component, model_grid_masks
         from LesionFactorizerLib.pipeline.report import write_json, write_lesions_csv, write_overview
@@ -399,10 +421,13 @@ class Segmenter:
                 order = [n for n, _ in self.component_model.component_layers]
                 masks = model_grid_masks(labels_img, [i.image for i in case.inputs], prep.model_grid)
                 entries, shown = write_components(prep, prediction.components, prediction.strides,
-                                                  tmp / "components", order, show="decoder1", masks=masks)
+                                                  tmp / "components", order, show="decoder1", masks=masks,
+                                                  effects=effects)
                 del masks
                 if entries and "ranking" in entries[0]:
                     report["components_best"] = best_component(entries)
+                if effects is not None:
+                    report["components_best_effect"] = best_effect(effects)
                 if entries:
                     written["components"] = "components"
                     written["components_index"] = "components/components.json"

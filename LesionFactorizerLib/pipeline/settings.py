@@ -63,6 +63,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option("components", "--components", "write NMF component maps (Factorizer models)", default=False),
     Option("component_layers", "--component-layers", "write only these layers' components (implies --components)",
            str, metavar="LAYER,...", listed=True),
+    Option("effects", "--effects", "also rank every NMF component by its effect on the lesion: the labels with "
+           "that component dropped, as `counterfactual` gives them (implies --components; costs the layers downstream "
+           "of each NMF layer once per component)", default=False),
     Option("probabilities", "--probabilities", "also write probability maps", default=False),
     Option("uncertainty", "--uncertainty", "also write uncertainty.<ext>: voxel-wise predictive entropy (bits) "
            "of the lesion/background decision, on the segmentation's grid", default=False),
