@@ -54,6 +54,22 @@ def plain_forward(model: nn.Module):
             block.memory_saving = flag
 
 
+def position_embedding(channels: int, size: int) -> nn.Parameter:
+    """The bridge's learnable position embedding ``(1, C, size, size, size)``: std-1 normal init as
+    in the authors' code (the same values as torch.randn). Not drawn on the meta device, where
+    model files' shapes are checked: a meta normal_ loads torch's symbolic-shape machinery, ~0.7 s
+    per worker start."""
+    pos = torch.empty(1, channels, *(size,) * 3)
+    return nn.Parameter(pos if pos.is_meta else pos.normal_())
+
+
+def position_at(pos: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """``pos`` on ``grid`` (trilinear when the grid differs from the trained one), channels-last."""
+    if tuple(pos.shape[2:]) != grid:
+        pos = F.interpolate(pos, size=grid, mode="trilinear", align_corners=False)
+    return pos.permute(0, 2, 3, 4, 1)
+
+
 class WrappedNMF(nn.Module):
     """1×1 projection → matricize → ReLU → NMF (reconstruction) → dematricize → 1×1 projection.
 
@@ -122,11 +138,7 @@ class FactorizerBlock(nn.Module):
         self.adapter = nn.Linear(cin, cout, bias=False) if cin != cout else None
         self.pos_embed = None
         if pos_embed_size:
-            # std-1 normal init as in the authors' code (the same values as torch.randn); resized at
-            # run time for other grids. Not drawn on the meta device, where model files' shapes are
-            # checked: a meta normal_ loads torch's symbolic-shape machinery, ~0.7 s per worker start.
-            pos = torch.empty(1, cout, *(pos_embed_size,) * 3)
-            self.pos_embed = nn.Parameter(pos if pos.is_meta else pos.normal_())
+            self.pos_embed = position_embedding(cout, pos_embed_size)
         self.dropout = nn.Dropout(dropout)
         self.nmf_norm = nn.LayerNorm(cout)
         self.nmf = WrappedNMF(cout, matricize, head_dim, window, nmf, dropout)
@@ -136,10 +148,7 @@ class FactorizerBlock(nn.Module):
         self.workspace = Workspace()  # the Factorizer gives all its blocks one
 
     def _position(self, grid: tuple[int, ...]) -> torch.Tensor:
-        pos = self.pos_embed
-        if tuple(pos.shape[2:]) != grid:
-            pos = F.interpolate(pos, size=grid, mode="trilinear", align_corners=False)
-        return pos.permute(0, 2, 3, 4, 1)
+        return position_at(self.pos_embed, grid)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` alone, or (decoder) the upsampled ``x`` with its ``skip`` connection: the block then
