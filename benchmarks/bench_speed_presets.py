@@ -56,6 +56,10 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=6, help="held-out phantoms per task")
     parser.add_argument("--seed", type=int, default=7300, help="phantom seed (not 100: training)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="no untimed first run (when only Dice matters)")
+    parser.add_argument("--work", help="keep phantoms and outputs here, reusing phantoms already there "
+                        "(default: a temporary folder)")
     args = parser.parse_args()
     if args.seed == 100:
         parser.error("seed 100 made the demo models' training phantoms; choose another")
@@ -67,7 +71,7 @@ def main() -> int:
     from LesionFactorizerLib.pipeline.segment import Segmenter, SegmentOptions
 
     variants = [v.strip() for v in args.variants.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="bench-presets-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-presets-"))
     print(f"held-out seed {args.seed}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     print(f"{'task':7s} {'cases':>5s}  " + "  ".join(f"{v:>22s}" for v in variants))
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
@@ -76,7 +80,12 @@ def main() -> int:
         sample = sample_case(task)
         cases = [({n: sample["inputs"][n] for n in read_spec(model).inputs}, sample["label"], "sample")]
         for i in range(args.n):
-            inputs, label = held_out_case(task, args.seed, i, spacing, work / task / f"case{i}")
+            folder = work / task / f"case{i}"
+            if (folder / "label.nii.gz").is_file():   # written last by held_out_case
+                inputs = {n: str(folder / f"{n}.nii.gz") for n in read_spec(model).inputs}
+                label = folder / "label.nii.gz"
+            else:
+                inputs, label = held_out_case(task, args.seed, i, spacing, folder)
             cases.append((inputs, str(label), f"phantom{i}"))
         segmenters = {}
         for v in variants:
@@ -85,7 +94,8 @@ def main() -> int:
                                                      device="cpu", tta=False, overview=False, overwrite=True, **options))
             for loaded in segmenters[v].models():   # kept across cases: the Segmenter resets only skip
                 loaded.model.set_nmf(drop_branch=VARIANTS[v].get("drop_branch", []))
-        segmenters[variants[0]].segment(cases[0][0], work / task / "warmup", overwrite=True)
+        if args.warmup:
+            segmenters[variants[0]].segment(cases[0][0], work / task / "warmup", overwrite=True)
         rows: dict[str, list[tuple[str, float, float]]] = {v: [] for v in variants}
         for inputs, label, name in cases:
             inputs = {n: p for n, p in inputs.items() if n in read_spec(model).inputs}
@@ -94,15 +104,17 @@ def main() -> int:
                 result = segmenters[v].segment(inputs, work / task / name / v, overwrite=True)
                 seconds = time.perf_counter() - t0
                 rows[v].append((name, seconds, mean_dice(result.outputs["segmentation"], label, task)))
+                print(f"  {task} {name} {v}: {seconds:.1f} s, mean Dice {rows[v][-1][2]:.4f}", flush=True)
         for group, pick in (("sample", lambda r: r[0] == "sample"), ("phantoms", lambda r: r[0] != "sample")):
             cells = []
             for v in variants:
                 sel = [r for r in rows[v] if pick(r)]
                 cells.append(f"{statistics.median(r[1] for r in sel):6.2f} s  Dice {statistics.mean(r[2] for r in sel):.4f}")
             print(f"{task:7s} {group:>8s}  " + "  ".join(f"{c:>22s}" for c in cells), flush=True)
-    import shutil
+    if not args.work:
+        import shutil
 
-    shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
