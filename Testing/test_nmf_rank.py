@@ -68,7 +68,7 @@ def test_layer_matrices_are_what_the_layer_factorises():
     from LesionFactorizerLib.nn.rank_choice import layer_matrices
 
     torch.manual_seed(0)
-    model = build_model("global-factorizer-isles", widths=(8, 8, 8, 8, 8), dropout=0.0).eval()
+    model = build_model("global-factorizer-brats", in_channels=2, widths=(8, 8, 8, 8, 8), head_dim=4, dropout=0.0).eval()
     x = torch.randn(1, 2, 16, 16, 16)
     mats = layer_matrices(model, x, ["encoder1", "bridge"])
     assert mats["encoder1"].shape == (2, 4, 16 ** 3) and (mats["encoder1"] >= 0).all()

@@ -40,7 +40,7 @@ def test_baseline_trains_and_exports(preset, brats, tmp_path):
     cfg_path.write_text(yaml.safe_dump({
         "base": str(CONFIG_DIR / f"{preset}.yaml"),
         "data": {"root": str(brats), "patch_size": [16, 16, 16], "batch_size": 2, "num_workers": 0,
-                 "cache": "memory", "augmentation": NO_AUG},
+                 "cache": "memory", "augmentation": NO_AUG, "folds": 2},
         "model": {"overrides": TINY[preset]},
         "optim": {"lr": 1e-3, "warmup_steps": 0},
         "trainer": {"max_steps": 2, "val_every": 2, "log_every": 1, "accelerator": "cpu",
