@@ -18,30 +18,35 @@ from LesionFactorizerLib.training.run import train  # noqa: E402
 
 NO_AUG = {k: None for k in ("affine", "flip", "noise", "smooth", "scale_intensity", "shift_intensity",
                             "bias_field", "contrast")}
+# (model overrides, patch side): tiny widths; nnU-Net with 5 stages and Swin UNETR with batch norm,
+# so that 32³ patches leave more than one value per channel at their coarsest level
 TINY = {
-    "performer-brats": {"widths": [8, 8, 8, 8, 8], "head_dim": 4, "pos_embed_size": 1},
-    "nnunet-brats": {"filters": [4, 8, 8, 8, 8, 8]},
-    "unetr-brats": {"img_size": [32, 32, 32], "feature_size": 4, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4},
-    "swin-unetr-brats": {"feature_size": 12, "depths": [1, 1, 1, 1]},
-    "resunet-brats": {"widths": [8, 8, 8, 8, 8]},
+    "performer-brats": ({"widths": [8, 8, 8, 8, 8], "head_dim": 4, "pos_embed_size": 1}, 16),
+    "nnunet-brats": ({"kernel_size": [3] * 5, "strides": [1, 2, 2, 2, 2], "upsample_kernel_size": [2] * 4,
+                      "filters": [4, 8, 8, 8, 8]}, 32),
+    "unetr-brats": ({"img_size": [32, 32, 32], "feature_size": 4, "hidden_size": 48, "mlp_dim": 96,
+                     "num_heads": 4}, 16),
+    "swin-unetr-brats": ({"feature_size": 12, "depths": [1, 1, 1, 1], "norm_name": "batch"}, 32),
+    "resunet-brats": ({"widths": [8, 8, 8, 8, 8]}, 32),
 }
 
 
 @pytest.fixture(scope="module")
 def brats(tmp_path_factory):
-    return synthetic.make_msd_task01(tmp_path_factory.mktemp("task01"), n=4, shape=(16, 16, 16), seed=3)
+    return synthetic.make_msd_task01(tmp_path_factory.mktemp("task01"), n=4, shape=(32, 32, 32), seed=3)
 
 
 @pytest.mark.parametrize("preset", sorted(TINY))
 def test_baseline_trains_and_exports(preset, brats, tmp_path):
     bundled = yaml.safe_load((CONFIG_DIR / f"{preset}.yaml").read_text(encoding="utf-8"))
     assert bundled["model"]["preset"] == preset and bundled["base"] == "tumor-base.yaml"
+    overrides, side = TINY[preset]
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump({
         "base": str(CONFIG_DIR / f"{preset}.yaml"),
-        "data": {"root": str(brats), "patch_size": [16, 16, 16], "batch_size": 2, "num_workers": 0,
+        "data": {"root": str(brats), "patch_size": [side] * 3, "batch_size": 2, "num_workers": 0,
                  "cache": "memory", "augmentation": NO_AUG, "folds": 2},
-        "model": {"overrides": TINY[preset]},
+        "model": {"overrides": overrides},
         "optim": {"lr": 1e-3, "warmup_steps": 0},
         "trainer": {"max_steps": 2, "val_every": 2, "log_every": 1, "accelerator": "cpu",
                     "output_dir": str(tmp_path / "runs"), "progress_bar": False}}), encoding="utf-8")
