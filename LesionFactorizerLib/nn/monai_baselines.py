@@ -9,6 +9,7 @@ loads wherever MONAI is installed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -51,7 +52,13 @@ class MonaiBaseline(nn.Module):
                 else (int(kwargs["img_size"]),) * 3
             self.stride = 16   # its patch size
         elif network == "swin-unetr":
-            self.net = nets.SwinUNETR(in_channels=in_channels, out_channels=out_channels, **kwargs)
+            # SwinUNETR reads its drop-path rates with .item(), which the meta device (where model
+            # files' shapes are checked) cannot do: built on the CPU there, then moved to meta.
+            on_meta = torch.empty(0).is_meta
+            with torch.device("cpu") if on_meta else contextlib.nullcontext():
+                self.net = nets.SwinUNETR(in_channels=in_channels, out_channels=out_channels, **kwargs)
+            if on_meta:
+                self.net = self.net.to("meta")
             self.stride = 32
         else:
             raise ValueError(f"unknown MONAI baseline {network!r}; choose one of {NETWORKS}")
