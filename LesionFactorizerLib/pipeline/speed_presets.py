@@ -7,7 +7,7 @@ Thesis 7.4.5: with T ≥ 2 HALS iterations a Swin Factorizer trained with T = 5 
 short-circuiting a decoder NMF layer (NMF(X) := X, its projections and residual kept) costs little,
 while the full-resolution layers dominate the run time. ``fast`` short-circuits decoder1 that way;
 leaving out its whole branch instead (``set_nmf(drop_branch=…)``) gave the same or a lower Dice
-(stroke phantoms: 0.10 lower on average) and no measurable speed-up (README, "Speed presets"), so
+and no measurable speed-up (README, "Speed presets"), so
 no preset does.
 """
 
