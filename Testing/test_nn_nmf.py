@@ -114,3 +114,38 @@ def test_initial_factors_are_not_shared_mutable_state():
 def test_unknown_solver_is_rejected():
     with pytest.raises(ValueError, match="solver"):
         NMF(solver="svd")
+
+
+def _reference_truncated_rank1(x, v0, iters, grad_steps, eps=1e-8):
+    """The authors' loop at R=1, written out: iteration ``it`` (1…T) runs without autograd when
+    ``it < T − grad_steps + 1``, so the factors entering iteration T−k+1 are constants; each
+    iteration is ``u ← ReLU((Xv + eps)/(vᵀv + eps))``, then ``v`` the same on Xᵀ with the new u."""
+    v = v0.expand(*x.shape[:-2], x.shape[-1], 1)
+    u = None
+    for it in range(1, iters + 1):
+        with torch.no_grad() if it < iters - grad_steps + 1 else torch.enable_grad():
+            u = torch.relu((x @ v + eps) / (v.transpose(-1, -2) @ v + eps))
+            v = torch.relu((x.transpose(-1, -2) @ u + eps) / (u.transpose(-1, -2) @ u + eps))
+    return u @ v.transpose(-1, -2)
+
+
+@pytest.mark.parametrize("iters", [2, 5])
+@pytest.mark.parametrize("grad_iters", [1, 2])
+def test_rank_one_truncated_gradient_equals_the_reference_truncation(iters, grad_iters):
+    x = _random_nonneg((3, 6, 40), seed=6)
+    weights = torch.randn(3, 6, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    _, v0 = initial_factors(6, 40, 1, seed=0, dtype=x.dtype)
+    grads, outs = [], []
+    for run in (lambda xi: NMF(rank=1, iters=iters, grad_iters=grad_iters)(xi),
+                lambda xi: _reference_truncated_rank1(xi, v0, iters, grad_iters)):
+        xi = x.clone().requires_grad_()
+        out = run(xi)
+        (out * weights).sum().backward()
+        outs.append(out.detach())
+        grads.append(xi.grad)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-10)
+    if grad_iters < iters:   # the truncation is felt: the full gradient differs
+        xi = x.clone().requires_grad_()
+        (NMF(rank=1, iters=iters)(xi) * weights).sum().backward()
+        assert not torch.allclose(xi.grad, grads[1], rtol=1e-6, atol=1e-8)

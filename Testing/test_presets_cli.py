@@ -6,17 +6,36 @@ import sys
 from LesionFactorizerLib.presets import PRESETS, build_model, count_parameters
 
 
-def test_presets_table_lists_every_preset_with_exact_counts_and_flops():
-    out = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "models", "presets"],
-                         capture_output=True, text=True, timeout=300, encoding="utf-8")
+def _presets_table(*args):
+    out = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "models", "presets", *args],
+                         capture_output=True, text=True, timeout=600, encoding="utf-8")
     assert out.returncode == 0, out.stderr
-    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:] if line.strip()}
+    # preset, architecture, in, out, patch, parameters, GFLOPs[, thesis M params, thesis GFLOPs]
+    return {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:] if line.strip()}
+
+
+def test_presets_table_lists_every_preset_with_exact_counts():
+    rows = _presets_table("--no-flops")
     assert set(rows) == set(PRESETS)
     for name, cols in rows.items():
-        assert int(cols[-2]) == count_parameters(build_model(name)), name
-        assert float(cols[-1]) > 0
-    swin = float(rows["swin-factorizer-brats"][-1])
-    assert abs(swin - 174.2) / 174.2 < 0.10  # thesis Table 7.x, 2 FLOPs per multiply-add
+        assert int(cols[5]) == count_parameters(build_model(name)), name
+        thesis = PRESETS[name].thesis
+        assert (len(cols) == 9) == (thesis is not None), name
+        if thesis:
+            assert float(cols[7]) == thesis[0] and float(cols[8]) == thesis[1]
+
+
+def test_presets_table_counts_flops_beside_the_thesis():
+    rows = _presets_table("swin-factorizer-brats", "performer-brats")
+    assert set(rows) == {"swin-factorizer-brats", "performer-brats"}
+    for cols in rows.values():   # 2 FLOPs per multiply-add, as the thesis counts
+        assert abs(float(cols[6]) - float(cols[8])) / float(cols[8]) < 0.05
+
+
+def test_presets_table_rejects_an_unknown_preset():
+    out = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "models", "presets", "swin-transformer"],
+                         capture_output=True, text=True, timeout=120, encoding="utf-8")
+    assert out.returncode == 2 and out.stderr.startswith("error: unknown preset(s) swin-transformer")
 
 
 def test_threads_option_sets_torch_threads_for_the_command_and_its_subprocesses():

@@ -12,7 +12,9 @@ HELP = "list, inspect, verify, import, download and delete model files; print th
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    p = sub.add_parser("presets", help="table of architecture presets: parameters and GFLOPs")
+    p = sub.add_parser("presets", help="table of architecture presets: parameters and GFLOPs at one patch, "
+                       "beside the thesis's numbers where it reports them")
+    p.add_argument("names", nargs="*", metavar="PRESET", help="only these presets (default: all)")
     p.add_argument("--no-flops", action="store_true", help="skip the (slow) FLOP count")
     p.set_defaults(_models_run=_presets)
 
@@ -77,15 +79,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
+    from LesionFactorizerLib.errors import UserError
     from LesionFactorizerLib.presets import PRESETS, preset_summary
 
-    print(f"{'preset':<28} {'architecture':<12} {'in':>3} {'out':>3} {'patch':>9} {'parameters':>12} {'GFLOPs':>9}")
-    for name in PRESETS:
+    unknown = [n for n in args.names if n not in PRESETS]
+    if unknown:
+        raise UserError(f"unknown preset(s) {', '.join(unknown)}; presets: {', '.join(PRESETS)}")
+    print(f"{'preset':<28} {'architecture':<12} {'in':>3} {'out':>3} {'patch':>9} {'parameters':>12} {'GFLOPs':>9}"
+          f"  {'thesis: M params':>16} {'GFLOPs':>8}")
+    for name in args.names or PRESETS:
         s = preset_summary(name, flops=not args.no_flops)
         gflops = "-" if s["gflops"] is None else f"{s['gflops']:.1f}"
         patch = "x".join(str(p) for p in s["patch_size"][:1]) + "^3"
+        thesis = "" if s["thesis_parameters_m"] is None else f"  {s['thesis_parameters_m']:>16.1f} {s['thesis_gflops']:>8.1f}"
         print(f"{name:<28} {s['architecture']:<12} {s['in_channels']:>3} {s['out_channels']:>3} "
-              f"{patch:>9} {s['parameters']:>12d} {gflops:>9}")
+              f"{patch:>9} {s['parameters']:>12d} {gflops:>9}{thesis}")
     return 0
 
 

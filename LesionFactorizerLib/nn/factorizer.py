@@ -54,12 +54,35 @@ def plain_forward(model: nn.Module):
             block.memory_saving = flag
 
 
+def position_embedding(channels: int, size: int) -> nn.Parameter:
+    """The bridge's learnable position embedding ``(1, C, size, size, size)``: std-1 normal init as
+    in the authors' code (the same values as torch.randn). Not drawn on the meta device, where
+    model files' shapes are checked: a meta normal_ loads torch's symbolic-shape machinery, ~0.7 s
+    per worker start."""
+    pos = torch.empty(1, channels, *(size,) * 3)
+    return nn.Parameter(pos if pos.is_meta else pos.normal_())
+
+
+def position_at(pos: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """``pos`` on ``grid`` (trilinear when the grid differs from the trained one), channels-last."""
+    if tuple(pos.shape[2:]) != grid:
+        pos = F.interpolate(pos, size=grid, mode="trilinear", align_corners=False)
+    return pos.permute(0, 2, 3, 4, 1)
+
+
 class WrappedNMF(nn.Module):
     """1×1 projection → matricize → ReLU → NMF (reconstruction) → dematricize → 1×1 projection.
 
-    ``skip = True`` short-circuits the sub-block (its residual branch contributes zero) — an
-    inference-time ablation that needs no weight change. ``capture = True`` keeps the spatial
-    factors of the last forward pass as images in ``self.components`` (B, heads·R, D, H, W).
+    Two inference-time ablations that need no weight change:
+
+    - ``skip = True`` short-circuits the NMF layer itself, NMF(X) := X (thesis 7.4.5, and the
+      reference's ablation, which swaps the factorisation for an identity): the projections, the
+      ReLU and the residual stay, so the sub-block is ``W_out ReLU(W_in x) + b``;
+    - ``drop_branch = True`` removes the whole residual branch (it contributes zero), which is not
+      the thesis's ablation but skips the projections too.
+
+    ``capture = True`` keeps the spatial factors of the last forward pass as images in
+    ``self.components`` (B, heads·R, D, H, W); a skipped or dropped layer has none.
     """
 
     def __init__(self, channels: int, matricize: str, head_dim: int, window: int | None,
@@ -71,12 +94,15 @@ class WrappedNMF(nn.Module):
         self.matricize = make_matricize(matricize, head_dim, window)
         self.nmf = nmf
         self.skip = False
+        self.drop_branch = False
         self.capture = False
         self.components: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ReLU commutes with the (pure re-indexing) matricize; in place on the fresh projection.
         z = torch.relu_(self.in_proj(x))
+        if self.skip:   # NMF(X) := X; matricize is pure re-indexing, so it cancels with its inverse
+            return self.dropout(self.out_proj(z))
         mats, layout = self.matricize.matricize(z)        # heads × windows → batch of E×N matrices
         u, v = self.nmf.decompose(mats)                   # X ≈ U Vᵀ, V holds the spatial factors
         if self.capture:
@@ -112,11 +138,7 @@ class FactorizerBlock(nn.Module):
         self.adapter = nn.Linear(cin, cout, bias=False) if cin != cout else None
         self.pos_embed = None
         if pos_embed_size:
-            # std-1 normal init as in the authors' code (the same values as torch.randn); resized at
-            # run time for other grids. Not drawn on the meta device, where model files' shapes are
-            # checked: a meta normal_ loads torch's symbolic-shape machinery, ~0.7 s per worker start.
-            pos = torch.empty(1, cout, *(pos_embed_size,) * 3)
-            self.pos_embed = nn.Parameter(pos if pos.is_meta else pos.normal_())
+            self.pos_embed = position_embedding(cout, pos_embed_size)
         self.dropout = nn.Dropout(dropout)
         self.nmf_norm = nn.LayerNorm(cout)
         self.nmf = WrappedNMF(cout, matricize, head_dim, window, nmf, dropout)
@@ -126,10 +148,7 @@ class FactorizerBlock(nn.Module):
         self.workspace = Workspace()  # the Factorizer gives all its blocks one
 
     def _position(self, grid: tuple[int, ...]) -> torch.Tensor:
-        pos = self.pos_embed
-        if tuple(pos.shape[2:]) != grid:
-            pos = F.interpolate(pos, size=grid, mode="trilinear", align_corners=False)
-        return pos.permute(0, 2, 3, 4, 1)
+        return position_at(self.pos_embed, grid)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` alone, or (decoder) the upsampled ``x`` with its ``skip`` connection: the block then
@@ -143,7 +162,7 @@ class FactorizerBlock(nn.Module):
             x = self.dropout(x)
         if self.pos_embed is not None:                           # bridge: learnt position
             x = self.dropout(x + self._position(tuple(x.shape[1:4])))
-        if not self.nmf.skip:
+        if not self.nmf.drop_branch:
             x = x + self.nmf(self.nmf_norm(x))                   # x + WrappedNMF(LN(x))
         x = x + self.mlp(self.mlp_norm(x))                       # x + MLP(LN(x))
         return x.permute(0, 4, 1, 2, 3)
@@ -178,18 +197,22 @@ class FactorizerBlock(nn.Module):
         out = self.workspace.get(("out", id(self)), b * d * h * w * c, parts[0]).view(-1, c)
         pos = self._position((d, h, w)).reshape(-1, c) if self.pos_embed is not None else None
         nmf = self.nmf
-        z = None if nmf.skip else self.workspace.get("z", out.numel(), out).view(out.shape)
+        full_nmf = not (nmf.skip or nmf.drop_branch)   # only the NMF itself needs the whole map z
+        z = self.workspace.get("z", out.numel(), out).view(out.shape) if full_nmf else None
         scratch = _Scratch(out)
         for sl in _chunks(out.shape[0], c):
             xi = self._adapt_into([r[sl] for r in rows], scratch)
             if pos is not None:  # rows of a chunk may span batch items: index modulo the grid
                 xi = xi + pos[torch.arange(sl.start, sl.stop, device=out.device) % pos.shape[0]]
-            if z is None:
+            if nmf.drop_branch:
                 out[sl] = xi
                 continue
-            torch.mm(scratch.layer_norm(self.nmf_norm, xi), nmf.in_proj.weight.t(), out=z[sl]).relu_()
+            zi = z[sl] if full_nmf else scratch.rows("z", xi.shape[0], c)
+            torch.mm(scratch.layer_norm(self.nmf_norm, xi), nmf.in_proj.weight.t(), out=zi).relu_()
             torch.add(xi, nmf.out_proj.bias, out=out[sl])
-        if z is not None:
+            if nmf.skip:   # NMF(X) := X: the output projection of z itself, row by row
+                out[sl].addmm_(zi, nmf.out_proj.weight.t())
+        if full_nmf:
             nmf.add_low_memory(z.view(b, d, h, w, c), out.view(b, d, h, w, c))
         mlp = self.mlp
         for sl in _chunks(out.shape[0], mlp.fc1.out_features):
@@ -351,15 +374,19 @@ class Factorizer(UShapedNet):
         return {name: block.nmf for name, block in self.blocks.items()}
 
     def set_nmf(self, iters: int | None = None, rank: int | None = None, solver: str | None = None,
-                skip: Iterable[str] | None = None) -> None:
-        """Change NMF iterations / rank / solver, or short-circuit named layers, without touching
-        weights (thesis 7.4.5 ablations, and the fast/balanced/best presets)."""
+                skip: Iterable[str] | None = None, drop_branch: Iterable[str] | None = None) -> None:
+        """Change NMF iterations / rank / solver without touching weights (thesis 7.4.5 ablations,
+        the fast/balanced/best presets). ``skip``: the named layers compute NMF(X) := X (the
+        thesis's short-circuit); ``drop_branch``: the named layers' whole Wrapped-NMF residual
+        branch is left out. Each, when given, replaces the previous selection."""
         layers = self.nmf_layers()
-        if skip is not None:
-            skip = set(skip)
-            unknown = skip - set(layers)
-            if unknown:
-                raise ValueError(f"unknown NMF layer(s) {sorted(unknown)}; layers are {list(layers)}")
+        selections = {"skip": skip, "drop_branch": drop_branch}
+        for attr, names in selections.items():
+            if names is not None:
+                selections[attr] = names = set(names)
+                unknown = names - set(layers)
+                if unknown:
+                    raise ValueError(f"unknown NMF layer(s) {sorted(unknown)}; layers are {list(layers)}")
         for name, layer in layers.items():
             if iters is not None:
                 layer.nmf.iters = int(iters)
@@ -367,8 +394,9 @@ class Factorizer(UShapedNet):
                 layer.nmf.rank = int(rank)
             if solver is not None:
                 layer.nmf.solver = solver
-            if skip is not None:
-                layer.skip = name in skip
+            for attr, names in selections.items():
+                if names is not None:
+                    setattr(layer, attr, name in names)
 
     def forward_with_components(self, x: torch.Tensor, layers: Iterable[str] | None = None):
         """Logits plus, per NMF layer, its spatial factors ``(B, heads·R, ⌈D/s⌉, ⌈H/s⌉, ⌈W/s⌉)``.
@@ -387,7 +415,7 @@ class Factorizer(UShapedNet):
             comps = {}
             for name, _ in self.component_layers:
                 layer = nmf_layers[name]
-                if name in wanted and layer.components is not None and not layer.skip:
+                if name in wanted and layer.components is not None:
                     s = strides[name]
                     crop = tuple(slice(0, -(-n // s)) for n in size)
                     comps[name] = layer.components[(..., *crop)].contiguous()

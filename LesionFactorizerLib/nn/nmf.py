@@ -119,31 +119,39 @@ def _rank1_hals(x: torch.Tensor, v0: torch.Tensor, iters: int, first_grad_iter: 
     iterations then run on M-vectors; one more pass forms the final V. Memory traffic, not FLOPs,
     bounds this layer on CPUs: 2 passes over X instead of 2T. Same arithmetic, so same result and
     gradients as the column-wise solver (up to rounding).
+
+    Truncated gradients (``first_grad_iter > 0``, the reference's ``num_grad_steps``): the factor V
+    entering the first differentiated iteration must be a constant. Kept implicit, it would carry
+    X's gradient through ``G``, so it is formed explicitly there (one more pass over X).
     """
-    u, c = rank1_hals_from_moments(x @ x.transpose(-1, -2), x.sum(-1), x @ v0, v0.dot(v0),
-                                   x.shape[-1], iters, eps, first_grad_iter)
+    gram, rowsum, n = x @ x.transpose(-1, -2), x.sum(-1), x.shape[-1]
+    xv, vv = x @ v0, v0.dot(v0)
+    if first_grad_iter > 0:
+        with torch.no_grad():
+            u, c = rank1_hals_from_moments(gram, rowsum, xv, vv, n, first_grad_iter, eps)
+            v = ((u.unsqueeze(-2) @ x).squeeze(-2) + eps) / c
+        if first_grad_iter >= iters:
+            return u, v
+        xv, vv = (x @ v.unsqueeze(-1)).squeeze(-1), v.pow(2).sum(-1, keepdim=True)
+    u, c = rank1_hals_from_moments(gram, rowsum, xv, vv, n, iters - first_grad_iter, eps)
     v = ((u.unsqueeze(-2) @ x).squeeze(-2) + eps) / c
     return u, v
 
 
 def rank1_hals_from_moments(gram: torch.Tensor, rowsum: torch.Tensor, xv0: torch.Tensor,
-                            vv0: torch.Tensor | float, n: int, iters: int, eps: float,
-                            first_grad_iter: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                            vv0: torch.Tensor | float, n: int, iters: int,
+                            eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``iters`` rank-1 HALS iterations of :func:`_rank1_hals` from X's moments alone:
     ``gram = X Xᵀ (…, M, M)``, ``rowsum = X 1``, ``xv0 = X v0`` (both ``(…, M)``), ``vv0 = v0ᵀv0``
     and ``n`` columns. Returns ``u (…, M)`` and ``c (…, 1)``; the final factor is
     ``v = (Xᵀu + eps) / c``, left to the caller, which may fold it into what it computes next."""
     u = c = None
     xv, vv = xv0, vv0
-    for it in range(iters):
-        # Iterations before first_grad_iter see detached inputs, so no gradient flows through them.
-        g, s = (gram.detach(), rowsum.detach()) if it < first_grad_iter else (gram, rowsum)
-        if it == 0 and first_grad_iter > 0:
-            xv = xv.detach()
+    for _ in range(iters):
         if u is not None:  # v is implicit: (Xᵀu + eps)/c
-            gu = (g @ u.unsqueeze(-1)).squeeze(-1)
-            xv = (gu + eps * s) / c
-            vv = ((u * gu).sum(-1, keepdim=True) + 2 * eps * (u * s).sum(-1, keepdim=True)
+            gu = (gram @ u.unsqueeze(-1)).squeeze(-1)
+            xv = (gu + eps * rowsum) / c
+            vv = ((u * gu).sum(-1, keepdim=True) + 2 * eps * (u * rowsum).sum(-1, keepdim=True)
                   + eps * eps * n) / (c * c)
         u = (xv + eps) / (vv + eps)
         c = u.pow(2).sum(-1, keepdim=True) + eps
@@ -162,8 +170,9 @@ def factorize(
     """Factorise ``x (…, M, N) ≥ 0`` into ``U (…, M, R)``, ``V (…, N, R)``.
 
     ``grad_iters=k`` keeps autograd only through the last ``k`` iterations (``None``: all, as in
-    the thesis); earlier iterations run under ``no_grad``, which saves memory when training with
-    many iterations.
+    the thesis), as the reference's ``num_grad_steps``: earlier iterations run under ``no_grad``
+    and the factors entering iteration T−k+1 are constants, which saves memory when training
+    with many iterations.
     """
     if solver not in _HALF_STEPS:
         raise ValueError(f"unknown NMF solver {solver!r}; choose one of {SOLVERS}")

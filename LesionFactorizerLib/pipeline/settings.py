@@ -52,7 +52,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("tta", "--tta", "mirror test-time augmentation", off_flag="--no-tta",
            off_help="disable TTA (overrides --preset)"),
     Option("nmf_iters", "--nmf-iters", "NMF (HALS) iterations at inference", int, metavar="N"),
-    Option("skip_nmf", "--skip-nmf", f"short-circuit these NMF layers ({', '.join(NMF_LAYERS)})", str,
+    Option("skip_nmf", "--skip-nmf", f"short-circuit these NMF layers, NMF(X) := X as in thesis 7.4.5 "
+           f"({', '.join(NMF_LAYERS)})", str,
            metavar="LAYER,...", listed=True),
     Option("overlap", "--overlap", "sliding-window overlap (default from --preset, 0.5)", float),
     Option("sw_batch_size", "--sw-batch-size", "windows per forward pass (default: chosen from the window size "

@@ -4,8 +4,11 @@ Not to be confused with :data:`LesionFactorizerLib.presets.PRESETS` (network arc
 Pure Python, so the Slicer module can offer the same choices without importing torch or numpy.
 
 Thesis 7.4.5: with T ≥ 2 HALS iterations a Swin Factorizer trained with T = 5 keeps its Dice, and
-short-circuiting a decoder NMF layer costs little, while the full-resolution layers dominate the
-run time.
+short-circuiting a decoder NMF layer (NMF(X) := X, its projections and residual kept) costs little,
+while the full-resolution layers dominate the run time. ``fast`` short-circuits decoder1 that way;
+leaving out its whole branch instead (``set_nmf(drop_branch=…)``) gave the same or a lower Dice
+and no measurable speed-up (README, "Speed presets"), so
+no preset does.
 """
 
 from __future__ import annotations
@@ -19,6 +22,6 @@ SPEED_PRESETS: dict[str, dict[str, Any]] = {
     "best": {"nmf_iters": None, "skip_nmf": None, "tta": True, "overlap": 0.5},
 }
 DEFAULT_SPEED_PRESET = "balanced"
-SPEED_PRESET_HELP = ("fast: 2 NMF iterations, decoder1 NMF short-circuited, no TTA, window overlap 0.25; "
+SPEED_PRESET_HELP = ("fast: 2 NMF iterations, decoder1 NMF short-circuited (NMF(X) := X), no TTA, window overlap 0.25; "
                      "balanced (default): the model's trained NMF settings, no TTA, overlap 0.5; "
                      "best: trained settings + mirror TTA (4 passes), overlap 0.5")
