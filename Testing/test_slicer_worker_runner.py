@@ -1,6 +1,6 @@
 """The module's worker runner: command line, JSON-lines parsing, real child processes, cancel, errors.
 
-The child processes here are real Python interpreters printing what DESIGN.md §4 specifies (the
+The child processes here are real Python interpreters printing what the worker contract specifies (README, `--progress jsonl`) (the
 end-to-end run of the real ``segment`` command is in test_slicer_cli_worker.py).
 """
 

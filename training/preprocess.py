@@ -1,6 +1,6 @@
 """Case files → normalised arrays, the deterministic part of the training data path.
 
-Training sees its inputs exactly as inference does (DESIGN.md §3), because it runs the inference
+Training sees its inputs exactly as inference does (docs/ARCHITECTURE.md, steps 3–5), because it runs the inference
 pipeline's own stages: the inference image reader, every input aligned onto the task's
 reference input (``Task.reference``: the follow-up FLAIR for ms-new) in physical space, and
 :func:`LesionFactorizerLib.pipeline.preprocessing.prepare` — foreground box, edge-aligned

@@ -1,7 +1,7 @@
 """Reading the worker's NMF component maps for the component browser.
 
-Each Factorizer layer is written at its own resolution with its true physical geometry (DESIGN.md
-§5). The worker (``LesionFactorizerLib.pipeline.components.write_components``) writes exactly one
+Each Factorizer layer is written at its own resolution with its true physical geometry
+(docs/ARCHITECTURE.md, step 8). The worker (``LesionFactorizerLib.pipeline.components.write_components``) writes exactly one
 layout: ``components/<layer>.nrrd`` holding a K-component vector image per layer, indexed by
 ``components/components.json`` (layer, stride, K, file, LPS geometry and each component's maximum).
 That is the only layout read here; anything else is an error, not a guess.

@@ -1,4 +1,4 @@
-"""Locating the files a finished worker run produced (DESIGN.md §4 "Outputs").
+"""Locating the files a finished worker run produced (README: what `segment` writes).
 
 The worker's final ``done`` event lists its outputs by key with absolute paths
 (``LesionFactorizerLib.pipeline.segment.segment_case``): segmentation, report, lesions and, when

@@ -1,4 +1,4 @@
-"""Parsing the worker's ``--progress jsonl`` stream (DESIGN.md §4).
+"""Parsing the worker's ``--progress jsonl`` stream (README: `--progress jsonl`).
 
 The worker prints one JSON object per line on stdout; anything else on stdout/stderr (warnings,
 tracebacks, the final ``error: ...`` line) is plain log text. We parse leniently: a malformed or

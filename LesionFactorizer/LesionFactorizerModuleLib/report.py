@@ -1,6 +1,6 @@
 """Mapping the worker's report.json to the rows of the results table.
 
-The report lists per-label volumes (mL) and lesion counts (DESIGN.md §4). The table shows one row
+The report lists per-label volumes (mL) and lesion counts (report.json, README). The table shows one row
 per task label — also for labels the model did not find, with 0 mL, because "no enhancing tumour"
 is a finding — plus, for ms-new, the number of new lesions in the summary line.
 """

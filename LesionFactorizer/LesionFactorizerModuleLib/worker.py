@@ -3,7 +3,7 @@
 Inference runs in a separate Python process so that Slicer stays responsive, a crash or a CUDA
 out-of-memory error cannot take Slicer down, memory is returned on exit, and Cancel is simply
 "kill the process tree". This file is the one home of that mechanism: it builds the command line
-from the contract in DESIGN.md §4, starts the process in its own process group, reads its output on
+from the command line's contract (README: `segment`, `--progress jsonl`), starts the process in its own process group, reads its output on
 a thread (the caller polls from a timer, so the GUI thread never blocks on a pipe), and turns the
 outcome into a one-line message a user can act on.
 """

@@ -1,6 +1,6 @@
 """Per-case evaluation of label files, cohort summaries and paired comparisons.
 
-Label maps use the task's canonical values (DESIGN.md §1: tumor 1 NCR, 2 ED, 3 ET; stroke and
+Label maps use the task's canonical values (`tasks.py`: tumor 1 NCR, 2 ED, 3 ET; stroke and
 ms-new 1 lesion). Metrics are computed per evaluation *region* — for tumor the nested BraTS
 regions ET ⊂ TC ⊂ WT — on the reference's voxel grid with its spacing.
 

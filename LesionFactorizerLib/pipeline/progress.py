@@ -1,4 +1,4 @@
-"""Progress reporting: a tqdm bar, JSON lines (DESIGN.md §4) or nothing.
+"""Progress reporting: a tqdm bar, JSON lines (README: `--progress jsonl`) or nothing.
 
 JSON-lines events, one object per line on stdout (the Slicer module parses exactly these):
 
