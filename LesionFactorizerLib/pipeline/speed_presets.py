@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+# how windows cover the foreground box (pipeline/window_plan.py says what each computes)
+WINDOW_PLANS = ("sliding", "whole")
+
 # nmf_iters / skip_nmf None: the model's trained settings.
 SPEED_PRESETS: dict[str, dict[str, Any]] = {
-    "fast": {"nmf_iters": 2, "skip_nmf": ["decoder1"], "tta": False, "overlap": 0.25},
-    "balanced": {"nmf_iters": None, "skip_nmf": None, "tta": False, "overlap": 0.5},
-    "best": {"nmf_iters": None, "skip_nmf": None, "tta": True, "overlap": 0.5},
+    "fast": {"nmf_iters": 2, "skip_nmf": ["decoder1"], "tta": False, "overlap": 0.25, "windows": "sliding"},
+    "balanced": {"nmf_iters": None, "skip_nmf": None, "tta": False, "overlap": 0.5, "windows": "sliding"},
+    "best": {"nmf_iters": None, "skip_nmf": None, "tta": True, "overlap": 0.5, "windows": "sliding"},
 }
 DEFAULT_SPEED_PRESET = "balanced"
 SPEED_PRESET_HELP = ("fast: 2 NMF iterations, decoder1 NMF short-circuited, no TTA, window overlap 0.25; "
