@@ -4,8 +4,12 @@
 At overlap 0.5 on a BraTS-size box that is 8 windows of 128³ for a 144×176×144 box: each voxel
 is computed ~4.6 times.
 
-``whole``: the fewest windows that fit the memory budget — the whole box in one window when it
-fits — with a small overlap (one network stride) where it takes several. That is only the same
+``whole``: the fewest windows that fit the memory budget and hold at most
+:data:`CONTEXT_PATCHES` trained patches' worth of voxels — the whole box in one window when it
+fits — with a small overlap (one network stride) where it takes several. The context cap keeps a
+window close to what the network was trained on: a BraTS-size box (144×176×144, 1.7 patches of
+128³) runs in one window, while a demo model trained on 32³ patches gets several 2-patch windows
+instead of one 20-patch window (measured: agreement with the sliding window drops there). That is only the same
 computation where the network is window-local: a Swin/Local Factorizer (its NMF works inside
 fixed-size windows at every level) or a convolutional net without window-wide statistics. A
 Global Factorizer's NMF, or a GroupNorm U-Net's normalisation, sees the whole window, so a larger
@@ -30,9 +34,11 @@ from LesionFactorizerLib.pipeline.speed_presets import WINDOW_PLANS
 # Peak working set of a forward pass per window voxel, per channel of the network's first level,
 # in bytes (fp32 maps: the Factorizer keeps ~7 full-resolution maps of that width, plus the
 # input and logits). Measured on swin-factorizer-brats (README "Window plans").
-BYTES_PER_VOXEL_CHANNEL = 28
+BYTES_PER_VOXEL_CHANNEL = 21
 # What one window may take: with the case's own arrays this keeps a BraTS-size case under 4 GB.
-WINDOW_BUDGET_BYTES = 3 * 2**30
+WINDOW_BUDGET_BYTES = 5 * 2**29
+# The most voxels one window may hold, in trained patches (README "Window plans" has the measurements).
+CONTEXT_PATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,7 @@ def make_plan(requested: str, models: list, size: tuple[int, ...], roi: tuple[in
     if not_local:
         return sliding_plan(size, roi, overlap, align, requested,
                             f"{', '.join(not_local)} is not window-local (its output depends on the window's extent)")
-    limit = window_budget_voxels(models, budget_bytes)
+    limit = min(window_budget_voxels(models, budget_bytes), CONTEXT_PATCHES * math.prod(roi))
     planned = fewest_windows(size, limit, align) if limit >= math.prod(roi) else None
     if planned is None:
         return sliding_plan(size, roi, overlap, align, requested,
