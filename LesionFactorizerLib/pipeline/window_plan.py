@@ -39,6 +39,7 @@ BYTES_PER_VOXEL_CHANNEL = 21
 WINDOW_BUDGET_BYTES = 5 * 2**29
 # The most voxels one window may hold, in trained patches (README "Window plans" has the measurements).
 CONTEXT_PATCHES = 2
+MAX_SPLIT = 16
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,10 @@ def sliding_plan(size: tuple[int, ...], roi: tuple[int, ...], overlap: float, al
 def fewest_windows(size: tuple[int, ...], max_voxels: int, align: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """(roi, interval) of the fewest windows of at most ``max_voxels`` that cover ``size`` (a
     multiple of ``align`` per axis), neighbours overlapping by ``align``; among plans with as many
-    windows, the one computing the fewest voxels. None if no window of ``align``³ fits."""
+    windows, the one computing the fewest voxels. None if none fits with at most
+    :data:`MAX_SPLIT` windows per axis (a stride-1 network would otherwise be searched voxel by voxel)."""
     best = None
-    counts = [range(1, s // align + 1) for s in size]
+    counts = [range(1, min(s // align, MAX_SPLIT) + 1) for s in size]
     for split in itertools.product(*counts):
         roi = tuple(_axis_window(s, n, align) for s, n in zip(size, split))
         if math.prod(roi) > max_voxels:
