@@ -19,7 +19,8 @@ def _parse(command, argv):
 @pytest.mark.parametrize("command", ["segment", "batch"])
 def test_argv_round_trips_through_the_generated_cli_options(command):
     values = {"task": "tumor", "models": ["a", "b c"], "device": "cpu", "preset": "fast", "tta": False,
-              "nmf_iters": 3, "skip_nmf": ["bridge", "decoder1"], "overlap": 0.25, "sw_batch_size": 2, "backend": "onnx",
+              "nmf_iters": 3, "skip_nmf": ["bridge", "decoder1"], "overlap": 0.25, "windows": "whole",
+              "sw_batch_size": 2, "backend": "onnx",
               "components": True, "component_layers": ["decoder1"], "effects": True, "probabilities": True,
               "uncertainty": True,
               "threshold": 0.4,
@@ -51,7 +52,8 @@ def test_one_check_refuses_impossible_settings(values, words):
 
 
 def test_preset_values_are_overridden_by_given_ones():
-    assert check({"preset": "fast"}) == {"nmf_iters": 2, "skip_nmf": ["decoder1"], "tta": False, "overlap": 0.25}
+    assert check({"preset": "fast"}) == {"nmf_iters": 2, "skip_nmf": ["decoder1"], "tta": False, "overlap": 0.25,
+                                        "windows": "whole"}
     assert check({"preset": "fast", "tta": True, "skip_nmf": []})["tta"] is True
     assert [o.flag for o in OPTIONS if o.off_flag] == ["--tta"]
 

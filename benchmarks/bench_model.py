@@ -14,7 +14,10 @@ is the eager inference path (memory-saving blocks, the compiled window-NMF kerne
 
 ``--backends eager,compile,onnx`` also times the preset through those inference backends
 (``pipeline/backends.py``; compile/export time reported separately, outputs checked against
-eager). ``--before OLD/factorizer.py`` adds the same preset and weights built from an older
+eager). ``--load`` starts two busy neighbours on the same cores for the whole measurement — one
+compute-bound (a Python busy loop), one streaming memory (a numpy copy of a 512 MB array, over and
+over) — as a reader's workstation runs a browser and a PACS viewer beside us; every network is
+timed under that same load, interleaved. ``--before OLD/factorizer.py`` adds the same preset and weights built from an older
 ``nn/factorizer.py`` (e.g. ``git show HEAD~3:LesionFactorizerLib/nn/factorizer.py > /tmp/old.py``),
 timed in the same run: before/after as a ratio. CPU seconds (process time) are printed beside wall
 time: on a shared machine they show the work done, whatever the scheduler did.
@@ -29,7 +32,10 @@ from LesionFactorizerLib.processmemory import configure_process_memory
 MEMORY = configure_process_memory()  # before torch, as the CLI does: same allocator for both nets
 
 import argparse
+import contextlib
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -46,6 +52,23 @@ def dynunet(in_channels: int, out_channels: int) -> torch.nn.Module:
 
 
 CPU: dict[str, list[float]] = {}
+# the two neighbours of --load: compute-bound, and memory-streaming (512 MB copied into a second array)
+NEIGHBOURS = {"busy loop": "while True: pass",
+              "512 MB copy": "import numpy as np\na = np.ones(2**27, np.float32)\nb = np.empty_like(a)\n"
+                             "while True: np.copyto(b, a)"}
+
+
+@contextlib.contextmanager
+def neighbours(on: bool):
+    """The ``--load`` neighbours running (same priority as this process) inside the ``with``."""
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for code in NEIGHBOURS.values()] if on else []
+    try:
+        time.sleep(2.0 if on else 0.0)   # the copy's arrays are allocated and streaming
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 def timed(model, x: torch.Tensor, name: str = "") -> float:
@@ -76,6 +99,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--backends", default="eager", help="comma-separated: eager, compile, onnx")
     parser.add_argument("--before", metavar="FACTORIZER_PY", help="an older nn/factorizer.py to time as well")
+    parser.add_argument("--load", action="store_true",
+                        help="time everything beside a busy loop and a 512 MB memory-streaming copy")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -105,7 +130,7 @@ def main() -> None:
         candidates[f"{args.preset} [{name}]"] = (runner, x)
 
     times: dict[str, list[float]] = {k: [] for k in candidates}
-    with torch.no_grad():  # (not inference_mode: a compiled backend would recompile for it)
+    with torch.no_grad(), neighbours(args.load):  # (not inference_mode: a compiled backend would recompile)
         for name, (model, inp) in candidates.items():  # warm-up: kernels, allocator
             if isinstance(model, torch.nn.Module):
                 model(inp[..., :32, :32, :32])
@@ -118,7 +143,8 @@ def main() -> None:
     for name in times:
         flops.setdefault(name, flops[args.preset])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"input {tuple(shape)}, {args.threads} threads, best of {args.repeats}, load average {load:.1f}; {MEMORY}")
+    print(f"input {tuple(shape)}, {args.threads} threads, best of {args.repeats}, load average {load:.1f}; {MEMORY}"
+          + (f"; under load: {' + '.join(NEIGHBOURS)} on the same cores" if args.load else ""))
     print(f"{'network':<40} {'best s':>8} {'median s':>9} {'CPU s':>7} {'GFLOP':>8} {'GFLOP/s':>8}")
     for name, ts in times.items():
         best = min(ts)

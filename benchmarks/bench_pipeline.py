@@ -5,9 +5,12 @@
 
 What runs, each in its own process so peak RSS is measured per process (``wait4``):
 
-1. baseline — load the model file and run ONE forward pass on one sliding window (the ROI the
-   pipeline uses), nothing else: the irreducible cost of the network;
-2. pipeline — ``lesion-factorizer segment`` on the synthetic case (random weights, real files),
+1. baseline — load the model file and run ONE forward pass on one window of the plan the
+   pipeline ran (report.json ``settings.window_plan``), nothing else: the network's own cost;
+2. yardstick — ONE forward of MONAI's DynUNet (nnU-Net's 3-D full-resolution configuration, as in
+   ``bench_model.py``) in ``channels_last_3d`` at 1×4×128³: the pipeline's total is printed as a
+   multiple of it, a ratio that holds across machines better than seconds;
+3. pipeline — ``lesion-factorizer segment`` on the synthetic case (random weights, real files),
    with and without ``--components``.
 
 Reported: wall time per stage (from report.json), windows, peak RSS, and ratios against the
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -42,6 +44,23 @@ x = torch.randn(1, m.config["kwargs"]["in_channels"], *roi)
 t = time.perf_counter()
 with torch.no_grad():
     m(x)
+print(json.dumps({"forward_s": time.perf_counter() - t}))
+"""
+
+DYNUNET = r"""
+import sys, time, json
+from LesionFactorizerLib.processmemory import configure_process_memory
+configure_process_memory()
+import torch
+torch.set_num_threads(int(sys.argv[1]))
+sys.path.insert(0, sys.argv[2])
+from bench_model import dynunet
+net = dynunet(4, 4).eval().to(memory_format=torch.channels_last_3d)
+x = torch.randn(1, 4, 128, 128, 128).contiguous(memory_format=torch.channels_last_3d)
+with torch.no_grad():
+    net(x[..., :32, :32, :32])
+    t = time.perf_counter()
+    net(x)
 print(json.dumps({"forward_s": time.perf_counter() - t}))
 """
 
@@ -90,6 +109,7 @@ def main() -> int:
     p.add_argument("--scale", type=float, default=1.0, help="field-of-view scale (1.0 = 240×240×155)")
     p.add_argument("--preset", default="balanced", choices=["fast", "balanced", "best"])
     p.add_argument("--model-preset", default="swin-factorizer-brats")
+    p.add_argument("--windows", choices=["sliding", "whole"], help="window plan (default: the preset's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-components-run", action="store_true", help="only the run with --components")
     p.add_argument("--keep", metavar="DIR", help="keep case, model and outputs in DIR")
@@ -128,6 +148,8 @@ def main() -> int:
                *[f"-i{n}={v}" for n, v in inputs.items()]]
         if components:
             cmd.append("--components")
+        if args.windows:
+            cmd += ["--windows", args.windows]
         wall, peak, _, rc = run_child(cmd, env)
         if rc:
             print(f"pipeline run failed (exit {rc})")
@@ -136,21 +158,22 @@ def main() -> int:
         results[components] = (wall, peak, report)
 
     report = results[runs[-1]][2]
-    roi = report["settings"]["roi"][::-1]   # numpy order for the baseline tensor
+    plan = report["settings"]["window_plan"]
+    roi = plan["window"][::-1]   # numpy order for the baseline tensor
     crop = report["preprocessing"]["crop_size"]
-    interval = [max(16, (int(r * (1 - report["settings"]["overlap"])) // 16) * 16) for r in roi[::-1]]
-    padded = [math.ceil(n / 16) * 16 for n in crop]
-    windows = 1
-    for s, r, i in zip(padded, roi[::-1], interval):
-        windows *= 1 if s <= r else -(-(s - r) // i) + 1
+    windows = plan["windows"]
     base_wall, base_peak, base_out, rc = run_child(
         [sys.executable, "-c", BASELINE, str(model_path), json.dumps(roi), str(args.threads)], env)
     forward_s = json.loads(base_out)["forward_s"]
+    _, _, dyn_out, rc = run_child([sys.executable, "-c", DYNUNET, str(args.threads), str(REPO / "benchmarks")], env)
+    dynunet_s = json.loads(dyn_out)["forward_s"]
 
     print(f"\ninput: 4 × {'×'.join(map(str, report['geometry']['size']))} voxels; foreground box "
-          f"{'×'.join(map(str, crop))}; ROI {'×'.join(map(str, roi[::-1]))}; windows {windows}; "
-          f"passes {report['settings']['passes']}")
+          f"{'×'.join(map(str, crop))}; window plan {plan['kind']}: {windows} window(s) of "
+          f"{'×'.join(map(str, roi[::-1]))}; passes {report['settings']['passes']}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"baseline (one bare forward on one window, own process): {forward_s:.1f} s, peak RSS {base_peak:.0f} MiB")
+    print(f"yardstick (one DynUNet channels_last_3d forward at 1×4×128³, own process): {dynunet_s:.1f} s")
     stages = ["read", "preprocess", "model", "inference", "postprocess", "components", "write", "total"]
     print(f"\n{'stage':<12}" + "".join(f"{'components' if c else 'no components':>16}" for c in runs))
     for stage in stages:
@@ -163,6 +186,7 @@ def main() -> int:
         print(f"\n[{'with' if c else 'without'} components] inference / (windows × baseline forward) = "
               f"{inf / (windows * forward_s):.2f}; total / inference = {rep['timings_s']['total'] / inf:.2f}; "
               f"peak RSS / baseline = {peak / base_peak:.2f}; "
+              f"total / DynUNet forward = {rep['timings_s']['total'] / dynunet_s:.2f} (target ≤ 3); "
               f"target ≤30 s: {'met' if wall <= 30 else 'not met'} ({wall:.0f} s), "
               f"≤4 GB: {'met' if peak <= 4096 else 'not met'} ({peak / 1024:.2f} GiB)")
     return 0

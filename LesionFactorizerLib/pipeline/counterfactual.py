@@ -233,6 +233,7 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
         inputs=source.inputs, output=str(out.final), task=source.report["task"], models=source.models,
         device=device, preset=settings.get("preset") or "balanced", tta=settings.get("tta"),
         nmf_iters=settings.get("nmf_iters"), skip_nmf=settings.get("skip_nmf"), overlap=settings.get("overlap"),
+        windows=settings.get("windows", "sliding"),   # a report without it predates window plans: sliding ran
         threshold=settings.get("threshold"), min_lesion_mm3=settings.get("min_lesion_mm3"),
         sw_batch_size=settings.get("sw_batch_size"),
         register=source.recorded.register, format=source.format, overview=False)

@@ -51,6 +51,7 @@ class EffectInputs:
 
     array: np.ndarray            # the network input (C, D, H, W), the prepared box
     roi: tuple[int, int, int]
+    interval: tuple[int, int, int]   # the run's window plan: the same windows as its segmentation
     sw_batch_size: int
     labels: np.ndarray           # the segmentation the effects are measured against (reference grid)
 
@@ -138,13 +139,13 @@ class _Passes:
         import torch
 
         from LesionFactorizerLib.pipeline.inference import (TTA_FLIPS, WINDOW_BYTES_PER_VOXEL, free_memory,
-                                                            resolve_device, window_interval)
+                                                            resolve_device)
 
         self.seg, self.inputs = seg, inputs
         self.models = [m.model for m in seg.loaded]
         self.comp = seg.component_model
         self.flips = TTA_FLIPS if seg.settings["tta"] else ((),)
-        self.interval = window_interval(inputs.roi, seg.settings["overlap"], seg.stride)
+        self.interval = inputs.interval
         self.device = resolve_device(seg.opts.device)
         self.x = torch.from_numpy(inputs.array).unsqueeze(0)
         self.others: dict[tuple[int, tuple], torch.Tensor] = {}   # passes no component changes, run once

@@ -124,13 +124,16 @@ def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *,
                   on_window: Callable[[int, int], None] | None = None,
                   foreground: Callable | None = None, backend: str = "auto",
                   on_message: Callable[[str], None] | None = None,
-                  average_probabilities: str | None = None) -> InferenceResult:
+                  average_probabilities: str | None = None,
+                  interval: tuple[int, int, int] | None = None) -> InferenceResult:
     """Mean logits of ``models`` (× TTA flips) over sliding windows on ``array`` (C, D, H, W).
     ``average_probabilities`` (``sigmoid`` | ``softmax``): average the passes' probabilities under
     this activation instead (thesis 8.3.6 ensembles); the result is still logits — those of the mean
     probabilities — so every later step is the same.
 
     ``roi`` and the array's spatial size must be multiples of ``align`` (checked by the caller).
+    ``interval``: the distance between window starts (a window plan's, ``pipeline.window_plan``);
+    None: ``roi·(1 − overlap)`` rounded down to a multiple of ``align``.
     Components come from the first model that has them, on the un-flipped pass.
     ``sw_batch_size=None`` chooses it from the window size and free memory (:func:`auto_sw_batch_size`).
     On the CPU, unless the user fixed the thread count, threads follow the machine's load
@@ -155,9 +158,12 @@ def run_inference(models: list, array: np.ndarray, roi: tuple[int, int, int], *,
     result.threads = torch.get_num_threads()
     try:
         from LesionFactorizerLib.pipeline.backends import Dispatch
+        from LesionFactorizerLib.pipeline.window_plan import sliding_plan
 
         runners = Dispatch(backend, sw_batch_size, on_message, result.warnings)
-        return _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers,
+        if interval is None:
+            interval = sliding_plan(tuple(array.shape[1:]), roi, overlap, align).interval
+        return _run(models, array, roi, interval, tta, sw_batch_size, dev, component_layers,
                     want_components, on_window, result, runners, foreground, average_probabilities)
     finally:
         torch.set_num_threads(threads_before)
@@ -178,13 +184,7 @@ def to_logits(probs, activation: str):
     return torch.log(p) - torch.log1p(-p) if activation == "sigmoid" else torch.log(p)
 
 
-def window_interval(roi: tuple[int, ...], overlap: float, align: int) -> tuple[int, ...]:
-    """Steps between window starts: multiples of ``align`` (the network stride), so every layer's
-    maps stitch exactly."""
-    return tuple(max(align, (int(r * (1 - overlap)) // align) * align) for r in roi)
-
-
-def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_layers, want_components,
+def _run(models, array, roi, interval, tta, sw_batch_size, dev, component_layers, want_components,
          on_window, result: InferenceResult, runners, foreground=None, average_probabilities=None) -> InferenceResult:
     import torch
 
@@ -192,7 +192,6 @@ def _run(models, array, roi, overlap, align, tta, sw_batch_size, dev, component_
     from LesionFactorizerLib.pipeline.sliding_window import stitch, window_starts
 
     size = tuple(array.shape[1:])
-    interval = window_interval(roi, overlap, align)
     flips = TTA_FLIPS if tta else ((),)
     comp_model = next((m for m in models if getattr(m, "has_components", False)), None) if want_components else None
     n_windows = len(window_starts(size, roi, interval))

@@ -149,7 +149,7 @@ REPORT_FORMAT = "lesion-factorizer-report"
 REPORT_VERSION = 1
 # recorded settings a re-run passes on, with the JSON types each may have (None always allowed)
 RERUN_SETTINGS = {"preset": (str,), "tta": (bool,), "nmf_iters": (int,), "skip_nmf": (list,),
-                  "overlap": (int, float), "threshold": (int, float), "min_lesion_mm3": (int, float),
+                  "overlap": (int, float), "windows": (str,), "threshold": (int, float), "min_lesion_mm3": (int, float),
                   "sw_batch_size": (int,)}
 _SHA256_HEX = frozenset("0123456789abcdef")
 

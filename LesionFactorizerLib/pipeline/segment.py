@@ -46,6 +46,7 @@ class SegmentOptions:
     nmf_iters: int | None = None
     skip_nmf: list[str] | None = None
     overlap: float | None = None
+    windows: str | None = None         # None: the preset's window plan (pipeline/window_plan.py)
     sw_batch_size: int | None = None   # None: inference.default_sw_batch_size
     backend: str = "auto"
     components: bool = False
@@ -94,6 +95,7 @@ class Prediction:
     threads: int | None
     votes: np.ndarray | None = None   # bit p: pass p labelled the voxel (pipeline/confidence.py)
     window_nmf: str = "not used"      # native kernel or PyTorch (nn/native.status)
+    window_plan: dict = field(default_factory=dict)   # report.json settings.window_plan (WindowPlan.record)
 
 
 @dataclass
@@ -226,7 +228,9 @@ class Segmenter:
             from LesionFactorizerLib.pipeline.effects import EffectInputs, compute_effects
 
             with progress.timed("effects", "each NMF component's effect on the lesion", timings):
-                effects = compute_effects(self, prep, case, EffectInputs(array, roi, prediction.sw_batch_size,
+                plan = prediction.window_plan   # (i, j, k) order in the report, like roi's reverse
+                windows = (tuple(reversed(plan["window"])), tuple(reversed(plan["step"])))
+                effects = compute_effects(self, prep, case, EffectInputs(array, *windows, prediction.sw_batch_size,
                                                                          seg.labels),
                                           self.opts.component_layers, lambda f, m: progress.update(f, m))
             del array
@@ -240,7 +244,8 @@ class Segmenter:
             "geometry": case.reference.geometry.as_dict(),
             "coordinate_system": "LPS (RAS centroids also given)",
             "settings": {"preset": self.opts.preset, "device": prediction.device, "tta": self.settings["tta"],
-                         "overlap": self.settings["overlap"], "nmf_iters": self.settings["nmf_iters"],
+                         "overlap": self.settings["overlap"], "windows": self.settings["windows"],
+                         "window_plan": prediction.window_plan, "nmf_iters": self.settings["nmf_iters"],
                          "skip_nmf": self.settings["skip_nmf"], "sw_batch_size": prediction.sw_batch_size,
                          "backend": prediction.backend, "window_nmf": prediction.window_nmf,
                          "threads": prediction.threads,
@@ -337,9 +342,12 @@ class Segmenter:
         from LesionFactorizerLib.pipeline.confidence import pass_foreground
         from LesionFactorizerLib.pipeline.guards import check_finite_logits
         from LesionFactorizerLib.pipeline.inference import run_inference
+        from LesionFactorizerLib.pipeline.window_plan import make_plan
 
         opts, settings = self.opts, self.settings
-        result = run_inference([m.model for m in self.loaded], prep.array, roi, overlap=settings["overlap"],
+        models = [m.model for m in self.loaded]
+        plan = make_plan(settings["windows"], models, tuple(prep.array.shape[1:]), roi, settings["overlap"], self.stride)
+        result = run_inference(models, prep.array, plan.roi, interval=plan.interval, overlap=settings["overlap"],
                                align=self.stride, tta=settings["tta"], sw_batch_size=opts.sw_batch_size,
                                device=opts.device, component_layers=opts.component_layers,
                                want_components=self.want_components, on_window=lambda d, n: progress.update(d / n),
@@ -358,7 +366,7 @@ class Segmenter:
         prep.array = None   # the network input is no longer needed; free it before the full-size maps
         return Prediction(result.logits, result.components, result.strides, result.device, result.passes,
                           result.sw_batch_size, result.backend, result.threads, result.votes,
-                          window_nmf=result.window_nmf)
+                          window_nmf=result.window_nmf, window_plan=plan.record())
 
     def postprocess(self, prep: Prepared, prediction: Prediction, case: Case) -> Segmentation:
         from LesionFactorizerLib.pipeline.confidence import ConfidenceMaps, foreground_probability, votes_to_reference

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.nn.layout import NMF_LAYERS
-from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESET_HELP, SPEED_PRESETS
+from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESET_HELP, SPEED_PRESETS, WINDOW_PLANS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FORMATS = ("nii.gz", "nii", "nrrd", "mha", "seg.nrrd")   # keys of pipeline.io.IMAGE_FORMATS (a test checks)
@@ -56,6 +56,9 @@ OPTIONS: Tuple[Option, ...] = (
            f"({', '.join(NMF_LAYERS)})", str,
            metavar="LAYER,...", listed=True),
     Option("overlap", "--overlap", "sliding-window overlap (default from --preset, 0.5)", float),
+    Option("windows", "--windows", "window plan: sliding (windows of the trained patch size at --overlap) or whole "
+           "(the fewest windows that fit memory, the whole foreground box in one where it fits; window-local "
+           "networks only, others keep sliding); default from --preset", str, choices=WINDOW_PLANS),
     Option("sw_batch_size", "--sw-batch-size", "windows per forward pass (default: chosen from the window size "
            "and free memory; the result is the same either way)", int, metavar="N"),
     Option("backend", "--backend", "how the network runs: auto (the backend measured fastest on this machine, "
@@ -146,12 +149,12 @@ def to_argv(values: Mapping[str, Any]) -> List[str]:
 def check(values: Mapping[str, Any]) -> Dict[str, Any]:
     """The one check of a run's settings; returns the speed settings in effect (the preset with
     the given tta / nmf_iters / skip_nmf / overlap on top). Raises :class:`UserError`."""
-    for name in ("device", "preset", "format", "progress", "register", "backend", "postprocess"):
+    for name in ("device", "preset", "format", "progress", "register", "backend", "postprocess", "windows"):
         value = values.get(name)
         if value is not None and value not in BY_NAME[name].choices:
             raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(BY_NAME[name].choices)}")
     speed = dict(SPEED_PRESETS[values.get("preset") or DEFAULT_SPEED_PRESET])
-    for key in ("tta", "nmf_iters", "skip_nmf", "overlap"):
+    for key in ("tta", "nmf_iters", "skip_nmf", "overlap", "windows"):
         if values.get(key) is not None:
             speed[key] = values[key]
     if not 0.0 <= speed["overlap"] < 1.0:
