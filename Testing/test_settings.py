@@ -53,7 +53,7 @@ def test_one_check_refuses_impossible_settings(values, words):
 
 def test_preset_values_are_overridden_by_given_ones():
     assert check({"preset": "fast"}) == {"nmf_iters": 2, "skip_nmf": ["decoder1"], "tta": False, "overlap": 0.25,
-                                        "windows": "whole"}
+                                        "windows": "sliding"}
     assert check({"preset": "fast", "tta": True, "skip_nmf": []})["tta"] is True
     assert [o.flag for o in OPTIONS if o.off_flag] == ["--tta"]
 
