@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from LesionFactorizerLib.nn.nmf import prepare_tracing
 from LesionFactorizerLib.presets import PRESETS, build_model
 
 TOL = 1e-4
 
 
 def tiny(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    prepare_tracing()
     preset = PRESETS[name]
     small = (dict(features=4, levels=2) if preset.architecture == "resunet8"
              else dict(widths=(8, 16), deep_supervision=1))
