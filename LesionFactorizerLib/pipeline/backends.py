@@ -249,7 +249,7 @@ def build(name: str, model, shape: tuple[int, ...], notify: Callable[[str], None
     if name == "compile":
         _inductor_cache()   # before anything imports torch._dynamo, which sets Inductor's default folder
         notify(f"compiling the network for {tuple(shape[2:])} windows with torch.compile: the first run on "
-               f"this machine can take minutes (compiled code is cached in {cache_dir() / 'inductor'})")
+               f"this machine can take minutes (compiled code is cached in {os.environ['TORCHINDUCTOR_CACHE_DIR']})")
         return Runner("compile", shape, torch.compile(model, dynamic=False))
     if name == "onnx":
         return Runner("onnx", shape, _onnx_session(model, shape, notify))
