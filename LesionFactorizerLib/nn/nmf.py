@@ -70,7 +70,8 @@ def initial_factors(m: int, n: int, rank: int, seed: int, dtype=torch.float32, d
     """Reproducible U[0,1) initial factors ``(M, R)`` and ``(N, R)`` for one matrix shape.
 
     They depend on ``(M, N, R, seed)`` only, so they are computed in plain Python (numpy) and cached:
-    ``torch.compile`` sees one constant and no graph break, ``torch.export`` and ONNX store the values for the traced shape, and no random generator runs inside ``forward``."""
+    ``torch.compile`` sees one constant and no graph break, ``torch.export`` and ONNX store the
+    values for the traced shape, and no random generator runs inside ``forward``."""
     if torch.compiler.is_compiling():
         values = _initial_factors_constant(m, n, rank, int(seed))
         u0, v0 = values[: m * rank].view(m, rank), values[m * rank:].view(n, rank)
