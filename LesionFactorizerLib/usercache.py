@@ -1,12 +1,17 @@
 """Where the Lib keeps what it builds for this machine: compiled kernels, exported models, backend
-measurements (torch-free), and whether a folder there is the user's own."""
+measurements (torch-free), whether a folder there is the user's own, and the records that let a
+cached file be checked before it is loaded."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
+import tempfile
 from pathlib import Path
+
+from LesionFactorizerLib.checksums import sha256
 
 
 def cache_dir() -> Path:
@@ -60,3 +65,66 @@ def make_own_folder(folder: Path) -> None:
             os.mkdir(item, 0o700)
         except FileExistsError:   # made by a concurrent run meanwhile: not_own judges it
             pass
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Writes the JSON ``record`` to ``path`` through a temporary file in its folder, then renames
+    it: a concurrent reader sees the old record or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_record(path: Path) -> dict:
+    """The JSON object in ``path``, read strictly (a JSON object, no NaN or Infinity, no key twice),
+    or ValueError/OSError saying why not."""
+    def no_constants(name):
+        raise ValueError(f"{name} is not JSON")
+
+    def unique(pairs):
+        keys = [key for key, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a key appears twice")
+        return dict(pairs)
+
+    record = json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constants, object_pairs_hook=unique)
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    return record
+
+
+def file_record(path: Path, **facts) -> dict:
+    """The record :func:`verified_file` checks ``path`` against (its name, size and SHA-256) plus ``facts``."""
+    return {"library": path.name, "bytes": path.stat().st_size, "sha256": sha256(path), **facts}
+
+
+def verified_file(record_path: Path, *, own: bool) -> tuple[Path | None, dict, str]:
+    """The file the record ``record_path`` describes (:func:`file_record`) if it is safe to load, the
+    record, and why not: its size and SHA-256 must be the recorded ones (a damaged, truncated or
+    swapped file is never loaded) and, with ``own`` (the cache, where no install put them), the
+    record and the file must be the user's own (:func:`not_own`)."""
+    if own and (why := not_own(record_path)):
+        return None, {}, why
+    try:
+        record = read_record(record_path)
+        name, size, digest = record["library"], int(record["bytes"]), str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, {}, f"its manifest {record_path} is missing or unreadable ({exc})"
+    if not isinstance(name, str) or Path(name).name != name:
+        return None, {}, f"its manifest {record_path} names a file outside its folder"
+    path = record_path.parent / name
+    if own and (why := not_own(path)):
+        return None, {}, why
+    try:
+        if path.stat().st_size != size:
+            return None, {}, f"{path} is {path.stat().st_size} bytes, its manifest records {size}"
+        if sha256(path) != digest:
+            return None, {}, f"{path} does not match the SHA-256 its manifest records"
+    except OSError as exc:
+        return None, {}, f"{path} cannot be read ({exc.strerror})"
+    return path, record, ""

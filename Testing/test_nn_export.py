@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from LesionFactorizerLib.nn.monai_baselines import NETWORKS as MONAI_NETWORKS
-from LesionFactorizerLib.nn.nmf import prepare_tracing
 from LesionFactorizerLib.presets import PRESETS, build_model
 
 # The MONAI baselines are research baselines trained side by side (test_training_baselines.py); the
@@ -18,7 +17,6 @@ TOL = 1e-4
 
 
 def tiny(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    prepare_tracing()
     preset = PRESETS[name]
     small = (dict(features=4, levels=2) if preset.architecture == "resunet8"
              else dict(widths=(8, 16), deep_supervision=1))

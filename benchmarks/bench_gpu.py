@@ -26,7 +26,6 @@ import time
 import numpy as np
 import torch
 
-from LesionFactorizerLib.nn.nmf import prepare_tracing
 from LesionFactorizerLib.pipeline.inference import run_inference
 from LesionFactorizerLib.presets import build_model
 
@@ -61,7 +60,6 @@ def forward_table(args, dev) -> None:
         variants = [("eager", net)]
         if not args.no_compile:
             start = time.perf_counter()
-            prepare_tracing()
             compiled = torch.compile(net)
             with torch.inference_mode():
                 compiled(x)

@@ -53,25 +53,25 @@ def _initial_factors_f64(m: int, n: int, rank: int, seed: int) -> tuple[torch.Te
 
 
 def _initial_factors_constant(m: int, n: int, rank: int, seed: int) -> torch.Tensor:
-    """Both factors as one ``((M+N)·R,)`` float64 tensor, which compilers fold into the graph
-    (they are a function of the shape and seed alone) once :func:`prepare_tracing` has run."""
+    """Both factors as one ``((M+N)·R,)`` float64 tensor, which compilers and exporters fold into
+    the graph (they are a function of the shape and seed alone) instead of tracing the numpy above."""
     u0, v0 = _initial_factors_f64(m, n, rank, seed)
     return torch.cat([u0.reshape(-1), v0.reshape(-1)])
 
 
-def prepare_tracing() -> None:
-    """Call before ``torch.compile`` / ``torch.export`` of an NMF network: marks the initial factors
-    a constant of the graph (no graph break per NMF layer). Not done at import because marking
-    imports ``torch._dynamo`` — ~3 s of CPU at every worker start, which eager inference never needs."""
-    torch.compiler.assume_constant_result(_initial_factors_constant)   # marks the function in place
+# Marked a constant of the graph here, so that a freshly built network compiles and exports as it
+# is. ``torch.compiler.assume_constant_result`` sets exactly this attribute, but imports
+# torch._dynamo to do it: seconds of CPU at every worker start, which eager inference never needs.
+# (test_nn_export compiles and exports fresh networks: a torch that renamed it fails there.)
+_initial_factors_constant._dynamo_marked_constant = True
 
 
 def initial_factors(m: int, n: int, rank: int, seed: int, dtype=torch.float32, device=None):
     """Reproducible U[0,1) initial factors ``(M, R)`` and ``(N, R)`` for one matrix shape.
 
     They depend on ``(M, N, R, seed)`` only, so they are computed in plain Python (numpy) and cached:
-    ``torch.compile`` sees one constant and no graph break (after :func:`prepare_tracing`),
-    ``torch.export`` and ONNX store the values for the traced shape, and no random generator runs inside ``forward``."""
+    ``torch.compile`` sees one constant and no graph break, ``torch.export`` and ONNX store the
+    values for the traced shape, and no random generator runs inside ``forward``."""
     if torch.compiler.is_compiling():
         values = _initial_factors_constant(m, n, rank, int(seed))
         u0, v0 = values[: m * rank].view(m, rank), values[m * rank:].view(n, rank)

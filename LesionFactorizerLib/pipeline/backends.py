@@ -33,10 +33,12 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from LesionFactorizerLib.pipeline.settings import BACKENDS
-from LesionFactorizerLib.usercache import cache_dir
+from LesionFactorizerLib.usercache import (cache_dir, file_record, make_own_folder, not_own, read_record,
+                                           verified_file, write_record)
 
 MIN_GAIN = 1.1     # a backend must be ≥10 % faster than eager, measured on the same run, to be chosen
 TEST_TOL = 1e-4    # calibration: max |backend − eager| on the calibration batch (float32 logits)
@@ -111,22 +113,40 @@ def weights_digest(model) -> str:
 
 
 def load_records() -> dict:
+    """The measurements, ``{key: record}``: only from a file that is the user's own and parses
+    strictly, and only records whose ``winner`` is a backend; anything else is ignored (``auto``
+    then runs eager)."""
+    path = cache_dir() / RECORDS
+    if not path.exists() or not_own(path):
+        return {}
     try:
-        return json.loads((cache_dir() / RECORDS).read_text())
+        records = read_record(path)
     except (OSError, ValueError):
         return {}
+    return {key: record for key, record in records.items()
+            if isinstance(record, dict) and record.get("winner") in BACKENDS}
 
 
 def save_record(key: str, record: dict) -> None:
-    """Adds one measurement to the records file (written to a temporary file, then renamed, so a
-    reader never sees half a file)."""
+    """Adds one measurement to the records file (:func:`usercache.write_record`); not written into
+    a cache folder that is not the user's own (it would not be read back)."""
     records = load_records()
     records[key] = record
-    path = cache_dir() / RECORDS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    folder = cache_dir()
+    make_own_folder(folder)
+    if not not_own(folder):
+        write_record(folder / RECORDS, records)
+
+
+class UntrustedCache(RuntimeError):
+    """A cache folder this backend would load code from that another account could have written."""
+
+
+def _own_folder(folder) -> None:
+    """Creates ``folder`` as the user's own, or raises :class:`UntrustedCache` saying why it is not."""
+    make_own_folder(Path(folder))
+    if why := not_own(Path(folder)):
+        raise UntrustedCache(f"its cache is not safe to load code from: {why}")
 
 
 def choose(requested: str, model, shape: tuple[int, ...], device_type: str, threads: int) -> tuple[str, str | None]:
@@ -168,8 +188,11 @@ class Runner:
 
 def _inductor_cache() -> None:
     """TorchInductor's on-disk caches (compiled kernels, FX graphs) under our cache folder, so a
-    compiled network survives the process; the user's own setting wins."""
+    compiled network survives the process; the user's own ``TORCHINDUCTOR_CACHE_DIR`` wins. Either
+    folder must be the user's own (Inductor loads the compiled code it finds there), else
+    :class:`UntrustedCache`."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    _own_folder(os.environ["TORCHINDUCTOR_CACHE_DIR"])
     try:
         import torch._inductor.config as inductor_config
 
@@ -186,17 +209,24 @@ def _onnx_session(model, shape: tuple[int, ...], notify: Callable[[str], None]):
     key = hashlib.sha256(json.dumps([getattr(model, "config", None), graph_settings(model), list(shape),
                                      weights_digest(model), torch.__version__],
                                     sort_keys=True, default=str).encode()).hexdigest()[:24]
-    path = folder / f"{key}.onnx"
-    if not path.exists():
+    _own_folder(folder)
+    path, record = folder / f"{key}.onnx", folder / f"{key}.json"
+    if verified_file(record, own=True)[0] != path:   # missing, or damaged/swapped: exported again
         notify(f"exporting the network to ONNX for {tuple(shape[2:])} windows (once; cached in {folder})")
-        folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"{key}.{os.getpid()}.tmp.onnx"
         example = torch.zeros(shape)
-        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # the exporter prints progress
-            program = torch.export.export(model, (example,), strict=True)
-            torch.onnx.export(program, (example,), str(tmp), dynamo=True, verbose=False, external_data=False)
-        os.replace(tmp, path)
+        try:
+            with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # the exporter prints progress
+                program = torch.export.export(model, (example,), strict=True)
+                torch.onnx.export(program, (example,), str(tmp), dynamo=True, verbose=False, external_data=False)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        write_record(record, file_record(path))
     notify(f"running the network with ONNX Runtime ({path.name} in {folder})")
+    # ONNX Runtime is given the verified file alone: no custom-op library is ever registered, so a
+    # model naming an unknown operator fails to load instead of running someone's code
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -213,16 +243,13 @@ def build(name: str, model, shape: tuple[int, ...], notify: Callable[[str], None
     """A runner of ``model`` by backend ``name`` for window batches of ``shape`` (B, C, D, H, W)."""
     import torch
 
-    from LesionFactorizerLib.nn.nmf import prepare_tracing
-
     shape = tuple(int(s) for s in shape)
     if name == "eager":
         return Runner("eager", shape, model, checked=True)
-    prepare_tracing()
     if name == "compile":
-        _inductor_cache()
+        _inductor_cache()   # before anything imports torch._dynamo, which sets Inductor's default folder
         notify(f"compiling the network for {tuple(shape[2:])} windows with torch.compile: the first run on "
-               f"this machine can take minutes (compiled code is cached in {cache_dir() / 'inductor'})")
+               f"this machine can take minutes (compiled code is cached in {os.environ['TORCHINDUCTOR_CACHE_DIR']})")
         return Runner("compile", shape, torch.compile(model, dynamic=False))
     if name == "onnx":
         return Runner("onnx", shape, _onnx_session(model, shape, notify))
@@ -261,7 +288,8 @@ class Dispatch:
             try:
                 runner = build(name, model, shape, self.notify)
             except Exception as exc:  # noqa: BLE001 — whatever fails while preparing, eager still runs
-                self.warnings.append(f"backend {name} could not be prepared ({type(exc).__name__}); ran eager PyTorch")
+                why = str(exc) if isinstance(exc, UntrustedCache) else type(exc).__name__
+                self.warnings.append(f"backend {name} could not be prepared ({why}); ran eager PyTorch")
                 runner = build("eager", model, shape)
             self.runners[key] = runner
         if not runner.checked:  # once per run: the first batch through both, compared
