@@ -11,12 +11,12 @@ Backends (``--backend``):
   in :func:`cache_dir`, keyed by the weights and the window shape.
 - ``auto`` (default): the backend that *measured* fastest for this network, window shape, device and
   thread count on this machine (:func:`calibrate`, run by ``python -m
-  LesionFactorizerLib.pipeline.backends`` or ``benchmarks/bench_backends.py``), else eager. A backend
+  LesionFactorizerLib.pipeline.backends`` or ``benchmarks/bench_model.py --backends``), else eager. A backend
   is recorded as the winner only if it beat eager on the same run by :data:`MIN_GAIN` and matched
   its outputs; so a clinician's first click never pays a compile nobody has shown to pay off.
 
 Every non-eager backend is checked once per run against eager on the first window batch
-(:func:`Runner.verified`): beyond :data:`RUN_TOL` the run falls back to eager with a warning, never
+(:meth:`Dispatch.forward`): beyond :data:`RUN_TOL` the run falls back to eager with a warning, never
 to silently different logits. The components pass (NMF factor capture) always runs eager: it
 stores per-layer maps as a side effect, which compiled or exported graphs do not reproduce.
 """
