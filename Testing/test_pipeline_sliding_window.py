@@ -86,7 +86,9 @@ def test_inference_imports_neither_monai_nor_dynamo():
 
 def test_the_library_never_imports_monai():
     """MONAI is a training/benchmark dependency only (pyproject extras): Slicer does not install it
-    for the worker, so no module of the library may import it."""
+    for the worker, so no module of the library may import it — except ``nn/monai_baselines.py``,
+    and there only inside a function, when one of those research baselines is built (the worker
+    never builds one for the library's own networks)."""
     import ast
     from pathlib import Path
 
@@ -94,8 +96,12 @@ def test_the_library_never_imports_monai():
 
     offenders = []
     for path in Path(LesionFactorizerLib.__file__).parent.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        in_function = {id(inner) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                       for inner in ast.walk(node) if inner is not node}
+        for node in ast.walk(tree):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "monai"]
+            allowed = path.name == "monai_baselines.py" and id(node) in in_function
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "monai" and not allowed]
     assert offenders == []
