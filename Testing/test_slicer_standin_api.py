@@ -30,7 +30,7 @@ QT_VTK_NAMES = {
     ("qt", "Qt", "UserRole"), ("qt", "Qt", "Checked"), ("qt", "Qt", "Unchecked"),
     ("qt", "Qt", "ItemIsUserCheckable"), ("vtk", "mutable", ""), ("vtk", "VTK_OBJECT", ""),
 }
-QT_SIGNALS = {"clicked", "currentIndexChanged", "timeout", "cellClicked", "toggled", "itemChanged"}  # of any widget class
+QT_SIGNALS = {"clicked", "currentIndexChanged", "timeout", "cellClicked", "toggled", "itemChanged", "valueChanged"}  # of any widget class
 PY_MODULES = {"slicer.util", "slicer.i18n", "slicer.ScriptedLoadableModule", "SampleData", "DICOMLib.DICOMUtils"}
 
 

@@ -181,16 +181,21 @@ def click_segment_and_follow(widget, task_name):
     ui = widget.ui
     assert ui.segmentButton.enabled, f"{task_name}: Segment is disabled: {ui.segmentButton.toolTip}"
     started = time.monotonic()
+    # every value the bar is set to, however quickly the run goes (a fast server delivers a whole
+    # run's events in one poll; sampling the bar while idle would then see only 0 and 100)
+    seen = []
+    record = seen.append
+    ui.progressBar.valueChanged.connect(record)
     ui.segmentButton.click()
     assert ui.segmentButton.text == "Cancel", ui.statusLabel.text
-    seen = []
 
     def idle():
-        if ui.progressBar.value not in seen[-1:]:
-            seen.append(ui.progressBar.value)
         return ui.segmentButton.text == "Segment"
 
-    harness.run_events_until(idle, 1500, f"{task_name} segmentation")
+    try:
+        harness.run_events_until(idle, 1500, f"{task_name} segmentation")
+    finally:
+        ui.progressBar.valueChanged.disconnect(record)
     assert ui.statusLabel.text.startswith("Done"), f"{task_name}: {ui.statusLabel.text}\n{ui.logTextEdit.toPlainText()}"
     assert seen == sorted(seen) and seen[-1] == 100 and len(seen) >= 3, f"progress went {seen}"
     return {"task": task_name, "seconds": round(time.monotonic() - started, 1), "progress_values": len(seen)}
@@ -479,12 +484,13 @@ def cancel_midway(widget):
 
 
 def cancel_on_server(widget):
-    """Cancel while the server segments: the GUI is idle again and nothing was imported."""
+    """Cancel a server run at once (no wait for progress: a warm server may finish a small case
+    between two polls, so waiting would make the test depend on the machine's speed; cancel while
+    the server segments is tested in test_serve.py): the GUI is idle again and nothing was imported."""
     ui = widget.ui
     before = slicer_segmentation_count()
     ui.segmentButton.click()
     process = widget._job.process
-    harness.run_events_until(lambda: ui.progressBar.value > 0 or not process.running, 300, "the first progress")
     assert process.running, "the run ended before it could be cancelled"
     ui.segmentButton.click()
     harness.run_events_until(lambda: ui.segmentButton.text == "Segment", 60, "the cancelled run to end")

@@ -351,12 +351,16 @@ class QSpinBox(QAbstractSpinBox):
 
 
 class QProgressBar(QWidget):
+    _signals = ("valueChanged",)
+
     def __init__(self, parent=None):
         QWidget.__init__(self, parent)
         self.value, self.format, self.minimum, self.maximum = 0, "%p%", 0, 100
 
-    def setValue(self, value):
-        self.value = int(value)
+    def setValue(self, value):  # QProgressBar::setValue emits valueChanged(int) only when the value changes
+        if int(value) != self.value:
+            self.value = int(value)
+            self.valueChanged.emit(self.value)
 
     def setFormat(self, text):
         self.format = text
