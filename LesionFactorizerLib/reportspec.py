@@ -331,6 +331,11 @@ def view(data: Mapping[str, Any]) -> Report:
     return Report(**{f.name: data.get(f.name) for f in fields(Report)})
 
 
+def add_reader_change(data: Dict[str, Any], change: Dict[str, Any]) -> None:
+    """Append a reader's change (the Slicer module's lesion rejection) to a report object."""
+    data.setdefault("reader_changes", []).append(change)
+
+
 def read_report(folder: "str | Path") -> Report:
     """report.json in a result ``folder``, parsed; a one-line :class:`UserError` when missing or unreadable."""
     folder = Path(folder)

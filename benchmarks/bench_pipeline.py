@@ -183,11 +183,11 @@ def main() -> int:
     print(f"{'peak RSS':<12}" + "".join(f"{results[c][1]:>12.0f} MiB" for c in runs))
     for c in runs:
         wall, peak, rep = results[c]
-        inf = rep["timings_s"]["inference"]
+        inf = rep.timings_s["inference"]
         print(f"\n[{'with' if c else 'without'} components] inference / (windows × baseline forward) = "
-              f"{inf / (windows * forward_s):.2f}; total / inference = {rep['timings_s']['total'] / inf:.2f}; "
+              f"{inf / (windows * forward_s):.2f}; total / inference = {rep.total_seconds / inf:.2f}; "
               f"peak RSS / baseline = {peak / base_peak:.2f}; "
-              f"total / DynUNet forward = {rep['timings_s']['total'] / dynunet_s:.2f} (target ≤ 3); "
+              f"total / DynUNet forward = {rep.total_seconds / dynunet_s:.2f} (target ≤ 3); "
               f"target ≤30 s: {'met' if wall <= 30 else 'not met'} ({wall:.0f} s), "
               f"≤4 GB: {'met' if peak <= 4096 else 'not met'} ({peak / 1024:.2f} GiB)")
     return 0

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.reportspec import REPORT_NAME, Report, read_report
+from LesionFactorizerLib.reportspec import FOLDER_KEY, REPORT_NAME, Report, read_report
 
 NAME = "batch"
 HELP = "segment many cases (datalist CSV/JSON or a folder of case folders) with one model load"
@@ -366,7 +366,7 @@ def _run_locked(args, progress, task, paths, cases, folders, total_cases, out_ro
     shard = f" (shard {args.shard[0]}/{args.shard[1]} of {total_cases} cases)" if args.shard else ""
     message = (f"{len(rows) - len(failed)} of {len(rows)} case(s) segmented{shard}, {len(failed)} failed; "
                f"summary: {summary}")
-    progress.done({"summary": str(summary), "dir": str(out_root)}, message)
+    progress.done({"summary": str(summary), FOLDER_KEY: str(out_root)}, message)
     if args.progress != "jsonl":
         print(message, file=sys.stderr)
     if failed:
@@ -502,7 +502,7 @@ def _merge_locked(args: argparse.Namespace, progress, out_root: Path) -> int:
     failed = sum(r["status"] == "failed" for r in merged)
     message = f"merged {n} shard(s): {len(merged) - failed} of {len(merged)} case(s) segmented, {failed} failed; " \
               f"summary: {summary}"
-    progress.done({"summary": str(summary), "dir": str(out_root)}, message)
+    progress.done({"summary": str(summary), FOLDER_KEY: str(out_root)}, message)
     if args.progress != "jsonl":
         print(message, file=sys.stderr)
     return 2 if failed else 0

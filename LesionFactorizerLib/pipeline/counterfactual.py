@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.reportspec import COUNTERFACTUAL_FOLDER, COUNTERFACTUAL_OUTPUTS, OUTPUTS, REPORT_NAME
+from LesionFactorizerLib.reportspec import (COUNTERFACTUAL_FOLDER, COUNTERFACTUAL_OUTPUTS, FOLDER_KEY, OUTPUTS,
+                                            REPORT_NAME)
 
 FORMAT = "lesion-factorizer-counterfactual"
 DIFFERENCE = {0: "unchanged", 1: "added", 2: "removed", 3: "relabelled"}
@@ -308,7 +309,7 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
                             "another output folder")
         out.commit()
     outputs = {k: str(out.final / v) for k, v in written.items()}
-    outputs["dir"] = str(out.final)
+    outputs[FOLDER_KEY] = str(out.final)
     return outputs
 
 
