@@ -49,7 +49,7 @@ class Output:
     key: str
     name: str
     kind: str
-    required: bool      # every run writes it, and a reader may rely on it
+    required: bool      # a result without it is incomplete: readers refuse it
     description: str
 
     @property
@@ -107,7 +107,7 @@ OUTPUTS = _table(
     dicom_seg=("segmentation.dcm", "file", False, "DICOM Segmentation object (--dicom-seg)"),
     probabilities=("probabilities", "map", False, "probability per output channel (--probabilities)"),
     uncertainty=("uncertainty", "map", False, "predictive entropy in bits (--uncertainty)"),
-    lesions=("lesions.csv", "file", False, "the lesion table"),
+    lesions=("lesions.csv", "file", False, "the lesion table (every segment run writes it)"),
     overview=("overview.png", "file", False, "axial slices with labels and components"),
     report=("report.json", "file", True, "this report"),
 )

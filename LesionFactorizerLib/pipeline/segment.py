@@ -241,13 +241,13 @@ class Segmenter:
             geometry=case.reference.geometry.as_dict(),
             coordinate_system="LPS (RAS centroids also given)",
             settings={"preset": self.opts.preset, "device": prediction.device, "tta": self.settings["tta"],
-                         "overlap": self.settings["overlap"], "windows": self.settings["windows"],
-                         "window_plan": prediction.window_plan, "nmf_iters": self.settings["nmf_iters"],
-                         "skip_nmf": self.settings["skip_nmf"], "sw_batch_size": prediction.sw_batch_size,
-                         "backend": prediction.backend, "window_nmf": prediction.window_nmf,
-                         "threads": prediction.threads,
-                         "roi": list(reversed(roi)), "passes": prediction.passes, **self.output.settings(),
-                         "model_spacing": _plain(self.spec.preprocessing.spacing)},
+                      "overlap": self.settings["overlap"], "windows": self.settings["windows"],
+                      "window_plan": prediction.window_plan, "nmf_iters": self.settings["nmf_iters"],
+                      "skip_nmf": self.settings["skip_nmf"], "sw_batch_size": prediction.sw_batch_size,
+                      "backend": prediction.backend, "window_nmf": prediction.window_nmf,
+                      "threads": prediction.threads,
+                      "roi": list(reversed(roi)), "passes": prediction.passes, **self.output.settings(),
+                      "model_spacing": _plain(self.spec.preprocessing.spacing)},
             preprocessing={"crop_start": list(prep.crop_start), "crop_size": list(prep.crop_size),
                            "model_grid": prep.model_grid.as_dict(), "resampled": not prep.identity,
                            "normalization": prep.normalization},
@@ -482,7 +482,7 @@ class Segmenter:
             report.library_version = __version__
             report.timings_s = {k: round(v, 3) for k, v in timings.items()}
             report.components = entries
-            report.outputs = written
+            report.outputs = dict(written)
             report.warnings = list(warnings)
             write_json(tmp / OUTPUTS.report.name, report.to_json())
             out.commit()
