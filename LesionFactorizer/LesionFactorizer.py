@@ -373,8 +373,10 @@ class LesionFactorizerWidget(ParameterNodeStateMixin, ResultsPanelMixin, LesionP
 
     def _rememberRunTime(self, result):
         """The model card's expected time is the last run's time on this computer (models carry none)."""
-        model = result.report.get("model") or {}
-        total = (result.report.get("timings_s") or {}).get("total")
+        from LesionFactorizerLib.reportspec import view
+
+        report = view(result.report)
+        model, total = report.model or {}, report.total_seconds
         if model.get("name") and isinstance(total, (int, float)):
             qt.QSettings().setValue(f"LesionFactorizer/lastRunSeconds/{model['name']}", float(total))
 

@@ -18,11 +18,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.reportspec import FOLDER_KEY, OUTPUTS, REPORT_NAME
 
 DEMO_TASKS = ("tumor", "stroke", "ms-new")
 DEFAULT_OUT = "lesionfactorizer-demo"
 SUMMARY_NAME = "demo-summary.json"   # also marks a folder as the demo's own, safe to refresh
 MODEL_SUFFIX = ".safetensors"
+# the outputs the summary points to
+SUMMARY_OUTPUTS = (FOLDER_KEY, OUTPUTS.segmentation.key, OUTPUTS.report.key, OUTPUTS.overview.key,
+                   OUTPUTS.components.key)
 
 
 def demo_model_name(task: str) -> str:
@@ -107,19 +111,18 @@ def run_demo(out: str | os.PathLike = DEFAULT_OUT, tasks: list[str] | None = Non
         t0 = time.perf_counter()
         opts = SegmentOptions(inputs={n: sample["inputs"][n] for n in meta["inputs"]}, output=str(out / task),
                               task=task, models=[str(model)], device=device, components=True, overwrite=True)
-        outputs = segment_case(opts)
+        result = segment_case(opts)
         seconds = time.perf_counter() - t0
-        report = json.loads(Path(outputs["report"]).read_text())
+        report, outputs = result.report, result.outputs
         summary["tasks"][task] = {
             "seconds": round(seconds, 2),
             "model": model.name,
-            "device": report["settings"]["device"],
-            "volumes_ml": report["volumes_ml"],
-            "regions_ml": {k: v["volume_ml"] for k, v in report["regions"].items()},
-            "lesion_count": report["lesion_count"],
-            "scores": _scores(outputs["segmentation"], sample["label"], task),
-            "outputs": {k: v for k, v in outputs.items() if k in ("dir", "segmentation", "report", "overview",
-                                                                 "components")},
+            "device": report.settings["device"],
+            "volumes_ml": report.volumes_ml,
+            "regions_ml": report.region_volumes_ml,
+            "lesion_count": report.lesion_count,
+            "scores": _scores(outputs[OUTPUTS.segmentation.key], sample["label"], task),
+            "outputs": {k: v for k, v in outputs.items() if k in SUMMARY_OUTPUTS},
         }
         log(f"[{task}] done in {seconds:.1f} s")
     _write_summary(out, summary)
@@ -152,7 +155,8 @@ def format_task(task: str, r: dict[str, Any]) -> str:
                                                    if s.get("lesion_f1") is not None else "") + ")"
                 if s.get("n_ref_lesions") is not None else "")
              + f"  Dice vs ground truth: {dice or 'n/a'}",
-             f"{'':7s} results: {r['outputs']['dir']} (overview.png, report.json, components/)"]
+             f"{'':7s} results: {r['outputs'][FOLDER_KEY]} ({OUTPUTS.overview.name}, {REPORT_NAME}, "
+             f"{OUTPUTS.components.name}/)"]
     return "\n".join(lines)
 
 

@@ -88,7 +88,7 @@ def stroke_run(tmp_path_factory):
     inputs = cropped_stroke_sample(folder, HALF_MM)
     out = folder / "result"
     outputs = segment_case(SegmentOptions(inputs=inputs, output=str(out), models=[str(bundled_demo_model("stroke"))],
-                                          device="cpu", components=True, format="nrrd"))
+                                          device="cpu", components=True, format="nrrd")).outputs
     return {"out": out, "inputs": inputs, "outputs": outputs, "folder": folder}
 
 

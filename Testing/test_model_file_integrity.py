@@ -118,7 +118,7 @@ def test_deeply_nested_header_is_skipped_by_listing_and_default_model(tmp_path, 
     monkeypatch.setenv("LESIONFACTORIZER_MODELS", str(user))
     paths = write_case(tmp_path / "in")
     outputs = segment_case(SegmentOptions(inputs=paths, output=str(tmp_path / "out"), task="stroke",
-                                          overview=False))
+                                          overview=False)).outputs
     assert Path(outputs["report"]).is_file()
 
 

@@ -69,7 +69,7 @@ def _options(paths, model, out, **kw):
 def test_sigterm_during_the_commit_leaves_one_complete_result(tmp_path, case, monkeypatch):
     paths, model = case
     out = tmp_path / "out"
-    old = segment_case(_options(paths, model, out, probabilities=True, threshold=0.5))
+    old = segment_case(_options(paths, model, out, probabilities=True, threshold=0.5)).outputs
     (out / "notes.txt").write_text("the user's own file", encoding="utf-8")
     old_report = consistent(out)
 

@@ -51,7 +51,7 @@ def edge_box_in_reference_index(layer: sitk.Image, reference: Geometry) -> tuple
 def test_every_layer_covers_the_input_within_one_layer_voxel(tmp_path, swin_file, oblique_case):
     out = tmp_path / "out"
     outputs = segment_case(SegmentOptions(inputs=oblique_case, output=str(out), task="stroke", models=[swin_file],
-                                          device="cpu", components=True, overview=True))
+                                          device="cpu", components=True, overview=True)).outputs
     reference = Geometry.from_image(sitk.ReadImage(oblique_case["dwi"]))
     index = json.loads((out / "components" / "components.json").read_text(encoding="utf-8"))
     layers = {e["layer"]: e for e in index["layers"]}
@@ -91,7 +91,7 @@ def test_non_factorizer_models_get_a_message_not_an_error(tmp_path, oblique_case
     model = save_threshold_model(tmp_path / "thr.safetensors")
     out = tmp_path / "out"
     outputs = segment_case(SegmentOptions(inputs=oblique_case, output=str(out), task="stroke", models=[model],
-                                          device="cpu", components=True, overview=False))
+                                          device="cpu", components=True, overview=False)).outputs
     assert "components" not in outputs and not (out / "components").exists()
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert "not a Factorizer" in report["components_note"]

@@ -62,7 +62,7 @@ def _run(tmp_path, models, name, **options):
 
     paths = {k: v for k, v in options.pop("paths").items()}
     outputs = segment_case(SegmentOptions(inputs=paths, output=str(tmp_path / name), models=models, device="cpu",
-                                          overview=False, **options))
+                                          overview=False, **options)).outputs
     report = json.loads((tmp_path / name / "report.json").read_text(encoding="utf-8"))
     with open(tmp_path / name / "lesions.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

@@ -204,7 +204,7 @@ def test_overwrite_leaves_only_the_outputs_the_new_report_lists(tmp_path):
     assert (out / "probabilities.nrrd").is_file() and (out / "segmentation.nrrd").is_file()
     second = SegmentOptions(inputs=paths, output=str(out), task="stroke", models=[model], device="cpu",
                             overview=False, overwrite=True)
-    outputs = segment_case(second)
+    outputs = segment_case(second).outputs
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     listed = set(report["outputs"].values())
     assert {p.name for p in out.iterdir()} == listed | {"notes.txt"}

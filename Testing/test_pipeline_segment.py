@@ -39,7 +39,7 @@ def test_ensemble_members_with_other_preprocessing_are_refused(tmp_path, change,
         segment_case(_options(paths, out, [a, b]))
     assert not out.exists()
     same = save_threshold_model(tmp_path / "same.safetensors")   # an equal member is fine
-    outputs = segment_case(_options(paths, out, [a, same]))
+    outputs = segment_case(_options(paths, out, [a, same])).outputs
     assert len(json.loads(open(outputs["report"], encoding="utf-8").read())["models"]) == 2
 
 
@@ -52,7 +52,7 @@ def test_every_warning_is_emitted_as_it_arises_and_kept_in_the_report(tmp_path):
     sitk.WriteImage(coarse, paths["adc"])
     model = save_threshold_model(tmp_path / "thr.safetensors")          # uses dwi + adc, not flair
     stream = io.StringIO()
-    outputs = segment_case(_options(paths, tmp_path / "out", [model]), Progress("jsonl", stream=stream))
+    outputs = segment_case(_options(paths, tmp_path / "out", [model]), Progress("jsonl", stream=stream)).outputs
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     emitted = [e["message"] for e in events if e["event"] == "warning"]
     report = json.loads(open(outputs["report"], encoding="utf-8").read())
@@ -73,7 +73,7 @@ def test_the_model_files_post_processing_mode_is_the_one_applied(tmp_path):
     model = save_threshold_model(tmp_path / "t.safetensors", task="tumor", in_channels=4, out_channels=1,
                                  outputs={"activation": "sigmoid", "channels": ["lesion"]},
                                  postprocessing={"mode": "threshold"})
-    outputs = segment_case(_options(paths, tmp_path / "out", [model], task="tumor"))
+    outputs = segment_case(_options(paths, tmp_path / "out", [model], task="tumor")).outputs
     report = json.loads(open(outputs["report"], encoding="utf-8").read())
     assert report["settings"]["mode"] == "threshold"
     labels = sitk.GetArrayFromImage(sitk.ReadImage(outputs["segmentation"]))

@@ -293,9 +293,9 @@ def test_new_lesion_f1_after_registration_matches_the_aligned_pair(heldout_pair,
         segmenter = Segmenter(opts, loaded)
         result = segmenter.segment(opts.inputs, opts.output)
         loaded = segmenter.loaded
-        assert result.report["registration"]["performed"] == (tag == "registered")
+        assert result.report.registration["performed"] == (tag == "registered")
         if tag == "unregistered":
-            assert any("look misaligned" in w for w in result.report["warnings"])
+            assert any("look misaligned" in w for w in result.report.warnings)
         scores[tag] = evaluate_files(result.outputs["segmentation"], heldout_pair["label"], "ms-new")["lesion_f1"]
     assert not math.isnan(scores["aligned"]) and scores["aligned"] > 0.5, scores
     assert abs(scores["registered"] - scores["aligned"]) <= 0.05, scores

@@ -36,7 +36,7 @@ def run(tmp_path_factory):
     models = [save_threshold_model(tmp / f"m{i}.safetensors", threshold=t * z_dim, patch=(16, 16, 16))
               for i, t in enumerate((0.5, 1.2))]
     outputs = segment_case(SegmentOptions(inputs=paths, output=str(tmp / "out"), models=models, device="cpu",
-                                          tta=True, overview=False))
+                                          tta=True, overview=False)).outputs
     return outputs
 
 

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from LesionFactorizerLib.reportspec import COUNTERFACTUAL_OUTPUTS
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 HELD_OUT_SEED = 9000
@@ -48,11 +50,11 @@ def spearman(a: list[float], b: list[float]) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def analyse(report: dict) -> dict:
+def analyse(report) -> dict:
     """Both rankings of every layer of one run: correlations, largest effect, costs."""
-    lesion_ml = sum(report["volumes_ml"].values())
+    lesion_ml = sum(report.volumes_ml.values())
     per_layer, pooled_score, pooled_effect = {}, [], []
-    for entry in report["components"]:
+    for entry in report.components:
         scores = {r["component"]: r["score"] for r in entry.get("ranking") or []}
         effects = {r["component"]: r["changed_voxels"] for r in entry.get("effect_ranking") or []}
         if not scores or not effects:
@@ -67,10 +69,10 @@ def analyse(report: dict) -> dict:
                                      "top_overlap": entry["ranking"][0]["component"],
                                      "top_overlap_effect_voxels": effects[entry["ranking"][0]["component"]],
                                      "effects_s": entry["effects_s"]}
-    best = report.get("components_best_effect")
-    timings = report["timings_s"]
+    best = report.components_best_effect
+    timings = report.timings_s
     rest = timings["total"] - timings["effects"]
-    return {"lesion_ml": round(lesion_ml, 3), "best_effect": best, "best_overlap": report.get("components_best"),
+    return {"lesion_ml": round(lesion_ml, 3), "best_effect": best, "best_overlap": report.components_best,
             "largest_effect_share": (round(best["changed_ml"] / lesion_ml, 4) if best and lesion_ml > 0 else None),
             "spearman_pooled": spearman(pooled_score, pooled_effect),
             "spearman_median_layer": (float(np.median(v)) if (v := [L["spearman"] for L in per_layer.values()
@@ -84,14 +86,14 @@ def run_case(name: str, inputs: dict, model: Path, out: Path, device: str, check
     from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
     from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 
-    segment_case(SegmentOptions(inputs=inputs, output=str(out), models=[str(model)], device=device,
-                                components=True, effects=True, component_layers=layers, overwrite=True))
-    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    report = segment_case(SegmentOptions(inputs=inputs, output=str(out), models=[str(model)], device=device,
+                                         components=True, effects=True, component_layers=layers,
+                                         overwrite=True)).report
     row = analyse(report)
     best = row["best_effect"]
     if check and best:
         summary = json.loads(Path(run_counterfactual(out, best["layer"], best["component"], device=device,
-                                                     overwrite=True, picture=False)["summary"]).read_text())
+                                                     overwrite=True, picture=False)[COUNTERFACTUAL_OUTPUTS.summary.key]).read_text())
         row["counterfactual_check"] = {"difference_voxels": summary["difference_voxels"],
                                        "delta_ml": summary["lesion"]["delta_ml"],
                                        "inference_s": summary["timings_s"]["inference"]}

@@ -33,23 +33,25 @@ from pathlib import Path
 
 import numpy as np
 
+from LesionFactorizerLib.reportspec import COUNTERFACTUAL_OUTPUTS, OUTPUTS
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def layer_overlaps(case_dir: Path, layer_entry: dict, label_path: str, report: dict, input_paths: list[str]) -> dict:
+def layer_overlaps(case_dir: Path, layer_entry: dict, label_path: str, report, input_paths: list[str]) -> dict:
     """Per component of one layer: score / thresholded Dice / mass fraction vs predicted and true lesion."""
     import SimpleITK as sitk
 
     from LesionFactorizerLib.pipeline.geometry import Geometry
     from LesionFactorizerLib.pipeline.ranking import model_grid_masks, score_components
 
-    g = report["preprocessing"]["model_grid"]
+    g = report.preprocessing["model_grid"]
     model_grid = Geometry(tuple(g["size"]), tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"]))
-    image = sitk.ReadImage(str(case_dir / "components" / layer_entry["file"]))
+    image = sitk.ReadImage(str(case_dir / OUTPUTS.components.name / layer_entry["file"]))
     maps = np.moveaxis(sitk.GetArrayFromImage(image), -1, 0).astype(np.float32)
     stride = int(layer_entry["stride"])
     inputs = [sitk.ReadImage(p) for p in input_paths]
-    predicted = sitk.ReadImage(str(case_dir / report["outputs"]["segmentation"]))
+    predicted = sitk.ReadImage(str(case_dir / report.outputs[OUTPUTS.segmentation.key]))
     truth = sitk.Resample(sitk.ReadImage(label_path), predicted, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     out = {}
     for name, labels in (("predicted", predicted), ("truth", truth)):
@@ -95,18 +97,17 @@ def main() -> int:
         inputs = {n: sample["inputs"][n] for n in read_spec(model).inputs}
         case_dir = out / task
         t = time.monotonic()
-        segment_case(SegmentOptions(inputs=inputs, output=str(case_dir), models=[str(model)], device=args.device,
-                                    components=True, overwrite=True))
+        report = segment_case(SegmentOptions(inputs=inputs, output=str(case_dir), models=[str(model)],
+                                             device=args.device, components=True, overwrite=True)).report
         seg_s = time.monotonic() - t
-        report = json.loads((case_dir / "report.json").read_text(encoding="utf-8"))
-        best = report["components_best"]
-        entry = next(e for e in report["components"] if e["layer"] == best["layer"])
+        best = report.components_best
+        entry = report.component_entry(best["layer"])
         overlaps = layer_overlaps(case_dir, entry, sample["label"], report, list(inputs.values()))
         top = best["component"]
         cf = run_counterfactual(case_dir, best["layer"], top, device=args.device, overwrite=True)
-        summary = json.loads(Path(cf["summary"]).read_text(encoding="utf-8"))
+        summary = json.loads(Path(cf[COUNTERFACTUAL_OUTPUTS.summary.key]).read_text(encoding="utf-8"))
         row = {"layer": best["layer"], "components": entry["components"], "top_component": top,
-               "segment_s": round(seg_s, 2), "segment_timings_s": report["timings_s"],
+               "segment_s": round(seg_s, 2), "segment_timings_s": report.timings_s,
                "vs_predicted": summarise(overlaps["predicted"], top), "vs_truth": summarise(overlaps["truth"], top),
                "counterfactual": {"timings_s": summary["timings_s"], "lesion": summary["lesion"],
                                   "difference_voxels": summary["difference_voxels"]}}

@@ -61,8 +61,11 @@ from pathlib import Path
 
 import numpy as np
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from LesionFactorizerLib.reportspec import OUTPUTS  # noqa: E402
 
 MEASURES = ("confidence", "uncertainty", "detected_fraction", "agreement")
 # Lesion size is no confidence measure, but small components are mostly boundary (probability near
@@ -166,7 +169,7 @@ def held_out_case(task: str, seed: int, index: int, spacing: float, folder: Path
     return {k: str(v) for k, v in inputs.items()}, label
 
 
-def classify(report: dict, seg_path: str, label_path: Path) -> list[dict]:
+def classify(report, seg_path: str, label_path: Path) -> list[dict]:
     """Each reported lesion with its measures and whether it overlaps the truth."""
     import SimpleITK as sitk
 
@@ -175,11 +178,11 @@ def classify(report: dict, seg_path: str, label_path: Path) -> list[dict]:
     seg = sitk.ReadImage(seg_path)
     labels = sitk.GetArrayFromImage(seg)
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path))) > 0
-    settings = report["settings"]
+    settings = report.settings
     # the same lesion rule and settings as the run: ids are the report's ids (largest first)
     found = find_lesions(labels > 0, seg.GetSpacing(), int(settings["connectivity"]), 0.0)
     rows = []
-    for lesion in report["lesions"]:
+    for lesion in report.lesions:
         mask = found.labels == lesion["id"]
         if int(mask.sum()) != lesion["voxels"]:
             raise RuntimeError(f"lesion {lesion['id']} of {seg_path}: {int(mask.sum())} voxels, report says "
@@ -272,7 +275,7 @@ def main() -> int:
             inputs, label = held_out_case(task, args.seed, i, spacing, work / task / f"case{i}", shift)
             inputs = {n: p for n, p in inputs.items() if n in segmenter.spec.inputs}
             result = segmenter.segment(inputs, work / task / f"case{i}" / "out", overwrite=True)
-            case_rows = classify(result.report, result.outputs["segmentation"], label)
+            case_rows = classify(result.report, result.outputs[OUTPUTS.segmentation.key], label)
             for r in case_rows:
                 r.update(task=task, case=i)
             rows += case_rows

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     for cid, inputs, label, label_map in cases(out, a.phantoms):
         res = segment_case(SegmentOptions(inputs={n: inputs[n] for n in spec.inputs}, output=str(out / cid),
                                           task="tumor", overwrite=True, overview=False, probabilities=True),
-                           loaded=loaded)
+                           loaded=loaded).outputs
         arr = sitk.GetArrayFromImage(sitk.ReadImage(res["probabilities"])).astype(np.float32)
         written = np.moveaxis(arr, -1, 0) if arr.ndim == 4 else arr[None]   # probability_channels order
         maps = dict(zip(rule.probability_channels, written))

@@ -128,6 +128,7 @@ def main() -> int:
     from bench_pipeline import synth_case
     from LesionFactorizerLib import build_model
     from LesionFactorizerLib.modelfile import make_metadata, save_model_file
+    from LesionFactorizerLib.reportspec import read_report
     from LesionFactorizerLib.presets import PRESETS
 
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
@@ -161,7 +162,7 @@ def main() -> int:
             times[name].append(run(cmd, env))
             print(f"{name:<32} {times[name][-1][0]:8.1f} s wall {times[name][-1][1]:8.1f} s CPU", flush=True)
     best = {name: (min(w for w, _ in t), min(c for _, c in t)) for name, t in times.items()}
-    plan = json.loads((work / "balanced" / "report.json").read_text())["settings"]["window_plan"]
+    plan = read_report(work / "balanced").settings["window_plan"]
     print(f"\ncase 4 × {'×'.join(str(round(n * args.scale)) for n in (240, 240, 155))}, {args.threads} threads, "
           f"best of {args.rounds}, load average {os.getloadavg()[0]:.1f}; our window plan: {plan['kind']}, "
           f"{plan['windows']} window(s) of {'×'.join(map(str, plan['window']))}")

@@ -120,6 +120,7 @@ def main() -> int:
 
     from LesionFactorizerLib import build_model
     from LesionFactorizerLib.modelfile import make_metadata, save_model_file
+    from LesionFactorizerLib.reportspec import read_report
     from LesionFactorizerLib.presets import PRESETS
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -154,13 +155,13 @@ def main() -> int:
         if rc:
             print(f"pipeline run failed (exit {rc})")
             return rc
-        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        report = read_report(out)
         results[components] = (wall, peak, report)
 
     report = results[runs[-1]][2]
-    plan = report["settings"]["window_plan"]
+    plan = report.settings["window_plan"]
     roi = plan["window"][::-1]   # numpy order for the baseline tensor
-    crop = report["preprocessing"]["crop_size"]
+    crop = report.preprocessing["crop_size"]
     windows = plan["windows"]
     base_wall, base_peak, base_out, rc = run_child(
         [sys.executable, "-c", BASELINE, str(model_path), json.dumps(roi), str(args.threads)], env)
@@ -168,25 +169,25 @@ def main() -> int:
     _, _, dyn_out, rc = run_child([sys.executable, "-c", DYNUNET, str(args.threads), str(REPO / "benchmarks")], env)
     dynunet_s = json.loads(dyn_out)["forward_s"]
 
-    print(f"\ninput: 4 × {'×'.join(map(str, report['geometry']['size']))} voxels; foreground box "
+    print(f"\ninput: 4 × {'×'.join(map(str, report.geometry['size']))} voxels; foreground box "
           f"{'×'.join(map(str, crop))}; window plan {plan['kind']}: {windows} window(s) of "
-          f"{'×'.join(map(str, roi[::-1]))}; passes {report['settings']['passes']}; "
+          f"{'×'.join(map(str, roi[::-1]))}; passes {report.settings['passes']}; "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"baseline (one bare forward on one window, own process): {forward_s:.1f} s, peak RSS {base_peak:.0f} MiB")
     print(f"yardstick (one DynUNet channels_last_3d forward at 1×4×128³, own process): {dynunet_s:.1f} s")
     stages = ["read", "preprocess", "model", "inference", "postprocess", "components", "write", "total"]
     print(f"\n{'stage':<12}" + "".join(f"{'components' if c else 'no components':>16}" for c in runs))
     for stage in stages:
-        print(f"{stage:<12}" + "".join(f"{results[c][2]['timings_s'].get(stage, 0.0):>15.1f}s" for c in runs))
+        print(f"{stage:<12}" + "".join(f"{results[c][2].timings_s.get(stage, 0.0):>15.1f}s" for c in runs))
     print(f"{'process wall':<12}" + "".join(f"{results[c][0]:>15.1f}s" for c in runs))
     print(f"{'peak RSS':<12}" + "".join(f"{results[c][1]:>12.0f} MiB" for c in runs))
     for c in runs:
         wall, peak, rep = results[c]
-        inf = rep["timings_s"]["inference"]
+        inf = rep.timings_s["inference"]
         print(f"\n[{'with' if c else 'without'} components] inference / (windows × baseline forward) = "
-              f"{inf / (windows * forward_s):.2f}; total / inference = {rep['timings_s']['total'] / inf:.2f}; "
+              f"{inf / (windows * forward_s):.2f}; total / inference = {rep.total_seconds / inf:.2f}; "
               f"peak RSS / baseline = {peak / base_peak:.2f}; "
-              f"total / DynUNet forward = {rep['timings_s']['total'] / dynunet_s:.2f} (target ≤ 3); "
+              f"total / DynUNet forward = {rep.total_seconds / dynunet_s:.2f} (target ≤ 3); "
               f"target ≤30 s: {'met' if wall <= 30 else 'not met'} ({wall:.0f} s), "
               f"≤4 GB: {'met' if peak <= 4096 else 'not met'} ({peak / 1024:.2f} GiB)")
     return 0

@@ -34,8 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from LesionFactorizerLib.reportspec import OUTPUTS  # noqa: E402
 
 MOTIONS = ((5.0, (3.0, -3.0, 2.5)), (8.0, (-5.0, 4.0, 4.0)), (10.0, (6.0, -6.0, 5.0)))   # degrees, mm (|t| 4.9, 7.5, 9.8)
 AXES = ((0.3, 0.2, 1.0), (1.0, 0.4, -0.2), (-0.3, 1.0, 0.5))
@@ -125,14 +128,14 @@ def main() -> int:
                 t0 = time.perf_counter()
                 result = seg.segment(opts.inputs, opts.output, overwrite=True)
                 loaded = seg.loaded
-                scores = evaluate_files(result.outputs["segmentation"], files["label"], "ms-new")
-                reg = result.report.get("registration") or {}
+                scores = evaluate_files(result.outputs[OUTPUTS.segmentation.key], files["label"], "ms-new")
+                reg = result.report.registration or {}
                 row = {"case": case_name, "run": tag, "mode": mode, "performed": reg.get("performed"),
                        "f1": scores["lesion_f1"], "n_ref": scores["n_ref_lesions"], "n_pred": scores["n_pred_lesions"],
                        "seconds": round(time.perf_counter() - t0, 1), "registration_s": reg.get("seconds"),
                        "quality": reg.get("quality"), "displacement_mm": (reg.get("estimate") or {}).get("displacement_mm"),
                        "metric_before": reg.get("metric_before"), "metric_after": reg.get("metric_after"),
-                       "warnings": result.report["warnings"]}
+                       "warnings": result.report.warnings}
                 if truth is not None and reg.get("performed"):
                     t = reg["transform"]
                     est = sitk.Euler3DTransform()

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from LesionFactorizerLib.errors import UserError  # noqa: E402
+from LesionFactorizerLib.reportspec import read_report  # noqa: E402
 from LesionFactorizerLib.serve.client import Client  # noqa: E402
 from LesionFactorizerLib.tasks import get_task  # noqa: E402
 
@@ -103,8 +104,8 @@ def main() -> None:
 
     def added(prefix: str, walls: list, first: int = 0) -> float:
         """Median of wall minus the run's own segmentation time (report.json), from job ``first`` on."""
-        return statistics.median(walls[i] - json.loads((tmp / f"{prefix}{i}" / "report.json").read_text())
-                                 ["timings_s"]["total"] for i in range(first, len(walls)))
+        return statistics.median(walls[i] - read_report(tmp / f"{prefix}{i}").total_seconds
+                                 for i in range(first, len(walls)))
 
     print(f"\n{task.name} sample, {args.threads} torch threads, one CPU device; machine load at the end: "
           f"{os.getloadavg()[0]:.1f}")

@@ -30,8 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from LesionFactorizerLib.reportspec import OUTPUTS  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "balanced": {"preset": "balanced"},
@@ -103,7 +106,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 result = segmenters[v].segment(inputs, work / task / name / v, overwrite=True)
                 seconds = time.perf_counter() - t0
-                rows[v].append((name, seconds, mean_dice(result.outputs["segmentation"], label, task)))
+                rows[v].append((name, seconds, mean_dice(result.outputs[OUTPUTS.segmentation.key], label, task)))
                 print(f"  {task} {name} {v}: {seconds:.1f} s, mean Dice {rows[v][-1][2]:.4f}", flush=True)
         for group, pick in (("sample", lambda r: r[0] == "sample"), ("phantoms", lambda r: r[0] != "sample")):
             cells = []

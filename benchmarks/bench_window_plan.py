@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from LesionFactorizerLib.reportspec import OUTPUTS
+
 TASK_SPACING = {"tumor": 3.0, "stroke": 2.0, "ms-new": 2.0}   # the demo models' training phantoms
 HELD_OUT_SEED = 9000
 
@@ -89,11 +91,10 @@ def run_case(task: str, files: dict, out: Path) -> dict:
         opts = SegmentOptions(inputs=inputs, output=str(folder), task=task, device="cpu", windows=plan,
                               components=True, overview=False, overwrite=True)
         t = time.perf_counter()
-        Segmenter(opts).segment(inputs, folder)
+        result = Segmenter(opts).segment(inputs, folder)
         row[f"{plan}_s"] = round(time.perf_counter() - t, 2)
-        report = json.loads((folder / "report.json").read_text())
-        row[f"{plan}_windows"] = report["settings"]["window_plan"]["windows"]
-        labels[plan] = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "segmentation.nii.gz")))
+        row[f"{plan}_windows"] = result.report.settings["window_plan"]["windows"]
+        labels[plan] = sitk.GetArrayFromImage(sitk.ReadImage(result.outputs[OUTPUTS.segmentation.key]))
         row[f"{plan}_truth_dice"] = round(dice(labels[plan] > 0, truth > 0), 4)
         row[f"{plan}_seam"] = seam_score(folder)
     row["plans_dice"] = round(dice(labels["sliding"] > 0, labels["whole"] > 0), 4)

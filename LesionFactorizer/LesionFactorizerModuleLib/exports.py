@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from LesionFactorizerLib.pipeline.settings import FORMATS
+from LesionFactorizerLib.reportspec import REPORT_NAME  # marks a folder that already holds results of a run
 
 # Slicer's DICOM scalar volume loader sets this attribute: the SOP Instance UIDs of the slices,
 # separated by spaces.
@@ -28,7 +29,6 @@ _FORMAT_TITLES = {"seg.nrrd": "Slicer segmentation (.seg.nrrd)", "nii.gz": "NIfT
 # (value, title) for the format selector: every output format of the library, the default first.
 SAVE_FORMATS: Tuple[Tuple[str, str], ...] = tuple(
     (f, _FORMAT_TITLES.get(f, f)) for f in sorted(FORMATS, key=lambda f: f != DEFAULT_SAVE_FORMAT))
-REPORT_NAME = "report.json"   # marks a folder that already holds results of a run
 
 
 def instance_uids(attribute: Optional[str]) -> List[str]:

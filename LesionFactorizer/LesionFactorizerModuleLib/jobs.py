@@ -23,6 +23,7 @@ import vtk
 from slicer.i18n import tr as _
 
 from LesionFactorizerLib import modelfile
+from LesionFactorizerLib.reportspec import COUNTERFACTUAL_FOLDER, COUNTERFACTUAL_OUTPUTS
 from LesionFactorizerLib.tasks import Task, get_task
 from LesionFactorizerModuleLib import components as componentsLib
 from LesionFactorizerModuleLib import dependencies as dependenciesLib
@@ -363,11 +364,11 @@ class JobsMixin:
             outcome.message = _("Cancelled.") if cancelled else workerLib.failure_message(workerResult)
             return outcome
         try:
-            folder = Path(job.tempDir) / "counterfactual"
-            outcome.summary = json.loads((folder / "counterfactual.json").read_text(encoding="utf-8"))
+            folder = Path(job.tempDir) / COUNTERFACTUAL_FOLDER
+            outcome.summary = json.loads((folder / COUNTERFACTUAL_OUTPUTS.summary.name).read_text(encoding="utf-8"))
             outcome.text = componentsLib.counterfactual_text(outcome.summary)
             title = f"without {result.componentLayers[layerName].title} #{component}"
-            outcome.differenceNode = self.importDifference(folder / outcome.summary["outputs"]["difference"],
+            outcome.differenceNode = self.importDifference(folder / outcome.summary["outputs"][COUNTERFACTUAL_OUTPUTS.difference.key],
                                                            result, title)
             outcome.succeeded = True
         except Exception as exc:

@@ -12,6 +12,7 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 
+from LesionFactorizerLib.reportspec import view
 from LesionFactorizerLib.tasks import get_task
 from LesionFactorizerModuleLib import navigator as navigatorLib
 from LesionFactorizerModuleLib import results as resultsLib
@@ -86,7 +87,7 @@ class LesionNavigationMixin:
         self._updateSegments(result, values)
         navigatorLib.write_report(result.reportPath, result.report)
         result.segmentationNode.SetAttribute("LesionFactorizer.ReaderChanges",
-                                             json.dumps(result.report["reader_changes"]))
+                                             json.dumps(view(result.report).reader_changes))
         return change
 
 

@@ -26,6 +26,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from LesionFactorizerLib.reportspec import add_reader_change, view
+
 LESION_HEADERS = ["Lesion", "Volume (mL)", "Confidence", "Location"]
 REJECT_ACTION = "reject_lesion"
 THRESHOLD_ATTRIBUTE = "LesionFactorizer.ConfidenceThreshold"  # on the segmentation node: what is hidden
@@ -73,7 +75,7 @@ def _float(value: Any) -> Optional[float]:
 
 def lesions_from_report(report: Mapping[str, Any]) -> List[Lesion]:
     """The report's lesions in its order (ids number them by decreasing size)."""
-    rows = report.get("lesions")
+    rows = view(report).lesions
     if not isinstance(rows, list):
         raise ValueError("report.json has no lesion table ('lesions'); it was written by another version.")
     lesions = []
@@ -156,17 +158,18 @@ class LesionNavigator:
     """
 
     def __init__(self, report: Dict[str, Any], labels: np.ndarray):
-        size = report.get("geometry", {}).get("size")
+        parsed = view(report)
+        size = (parsed.geometry or {}).get("size")
         if size is not None and tuple(labels.shape) != tuple(reversed([int(s) for s in size])):
             raise ValueError(f"the segmentation's grid {tuple(reversed(labels.shape))} is not the report's "
                              f"{tuple(size)}; the lesion table does not belong to it.")
         self.report = report
         self.labels = labels
         self.lesions = lesions_from_report(report)
-        self.connectivity = int(report.get("settings", {}).get("connectivity", 26))
+        self.connectivity = int((parsed.settings or {}).get("connectivity", 26))
         self.threshold = 0.0
         self.current: Optional[int] = None   # lesion id
-        self.rejected = {int(c["lesion_id"]) for c in report.get("reader_changes", [])
+        self.rejected = {int(c["lesion_id"]) for c in parsed.reader_changes or []
                          if c.get("action") == REJECT_ACTION}
         # hidden lesions' voxels, kept to be put back: id -> (box, mask in box, label values)
         self._parked: Dict[int, Tuple[Tuple[slice, ...], np.ndarray, np.ndarray]] = {}
@@ -279,7 +282,7 @@ class LesionNavigator:
                   "reader": reader or _user(),
                   "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                   "tool": "LesionFactorizer Slicer module"}
-        self.report.setdefault("reader_changes", []).append(change)
+        add_reader_change(self.report, change)
         self.rejected.add(lesion.id)
         if self.current == lesion.id:
             self.step(+1)

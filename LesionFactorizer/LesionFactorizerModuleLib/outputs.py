@@ -1,10 +1,9 @@
 """Locating the files a finished worker run produced (README: what `segment` writes).
 
-The worker's final ``done`` event lists its outputs by key with absolute paths
-(``LesionFactorizerLib.pipeline.segment.segment_case``): segmentation, report, lesions and, when
-asked for, components (+ components_index), probabilities, uncertainty, overview, dicom_seg, plus ``dir``. Only that is
-accepted; a missing required output or a listed file that does not exist is an error, so a broken
-run is reported instead of half-imported.
+The worker's final ``done`` event lists its outputs by key with absolute paths: the keys of
+``LesionFactorizerLib.reportspec.OUTPUTS`` (those a run writes), plus ``FOLDER_KEY`` for the folder.
+Only that is accepted; a missing required output or a listed file that does not exist is an error,
+so a broken run is reported instead of half-imported.
 """
 
 from __future__ import annotations
@@ -15,34 +14,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_REQUIRED = ("segmentation", "report")
-_OPTIONAL = ("components", "components_index", "probabilities", "overview", "lesions", "dir", "dicom_seg", "uncertainty")
+from LesionFactorizerLib.reportspec import FOLDER_KEY, OUTPUTS
 
 
 @dataclass(frozen=True)
 class OutputFiles:
+    """The run's files by output key (``files.segmentation``, ``files.lesions``, …; None: not written)."""
+
     folder: Path
-    segmentation: Path
-    report: Path
-    components: Path | None
-    probabilities: Path | None
-    overview: Path | None
-    lesions_csv: Path | None
-    dicom_seg: Path | None = None  # segmentation.dcm, when the run was asked for a DICOM SEG
-    uncertainty: Path | None = None
+    paths: Mapping[str, Path | None]
+
+    def __getattr__(self, key: str) -> Path | None:
+        paths = self.__dict__.get("paths", {})
+        if key in paths:
+            return paths[key]
+        raise AttributeError(key)
 
 
 def find_outputs(folder: str | os.PathLike, outputs: Mapping[str, Any]) -> OutputFiles:
     """The files of a done event's ``outputs``; relative paths (not written today) resolve under folder."""
     folder = Path(folder)
-    unknown = sorted(set(outputs) - set(_REQUIRED) - set(_OPTIONAL))
+    unknown = sorted(set(outputs) - set(OUTPUTS.keys()) - {FOLDER_KEY})
     if unknown:
         raise ValueError(f"the worker listed unknown outputs {', '.join(unknown)}; update the extension.")
     paths: dict[str, Path | None] = {}
-    for key in (*_REQUIRED, *_OPTIONAL):
-        value = outputs.get(key)
+    for output in OUTPUTS:
+        key, value = output.key, outputs.get(output.key)
         if value is None:
-            if key in _REQUIRED:
+            if output.required:
                 raise ValueError(f"the worker finished without a {key} output; see the log.")
             paths[key] = None
             continue
@@ -52,7 +51,4 @@ def find_outputs(folder: str | os.PathLike, outputs: Mapping[str, Any]) -> Outpu
         if not path.exists():
             raise ValueError(f"the worker listed {key} output {path}, which does not exist.")
         paths[key] = path
-    return OutputFiles(folder=folder, segmentation=paths["segmentation"], report=paths["report"],
-                       components=paths["components"], probabilities=paths["probabilities"],
-                       overview=paths["overview"], lesions_csv=paths["lesions"], dicom_seg=paths["dicom_seg"],
-                       uncertainty=paths["uncertainty"])
+    return OutputFiles(folder=folder, paths=paths)

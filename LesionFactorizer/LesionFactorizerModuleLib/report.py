@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.reportspec import FORMAT, FORMAT_VERSION, parse_report, view
+
 
 @dataclass(frozen=True)
 class ResultRow:
@@ -31,22 +34,21 @@ class ResultRow:
 TABLE_HEADERS = ["Segment", "Volume (mL)", "Lesions"]
 
 
-REPORT_FORMAT = ("lesion-factorizer-report", 1)  # what LesionFactorizerLib.pipeline.segment writes
-
-
 def read_report(path: str | os.PathLike) -> dict[str, Any]:
-    """report.json as written by the worker; anything else is refused with a one-line reason."""
+    """report.json as written by the worker, checked by the library's parser
+    (``LesionFactorizerLib.reportspec.parse_report``); anything else is refused with a one-line reason."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if not isinstance(data, dict):
         raise ValueError(f"{Path(path).name} is not a report (expected a JSON object).")
-    found = (data.get("format"), data.get("format_version"))
-    if found != REPORT_FORMAT:
-        raise ValueError(f"{Path(path).name} is not a LesionFactorizer report of format version {REPORT_FORMAT[1]} "
-                         f"(found {found[0]!r} version {found[1]!r}); update the extension.")
-    for key, kind in (("labels", dict), ("regions", dict), ("lesion_count", int), ("warnings", list)):
-        if not isinstance(data.get(key), kind):
-            raise ValueError(f"{Path(path).name}: {key!r} is missing or not a {kind.__name__}.")
+    found = view(data)
+    if (found.format, found.format_version) != (FORMAT, FORMAT_VERSION):
+        raise ValueError(f"{Path(path).name} is not a LesionFactorizer report of format version {FORMAT_VERSION} "
+                         f"(found {found.format!r} version {found.format_version!r}); update the extension.")
+    try:
+        parse_report(data, Path(path).name)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
     return data
 
 
@@ -57,14 +59,15 @@ def result_rows(report: Mapping[str, Any], task_labels: Sequence[Any],
     The report lists every task label under its short name, found or not (0 mL is a finding). The
     per-lesion table is not split by label, so a lesion count is shown only for single-label tasks.
     """
-    labels, regions = report["labels"], report["regions"]
+    parsed = view(report)
+    labels, regions = parsed.labels, parsed.regions
     rows = []
     for label in task_labels:
         entry = labels.get(label.name)
         if not isinstance(entry, Mapping) or entry.get("value") != label.value:
             raise ValueError(f"report.json has no entry for label {label.name} (value {label.value}); it was "
                              f"written for another task or by another version.")
-        count = report["lesion_count"] if len(task_labels) == 1 else None
+        count = parsed.lesion_count if len(task_labels) == 1 else None
         rows.append(ResultRow(value=int(label.value), name=str(label.title), volume_ml=float(entry["volume_ml"]),
                               lesion_count=count))
     for region in task_regions:
@@ -78,7 +81,7 @@ def result_rows(report: Mapping[str, Any], task_labels: Sequence[Any],
 
 def lesion_count(report: Mapping[str, Any]) -> int:
     """Total number of connected lesions (after small-lesion removal)."""
-    return int(report["lesion_count"])
+    return int(view(report).lesion_count)
 
 
 def probability_channels(report: Mapping[str, Any]) -> list[str]:
@@ -88,12 +91,12 @@ def probability_channels(report: Mapping[str, Any]) -> list[str]:
     are named from the model file the report says was used (its metadata is torch-free to read),
     never from the task's channel list: a model decides its own outputs (BraTS regions vs. labels).
     """
-    listed = report.get("probability_channels")
+    listed = view(report).probability_channels
     if isinstance(listed, list) and all(isinstance(c, str) for c in listed):
         return list(listed)
     from LesionFactorizerLib.modelfile import read_metadata
 
-    model = report.get("model")
+    model = view(report).model
     if not isinstance(model, Mapping) or not isinstance(model.get("path"), str):
         raise ValueError("report.json does not name the model it used; probability maps cannot be named.")
     channels = read_metadata(model["path"])["outputs"]["channels"]
@@ -103,7 +106,7 @@ def probability_channels(report: Mapping[str, Any]) -> list[str]:
 def registration_text(report: Mapping[str, Any]) -> str:
     """What happened to the baseline (ms-new): registered, how far it was moved and how well, or
     why not. Empty for reports without a registration entry (other tasks, older reports)."""
-    reg = report.get("registration")
+    reg = view(report).registration
     if not isinstance(reg, Mapping):
         return ""
     shift = (reg.get("estimate") or {}).get("displacement_mm") or {}
@@ -129,7 +132,7 @@ def summary_line(report: Mapping[str, Any], task: str) -> str:
     registration = registration_text(report)
     if registration:
         parts.append(registration)
-    warnings = report["warnings"]
+    warnings = view(report).warnings
     if warnings:
         parts.append(f"{len(warnings)} warning(s): " + "; ".join(str(w) for w in warnings[:3]))
     return ". ".join(parts)

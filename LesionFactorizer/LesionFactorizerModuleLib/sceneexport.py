@@ -8,6 +8,7 @@ from pathlib import Path
 
 import slicer
 
+from LesionFactorizerLib.reportspec import view
 from LesionFactorizerLib.tasks import Task
 from LesionFactorizerModuleLib import exports as exportsLib
 
@@ -52,7 +53,7 @@ class SceneExportMixin:
             DICOMUtils.importDicom(str(staging), slicer.dicomDatabase, True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        stored = slicer.dicomDatabase.fileForInstance(str(report.get("dicom_seg", {}).get("sop_instance_uid", "")))
+        stored = slicer.dicomDatabase.fileForInstance(str((view(report).dicom_seg or {}).get("sop_instance_uid", "")))
         if not stored:
             raise RuntimeError(f"{path} could not be added to the DICOM database")
         return stored

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 
+from LesionFactorizerLib.reportspec import REPORT_NAME, view
 from LesionFactorizerLib.tasks import Task
 from LesionFactorizerModuleLib import components as componentsLib
 from LesionFactorizerModuleLib import navigator as navigatorLib
@@ -40,8 +41,8 @@ class SceneImportMixin:
             kept = self._keepComponents(files.components, copy=bool(result.savedFolder))
             result.componentLayers = componentsLib.load_components(kept)
             result.caseFolder = str(kept.parent)
-        elif result.report.get("components_note"):
-            result.message = str(result.report["components_note"])
+        elif view(result.report).components_note:
+            result.message = str(view(result.report).components_note)
         if files.probabilities is not None:
             for name, array, ijkToRAS in resultsLib.probability_maps(files.probabilities, result.report):
                 node = slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRAS,
@@ -66,7 +67,7 @@ class SceneImportMixin:
             return Path(path)
         keep = Path(slicer.util.tempDirectory("LesionFactorizerReports"))
         self._componentFolders.append(keep)
-        return Path(shutil.copy2(str(path), str(keep / "report.json")))
+        return Path(shutil.copy2(str(path), str(keep / REPORT_NAME)))
 
     def _keepComponents(self, folder: Path, copy: bool = False) -> Path:
         """Move the component maps out of the job's temporary folder, which is removed right after
@@ -91,7 +92,7 @@ class SceneImportMixin:
             if path.parent != keep:
                 shutil.copy2(str(path), str(keep / path.name))
         (keep / "inputs").mkdir(exist_ok=True)
-        used = {entry.get("name") for entry in result.report.get("inputs", [])}  # an optional input may be unused
+        used = {entry.name for entry in view(result.report).input_files}  # an optional input may be unused
         for name, path in inputFiles.items():
             if name not in used:
                 continue

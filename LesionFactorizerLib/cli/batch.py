@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import csv
 import hashlib
-import json
 import os
 import re
 import sys
@@ -39,6 +38,7 @@ import time
 from pathlib import Path
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.reportspec import FOLDER_KEY, REPORT_NAME, Report, read_report
 
 NAME = "batch"
 HELP = "segment many cases (datalist CSV/JSON or a folder of case folders) with one model load"
@@ -203,44 +203,41 @@ def _try_lock(f, shared: bool) -> bool | None:
         raise UserError(f"cannot lock {f.name} ({exc.strerror}); choose another output folder") from None
 
 
-def _read_report(path: Path) -> dict | None:
-    """The report of an earlier run, or None when it is missing or unreadable (then the case is redone)."""
+def _read_report(folder: Path) -> Report | None:
+    """The report of an earlier run, or None when it is missing, unreadable or damaged (then the case
+    is redone)."""
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        return read_report(folder)
+    except UserError:
         return None
-    return report if isinstance(report, dict) else None
 
 
-def _summary_row(case_id: str, status: str, error: str, report: dict | None, task) -> dict:
+def _summary_row(case_id: str, status: str, error: str, report: Report | None, task) -> dict:
     row = {"case_id": case_id, "folder": case_folder(case_id), "status": status, "error": error}
     if report:
-        row["lesion_count"] = report.get("lesion_count")
+        row["lesion_count"] = report.lesion_count
         for lb in task.labels:
-            row[f"{lb.name}_ml"] = report.get("volumes_ml", {}).get(lb.name)
-        for name, region in report.get("regions", {}).items():
-            row[f"{name}_ml"] = region.get("volume_ml")
-        row["seconds"] = report.get("timings_s", {}).get("total")
+            row[f"{lb.name}_ml"] = report.volumes_ml.get(lb.name)
+        for name, volume in report.region_volumes_ml.items():
+            row[f"{name}_ml"] = volume
+        row["seconds"] = report.total_seconds
     return row
 
 
-def _input_changes(report: dict, inputs: dict[str, str]) -> str:
+def _input_changes(report: Report, inputs: dict[str, str]) -> str:
     """Why an earlier result may not belong to this case's inputs ('' when it does)."""
     from LesionFactorizerLib.pipeline.filecheck import file_sha256
 
-    recorded = {i.get("name"): i for i in report.get("inputs", []) if isinstance(i, dict)}
-    if not recorded:
-        return "its report records no inputs"
-    for name, entry in recorded.items():
-        path = inputs.get(name)
+    for entry in report.input_files:
+        name, path = entry.name, inputs.get(entry.name)
         if path is None:
             return f"input {name} is no longer listed"
-        if os.path.abspath(path) != os.path.abspath(str(entry.get("path", ""))):
-            return f"input {name} is now {path}, the result was made from {entry.get('path')}"
-        if not entry.get("sha256"):
+        if os.path.abspath(path) != os.path.abspath(entry.path):
+            return f"input {name} is now {path}, the result was made from {entry.path}"
+        if not entry.sha256:
             return f"its report has no checksum of input {name} (made by an older version)"
         try:
-            if file_sha256(path) != entry["sha256"]:
+            if file_sha256(path) != entry.sha256:
                 return f"input {name} ({path}) changed since the result was made"
         except OSError as exc:
             return f"input {name} ({path}) cannot be read ({exc.strerror})"
@@ -330,9 +327,9 @@ def _run_locked(args, progress, task, paths, cases, folders, total_cases, out_ro
     for index, (case_id, inputs) in enumerate(cases):
         case_out = out_root / folders[index]
         redo = False
-        if args.resume and (case_out / "report.json").is_file():
-            report = _read_report(case_out / "report.json")
-            why = ("its report.json is unreadable" if report is None
+        if args.resume and (case_out / REPORT_NAME).is_file():
+            report = _read_report(case_out)
+            why = (f"its {REPORT_NAME} is unreadable or damaged" if report is None
                    else _input_changes(report, inputs) or _incomplete(case_out))
             if not why:
                 rows[index] = _summary_row(case_id, "skipped", "", report, task)
@@ -346,7 +343,7 @@ def _run_locked(args, progress, task, paths, cases, folders, total_cases, out_ro
     def record(index: int, status: str, error: str, seconds: float) -> None:
         nonlocal finished
         case_id = cases[index][0]
-        report = _read_report(out_root / folders[index] / "report.json") if status == "done" else None
+        report = _read_report(out_root / folders[index]) if status == "done" else None
         rows[index] = _summary_row(case_id, status, error, report, task)
         finished += 1
         progress.case_done(case_id, status, error, seconds, finished, len(cases))
@@ -369,7 +366,7 @@ def _run_locked(args, progress, task, paths, cases, folders, total_cases, out_ro
     shard = f" (shard {args.shard[0]}/{args.shard[1]} of {total_cases} cases)" if args.shard else ""
     message = (f"{len(rows) - len(failed)} of {len(rows)} case(s) segmented{shard}, {len(failed)} failed; "
                f"summary: {summary}")
-    progress.done({"summary": str(summary), "dir": str(out_root)}, message)
+    progress.done({"summary": str(summary), FOLDER_KEY: str(out_root)}, message)
     if args.progress != "jsonl":
         print(message, file=sys.stderr)
     if failed:
@@ -505,7 +502,7 @@ def _merge_locked(args: argparse.Namespace, progress, out_root: Path) -> int:
     failed = sum(r["status"] == "failed" for r in merged)
     message = f"merged {n} shard(s): {len(merged) - failed} of {len(merged)} case(s) segmented, {failed} failed; " \
               f"summary: {summary}"
-    progress.done({"summary": str(summary), "dir": str(out_root)}, message)
+    progress.done({"summary": str(summary), FOLDER_KEY: str(out_root)}, message)
     if args.progress != "jsonl":
         print(message, file=sys.stderr)
     return 2 if failed else 0

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from LesionFactorizerLib.reportspec import COUNTERFACTUAL_OUTPUTS, FOLDER_KEY
+
 NAME = "counterfactual"
 HELP = ("drop one NMF component of an earlier `segment --components` run and show how the lesion changes "
         "(changed segmentation, difference labelmap, volume change per label)")
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                                      args.trust_inputs, args.mode)
     progress.done(outputs)
     if args.progress == "bar":
-        summary = json.loads(open(outputs["summary"], encoding="utf-8").read())
+        summary = json.loads(open(outputs[COUNTERFACTUAL_OUTPUTS.summary.key], encoding="utf-8").read())
         from LesionFactorizerLib.pipeline.groups import describe
 
         why = {"effect": " (the largest effect of `segment --effects`)",
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{describe(summary['layer'], summary['component'], summary['mode'])}"
               f"{why.get(summary['chosen_by'], '')}: lesion {summary['lesion']['before_ml']:.2f} -> "
               f"{summary['lesion']['after_ml']:.2f} mL ({summary['lesion']['delta_ml']:+.2f} mL); "
-              f"written to {outputs['dir']}", file=sys.stderr)
+              f"written to {outputs[FOLDER_KEY]}", file=sys.stderr)
     elif args.progress == "none":
         print(json.dumps(outputs))
     return 0

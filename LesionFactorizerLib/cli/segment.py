@@ -7,6 +7,7 @@ import json
 import sys
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.reportspec import FOLDER_KEY
 
 NAME = "segment"
 HELP = "segment one case: input images in, labels + report (+ NMF components) out"
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         outputs = segmenter.segment(inputs, args.output, args.overwrite, progress).outputs
     progress.done(outputs)
     if args.progress == "bar":
-        print(f"results written to {outputs['dir']}", file=sys.stderr)
+        print(f"results written to {outputs[FOLDER_KEY]}", file=sys.stderr)
     elif args.progress == "none":
         print(json.dumps(outputs))
     return 0

@@ -39,10 +39,11 @@ from typing import Any
 import numpy as np
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.reportspec import (COUNTERFACTUAL_FOLDER, COUNTERFACTUAL_OUTPUTS, FOLDER_KEY, OUTPUTS,
+                                            REPORT_NAME)
 
 FORMAT = "lesion-factorizer-counterfactual"
 DIFFERENCE = {0: "unchanged", 1: "added", 2: "removed", 3: "relabelled"}
-CLAIMS_EXTRA = ["counterfactual.json", "difference.png"]
 DIFFERENCE_COLOURS = {1: (0.1, 0.8, 0.2), 2: (0.9, 0.1, 0.1), 3: (0.95, 0.85, 0.1)}
 
 
@@ -75,8 +76,7 @@ class Source:
 
     def ranking_of(self, layer: str, key: str = "ranking") -> list[dict]:
         """A layer's overlap ranking (``effect_ranking``: its effect ranking), best first."""
-        entry = next((e for e in self.report.get("components") or [] if e.get("layer") == layer), None)
-        return list((entry or {}).get(key) or [])
+        return list((self.recorded.report.component_entry(layer) or {}).get(key) or [])
 
 
 def image_format(name: str) -> str | None:
@@ -124,14 +124,15 @@ def read_source(folder: str | Path, inputs: dict[str, str] | None = None, trust_
         if not entry.sha256:
             unchecked.append(f"model {entry.name}")
     if unchecked and not trust_inputs:
-        raise UserError(f"{folder / 'report.json'} records no checksum of {', '.join(unchecked)}, so the "
+        raise UserError(f"{folder / REPORT_NAME} records no checksum of {', '.join(unchecked)}, so the "
                         "counterfactual cannot check it runs on the files the segmentation used; segment again, or "
                         "pass --trust-inputs if you know they are unchanged")
-    seg_name = run.outputs["segmentation"]
+    seg_name = run.outputs[OUTPUTS.segmentation.key]
     fmt = image_format(seg_name)
-    if fmt is None or not run.output("segmentation").is_file():
-        raise UserError(f"{folder} has no segmentation file listed in report.json; run the segmentation again")
-    return Source(folder, run.data, paths, models, run.output("segmentation"), fmt, checksums, unchecked, run)
+    if fmt is None or not run.output(OUTPUTS.segmentation.key).is_file():
+        raise UserError(f"{folder} has no segmentation file listed in {REPORT_NAME}; run the segmentation again")
+    return Source(folder, run.data, paths, models, run.output(OUTPUTS.segmentation.key), fmt, checksums, unchecked,
+                  run)
 
 
 def check_output(source: Source, final: Path) -> None:
@@ -141,11 +142,11 @@ def check_output(source: Source, final: Path) -> None:
     if target == src or target in src.parents:
         raise UserError(f"--output {final} is the result folder of the segmentation (or holds it); choose another "
                         "folder, e.g. the default RESULT_DIR/counterfactual/<layer>-<component>")
-    cf = src / "counterfactual"
+    cf = src / COUNTERFACTUAL_FOLDER
     if src in target.parents and target != cf and cf not in target.parents:
         raise UserError(f"--output {final} is inside the segmentation's result folder among its outputs; choose a "
                         f"folder under {cf} or outside {src}")
-    if (target / "report.json").exists():
+    if (target / REPORT_NAME).exists():
         raise UserError(f"--output {final} holds a segmentation run (report.json): the counterfactual would replace "
                         "its segmentation while its report keeps the old numbers; choose another folder")
 
@@ -153,7 +154,7 @@ def check_output(source: Source, final: Path) -> None:
 def default_output(source: Source, layer: str, component: int | None, mode: str = "drop") -> Path:
     from LesionFactorizerLib.pipeline.groups import folder_name
 
-    return source.folder / "counterfactual" / folder_name(layer, component, mode)
+    return source.folder / COUNTERFACTUAL_FOLDER / folder_name(layer, component, mode)
 
 
 def choose(source: Source, layer: str | None, component: int | None) -> tuple[str, int, str]:
@@ -162,9 +163,9 @@ def choose(source: Source, layer: str | None, component: int | None) -> tuple[st
     if layer is not None and component is not None:
         return layer, int(component), "given"
     if layer is None:
-        best, basis = source.report.get("components_best_effect"), "effect"
+        best, basis = source.recorded.report.components_best_effect, "effect"
         if not best:
-            best, basis = source.report.get("components_best"), "overlap"
+            best, basis = source.recorded.report.components_best, "overlap"
         if not best:
             raise UserError("give --layer (and --component): the segmentation has no component ranking (run "
                             "`segment --components` on a Factorizer model)")
@@ -185,10 +186,10 @@ def check_choice(source: Source, layer: str, component: int) -> None:
 
     if layer not in NMF_LAYERS:
         raise UserError(f"unknown layer {layer!r}; layers are: {', '.join(NMF_LAYERS)}")
-    entries = {e["layer"]: e for e in source.report.get("components") or []}
-    if layer in entries and not 0 <= component < int(entries[layer]["components"]):
+    entry = source.recorded.report.component_entry(layer)
+    if entry is not None and not 0 <= component < int(entry["components"]):
         raise UserError(f"--component {component} is out of range: layer {layer} has components 0 to "
-                        f"{int(entries[layer]['components']) - 1}")
+                        f"{int(entry['components']) - 1}")
 
 
 def run_counterfactual(folder: str | Path, layer: str | None = None, component: int | None = None,
@@ -224,13 +225,12 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
     settings = source.recorded.settings
     # the segmentation in the run's format; the difference (not the task's labels) as its maps
     ext, diff_ext = IMAGE_FORMATS[source.format], map_suffix(source.format)
-    claims = [f"{stem}{e}" for stem in ("segmentation", "difference") for e in IMAGE_FORMATS.values()]
-    out = AtomicOutput(output or default_output(source, layer, component, mode), [*claims, *CLAIMS_EXTRA],
-                       overwrite)
+    out = AtomicOutput(output or default_output(source, layer, component, mode),
+                       COUNTERFACTUAL_OUTPUTS.claims(IMAGE_FORMATS.values()), overwrite)
     check_output(source, out.final)
     out.check()
     opts = SegmentOptions(
-        inputs=source.inputs, output=str(out.final), task=source.report["task"], models=source.models,
+        inputs=source.inputs, output=str(out.final), task=source.recorded.task, models=source.models,
         device=device, preset=settings.get("preset") or "balanced", tta=settings.get("tta"),
         nmf_iters=settings.get("nmf_iters"), skip_nmf=settings.get("skip_nmf"), overlap=settings.get("overlap"),
         windows=settings.get("windows", "sliding"),   # a report without it predates window plans: sliding ran
@@ -287,14 +287,13 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
 
     progress.stage("write", "writing the counterfactual")
     t = time.monotonic()
-    written = {"segmentation": f"segmentation{ext}", "difference": f"difference{diff_ext}",
-               "summary": "counterfactual.json", **({"picture": "difference.png"} if picture else {})}
+    written = {o.key: o.file_name(ext, diff_ext) for o in COUNTERFACTUAL_OUTPUTS if picture or o.required}
     with out as tmp:
-        _write_labels(after, case.reference.image, tmp / written["segmentation"], seg.task)
-        _write_labels(difference, case.reference.image, tmp / written["difference"])
+        _write_labels(after, case.reference.image, tmp / written[COUNTERFACTUAL_OUTPUTS.segmentation.key], seg.task)
+        _write_labels(difference, case.reference.image, tmp / written[COUNTERFACTUAL_OUTPUTS.difference.key])
         lesion = summary["lesion"]
         if picture:
-            write_difference_png(tmp / written["picture"], case.reference, before, difference,
+            write_difference_png(tmp / written[COUNTERFACTUAL_OUTPUTS.picture.key], case.reference, before, difference,
                                  f"{seg.task.title}: {describe(layer, component, mode)} — lesion "
                                  f"{lesion['before_ml']:.2f} → {lesion['after_ml']:.2f} mL ({lesion['delta_ml']:+.2f} mL)")
         timings["write"] = time.monotonic() - t
@@ -303,14 +302,14 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
         summary.update({"timings_s": {k: round(v, 3) for k, v in timings.items()},
                         "sw_batch_size": prediction.sw_batch_size,
                         "outputs": written, "warnings": list(warnings)})
-        path = tmp / written["summary"]
+        path = tmp / written[COUNTERFACTUAL_OUTPUTS.summary.key]
         path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         if json.loads(path.read_text(encoding="utf-8")) != summary:
             raise UserError(f"writing {path.name} failed (it reads back different); free disk space or choose "
                             "another output folder")
         out.commit()
     outputs = {k: str(out.final / v) for k, v in written.items()}
-    outputs["dir"] = str(out.final)
+    outputs[FOLDER_KEY] = str(out.final)
     return outputs
 
 

@@ -20,8 +20,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.reportspec import OUTPUTS
 
-FILE_NAME = "segmentation.dcm"
+FILE_NAME = OUTPUTS.dicom_seg.name
 MANUFACTURER = "LesionFactorizer"
 DEMO_NOTICE = "NOT FOR CLINICAL USE"
 # Position tolerance (mm) when matching source slices to the label volume's slices: far below any

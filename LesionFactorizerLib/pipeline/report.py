@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from LesionFactorizerLib.reportspec import REPORT_NAME, Damaged, RecordedFile, Report, field_value, read_report
+
 LESION_COLUMNS = ("id", "voxels", "volume_ml", "centroid_x_lps", "centroid_y_lps", "centroid_z_lps",
                   "centroid_r_ras", "centroid_a_ras", "centroid_s_ras")
 # per-lesion confidence (pipeline/confidence.py); an empty cell where a measure was not taken
@@ -143,138 +145,74 @@ def write_overview(path: Path, inputs: list, labels_image, task, component: tupl
 
 
 # ------------------------------------------------------------------------------------------------
-# Reading report.json back: the parts a later command relies on, each checked for presence and type
+# Reading report.json back for a re-run: reportspec's checks, plus the settings a re-run passes on
 # ------------------------------------------------------------------------------------------------
-REPORT_FORMAT = "lesion-factorizer-report"
-REPORT_VERSION = 1
 # recorded settings a re-run passes on, with the JSON types each may have (None always allowed)
 RERUN_SETTINGS = {"preset": (str,), "tta": (bool,), "nmf_iters": (int,), "skip_nmf": (list,),
                   "overlap": (int, float), "windows": (str,), "threshold": (int, float), "min_lesion_mm3": (int, float),
                   "sw_batch_size": (int,)}
-_SHA256_HEX = frozenset("0123456789abcdef")
-
-
-@dataclass
-class RecordedFile:
-    """An input or model file of a run: where it was, and its SHA-256 ("" when none was recorded)."""
-
-    name: str
-    path: str
-    sha256: str
 
 
 @dataclass
 class RunReport:
-    """A ``segment`` run's report.json, its read parts checked (``data``: the whole report)."""
+    """A ``segment`` run's report.json, parsed (``report``) and its re-run settings checked."""
 
     folder: Path
-    data: dict
-    task: str
-    inputs: list[RecordedFile]
-    models: list[RecordedFile] | None   # None: the report lists no "models" (only "model")
-    model: RecordedFile
-    outputs: dict[str, str]             # name → file inside ``folder``
-    settings: dict
-    register: str
+    report: Report
 
-    def output(self, name: str) -> Path:
-        return self.folder / self.outputs[name]
+    @property
+    def data(self) -> dict:
+        return self.report.to_json()
+
+    @property
+    def task(self) -> str:
+        return self.report.task
+
+    @property
+    def inputs(self) -> list[RecordedFile]:
+        return self.report.input_files
+
+    @property
+    def models(self) -> list[RecordedFile] | None:
+        return self.report.model_files
+
+    @property
+    def model(self) -> RecordedFile:
+        return self.report.model_file
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return dict(self.report.outputs)
+
+    @property
+    def settings(self) -> dict:
+        return self.report.settings
+
+    @property
+    def register(self) -> str:
+        return self.report.registration_mode
+
+    def output(self, key: str) -> Path:
+        return self.folder / self.report.outputs[key]
 
     def missing_outputs(self) -> list[str]:
         """Listed outputs that are not in the folder (a result that was not finished or was damaged)."""
-        return [file for file in self.outputs.values() if not (self.folder / file).exists()]
-
-
-class _Damaged(Exception):
-    pass
-
-
-def _get(obj: dict, key: str, types: tuple, where: str, required: bool = True):
-    if key not in obj or obj[key] is None:
-        if required:
-            raise _Damaged(f"{where}{key!r} is missing")
-        return None
-    value = obj[key]
-    # bool is an int to Python, never to the report
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        names = " or ".join("number" if t is float else t.__name__ for t in types)
-        raise _Damaged(f"{where}{key!r} is {type(value).__name__}, not {names}")
-    return value
-
-
-def _file_entry(entry, where: str) -> RecordedFile:
-    if not isinstance(entry, dict):
-        raise _Damaged(f"{where} is {type(entry).__name__}, not an object")
-    sha = _get(entry, "sha256", (str,), f"{where} ", required=False) or ""
-    if sha and (len(sha) != 64 or not set(sha) <= _SHA256_HEX):
-        raise _Damaged(f"{where} 'sha256' is not a SHA-256 checksum")
-    return RecordedFile(_get(entry, "name", (str,), f"{where} "), _get(entry, "path", (str,), f"{where} "), sha)
-
-
-def _inside(folder: Path, name: str, where: str) -> str:
-    """``name`` must stay inside the result folder (no absolute path, no '..', no link out of it)."""
-    root = folder.resolve()
-    target = (folder / name).resolve()
-    if Path(name).is_absolute() or (target != root and root not in target.parents):
-        raise _Damaged(f"{where} {name!r} is not a file inside the result folder")
-    return name
+        return [file for file in self.report.outputs.values() if not (self.folder / file).exists()]
 
 
 def read_run_report(folder: str | Path) -> RunReport:
-    """report.json of the ``segment`` run in ``folder``; a :class:`UserError` (one line) when it is
-    missing, not a report, or any part read here is missing or of the wrong type."""
+    """report.json of the ``segment`` run in ``folder`` (:func:`reportspec.read_report`), with the
+    settings a re-run passes on checked; a :class:`UserError` (one line) when anything is amiss."""
     from LesionFactorizerLib.errors import UserError
 
-    folder = Path(folder)
-    path = folder / "report.json"
-    if not path.is_file():
-        raise UserError(f"{folder} has no report.json; give the output folder of a `lesion-factorizer segment` run")
+    report = read_report(folder)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:   # UnicodeDecodeError is a ValueError
-        raise UserError(f"cannot read {path} ({exc}); run the segmentation again") from None
-    if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
-        raise UserError(f"{path} is not a LesionFactorizer report; give the output folder of a `segment` run")
-    try:
-        version = _get(data, "format_version", (int,), "")
-        if version > REPORT_VERSION:
-            raise UserError(f"{path} was written by a newer LesionFactorizer (report format {version}); update "
-                            "lesion-factorizer to read it")
-        inputs = [_file_entry(e, f"inputs[{n}]") for n, e in enumerate(_get(data, "inputs", (list,), ""))]
-        if not inputs:
-            raise _Damaged("'inputs' is empty")
-        if len({i.name for i in inputs}) != len(inputs):
-            raise _Damaged("'inputs' names an input twice")
-        model = _file_entry(_get(data, "model", (dict,), ""), "model")
-        listed = _get(data, "models", (list,), "", required=False)
-        models = None if listed is None else [_file_entry(e, f"models[{n}]") for n, e in enumerate(listed)]
-        if models == []:
-            raise _Damaged("'models' is empty")
-        outputs = _get(data, "outputs", (dict,), "")
-        _get(outputs, "segmentation", (str,), "outputs ")
-        for name in outputs:
-            _inside(folder, _get(outputs, name, (str,), "outputs "), f"outputs {name!r}")
-        settings = _get(data, "settings", (dict,), "")
         for key, types in RERUN_SETTINGS.items():
-            _get(settings, key, types, "settings ", required=False)
-        for n, layer in enumerate(_get(settings, "skip_nmf", (list,), "", required=False) or []):
+            field_value(report.settings, key, types, "settings ", required=False)
+        for n, layer in enumerate(field_value(report.settings, "skip_nmf", (list,), "", required=False) or []):
             if not isinstance(layer, str):
-                raise _Damaged(f"settings 'skip_nmf'[{n}] is not a layer name")
-        registration = _get(data, "registration", (dict,), "", required=False) or {}
-        register = _get(registration, "mode", (str,), "registration ", required=False) or "auto"
-        for n, entry in enumerate(_get(data, "components", (list,), "", required=False) or []):
-            where = f"components[{n}] "
-            if not isinstance(entry, dict):
-                raise _Damaged(f"{where}is not an object")
-            _get(entry, "layer", (str,), where)
-            _get(entry, "components", (int,), where)
-            for row in _get(entry, "ranking", (list,), where, required=False) or []:
-                _get(row if isinstance(row, dict) else {}, "component", (int,), f"{where}ranking row ")
-        best = _get(data, "components_best", (dict,), "", required=False)
-        if best is not None:
-            _get(best, "layer", (str,), "components_best ")
-            _get(best, "component", (int,), "components_best ")
-        task = _get(data, "task", (str,), "")
-    except _Damaged as exc:
-        raise UserError(f"{path}: {exc}; the report is damaged — run the segmentation again") from None
-    return RunReport(folder, data, task, inputs, models, model, dict(outputs), settings, register)
+                raise Damaged(f"settings 'skip_nmf'[{n}] is not a layer name")
+    except Damaged as exc:
+        raise UserError(f"{Path(folder) / REPORT_NAME}: {exc}; the report is damaged — run the segmentation "
+                        "again") from None
+    return RunReport(Path(folder), report)

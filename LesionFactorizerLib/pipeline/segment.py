@@ -30,6 +30,7 @@ from LesionFactorizerLib.pipeline.preprocessing import Prepared
 from LesionFactorizerLib.pipeline.progress import Progress, Warnings
 from LesionFactorizerLib.pipeline.settings import check as check_settings
 from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET
+from LesionFactorizerLib.reportspec import COUNTERFACTUAL_FOLDER, FOLDER_KEY, OUTPUTS, Report
 from LesionFactorizerLib.spec import ModelSpec
 from LesionFactorizerLib.tasks import Task, get_task
 
@@ -113,21 +114,17 @@ class Segmentation:
 
 @dataclass
 class Result:
-    """``segment``: the report written to ``report.json`` and the outputs' absolute paths."""
+    """``segment``: the report written to ``report.json`` and the outputs' absolute paths (keys of
+    ``reportspec.OUTPUTS``, and ``FOLDER_KEY``: the output folder)."""
 
-    report: dict[str, Any]
+    report: Report
     outputs: dict[str, str]
 
 
 def output_claims() -> list[str]:
-    """Entries a run may write (any format), so stale results of another format also need --overwrite."""
-    from LesionFactorizerLib.pipeline.dicomseg import FILE_NAME as DICOM_SEG_NAME
-
-    # counterfactual/: derived from this run's segmentation, so a new run must not keep the old ones
-    names = ["report.json", "lesions.csv", "overview.png", "components", "counterfactual", DICOM_SEG_NAME]
-    for ext in IMAGE_FORMATS.values():
-        names += [f"segmentation{ext}", f"probabilities{ext}", f"uncertainty{ext}"]
-    return names
+    """Entries a run may write (any format), so stale results of another format also need --overwrite;
+    counterfactual/ too: derived from this run's segmentation, so a new run must not keep the old ones."""
+    return [*OUTPUTS.claims(IMAGE_FORMATS.values()), COUNTERFACTUAL_FOLDER]
 
 
 class Segmenter:
@@ -235,37 +232,35 @@ class Segmenter:
                                           self.opts.component_layers, lambda f, m: progress.update(f, m))
             del array
 
-        report = {
-            "task": self.task.name, "task_title": self.task.title,
-            "model": _model_entry(self.loaded[0]),
-            "models": [_model_entry(m) for m in self.loaded],
-            "inputs": [i.describe() for i in case.inputs],
-            "reference_input": case.reference.name,
-            "geometry": case.reference.geometry.as_dict(),
-            "coordinate_system": "LPS (RAS centroids also given)",
-            "settings": {"preset": self.opts.preset, "device": prediction.device, "tta": self.settings["tta"],
-                         "overlap": self.settings["overlap"], "windows": self.settings["windows"],
-                         "window_plan": prediction.window_plan, "nmf_iters": self.settings["nmf_iters"],
-                         "skip_nmf": self.settings["skip_nmf"], "sw_batch_size": prediction.sw_batch_size,
-                         "backend": prediction.backend, "window_nmf": prediction.window_nmf,
-                         "threads": prediction.threads,
-                         "roi": list(reversed(roi)), "passes": prediction.passes, **self.output.settings(),
-                         "model_spacing": _plain(self.spec.preprocessing.spacing)},
-            "preprocessing": {"crop_start": list(prep.crop_start), "crop_size": list(prep.crop_size),
-                              "model_grid": prep.model_grid.as_dict(), "resampled": not prep.identity,
-                              "normalization": prep.normalization},
-            "volumes_ml": {name: v["volume_ml"] for name, v in seg.volumes["labels"].items()},
-            "labels": {name: {**v, **_label_extra(self.task, v["value"])} for name, v in seg.volumes["labels"].items()},
-            "regions": seg.volumes["regions"],
-            "lesion_count": len(seg.lesions),
-            "removed_small_lesions": seg.removed,
-            "lesions": seg.lesions,
-            "confidence": seg.confidence,
-        }
-        if components_note:
-            report["components_note"] = components_note
-        if case.registration is not None:
-            report["registration"] = case.registration
+        report = Report(
+            task=self.task.name, task_title=self.task.title,
+            model=_model_entry(self.loaded[0]),
+            models=[_model_entry(m) for m in self.loaded],
+            inputs=[i.describe() for i in case.inputs],
+            reference_input=case.reference.name,
+            geometry=case.reference.geometry.as_dict(),
+            coordinate_system="LPS (RAS centroids also given)",
+            settings={"preset": self.opts.preset, "device": prediction.device, "tta": self.settings["tta"],
+                      "overlap": self.settings["overlap"], "windows": self.settings["windows"],
+                      "window_plan": prediction.window_plan, "nmf_iters": self.settings["nmf_iters"],
+                      "skip_nmf": self.settings["skip_nmf"], "sw_batch_size": prediction.sw_batch_size,
+                      "backend": prediction.backend, "window_nmf": prediction.window_nmf,
+                      "threads": prediction.threads,
+                      "roi": list(reversed(roi)), "passes": prediction.passes, **self.output.settings(),
+                      "model_spacing": _plain(self.spec.preprocessing.spacing)},
+            preprocessing={"crop_start": list(prep.crop_start), "crop_size": list(prep.crop_size),
+                           "model_grid": prep.model_grid.as_dict(), "resampled": not prep.identity,
+                           "normalization": prep.normalization},
+            volumes_ml={name: v["volume_ml"] for name, v in seg.volumes["labels"].items()},
+            labels={name: {**v, **_label_extra(self.task, v["value"])} for name, v in seg.volumes["labels"].items()},
+            regions=seg.volumes["regions"],
+            lesion_count=len(seg.lesions),
+            removed_small_lesions=seg.removed,
+            lesions=seg.lesions,
+            confidence=seg.confidence,
+            components_note=components_note or None,
+            registration=case.registration,
+        )
         return self.write(out, case, prep, prediction, seg, report, warnings, timings, t_start, progress, effects)
 
     def check_inputs(self, given: dict[str, str], warnings: list[str]) -> None:
@@ -404,7 +399,7 @@ class Segmenter:
         return labels, probs, found
 
     def write(self, out: AtomicOutput, case: Case, prep: Prepared, prediction: Prediction, seg: Segmentation,
-              report: dict[str, Any], warnings: list[str], timings: dict[str, float], t_start: float,
+              report: Report, warnings: list[str], timings: dict[str, float], t_start: float,
               progress: Progress, effects: dict[str, dict] | None = None) -> Result:
         """Everything into the temporary folder, then moved into place; the report comes last."""
         import SimpleITK as sitk
@@ -416,8 +411,8 @@ class Segmenter:
         from LesionFactorizerLib.pipeline.ranking import best_component, model_grid_masks
         from LesionFactorizerLib.pipeline.report import write_json, write_lesions_csv, write_overview
 
-        opts, ext = self.opts, IMAGE_FORMATS[self.opts.format]
-        written: dict[str, str] = {"segmentation": f"segmentation{ext}"}
+        opts, ext, map_ext = self.opts, IMAGE_FORMATS[self.opts.format], map_suffix(self.opts.format)
+        written: dict[str, str] = {OUTPUTS.segmentation.key: OUTPUTS.segmentation.file_name(ext)}
         with out as tmp:
             labels_img = sitk.GetImageFromArray(seg.labels)
             labels_img.CopyInformation(case.reference.image)
@@ -429,16 +424,16 @@ class Segmenter:
                 order = [n for n, _ in self.component_model.component_layers]
                 masks = model_grid_masks(labels_img, [i.image for i in case.inputs], prep.model_grid)
                 entries, shown = write_components(prep, prediction.components, prediction.strides,
-                                                  tmp / "components", order, show="decoder1", masks=masks,
+                                                  tmp / OUTPUTS.components.name, order, show="decoder1", masks=masks,
                                                   effects=effects)
                 del masks
                 if entries and "ranking" in entries[0]:
-                    report["components_best"] = best_component(entries)
+                    report.components_best = best_component(entries)
                 if effects is not None:
-                    report["components_best_effect"] = best_effect(effects)
+                    report.components_best_effect = best_effect(effects)
                 if entries:
-                    written["components"] = "components"
-                    written["components_index"] = "components/components.json"
+                    for o in (OUTPUTS.components, OUTPUTS.components_index):
+                        written[o.key] = o.name
                 timings["components"] = time.monotonic() - t
             prediction.components.clear()
             progress.stage("write", "writing results")
@@ -446,15 +441,15 @@ class Segmenter:
             if opts.format == "seg.nrrd":
                 from LesionFactorizerLib.pipeline.segnrrd import write_seg_nrrd
 
-                write_seg_nrrd(labels_img, tmp / written["segmentation"], self.task)
+                write_seg_nrrd(labels_img, tmp / written[OUTPUTS.segmentation.key], self.task)
             else:
-                write_image(labels_img, tmp / written["segmentation"])
+                write_image(labels_img, tmp / written[OUTPUTS.segmentation.key])
             if opts.dicom_seg:
                 from LesionFactorizerLib.pipeline.dicomseg import write_case_dicom_seg
 
-                report["dicom_seg"] = write_case_dicom_seg(labels_img, case.reference, self.task, self.loaded,
-                                                           tmp, __version__)
-                written["dicom_seg"] = report["dicom_seg"]["file"]
+                report.dicom_seg = write_case_dicom_seg(labels_img, case.reference, self.task, self.loaded,
+                                                        tmp, __version__)
+                written[OUTPUTS.dicom_seg.key] = OUTPUTS.dicom_seg.name
             if seg.probs is not None:
                 channels = self.output.channels
                 keep = [channels.index(c) for c in self.output.probability_channels]
@@ -464,46 +459,42 @@ class Segmenter:
                 img = parts[0] if len(parts) == 1 else sitk.Compose(parts)
                 del parts
                 img.CopyInformation(case.reference.image)
-                written["probabilities"] = f"probabilities{map_suffix(opts.format)}"
-                write_image(img, tmp / written["probabilities"])
+                written[OUTPUTS.probabilities.key] = OUTPUTS.probabilities.file_name(map_ext=map_ext)
+                write_image(img, tmp / written[OUTPUTS.probabilities.key])
                 del img
-                report["probability_channels"] = self.output.probability_channels   # file order
+                report.probability_channels = self.output.probability_channels   # file order
             if seg.uncertainty is not None:
                 img = sitk.GetImageFromArray(seg.uncertainty)
                 seg.uncertainty = None
                 img.CopyInformation(case.reference.image)
-                written["uncertainty"] = f"uncertainty{map_suffix(opts.format)}"   # a map, as the probabilities
-                write_image(img, tmp / written["uncertainty"])
+                written[OUTPUTS.uncertainty.key] = OUTPUTS.uncertainty.file_name(map_ext=map_ext)
+                write_image(img, tmp / written[OUTPUTS.uncertainty.key])
                 del img
-            write_lesions_csv(tmp / "lesions.csv", report["lesions"], [lb.name for lb in self.task.labels])
-            written["lesions"] = "lesions.csv"
+            write_lesions_csv(tmp / OUTPUTS.lesions.name, report.lesions, [lb.name for lb in self.task.labels])
+            written[OUTPUTS.lesions.key] = OUTPUTS.lesions.name
             if opts.overview:
-                write_overview(tmp / "overview.png", case.inputs, labels_img, self.task, shown)
-                written["overview"] = "overview.png"
+                write_overview(tmp / OUTPUTS.overview.name, case.inputs, labels_img, self.task, shown)
+                written[OUTPUTS.overview.key] = OUTPUTS.overview.name
             timings["write"] = time.monotonic() - t
             timings["total"] = time.monotonic() - t_start
-            report = {
-                "format": "lesion-factorizer-report", "format_version": 1,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "library_version": __version__,
-                **report,
-                "timings_s": {k: round(v, 3) for k, v in timings.items()},
-                "components": entries,
-                "outputs": dict(written, report="report.json"),
-                "warnings": list(warnings),
-            }
-            write_json(tmp / "report.json", report)
+            written[OUTPUTS.report.key] = OUTPUTS.report.name
+            report.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            report.library_version = __version__
+            report.timings_s = {k: round(v, 3) for k, v in timings.items()}
+            report.components = entries
+            report.outputs = dict(written)
+            report.warnings = list(warnings)
+            write_json(tmp / OUTPUTS.report.name, report.to_json())
             out.commit()
         outputs = {k: str(out.final / v) for k, v in written.items()}
-        outputs["report"] = str(out.final / "report.json")
-        outputs["dir"] = str(out.final)
+        outputs[FOLDER_KEY] = str(out.final)
         return Result(report, outputs)
 
 
 def segment_case(opts: SegmentOptions, progress: Progress | None = None,
-                 loaded: list[LoadedModel] | None = None) -> dict[str, str]:
-    """Run one case; returns the outputs' absolute paths (``dir``: the output folder)."""
-    return Segmenter(opts, loaded).segment(opts.inputs, opts.output, opts.overwrite, progress).outputs
+                 loaded: list[LoadedModel] | None = None) -> Result:
+    """Run one case; returns its :class:`Result` (the report, and the outputs' absolute paths)."""
+    return Segmenter(opts, loaded).segment(opts.inputs, opts.output, opts.overwrite, progress)
 
 
 def check_ensemble_member(first: ModelSpec, other: ModelSpec, first_name: str, name: str) -> None:

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.reportspec import REPORT_NAME
 from LesionFactorizerLib.serve.client import SERVER_DECIDES, TOKEN_ENV
 
 
@@ -54,7 +55,7 @@ class ServerCaseRunner:
 
     def run(self, case_id: str, inputs: dict[str, str], output: str, redo: bool) -> tuple[str, str, float]:
         t0 = time.monotonic()
-        if (Path(output) / "report.json").exists() and not (self.overwrite or redo):
+        if (Path(output) / REPORT_NAME).exists() and not (self.overwrite or redo):
             return "failed", f"{output} already holds results; give --overwrite to replace them", 0.0
         try:
             self.client.run(self.task, inputs, self.settings, Path(output))
