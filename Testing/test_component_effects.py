@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from test_component_ranking import HALF_MM, cropped_stroke_sample
+from test_component_ranking import HALF_MM, cropped_sample, cropped_stroke_sample
 
 from LesionFactorizerLib import build_model
 from LesionFactorizerLib.demo import bundled_demo_model
@@ -148,6 +148,23 @@ def test_the_bar_gives_the_effect_ranking_the_share_its_cost_implies(case):
     left = {name: 1.0 - spans[name][0] for name in ("components", "write")}
     assert left["components"] / left["write"] == pytest.approx(
         (weights["components"] + weights["write"]) / weights["write"], rel=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["tumor", "ms-new"])
+def test_the_top_effect_is_the_largest_counterfactual_on_the_other_samples(task, tmp_path):
+    """The other two bundled samples (cropped around their lesion), their decoder1: each component's
+    effect is its counterfactual's, so the effect ranking's top changes the lesion at least as much
+    as any other component of the layer."""
+    inputs = cropped_sample(task, tmp_path, HALF_MM)
+    out = tmp_path / "effects"
+    segment_case(SegmentOptions(inputs=inputs, output=str(out), models=[str(bundled_demo_model(task))], device="cpu",
+                                format="nrrd", component_layers=["decoder1"], effects=True))
+    rows = _report(out)["components"][0]["effect_ranking"]
+    written = {r["component"]: sum(_counterfactual_summary(out, "decoder1", r["component"])["difference_voxels"].values())
+               for r in rows}
+    assert {r["component"]: r["changed_voxels"] for r in rows} == written
+    assert written[rows[0]["component"]] == max(written.values())
 
 
 def _counterfactual_summary(out: Path, layer: str, component: int) -> dict:
