@@ -161,8 +161,8 @@ def test_the_top_effect_is_the_largest_counterfactual_on_the_other_samples(task,
     segment_case(SegmentOptions(inputs=inputs, output=str(out), models=[str(bundled_demo_model(task))], device="cpu",
                                 format="nrrd", component_layers=["decoder1"], effects=True))
     rows = _report(out)["components"][0]["effect_ranking"]
-    written = {r["component"]: sum(_counterfactual_summary(out, "decoder1", r["component"])["difference_voxels"].values())
-               for r in rows}
+    written = {r["component"]: sum(_counterfactual_summary(out, "decoder1", r["component"])
+                                    ["difference_voxels"].values()) for r in rows}
     assert {r["component"]: r["changed_voxels"] for r in rows} == written
     assert written[rows[0]["component"]] == max(written.values())
 

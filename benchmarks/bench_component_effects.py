@@ -146,8 +146,8 @@ def show(name: str, row: dict) -> None:
         layer = row["layers"].get(ob["layer"], {})
         over = f"; overlap top {ob['layer']} #{ob['component']} changes {layer.get('top_overlap_effect_voxels')} voxels"
     print(f"[{name}] lesion {row['lesion_ml']:.2f} mL; {top}{over}; Spearman(score, effect) pooled {rho}, "
-          f"median per layer {median}; effects {row['effects_s']:.1f} s vs segment {row['segment_s']:.1f} s (x{row['ratio']}; progress bar "
-          f"assumes x{row['assumed_ratio']})", flush=True)
+          f"median per layer {median}; effects {row['effects_s']:.1f} s vs segment {row['segment_s']:.1f} s "
+          f"(x{row['ratio']}; progress bar assumes x{row['assumed_ratio']})", flush=True)
     if "counterfactual_check" in row:
         print(f"    counterfactual of the top component: {row['counterfactual_check']}", flush=True)
     print("    per layer: " + ", ".join(f"{n} K={v['components']} {v['effects_s']:.1f}s" for n, v in row["layers"].items()),
@@ -164,20 +164,19 @@ def summarise(task: str, rows: list[dict]) -> dict:
                 layers.setdefault(name, []).append(layer["spearman"])
     best = [row["best_effect"] or {"changed_voxels": 0, "changed_ml": 0.0} for row in rows]
     shares = [row["largest_effect_share"] for row in rows if row["largest_effect_share"] is not None]
+    pooled = [r["spearman_pooled"] for r in rows if r["spearman_pooled"] is not None]
+
+    def spread(values):
+        return {"median": round(float(np.median(values)), 3), "max": round(float(max(values)), 3)}
+
     out = {"cases": len(rows),
-           "spearman": {n: {"median": round(float(np.median(v)), 2), "min": round(min(v), 2), "max": round(max(v), 2),
-                            "cases": len(v)} for n, v in layers.items()},
-           "pooled_spearman_median": (round(float(np.median(v)), 2) if (v := [r["spearman_pooled"] for r in rows
-                                                                              if r["spearman_pooled"] is not None])
-                                      else None),
-           "largest_voxels": {"median": float(np.median([b["changed_voxels"] for b in best])),
-                              "max": max(b["changed_voxels"] for b in best)},
-           "largest_ml": {"median": round(float(np.median([b["changed_ml"] for b in best])), 3),
-                          "max": round(max(b["changed_ml"] for b in best), 3)},
-           "largest_share": ({"median": round(float(np.median(shares)), 3), "max": round(max(shares), 3)} if shares
-                             else None),
-           "ratio": {"median": float(np.median([r["ratio"] for r in rows])),
-                     "assumed": rows[0].get("assumed_ratio")}}
+           "spearman": {n: {"median": round(float(np.median(v)), 2), "min": round(min(v), 2),
+                            "max": round(max(v), 2), "cases": len(v)} for n, v in layers.items()},
+           "pooled_spearman_median": round(float(np.median(pooled)), 2) if pooled else None,
+           "largest_voxels": spread([b["changed_voxels"] for b in best]),
+           "largest_ml": spread([b["changed_ml"] for b in best]),
+           "largest_share": spread(shares) if shares else None,
+           "ratio": {"median": float(np.median([r["ratio"] for r in rows])), "assumed": rows[0].get("assumed_ratio")}}
     print(f"[{task}, {len(rows)} phantoms] " + json.dumps(out), flush=True)
     return out
 
@@ -224,7 +223,8 @@ def main() -> int:
     out = Path(args.out)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     layers = [n.strip() for n in args.layers.split(",")] if args.layers else None
-    results: dict = {"device": args.device, "layers": layers or "all", "crop_mm": args.crop_mm, "threads": os.environ.get("OMP_NUM_THREADS"),
+    results: dict = {"device": args.device, "layers": layers or "all", "crop_mm": args.crop_mm,
+                     "threads": os.environ.get("OMP_NUM_THREADS"),
                      "load_average_before": os.getloadavg(), "samples": {}, "phantoms": {}}
     for task in tasks if args.samples else []:
         model = bundled_demo_model(task)

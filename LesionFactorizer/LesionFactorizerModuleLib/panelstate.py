@@ -23,8 +23,8 @@ class ParameterNodeStateMixin:
         for combo in (ui.taskComboBox, ui.modelComboBox, ui.presetComboBox, ui.deviceComboBox,
                       ui.saveFormatComboBox, ui.registerComboBox):
             combo.currentIndexChanged.connect(save)
-        for box in (ui.componentsCheckBox, ui.effectsCheckBox, ui.probabilitiesCheckBox, ui.uncertaintyCheckBox, ui.ttaCheckBox,
-                    ui.dicomSegCheckBox):
+        for box in (ui.componentsCheckBox, ui.effectsCheckBox, ui.probabilitiesCheckBox, ui.uncertaintyCheckBox,
+                    ui.ttaCheckBox, ui.dicomSegCheckBox):
             box.toggled.connect(save)
         ui.nmfIterationsSpinBox.valueChanged.connect(save)
         ui.skipNmfListWidget.itemChanged.connect(save)
