@@ -20,7 +20,8 @@ demo model, which writes both rankings of every NMF layer. Per case it prints:
 
 Per task the phantoms are summed up (``summarise``): each layer's Spearman (median and range over
 the cases), the largest single-component effect per case (median and max), the cost ratio;
-``--summary FILE`` prints that again from a written result file.
+``--summary FILE …`` prints that again from written result files (``--first-phantom`` splits a
+task's phantoms over several runs).
 
 ``--crop-mm M`` crops each phantom to ±M mm around its lesion's centre first (as the tests'
 cropped stroke sample), so that many phantoms fit a small machine: effects then are measured on
@@ -206,11 +207,16 @@ def main() -> int:
     parser.add_argument("--layers", help="rank only these NMF layers (comma-separated; default: all)")
     parser.add_argument("--crop-mm", type=float, help="crop each phantom to ±this many mm around its lesion")
     parser.add_argument("--out", default=str(REPO / "build" / "bench-component-effects"))
-    parser.add_argument("--summary", metavar="JSON", help="only print the phantom summary of a written result file")
+    parser.add_argument("--first-phantom", type=int, default=0, metavar="I", help="phantoms I … I+N-1 (default 0)")
+    parser.add_argument("--summary", metavar="JSON", nargs="+", help="only print the phantom summary of written "
+                        "result files (their phantoms together)")
     args = parser.parse_args()
     if args.summary:
-        written = json.loads(Path(args.summary).read_text(encoding="utf-8"))
-        for task, rows in written["phantoms"].items():
+        together: dict[str, list] = {}
+        for path in args.summary:
+            for task, rows in json.loads(Path(path).read_text(encoding="utf-8"))["phantoms"].items():
+                together.setdefault(task, []).extend(rows)
+        for task, rows in together.items():
             summarise(task, rows)
         return 0
 
@@ -237,7 +243,7 @@ def main() -> int:
         spec = read_spec(model)
         spacing = float(spec.preprocessing.spacing[0])
         rows = []
-        for i in range(args.phantoms):
+        for i in range(args.first_phantom, args.first_phantom + args.phantoms):
             folder = out / "phantoms" / task / f"case{i}"
             inputs, label = held_out_case(task, HELD_OUT_SEED, i, spacing, folder)
             inputs = {n: p for n, p in inputs.items() if n in spec.inputs}
