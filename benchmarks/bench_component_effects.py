@@ -100,13 +100,14 @@ def assumed_ratio(model: Path, layers: list[str]) -> float:
 
 
 def crop_around_lesion(inputs: dict[str, str], label: Path, half_mm: float) -> dict[str, str]:
-    """Each input cropped (in place) to ±``half_mm`` around the centre of the lesion label."""
+    """Each input cropped (in place) to ±``half_mm`` around the centre of the lesion label (of the
+    image when the phantom has no lesion, as some ms-new follow-ups have none)."""
     import SimpleITK as sitk
 
     truth = sitk.ReadImage(str(label))
     found = np.argwhere(sitk.GetArrayViewFromImage(truth) > 0)
     if not len(found):
-        return inputs
+        found = np.array([truth.GetSize()[::-1]]) / 2
     centre = np.round(found.mean(axis=0)).astype(int)[::-1]   # i, j, k
     half = np.ceil(half_mm / np.array(truth.GetSpacing())).astype(int)
     lo = np.maximum(centre - half, 0)
