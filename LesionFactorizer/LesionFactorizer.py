@@ -364,6 +364,7 @@ class LesionFactorizerWidget(ParameterNodeStateMixin, ResultsPanelMixin, LesionP
             self.ui.modelCardLabel.text = card.html(measuredSeconds=self._measuredSeconds(card))
         # only Factorizer networks have NMF components to show
         self.ui.componentsCheckBox.enabled = card is None or card.has_components
+        self.ui.effectsCheckBox.enabled = self.ui.componentsCheckBox.enabled
         self.updateGuiState()
 
     @staticmethod
@@ -479,6 +480,7 @@ class LesionFactorizerWidget(ParameterNodeStateMixin, ResultsPanelMixin, LesionP
                 task=self.task.name, outputSegmentation=output, overwrite=overwrite, waitForCompletion=False,
                 models=self.ui.modelComboBox.currentData or None, preset=self.ui.presetComboBox.currentText,
                 device=self.ui.deviceComboBox.currentData, components=self.ui.componentsCheckBox.checked,
+                effects=self.ui.effectsCheckBox.checked,
                 probabilities=self.ui.probabilitiesCheckBox.checked,
                 tta=self.ui.ttaCheckBox.checked or None,   # unticked: the speed preset decides
                 nmf_iters=self.ui.nmfIterationsSpinBox.value or None, skip_nmf=skip or None,

@@ -8,6 +8,7 @@ the real ``segment`` stages and the ``counterfactual`` command (in process and a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -19,15 +20,18 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from test_component_ranking import HALF_MM, cropped_stroke_sample
+from test_component_ranking import HALF_MM, cropped_sample, cropped_stroke_sample
 
 from LesionFactorizerLib import build_model
 from LesionFactorizerLib.demo import bundled_demo_model
+from LesionFactorizerLib.modelfile import load_model_file
 from LesionFactorizerLib.nn.factorizer import plain_forward
 from LesionFactorizerLib.nn.matricize import make_matricize
 from LesionFactorizerLib.nn.nmf import NMF
 from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
+from LesionFactorizerLib.pipeline.effects import component_costs, stage_weight
 from LesionFactorizerLib.pipeline.groups import kept
+from LesionFactorizerLib.pipeline.progress import STAGES, Progress
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,13 +85,15 @@ def case(tmp_path_factory):
     inputs = cropped_stroke_sample(folder, HALF_MM)
     model = str(bundled_demo_model("stroke"))
 
-    def run(out, **extra):
+    def run(out, progress=None, **extra):
         segment_case(SegmentOptions(inputs=inputs, output=str(folder / out), models=[model], device="cpu",
-                                    format="nrrd", **extra))
+                                    format="nrrd", **extra), progress)
         return folder / out
 
-    return {"folder": folder, "inputs": inputs, "model": model, "run": run,
-            "effects": run("effects", component_layers=LAYERS, effects=True)}
+    events = io.StringIO()
+    effects = run("effects", Progress("jsonl", stream=events, min_interval=0.0), component_layers=LAYERS, effects=True)
+    return {"folder": folder, "inputs": inputs, "model": model, "run": run, "effects": effects,
+            "events": [json.loads(line) for line in events.getvalue().splitlines()]}
 
 
 def _report(folder: Path) -> dict:
@@ -119,6 +125,46 @@ def test_each_components_effect_is_what_its_counterfactual_writes(case):
     tops = {e["layer"]: e["effect_ranking"][0] for e in index["layers"]}
     assert best["changed_voxels"] == max(r["changed_voxels"] for r in tops.values())
     assert tops[best["layer"]]["component"] == best["component"] and report["components_best_effect"] == best
+
+
+def test_the_bar_gives_the_effect_ranking_the_share_its_cost_implies(case):
+    """Monotone; the effects stage spans the share of the bar its weight (derived from the network:
+    components × the work downstream of their layer) gives it beside the inference stage, and the
+    stages after it still end the bar at 1 (``done`` then shows 1, as the command line calls it)."""
+    progress = [e for e in case["events"] if e["event"] == "progress"]
+    fractions = [e["fraction"] for e in progress]
+    assert fractions == sorted(fractions)
+    spans = {}
+    for e in progress:
+        low, high = spans.get(e["stage"], (e["fraction"], e["fraction"]))
+        spans[e["stage"]] = (min(low, e["fraction"]), max(high, e["fraction"]))
+    stages = [e["stage"] for e in progress]
+    following = {a: b for a, b in zip(stages, stages[1:]) if a != b}   # where each stage ends: the next begins
+    share = {name: spans[following[name]][0] - spans[name][0] for name in ("inference", "effects")}
+    weight = stage_weight(component_costs(load_model_file(case["model"]).model, LAYERS))
+    assert share["effects"] / share["inference"] == pytest.approx(weight / dict(STAGES)["inference"], rel=0.01)
+    assert len({e["fraction"] for e in progress if e["stage"] == "effects"}) > 1   # it moves during the stage
+    weights = dict(STAGES)
+    left = {name: 1.0 - spans[name][0] for name in ("components", "write")}
+    assert left["components"] / left["write"] == pytest.approx(
+        (weights["components"] + weights["write"]) / weights["write"], rel=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["tumor", "ms-new"])
+def test_the_top_effect_is_the_largest_counterfactual_on_the_other_samples(task, tmp_path):
+    """The other two bundled samples (cropped around their lesion), their decoder1: each component's
+    effect is its counterfactual's, so the effect ranking's top changes the lesion at least as much
+    as any other component of the layer."""
+    inputs = cropped_sample(task, tmp_path, HALF_MM)
+    out = tmp_path / "effects"
+    segment_case(SegmentOptions(inputs=inputs, output=str(out), models=[str(bundled_demo_model(task))], device="cpu",
+                                format="nrrd", component_layers=["decoder1"], effects=True))
+    rows = _report(out)["components"][0]["effect_ranking"]
+    written = {r["component"]: sum(_counterfactual_summary(out, "decoder1", r["component"])
+                                    ["difference_voxels"].values()) for r in rows}
+    assert {r["component"]: r["changed_voxels"] for r in rows} == written
+    assert written[rows[0]["component"]] == max(written.values())
 
 
 def _counterfactual_summary(out: Path, layer: str, component: int) -> dict:

@@ -18,6 +18,7 @@ import pytest
 import SimpleITK as sitk
 
 from LesionFactorizerLib.demo import bundled_demo_model
+from LesionFactorizerLib.modelfile import read_spec
 from LesionFactorizerLib.phantoms.samples import sample_case
 from LesionFactorizerLib.pipeline.counterfactual import difference_map
 from LesionFactorizerLib.pipeline.geometry import Geometry
@@ -62,16 +63,17 @@ def test_block_mean_is_the_fraction_of_each_coarse_voxel():
     assert coarse.sum() == pytest.approx(2 / 8)
 
 
-def cropped_stroke_sample(folder: Path, half_mm: float) -> dict[str, str]:
-    """The stroke sample's DWI and ADC (and label.nii.gz) cropped to ±``half_mm`` around its lesion."""
-    sample = sample_case("stroke")
+def cropped_sample(task: str, folder: Path, half_mm: float) -> dict[str, str]:
+    """The bundled sample's inputs of the task's demo model (and label.nii.gz) cropped to
+    ±``half_mm`` around its lesion."""
+    sample = sample_case(task)
     label = sitk.ReadImage(sample["label"])
     centre = np.round(np.argwhere(sitk.GetArrayViewFromImage(label) > 0).mean(axis=0)).astype(int)[::-1]  # i, j, k
     half = np.ceil(half_mm / np.array(label.GetSpacing())).astype(int)
     lo = np.maximum(centre - half, 0)
     size = np.minimum(centre + half, np.array(label.GetSize())) - lo
     inputs = {}
-    for name in ("dwi", "adc"):
+    for name in read_spec(bundled_demo_model(task)).inputs:
         crop = sitk.RegionOfInterest(sitk.ReadImage(sample["inputs"][name]), [int(s) for s in size],
                                      [int(v) for v in lo])
         inputs[name] = str(folder / f"{name}.nii.gz")
@@ -79,6 +81,11 @@ def cropped_stroke_sample(folder: Path, half_mm: float) -> dict[str, str]:
     sitk.WriteImage(sitk.RegionOfInterest(label, [int(s) for s in size], [int(v) for v in lo]),
                     str(folder / "label.nii.gz"))
     return inputs
+
+
+def cropped_stroke_sample(folder: Path, half_mm: float) -> dict[str, str]:
+    """The stroke sample's DWI and ADC (and label.nii.gz) cropped to ±``half_mm`` around its lesion."""
+    return cropped_sample("stroke", folder, half_mm)
 
 
 @pytest.fixture(scope="module")

@@ -73,3 +73,33 @@ def test_an_effect_ranking_that_does_not_fit_the_layer_is_refused(tmp_path, rows
     _index(tmp_path, {"bridge": {"count": 2, "effect_ranking": rows}})
     with pytest.raises(ValueError, match="inconsistent"):
         components.load_components(tmp_path)
+
+
+def test_the_effect_checkbox_reaches_the_worker_and_the_saved_scene(tmp_path):
+    """Off by default (it is slow); ticked, the worker is started with --effects, and the parameter
+    node holds it, so a saved scene reopens with it ticked."""
+    from test_slicer_module_standin import run_in_slicer
+
+    out = run_in_slicer(tmp_path, """
+        import numpy as np
+        ui = widget.ui
+        out["default"] = [ui.effectsCheckBox.checked, ui.effectsCheckBox.enabled]
+        ui.taskComboBox.setCurrentIndex(ui.taskComboBox.findData("stroke"))
+        for i, name in enumerate(("dwi", "adc")):
+            node = slicer.util.addVolumeFromArray(np.random.rand(8, 8, 8).astype(np.float32), name=name)
+            widget.inputSelectors[i].setCurrentNode(node)
+        ui.effectsCheckBox.checked = True
+        out["parameter"] = widget.logic.getParameterNode().GetParameter("effects")
+        ui.segmentButton.click()
+        out["argv"] = list(widget._job.process.args) if widget._job else ui.statusLabel.text
+        ui.segmentButton.click()   # Cancel
+        harness.run_events_until(lambda: ui.segmentButton.text == "Segment", 60, "cancel")
+        slicer.util.saveScene(str(harness.temporary_path() / "saved"))
+        ui.effectsCheckBox.checked = False
+        out["unticked"] = widget.logic.getParameterNode().GetParameter("effects")
+        slicer.util.loadScene(str(harness.temporary_path() / "saved" / "saved.mrml"))
+        out["reopened"] = ui.effectsCheckBox.checked
+    """)
+    assert out["default"] == [False, True]
+    assert out["parameter"] == "True" and out["unticked"] == "False" and out["reopened"] is True
+    assert "--effects" in out["argv"], out["argv"]

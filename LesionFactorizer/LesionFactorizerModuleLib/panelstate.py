@@ -23,8 +23,8 @@ class ParameterNodeStateMixin:
         for combo in (ui.taskComboBox, ui.modelComboBox, ui.presetComboBox, ui.deviceComboBox,
                       ui.saveFormatComboBox, ui.registerComboBox):
             combo.currentIndexChanged.connect(save)
-        for box in (ui.componentsCheckBox, ui.probabilitiesCheckBox, ui.uncertaintyCheckBox, ui.ttaCheckBox,
-                    ui.dicomSegCheckBox):
+        for box in (ui.componentsCheckBox, ui.effectsCheckBox, ui.probabilitiesCheckBox, ui.uncertaintyCheckBox,
+                    ui.ttaCheckBox, ui.dicomSegCheckBox):
             box.toggled.connect(save)
         ui.nmfIterationsSpinBox.valueChanged.connect(save)
         ui.skipNmfListWidget.itemChanged.connect(save)
@@ -46,7 +46,8 @@ class ParameterNodeStateMixin:
                 if self.ui.skipNmfListWidget.item(i).checkState() == qt.Qt.Checked]
         values = {"task": self.task.name, "model": self.ui.modelComboBox.currentData or "",
                   "preset": self.ui.presetComboBox.currentText, "device": self.ui.deviceComboBox.currentData,
-                  "components": self.ui.componentsCheckBox.checked, "probabilities": self.ui.probabilitiesCheckBox.checked,
+                  "components": self.ui.componentsCheckBox.checked, "effects": self.ui.effectsCheckBox.checked,
+                  "probabilities": self.ui.probabilitiesCheckBox.checked,
                   "uncertainty": self.ui.uncertaintyCheckBox.checked,
                   "tta": self.ui.ttaCheckBox.checked, "nmfIterations": self.ui.nmfIterationsSpinBox.value,
                   "skipNmf": ",".join(skip), "saveFolder": self.ui.saveFolderPathLineEdit.currentPath,
@@ -84,7 +85,7 @@ class ParameterNodeStateMixin:
         self.ui.presetComboBox.setCurrentText(node.GetParameter("preset"))
         self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(node.GetParameter("device")), 0))
         self.ui.registerComboBox.setCurrentIndex(max(self.ui.registerComboBox.findData(node.GetParameter("register")), 0))
-        for name in ("components", "probabilities", "uncertainty", "tta", "dicomSeg"):
+        for name in ("components", "effects", "probabilities", "uncertainty", "tta", "dicomSeg"):
             getattr(self.ui, f"{name}CheckBox").checked = node.GetParameter(name) == "True"
         self.ui.saveFolderPathLineEdit.currentPath = node.GetParameter("saveFolder")
         self.ui.saveFormatComboBox.setCurrentIndex(max(self.ui.saveFormatComboBox.findData(

@@ -95,6 +95,7 @@ STAGE_TITLES = {
     "inference": "Segmenting",
     "components": "Computing NMF components",
     "postprocess": "Post-processing",
+    "effects": "Ranking components by effect",
     "write": "Writing results",
     "download": "Downloading",   # models download
     "verify": "Checking the file",

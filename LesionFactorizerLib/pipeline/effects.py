@@ -23,7 +23,10 @@ the layer and everything downstream of it, for every window and pass; ``G`` comp
 forward (at most :data:`MAX_CHUNK`, within free memory and :data:`MAX_STITCH_BYTES` of stitched logits).
 Post-processing runs once per component. Deep layers have the most components (heads grow with
 width) and the least downstream; measured per layer in ``components.json`` (``effects_s``) and by
-``benchmarks/bench_component_effects.py``.
+``benchmarks/bench_component_effects.py``. :func:`component_costs` estimates it from the network
+for the progress bar: one component of a layer costs the share of the network's work at and
+downstream of the layer (a block's work ∝ width² × voxels at its level) times the inference stage,
+plus one postprocess stage.
 """
 
 from __future__ import annotations
@@ -56,6 +59,42 @@ class EffectInputs:
     labels: np.ndarray           # the segmentation the effects are measured against (reference grid)
 
 
+def effect_layers(seg, layers: list[str] | None = None) -> list[str]:
+    """The layers whose components are ranked: the component model's NMF layers in execution
+    order, less short-circuited ones (``--skip-nmf``: no components), only ``layers`` when given."""
+    skipped = seg.settings["skip_nmf"] or []
+    return [n for n, _ in seg.component_model.component_layers
+            if n not in skipped and (layers is None or n in layers)]
+
+
+def component_costs(model, names: list[str]) -> dict[str, tuple[int, float]]:
+    """Per layer of ``names``: (K, share of one forward pass each component re-runs). The share is
+    the work of the layer's block and every later block over the work of all blocks; a block's
+    work is width² × voxels at its stride (projections and MLP are per-voxel C×C products), the
+    width being what its NMF reads. The network up to the layer, run once per chunk, is left out."""
+    from LesionFactorizerLib.pipeline.counterfactual import component_count
+
+    nmf = model.nmf_layers()
+    order = [n for n, _ in model.component_layers]
+    work = {n: nmf[n].in_proj.in_features ** 2 / stride ** 3 for n, stride in model.component_layers}
+    total = sum(work.values())
+    return {n: (component_count(model, n), sum(work[m] for m in order[order.index(n):]) / total) for n in names}
+
+
+def component_weight(share: float) -> float:
+    """One component's progress weight in the units of :data:`.progress.STAGES`: ``share`` of the
+    inference stage (:func:`component_costs`) and a whole postprocess stage."""
+    from LesionFactorizerLib.pipeline.progress import STAGES
+
+    weights = dict(STAGES)
+    return share * weights["inference"] + weights["postprocess"]
+
+
+def stage_weight(costs: dict[str, tuple[int, float]]) -> float:
+    """The effects stage's progress weight: every component of every ranked layer."""
+    return sum(k * component_weight(share) for k, share in costs.values())
+
+
 def compute_effects(seg, prep, case, inputs: EffectInputs, layers: list[str] | None = None,
                     on_progress: Callable[[float, str], None] | None = None) -> dict[str, dict]:
     """Per NMF layer of ``seg``'s component model (``layers``: only these): ``{"ranking": rows best
@@ -64,26 +103,25 @@ def compute_effects(seg, prep, case, inputs: EffectInputs, layers: list[str] | N
     ``labels_delta_ml`` (per label). Short-circuited layers (``--skip-nmf``) have no components."""
     import torch
 
-    from LesionFactorizerLib.pipeline.counterfactual import component_count
-
     model = seg.component_model
-    names = [n for n, _ in model.component_layers if n not in (seg.settings["skip_nmf"] or [])]
-    names = [n for n in names if layers is None or n in layers]
+    names = effect_layers(seg, layers)
     geometry = case.reference.geometry
     baseline = _Baseline(inputs.labels, geometry, seg.task)
     runner = _Passes(seg, inputs)
-    total = sum(component_count(model, n) for n in names) or 1
-    done, result = 0, {}
+    # progress by estimated work, not by component count: a deep layer's components are cheap
+    costs = component_costs(model, names)
+    total = stage_weight(costs) or 1.0
+    done, result = 0.0, {}
     with torch.no_grad(), runner:
         for name in names:
             t = time.monotonic()
-            count = component_count(model, name)
+            count, share = costs[name]
             rows = []
             for chunk in runner.chunks(count):
                 for k, logits in runner.dropped_logits(name, chunk):
                     labels, _probs, _found = seg.labels_of(prep, logits, case)
                     rows.append(baseline.compare(k, labels))
-                done += len(chunk)
+                done += len(chunk) * component_weight(share)
                 if on_progress:
                     on_progress(done / total, f"effect of each component of {name}")
             result[name] = {"ranking": ranked_by_effect(rows), "seconds": round(time.monotonic() - t, 3)}

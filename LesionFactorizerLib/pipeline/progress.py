@@ -12,7 +12,10 @@ JSON-lines events, one object per line on stdout (the Slicer module parses exact
 Exactly one of ``done`` / ``error`` ends every run.
 
 Stages of one case (``segment``), in order: read, model, preprocess, inference, postprocess,
-components, write (the model comes before preprocessing: its stride sets the box alignment).
+effects (``--effects`` only), components, write (the model comes before preprocessing: its stride
+sets the box alignment). The effects stage has no fixed weight: once the model is loaded the
+Segmenter gives it the weight its cost implies (:func:`.effects.stage_weight`, derived from the
+inference and postprocess weights) through :meth:`Progress.replan`.
 
 ``batch`` runs its cases quietly and reports per case instead: after each case
 ``{"event": "case", "case_id": ID, "status": "done"|"skipped"|"failed", "message": M, "seconds": S}``
@@ -30,7 +33,7 @@ import time
 
 BATCH_STAGE = "batch"
 STAGES = (("read", 0.05), ("model", 0.04), ("preprocess", 0.05), ("inference", 0.70), ("postprocess", 0.05),
-          ("components", 0.05), ("write", 0.06))
+          ("effects", 0.0), ("components", 0.05), ("write", 0.06))
 
 
 class Terminated(SystemExit):
@@ -79,17 +82,39 @@ class Progress:
         self._last_emit = 0.0
         self._bar = None
         self._ended = False   # the final done/error event was emitted
-        self._offsets = {}
+        self._stages = list(stages)   # (name, weight) in order; a case's STAGES by default
+        self._offsets = {}   # name -> (start, share), fractions of the whole bar
+        total = sum(w for _, w in self._stages)
         acc = 0.0
-        for name, weight in stages:   # (name, share of the whole run) in order; a case's STAGES by default
-            self._offsets[name] = (acc, weight)
+        for name, weight in self._stages:
+            self._offsets[name] = (acc / total, weight / total)
             acc += weight
-        self._total = acc
 
     # -- public -------------------------------------------------------------------------------
     def stage(self, name: str, message: str = "") -> None:
         self.stage_name = name
         self.update(0.0, message=message, force=True)
+
+    def replan(self, weights: dict[str, float]) -> None:
+        """New weights for some of the stages after the current one, once a run knows what they cost:
+        the stages after the current one share what is left of the bar in proportion to their
+        weights (the new ones, else their old ones), so the bar neither moves back nor jumps; the
+        current stage ends where it stands."""
+        names = [n for n, _ in self._stages]
+        later = self._stages[names.index(self.stage_name) + 1:] if self.stage_name in names else self._stages
+        unknown = set(weights) - {n for n, _ in later}
+        if unknown:
+            raise ValueError(f"cannot replan stage(s) {sorted(unknown)}: not after stage {self.stage_name!r}")
+        later = [(n, float(weights.get(n, w))) for n, w in later]
+        total = sum(w for _, w in later)
+        if self.stage_name in self._offsets:
+            self._offsets[self.stage_name] = (self.fraction, 0.0)
+        acc = self.fraction
+        for name, weight in later:
+            share = (1.0 - self.fraction) * weight / total if total > 0 else 0.0
+            self._offsets[name] = (acc, share)
+            acc += share
+        self._stages = self._stages[:len(self._stages) - len(later)] + later
 
     @contextlib.contextmanager
     def timed(self, name: str, message: str, timings: dict):
@@ -104,7 +129,7 @@ class Progress:
     def update(self, within: float, message: str = "", force: bool = False) -> None:
         """``within``: fraction of the current stage done."""
         start, weight = self._offsets.get(self.stage_name, (self.fraction, 0.0))
-        overall = min(1.0, (start + weight * max(0.0, min(1.0, within))) / self._total)
+        overall = min(1.0, start + weight * max(0.0, min(1.0, within)))
         self.fraction = max(self.fraction, overall)
         now = time.monotonic()
         if not force and now - self._last_emit < self.min_interval:

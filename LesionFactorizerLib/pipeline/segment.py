@@ -212,6 +212,11 @@ class Segmenter:
 
         with progress.timed("model", "loading model", timings):
             components_note = self.prepare_models(warnings)
+            if self.want_components and self.opts.effects:
+                from LesionFactorizerLib.pipeline.effects import component_costs, effect_layers, stage_weight
+
+                layers = effect_layers(self, self.opts.component_layers)
+                progress.replan({"effects": stage_weight(component_costs(self.component_model, layers))})
         with progress.timed("preprocess", "cropping, normalising, resampling", timings):
             prep, roi = self.prepare(case)
         array = prep.array if self.want_components and self.opts.effects else None   # kept for the effects
