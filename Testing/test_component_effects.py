@@ -28,7 +28,8 @@ from LesionFactorizerLib.nn.matricize import make_matricize
 from LesionFactorizerLib.nn.nmf import NMF
 from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
 from LesionFactorizerLib.pipeline.groups import kept
-from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+from LesionFactorizerLib.pipeline.segment import segment_case
+from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["decoder2", "decoder1"]
@@ -82,8 +83,7 @@ def case(tmp_path_factory):
     model = str(bundled_demo_model("stroke"))
 
     def run(out, **extra):
-        segment_case(SegmentOptions(inputs=inputs, output=str(folder / out), models=[model], device="cpu",
-                                    format="nrrd", **extra))
+        segment_case(inputs, str(folder / out), SegmentSettings(models=[model], device="cpu", format="nrrd", **extra))
         return folder / out
 
     return {"folder": folder, "inputs": inputs, "model": model, "run": run,

@@ -58,11 +58,12 @@ def _case(tmp_path):
 
 
 def _run(tmp_path, models, name, **options):
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+    from LesionFactorizerLib.pipeline.segment import segment_case
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     paths = {k: v for k, v in options.pop("paths").items()}
-    outputs = segment_case(SegmentOptions(inputs=paths, output=str(tmp_path / name), models=models, device="cpu",
-                                          overview=False, **options))
+    outputs = segment_case(paths, str(tmp_path / name), SegmentSettings(models=models, device="cpu", overview=False,
+                                                                        **options))
     report = json.loads((tmp_path / name / "report.json").read_text(encoding="utf-8"))
     with open(tmp_path / name / "lesions.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

@@ -75,7 +75,8 @@ def test_whole_plan_labels_agree_with_the_sliding_window_on_the_demo_model(tmp_p
     the whole plan's fewer, larger ones; labels agree within the measured floor, and report.json
     records each plan."""
     from LesionFactorizerLib.phantoms.generate import generate_case
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, Segmenter
+    from LesionFactorizerLib.pipeline.segment import Segmenter
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     case = generate_case("stroke", 9000, 1, spacing=2.0, size=(48, 48, 48))
     assert case.label.any()
@@ -89,8 +90,7 @@ def test_whole_plan_labels_agree_with_the_sliding_window_on_the_demo_model(tmp_p
     labels, plans = {}, {}
     for plan in ("sliding", "whole"):
         out = tmp_path / plan
-        Segmenter(SegmentOptions(inputs=inputs, output=str(out), task="stroke", device="cpu", windows=plan,
-                                 overview=False)).segment(inputs, out)
+        Segmenter(SegmentSettings(task="stroke", device="cpu", windows=plan, overview=False)).segment(inputs, out)
         plans[plan] = json.loads((out / "report.json").read_text())["settings"]["window_plan"]
         labels[plan] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nii.gz"))) > 0
     assert plans["whole"]["kind"] == "whole" and plans["whole"]["windows"] < plans["sliding"]["windows"]

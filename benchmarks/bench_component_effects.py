@@ -82,10 +82,11 @@ def analyse(report: dict) -> dict:
 def run_case(name: str, inputs: dict, model: Path, out: Path, device: str, check: bool,
              layers: list[str] | None = None) -> dict:
     from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+    from LesionFactorizerLib.pipeline.segment import segment_case
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
-    segment_case(SegmentOptions(inputs=inputs, output=str(out), models=[str(model)], device=device,
-                                components=True, effects=True, component_layers=layers, overwrite=True))
+    segment_case(inputs, str(out), SegmentSettings(models=[str(model)], device=device, components=True, effects=True,
+                                                   component_layers=layers, overwrite=True))
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     row = analyse(report)
     best = row["best_effect"]

@@ -85,7 +85,8 @@ def main() -> int:
     from LesionFactorizerLib.modelfile import read_spec
     from LesionFactorizerLib.phantoms.samples import sample_case
     from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+    from LesionFactorizerLib.pipeline.segment import segment_case
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     out = Path(args.out)
     results = {"device": args.device, "load_average": os.getloadavg(), "cases": {}}
@@ -95,8 +96,8 @@ def main() -> int:
         inputs = {n: sample["inputs"][n] for n in read_spec(model).inputs}
         case_dir = out / task
         t = time.monotonic()
-        segment_case(SegmentOptions(inputs=inputs, output=str(case_dir), models=[str(model)], device=args.device,
-                                    components=True, overwrite=True))
+        segment_case(inputs, str(case_dir), SegmentSettings(models=[str(model)], device=args.device, components=True,
+                                                            overwrite=True))
         seg_s = time.monotonic() - t
         report = json.loads((case_dir / "report.json").read_text(encoding="utf-8"))
         best = report["components_best"]

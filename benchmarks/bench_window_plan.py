@@ -77,7 +77,8 @@ def run_case(task: str, files: dict, out: Path) -> dict:
     import numpy as np
     import SimpleITK as sitk
 
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, Segmenter
+    from LesionFactorizerLib.pipeline.segment import Segmenter
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
     from LesionFactorizerLib.tasks import get_task
 
     truth = sitk.GetArrayFromImage(sitk.ReadImage(files["label"]))
@@ -86,10 +87,10 @@ def run_case(task: str, files: dict, out: Path) -> dict:
     for plan in ("sliding", "whole"):
         folder = out / plan
         inputs = {k: v for k, v in files["inputs"].items() if k in get_task(task).input_names}
-        opts = SegmentOptions(inputs=inputs, output=str(folder), task=task, device="cpu", windows=plan,
-                              components=True, overview=False, overwrite=True)
+        settings = SegmentSettings(task=task, device="cpu", windows=plan, components=True, overview=False,
+                                   overwrite=True)
         t = time.perf_counter()
-        Segmenter(opts).segment(inputs, folder)
+        Segmenter(settings).segment(inputs, folder)
         row[f"{plan}_s"] = round(time.perf_counter() - t, 2)
         report = json.loads((folder / "report.json").read_text())
         row[f"{plan}_windows"] = report["settings"]["window_plan"]["windows"]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from LesionFactorizerLib.pipeline.settings import OPTIONS, REPORTED_ELSEWHERE, json_types
+
 LESION_COLUMNS = ("id", "voxels", "volume_ml", "centroid_x_lps", "centroid_y_lps", "centroid_z_lps",
                   "centroid_r_ras", "centroid_a_ras", "centroid_s_ras")
 # per-lesion confidence (pipeline/confidence.py); an empty cell where a measure was not taken
@@ -148,9 +150,7 @@ def write_overview(path: Path, inputs: list, labels_image, task, component: tupl
 REPORT_FORMAT = "lesion-factorizer-report"
 REPORT_VERSION = 1
 # recorded settings a re-run passes on, with the JSON types each may have (None always allowed)
-RERUN_SETTINGS = {"preset": (str,), "tta": (bool,), "nmf_iters": (int,), "skip_nmf": (list,),
-                  "overlap": (int, float), "windows": (str,), "threshold": (int, float), "min_lesion_mm3": (int, float),
-                  "sw_batch_size": (int,)}
+RERUN_SETTINGS = {o.name: json_types(o) for o in OPTIONS if o.name not in REPORTED_ELSEWHERE}
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
