@@ -120,3 +120,16 @@ def test_settings_given_as_json_are_type_checked():
         with pytest.raises(UserError, match=words):
             SegmentSettings.from_json(values)
     assert BY_NAME["overview"].flag == "--no-overview" and BY_NAME["models"].repeat
+
+
+def test_a_report_from_before_every_setting_was_recorded_reads_as_it_ran():
+    """Such reports (no ``register`` in "settings") named the backend that ran under ``backend``
+    (e.g. eager+compile, not a setting), the register mode under "registration", and, before window
+    plans, no ``windows`` (sliding ran)."""
+    old = {"task": "ms-new", "model": {"name": "m", "path": "/m.safetensors"},
+           "settings": {"preset": "fast", "device": "cpu", "tta": False, "backend": "eager+compile", "passes": 1},
+           "registration": {"mode": "never"}}
+    settings = SegmentSettings.from_report(old)
+    assert settings == SegmentSettings(task="ms-new", models=["/m.safetensors"], preset="fast", device="cpu",
+                                       tta=False, windows="sliding", register="never")
+    settings.check()

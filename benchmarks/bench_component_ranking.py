@@ -85,8 +85,7 @@ def main() -> int:
     from LesionFactorizerLib.modelfile import read_spec
     from LesionFactorizerLib.phantoms.samples import sample_case
     from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
-    from LesionFactorizerLib.pipeline.segment import segment_case
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.pipeline.segment import SegmentSettings, segment_case
 
     out = Path(args.out)
     results = {"device": args.device, "load_average": os.getloadavg(), "cases": {}}

@@ -68,8 +68,7 @@ def main() -> int:
     from LesionFactorizerLib.demo import bundled_demo_model
     from LesionFactorizerLib.modelfile import read_spec
     from LesionFactorizerLib.phantoms.samples import sample_case
-    from LesionFactorizerLib.pipeline.segment import Segmenter
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.pipeline.segment import Segmenter, SegmentSettings
 
     variants = [v.strip() for v in args.variants.split(",")]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-presets-"))

@@ -234,12 +234,15 @@ class SegmentSettings:
         the ``models`` entries' paths. Keys of the section that are not settings (what the run
         measured: window plan, passes, …) are skipped; a setting of the wrong JSON type is refused.
         A report older than a setting lacks it: that setting keeps its default, except ``windows``
-        (reports before window plans ran ``sliding``) and ``register`` (then ``registration.mode``)."""
+        (reports before window plans ran ``sliding``). Reports from before the section held every
+        setting (no ``register`` in it) kept the register mode in ``registration.mode`` and under
+        ``backend`` the backend that ran, not the setting (then the default)."""
         recorded = dict(report.get("settings") or {})
         values = {k: v for k, v in recorded.items() if k in BY_NAME and k not in REPORTED_ELSEWHERE}
         values.setdefault("windows", "sliding")
         if "register" not in values:
             values["register"] = (report.get("registration") or {}).get("mode") or "auto"
+            values.pop("backend", None)
         models = [m.get("path") if isinstance(m, dict) else m for m in report.get("models") or [report.get("model")]]
         values.update(task=report.get("task"), models=[m for m in models if m is not None])
         return cls.from_json(values, "report.json settings ")
