@@ -136,11 +136,11 @@ def test_one_pass_says_so_and_uncertainty_map_is_written_and_verified(tmp_path):
 
 def test_uncertainty_option_reaches_the_cli_and_the_worker_argv():
     from LesionFactorizerLib.cli import build_parser
-    from LesionFactorizerLib.cli.segment import options_from_args
     from LesionFactorizerLib.pipeline.segment import output_claims
-    from LesionFactorizerLib.pipeline.settings import to_argv
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
-    assert to_argv({"uncertainty": True}) == ["--uncertainty"] and to_argv({"uncertainty": False}) == []
+    assert SegmentSettings(uncertainty=True).to_argv() == ["--uncertainty"]
+    assert SegmentSettings(uncertainty=False).to_argv() == []
     args = build_parser().parse_args(["segment", "-o", "out", "--uncertainty"])
-    assert options_from_args(args).uncertainty is True
+    assert SegmentSettings.from_args(args).uncertainty is True
     assert "uncertainty.nii.gz" in output_claims() and "uncertainty.nrrd" in output_claims()

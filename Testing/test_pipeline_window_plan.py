@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.pipeline.settings import check
+from LesionFactorizerLib.pipeline.settings import SegmentSettings
 from LesionFactorizerLib.pipeline.sliding_window import window_starts
 from LesionFactorizerLib.pipeline.window_plan import CONTEXT_PATCHES, fewest_windows, make_plan
 from LesionFactorizerLib.presets import build_model
@@ -62,8 +62,8 @@ def test_whole_runs_one_window_where_it_fits_and_falls_back_where_the_network_is
 
 def test_an_unknown_window_plan_is_refused():
     with pytest.raises(UserError, match="unknown windows"):
-        check({"windows": "tiles"})
-    assert check({"windows": "whole"})["windows"] == "whole"
+        SegmentSettings(windows="tiles").check()
+    assert SegmentSettings(windows="whole").check()["windows"] == "whole"
 
 
 def _dice(a, b):

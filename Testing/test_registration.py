@@ -144,13 +144,13 @@ def test_a_different_image_registers_poorly_and_says_so(pair):
 
 def test_register_option_is_one_setting():
     assert settings.BY_NAME["register"].choices == ("auto", "rigid", "affine", "never")
-    assert settings.to_argv({"register": "auto"}) == []
-    assert settings.to_argv({"register": "never"}) == ["--register", "never"]
+    assert settings.SegmentSettings(register="auto").to_argv() == []
+    assert settings.SegmentSettings(register="never").to_argv() == ["--register", "never"]
     with pytest.raises(UserError, match="unknown register"):
-        settings.check({"register": "sometimes"})
+        settings.SegmentSettings(register="sometimes").check()
     with pytest.raises(UserError, match="only ms-new registers"):
-        settings.check({"register": "rigid", "task": "stroke"})
-    settings.check({"register": "affine", "task": "ms-new"})
+        settings.SegmentSettings(register="rigid", task="stroke").check()
+    settings.SegmentSettings(register="affine", task="ms-new").check()
 
 
 def cli(*args):

@@ -130,7 +130,7 @@ class SegmentSettings:
 
     def __post_init__(self) -> None:
         # lists as tuples (the object stays hashable and unchangeable); one path given alone is a list of one
-        for o in OPTIONS_BY_KIND["list"]:
+        for o in LIST_OPTIONS:
             value = getattr(self, o.name)
             if isinstance(value, (str, os.PathLike)):
                 value = [value] if o.repeat else split_list(os.fspath(value))
@@ -174,7 +174,7 @@ class SegmentSettings:
     def from_args(cls, args) -> "SegmentSettings":
         """The settings of a parsed ``segment`` / ``batch`` command line (:func:`add_options`)."""
         given = {o.name: getattr(args, o.name) for o in OPTIONS}
-        for o in OPTIONS_BY_KIND["list"]:
+        for o in LIST_OPTIONS:
             if o.listed:
                 given[o.name] = split_list(given[o.name])
         given["components"] = given["components"] or bool(given["component_layers"])
@@ -220,12 +220,12 @@ class SegmentSettings:
             given[key] = value
         return cls(**given)
 
-    def to_report(self, in_effect: Mapping[str, Any] = {}) -> Dict[str, Any]:  # noqa: B006 - read only
+    def to_report(self, in_effect: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
         """report.json's ``settings``: every setting by its name but those the report records in their own
         entries (:data:`REPORTED_ELSEWHERE`); ``in_effect``: values a run resolved (the speed preset
         applied, the device it ran on, the window batch it chose) in place of the requested ones."""
         values = {k: v for k, v in self.values().items() if k not in REPORTED_ELSEWHERE}
-        values.update({k: _plain(v) for k, v in in_effect.items() if k in values})
+        values.update({k: _plain(v) for k, v in (in_effect or {}).items() if k in values})
         return values
 
     @classmethod
@@ -280,7 +280,7 @@ _HINTS = get_type_hints(SegmentSettings)
 OPTIONS: Tuple[Option, ...] = tuple(Option(f.name, _kind(_HINTS[f.name]), f.default, **f.metadata)
                                     for f in fields(SegmentSettings))
 BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
-OPTIONS_BY_KIND = {"list": tuple(o for o in OPTIONS if o.listed or o.repeat)}
+LIST_OPTIONS = tuple(o for o in OPTIONS if o.listed or o.repeat)   # values kept as tuples
 
 
 def json_types(o: Option) -> Tuple[type, ...]:
