@@ -102,16 +102,16 @@ def run_demo(out: str | os.PathLike = DEFAULT_OUT, tasks: list[str] | None = Non
                             "restore Resources/SampleData from the repository")
         plan.append((task, model, meta, sample))
 
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+    from LesionFactorizerLib.pipeline.segment import segment_case
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     summary: dict[str, Any] = {"format": "lesion-factorizer-demo", "out": str(out), "device": device, "tasks": {}}
     _write_summary(out, summary)   # claims the folder first, so a re-run after an interruption may refresh it
     for task, model, meta, sample in plan:
         log(f"[{task}] segmenting the sample case with {model.name} …")
         t0 = time.perf_counter()
-        opts = SegmentOptions(inputs={n: sample["inputs"][n] for n in meta["inputs"]}, output=str(out / task),
-                              task=task, models=[str(model)], device=device, components=True, overwrite=True)
-        result = segment_case(opts)
+        settings = SegmentSettings(task=task, models=[str(model)], device=device, components=True, overwrite=True)
+        result = segment_case({n: sample["inputs"][n] for n in meta["inputs"]}, out / task, settings)
         seconds = time.perf_counter() - t0
         report, outputs = result.report, result.outputs
         summary["tasks"][task] = {

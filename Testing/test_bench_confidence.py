@@ -30,7 +30,8 @@ def test_true_and_false_positive_lesions_are_told_apart_and_summarised(tmp_path,
     dim one with one. The truth holds only the bright one, so the dim one is the false positive."""
     from test_pipeline_data import save_threshold_model
 
-    from LesionFactorizerLib.pipeline.segment import Segmenter, SegmentOptions
+    from LesionFactorizerLib.pipeline.segment import Segmenter
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     rng = np.random.default_rng(0)
     array = (100 + 5 * rng.standard_normal((20, 24, 28))).astype(np.float32)
@@ -45,8 +46,7 @@ def test_true_and_false_positive_lesions_are_told_apart_and_summarised(tmp_path,
         sitk.WriteImage(sitk.GetImageFromArray(data), paths[name])
     low = save_threshold_model(tmp_path / "low.safetensors", threshold=0.5 * z_b, patch=(16, 16, 16))
     high = save_threshold_model(tmp_path / "high.safetensors", threshold=1.2 * z_b, patch=(16, 16, 16))
-    segmenter = Segmenter(SegmentOptions(inputs={}, output="", models=[low, high], device="cpu", tta=True,
-                                         overview=False, overwrite=True))
+    segmenter = Segmenter(SegmentSettings(models=[low, high], device="cpu", tta=True, overview=False, overwrite=True))
     result = segmenter.segment({"dwi": paths["dwi"], "adc": paths["adc"]}, tmp_path / "out", overwrite=True)
 
     rows = bench.classify(result.report, result.outputs["segmentation"], Path(paths["label"]))

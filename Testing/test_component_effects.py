@@ -32,7 +32,8 @@ from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
 from LesionFactorizerLib.pipeline.effects import component_costs, stage_weight
 from LesionFactorizerLib.pipeline.groups import kept
 from LesionFactorizerLib.pipeline.progress import STAGES, Progress
-from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+from LesionFactorizerLib.pipeline.segment import segment_case
+from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["decoder2", "decoder1"]
@@ -86,8 +87,8 @@ def case(tmp_path_factory):
     model = str(bundled_demo_model("stroke"))
 
     def run(out, progress=None, **extra):
-        segment_case(SegmentOptions(inputs=inputs, output=str(folder / out), models=[model], device="cpu",
-                                    format="nrrd", **extra), progress)
+        segment_case(inputs, str(folder / out), SegmentSettings(models=[model], device="cpu", format="nrrd", **extra),
+                     progress)
         return folder / out
 
     events = io.StringIO()
@@ -158,8 +159,8 @@ def test_the_top_effect_is_the_largest_counterfactual_on_the_other_samples(task,
     as any other component of the layer."""
     inputs = cropped_sample(task, tmp_path, HALF_MM)
     out = tmp_path / "effects"
-    segment_case(SegmentOptions(inputs=inputs, output=str(out), models=[str(bundled_demo_model(task))], device="cpu",
-                                format="nrrd", component_layers=["decoder1"], effects=True))
+    segment_case(inputs, str(out), SegmentSettings(models=[str(bundled_demo_model(task))], device="cpu", format="nrrd",
+                                                   component_layers=["decoder1"], effects=True))
     rows = _report(out)["components"][0]["effect_ranking"]
     written = {r["component"]: sum(_counterfactual_summary(out, "decoder1", r["component"])
                                     ["difference_voxels"].values()) for r in rows}

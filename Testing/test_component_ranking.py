@@ -23,7 +23,8 @@ from LesionFactorizerLib.phantoms.samples import sample_case
 from LesionFactorizerLib.pipeline.counterfactual import difference_map
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.ranking import block_mean, model_grid_masks, ranked, score_components
-from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+from LesionFactorizerLib.pipeline.segment import segment_case
+from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
 REPO = Path(__file__).resolve().parents[1]
 HALF_MM = 36.0
@@ -94,8 +95,8 @@ def stroke_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stroke")
     inputs = cropped_stroke_sample(folder, HALF_MM)
     out = folder / "result"
-    outputs = segment_case(SegmentOptions(inputs=inputs, output=str(out), models=[str(bundled_demo_model("stroke"))],
-                                          device="cpu", components=True, format="nrrd")).outputs
+    outputs = segment_case(inputs, str(out), SegmentSettings(models=[str(bundled_demo_model("stroke"))], device="cpu",
+                                                             components=True, format="nrrd")).outputs
     return {"out": out, "inputs": inputs, "outputs": outputs, "folder": folder}
 
 

@@ -273,11 +273,12 @@ def test_a_series_without_what_a_seg_needs_is_a_clear_error(tmp_path):
 
 
 def test_missing_packages_are_named_before_any_work(monkeypatch):
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, Segmenter
+    from LesionFactorizerLib.pipeline.segment import Segmenter
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     monkeypatch.setitem(sys.modules, "highdicom", None)
     with pytest.raises(UserError, match=r"lesion-factorizer\[dicom\]"):
-        Segmenter(SegmentOptions(inputs={}, output="x", task="stroke", dicom_seg=True))
+        Segmenter(SegmentSettings(task="stroke", dicom_seg=True))
     monkeypatch.setitem(sys.modules, "slicerio", None)
     with pytest.raises(UserError, match=r"slicerio"):
-        Segmenter(SegmentOptions(inputs={}, output="x", task="stroke", format="seg.nrrd"))
+        Segmenter(SegmentSettings(task="stroke", format="seg.nrrd"))

@@ -17,7 +17,8 @@ from test_pipeline_io import write_dicom_series
 
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.pipeline.io import read_image
-from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+from LesionFactorizerLib.pipeline.segment import segment_case
+from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
 
 def phantom(size=(20, 22, 12), spacing=(1.6, 1.6, 2.5)) -> sitk.Image:
@@ -158,10 +159,9 @@ def test_reader_noise_does_not_reach_stderr_before_the_error_line(tmp_path):
 def test_same_file_for_two_inputs_is_refused(tmp_path):
     paths = write_case(tmp_path / "in")
     model = save_threshold_model(tmp_path / "thr.safetensors")
-    opts = SegmentOptions(inputs={"dwi": paths["dwi"], "adc": paths["dwi"]}, output=str(tmp_path / "out"),
-                          task="stroke", models=[model], overview=False)
+    settings = SegmentSettings(task="stroke", models=[model], overview=False)
     with pytest.raises(UserError, match="same file"):
-        segment_case(opts)
+        segment_case({"dwi": paths["dwi"], "adc": paths["dwi"]}, tmp_path / "out", settings)
     assert not (tmp_path / "out").exists()
 
 
@@ -169,10 +169,8 @@ def test_same_file_for_two_inputs_is_refused(tmp_path):
 def test_model_spacing_that_needs_more_memory_than_the_machine_is_refused(tmp_path):
     paths = write_case(tmp_path / "in")
     model = save_threshold_model(tmp_path / "thr.safetensors", spacing=(0.001, 0.001, 0.001))
-    opts = SegmentOptions(inputs=paths, output=str(tmp_path / "out"), task="stroke", models=[model],
-                          overview=False)
     with pytest.raises(UserError, match="GiB of memory"):
-        segment_case(opts)
+        segment_case(paths, tmp_path / "out", SegmentSettings(task="stroke", models=[model], overview=False))
     assert not (tmp_path / "out").exists()
 
 

@@ -18,7 +18,8 @@ from test_pipeline_data import save_threshold_model, write_case
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.modelfile import (import_model, load_model_file, make_metadata, read_header,
                                            save_model_file, verify_file, verify_model)
-from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+from LesionFactorizerLib.pipeline.segment import segment_case
+from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
 
 def poison(path: Path, value: float = float("nan")) -> Path:
@@ -93,10 +94,8 @@ def test_non_finite_network_output_fails_the_run(tmp_path):
     model = tmp_path / "overflow.safetensors"
     save_model_file(model, net, make_metadata("stroke", net.config, patch_size=(32, 32, 32), spacing=None))
     paths = write_case(tmp_path / "in")
-    opts = SegmentOptions(inputs=paths, output=str(tmp_path / "out"), task="stroke", models=[str(model)],
-                          overview=False)
     with pytest.raises(UserError, match="NaN or infinite output"):
-        segment_case(opts)
+        segment_case(paths, tmp_path / "out", SegmentSettings(task="stroke", models=[str(model)], overview=False))
     assert not (tmp_path / "out").exists()
 
 
@@ -117,8 +116,7 @@ def test_deeply_nested_header_is_skipped_by_listing_and_default_model(tmp_path, 
     assert proc.returncode == 0 and proc.stdout.count("DAMAGED") == 2, proc.stdout + proc.stderr
     monkeypatch.setenv("LESIONFACTORIZER_MODELS", str(user))
     paths = write_case(tmp_path / "in")
-    outputs = segment_case(SegmentOptions(inputs=paths, output=str(tmp_path / "out"), task="stroke",
-                                          overview=False)).outputs
+    outputs = segment_case(paths, str(tmp_path / "out"), SegmentSettings(task="stroke", overview=False)).outputs
     assert Path(outputs["report"]).is_file()
 
 

@@ -20,7 +20,8 @@ from test_pipeline_data import save_threshold_model, write_case
 
 import LesionFactorizerLib.pipeline.io as io
 from LesionFactorizerLib.pipeline.progress import terminate_cleanly
-from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+from LesionFactorizerLib.pipeline.segment import segment_case
+from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +63,15 @@ def test_a_short_write_fails_the_run_and_leaves_nothing(tmp_path, case, fmt):
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def _options(paths, model, out, **kw):
-    return SegmentOptions(inputs=paths, output=str(out), task="stroke", models=[model], overview=False, **kw)
+def _options(paths, model, out, **kw) -> tuple:
+    """``segment_case``'s inputs, output and settings."""
+    return paths, out, SegmentSettings(task="stroke", models=[model], overview=False, **kw)
 
 
 def test_sigterm_during_the_commit_leaves_one_complete_result(tmp_path, case, monkeypatch):
     paths, model = case
     out = tmp_path / "out"
-    old = segment_case(_options(paths, model, out, probabilities=True, threshold=0.5)).outputs
+    old = segment_case(*_options(paths, model, out, probabilities=True, threshold=0.5)).outputs
     (out / "notes.txt").write_text("the user's own file", encoding="utf-8")
     old_report = consistent(out)
 
@@ -93,7 +95,7 @@ def test_sigterm_during_the_commit_leaves_one_complete_result(tmp_path, case, mo
         if hasattr(io, "_exchange"):
             monkeypatch.setattr(io, "_exchange", signalling(io._exchange))
         with pytest.raises(SystemExit):
-            segment_case(_options(paths, model, out, overwrite=True, threshold=0.9))
+            segment_case(*_options(paths, model, out, overwrite=True, threshold=0.9))
     finally:
         monkeypatch.undo()
         signal.signal(signal.SIGTERM, previous)
@@ -107,7 +109,7 @@ def test_sigterm_during_the_commit_leaves_one_complete_result(tmp_path, case, mo
 def test_sigterm_before_the_commit_keeps_the_previous_result(tmp_path, case, monkeypatch):
     paths, model = case
     out = tmp_path / "out"
-    segment_case(_options(paths, model, out, probabilities=True, threshold=0.5))
+    segment_case(*_options(paths, model, out, probabilities=True, threshold=0.5))
     (out / "notes.txt").write_text("the user's own file", encoding="utf-8")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     real = io.write_image
@@ -124,7 +126,7 @@ def test_sigterm_before_the_commit_keeps_the_previous_result(tmp_path, case, mon
     monkeypatch.setattr(io, "write_image", write_then_signal)
     try:
         with pytest.raises(SystemExit):
-            segment_case(_options(paths, model, out, overwrite=True, threshold=0.9))
+            segment_case(*_options(paths, model, out, overwrite=True, threshold=0.9))
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -14,7 +14,8 @@ from LesionFactorizerLib import build_model
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.modelfile import make_metadata, save_model_file
 from LesionFactorizerLib.pipeline.geometry import Geometry
-from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+from LesionFactorizerLib.pipeline.segment import segment_case
+from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
 WIDTHS = (8, 16, 32, 64, 128)
 HEAD_DIM = 4   # swin-factorizer-isles
@@ -50,8 +51,8 @@ def edge_box_in_reference_index(layer: sitk.Image, reference: Geometry) -> tuple
 
 def test_every_layer_covers_the_input_within_one_layer_voxel(tmp_path, swin_file, oblique_case):
     out = tmp_path / "out"
-    outputs = segment_case(SegmentOptions(inputs=oblique_case, output=str(out), task="stroke", models=[swin_file],
-                                          device="cpu", components=True, overview=True)).outputs
+    outputs = segment_case(oblique_case, str(out), SegmentSettings(task="stroke", models=[swin_file], device="cpu",
+                                                                   components=True, overview=True)).outputs
     reference = Geometry.from_image(sitk.ReadImage(oblique_case["dwi"]))
     index = json.loads((out / "components" / "components.json").read_text(encoding="utf-8"))
     layers = {e["layer"]: e for e in index["layers"]}
@@ -78,9 +79,9 @@ def test_every_layer_covers_the_input_within_one_layer_voxel(tmp_path, swin_file
 
 def test_only_chosen_layers_are_written_and_skipped_layers_have_none(tmp_path, swin_file, oblique_case):
     out = tmp_path / "out"
-    segment_case(SegmentOptions(inputs=oblique_case, output=str(out), task="stroke", models=[swin_file],
-                                device="cpu", component_layers=["bridge", "decoder1"], skip_nmf=["decoder1"],
-                                overview=False))
+    segment_case(oblique_case, str(out), SegmentSettings(task="stroke", models=[swin_file], device="cpu",
+                                                         component_layers=["bridge", "decoder1"], skip_nmf=["decoder1"],
+                                                         overview=False))
     files = sorted(p.name for p in (out / "components").iterdir())
     assert files == ["bridge.nrrd", "components.json"]
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
@@ -90,8 +91,8 @@ def test_only_chosen_layers_are_written_and_skipped_layers_have_none(tmp_path, s
 def test_non_factorizer_models_get_a_message_not_an_error(tmp_path, oblique_case):
     model = save_threshold_model(tmp_path / "thr.safetensors")
     out = tmp_path / "out"
-    outputs = segment_case(SegmentOptions(inputs=oblique_case, output=str(out), task="stroke", models=[model],
-                                          device="cpu", components=True, overview=False)).outputs
+    outputs = segment_case(oblique_case, str(out), SegmentSettings(task="stroke", models=[model], device="cpu",
+                                                                   components=True, overview=False)).outputs
     assert "components" not in outputs and not (out / "components").exists()
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert "not a Factorizer" in report["components_note"]
@@ -107,6 +108,6 @@ def test_layers_the_model_lacks_are_refused_before_inference(tmp_path, oblique_c
     out = tmp_path / "out"
     with pytest.raises(UserError, match=f"unknown NMF layer.*encoder4.*--{option.replace('_', '-')}; layers are: "
                                         "encoder1, encoder2, encoder3, bridge"):
-        segment_case(SegmentOptions(inputs=oblique_case, output=str(out), task="stroke", models=[str(path)],
-                                    device="cpu", overview=False, **{option: ["encoder4"]}))
+        segment_case(oblique_case, str(out), SegmentSettings(task="stroke", models=[str(path)], device="cpu",
+                                                             overview=False, **{option: ["encoder4"]}))
     assert not out.exists()

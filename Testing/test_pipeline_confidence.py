@@ -58,11 +58,12 @@ def _case(tmp_path):
 
 
 def _run(tmp_path, models, name, **options):
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+    from LesionFactorizerLib.pipeline.segment import segment_case
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     paths = {k: v for k, v in options.pop("paths").items()}
-    outputs = segment_case(SegmentOptions(inputs=paths, output=str(tmp_path / name), models=models, device="cpu",
-                                          overview=False, **options)).outputs
+    outputs = segment_case(paths, str(tmp_path / name), SegmentSettings(models=models, device="cpu", overview=False,
+                                                                        **options)).outputs
     report = json.loads((tmp_path / name / "report.json").read_text(encoding="utf-8"))
     with open(tmp_path / name / "lesions.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -135,11 +136,11 @@ def test_one_pass_says_so_and_uncertainty_map_is_written_and_verified(tmp_path):
 
 def test_uncertainty_option_reaches_the_cli_and_the_worker_argv():
     from LesionFactorizerLib.cli import build_parser
-    from LesionFactorizerLib.cli.segment import options_from_args
     from LesionFactorizerLib.pipeline.segment import output_claims
-    from LesionFactorizerLib.pipeline.settings import to_argv
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
-    assert to_argv({"uncertainty": True}) == ["--uncertainty"] and to_argv({"uncertainty": False}) == []
+    assert SegmentSettings(uncertainty=True).to_argv() == ["--uncertainty"]
+    assert SegmentSettings(uncertainty=False).to_argv() == []
     args = build_parser().parse_args(["segment", "-o", "out", "--uncertainty"])
-    assert options_from_args(args).uncertainty is True
+    assert SegmentSettings.from_args(args).uncertainty is True
     assert "uncertainty.nii.gz" in output_claims() and "uncertainty.nrrd" in output_claims()

@@ -15,7 +15,8 @@ import SimpleITK as sitk
 from test_pipeline_data import LESION_CENTER, LESION_RADIUS, grid, rotation, sample, save_threshold_model
 
 from LesionFactorizerLib.pipeline.geometry import Geometry
-from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+from LesionFactorizerLib.pipeline.segment import segment_case
+from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
 RAS = np.diag([-1.0, -1.0, 1.0])
 OBLIQUE = rotation(2, 25) @ rotation(0, -15)
@@ -45,8 +46,8 @@ def run_case(tmp_path, name, channel, model_spacing=None, fmt="nii.gz"):
     sitk.WriteImage(sample(other_geom, lesion=(channel == 1)), str(other_path))
     model = save_threshold_model(tmp_path / "thr.safetensors", channel=channel, threshold=3.0, spacing=model_spacing)
     out = tmp_path / "out"
-    segment_case(SegmentOptions(inputs={"dwi": str(ref_path), "adc": str(other_path)}, output=str(out),
-                                task="stroke", models=[model], device="cpu", format=fmt, overview=False))
+    segment_case({"dwi": str(ref_path), "adc": str(other_path)}, str(out),
+                 SegmentSettings(task="stroke", models=[model], device="cpu", format=fmt, overview=False))
     return sitk.ReadImage(str(ref_path)), out
 
 

@@ -13,7 +13,8 @@ from test_pipeline_data import grid, sample, save_threshold_model, write_case
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.io import AtomicOutput, read_image
-from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+from LesionFactorizerLib.pipeline.segment import segment_case
+from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
 
 def write_dicom_series(image: sitk.Image, folder, series_uid="1.2.826.0.1.3680043.2.1125.1", description="DWI",
@@ -177,11 +178,10 @@ def test_overwrite_replaces_our_results_and_keeps_other_files(tmp_path):
     (out / "report.json").write_text("{}", encoding="utf-8")
     (out / "components").mkdir()
     (out / "components" / "old.nrrd").write_text("old", encoding="utf-8")
-    opts = SegmentOptions(inputs=paths, output=str(out), task="stroke", models=[model], device="cpu", overview=False)
+    settings = SegmentSettings(task="stroke", models=[model], device="cpu", overview=False)
     with pytest.raises(UserError, match="--overwrite"):
-        segment_case(opts)
-    opts.overwrite = True
-    segment_case(opts)
+        segment_case(paths, out, settings)
+    segment_case(paths, out, settings.but(overwrite=True))
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["task"] == "stroke"
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"   # not ours: kept
@@ -198,13 +198,12 @@ def test_overwrite_leaves_only_the_outputs_the_new_report_lists(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine", encoding="utf-8")
-    first = SegmentOptions(inputs=paths, output=str(out), task="stroke", models=[model], device="cpu",
-                           overview=False, probabilities=True, format="nrrd")
-    segment_case(first)
+    first = SegmentSettings(task="stroke", models=[model], device="cpu", overview=False, probabilities=True,
+                            format="nrrd")
+    segment_case(paths, out, first)
     assert (out / "probabilities.nrrd").is_file() and (out / "segmentation.nrrd").is_file()
-    second = SegmentOptions(inputs=paths, output=str(out), task="stroke", models=[model], device="cpu",
-                            overview=False, overwrite=True)
-    outputs = segment_case(second).outputs
+    second = SegmentSettings(task="stroke", models=[model], device="cpu", overview=False, overwrite=True)
+    outputs = segment_case(paths, out, second).outputs
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     listed = set(report["outputs"].values())
     assert {p.name for p in out.iterdir()} == listed | {"notes.txt"}

@@ -154,7 +154,8 @@ def test_ms_new_pipeline_drops_lesions_under_3_mm3_and_reports_them(tmp_path):
     import SimpleITK as sitk
     from test_pipeline_data import save_threshold_model
 
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+    from LesionFactorizerLib.pipeline.segment import segment_case
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     rng = np.random.default_rng(0)
     base = (100 + 5 * rng.standard_normal((20, 24, 28))).astype(np.float32)
@@ -170,8 +171,8 @@ def test_ms_new_pipeline_drops_lesions_under_3_mm3_and_reports_them(tmp_path):
                                  patch=(16, 16, 16))
     # noise volumes have no head to register (the registration gate would rightly refuse them):
     # this test is about the small-lesion rule, so the pair is compared as it is
-    segment_case(SegmentOptions(inputs=paths, output=str(tmp_path / "out"), models=[model], device="cpu",
-                                overview=False, register="never"))
+    segment_case(paths, str(tmp_path / "out"), SegmentSettings(models=[model], device="cpu", overview=False,
+                                                               register="never"))
     report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     assert report["task"] == "ms-new" and report["reference_input"] == "flair_followup"
     assert report["removed_small_lesions"] == 1 and report["lesion_count"] == 1

@@ -14,14 +14,16 @@ from test_pipeline_data import save_threshold_model, write_case
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.outputspec import OutputSpec
 from LesionFactorizerLib.pipeline.progress import Progress
-from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+from LesionFactorizerLib.pipeline.segment import segment_case
+from LesionFactorizerLib.pipeline.settings import SegmentSettings
 from LesionFactorizerLib.pipeline.speed_presets import SPEED_PRESETS
 from LesionFactorizerLib.tasks import get_task
 
 
-def _options(paths, out, models, **kw) -> SegmentOptions:
-    return SegmentOptions(inputs=paths, output=str(out), task=kw.pop("task", "stroke"), models=list(models),
-                          device="cpu", overview=False, **kw)
+def _options(paths, out, models, **kw) -> tuple:
+    """``segment_case``'s inputs, output and settings."""
+    return paths, out, SegmentSettings(task=kw.pop("task", "stroke"), models=list(models), device="cpu",
+                                       overview=False, **kw)
 
 
 @pytest.mark.parametrize("change, what", [
@@ -36,10 +38,10 @@ def test_ensemble_members_with_other_preprocessing_are_refused(tmp_path, change,
     b = save_threshold_model(tmp_path / "b.safetensors", **change)
     out = tmp_path / "out"
     with pytest.raises(UserError, match=f"ensemble members must share {what}: b.safetensors"):
-        segment_case(_options(paths, out, [a, b]))
+        segment_case(*_options(paths, out, [a, b]))
     assert not out.exists()
     same = save_threshold_model(tmp_path / "same.safetensors")   # an equal member is fine
-    outputs = segment_case(_options(paths, out, [a, same])).outputs
+    outputs = segment_case(*_options(paths, out, [a, same])).outputs
     assert len(json.loads(open(outputs["report"], encoding="utf-8").read())["models"]) == 2
 
 
@@ -52,7 +54,7 @@ def test_every_warning_is_emitted_as_it_arises_and_kept_in_the_report(tmp_path):
     sitk.WriteImage(coarse, paths["adc"])
     model = save_threshold_model(tmp_path / "thr.safetensors")          # uses dwi + adc, not flair
     stream = io.StringIO()
-    outputs = segment_case(_options(paths, tmp_path / "out", [model]), Progress("jsonl", stream=stream)).outputs
+    outputs = segment_case(*_options(paths, tmp_path / "out", [model]), Progress("jsonl", stream=stream)).outputs
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     emitted = [e["message"] for e in events if e["event"] == "warning"]
     report = json.loads(open(outputs["report"], encoding="utf-8").read())
@@ -73,7 +75,7 @@ def test_the_model_files_post_processing_mode_is_the_one_applied(tmp_path):
     model = save_threshold_model(tmp_path / "t.safetensors", task="tumor", in_channels=4, out_channels=1,
                                  outputs={"activation": "sigmoid", "channels": ["lesion"]},
                                  postprocessing={"mode": "threshold"})
-    outputs = segment_case(_options(paths, tmp_path / "out", [model], task="tumor")).outputs
+    outputs = segment_case(*_options(paths, tmp_path / "out", [model], task="tumor")).outputs
     report = json.loads(open(outputs["report"], encoding="utf-8").read())
     assert report["settings"]["mode"] == "threshold"
     labels = sitk.GetArrayFromImage(sitk.ReadImage(outputs["segmentation"]))
@@ -82,7 +84,7 @@ def test_the_model_files_post_processing_mode_is_the_one_applied(tmp_path):
     stroke = write_case(tmp_path / "stroke")
     nested = save_threshold_model(tmp_path / "n.safetensors", postprocessing={"mode": "hierarchical"})
     with pytest.raises(UserError, match="needs nested regions"):
-        segment_case(_options(stroke, tmp_path / "out2", [nested]), Progress("jsonl", stream=io.StringIO()))
+        segment_case(*_options(stroke, tmp_path / "out2", [nested]), Progress("jsonl", stream=io.StringIO()))
     assert not (tmp_path / "out2").exists()
 
 
@@ -137,6 +139,6 @@ def test_speed_presets_are_the_segment_commands_choices():
     for name in SPEED_PRESETS:
         assert parser.parse_args(["segment", "-o", "x", "--preset", name]).preset == name
     with pytest.raises(UserError, match="unknown preset"):
-        SegmentOptions(inputs={}, output="x", preset="turbo").resolved()
+        SegmentSettings(preset="turbo").check()
     with pytest.raises(UserError, match="--nmf-iters must be at least 1"):
-        SegmentOptions(inputs={}, output="x", nmf_iters=0).resolved()
+        SegmentSettings(nmf_iters=0).check()

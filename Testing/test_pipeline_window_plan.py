@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.pipeline.settings import check
+from LesionFactorizerLib.pipeline.settings import SegmentSettings
 from LesionFactorizerLib.pipeline.sliding_window import window_starts
 from LesionFactorizerLib.pipeline.window_plan import CONTEXT_PATCHES, fewest_windows, make_plan
 from LesionFactorizerLib.presets import build_model
@@ -62,8 +62,8 @@ def test_whole_runs_one_window_where_it_fits_and_falls_back_where_the_network_is
 
 def test_an_unknown_window_plan_is_refused():
     with pytest.raises(UserError, match="unknown windows"):
-        check({"windows": "tiles"})
-    assert check({"windows": "whole"})["windows"] == "whole"
+        SegmentSettings(windows="tiles").check()
+    assert SegmentSettings(windows="whole").check()["windows"] == "whole"
 
 
 def _dice(a, b):
@@ -75,7 +75,8 @@ def test_whole_plan_labels_agree_with_the_sliding_window_on_the_demo_model(tmp_p
     the whole plan's fewer, larger ones; labels agree within the measured floor, and report.json
     records each plan."""
     from LesionFactorizerLib.phantoms.generate import generate_case
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, Segmenter
+    from LesionFactorizerLib.pipeline.segment import Segmenter
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     case = generate_case("stroke", 9000, 1, spacing=2.0, size=(48, 48, 48))
     assert case.label.any()
@@ -89,8 +90,7 @@ def test_whole_plan_labels_agree_with_the_sliding_window_on_the_demo_model(tmp_p
     labels, plans = {}, {}
     for plan in ("sliding", "whole"):
         out = tmp_path / plan
-        Segmenter(SegmentOptions(inputs=inputs, output=str(out), task="stroke", device="cpu", windows=plan,
-                                 overview=False)).segment(inputs, out)
+        Segmenter(SegmentSettings(task="stroke", device="cpu", windows=plan, overview=False)).segment(inputs, out)
         plans[plan] = json.loads((out / "report.json").read_text())["settings"]["window_plan"]
         labels[plan] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nii.gz"))) > 0
     assert plans["whole"]["kind"] == "whole" and plans["whole"]["windows"] < plans["sliding"]["windows"]

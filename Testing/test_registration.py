@@ -144,13 +144,13 @@ def test_a_different_image_registers_poorly_and_says_so(pair):
 
 def test_register_option_is_one_setting():
     assert settings.BY_NAME["register"].choices == ("auto", "rigid", "affine", "never")
-    assert settings.to_argv({"register": "auto"}) == []
-    assert settings.to_argv({"register": "never"}) == ["--register", "never"]
+    assert settings.SegmentSettings(register="auto").to_argv() == []
+    assert settings.SegmentSettings(register="never").to_argv() == ["--register", "never"]
     with pytest.raises(UserError, match="unknown register"):
-        settings.check({"register": "sometimes"})
+        settings.SegmentSettings(register="sometimes").check()
     with pytest.raises(UserError, match="only ms-new registers"):
-        settings.check({"register": "rigid", "task": "stroke"})
-    settings.check({"register": "affine", "task": "ms-new"})
+        settings.SegmentSettings(register="rigid", task="stroke").check()
+    settings.SegmentSettings(register="affine", task="ms-new").check()
 
 
 def cli(*args):
@@ -281,17 +281,18 @@ def test_new_lesion_f1_after_registration_matches_the_aligned_pair(heldout_pair,
     bundled sample over three motions and both ways of moving the head."""
     from LesionFactorizerLib.demo import bundled_demo_model
     from LesionFactorizerLib.evaluation.cohort import evaluate_files
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, Segmenter
+    from LesionFactorizerLib.pipeline.segment import Segmenter
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     model, loaded, scores = str(bundled_demo_model("ms-new")), None, {}
     for tag, mode, baseline in (("aligned", "auto", heldout_pair["flair_baseline"]),
                                 ("registered", "auto", heldout_pair["moved"]),
                                 ("unregistered", "never", heldout_pair["moved"])):
-        opts = SegmentOptions(inputs={"flair_baseline": baseline, "flair_followup": heldout_pair["flair_followup"]},
-                              output=str(tmp_path / tag), task="ms-new", models=[model], device="cpu",
-                              preset="fast", overview=False, register=mode)
-        segmenter = Segmenter(opts, loaded)
-        result = segmenter.segment(opts.inputs, opts.output)
+        settings = SegmentSettings(task="ms-new", models=[model], device="cpu", preset="fast", overview=False,
+                                   register=mode)
+        segmenter = Segmenter(settings, loaded)
+        result = segmenter.segment({"flair_baseline": baseline, "flair_followup": heldout_pair["flair_followup"]},
+                                   tmp_path / tag)
         loaded = segmenter.loaded
         assert result.report.registration["performed"] == (tag == "registered")
         if tag == "unregistered":
@@ -309,16 +310,16 @@ def test_slicer_request_and_summary_carry_the_registration(pair):
     from LesionFactorizerModuleLib import worker as workerLib
 
     assert [v for v, _ in workerLib.REGISTER_CHOICES] == list(settings.REGISTER_MODES)
-    request = workerLib.SegmentRequest(task="ms-new", inputs={"flair_baseline": pair["moved"],
+    request = workerLib.SegmentRequest.of(task="ms-new", inputs={"flair_baseline": pair["moved"],
                                                               "flair_followup": pair["followup"]},
-                                       output_dir="out", register="rigid")
+                                          output_dir="out", register="rigid")
     argv = workerLib.build_segment_command("python", request)
     assert argv[argv.index("--register") + 1] == "rigid"
-    assert "--register" not in workerLib.build_segment_command("python", workerLib.SegmentRequest(
+    assert "--register" not in workerLib.build_segment_command("python", workerLib.SegmentRequest.of(
         task="ms-new", inputs=request.inputs, output_dir="out"))
     with pytest.raises(ValueError, match="only ms-new registers"):
-        workerLib.SegmentRequest(task="stroke", inputs={"dwi": "a", "adc": "b"}, output_dir="o",
-                                 register="affine").validate()
+        workerLib.SegmentRequest.of(task="stroke", inputs={"dwi": "a", "adc": "b"}, output_dir="o",
+                                    register="affine").validate()
 
     entry, _, _ = register_pair(read(pair["followup"]), read(pair["moved"]), "auto")
     report = {"lesion_count": 2, "warnings": [], "registration": entry}

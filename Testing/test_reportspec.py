@@ -16,7 +16,8 @@ from test_pipeline_data import save_threshold_model, write_case
 
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS
-from LesionFactorizerLib.pipeline.segment import SegmentOptions, output_claims, segment_case
+from LesionFactorizerLib.pipeline.segment import output_claims, segment_case
+from LesionFactorizerLib.pipeline.settings import SegmentSettings
 from LesionFactorizerLib.reportspec import (FOLDER_KEY, OUTPUTS, REPORT_NAME, SCHEMA_PATH, Report, parse_report,
                                             read_report, schema_text)
 
@@ -62,9 +63,8 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reportspec")
     paths = write_case(tmp / "in")
     model = save_threshold_model(tmp / "thr.safetensors")
-    opts = SegmentOptions(inputs=paths, output=str(tmp / "out"), task="stroke", models=[model], device="cpu",
-                          probabilities=True, uncertainty=True)
-    return segment_case(opts)
+    settings = SegmentSettings(task="stroke", models=[model], device="cpu", probabilities=True, uncertainty=True)
+    return segment_case(paths, str(tmp / "out"), settings)
 
 
 def test_the_published_schema_is_the_generated_one():

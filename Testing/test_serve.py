@@ -408,8 +408,8 @@ def test_slicer_remote_run_reads_like_a_local_worker(server, case, tmp_path, mod
     from LesionFactorizerLib.modelfile import find_model
 
     # the module lists this computer's model files; the server is asked for the model by name
-    request = SegmentRequest("stroke", {"dwi": case["dwi"], "adc": case["adc"]}, tmp_path / "output",
-                             models=str(find_model("demo-stroke")), components=True, overview=False)
+    request = SegmentRequest.of("stroke", {"dwi": case["dwi"], "adc": case["adc"]}, tmp_path / "output",
+                                models=str(find_model("demo-stroke")), components=True, overview=False)
     run = RemoteRun(server.url, TOKENS[0], request)
     tracker, kinds = ProgressTracker(), []
     result = run.wait(callback=lambda e: (tracker.update(e), kinds.append(e.kind)))
@@ -424,8 +424,8 @@ def test_slicer_remote_run_reads_like_a_local_worker(server, case, tmp_path, mod
     unreachable = RemoteRun(f"http://127.0.0.1:{_free_port()}", TOKENS[0], request).wait()
     assert "cannot reach the segmentation server" in failure_message(unreachable)
 
-    full = SegmentRequest("stroke", {"dwi": case["full_dwi"], "adc": case["full_adc"]}, tmp_path / "cancelled",
-                          preset="best")
+    full = SegmentRequest.of("stroke", {"dwi": case["full_dwi"], "adc": case["full_adc"]}, tmp_path / "cancelled",
+                             preset="best")
     run = RemoteRun(server.url, TOKENS[0], full)
     while not [e for e in run.poll(0.2) if e.stage == "inference"]:
         assert run.running

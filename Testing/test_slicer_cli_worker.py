@@ -75,8 +75,8 @@ def test_real_worker_run_is_parsed_and_mapped_to_results(tmp_path):
     inputs = _write_case(tmp_path)
     model = _threshold_model(tmp_path / "threshold-test.safetensors")
     out = tmp_path / "out"
-    request = worker.SegmentRequest(task="stroke", inputs=inputs, output_dir=out, models=[str(model)],
-                                    device="cpu", preset="fast", probabilities=True, overview=False)
+    request = worker.SegmentRequest.of(task="stroke", inputs=inputs, output_dir=out, models=[str(model)],
+                                       device="cpu", preset="fast", probabilities=True, overview=False)
     events: list = []
     result = _run(request, events)
     assert result.succeeded, worker.failure_message(result) + "\n" + "\n".join(result.log)
@@ -127,8 +127,8 @@ def test_real_worker_run_is_parsed_and_mapped_to_results(tmp_path):
 def test_real_worker_error_reaches_the_user_as_one_line(tmp_path):
     inputs = _write_case(tmp_path)
     model = _threshold_model(tmp_path / "threshold-test.safetensors")
-    request = worker.SegmentRequest(task="stroke", inputs={"dwi": inputs["dwi"]}, output_dir=tmp_path / "out",
-                                    models=[str(model)], device="cpu")
+    request = worker.SegmentRequest.of(task="stroke", inputs={"dwi": inputs["dwi"]}, output_dir=tmp_path / "out",
+                                       models=[str(model)], device="cpu")
     events: list = []
     result = _run(request, events)
     assert result.returncode == 2
@@ -142,7 +142,7 @@ def test_cancelling_the_real_worker_leaves_no_outputs(tmp_path):
     inputs = _write_case(tmp_path)
     model = _threshold_model(tmp_path / "threshold-test.safetensors")
     out = tmp_path / "out"
-    request = worker.SegmentRequest(task="stroke", inputs=inputs, output_dir=out, models=[str(model)], device="cpu")
+    request = worker.SegmentRequest.of(task="stroke", inputs=inputs, output_dir=out, models=[str(model)], device="cpu")
     args = worker.build_segment_command(sys.executable, request)
     proc = worker.WorkerProcess(args, env=worker.worker_environment(os.environ, REPO))
     while proc.running:  # cancel as soon as the worker reports its first progress
@@ -164,8 +164,8 @@ def test_real_worker_component_maps_load_in_the_browser_format(tmp_path):
     model = tmp_path / "tiny-swin.safetensors"
     save_model_file(model, net, meta)
     out = tmp_path / "out"
-    request = worker.SegmentRequest(task="stroke", inputs=inputs, output_dir=out, models=[str(model)],
-                                    device="cpu", preset="balanced", components=True, overview=False)
+    request = worker.SegmentRequest.of(task="stroke", inputs=inputs, output_dir=out, models=[str(model)],
+                                       device="cpu", preset="balanced", components=True, overview=False)
     result = _run(request, [])
     assert result.succeeded, worker.failure_message(result) + "\n" + "\n".join(result.log[-15:])
     files = find_outputs(out, result.outputs)

@@ -46,15 +46,15 @@ def test_save_folder_checks(tmp_path):
 
 
 def test_the_worker_request_carries_format_and_dicom_seg(tmp_path):
-    request = worker.SegmentRequest(task="stroke", inputs={"dwi": tmp_path / "dwi", "adc": tmp_path / "a.nrrd"},
-                                    output_dir=tmp_path / "out", format="seg.nrrd", dicom_seg=True, overwrite=True)
+    request = worker.SegmentRequest.of(task="stroke", inputs={"dwi": tmp_path / "dwi", "adc": tmp_path / "a.nrrd"},
+                                       output_dir=tmp_path / "out", format="seg.nrrd", dicom_seg=True, overwrite=True)
     args = worker.build_segment_command("python", request)
     assert args[args.index("--format") + 1] == "seg.nrrd"
     assert "--dicom-seg" in args and "--overwrite" in args
-    assert "--dicom-seg" not in worker.build_segment_command("python", worker.SegmentRequest(
+    assert "--dicom-seg" not in worker.build_segment_command("python", worker.SegmentRequest.of(
         task="stroke", inputs={"dwi": "d", "adc": "a"}, output_dir="o"))
     with pytest.raises(ValueError, match="unknown format"):
-        worker.SegmentRequest(task="stroke", inputs={"dwi": "d"}, output_dir="o", format="dcm").validate()
+        worker.SegmentRequest.of(task="stroke", inputs={"dwi": "d"}, output_dir="o", format="dcm").validate()
 
 
 def test_the_dicom_seg_output_is_accepted_back(tmp_path):

@@ -19,7 +19,8 @@ def run(tmp_path_factory):
     """A real run: bright blob, dim blob, and a third small blob, with a 2-member ensemble + TTA."""
     from test_pipeline_data import save_threshold_model
 
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+    from LesionFactorizerLib.pipeline.segment import segment_case
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     tmp = tmp_path_factory.mktemp("nav")
     rng = np.random.default_rng(0)
@@ -35,8 +36,8 @@ def run(tmp_path_factory):
         sitk.WriteImage(sitk.GetImageFromArray(array), paths[name])
     models = [save_threshold_model(tmp / f"m{i}.safetensors", threshold=t * z_dim, patch=(16, 16, 16))
               for i, t in enumerate((0.5, 1.2))]
-    outputs = segment_case(SegmentOptions(inputs=paths, output=str(tmp / "out"), models=models, device="cpu",
-                                          tta=True, overview=False)).outputs
+    outputs = segment_case(paths, str(tmp / "out"), SegmentSettings(models=models, device="cpu", tta=True,
+                                                                    overview=False)).outputs
     return outputs
 
 

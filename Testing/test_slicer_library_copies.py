@@ -32,13 +32,13 @@ def test_device_choices_are_the_clis(worker):
                    if "--device" in a.option_strings)
     assert list(worker.DEVICES) == list(segment.choices)
     assert [value for value, _title in worker.DEVICE_CHOICES] == list(worker.DEVICES)
-    assert segment.default == worker.SegmentRequest("stroke", {"dwi": "d"}, "o").device
+    assert segment.default == worker.SegmentRequest.of("stroke", {"dwi": "d"}, "o").settings.device
 
 
 def test_output_format_is_one_the_cli_accepts(worker):
     from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS
 
-    assert worker.SegmentRequest("stroke", {"dwi": "d"}, "o").format == "nrrd"
+    assert worker.SegmentRequest.of("stroke", {"dwi": "d"}, "o").settings.format == "nrrd"
     assert "nrrd" in IMAGE_FORMATS
 
 

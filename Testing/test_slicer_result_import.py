@@ -62,8 +62,8 @@ def canned(tmp_path_factory):
     model = tmp / "tiny-swin.safetensors"
     save_model_file(model, net, meta)
     out = tmp / "out"
-    request = worker.SegmentRequest(task="stroke", inputs=inputs, output_dir=out, models=[str(model)], device="cpu",
-                                    components=True, probabilities=True, overview=False)
+    request = worker.SegmentRequest.of(task="stroke", inputs=inputs, output_dir=out, models=[str(model)], device="cpu",
+                                       components=True, probabilities=True, overview=False)
     args = worker.build_segment_command(sys.executable, request)
     result = worker.WorkerProcess(args, env=worker.worker_environment(os.environ, REPO), cwd=tmp).wait(
         poll_interval=0.05)

@@ -66,7 +66,7 @@ def test_format_eta():
 # ---- command line -------------------------------------------------------------------------------
 
 def test_build_segment_command_matches_the_contract(tmp_path):
-    request = worker.SegmentRequest(
+    request = worker.SegmentRequest.of(
         task="tumor", inputs={"flair": tmp_path / "a b/flair.nrrd", "t1": "/x/t1.nrrd"}, output_dir=tmp_path / "out",
         models=["m1.safetensors", "m2"], device="cpu", preset="fast", components=True, probabilities=True,
         tta=True, nmf_iters=3, skip_nmf=["bridge", "decoder1"], overwrite=True)
@@ -78,7 +78,7 @@ def test_build_segment_command_matches_the_contract(tmp_path):
     assert args[args.index("--progress") + 1] == "jsonl"
     for flag in ("--components", "--probabilities", "--tta", "--overwrite"):
         assert flag in args
-    minimal = worker.build_segment_command("py", worker.SegmentRequest("stroke", {"dwi": "d", "adc": "a"}, "o"))
+    minimal = worker.build_segment_command("py", worker.SegmentRequest.of("stroke", {"dwi": "d", "adc": "a"}, "o"))
     for flag in ("--components", "--probabilities", "--tta", "--overwrite", "--nmf-iters", "--skip-nmf", "--model"):
         assert flag not in minimal
 
@@ -88,10 +88,10 @@ def test_command_line_is_accepted_by_the_real_cli_parser(tmp_path):
     from LesionFactorizerLib.cli import build_parser
 
     parser = build_parser()
-    request = worker.SegmentRequest(task="tumor", inputs={"flair": "f.nii.gz", "t1": "t1.nii.gz"},
-                                    output_dir=tmp_path, models=["m"], device="cpu", preset="best",
-                                    components=True, probabilities=True, tta=True, nmf_iters=2,
-                                    skip_nmf=["encoder1"], overwrite=True, overview=False)
+    request = worker.SegmentRequest.of(task="tumor", inputs={"flair": "f.nii.gz", "t1": "t1.nii.gz"},
+                                       output_dir=tmp_path, models=["m"], device="cpu", preset="best",
+                                       components=True, probabilities=True, tta=True, nmf_iters=2,
+                                       skip_nmf=["encoder1"], overwrite=True, overview=False)
     args = parser.parse_args(worker.build_segment_command("py", request)[3:])
     assert args.overview is False and args.progress == "jsonl" and args.nmf_iters == 2
     assert args.command == "segment"
@@ -108,7 +108,7 @@ def test_impossible_requests_are_refused_with_a_message(change, message):
     fields = dict(task="tumor", inputs={"flair": "f"}, output_dir="o")
     fields.update(change)
     with pytest.raises(ValueError, match=message):
-        worker.build_segment_command("py", worker.SegmentRequest(**fields))
+        worker.build_segment_command("py", worker.SegmentRequest.of(**fields))
 
 
 def test_worker_environment_puts_the_library_first_without_touching_os_environ():
@@ -275,8 +275,8 @@ def test_speed_presets_come_from_the_library_and_every_one_is_accepted(tmp_path)
     assert not hasattr(worker, "PRESETS")
     parser = build_parser()
     for preset in SPEED_PRESETS:
-        request = worker.SegmentRequest(task="stroke", inputs={"dwi": "d", "adc": "a"}, output_dir=tmp_path,
-                                        preset=preset)
+        request = worker.SegmentRequest.of(task="stroke", inputs={"dwi": "d", "adc": "a"}, output_dir=tmp_path,
+                                           preset=preset)
         assert parser.parse_args(worker.build_segment_command("py", request)[3:]).preset == preset
 
 

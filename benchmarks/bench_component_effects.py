@@ -122,11 +122,12 @@ def crop_around_lesion(inputs: dict[str, str], label: Path, half_mm: float) -> d
 def run_case(name: str, inputs: dict, model: Path, out: Path, device: str, check: bool,
              layers: list[str] | None = None) -> dict:
     from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+    from LesionFactorizerLib.pipeline.segment import segment_case
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
-    report = segment_case(SegmentOptions(inputs=inputs, output=str(out), models=[str(model)], device=device,
-                                         components=True, effects=True, component_layers=layers,
-                                         overwrite=True)).report
+    report = segment_case(inputs, str(out), SegmentSettings(models=[str(model)], device=device, components=True,
+                                                            effects=True, component_layers=layers,
+                                                            overwrite=True)).report
     row = analyse(report)
     row["assumed_ratio"] = assumed_ratio(model, [e["layer"] for e in report["components"] if "effect_ranking" in e])
     best = row["best_effect"]

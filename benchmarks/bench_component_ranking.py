@@ -87,7 +87,7 @@ def main() -> int:
     from LesionFactorizerLib.modelfile import read_spec
     from LesionFactorizerLib.phantoms.samples import sample_case
     from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+    from LesionFactorizerLib.pipeline.segment import SegmentSettings, segment_case
 
     out = Path(args.out)
     results = {"device": args.device, "load_average": os.getloadavg(), "cases": {}}
@@ -97,8 +97,8 @@ def main() -> int:
         inputs = {n: sample["inputs"][n] for n in read_spec(model).inputs}
         case_dir = out / task
         t = time.monotonic()
-        report = segment_case(SegmentOptions(inputs=inputs, output=str(case_dir), models=[str(model)],
-                                             device=args.device, components=True, overwrite=True)).report
+        report = segment_case(inputs, str(case_dir), SegmentSettings(models=[str(model)], device=args.device,
+                                                                     components=True, overwrite=True)).report
         seg_s = time.monotonic() - t
         best = report.components_best
         entry = report.component_entry(best["layer"])

@@ -258,7 +258,8 @@ def main() -> int:
 
     from LesionFactorizerLib.demo import bundled_demo_model
     from LesionFactorizerLib.modelfile import read_spec
-    from LesionFactorizerLib.pipeline.segment import Segmenter, SegmentOptions
+    from LesionFactorizerLib.pipeline.segment import Segmenter
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-confidence-"))
     everything: dict = {"seed": args.seed, "cases_per_task": args.n, "tta": args.tta, "threshold": args.threshold,
@@ -267,9 +268,8 @@ def main() -> int:
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         model = bundled_demo_model(task)
         spacing = float(read_spec(model).preprocessing.spacing[0])
-        opts = SegmentOptions(inputs={}, output="", task=task, models=[str(model)], device=args.device,
-                              tta=args.tta, threshold=args.threshold, overview=False, overwrite=True)
-        segmenter = Segmenter(opts)
+        segmenter = Segmenter(SegmentSettings(task=task, models=[str(model)], device=args.device, tta=args.tta,
+                                              threshold=args.threshold, overview=False, overwrite=True))
         rows, t0 = [], time.perf_counter()
         for i in range(args.n):
             inputs, label = held_out_case(task, args.seed, i, spacing, work / task / f"case{i}", shift)

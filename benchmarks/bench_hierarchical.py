@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     from LesionFactorizerLib.evaluation.cohort import evaluate_arrays
     from LesionFactorizerLib.modelfile import load_model_file
     from LesionFactorizerLib.outputspec import OutputSpec
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+    from LesionFactorizerLib.pipeline.segment import segment_case
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     out = Path(a.out)
     loaded = [load_model_file(a.model)]
@@ -59,8 +60,8 @@ def main(argv=None) -> int:
     rule = OutputSpec.resolve(spec.task, spec.outputs.activation, spec.outputs.channels, spec.postprocessing.given())
     rows = []
     for cid, inputs, label, label_map in cases(out, a.phantoms):
-        res = segment_case(SegmentOptions(inputs={n: inputs[n] for n in spec.inputs}, output=str(out / cid),
-                                          task="tumor", overwrite=True, overview=False, probabilities=True),
+        res = segment_case({n: inputs[n] for n in spec.inputs}, str(out / cid),
+                           SegmentSettings(task="tumor", overwrite=True, overview=False, probabilities=True),
                            loaded=loaded).outputs
         arr = sitk.GetArrayFromImage(sitk.ReadImage(res["probabilities"])).astype(np.float32)
         written = np.moveaxis(arr, -1, 0) if arr.ndim == 4 else arr[None]   # probability_channels order

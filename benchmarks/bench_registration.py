@@ -93,7 +93,8 @@ def main() -> int:
     from LesionFactorizerLib.demo import bundled_demo_model
     from LesionFactorizerLib.evaluation.cohort import evaluate_files
     from LesionFactorizerLib.phantoms.motion import move_head, transform_error_mm, true_transform
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, Segmenter
+    from LesionFactorizerLib.pipeline.segment import Segmenter
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     model = str(bundled_demo_model("ms-new"))
     rows = []
@@ -120,13 +121,12 @@ def main() -> int:
 
             def run(tag, baseline_path, mode, truth=None):
                 nonlocal loaded
-                opts = SegmentOptions(inputs={"flair_baseline": str(baseline_path),
-                                              "flair_followup": files["inputs"]["flair_followup"]},
-                                      output=str(tmp / "out"), task="ms-new", models=[model], device=args.device,
-                                      preset="fast", register=mode, overview=False, overwrite=True)
-                seg = Segmenter(opts, loaded)
+                settings = SegmentSettings(task="ms-new", models=[model], device=args.device, preset="fast",
+                                           register=mode, overview=False, overwrite=True)
+                seg = Segmenter(settings, loaded)
                 t0 = time.perf_counter()
-                result = seg.segment(opts.inputs, opts.output, overwrite=True)
+                result = seg.segment({"flair_baseline": str(baseline_path),
+                                      "flair_followup": files["inputs"]["flair_followup"]}, tmp / "out", overwrite=True)
                 loaded = seg.loaded
                 scores = evaluate_files(result.outputs[OUTPUTS.segmentation.key], files["label"], "ms-new")
                 reg = result.report.registration or {}

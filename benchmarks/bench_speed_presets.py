@@ -71,7 +71,7 @@ def main() -> int:
     from LesionFactorizerLib.demo import bundled_demo_model
     from LesionFactorizerLib.modelfile import read_spec
     from LesionFactorizerLib.phantoms.samples import sample_case
-    from LesionFactorizerLib.pipeline.segment import Segmenter, SegmentOptions
+    from LesionFactorizerLib.pipeline.segment import Segmenter, SegmentSettings
 
     variants = [v.strip() for v in args.variants.split(",")]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-presets-"))
@@ -93,8 +93,8 @@ def main() -> int:
         segmenters = {}
         for v in variants:
             options = {k: x for k, x in VARIANTS[v].items() if k != "drop_branch"}
-            segmenters[v] = Segmenter(SegmentOptions(inputs={}, output="", task=task, models=[str(model)],
-                                                     device="cpu", tta=False, overview=False, overwrite=True, **options))
+            segmenters[v] = Segmenter(SegmentSettings(task=task, models=[str(model)], device="cpu", tta=False,
+                                                      overview=False, overwrite=True, **options))
             for loaded in segmenters[v].models():   # kept across cases: the Segmenter resets only skip
                 loaded.model.set_nmf(drop_branch=VARIANTS[v].get("drop_branch", []))
         if args.warmup:

@@ -79,7 +79,8 @@ def run_case(task: str, files: dict, out: Path) -> dict:
     import numpy as np
     import SimpleITK as sitk
 
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, Segmenter
+    from LesionFactorizerLib.pipeline.segment import Segmenter
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
     from LesionFactorizerLib.tasks import get_task
 
     truth = sitk.GetArrayFromImage(sitk.ReadImage(files["label"]))
@@ -88,10 +89,10 @@ def run_case(task: str, files: dict, out: Path) -> dict:
     for plan in ("sliding", "whole"):
         folder = out / plan
         inputs = {k: v for k, v in files["inputs"].items() if k in get_task(task).input_names}
-        opts = SegmentOptions(inputs=inputs, output=str(folder), task=task, device="cpu", windows=plan,
-                              components=True, overview=False, overwrite=True)
+        settings = SegmentSettings(task=task, device="cpu", windows=plan, components=True, overview=False,
+                                   overwrite=True)
         t = time.perf_counter()
-        result = Segmenter(opts).segment(inputs, folder)
+        result = Segmenter(settings).segment(inputs, folder)
         row[f"{plan}_s"] = round(time.perf_counter() - t, 2)
         row[f"{plan}_windows"] = result.report.settings["window_plan"]["windows"]
         labels[plan] = sitk.GetArrayFromImage(sitk.ReadImage(result.outputs[OUTPUTS.segmentation.key]))

@@ -124,7 +124,8 @@ def held_out_scores(task: str, model: Path, test_dir: Path, work: Path) -> dict:
 
     from LesionFactorizerLib.evaluation.cohort import evaluate_arrays, read_label
     from LesionFactorizerLib.modelfile import load_model_file
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+    from LesionFactorizerLib.pipeline.segment import segment_case
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
     from LesionFactorizerLib.datasets import convert_labels, discover
 
     loaded = [load_model_file(model)]
@@ -132,9 +133,8 @@ def held_out_scores(task: str, model: Path, test_dir: Path, work: Path) -> dict:
     rows, seconds = [], []
     for case in discover(LAYOUT[task], test_dir, task):
         t0 = time.perf_counter()
-        out = segment_case(SegmentOptions(inputs={n: case.images[n].path for n in inputs},
-                                          output=str(work / "held-out" / task / case.id), task=task,
-                                          overwrite=True, overview=False), loaded=loaded)
+        out = segment_case({n: case.images[n].path for n in inputs}, str(work / "held-out" / task / case.id),
+                           SegmentSettings(task=task, overwrite=True, overview=False), loaded=loaded)
         seconds.append(time.perf_counter() - t0)
         pred, _, _ = read_label(out["segmentation"])
         ref_img = sitk.ReadImage(case.label)

@@ -229,9 +229,9 @@ class JobsMixin:
             outputDir = Path(saveFolder) if saveFolder else tempDir / "output"
             if saveFolder:
                 settings.setdefault("format", exportsLib.DEFAULT_SAVE_FORMAT)
-            request = workerLib.SegmentRequest(task, inputFiles, outputDir,
-                                               **{"components": True, **settings, "overview": False,
-                                                  "overwrite": bool(saveOverwrite)})
+            request = workerLib.SegmentRequest.of(task, inputFiles, outputDir,
+                                                  **{"components": True, **settings, "overview": False,
+                                                     "overwrite": bool(saveOverwrite)})
             process = self._launch(request)
             job = Job(process, tempDir,
                       finish=lambda job: self._finishJob(job, taskDef, nodes, outputSegmentation, outputDir,

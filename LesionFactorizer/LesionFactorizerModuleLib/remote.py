@@ -35,11 +35,11 @@ def server_settings(request: SegmentRequest) -> dict[str, Any]:
     """The request's segment settings as the server takes them: what it decides left out, models by name."""
     from LesionFactorizerLib.pipeline.settings import BY_NAME
 
-    if request.options.get("dicom_seg"):
+    if request.settings.dicom_seg:
         raise ValueError("A DICOM SEG is made where the DICOM series is: choose 'Process on: This computer' "
                          "for it.")
-    values = {k: v for k, v in request.settings().items()
-              if k in BY_NAME and k not in SERVER_DECIDES and v not in (None, [], BY_NAME[k].default)}
+    values = {k: v for k, v in request.settings.values().items()
+              if k not in SERVER_DECIDES and v not in (None, [], BY_NAME[k].default)}
     if values.get("models"):   # the module lists this computer's model files; the server knows them by name
         values["models"] = [Path(m).stem if str(m).endswith(".safetensors") else str(m) for m in values["models"]]
     return values

@@ -44,61 +44,53 @@ _INPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 WORKER_DEFAULTS: dict[str, Any] = {"format": "nrrd", "progress": "jsonl"}
 
 
+@dataclass(frozen=True)
 class SegmentRequest:
-    """Everything one ``segment`` run needs: the task, its input files, the output folder and any
-    of the segment settings (``LesionFactorizerLib.pipeline.settings.OPTIONS``, by option name; a
-    setting not given keeps its default). ``request.device`` etc. read a setting."""
+    """Everything one ``segment`` run needs: its input files, the output folder and the segment
+    settings (``LesionFactorizerLib.pipeline.settings.SegmentSettings``), the task among them;
+    :meth:`of` makes one from the task and setting names with the module's defaults."""
 
-    def __init__(self, task: str, inputs: Mapping[str, str | os.PathLike], output_dir: str | os.PathLike,
-                 **options: Any):
-        unknown = sorted(set(options) - set(settings.BY_NAME) - {"task"})
+    inputs: Mapping[str, str | os.PathLike]
+    output_dir: str | os.PathLike
+    settings: settings.SegmentSettings
+
+    @classmethod
+    def of(cls, task: str, inputs: Mapping[str, str | os.PathLike], output_dir: str | os.PathLike,
+           **values: Any) -> SegmentRequest:
+        """``values``: setting name → value; a setting not given keeps its default (``WORKER_DEFAULTS``
+        over the library's)."""
+        unknown = sorted(set(values) - set(settings.BY_NAME) - {"task"})
         if unknown:
             raise ValueError(f"Unknown segment setting(s) {', '.join(unknown)}; settings are: "
                              f"{', '.join(o.name for o in settings.OPTIONS if o.name != 'task')}.")
-        self.task = task
-        self.inputs = dict(inputs)
-        self.output_dir = output_dir
-        models = options.get("models")
-        if isinstance(models, (str, os.PathLike)):   # one model given as such
-            options["models"] = [models]
-        self.options = {**{o.name: o.default for o in settings.OPTIONS if o.name != "task"},
-                        **WORKER_DEFAULTS, **options}
+        return cls(dict(inputs), output_dir, settings.SegmentSettings(**{**WORKER_DEFAULTS, **values, "task": task}))
 
-    def __getattr__(self, name: str) -> Any:
-        options = self.__dict__.get("options", {})
-        if name in options:
-            return options[name]
-        raise AttributeError(name)
+    @property
+    def task(self) -> str:
+        return self.settings.task
 
     def validate(self) -> None:
         """Raise ValueError with a user-readable message for an impossible request."""
         if not self.task:
-            raise ValueError("No task selected; choose tumor, stroke or ms-new.")
+            raise ValueError(f"No task selected; choose {settings.TASK_NAMES}.")
         if not self.inputs:
             raise ValueError("No input volumes given.")
         for name in self.inputs:
             if not _INPUT_NAME.match(name):
                 raise ValueError(f"Input name {name!r} is not valid; use the task's input names.")
         try:
-            settings.check(self.settings())
+            self.settings.check()
         except UserError as exc:
             raise ValueError(str(exc)) from None
-
-    def settings(self) -> dict[str, Any]:
-        """The request as segment settings (option name → value)."""
-        values = {"task": self.task, **self.options}
-        values["models"] = [os.fspath(m) for m in values["models"] or ()]
-        return values
 
 
 def build_segment_command(python: str | os.PathLike, request: SegmentRequest) -> list[str]:
     """The worker's argument list (no shell, so paths with spaces are safe)."""
     request.validate()
-    args = [str(python), "-m", "LesionFactorizerLib", "segment", "--task", request.task]
+    args = [str(python), "-m", "LesionFactorizerLib", "segment", *request.settings.to_argv()]
     for name, path in request.inputs.items():
         args += ["--input", f"{name}={os.fspath(path)}"]
-    args += ["--output", os.fspath(request.output_dir)]
-    return args + settings.to_argv({k: v for k, v in request.settings().items() if k != "task"})
+    return args + ["--output", os.fspath(request.output_dir)]
 
 
 @dataclass

@@ -382,16 +382,16 @@ class _CaseRunner:
         self.segmenter = None
 
     def run(self, case_id: str, inputs: dict[str, str], output: str, redo: bool) -> tuple[str, str, float]:
-        from LesionFactorizerLib.cli.segment import options_from_args
         from LesionFactorizerLib.pipeline.progress import Progress
         from LesionFactorizerLib.pipeline.segment import Segmenter
+        from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
         t0 = time.monotonic()
         try:
             if self.segmenter is None:   # one Segmenter for the cohort: the models load once
-                opts = options_from_args(self.args)
-                opts.task, opts.device, opts.models = self.task, self.device, [str(p) for p in self.paths]
-                self.segmenter = Segmenter(opts)
+                settings = SegmentSettings.from_args(self.args).but(task=self.task, device=self.device,
+                                                                    models=[str(p) for p in self.paths])
+                self.segmenter = Segmenter(settings)
             self.segmenter.segment(inputs, output, self.args.overwrite or redo, Progress("none"))
             return "done", "", time.monotonic() - t0
         except UserError as exc:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from LesionFactorizerLib.reportspec import COUNTERFACTUAL_OUTPUTS, FOLDER_KEY
+from LesionFactorizerLib.reportspec import FOLDER_KEY
 
 NAME = "counterfactual"
 HELP = ("drop one NMF component of an earlier `segment --components` run and show how the lesion changes "
@@ -14,7 +14,7 @@ HELP = ("drop one NMF component of an earlier `segment --components` run and sho
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from LesionFactorizerLib.pipeline.settings import BY_NAME, DEVICES, PROGRESS
+    from LesionFactorizerLib.pipeline.settings import add_options
 
     parser.add_argument("result_dir", metavar="RESULT_DIR", help="output folder of a `segment` run (has report.json)")
     parser.add_argument("--layer", help="NMF layer, e.g. decoder1 (default: the layer of the component with the "
@@ -32,8 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "<layer>-keep-<component> or <layer>-skipped)")
     parser.add_argument("--input", "-i", action="append", default=[], metavar="NAME=PATH",
                         help="where an input of the run is now, if it moved (must be the same file)")
-    parser.add_argument("--device", choices=list(DEVICES), default="auto", help=BY_NAME["device"].help)
-    parser.add_argument("--progress", choices=list(PROGRESS), default="bar", help=BY_NAME["progress"].help)
+    add_options(parser, ("device", "progress"))
     parser.add_argument("--no-picture", dest="picture", action="store_false",
                         help="do not draw difference.png (e.g. when a viewer shows the difference)")
     parser.add_argument("--trust-inputs", action="store_true",
@@ -44,26 +43,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from LesionFactorizerLib.errors import UserError
     from LesionFactorizerLib.pipeline.progress import Progress, terminate_cleanly
 
     terminate_cleanly()
     progress = Progress(args.progress)
     with progress.errors_reported():
-        from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
+        from LesionFactorizerLib.cli.segment import parse_inputs
+        from LesionFactorizerLib.pipeline.groups import DropComponent
+        from LesionFactorizerLib.pipeline.segment import Segmenter
 
-        inputs = {}
-        for item in args.input:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise UserError(f"--input {item!r}: give NAME=PATH, e.g. --input flair=/data/flair.nii.gz")
-            inputs[name] = path
-        outputs = run_counterfactual(args.result_dir, args.layer, args.component, args.output, inputs,
-                                     args.device, args.overwrite, progress, args.picture,
-                                     args.trust_inputs, args.mode)
+        segmenter = Segmenter.from_report(args.result_dir, DropComponent(args.layer, args.component, args.mode),
+                                          parse_inputs(args.input), args.device, args.trust_inputs, args.picture)
+        cf = segmenter.counterfactual
+        result = segmenter.segment(cf.source.inputs, args.output or cf.default_output(), args.overwrite, progress)
+    outputs, summary = result.outputs, result.report   # the report of a counterfactual: counterfactual.json
     progress.done(outputs)
     if args.progress == "bar":
-        summary = json.loads(open(outputs[COUNTERFACTUAL_OUTPUTS.summary.key], encoding="utf-8").read())
         from LesionFactorizerLib.pipeline.groups import describe
 
         why = {"effect": " (the largest effect of `segment --effects`)",

@@ -12,13 +12,13 @@ HELP = ("segment the bundled sample case of each task with its bundled demo mode
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from LesionFactorizerLib.demo import DEFAULT_OUT, DEMO_TASKS
+    from LesionFactorizerLib.pipeline.settings import add_options
 
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help=f"results folder, one sub-folder per task (default: ./{DEFAULT_OUT})")
     parser.add_argument("--tasks", default=",".join(DEMO_TASKS), metavar="T,...",
                         help=f"comma-separated subset of {', '.join(DEMO_TASKS)} (default: all)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="auto picks CUDA, then MPS, then CPU")
+    add_options(parser, ("device",))
     parser.add_argument("--overwrite", action="store_true",
                         help="replace results in an --out folder that the demo did not write")
 

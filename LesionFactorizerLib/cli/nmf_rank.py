@@ -31,11 +31,12 @@ def _case_matrices(args: argparse.Namespace, layers: list[str] | None) -> dict:
     from LesionFactorizerLib.errors import UserError
     from LesionFactorizerLib.modelfile import find_model, read_spec
     from LesionFactorizerLib.nn.rank_choice import layer_matrices
-    from LesionFactorizerLib.pipeline.segment import Segmenter, SegmentOptions
+    from LesionFactorizerLib.pipeline.segment import Segmenter
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     task = read_spec(find_model(args.model)).task
     inputs = parse_inputs(args.input, task)
-    seg = Segmenter(SegmentOptions(inputs=inputs, output="", task=task.name, models=[args.model], device="cpu"))
+    seg = Segmenter(SegmentSettings(task=task.name, models=[args.model], device="cpu"))
     warnings: list[str] = []
     seg.check_inputs(inputs, warnings)
     model = seg.models()[0].model

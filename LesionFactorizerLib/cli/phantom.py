@@ -63,8 +63,10 @@ def _one_line_error(message: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from LesionFactorizerLib.pipeline.settings import TASK_NAMES
+
     parser.error = _one_line_error   # type: ignore[method-assign]  (no usage block before the message)
-    parser.add_argument("--task", required=True, help="tumor, stroke or ms-new")
+    parser.add_argument("--task", required=True, help=TASK_NAMES)
     parser.add_argument("--n", type=whole_number("--n"), default=1, help="number of cases (default 1)")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--seed", type=whole_number("--seed"), default=0,

@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_segment_options(parser)
 
 
-def parse_inputs(items: list[str], task) -> dict[str, str]:
-    """``NAME=PATH`` pairs, plus bare paths assigned by ``task``'s file-name patterns."""
+def parse_inputs(items: list[str], task=None) -> dict[str, str]:
+    """``NAME=PATH`` pairs, plus bare paths assigned by ``task``'s file-name patterns (None: only pairs)."""
     named, bare = {}, []
     for item in items:
         name, sep, path = item.partition("=")
@@ -39,6 +39,8 @@ def parse_inputs(items: list[str], task) -> dict[str, str]:
             named[name] = path
         else:
             bare.append(item)
+    if bare and task is None:
+        raise UserError(f"--input {bare[0]!r}: give NAME=PATH, e.g. --input flair=/data/flair.nii.gz")
     if bare:
         matched = task.match_inputs(bare)
         unmatched = [b for b in bare if b not in matched.values()]
@@ -52,19 +54,6 @@ def parse_inputs(items: list[str], task) -> dict[str, str]:
     return named
 
 
-def options_from_args(args: argparse.Namespace, inputs: dict[str, str] | None = None, output: str = ""):
-    """The run's :class:`SegmentOptions` from parsed segment-settings options."""
-    from dataclasses import fields
-
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions
-    from LesionFactorizerLib.pipeline.settings import BY_NAME, split_list
-
-    given = {f.name: getattr(args, f.name) for f in fields(SegmentOptions) if f.name in BY_NAME}
-    given.update({name: split_list(given[name]) for name, o in BY_NAME.items() if o.listed})
-    given["components"] = given["components"] or bool(given["component_layers"])
-    return SegmentOptions(inputs=dict(inputs or {}), output=output, **given)
-
-
 def run(args: argparse.Namespace) -> int:
     from LesionFactorizerLib.pipeline.progress import Progress, terminate_cleanly
 
@@ -72,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(args.progress)
     with progress.errors_reported():
         from LesionFactorizerLib.pipeline.segment import Segmenter
+        from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
-        segmenter = Segmenter(options_from_args(args))
+        segmenter = Segmenter(SegmentSettings.from_args(args))
         inputs = parse_inputs(args.input, segmenter.task)
         outputs = segmenter.segment(inputs, args.output, args.overwrite, progress).outputs
     progress.done(outputs)

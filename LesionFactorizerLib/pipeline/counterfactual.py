@@ -192,125 +192,160 @@ def check_choice(source: Source, layer: str, component: int) -> None:
                         f"{int(entry['components']) - 1}")
 
 
+class Counterfactual:
+    """The counterfactual mode of a :class:`~LesionFactorizerLib.pipeline.segment.Segmenter`
+    (``Segmenter.from_report``): the recorded run it repeats, the one change (layer, component,
+    mode), what chose it, and what it checks and writes at the Segmenter's stages."""
+
+    def __init__(self, source: Source, layer: str, component: int | None, mode: str, chosen_by: str,
+                 picture: bool):
+        self.source, self.layer, self.component, self.mode = source, layer, component, mode
+        self.chosen_by, self.picture = chosen_by, picture
+        self.notes = [f"{what} has no recorded checksum: used as given (--trust-inputs)" for what in source.unchecked]
+
+    @classmethod
+    def of(cls, folder: str | Path, change, inputs: dict[str, str] | None, trust_inputs: bool,
+           picture: bool) -> Counterfactual:
+        """The run in ``folder`` (checked, :func:`read_source`) and ``change`` (``groups.DropComponent``)
+        with its layer and component chosen and checked against what the run recorded."""
+        from LesionFactorizerLib.pipeline.groups import MODES
+
+        source = read_source(folder, inputs, trust_inputs)
+        if change.mode not in MODES:
+            raise UserError(f"unknown counterfactual mode {change.mode!r}; choose one of {', '.join(MODES)}")
+        if change.mode == "skip" and change.layer is None:
+            raise UserError("give --layer: which NMF layer to short-circuit")
+        layer, component, chosen_by = choose(source, change.layer, 0 if change.mode == "skip" else change.component)
+        check_choice(source, layer, component)
+        return cls(source, layer, None if change.mode == "skip" else component, change.mode, chosen_by, picture)
+
+    def settings(self, device: str):
+        """The recorded run's settings, on ``device``, writing only the segmentation (in the run's format)."""
+        from LesionFactorizerLib.pipeline.settings import SegmentSettings
+
+        # windows batched as recorded or by default (auto): the same labels as one at a time (tested)
+        return SegmentSettings.from_report(self.source.report).but(
+            models=self.source.models, device=device, format=self.source.format, overview=False, components=False,
+            component_layers=None, effects=False, probabilities=False, uncertainty=False, dicom_seg=False)
+
+    def default_output(self) -> Path:
+        return default_output(self.source, self.layer, self.component, self.mode)
+
+    def claims(self) -> list[str]:
+        from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS
+
+        return COUNTERFACTUAL_OUTPUTS.claims(IMAGE_FORMATS.values())
+
+    def check_output(self, final: Path) -> None:
+        check_output(self.source, final)
+
+    def describe(self) -> str:
+        from LesionFactorizerLib.pipeline.groups import describe
+
+        return describe(self.layer, self.component, self.mode)
+
+    def check_inputs(self, case) -> None:
+        """The inputs read are the files the segmentation was made from."""
+        for item in case.inputs:
+            recorded = self.source.checksums[item.name]
+            if recorded and item.sha256 != recorded:
+                raise UserError(f"input {item.name} ({item.path}) is not the file the segmentation was made from "
+                                f"(its SHA-256 differs); give the original with --input {item.name}=PATH")
+
+    def check_models(self, segmenter) -> None:
+        """The models loaded are the run's files, and the chosen layer and component exist in them."""
+        for m, path in zip(segmenter.loaded, self.source.models):
+            if self.source.checksums[path] and m.sha256 != self.source.checksums[path]:
+                raise UserError(f"model file {m.path} changed since the segmentation (SHA-256 differs); segment again")
+        model = segmenter.component_model
+        if model is None:
+            raise UserError(f"model {segmenter.loaded[0].name} is not a Factorizer: it has no NMF components to drop")
+        names = [n for n, _ in model.component_layers]
+        if self.layer not in names:
+            raise UserError(f"unknown layer {self.layer!r}; layers are: {', '.join(names)}")
+        if self.layer in (segmenter.settings["skip_nmf"] or []):
+            raise UserError(f"layer {self.layer} was short-circuited in the segmentation (--skip-nmf or preset); "
+                            "choose another layer")
+        count = component_count(model, self.layer)
+        if self.component is not None and not 0 <= self.component < count:
+            raise UserError(f"--component {self.component} is out of range: layer {self.layer} has components 0 to "
+                            f"{count - 1}")
+
+    def variant(self, segmenter):
+        """The inference stage's context: the change applied to the network with components."""
+        from LesionFactorizerLib.pipeline.groups import variant
+
+        return variant(segmenter.component_model, self.layer, self.component, self.mode)
+
+    def compare(self, segmenter, case, prediction, after: np.ndarray) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """counterfactual.json's comparison with the recorded segmentation, the labels before, the difference."""
+        from LesionFactorizerLib.pipeline.groups import NOTES
+
+        before = _read_labels(self.source.segmentation, case.reference)
+        difference = difference_map(before, after)
+        summary = _summary(self.source, self.layer, self.component, before, after, difference,
+                           case.reference.geometry, segmenter.task, prediction.device)
+        summary.update({"mode": self.mode, "chosen_by": self.chosen_by,
+                        "effect": next((r for r in self.source.ranking_of(self.layer, "effect_ranking")
+                                        if self.mode == "drop" and r["component"] == self.component), None)})
+        if self.mode != "drop":
+            summary["note"] = NOTES[self.mode]
+        return summary, before, difference
+
+    def write(self, segmenter, out, case, prediction, seg, log):
+        """The write stage: segmentation, difference (+ picture) and counterfactual.json into ``out``,
+        read back, then committed; returns the Segmenter's ``Result`` (report: counterfactual.json)."""
+        from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, map_suffix
+        from LesionFactorizerLib.pipeline.segment import Result
+
+        log.progress.stage("write", "writing the counterfactual")
+        t = time.monotonic()
+        after, seg.labels = seg.labels, None
+        summary, before, difference = self.compare(segmenter, case, prediction, after)
+        # the segmentation in the run's format; the difference (not the task's labels) as its maps
+        ext, diff_ext = IMAGE_FORMATS[self.source.format], map_suffix(self.source.format)
+        written = {o.key: o.file_name(ext, diff_ext) for o in COUNTERFACTUAL_OUTPUTS if self.picture or o.required}
+        with out as tmp:
+            _write_labels(after, case.reference.image, tmp / written[COUNTERFACTUAL_OUTPUTS.segmentation.key],
+                          segmenter.task)
+            _write_labels(difference, case.reference.image, tmp / written[COUNTERFACTUAL_OUTPUTS.difference.key])
+            lesion = summary["lesion"]
+            if self.picture:
+                write_difference_png(tmp / written[COUNTERFACTUAL_OUTPUTS.picture.key], case.reference, before, difference,
+                                     f"{segmenter.task.title}: {self.describe()} — lesion "
+                                     f"{lesion['before_ml']:.2f} → {lesion['after_ml']:.2f} mL "
+                                     f"({lesion['delta_ml']:+.2f} mL)")
+            timings = log.timings
+            timings["write"] = time.monotonic() - t
+            timings["total"] = time.monotonic() - log.t_start
+            timings["cpu_total"] = time.process_time() - log.cpu_start   # CPU seconds of this process (all threads)
+            summary.update({"timings_s": {k: round(v, 3) for k, v in timings.items()},
+                            "sw_batch_size": prediction.sw_batch_size, "outputs": written,
+                            "warnings": list(log.warnings)})
+            _write_json_checked(tmp / written[COUNTERFACTUAL_OUTPUTS.summary.key], summary)
+            out.commit()
+        outputs = {k: str(out.final / v) for k, v in written.items()}
+        outputs[FOLDER_KEY] = str(out.final)
+        return Result(summary, outputs)
+
+
 def run_counterfactual(folder: str | Path, layer: str | None = None, component: int | None = None,
                        output: str | Path | None = None, inputs: dict[str, str] | None = None,
                        device: str = "auto", overwrite: bool = False, progress=None,
                        picture: bool = True, trust_inputs: bool = False, mode: str = "drop") -> dict[str, str]:
-    """Segment the case of the run in ``folder`` again without one component; returns the outputs'
-    absolute paths (``dir``: the output folder). ``picture=False`` skips difference.png (Slicer
-    shows the difference itself; drawing it costs ~1 s of the click). ``trust_inputs``: run on
-    inputs and models the report records no checksum of (with a warning). ``mode``
-    (``groups.MODES``): ``keep`` keeps only that component in its layer, ``skip`` short-circuits
-    the whole layer."""
-    from LesionFactorizerLib.pipeline.groups import MODES, NOTES, describe, variant
-    from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, AtomicOutput, map_suffix
-    from LesionFactorizerLib.pipeline.progress import Progress, Warnings
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, Segmenter
+    """Segment the case of the run in ``folder`` again with one change (``mode``, ``groups.MODES``:
+    ``drop`` leaves ``component`` out of ``layer``, ``keep`` keeps only it, ``skip`` short-circuits
+    the whole layer) through ``Segmenter.from_report``; returns the outputs' absolute paths
+    (``dir``: the output folder). ``picture=False`` skips difference.png (Slicer shows the
+    difference itself). ``trust_inputs``: run on inputs and models the report records no checksum
+    of (with a warning)."""
+    from LesionFactorizerLib.pipeline.groups import DropComponent
+    from LesionFactorizerLib.pipeline.segment import Segmenter
 
-    progress = progress or Progress("none")
-    warnings = Warnings(progress)
-    timings: dict[str, float] = {}
-    t_start, cpu_start = time.monotonic(), time.process_time()
-    progress.stage("read", "reading the earlier run")
-    source = read_source(folder, inputs, trust_inputs)
-    for what in source.unchecked:
-        warnings.append(f"{what} has no recorded checksum: used as given (--trust-inputs)")
-    if mode not in MODES:
-        raise UserError(f"unknown counterfactual mode {mode!r}; choose one of {', '.join(MODES)}")
-    if mode == "skip" and layer is None:
-        raise UserError("give --layer: which NMF layer to short-circuit")
-    layer, component, chosen_by = choose(source, layer, 0 if mode == "skip" else component)
-    check_choice(source, layer, component)
-    component = None if mode == "skip" else component
-    settings = source.recorded.settings
-    # the segmentation in the run's format; the difference (not the task's labels) as its maps
-    ext, diff_ext = IMAGE_FORMATS[source.format], map_suffix(source.format)
-    out = AtomicOutput(output or default_output(source, layer, component, mode),
-                       COUNTERFACTUAL_OUTPUTS.claims(IMAGE_FORMATS.values()), overwrite)
-    check_output(source, out.final)
-    out.check()
-    opts = SegmentOptions(
-        inputs=source.inputs, output=str(out.final), task=source.recorded.task, models=source.models,
-        device=device, preset=settings.get("preset") or "balanced", tta=settings.get("tta"),
-        nmf_iters=settings.get("nmf_iters"), skip_nmf=settings.get("skip_nmf"), overlap=settings.get("overlap"),
-        windows=settings.get("windows", "sliding"),   # a report without it predates window plans: sliding ran
-        threshold=settings.get("threshold"), min_lesion_mm3=settings.get("min_lesion_mm3"),
-        sw_batch_size=settings.get("sw_batch_size"),
-        register=source.recorded.register, format=source.format, overview=False)
-    seg = Segmenter(opts)   # windows batched by default (auto): the same labels as one at a time (tested)
-    t = time.monotonic()
-    seg.check_inputs(source.inputs, warnings)
-    case = seg.read(source.inputs, warnings)
-    for item in case.inputs:
-        if source.checksums[item.name] and item.sha256 != source.checksums[item.name]:
-            raise UserError(f"input {item.name} ({item.path}) is not the file the segmentation was made from "
-                            f"(its SHA-256 differs); give the original with --input {item.name}=PATH")
-    timings["read"] = time.monotonic() - t
-
-    progress.stage("model", "loading model")
-    t = time.monotonic()
-    seg.prepare_models(warnings)
-    for m, path in zip(seg.loaded, source.models):
-        if source.checksums[path] and m.sha256 != source.checksums[path]:
-            raise UserError(f"model file {m.path} changed since the segmentation (SHA-256 differs); segment again")
-    model = seg.component_model
-    if model is None:
-        raise UserError(f"model {seg.loaded[0].name} is not a Factorizer: it has no NMF components to drop")
-    names = [n for n, _ in model.component_layers]
-    if layer not in names:
-        raise UserError(f"unknown layer {layer!r}; layers are: {', '.join(names)}")
-    if layer in (seg.settings["skip_nmf"] or []):
-        raise UserError(f"layer {layer} was short-circuited in the segmentation (--skip-nmf or preset); choose "
-                        "another layer")
-    count = component_count(model, layer)
-    if component is not None and not 0 <= component < count:
-        raise UserError(f"--component {component} is out of range: layer {layer} has components 0 to {count - 1}")
-    timings["model"] = time.monotonic() - t
-
-    with progress.timed("preprocess", "cropping, normalising, resampling", timings):
-        prep, roi = seg.prepare(case)
-    with progress.timed("inference", describe(layer, component, mode), timings), \
-            variant(model, layer, component, mode):
-        prediction = seg.predict(prep, roi, warnings, progress)
-    with progress.timed("postprocess", "labels and the difference", timings):
-        result = seg.postprocess(prep, prediction, case)
-        before = _read_labels(source.segmentation, case.reference)
-        after = result.labels
-        difference = difference_map(before, after)
-        summary = _summary(source, layer, component, before, after, difference, case.reference.geometry, seg.task,
-                           prediction.device)
-        summary.update({"mode": mode, "chosen_by": chosen_by,
-                        "effect": next((r for r in source.ranking_of(layer, "effect_ranking")
-                                        if mode == "drop" and r["component"] == component), None)})
-        if mode != "drop":
-            summary["note"] = NOTES[mode]
-
-    progress.stage("write", "writing the counterfactual")
-    t = time.monotonic()
-    written = {o.key: o.file_name(ext, diff_ext) for o in COUNTERFACTUAL_OUTPUTS if picture or o.required}
-    with out as tmp:
-        _write_labels(after, case.reference.image, tmp / written[COUNTERFACTUAL_OUTPUTS.segmentation.key], seg.task)
-        _write_labels(difference, case.reference.image, tmp / written[COUNTERFACTUAL_OUTPUTS.difference.key])
-        lesion = summary["lesion"]
-        if picture:
-            write_difference_png(tmp / written[COUNTERFACTUAL_OUTPUTS.picture.key], case.reference, before, difference,
-                                 f"{seg.task.title}: {describe(layer, component, mode)} — lesion "
-                                 f"{lesion['before_ml']:.2f} → {lesion['after_ml']:.2f} mL ({lesion['delta_ml']:+.2f} mL)")
-        timings["write"] = time.monotonic() - t
-        timings["total"] = time.monotonic() - t_start
-        timings["cpu_total"] = time.process_time() - cpu_start   # CPU seconds of this process (all threads)
-        summary.update({"timings_s": {k: round(v, 3) for k, v in timings.items()},
-                        "sw_batch_size": prediction.sw_batch_size,
-                        "outputs": written, "warnings": list(warnings)})
-        path = tmp / written[COUNTERFACTUAL_OUTPUTS.summary.key]
-        path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        if json.loads(path.read_text(encoding="utf-8")) != summary:
-            raise UserError(f"writing {path.name} failed (it reads back different); free disk space or choose "
-                            "another output folder")
-        out.commit()
-    outputs = {k: str(out.final / v) for k, v in written.items()}
-    outputs[FOLDER_KEY] = str(out.final)
-    return outputs
+    segmenter = Segmenter.from_report(folder, DropComponent(layer, component, mode), inputs, device, trust_inputs,
+                                      picture)
+    cf = segmenter.counterfactual
+    return segmenter.segment(cf.source.inputs, output or cf.default_output(), overwrite, progress).outputs
 
 
 def write_difference_png(path: Path, reference, before: np.ndarray, difference: np.ndarray, title: str) -> None:
@@ -405,6 +440,13 @@ def _summary(source: Source, layer: str, component: int, before, after, differen
         "note": "segmentation with this NMF component left out of its layer's reconstruction, compared with the "
                 "segmentation of the source run; everything else as recorded in its report.json",
     }
+
+
+def _write_json_checked(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    if json.loads(path.read_text(encoding="utf-8")) != data:
+        raise UserError(f"writing {path.name} failed (it reads back different); free disk space or choose "
+                        "another output folder")
 
 
 def _read_labels(path: Path, reference) -> np.ndarray:

@@ -12,12 +12,24 @@ Torch-free at import: these only switch attributes of a loaded network.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 MODES = ("drop", "keep", "skip")   # counterfactual --keep / --whole-layer; drop is the default
 NOTES = {"keep": "segmentation with this NMF layer reconstructing its input from this one component alone, compared "
                  "with the segmentation of the source run; everything else as recorded in its report.json",
          "skip": "segmentation with this whole NMF layer short-circuited (the network's --skip-nmf switch), compared "
                  "with the segmentation of the source run; everything else as recorded in its report.json"}
+
+
+@dataclass(frozen=True)
+class DropComponent:
+    """The counterfactual's one change to a recorded run (``Segmenter.from_report``): ``mode`` (one
+    of :data:`MODES`) applied to ``component`` of NMF ``layer``. None: chosen from the run's
+    rankings (``counterfactual.choose``); ``skip`` needs the layer and takes no component."""
+
+    layer: str | None = None
+    component: int | None = None
+    mode: str = "drop"
 
 
 @contextlib.contextmanager

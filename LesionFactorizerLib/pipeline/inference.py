@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.pipeline.settings import DEVICES, one_of
 
 # Mirror TTA: identity plus a flip of each spatial axis (4 passes). All 8 flip combinations
 # cost twice as much for a marginal gain on these tasks.
@@ -37,8 +38,8 @@ def resolve_device(name: str):
         raise UserError("--device cuda was requested but no CUDA GPU is available to torch; use --device auto or cpu")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserError("--device mps was requested but Apple MPS is not available; use --device auto or cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+    if name not in DEVICES:
+        raise UserError(f"unknown device {name!r}; choose {one_of(DEVICES)}")
     return torch.device(name)
 
 
@@ -110,7 +111,7 @@ class InferenceResult:
     strides: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"
     passes: int = 0
-    backend: str = "eager"                          # how the network ran (report.json "backend")
+    backend: str = "eager"                          # how the network ran (report.json "backend_ran")
     window_nmf: str = "not used"                    # what ran the eager window NMF (nn/native.status)
     threads: int = 0
     sw_batch_size: int = 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from LesionFactorizerLib.pipeline.settings import OPTIONS, REPORTED_ELSEWHERE, json_types
 from LesionFactorizerLib.reportspec import REPORT_NAME, Damaged, RecordedFile, Report, field_value, read_report
 
 LESION_COLUMNS = ("id", "voxels", "volume_ml", "centroid_x_lps", "centroid_y_lps", "centroid_z_lps",
@@ -148,9 +149,7 @@ def write_overview(path: Path, inputs: list, labels_image, task, component: tupl
 # Reading report.json back for a re-run: reportspec's checks, plus the settings a re-run passes on
 # ------------------------------------------------------------------------------------------------
 # recorded settings a re-run passes on, with the JSON types each may have (None always allowed)
-RERUN_SETTINGS = {"preset": (str,), "tta": (bool,), "nmf_iters": (int,), "skip_nmf": (list,),
-                  "overlap": (int, float), "windows": (str,), "threshold": (int, float), "min_lesion_mm3": (int, float),
-                  "sw_batch_size": (int,)}
+RERUN_SETTINGS = {o.name: json_types(o) for o in OPTIONS if o.name not in REPORTED_ELSEWHERE}
 
 
 @dataclass

@@ -12,6 +12,7 @@ into a temporary folder that only replaces the output folder's entries at the en
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import os
@@ -25,48 +26,14 @@ import numpy as np
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.modelfile import LoadedModel
 from LesionFactorizerLib.outputspec import OutputSpec
+from LesionFactorizerLib.pipeline.groups import DropComponent
 from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, AtomicOutput, InputImage, map_suffix
 from LesionFactorizerLib.pipeline.preprocessing import Prepared
 from LesionFactorizerLib.pipeline.progress import Progress, Warnings
-from LesionFactorizerLib.pipeline.settings import check as check_settings
-from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET
+from LesionFactorizerLib.pipeline.settings import TASK_NAMES, SegmentSettings
 from LesionFactorizerLib.reportspec import COUNTERFACTUAL_FOLDER, FOLDER_KEY, OUTPUTS, Report
 from LesionFactorizerLib.spec import ModelSpec
 from LesionFactorizerLib.tasks import Task, get_task
-
-
-@dataclass
-class SegmentOptions:
-    inputs: dict[str, str]
-    output: str
-    task: str | None = None
-    models: list[str] = field(default_factory=list)
-    device: str = "auto"
-    preset: str = DEFAULT_SPEED_PRESET
-    tta: bool | None = None
-    nmf_iters: int | None = None
-    skip_nmf: list[str] | None = None
-    overlap: float | None = None
-    windows: str | None = None         # None: the preset's window plan (pipeline/window_plan.py)
-    sw_batch_size: int | None = None   # None: inference.default_sw_batch_size
-    backend: str = "auto"
-    components: bool = False
-    component_layers: list[str] | None = None
-    effects: bool = False               # also the effect ranking (pipeline/effects.py); implies components
-    probabilities: bool = False
-    uncertainty: bool = False
-    threshold: float | None = None
-    min_lesion_mm3: float | None = None
-    postprocess: str | None = None
-    format: str = "nii.gz"
-    dicom_seg: bool = False
-    register: str = "auto"
-    overwrite: bool = False
-    overview: bool = True
-
-    def resolved(self) -> dict[str, Any]:
-        """The speed settings in effect, after the one check of every setting."""
-        return check_settings(asdict(self))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,11 +81,21 @@ class Segmentation:
 
 @dataclass
 class Result:
-    """``segment``: the report written to ``report.json`` and the outputs' absolute paths (keys of
-    ``reportspec.OUTPUTS``, and ``FOLDER_KEY``: the output folder)."""
+    """``segment``: the report written to ``report.json`` and the outputs' absolute paths."""
 
     report: Report
     outputs: dict[str, str]
+
+
+class RunLog:
+    """What every stage of one run reports to: progress, warnings (each shown as it arises, and
+    recorded), stage timings and the clocks they started from."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.warnings = Warnings(progress)
+        self.timings: dict[str, float] = {}
+        self.t_start, self.cpu_start = time.monotonic(), time.process_time()
 
 
 def output_claims() -> list[str]:
@@ -128,15 +105,18 @@ def output_claims() -> list[str]:
 
 
 class Segmenter:
-    """Models + spec + settings of one run; :meth:`segment` runs one case."""
+    """Models + spec + settings of one run; :meth:`segment` runs one case. Made by
+    :meth:`from_report`, it is the counterfactual of an earlier run (``counterfactual`` set)."""
 
-    def __init__(self, opts: SegmentOptions, loaded: list[LoadedModel] | None = None):
+    counterfactual = None   # pipeline/counterfactual.Counterfactual in counterfactual mode
+
+    def __init__(self, settings: SegmentSettings, loaded: list[LoadedModel] | None = None):
         """Cheap and torch-free unless ``loaded`` is given: finds the models, parses their specs,
         resolves the label rule and checks the settings. ``loaded``: models to reuse."""
         from LesionFactorizerLib.modelfile import default_model, find_model, read_spec
 
-        self.opts = opts
-        self.settings = opts.resolved()
+        self.opts = opts = settings
+        self.settings = settings.check()   # the speed settings in effect
         if loaded:
             self.paths = [m.path for m in loaded]
             self.specs = [m.spec for m in loaded]
@@ -146,7 +126,7 @@ class Segmenter:
             elif opts.task:
                 self.paths = [default_model(get_task(opts.task).name)]
             else:
-                raise UserError("give --task (tumor, stroke or ms-new) or --model")
+                raise UserError(f"give --task ({TASK_NAMES}) or --model")
             self.specs = [read_spec(p) for p in self.paths]
         self.loaded = loaded
         self.task: Task = get_task(opts.task) if opts.task else self.specs[0].task
@@ -194,25 +174,48 @@ class Segmenter:
         inputs = list(self.spec.inputs)
         return self.task.reference if self.task.reference in inputs else inputs[0]
 
+    @classmethod
+    def from_report(cls, folder: str | Path, change: DropComponent | None = None, inputs: dict[str, str] | None = None,
+                    device: str = "auto", trust_inputs: bool = False, picture: bool = True) -> Segmenter:
+        """Counterfactual mode: the run recorded in ``folder`` (its settings, model files and inputs,
+        each checked against its recorded SHA-256) with ``change`` to one NMF layer
+        (``pipeline/counterfactual.py``); :meth:`segment` then writes the counterfactual. ``inputs``:
+        where recorded inputs are now; ``trust_inputs``: run on files the report has no checksum of;
+        ``picture=False``: no difference.png."""
+        from LesionFactorizerLib.pipeline.counterfactual import Counterfactual
+
+        mode = Counterfactual.of(folder, change or DropComponent(), inputs, trust_inputs, picture)
+        segmenter = cls(mode.settings(device))
+        segmenter.counterfactual = mode
+        return segmenter
+
     # -- one case -------------------------------------------------------------------------------
     def segment(self, inputs: dict[str, str], output: str | Path, overwrite: bool = False,
                 progress: Progress | None = None) -> Result:
-        progress = progress or Progress("none")
-        warnings = Warnings(progress)   # each warning reaches the user as it arises, and report.json
-        timings: dict[str, float] = {}
-        t_start = time.monotonic()
+        """One case: read → model → preprocess → inference → postprocess (→ effects) → write, each
+        stage timed and reported; in counterfactual mode the recorded files are checked on the way
+        and the last stage writes the counterfactual."""
+        log = RunLog(progress or Progress("none"))
+        progress, warnings, timings, cf = log.progress, log.warnings, log.timings, self.counterfactual
 
         progress.stage("read", "checking inputs")
+        warnings.extend(cf.notes if cf else ())
         self.check_inputs(inputs, warnings)
-        out = AtomicOutput(output, output_claims(), overwrite)
+        out = AtomicOutput(output, cf.claims() if cf else output_claims(), overwrite)
+        if cf:
+            cf.check_output(out.final)
         out.check()
         t = time.monotonic()
         case = self.read(inputs, warnings)
+        if cf:
+            cf.check_inputs(case)
         timings["read"] = time.monotonic() - t
 
         with progress.timed("model", "loading model", timings):
             components_note = self.prepare_models(warnings)
-            if self.want_components and self.opts.effects:
+            if cf:
+                cf.check_models(self)
+            elif self.want_components and self.opts.effects:
                 from LesionFactorizerLib.pipeline.effects import component_costs, effect_layers, stage_weight
 
                 layers = effect_layers(self, self.opts.component_layers)
@@ -220,24 +223,40 @@ class Segmenter:
         with progress.timed("preprocess", "cropping, normalising, resampling", timings):
             prep, roi = self.prepare(case)
         array = prep.array if self.want_components and self.opts.effects else None   # kept for the effects
-        with progress.timed("inference", f"{len(self.loaded)} model(s), "
-                                         f"{'TTA' if self.settings['tta'] else 'no TTA'}", timings):
+        what = cf.describe() if cf else f"{len(self.loaded)} model(s), {'TTA' if self.settings['tta'] else 'no TTA'}"
+        with progress.timed("inference", what, timings), (cf.variant(self) if cf else contextlib.nullcontext()):
             prediction = self.predict(prep, roi, warnings, progress)
         with progress.timed("postprocess", "labels and lesions", timings):
             seg = self.postprocess(prep, prediction, case)
+        if cf:
+            return cf.write(self, out, case, prediction, seg, log)
         effects = None
         if array is not None:
-            from LesionFactorizerLib.pipeline.effects import EffectInputs, compute_effects
-
-            with progress.timed("effects", "each NMF component's effect on the lesion", timings):
-                plan = prediction.window_plan   # (i, j, k) order in the report, like roi's reverse
-                windows = (tuple(reversed(plan["window"])), tuple(reversed(plan["step"])))
-                effects = compute_effects(self, prep, case, EffectInputs(array, *windows, prediction.sw_batch_size,
-                                                                         seg.labels),
-                                          self.opts.component_layers, lambda f, m: progress.update(f, m))
+            effects = self.effects(prep, case, prediction, seg, array, log)
             del array
+        report = self.report(case, prep, roi, prediction, seg, components_note)
+        return self.write(out, case, prep, prediction, seg, report, warnings, timings, log.t_start, progress, effects)
 
-        report = Report(
+    def effects(self, prep: Prepared, case: Case, prediction: Prediction, seg: Segmentation, array: np.ndarray,
+                log: RunLog) -> dict[str, dict]:
+        """Each NMF component's effect on the lesion (``--effects``, ``pipeline/effects.py``)."""
+        from LesionFactorizerLib.pipeline.effects import EffectInputs, compute_effects
+
+        with log.progress.timed("effects", "each NMF component's effect on the lesion", log.timings):
+            plan = prediction.window_plan   # (i, j, k) order in the report, like roi's reverse
+            windows = (tuple(reversed(plan["window"])), tuple(reversed(plan["step"])))
+            return compute_effects(self, prep, case, EffectInputs(array, *windows, prediction.sw_batch_size,
+                                                                  seg.labels),
+                                   self.opts.component_layers, lambda f, m: log.progress.update(f, m))
+
+    def report(self, case: Case, prep: Prepared, roi: tuple[int, int, int], prediction: Prediction,
+               seg: Segmentation, components_note: str | None) -> Report:
+        """report.json's entries of the case (``write`` adds the format, timings, outputs, warnings)."""
+        # the settings section: every setting, with the values this run resolved (speed preset, device,
+        # window batch, post-processing) in place of the requested ones, so a re-run repeats this run
+        in_effect = {**self.settings, "device": prediction.device, "sw_batch_size": prediction.sw_batch_size}
+        post = self.output.settings()
+        return Report(
             task=self.task.name, task_title=self.task.title,
             model=_model_entry(self.loaded[0]),
             models=[_model_entry(m) for m in self.loaded],
@@ -245,14 +264,10 @@ class Segmenter:
             reference_input=case.reference.name,
             geometry=case.reference.geometry.as_dict(),
             coordinate_system="LPS (RAS centroids also given)",
-            settings={"preset": self.opts.preset, "device": prediction.device, "tta": self.settings["tta"],
-                      "overlap": self.settings["overlap"], "windows": self.settings["windows"],
-                      "window_plan": prediction.window_plan, "nmf_iters": self.settings["nmf_iters"],
-                      "skip_nmf": self.settings["skip_nmf"], "sw_batch_size": prediction.sw_batch_size,
-                      "backend": prediction.backend, "window_nmf": prediction.window_nmf,
-                      "threads": prediction.threads,
-                      "roi": list(reversed(roi)), "passes": prediction.passes, **self.output.settings(),
-                      "model_spacing": _plain(self.spec.preprocessing.spacing)},
+            settings={**self.opts.to_report({**in_effect, **post}), "window_plan": prediction.window_plan,
+                      "backend_ran": prediction.backend, "window_nmf": prediction.window_nmf,
+                      "threads": prediction.threads, "roi": list(reversed(roi)), "passes": prediction.passes,
+                      **post, "model_spacing": _plain(self.spec.preprocessing.spacing)},
             preprocessing={"crop_start": list(prep.crop_start), "crop_size": list(prep.crop_size),
                            "model_grid": prep.model_grid.as_dict(), "resampled": not prep.identity,
                            "normalization": prep.normalization},
@@ -266,7 +281,6 @@ class Segmenter:
             components_note=components_note or None,
             registration=case.registration,
         )
-        return self.write(out, case, prep, prediction, seg, report, warnings, timings, t_start, progress, effects)
 
     def check_inputs(self, given: dict[str, str], warnings: list[str]) -> None:
         task, model_inputs = self.task, self.spec.inputs
@@ -346,7 +360,8 @@ class Segmenter:
 
         opts, settings = self.opts, self.settings
         models = [m.model for m in self.loaded]
-        plan = make_plan(settings["windows"], models, tuple(prep.array.shape[1:]), roi, settings["overlap"], self.stride)
+        plan = make_plan(settings["windows"], models, tuple(prep.array.shape[1:]), roi, settings["overlap"],
+                         self.stride)
         result = run_inference(models, prep.array, plan.roi, interval=plan.interval, overlap=settings["overlap"],
                                align=self.stride, tta=settings["tta"], sw_batch_size=opts.sw_batch_size,
                                device=opts.device, component_layers=opts.component_layers,
@@ -496,10 +511,10 @@ class Segmenter:
         return Result(report, outputs)
 
 
-def segment_case(opts: SegmentOptions, progress: Progress | None = None,
-                 loaded: list[LoadedModel] | None = None) -> Result:
+def segment_case(inputs: dict[str, str], output: str | Path, settings: SegmentSettings,
+                 progress: Progress | None = None, loaded: list[LoadedModel] | None = None) -> Result:
     """Run one case; returns its :class:`Result` (the report, and the outputs' absolute paths)."""
-    return Segmenter(opts, loaded).segment(opts.inputs, opts.output, opts.overwrite, progress)
+    return Segmenter(settings, loaded).segment(inputs, output, settings.overwrite, progress)
 
 
 def check_ensemble_member(first: ModelSpec, other: ModelSpec, first_name: str, name: str) -> None:

@@ -28,6 +28,3 @@ SPEED_PRESETS: dict[str, dict[str, Any]] = {
     "best": {"nmf_iters": None, "skip_nmf": None, "tta": True, "overlap": 0.5, "windows": "sliding"},
 }
 DEFAULT_SPEED_PRESET = "balanced"
-SPEED_PRESET_HELP = ("fast: 2 NMF iterations, decoder1 NMF short-circuited (NMF(X) := X), no TTA, window overlap 0.25; "
-                     "balanced (default): the model's trained NMF settings, no TTA, overlap 0.5; "
-                     "best: trained settings + mirror TTA (4 passes), overlap 0.5; all: --windows sliding")

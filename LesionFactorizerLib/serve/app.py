@@ -312,32 +312,17 @@ def _model_cards(config: Config) -> list[dict[str, Any]]:
 def _checked_settings(task: str, given: dict[str, Any], config: Config) -> dict[str, Any]:
     """The client's settings, checked like the command line's; model names become this server's files."""
     from LesionFactorizerLib.modelfile import list_models
-    from LesionFactorizerLib.pipeline.segment import Segmenter, SegmentOptions
-    from LesionFactorizerLib.pipeline.settings import BY_NAME
+    from LesionFactorizerLib.pipeline.segment import Segmenter
+    from LesionFactorizerLib.pipeline.settings import BY_NAME, SegmentSettings
     from LesionFactorizerLib.tasks import get_task
 
     get_task(task)
-    settings: dict[str, Any] = {}
-    for key, value in given.items():
-        option = BY_NAME.get(key)
-        if option is None or key in SERVER_DECIDES:
+    for key in given:
+        if key not in BY_NAME or key in SERVER_DECIDES:
             allowed = ", ".join(o for o in BY_NAME if o not in SERVER_DECIDES)
             raise UserError(f"setting {key!r} cannot be given to this server; settings are: {allowed}")
-        if value is None:
-            continue
-        if option.type is None:
-            ok = isinstance(value, bool)
-        elif option.repeat or option.listed:
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        elif option.type is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, option.type) and not isinstance(value, bool)
-        if not ok:
-            kind = "true or false" if option.type is None else "a list of names" if option.repeat or option.listed \
-                else option.type.__name__
-            raise UserError(f"setting {key} ({option.flag}) must be {kind}, not {value!r}")
-        settings[key] = value
+    SegmentSettings.from_json(given)   # each value's JSON type
+    settings = {key: value for key, value in given.items() if value is not None}
     entries = {e.name: e for e in list_models(task) if not e.problem and (not config.models or e.name in config.models)}
     names = settings.pop("models", None) or []
     for name in names:
@@ -351,5 +336,5 @@ def _checked_settings(task: str, given: dict[str, Any], config: Config) -> dict[
         names = [default if default in entries else next(iter(entries))]
     settings["models"] = [str(entries[n].path) for n in names]
     # the one check of the settings and of the models' agreement with the task (torch-free)
-    Segmenter(SegmentOptions(inputs={}, output="", task=task, **settings))
+    Segmenter(SegmentSettings(task=task, **settings))
     return settings

@@ -259,7 +259,8 @@ def worker_main(device: str, conn) -> None:
     configure_process_memory()
     from LesionFactorizerLib.errors import UserError
     from LesionFactorizerLib.pipeline.progress import Progress, terminate_cleanly
-    from LesionFactorizerLib.pipeline.segment import Segmenter, SegmentOptions
+    from LesionFactorizerLib.pipeline.segment import Segmenter
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
     terminate_cleanly()   # cancel: SIGTERM ends the run with its error event, outputs cleaned up
     models: dict[tuple, list] = {}
@@ -273,17 +274,15 @@ def worker_main(device: str, conn) -> None:
             progress = Progress("jsonl", stream=stream)
             try:
                 with progress.errors_reported():
-                    opts = SegmentOptions(inputs=job["inputs"], output=job["output"], task=job["task"],
-                                          device="cpu" if device == "cpu" else "cuda",
-                                          **job["settings"])
-                    segmenter = Segmenter(opts)
+                    segmenter = Segmenter(SegmentSettings(task=job["task"], device="cpu" if device == "cpu" else "cuda",
+                                                          **job["settings"]))
                     key = tuple(str(p) for p in segmenter.paths)
                     if key in models:
                         segmenter.loaded = models[key]
                     else:
                         models[key] = segmenter.models()
                         loads = 1
-                    outputs = segmenter.segment(opts.inputs, opts.output, False, progress).outputs
+                    outputs = segmenter.segment(job["inputs"], job["output"], False, progress).outputs
                 progress.done(outputs)
             except UserError:
                 pass   # reported as the job's error event; the worker goes on

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from LesionFactorizerLib.errors import UserError
@@ -39,8 +38,7 @@ class ServerCaseRunner:
     """The batch's case runner (same ``run`` as the local one), on the server."""
 
     def __init__(self, args: argparse.Namespace, task: str):
-        from LesionFactorizerLib.cli.segment import options_from_args
-        from LesionFactorizerLib.pipeline.settings import BY_NAME
+        from LesionFactorizerLib.pipeline.settings import BY_NAME, SegmentSettings
         from LesionFactorizerLib.serve.client import Client
 
         if args.dicom_seg:
@@ -49,7 +47,7 @@ class ServerCaseRunner:
         self.client = Client(args.server, server_token(args))
         self.client.check()   # unreachable, refused token or another version: said once, before any case
         self.task, self.overwrite = task, args.overwrite
-        values = asdict(options_from_args(args))
+        values = SegmentSettings.from_args(args).values()
         self.settings = {k: v for k, v in values.items()
                          if k in BY_NAME and k not in SERVER_DECIDES and v not in (None, [], BY_NAME[k].default)}
 
