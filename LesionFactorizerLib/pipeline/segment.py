@@ -119,6 +119,24 @@ class Result:
     outputs: dict[str, str]
 
 
+@dataclass
+class Staged:
+    """One case between :meth:`Segmenter.begin`, :meth:`~Segmenter.infer` and :meth:`~Segmenter.finish`."""
+
+    progress: Progress
+    warnings: Warnings
+    timings: dict[str, float]
+    t_start: float
+    out: AtomicOutput
+    case: Case
+    prep: Prepared
+    roi: tuple[int, int, int]
+    components_note: str | None = None
+    prediction: Prediction | None = None
+    seg: Segmentation | None = None
+    effects: dict[str, dict] | None = None
+
+
 def output_claims() -> list[str]:
     """Entries a run may write (any format), so stale results of another format also need --overwrite."""
     from LesionFactorizerLib.pipeline.dicomseg import FILE_NAME as DICOM_SEG_NAME
@@ -200,6 +218,16 @@ class Segmenter:
     # -- one case -------------------------------------------------------------------------------
     def segment(self, inputs: dict[str, str], output: str | Path, overwrite: bool = False,
                 progress: Progress | None = None) -> Result:
+        staged = self.begin(inputs, output, overwrite, progress)
+        self.infer(staged)
+        return self.finish(staged)
+
+    # The three parts of :meth:`segment`, in order. ``batch`` runs them on different cases at once
+    # (cli/batch_pipeline.py): ``begin`` and ``finish`` never touch the networks, ``infer`` is the only
+    # part that runs them (or changes their NMF settings).
+    def begin(self, inputs: dict[str, str], output: str | Path, overwrite: bool = False,
+              progress: Progress | None = None) -> Staged:
+        """Check and read the inputs, load the models (first case), prepare the network input."""
         progress = progress or Progress("none")
         warnings = Warnings(progress)   # each warning reaches the user as it arises, and report.json
         timings: dict[str, float] = {}
@@ -214,27 +242,44 @@ class Segmenter:
         timings["read"] = time.monotonic() - t
 
         with progress.timed("model", "loading model", timings):
-            components_note = self.prepare_models(warnings)
+            self.models()
         with progress.timed("preprocess", "cropping, normalising, resampling", timings):
             prep, roi = self.prepare(case)
+        return Staged(progress, warnings, timings, t_start, out, case, prep, roi)
+
+    def infer(self, staged: Staged) -> None:
+        """The networks' part: NMF settings, prediction, and the effects (which rerun the networks
+        on the case's labels) when asked."""
+        progress, warnings, timings = staged.progress, staged.warnings, staged.timings
+        t = time.monotonic()
+        staged.components_note = self.prepare_models(warnings)
+        timings["model"] = timings.get("model", 0.0) + time.monotonic() - t
+        prep, case = staged.prep, staged.case
         array = prep.array if self.want_components and self.opts.effects else None   # kept for the effects
         with progress.timed("inference", f"{len(self.loaded)} model(s), "
                                          f"{'TTA' if self.settings['tta'] else 'no TTA'}", timings):
-            prediction = self.predict(prep, roi, warnings, progress)
-        with progress.timed("postprocess", "labels and lesions", timings):
-            seg = self.postprocess(prep, prediction, case)
-        effects = None
+            staged.prediction = prediction = self.predict(prep, staged.roi, warnings, progress)
         if array is not None:
             from LesionFactorizerLib.pipeline.effects import EffectInputs, compute_effects
 
+            with progress.timed("postprocess", "labels and lesions", timings):
+                staged.seg = seg = self.postprocess(prep, prediction, case)
             with progress.timed("effects", "each NMF component's effect on the lesion", timings):
                 plan = prediction.window_plan   # (i, j, k) order in the report, like roi's reverse
                 windows = (tuple(reversed(plan["window"])), tuple(reversed(plan["step"])))
-                effects = compute_effects(self, prep, case, EffectInputs(array, *windows, prediction.sw_batch_size,
-                                                                         seg.labels),
-                                          self.opts.component_layers, lambda f, m: progress.update(f, m))
+                staged.effects = compute_effects(self, prep, case, EffectInputs(array, *windows,
+                                                                                prediction.sw_batch_size, seg.labels),
+                                                 self.opts.component_layers, lambda f, m: progress.update(f, m))
             del array
 
+    def finish(self, staged: Staged) -> Result:
+        """Labels and lesions (unless ``infer`` made them), the report, and the outputs committed."""
+        progress, timings = staged.progress, staged.timings
+        case, prep, roi, prediction = staged.case, staged.prep, staged.roi, staged.prediction
+        if staged.seg is None:
+            with progress.timed("postprocess", "labels and lesions", timings):
+                staged.seg = self.postprocess(prep, prediction, case)
+        seg, components_note = staged.seg, staged.components_note
         report = {
             "task": self.task.name, "task_title": self.task.title,
             "model": _model_entry(self.loaded[0]),
@@ -266,7 +311,8 @@ class Segmenter:
             report["components_note"] = components_note
         if case.registration is not None:
             report["registration"] = case.registration
-        return self.write(out, case, prep, prediction, seg, report, warnings, timings, t_start, progress, effects)
+        return self.write(staged.out, case, prep, prediction, seg, report, staged.warnings, timings, staged.t_start,
+                          progress, staged.effects)
 
     def check_inputs(self, given: dict[str, str], warnings: list[str]) -> None:
         task, model_inputs = self.task, self.spec.inputs
