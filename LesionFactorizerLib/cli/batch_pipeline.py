@@ -11,7 +11,7 @@ ahead and only case *i−1* is still being written, so at most three cases are i
 Every case still ends in its own :class:`AtomicOutput` commit; cases are recorded (progress
 events, summary rows) in list order, each only once its outputs are committed or it has failed.
 On SIGINT/SIGTERM the case being written is finished (complete, committed) before the signal
-ends the run, the case being read ahead is dropped (it wrote nothing).
+ends the run; the case being read ahead is dropped once read (it wrote nothing).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ def _failure(exc: BaseException) -> str:
 
 
 def _on_thread(fn, *args, name: str) -> Future:
-    """``fn(*args)`` on a new daemon thread: a read ahead must not keep a stopped run alive (the
-    writer is waited for explicitly)."""
+    """``fn(*args)`` on a new thread. Not a daemon: however the main thread ends (a signal may come
+    between the start and the hand-over of the future), the interpreter waits for a case being
+    written to be committed, and never finalizes under a thread still inside SimpleITK."""
     future: Future = Future()
 
     def work():
@@ -46,7 +47,7 @@ def _on_thread(fn, *args, name: str) -> Future:
         except BaseException as exc:   # handed to the main thread, which decides
             future.set_exception(exc)
 
-    threading.Thread(target=work, name=name, daemon=True).start()
+    threading.Thread(target=work, name=name).start()
     return future
 
 
