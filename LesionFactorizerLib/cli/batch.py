@@ -4,7 +4,9 @@ Cases come from a datalist (CSV with a ``case_id`` column and one column per inp
 a list of ``{"case_id": ..., "inputs": {name: path}}``; relative paths are relative to the
 datalist; other columns such as ``label`` or ``fold`` are ignored) or from a folder with one
 sub-folder per case whose files are recognised by name patterns. A failing case is reported and
-the others continue; ``summary.csv`` aggregates volumes and lesion counts.
+the others continue; ``summary.csv`` aggregates volumes and lesion counts. In one process the next
+case is read and the previous one written while the networks run on the current one
+(``cli/batch_pipeline.py``; ``--no-overlap``: one case at a time).
 
 Each case's output folder is named by :func:`case_folder`: the case id itself when it is a short,
 plain name that no batch output uses, else a readable part of it and a hash of the whole id (the

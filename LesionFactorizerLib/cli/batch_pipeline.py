@@ -55,8 +55,8 @@ class CasePipeline:
     """Runs a batch's cases through one Segmenter with reading, inference and writing overlapped.
 
     ``make_segmenter()`` builds the Segmenter (cheap, torch-free; the models load while the first
-    case is read, on the main thread). ``overwrite``: replace existing results. ``overlap=False`` runs the same stages one after the other
-    (less memory: one case at a time)."""
+    case is read, on the main thread). ``overwrite``: replace existing results. ``overlap=False``
+    runs the same stages one after the other (less memory: one case at a time)."""
 
     def __init__(self, make_segmenter: Callable, overwrite: bool = False, overlap: bool = True):
         self.make_segmenter = make_segmenter
