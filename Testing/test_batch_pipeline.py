@@ -149,7 +149,7 @@ def test_sigint_leaves_only_complete_cases(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "LesionFactorizerLib", "batch", str(cases), "--model", model,
                              "-o", str(out), "--no-overview", "--progress", "jsonl"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
-    for line in proc.stdout:   # the first case committed: the second is being written, the third read ahead
+    for line in proc.stdout:   # the first case committed: the second is in inference, the third read ahead
         if json.loads(line)["event"] == "case":
             break
     proc.send_signal(signal.SIGINT)

@@ -9,13 +9,15 @@ helper thread. The pipeline is bounded: while case *i* is in inference, only cas
 ahead and only case *i−1* is still being written, so at most three cases are in memory.
 
 Every case still ends in its own :class:`AtomicOutput` commit; cases are recorded (progress
-events, summary rows) in list order, each only once its outputs are committed or it has failed.
+events, summary rows) in list order, each as soon as its outputs are committed or it has failed;
+its seconds are its latency, from the start of its reading.
 On SIGINT/SIGTERM the case being written is finished (complete, committed) before the signal
 ends the run; the case being read ahead is dropped once read (it wrote nothing).
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from concurrent.futures import Future
@@ -34,21 +36,24 @@ def _failure(exc: BaseException) -> str:
     return f"unexpected: {type(exc).__name__}: {exc}"
 
 
-def _on_thread(fn, *args, name: str) -> Future:
-    """``fn(*args)`` on a new thread. Not a daemon: however the main thread ends (a signal may come
-    between the start and the hand-over of the future), the interpreter waits for a case being
-    written to be committed, and never finalizes under a thread still inside SimpleITK."""
-    future: Future = Future()
-
+def _on_thread(future: Future, fn, *args, name: str) -> None:
+    """``fn(*args)`` on a new thread into ``future``, which the caller holds before the thread
+    starts: a signal can come at any moment, and the main thread must then know whether a case is
+    being written (and wait for it) or not (cancelled: it never starts). Not a daemon thread: the
+    interpreter never finalizes under a thread still inside SimpleITK."""
     def work():
-        future.set_running_or_notify_cancel()
+        if hasattr(signal, "pthread_sigmask"):
+            # SIGINT/SIGTERM go to the main thread, whose waits they interrupt at once (a signal the
+            # kernel hands to a helper thread would wait until the main thread woke up on its own)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        if not future.set_running_or_notify_cancel():
+            return
         try:
             future.set_result(fn(*args))
         except BaseException as exc:   # handed to the main thread, which decides
             future.set_exception(exc)
 
     threading.Thread(target=work, name=name).start()
-    return future
 
 
 class CasePipeline:
@@ -72,55 +77,63 @@ class CasePipeline:
         return self.segmenter.begin(inputs, output, self.overwrite or redo, Progress("none"))
 
     def run(self, items: list[Item], record: Record) -> None:
-        ahead: Future | None = None     # case pos+1 being read and prepared
-        behind: Future | None = None    # case pos−1 being labelled and written
-        behind_item: Item | None = None
-        behind_t0 = 0.0
+        ahead: Future | None = None    # case pos+1 being read and prepared
+        behind: Future | None = None   # case pos−1 being labelled, written and recorded
 
-        def settle_behind():
-            nonlocal behind, behind_item
-            if behind is None:
-                return
+        def write(staged, item: Item, t0: float) -> None:
+            # recorded on the writer thread the moment it is committed (or failed); the main thread
+            # records a case only after waiting for the previous one's writer, so the order holds
             try:
-                behind.result()
+                self.segmenter.finish(staged)
                 status, error = "done", ""
             except Exception as exc:   # one broken case must not stop the cohort
                 status, error = "failed", _failure(exc)
-            record(behind_item[0], status, error, time.monotonic() - behind_t0)
-            behind, behind_item = None, None
+            del staged
+            record(item[0], status, error, time.monotonic() - t0)
 
-        starts: dict[int, float] = {}
+        def settle_behind() -> None:
+            nonlocal behind
+            if behind is not None:
+                behind.result()
+                behind = None
+
+        t0 = t_ahead = time.monotonic()
         try:
             for pos, item in enumerate(items):
-                starts[pos] = starts.get(pos, time.monotonic())
                 staged, error = None, ""
                 try:
                     # the first case, or one after a failed read: nothing to overlap with, and the
                     # models (loaded on the first successful read) load on the main thread
-                    staged = ahead.result() if ahead is not None else self._begin(item)
+                    if ahead is not None:
+                        staged, t0 = ahead.result(), t_ahead
+                    else:
+                        t0 = time.monotonic()
+                        staged = self._begin(item)
                 except Exception as exc:
                     error = _failure(exc)
                 ahead = None
                 if staged is not None:
                     if self.overlap and pos + 1 < len(items):
-                        starts[pos + 1] = time.monotonic()
-                        ahead = _on_thread(self._begin, items[pos + 1], name="batch-read")
+                        t_ahead, ahead = time.monotonic(), Future()
+                        _on_thread(ahead, self._begin, items[pos + 1], name="batch-read")
                     try:
                         self.segmenter.infer(staged)
                     except Exception as exc:
                         staged, error = None, _failure(exc)
-                settle_behind()   # recorded in list order: the previous case first
+                settle_behind()   # the previous case is recorded first
                 if staged is None:
-                    record(item[0], "failed", error, time.monotonic() - starts[pos])
+                    record(item[0], "failed", error, time.monotonic() - t0)
                     continue
-                behind, behind_item, behind_t0 = _on_thread(self.segmenter.finish, staged, name="batch-write"), \
-                    item, starts[pos]
+                behind = Future()
+                _on_thread(behind, write, staged, item, t0, name="batch-write")
                 del staged
                 if not self.overlap:
                     settle_behind()
             settle_behind()
-        finally:
-            if behind is not None:   # stopped by a signal: the case being written is completed, not cut
+        finally:   # only still set when stopped by a signal (or a failure of record itself)
+            if ahead is not None:
+                ahead.cancel()   # a read not yet started never starts; one under way is dropped
+            if behind is not None and not behind.cancel():   # the case being written is completed, not cut
                 try:
                     behind.exception()
                 except BaseException:   # a second signal: give up waiting
