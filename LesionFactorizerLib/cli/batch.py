@@ -4,7 +4,9 @@ Cases come from a datalist (CSV with a ``case_id`` column and one column per inp
 a list of ``{"case_id": ..., "inputs": {name: path}}``; relative paths are relative to the
 datalist; other columns such as ``label`` or ``fold`` are ignored) or from a folder with one
 sub-folder per case whose files are recognised by name patterns. A failing case is reported and
-the others continue; ``summary.csv`` aggregates volumes and lesion counts.
+the others continue; ``summary.csv`` aggregates volumes and lesion counts. In one process the next
+case is read and the previous one written while the networks run on the current one
+(``cli/batch_pipeline.py``; ``--no-overlap``: one case at a time).
 
 Each case's output folder is named by :func:`case_folder`: the case id itself when it is a short,
 plain name that no batch output uses, else a readable part of it and a hash of the whole id (the
@@ -66,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "case from the K-th; for SLURM arrays or several machines (see README)")
     parser.add_argument("--merge", action="store_true", help="do not segment: merge the N shard summaries in the "
                         "output folder into summary.csv, checking that every case is there exactly once")
+    parser.add_argument("--no-overlap", action="store_true", help="one case at a time: do not read the next case "
+                        "and write the previous one while the network runs (less memory: one case instead of three)")
     parser.add_argument("--devices", type=_devices, metavar="D,D,...", help="one worker per device, e.g. 0,1,2,3 "
                         "(GPU indices) or cpu,cpu; overrides --device")
     add_server_options(parser)
@@ -340,38 +344,65 @@ def _run_locked(args, progress, task, paths, cases, folders, total_cases, out_ro
             redo = True   # the folder holds our earlier outputs for this case id
         todo.append((index, case_id, inputs, str(case_out), redo))
 
+    latencies: list[float] = []
+
     def record(index: int, status: str, error: str, seconds: float) -> None:
         nonlocal finished
         case_id = cases[index][0]
         report = _read_report(out_root / folders[index]) if status == "done" else None
         rows[index] = _summary_row(case_id, status, error, report, task)
+        if status == "done":
+            latencies.append(seconds)
         finished += 1
         progress.case_done(case_id, status, error, seconds, finished, len(cases))
 
+    t0 = time.monotonic()
     if args.devices and not args.server:
         _run_on_devices(args, task.name, paths, todo, record)
-    else:
-        if args.server:
-            from LesionFactorizerLib.serve.remote_batch import ServerCaseRunner
+    elif args.server:
+        from LesionFactorizerLib.serve.remote_batch import ServerCaseRunner
 
-            worker = ServerCaseRunner(args, task.name)
-        else:
-            worker = _CaseRunner(args, task.name, paths, args.device)
+        worker = ServerCaseRunner(args, task.name)
         for index, case_id, inputs, output, redo in todo:
             record(index, *worker.run(case_id, inputs, output, redo))
+    else:
+        from LesionFactorizerLib.cli.batch_pipeline import CasePipeline
+
+        CasePipeline(lambda: _segmenter(args, task.name, paths, args.device), args.overwrite,
+                     overlap=not args.no_overlap).run(todo, record)
+    throughput = _throughput(latencies, time.monotonic() - t0)
     summary = out_root / _summary_name(args.shard)
     _write_summary(summary, rows)
     failed = [r for r in rows if r["status"] == "failed"]
     unexpected = [r for r in failed if str(r["error"]).startswith("unexpected")]
     shard = f" (shard {args.shard[0]}/{args.shard[1]} of {total_cases} cases)" if args.shard else ""
-    message = (f"{len(rows) - len(failed)} of {len(rows)} case(s) segmented{shard}, {len(failed)} failed; "
-               f"summary: {summary}")
+    message = (f"{len(rows) - len(failed)} of {len(rows)} case(s) segmented{shard}, {len(failed)} failed"
+               f"{throughput}; summary: {summary}")
     progress.done({"summary": str(summary), FOLDER_KEY: str(out_root)}, message)
     if args.progress != "jsonl":
         print(message, file=sys.stderr)
     if failed:
         return 1 if unexpected else 2
     return 0
+
+
+def _throughput(latencies: list[float], wall: float) -> str:
+    """Cases segmented per hour of this run's wall time, and each case's latency (from the start of
+    its reading to its committed outputs); '' when no case was segmented."""
+    if not latencies:
+        return ""
+    from statistics import median
+
+    return (f" ({len(latencies)} in {wall:.1f} s: {3600 * len(latencies) / max(wall, 1e-9):.1f} cases/hour; "
+            f"latency per case median {median(latencies):.1f} s, max {max(latencies):.1f} s)")
+
+
+def _segmenter(args: argparse.Namespace, task: str, paths: list, device: str):
+    """The cohort's one Segmenter (its models load on the first case)."""
+    from LesionFactorizerLib.pipeline.segment import Segmenter
+    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+
+    return Segmenter(SegmentSettings.from_args(args).but(task=task, device=device, models=[str(p) for p in paths]))
 
 
 class _CaseRunner:
@@ -383,15 +414,11 @@ class _CaseRunner:
 
     def run(self, case_id: str, inputs: dict[str, str], output: str, redo: bool) -> tuple[str, str, float]:
         from LesionFactorizerLib.pipeline.progress import Progress
-        from LesionFactorizerLib.pipeline.segment import Segmenter
-        from LesionFactorizerLib.pipeline.settings import SegmentSettings
 
         t0 = time.monotonic()
         try:
             if self.segmenter is None:   # one Segmenter for the cohort: the models load once
-                settings = SegmentSettings.from_args(self.args).but(task=self.task, device=self.device,
-                                                                    models=[str(p) for p in self.paths])
-                self.segmenter = Segmenter(settings)
+                self.segmenter = _segmenter(self.args, self.task, self.paths, self.device)
             self.segmenter.segment(inputs, output, self.args.overwrite or redo, Progress("none"))
             return "done", "", time.monotonic() - t0
         except UserError as exc:

@@ -98,6 +98,21 @@ class RunLog:
         self.t_start, self.cpu_start = time.monotonic(), time.process_time()
 
 
+@dataclass
+class Staged:
+    """One case between :meth:`Segmenter.begin`, :meth:`~Segmenter.infer` and :meth:`~Segmenter.finish`."""
+
+    log: RunLog
+    out: AtomicOutput
+    case: Case
+    prep: Prepared
+    roi: tuple[int, int, int]
+    components_note: str | None = None
+    prediction: Prediction | None = None
+    seg: Segmentation | None = None
+    effects: dict[str, dict] | None = None
+
+
 def output_claims() -> list[str]:
     """Entries a run may write (any format), so stale results of another format also need --overwrite;
     counterfactual/ too: derived from this run's segmentation, so a new run must not keep the old ones."""
@@ -195,6 +210,16 @@ class Segmenter:
         """One case: read → model → preprocess → inference → postprocess (→ effects) → write, each
         stage timed and reported; in counterfactual mode the recorded files are checked on the way
         and the last stage writes the counterfactual."""
+        staged = self.begin(inputs, output, overwrite, progress)
+        self.infer(staged)
+        return self.finish(staged)
+
+    # The three parts of :meth:`segment`, in order. ``batch`` runs them on different cases at once
+    # (cli/batch_pipeline.py): ``begin`` and ``finish`` never touch the networks, ``infer`` is the only
+    # part that runs them (or changes their NMF settings).
+    def begin(self, inputs: dict[str, str], output: str | Path, overwrite: bool = False,
+              progress: Progress | None = None) -> Staged:
+        """Check and read the inputs, load the models (first case), prepare the network input."""
         log = RunLog(progress or Progress("none"))
         progress, warnings, timings, cf = log.progress, log.warnings, log.timings, self.counterfactual
 
@@ -212,30 +237,48 @@ class Segmenter:
         timings["read"] = time.monotonic() - t
 
         with progress.timed("model", "loading model", timings):
-            components_note = self.prepare_models(warnings)
-            if cf:
-                cf.check_models(self)
-            elif self.want_components and self.opts.effects:
-                from LesionFactorizerLib.pipeline.effects import component_costs, effect_layers, stage_weight
-
-                layers = effect_layers(self, self.opts.component_layers)
-                progress.replan({"effects": stage_weight(component_costs(self.component_model, layers))})
+            self.models()
         with progress.timed("preprocess", "cropping, normalising, resampling", timings):
             prep, roi = self.prepare(case)
+        return Staged(log, out, case, prep, roi)
+
+    def infer(self, staged: Staged) -> None:
+        """The networks' part: NMF settings (and the counterfactual's checks of the loaded models),
+        prediction, and the effects (which rerun the networks on the case's labels) when asked."""
+        log, cf, prep, case = staged.log, self.counterfactual, staged.prep, staged.case
+        progress, warnings, timings = log.progress, log.warnings, log.timings
+        t = time.monotonic()
+        staged.components_note = self.prepare_models(warnings)
+        if cf:
+            cf.check_models(self)
+        elif self.want_components and self.opts.effects:
+            from LesionFactorizerLib.pipeline.effects import component_costs, effect_layers, stage_weight
+
+            layers = effect_layers(self, self.opts.component_layers)
+            progress.replan({"effects": stage_weight(component_costs(self.component_model, layers))})
+        timings["model"] = timings.get("model", 0.0) + time.monotonic() - t
         array = prep.array if self.want_components and self.opts.effects else None   # kept for the effects
         what = cf.describe() if cf else f"{len(self.loaded)} model(s), {'TTA' if self.settings['tta'] else 'no TTA'}"
         with progress.timed("inference", what, timings), (cf.variant(self) if cf else contextlib.nullcontext()):
-            prediction = self.predict(prep, roi, warnings, progress)
-        with progress.timed("postprocess", "labels and lesions", timings):
-            seg = self.postprocess(prep, prediction, case)
-        if cf:
-            return cf.write(self, out, case, prediction, seg, log)
-        effects = None
+            staged.prediction = self.predict(prep, staged.roi, warnings, progress)
         if array is not None:
-            effects = self.effects(prep, case, prediction, seg, array, log)
+            with progress.timed("postprocess", "labels and lesions", timings):
+                staged.seg = self.postprocess(prep, staged.prediction, case)
+            staged.effects = self.effects(prep, case, staged.prediction, staged.seg, array, log)
             del array
-        report = self.report(case, prep, roi, prediction, seg, components_note)
-        return self.write(out, case, prep, prediction, seg, report, warnings, timings, log.t_start, progress, effects)
+
+    def finish(self, staged: Staged) -> Result:
+        """Labels and lesions (unless ``infer`` made them), the report, and the outputs committed."""
+        log, cf = staged.log, self.counterfactual
+        case, prep, prediction = staged.case, staged.prep, staged.prediction
+        if staged.seg is None:
+            with log.progress.timed("postprocess", "labels and lesions", log.timings):
+                staged.seg = self.postprocess(prep, prediction, case)
+        if cf:
+            return cf.write(self, staged.out, case, prediction, staged.seg, log)
+        report = self.report(case, prep, staged.roi, prediction, staged.seg, staged.components_note)
+        return self.write(staged.out, case, prep, prediction, staged.seg, report, log.warnings, log.timings,
+                          log.t_start, log.progress, staged.effects)
 
     def effects(self, prep: Prepared, case: Case, prediction: Prediction, seg: Segmentation, array: np.ndarray,
                 log: RunLog) -> dict[str, dict]:
