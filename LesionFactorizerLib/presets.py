@@ -23,13 +23,6 @@ from LesionFactorizerLib.nn.performer import Performer
 from LesionFactorizerLib.nn.unet import UNet
 
 
-def _threshold_net(**kwargs: Any) -> nn.Module:
-    """The diagnostic network of pipeline tests and self-checks, imported only when a file uses it."""
-    from LesionFactorizerLib.pipeline.testnets import ThresholdNet
-
-    return ThresholdNet(**kwargs)
-
-
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "factorizer": Factorizer,
     "unet": UNet,
@@ -38,7 +31,6 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "dynunet": dynunet,          # the MONAI baselines import MONAI when built
     "unetr": unetr,
     "swin-unetr": swin_unetr,
-    "threshold-net": _threshold_net,
 }
 
 
@@ -70,7 +62,7 @@ def _factorizer(matricize: str, dataset: str) -> Preset:
     title = {"swin": "Swin", "local": "Local", "global": "Global"}[matricize]
     data = "BraTS (MSD Task01): FLAIR, T1, T1Gd, T2 → ET, TC, WT" if brats else "ISLES'22: DWI, ADC → infarct"
     return Preset("factorizer", kwargs, (128,) * 3 if brats else (64,) * 3,
-                  f"{title} Factorizer, {data}", "thesis 7.4.2; reference §2.4",
+                  f"{title} Factorizer, {data}", "thesis 7.4.2; pashtari/factorizer 0.0.1 configs",
                   TABLE_7_1[f"{title} Factorizer"] if brats else None)
 
 
@@ -82,7 +74,7 @@ def _table_7_1(architecture: str, kwargs: dict[str, Any], title: str, source: st
 
 def _unet(block: str, title: str) -> Preset:
     return Preset("unet", dict(in_channels=2, out_channels=1, block=block), (128,) * 3,
-                  f"{title}, MSSEG-2: FLAIR baseline + follow-up → new lesions", "thesis 6.3; reference §3")
+                  f"{title}, MSSEG-2: FLAIR baseline + follow-up → new lesions", "thesis 6.3; pashtari/xunet")
 
 
 PRESETS: dict[str, Preset] = {
