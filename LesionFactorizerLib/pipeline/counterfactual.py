@@ -39,17 +39,11 @@ from typing import Any
 import numpy as np
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.pipeline.groups import DIFFERENCE, component_count, difference_map
 
 FORMAT = "lesion-factorizer-counterfactual"
-DIFFERENCE = {0: "unchanged", 1: "added", 2: "removed", 3: "relabelled"}
 CLAIMS_EXTRA = ["counterfactual.json", "difference.png"]
 DIFFERENCE_COLOURS = {1: (0.1, 0.8, 0.2), 2: (0.9, 0.1, 0.1), 3: (0.95, 0.85, 0.1)}
-
-
-def component_count(model, layer: str) -> int:
-    """K = heads × rank of a Factorizer layer: the components its maps (and ``--component``) number."""
-    wrapped = model.nmf_layers()[layer]
-    return wrapped.in_proj.in_features // wrapped.matricize.head_dim * wrapped.nmf.rank
 
 
 def dropped(model, layer: str, component: int):
@@ -197,7 +191,7 @@ def run_counterfactual(folder: str | Path, layer: str | None = None, component: 
                        picture: bool = True, trust_inputs: bool = False, mode: str = "drop") -> dict[str, str]:
     """Segment the case of the run in ``folder`` again without one component; returns the outputs'
     absolute paths (``dir``: the output folder). ``picture=False`` skips difference.png (Slicer
-    shows the difference itself; drawing it costs ~1 s of the click). ``trust_inputs``: run on
+    shows the difference itself; drawing it is a noticeable part of the click). ``trust_inputs``: run on
     inputs and models the report records no checksum of (with a warning). ``mode``
     (``groups.MODES``): ``keep`` keeps only that component in its layer, ``skip`` short-circuits
     the whole layer."""
@@ -367,15 +361,6 @@ def write_difference_png(path: Path, reference, before: np.ndarray, difference: 
     except Exception as exc:  # noqa: BLE001 - any decoding failure means the file is unusable
         raise UserError(f"writing {path.name} failed ({exc}); free disk space or choose another output "
                         "folder") from None
-
-
-def difference_map(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """0 unchanged, 1 added, 2 removed, 3 relabelled (see :data:`DIFFERENCE`)."""
-    diff = np.zeros(before.shape, dtype=np.uint8)
-    diff[(before == 0) & (after > 0)] = 1
-    diff[(before > 0) & (after == 0)] = 2
-    diff[(before > 0) & (after > 0) & (before != after)] = 3
-    return diff
 
 
 def _summary(source: Source, layer: str, component: int, before, after, difference, geometry, task,

@@ -64,7 +64,7 @@ def compute_effects(seg, prep, case, inputs: EffectInputs, layers: list[str] | N
     ``labels_delta_ml`` (per label). Short-circuited layers (``--skip-nmf``) have no components."""
     import torch
 
-    from LesionFactorizerLib.pipeline.counterfactual import component_count
+    from LesionFactorizerLib.pipeline.groups import component_count
 
     model = seg.component_model
     names = [n for n, _ in model.component_layers if n not in (seg.settings["skip_nmf"] or [])]
@@ -118,7 +118,7 @@ class _Baseline:
         self.ml = geometry.voxel_volume_ml()
 
     def compare(self, component: int, after: np.ndarray) -> dict:
-        from LesionFactorizerLib.pipeline.counterfactual import DIFFERENCE, difference_map
+        from LesionFactorizerLib.pipeline.groups import DIFFERENCE, difference_map
         from LesionFactorizerLib.pipeline.postprocessing import label_volumes
 
         counts = np.bincount(difference_map(self.labels, after).ravel(), minlength=4)
