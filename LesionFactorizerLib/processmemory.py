@@ -6,10 +6,10 @@ page, then ``munmap`` on free. One 128³ window allocates several GB this way. T
 only for processes we own (a library import never changes its host's allocator):
 
 * torch backs large tensors with transparent huge pages (``THP_MEM_ALLOC_ENABLE``; read once,
-  when torch is imported): first-filling 256 MB took 11 ms instead of 47 ms;
+  when torch is imported): fewer, cheaper page faults when a large tensor is first filled;
 * glibc keeps freed blocks of up to 1 GiB in its heap (``mallopt``) so the next window reuses
-  memory already faulted in: measured on the BraTS-size pipeline (8 windows, 2 cores), system time
-  halved and inference ~2 s faster, for ~0.4 GB more peak RSS (freed memory is kept, not returned).
+  memory already faulted in: less system time and faster inference for a higher peak RSS (freed
+  memory is kept, not returned); ``benchmarks/bench_pipeline.py`` measures both, README the numbers.
 
 The user's own choice wins: ``THP_MEM_ALLOC_ENABLE=0``, ``GLIBC_TUNABLES`` or glibc's
 ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` leave the matching setting alone.

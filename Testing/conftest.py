@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import locale
+import os
 from pathlib import Path
 
 import pytest
 
+import testnet_hook
+
 REPO = Path(__file__).resolve().parents[1]
+
+# The test network (testnets.py) is buildable in this process and in every process the tests start.
+testnet_hook.install()
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    dict.fromkeys([str(testnet_hook.SITE), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from LesionFactorizerLib.demo import bundled_demo_model
 from LesionFactorizerLib.modelfile import read_spec
 from LesionFactorizerLib.phantoms.samples import sample_case
-from LesionFactorizerLib.pipeline.counterfactual import difference_map
+from LesionFactorizerLib.pipeline.groups import difference_map
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.ranking import block_mean, model_grid_masks, ranked, score_components
 from LesionFactorizerLib.pipeline.segment import segment_case

@@ -105,7 +105,7 @@ def test_postprocess_argmax_is_refused_where_it_has_no_meaning():
 
 def test_an_ensemble_under_the_hierarchical_rule_averages_probabilities():
     from LesionFactorizerLib.pipeline.inference import run_inference
-    from LesionFactorizerLib.pipeline.testnets import ThresholdNet
+    from testnets import ThresholdNet
 
     torch.manual_seed(0)
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 8)).astype(np.float32)

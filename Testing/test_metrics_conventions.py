@@ -6,7 +6,7 @@ import pytest
 
 from LesionFactorizerLib.evaluation import BRATS_EMPTY_HD95, hausdorff95
 from LesionFactorizerLib.evaluation.cohort import evaluate_arrays
-from LesionFactorizerLib.evaluation.lesions import find_lesions, max_removed_voxels
+from LesionFactorizerLib.pipeline.lesions import find_lesions, max_removed_voxels
 
 
 def _blobs(sizes, shape=(8, 8, 40)):

@@ -86,7 +86,6 @@ def test_saving_or_exporting_non_finite_weights_is_refused(tmp_path):
 
 def test_non_finite_network_output_fails_the_run(tmp_path):
     """Finite weights, but outputs that overflow float32: no result rather than a wrong one."""
-    import LesionFactorizerLib.pipeline.testnets  # noqa: F401
     from LesionFactorizerLib.presets import build_architecture
 
     net = build_architecture("threshold-net", {"in_channels": 2, "out_channels": 1, "threshold": 0.0,

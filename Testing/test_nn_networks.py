@@ -12,7 +12,7 @@ from LesionFactorizerLib.nn.lowrank import InstanceNorm3d, LowRankConv3d
 from LesionFactorizerLib.nn.monai_baselines import NETWORKS as MONAI_NETWORKS
 from LesionFactorizerLib.presets import PRESETS, build_architecture, count_flops, count_parameters
 
-# Measured on the authors' reference code (shared/reference/factorizer-reference.md §2.4, §3).
+# Counted on the authors' code (github.com/pashtari/factorizer at tag 0.0.1, and pashtari/xunet for the U-Nets).
 REFERENCE_PARAMETERS = {
     "swin-factorizer-brats": 5_855_241,
     "local-factorizer-brats": 5_855_241,

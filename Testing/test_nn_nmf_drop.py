@@ -7,7 +7,8 @@ from LesionFactorizerLib import build_model
 from LesionFactorizerLib.nn.factorizer import plain_forward
 from LesionFactorizerLib.nn.matricize import make_matricize
 from LesionFactorizerLib.nn.nmf import NMF
-from LesionFactorizerLib.pipeline.counterfactual import component_count, dropped
+from LesionFactorizerLib.pipeline.counterfactual import dropped
+from LesionFactorizerLib.pipeline.groups import component_count
 
 
 @pytest.mark.parametrize("rank", [1, 2])

@@ -150,3 +150,14 @@ def test_compile_is_unavailable_in_a_non_utf8_locale():
         assert "UTF-8 locale" in (backends.unavailable("compile") or "")
     finally:
         locale.setlocale(locale.LC_CTYPE, before)
+
+
+def test_calibration_is_a_command_of_the_cli(tmp_path, capsys):
+    """``lesion-factorizer calibrate`` (the backends module has no command line of its own): a
+    model that is not there is one ``error:`` line and exit 2, before anything is measured."""
+    from LesionFactorizerLib.cli import main
+
+    assert main(["calibrate", str(tmp_path / "missing.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "missing.safetensors" in err
+    assert backends.load_records() == {}

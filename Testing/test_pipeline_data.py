@@ -58,7 +58,6 @@ def save_threshold_model(path, task: str = "stroke", in_channels: int = 2, out_c
                          threshold: float = 3.0, spacing=None, patch=(32, 32, 32), delay_s: float = 0.0,
                          inputs=None, **metadata) -> str:
     """A model file for the deterministic threshold network (labels voxels with z-score > threshold)."""
-    import LesionFactorizerLib.pipeline.testnets  # noqa: F401
     from LesionFactorizerLib.modelfile import make_metadata, save_model_file
     from LesionFactorizerLib.presets import build_architecture
 

@@ -1,4 +1,5 @@
-"""Our own processes keep freed feature-map memory for the next window; a library import does not.
+"""Our own processes keep freed feature-map memory for the next window; importing the library (even
+``LesionFactorizerLib.cli``) does not.
 
 Read through glibc's own accounting (``mallinfo2``): memory served by ``mmap`` (``hblkhd``) is
 faulted in afresh on every allocation; memory in the heap (``arena``) is reused.
@@ -17,10 +18,11 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 
 PROBE = r"""
 import ctypes, json, sys
-if sys.argv[1] == "cli":
-    import LesionFactorizerLib.cli   # what `python -m LesionFactorizerLib` (CLI, Slicer worker) runs first
-else:
-    import LesionFactorizerLib.pipeline.inference   # a library user's import
+import LesionFactorizerLib.cli, LesionFactorizerLib.pipeline.inference   # imports alone change nothing
+if sys.argv[1] == "cli":   # what `python -m LesionFactorizerLib` (CLI, Slicer worker) runs
+    import contextlib, io
+    with contextlib.redirect_stdout(io.StringIO()):
+        LesionFactorizerLib.cli.main([])
 import torch
 
 class Info(ctypes.Structure):

@@ -52,7 +52,6 @@ def _write_case(folder: Path) -> dict[str, Path]:
 
 
 def _threshold_model(path: Path) -> Path:
-    import LesionFactorizerLib.pipeline.testnets  # noqa: F401  (registers threshold-net)
     from LesionFactorizerLib.modelfile import make_metadata, save_model_file
     from LesionFactorizerLib.presets import build_architecture
 

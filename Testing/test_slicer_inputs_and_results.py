@@ -170,7 +170,6 @@ def test_model_cards_list_import_and_report_broken_files(tmp_path, monkeypatch):
     from LesionFactorizerLib.modelfile import make_metadata, save_model_file
     from LesionFactorizerLib.presets import build_architecture
 
-    import LesionFactorizerLib.pipeline.testnets  # noqa: F401
     from LesionFactorizerModuleLib import models
 
     user = tmp_path / "user-models"

@@ -1,7 +1,7 @@
 """The Slicer module as files: API conformance, the .ui, CMake lists, icons, and no torch import.
 
 Slicer cannot be installed here, so these checks stand in for "it loads in Slicer": every Slicer
-name we call exists in the real Slicer sources (the shared API checker), every widget the module
+name we call exists in the real Slicer sources (the Slicer API checker, ``slicer_standin/api_index.py``), every widget the module
 looks up exists in the .ui with a class Slicer has, and every file CMake must package exists.
 """
 
@@ -18,23 +18,22 @@ from pathlib import Path
 
 import pytest
 
+from slicer_standin import api_index
+
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "LesionFactorizer"
 MODULE_FILE = MODULE_DIR / "LesionFactorizer.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "LesionFactorizer.ui"
-SHARED = REPO.parent / "shared"
-CHECKER = SHARED / "tools" / "slicer_api_check.py"
-INDEX = SHARED / "reference" / "slicer-api-index.json"
 
 
-def _need_shared():
-    if not (CHECKER.is_file() and INDEX.is_file()):
-        pytest.skip("../shared (Slicer API checker and index) is not present")
+def _checker_and_index():
+    return (api_index.need(api_index.checker(), api_index.CHECKER_VAR),
+            api_index.need(api_index.index(), api_index.INDEX_VAR))
 
 
 def test_slicer_api_conformance():
-    _need_shared()
-    proc = subprocess.run([sys.executable, str(CHECKER), "--index", str(INDEX), "LesionFactorizer"],
+    checker, index = _checker_and_index()
+    proc = subprocess.run([sys.executable, str(checker), "--index", str(index), "LesionFactorizer"],
                           cwd=REPO, capture_output=True, text=True, timeout=120, encoding="utf-8")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
@@ -47,11 +46,11 @@ def test_slicer_api_conformance():
 
 def test_api_checker_catches_a_wrong_name(tmp_path):
     """Guard against a vacuous pass: a misspelt Slicer call in a copy of our module is an error."""
-    _need_shared()
+    checker, index = _checker_and_index()
     broken = MODULE_FILE.read_text(encoding="utf-8").replace("GetSegmentIdBySegmentName", "GetSegmentIDBySegmentName", 1)
     assert broken != MODULE_FILE.read_text(encoding="utf-8")
     (tmp_path / "LesionFactorizer.py").write_text(broken, encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(CHECKER), "--index", str(INDEX), str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(checker), "--index", str(index), str(tmp_path)],
                           capture_output=True, text=True, timeout=120, encoding="utf-8")
     assert proc.returncode == 1
     assert "GetSegmentIDBySegmentName" in proc.stdout + proc.stderr
@@ -74,8 +73,8 @@ def test_ui_is_designer_xml_with_slicer_widget_classes():
     for cls in classes:
         if not cls.startswith("Q"):
             assert cls in custom, f"{cls} used but not declared in <customwidgets>"
-    if INDEX.is_file():
-        cxx = json.loads(INDEX.read_text(encoding="utf-8"))["cxx"]
+    if api_index.index():
+        cxx = json.loads(api_index.index().read_text(encoding="utf-8"))["cxx"]
         for cls in set(custom) | {c for c in classes if not c.startswith("Q")}:
             assert cls in cxx, f"{cls} does not exist in Slicer/CTK"
     # every MRML selector receives the scene from the top-level widget

@@ -1,7 +1,7 @@
 """The Slicer stand-in cannot drift from Slicer: every name it provides exists in the real API.
 
-Checked against the API indexes of Slicer 5.8.1 and 5.10.0 (../shared/reference, made by
-../shared/tools/slicer_api_check.py from Slicer's sources). Slicer's own names (``slicer.*``,
+Checked against the API indexes of Slicer 5.8.1 and 5.10.0, made from Slicer's sources (where they
+are: ``slicer_standin/api_index.py``). Slicer's own names (``slicer.*``,
 ``slicer.util.*``, ``SampleData.*``, MRML/qMRML/CTK classes and their members) must be declared
 there. Qt and VTK are not Slicer: their members count as known when Slicer's own sources call them
 (the index's usage evidence, as the checker itself treats them). A few Qt/VTK names the module uses
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from slicer_standin import api_index
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 VERSIONS = ("5.8.1", "5.10.0")
 LIST_NAMES = Path(__file__).resolve().parent / "slicer_standin" / "list_names.py"
 MODULE_FILE = REPO / "LesionFactorizer" / "LesionFactorizer.py"
@@ -35,9 +36,7 @@ PY_MODULES = {"slicer.util", "slicer.i18n", "slicer.ScriptedLoadableModule", "Sa
 
 
 def _index(version):
-    path = SHARED / "reference" / f"slicer-api-index-{version}.json"
-    if not path.is_file():
-        pytest.skip(f"{path} is not present (../shared is cloned next to the repository on CI)")
+    path = api_index.need(api_index.index(version), api_index.INDEX_VAR)
     return json.loads(path.read_text(encoding="utf-8"))
 
 

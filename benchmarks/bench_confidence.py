@@ -41,7 +41,7 @@ true one at confidence 0.83) and the ms-new model finds nothing: confidence flag
 not a model failing on scans unlike its training data.
 
 Matching: a predicted lesion (a row of report.json ``lesions``, relabelled from segmentation.<ext>
-with the lesion rule of :mod:`LesionFactorizerLib.evaluation.lesions`) is a true positive when it
+with the lesion rule of :mod:`LesionFactorizerLib.pipeline.lesions`) is a true positive when it
 overlaps a ground-truth lesion voxel, else a false positive. Printed per measure and class: n,
 mean, median, quartiles, and the AUROC of telling TP from FP by that measure (Mann-Whitney; 0.5 is
 chance; for ``uncertainty`` lower means TP, so it is scored reversed). ``volume_ml`` is summarised
@@ -173,7 +173,7 @@ def classify(report, seg_path: str, label_path: Path) -> list[dict]:
     """Each reported lesion with its measures and whether it overlaps the truth."""
     import SimpleITK as sitk
 
-    from LesionFactorizerLib.evaluation.lesions import find_lesions
+    from LesionFactorizerLib.pipeline.lesions import find_lesions
 
     seg = sitk.ReadImage(seg_path)
     labels = sitk.GetArrayFromImage(seg)

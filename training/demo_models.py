@@ -2,14 +2,14 @@
 
     python training/demo_models.py                      # all three tasks, each by its shipped recipe
     python training/demo_models.py --tasks stroke       # one task
-    python training/demo_models.py --recipe cpu         # everything on the CPU (about 45 min on 2 cores)
+    python training/demo_models.py --recipe cpu         # everything on the CPU (far slower than on a GPU)
     python training/demo_models.py --steps data,pack    # only some steps
 
 Two recipes, one network (a reduced-width Swin Factorizer):
 
 * ``cpu`` — ``lesion-factorizer train training/configs/demo-<task>.yaml`` on 32 phantoms, widths
   8-128, single-threaded (on a small shared machine two threads fighting other processes made steps
-  ten times slower than one). The shipped stroke model.
+  much slower than one). The shipped stroke model.
 * ``gpu`` — ``lesion-factorizer train demo-<task>-gpu --pack …`` on 64 phantoms (the first 32 are
   the CPU recipe's), widths 16-256, 32-patch batches, minutes on one GPU. The shipped tumor and
   ms-new models (trained by the earlier GPU-only loop of ``packed.py``; their cards say how). The

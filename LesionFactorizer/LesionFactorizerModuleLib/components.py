@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from LesionFactorizerLib.pipeline.counterfactual import DIFFERENCE  # torch-free, like the worker's imports
+from LesionFactorizerLib.pipeline.groups import DIFFERENCE  # torch-free, like the worker's imports
 from LesionFactorizerLib.pipeline.effects import best_effect  # torch-free: the library's rule, not a copy
 from LesionFactorizerModuleLib.worker import NMF_LAYERS
 

@@ -98,7 +98,7 @@ def lesions_from_report(report: Mapping[str, Any]) -> List[Lesion]:
 
 
 def _neighbourhood(connectivity: int) -> List[Tuple[int, int, int]]:
-    """Offsets of the 6-, 18- or 26-neighbourhood (as evaluation.lesions defines a lesion)."""
+    """Offsets of the 6-, 18- or 26-neighbourhood (as pipeline.lesions defines a lesion)."""
     limit = {6: 1, 18: 2, 26: 3}[int(connectivity)]
     return [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)
             if 0 < abs(a) + abs(b) + abs(c) <= limit]

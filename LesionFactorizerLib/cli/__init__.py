@@ -18,15 +18,9 @@ import os
 import pkgutil
 import sys
 
-from LesionFactorizerLib.processmemory import configure_process_memory
-
-# Our own processes (CLI, Slicer worker) reuse memory for large tensors instead of faulting in
-# fresh pages for every feature map; only effective before torch is imported, hence here and
-# not in a library module (see processmemory).
-configure_process_memory()
-
 from LesionFactorizerLib import __version__
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.processmemory import configure_process_memory
 
 
 def _command_modules():
@@ -118,6 +112,10 @@ def _utf8_pipes() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Our own processes (CLI, Slicer worker) reuse memory for large tensors instead of faulting in
+    # fresh pages for every feature map; only effective before torch is imported, hence first here
+    # (the command modules import torch inside ``run``), never at import (see processmemory).
+    configure_process_memory()
     # Idle OpenMP threads sleep instead of spinning: on a shared machine spinning steals the cores
     # the other threads (ours and other programs') need. Must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -26,7 +26,7 @@ Conventions (documented once, here, and relied on by the tests):
     ``connectivity=6``).
   - *Small lesions*: components of at most ⌊3 mm³ / voxel volume⌋ voxels are dropped from both
     masks (anima keeps a component when its voxel count is *greater* than that floor: at 1 mm a
-    3-voxel component is dropped). ``lesions.find_lesions`` applies it, the same definition the
+    3-voxel component is dropped). ``pipeline/lesions.find_lesions`` applies it, the same definition the
     inference report uses.
   - *Detection*: a reference lesion counts as detected when (α) more than 10 % of its voxels are
     covered by predicted lesions and (β/γ) the predicted lesions that cover it, taken by
@@ -42,7 +42,8 @@ Conventions (documented once, here, and relied on by the tests):
   small-lesion removal) and predicted volume in mm³.
 """
 
-from LesionFactorizerLib.evaluation.lesions import DetectionResult, detect_lesions, label_lesions
+from LesionFactorizerLib.evaluation.lesions import DetectionResult, detect_lesions
 from LesionFactorizerLib.evaluation.overlap import BRATS_EMPTY_HD95, HD95_EMPTY, dice, hausdorff95, surface_distances
+from LesionFactorizerLib.pipeline.lesions import label_lesions
 
 __all__ = ["BRATS_EMPTY_HD95", "HD95_EMPTY", "dice", "hausdorff95", "surface_distances", "detect_lesions", "label_lesions", "DetectionResult"]

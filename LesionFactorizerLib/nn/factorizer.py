@@ -57,8 +57,8 @@ def plain_forward(model: nn.Module):
 def position_embedding(channels: int, size: int) -> nn.Parameter:
     """The bridge's learnable position embedding ``(1, C, size, size, size)``: std-1 normal init as
     in the authors' code (the same values as torch.randn). Not drawn on the meta device, where
-    model files' shapes are checked: a meta normal_ loads torch's symbolic-shape machinery, ~0.7 s
-    per worker start."""
+    model files' shapes are checked: a meta normal_ loads torch's symbolic-shape machinery, which
+    every worker start would pay for."""
     pos = torch.empty(1, channels, *(size,) * 3)
     return nn.Parameter(pos if pos.is_meta else pos.normal_())
 
@@ -187,10 +187,10 @@ class FactorizerBlock(nn.Module):
         - the NMF input ``z = ReLU(W_in LN(x))`` is written by the product straight into its buffer;
         - GELU runs in place on the MLP's hidden rows.
         Each removed pass is one full-resolution read+write; on CPUs this block is bound by memory
-        traffic, not FLOPs (profiled: copies and bias broadcasts were a third of its time). Every
+        traffic, not FLOPs (profiled: copies and bias broadcasts were a large share of its time). Every
         per-chunk temporary is written into one :class:`_Scratch` buffer reused by all chunks: a fresh
-        ~2 MB tensor per chunk is a fresh page-faulted, zeroed allocation each time (the decoder's
-        adapter alone ran 4.6× slower that way, 0.43 s vs 0.09 s at 128³)."""
+        tensor per chunk is a fresh page-faulted, zeroed allocation each time (the decoder's adapter
+        alone ran several times slower that way; ``benchmarks/bench_model.py`` times the block)."""
         b, d, h, w, _ = parts[0].shape
         c = self.nmf_norm.normalized_shape[0]
         rows = [p.reshape(-1, p.shape[-1]) for p in parts]
@@ -239,7 +239,7 @@ class Workspace:
     """Full-size maps of the memory-saving path, kept and reused across a network's forward passes:
     the NMF input ``z`` (one buffer for all blocks, which run one after another) and each block's
     output. A fresh full-resolution buffer is paid for in page faults at first touch, every time
-    (~0.1–0.2 s per 268 MB map at 128³, more than the NMF kernel), and sliding windows run the same
+    (at 128³ more than the NMF kernel itself costs), and sliding windows run the same
     shape again and again.
 
     Only inside the network's own forward (:meth:`session`), where every block output is consumed

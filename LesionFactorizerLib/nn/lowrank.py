@@ -8,8 +8,8 @@ themselves — a 1×1×1 convolution C_in→R, one depthwise 1-D convolution alo
 1×1×1 convolution R→C_out — the same linear map (zero padding factorises per axis) at
 ``R·(C_in + 3k + C_out)`` instead of ``C_out·C_in·k³`` multiply-adds per voxel.
 
-:class:`ResUNet8` is the thesis's chapter-8 network, read as ``shared/reference/thesis-notes.md``
-does (the reading that gives the reported 92.2 M parameters): five levels of width F·2^l, max-pool
+:class:`ResUNet8` is the thesis's chapter-8 network in the one reading of 8.3.2 whose parameter
+count (:func:`~LesionFactorizerLib.presets.count_parameters`) is the reported 92.2 M: five levels of width F·2^l, max-pool
 down, 3×3×3 stride-2 transposed convolutions up, concatenated skips, one ResNet block per stage
 (two 3×3×3 convolutions with bias, InstanceNorm, LeakyReLU, a 1×1×1 projection shortcut with bias),
 a 1×1×1 head. With ``alpha`` set, both 3×3×3 convolutions of every block except level 0's are
@@ -118,10 +118,10 @@ def _eager_inference() -> bool:
 class InstanceNorm3d(nn.InstanceNorm3d):
     """``nn.InstanceNorm3d`` (no affine, no running statistics: no state) that keeps
     ``channels_last_3d`` memory in eager inference on one sample. PyTorch's instance norm makes a
-    channels-last input contiguous first (measured at 60×64³: 102 ms against 33 ms on contiguous
-    input), and the next convolution then reorders it back; for one sample the instance statistics
-    are the batch statistics, and ``batch_norm`` has a channels-last kernel (28 ms, output equal
-    within float rounding)."""
+    channels-last input contiguous first (several times slower than on a contiguous input), and the
+    next convolution then reorders it back; for one sample the instance statistics are the batch
+    statistics, and ``batch_norm`` has a channels-last kernel (as fast as the contiguous path,
+    output equal within float rounding; ``benchmarks/bench_lowrank.py`` times the network)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.shape[0] == 1 and not self.affine and not self.track_running_stats and _eager_inference()
@@ -182,7 +182,7 @@ class ResUNet8(nn.Module):
 
     def _weights_channels_last(self) -> None:
         """Dense convolution weights in ``channels_last_3d`` memory, like the activations: oneDNN
-        then uses them without a reorder per call (the whole 64³ forward ~0.15 s faster). The same
+        then uses them without a reorder per call (the whole forward is faster: ``benchmarks/bench_lowrank.py``). The same
         values, changed once; training is layout-agnostic and the model savers write
         ``.contiguous()`` copies."""
         for layer in self.modules():

@@ -5,7 +5,7 @@
 layer outputs the reconstruction; :meth:`NMF.decompose` returns the factors (the interpretable
 components).
 
-Choices, following the authors' reference code (``shared/reference/factorizer-reference.md`` §2.3):
+Choices, following the authors' code (github.com/pashtari/factorizer at tag 0.0.1, ``factorization/``):
 - each iteration updates U first, then V with the new U;
 - ``eps`` (1e-8) sits in numerator *and* denominator of both solvers, e.g. for HALS at R=1
   ``u ← ReLU((Xv + eps) / (vᵀv + eps))``, which keeps factors strictly positive on all-zero inputs

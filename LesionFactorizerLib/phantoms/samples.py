@@ -58,7 +58,7 @@ def sample_case(task: str, folder: str | None = None, verify: bool = True) -> di
 
 
 def build_sample_data(folder: str | None = None) -> dict:
-    """Regenerate the sample cases and manifest (deterministic; takes about 15 s)."""
+    """Regenerate the sample cases and manifest (deterministic)."""
     from LesionFactorizerLib.phantoms.generate import LABELS, generate_case
     from LesionFactorizerLib.phantoms.layouts import write_nifti
 

@@ -10,8 +10,8 @@ Backends (``--backend``):
   Runtime; needs the ``export`` extra (onnx, onnxruntime, onnxscript). The exported file is cached
   in :func:`cache_dir`, keyed by the weights and the window shape.
 - ``auto`` (default): the backend that *measured* fastest for this network, window shape, device and
-  thread count on this machine (:func:`calibrate`, run by ``python -m
-  LesionFactorizerLib.pipeline.backends`` or ``benchmarks/bench_model.py --backends``), else eager. A backend
+  thread count on this machine (:func:`calibrate`, run by ``lesion-factorizer
+  calibrate MODEL`` or ``benchmarks/bench_model.py --backends``), else eager. A backend
   is recorded as the winner only if it beat eager on the same run by :data:`MIN_GAIN` and matched
   its outputs; so a clinician's first click never pays a compile nobody has shown to pay off.
 
@@ -371,42 +371,3 @@ def calibrate(model, shape: tuple[int, ...], device: str = "cpu", backends=("eag
         save_record(key, record)
     return {"key": key, **record}
 
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m LesionFactorizerLib.pipeline.backends MODEL`` — calibrate ``auto`` for a model."""
-    import argparse
-
-    import torch
-
-    parser = argparse.ArgumentParser(description="Measure eager, torch.compile and ONNX Runtime on one window "
-                                     "batch of a model and record the fastest (that matches eager) for --backend auto.")
-    parser.add_argument("model", help="model name, .safetensors path, or a preset name (random weights)")
-    parser.add_argument("--window", type=int, nargs=3, metavar=("D", "H", "W"), help="default: the model's patch size")
-    parser.add_argument("--sw-batch-size", type=int,
-                        help="windows per batch (default: what `segment` chooses for this window and device)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from LesionFactorizerLib.presets import PRESETS, build_model
-
-    if args.model in PRESETS:
-        model, patch = build_model(args.model), PRESETS[args.model].patch_size
-    else:
-        from LesionFactorizerLib.modelfile import load_model_file
-
-        loaded = load_model_file(args.model)
-        model, patch = loaded.model, tuple(reversed(loaded.spec.preprocessing.patch_size))
-    from LesionFactorizerLib.pipeline.inference import default_sw_batch_size, resolve_device
-
-    cin = model.config["kwargs"]["in_channels"]
-    window = tuple(args.window or patch)
-    batch = args.sw_batch_size or default_sw_batch_size(window, cin, resolve_device(args.device))
-    shape = (batch, cin, *window)
-    out = calibrate(model, shape, args.device, repeats=args.repeats)
-    print(json.dumps(out, indent=1))
-
-
-if __name__ == "__main__":
-    main()

@@ -39,18 +39,12 @@ from typing import Any
 import numpy as np
 
 from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.pipeline.groups import DIFFERENCE, component_count, difference_map
 from LesionFactorizerLib.reportspec import (COUNTERFACTUAL_FOLDER, COUNTERFACTUAL_OUTPUTS, FOLDER_KEY, OUTPUTS,
                                             REPORT_NAME)
 
 FORMAT = "lesion-factorizer-counterfactual"
-DIFFERENCE = {0: "unchanged", 1: "added", 2: "removed", 3: "relabelled"}
 DIFFERENCE_COLOURS = {1: (0.1, 0.8, 0.2), 2: (0.9, 0.1, 0.1), 3: (0.95, 0.85, 0.1)}
-
-
-def component_count(model, layer: str) -> int:
-    """K = heads × rank of a Factorizer layer: the components its maps (and ``--component``) number."""
-    wrapped = model.nmf_layers()[layer]
-    return wrapped.in_proj.in_features // wrapped.matricize.head_dim * wrapped.nmf.rank
 
 
 def dropped(model, layer: str, component: int):
@@ -401,15 +395,6 @@ def write_difference_png(path: Path, reference, before: np.ndarray, difference: 
     except Exception as exc:  # noqa: BLE001 - any decoding failure means the file is unusable
         raise UserError(f"writing {path.name} failed ({exc}); free disk space or choose another output "
                         "folder") from None
-
-
-def difference_map(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """0 unchanged, 1 added, 2 removed, 3 relabelled (see :data:`DIFFERENCE`)."""
-    diff = np.zeros(before.shape, dtype=np.uint8)
-    diff[(before == 0) & (after > 0)] = 1
-    diff[(before > 0) & (after == 0)] = 2
-    diff[(before > 0) & (after > 0) & (before != after)] = 3
-    return diff
 
 
 def _summary(source: Source, layer: str, component: int, before, after, difference, geometry, task,

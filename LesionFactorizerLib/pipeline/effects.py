@@ -72,7 +72,7 @@ def component_costs(model, names: list[str]) -> dict[str, tuple[int, float]]:
     the work of the layer's block and every later block over the work of all blocks; a block's
     work is width² × voxels at its stride (projections and MLP are per-voxel C×C products), the
     width being what its NMF reads. The network up to the layer, run once per chunk, is left out."""
-    from LesionFactorizerLib.pipeline.counterfactual import component_count
+    from LesionFactorizerLib.pipeline.groups import component_count
 
     nmf = model.nmf_layers()
     order = [n for n, _ in model.component_layers]
@@ -156,7 +156,7 @@ class _Baseline:
         self.ml = geometry.voxel_volume_ml()
 
     def compare(self, component: int, after: np.ndarray) -> dict:
-        from LesionFactorizerLib.pipeline.counterfactual import DIFFERENCE, difference_map
+        from LesionFactorizerLib.pipeline.groups import DIFFERENCE, difference_map
         from LesionFactorizerLib.pipeline.postprocessing import label_volumes
 
         counts = np.bincount(difference_map(self.labels, after).ravel(), minlength=4)

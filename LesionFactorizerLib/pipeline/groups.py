@@ -14,6 +14,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import numpy as np
+
+# The difference labelmap of a counterfactual (its segmentation against the run's): the values and
+# their names, shared by the counterfactual's outputs, the effect pass and the Slicer difference segments.
+DIFFERENCE = {0: "unchanged", 1: "added", 2: "removed", 3: "relabelled"}
 MODES = ("drop", "keep", "skip")   # counterfactual --keep / --whole-layer; drop is the default
 NOTES = {"keep": "segmentation with this NMF layer reconstructing its input from this one component alone, compared "
                  "with the segmentation of the source run; everything else as recorded in its report.json",
@@ -30,6 +35,21 @@ class DropComponent:
     layer: str | None = None
     component: int | None = None
     mode: str = "drop"
+
+
+def component_count(model, layer: str) -> int:
+    """K = heads × rank of a Factorizer layer: the components its maps (and ``--component``) number."""
+    wrapped = model.nmf_layers()[layer]
+    return wrapped.in_proj.in_features // wrapped.matricize.head_dim * wrapped.nmf.rank
+
+
+def difference_map(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """0 unchanged, 1 added, 2 removed, 3 relabelled (see :data:`DIFFERENCE`)."""
+    diff = np.zeros(before.shape, dtype=np.uint8)
+    diff[(before == 0) & (after > 0)] = 1
+    diff[(before > 0) & (after == 0)] = 2
+    diff[(before > 0) & (after > 0) & (before != after)] = 3
+    return diff
 
 
 @contextlib.contextmanager

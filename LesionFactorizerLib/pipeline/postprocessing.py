@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from LesionFactorizerLib.evaluation.lesions import Lesions, find_lesions
+from LesionFactorizerLib.pipeline.lesions import Lesions, find_lesions
 from LesionFactorizerLib.pipeline.geometry import Geometry, lps_to_ras
 from LesionFactorizerLib.tasks import Task
 

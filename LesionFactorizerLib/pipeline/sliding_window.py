@@ -2,7 +2,7 @@
 
 The same windows and the same stitching as MONAI's ``sliding_window_inference`` in its
 ``constant`` blend mode (every window weighs 1; overlaps are averaged), so outputs equal what it
-gave (tested against it), but without importing MONAI at inference: ``import monai`` costs ~5 s
+gave (tested against it), but without importing MONAI at inference: ``import monai`` costs seconds
 of CPU at every worker start — most of a "drop this component" click on the demo models, and far
 more wall time on a busy machine.
 

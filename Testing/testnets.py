@@ -1,10 +1,14 @@
-"""A tiny deterministic network for pipeline tests and self-checks.
+"""A tiny deterministic network for the tests; not part of the library.
 
 ``threshold-net``: a fixed 1×1×1 convolution, logits = gain · (x[channel] − threshold), so after
 z-scoring a voxel is labelled exactly when its normalised intensity exceeds ``threshold``. With it
 the whole real pipeline (files, resampling, cropping, sliding windows, post-processing, writing)
-can be tested for geometry without trained weights. Model files name it ``threshold-net``
-(:data:`LesionFactorizerLib.presets.ARCHITECTURES`).
+can be tested for geometry without trained weights. ``delay_s`` slows its forward so a test can
+interrupt a run mid-inference — which is why it lives here and not in the production registry.
+
+The tests' model files name it ``threshold-net``; :mod:`testnet_hook` adds it to
+``LesionFactorizerLib.presets.ARCHITECTURES`` in the test process and in every process the tests
+start.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import time
 
 import torch
 from torch import nn
+
+NAME = "threshold-net"
 
 
 class ThresholdNet(nn.Module):
@@ -34,4 +40,3 @@ class ThresholdNet(nn.Module):
             time.sleep(self.delay_s)
         y = self.conv(x)
         return [y] if all_heads else y
-
