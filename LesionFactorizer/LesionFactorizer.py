@@ -40,9 +40,9 @@ except RuntimeError as _exc:  # one clear line in the log instead of a traceback
     raise ImportError(str(_exc)) from None
 
 from LesionFactorizerLib import modelfile  # noqa: E402
-from LesionFactorizerLib.errors import UserError  # noqa: E402
-from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESETS  # noqa: E402
-from LesionFactorizerLib.tasks import TASKS, Task, get_task  # noqa: E402
+from LesionFactorizerLib.core.errors import UserError  # noqa: E402
+from LesionFactorizerLib.core.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESETS  # noqa: E402
+from LesionFactorizerLib.core.tasks import TASKS, Task, get_task  # noqa: E402
 from LesionFactorizerModuleLib import components as componentsLib  # noqa: E402
 from LesionFactorizerModuleLib import dependencies as dependenciesLib  # noqa: E402
 from LesionFactorizerModuleLib import exports as exportsLib  # noqa: E402
@@ -374,7 +374,7 @@ class LesionFactorizerWidget(ParameterNodeStateMixin, ResultsPanelMixin, LesionP
 
     def _rememberRunTime(self, result):
         """The model card's expected time is the last run's time on this computer (models carry none)."""
-        from LesionFactorizerLib.reportspec import view
+        from LesionFactorizerLib.core.reportspec import view
 
         report = view(result.report)
         model, total = report.model or {}, report.total_seconds

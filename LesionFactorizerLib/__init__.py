@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "build_model": "LesionFactorizerLib.presets",
-    "PRESETS": "LesionFactorizerLib.network_presets",
+    "PRESETS": "LesionFactorizerLib.core.network_presets",
 }
 
 

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
 
 from LesionFactorizerLib import modelfile
-from LesionFactorizerLib.checksums import sha256
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.spec import _inputs, _keys
-from LesionFactorizerLib.tasks import TASKS, get_task
+from LesionFactorizerLib.core.checksums import sha256
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.spec import _inputs, _keys
+from LesionFactorizerLib.core.tasks import TASKS, get_task
 
 FORMAT = "lesion-factorizer-catalog"
 FORMAT_VERSION = 1

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 ID_KEYS = ("case_id", "case", "id", "subject")
 LIST_KEYS = ("cases", "training", "data")

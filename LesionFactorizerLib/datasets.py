@@ -5,7 +5,7 @@ raw label values, by the phantom writer — so synthetic data sets are read by e
 that reads the real ones. Torch-free (numpy; SimpleITK only inside :func:`read_image_ref`).
 
 Each adapter knows where a layout keeps every input and the label file, and how its label values
-map onto the task's canonical labels (`tasks.py`: tumor 1 NCR, 2 ED, 3 ET; stroke and ms-new
+map onto the task's canonical labels (`core/tasks.py`: tumor 1 NCR, 2 ED, 3 ET; stroke and ms-new
 1 lesion). The conversion is explicit per layout because the public releases disagree:
 
 =================  ==============================  =======================================
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from LesionFactorizerLib.datalist import read_datalist
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.tasks import get_task
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.tasks import get_task
 
 BINARY = "binary"   # label_map sentinel: every non-zero value → 1
 NIFTI_ENDINGS = (".nii.gz", ".nii")   # the public releases ship NIfTI only

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.reportspec import FOLDER_KEY, OUTPUTS, REPORT_NAME
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.reportspec import FOLDER_KEY, OUTPUTS, REPORT_NAME
 
 DEMO_TASKS = ("tumor", "stroke", "ms-new")
 DEFAULT_OUT = "lesionfactorizer-demo"
@@ -103,7 +103,7 @@ def run_demo(out: str | os.PathLike = DEFAULT_OUT, tasks: list[str] | None = Non
         plan.append((task, model, meta, sample))
 
     from LesionFactorizerLib.pipeline.segment import segment_case
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     summary: dict[str, Any] = {"format": "lesion-factorizer-demo", "out": str(out), "device": device, "tasks": {}}
     _write_summary(out, summary)   # claims the folder first, so a re-run after an interruption may refresh it

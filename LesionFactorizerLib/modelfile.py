@@ -3,7 +3,7 @@
 Why safetensors: loading never unpickles, so a model file from a stranger cannot run code. The
 metadata document (key ``lesionfactorizer`` inside the safetensors ``__metadata__``) says
 everything needed to use the weights correctly; its fields and rules are
-:class:`LesionFactorizerLib.spec.ModelSpec`, which every reader parses it into.
+:class:`LesionFactorizerLib.core.spec.ModelSpec`, which every reader parses it into.
 
 The torch-free half (:func:`read_metadata`, :func:`read_spec`, :func:`verify_file`, model search)
 parses the safetensors header itself, with size checks, so the Slicer GUI process can list and
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from LesionFactorizerLib.checksums import sha256, sha256_split
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.spec import FORMAT, FORMAT_VERSION, ModelSpec, Preprocessing, parse_spec
+from LesionFactorizerLib.core.checksums import sha256, sha256_split
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.spec import FORMAT, FORMAT_VERSION, ModelSpec, Preprocessing, parse_spec
 
 METADATA_KEY = "lesionfactorizer"
 MODEL_SUFFIX = ".safetensors"
@@ -200,7 +200,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_spec(path: str | os.PathLike) -> ModelSpec:
-    """The model file's :class:`~LesionFactorizerLib.spec.ModelSpec` (torch-free)."""
+    """The model file's :class:`~LesionFactorizerLib.core.spec.ModelSpec` (torch-free)."""
     return parse_spec(read_header(path).metadata, where=str(path))
 
 
@@ -246,8 +246,8 @@ def make_metadata(task: str, architecture: dict[str, Any], *, name: str = "", in
     ``{"name": ..., "kwargs": ...}``.
     """
     from LesionFactorizerLib import __version__
-    from LesionFactorizerLib.outputspec import OutputSpec
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.outputspec import OutputSpec
+    from LesionFactorizerLib.core.tasks import get_task
 
     t = get_task(task)
     arch_name = architecture.get("name", architecture.get("architecture"))
@@ -491,7 +491,7 @@ def find_model(path_or_name: str | os.PathLike) -> Path:
 
 def default_model(task: str) -> Path:
     """The task's default model: its named default if installed, else the first model for the task."""
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.tasks import get_task
 
     t = get_task(task)
     entries = [e for e in list_models(t.name) if not e.problem]

@@ -1,5 +1,5 @@
 """The networks a model file may name (``ARCHITECTURES``) and one builder; the named presets are
-data in :mod:`LesionFactorizerLib.network_presets`.
+data in :mod:`LesionFactorizerLib.core.network_presets`.
 
 A model is described by plain data — an architecture name plus keyword arguments — so it can be
 stored in a model file's metadata and rebuilt exactly::
@@ -21,7 +21,7 @@ from LesionFactorizerLib.nn.lowrank import ResUNet8
 from LesionFactorizerLib.nn.monai_baselines import dynunet, swin_unetr, unetr
 from LesionFactorizerLib.nn.performer import Performer
 from LesionFactorizerLib.nn.unet import UNet
-from LesionFactorizerLib.network_presets import PRESETS
+from LesionFactorizerLib.core.network_presets import PRESETS
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from LesionFactorizerLib import catalog
-from LesionFactorizerLib.checksums import sha256
+from LesionFactorizerLib.core.checksums import sha256
 from LesionFactorizerLib.modelfile import read_header
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from LesionFactorizerLib.checksums import sha256
+from LesionFactorizerLib.core.checksums import sha256
 from LesionFactorizerLib.pipeline import backends
 from LesionFactorizerLib.pipeline.inference import run_inference
 from LesionFactorizerLib.presets import build_model

@@ -19,10 +19,10 @@ from LesionFactorizerLib import build_model
 from LesionFactorizerLib.cli import main
 from LesionFactorizerLib.cli.batch import _incomplete
 from LesionFactorizerLib.cli.batch_pipeline import CasePipeline
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.modelfile import make_metadata, save_model_file
 from LesionFactorizerLib.pipeline.segment import Segmenter
-from LesionFactorizerLib.pipeline.settings import SegmentSettings
+from LesionFactorizerLib.core.settings import SegmentSettings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ def test_true_and_false_positive_lesions_are_told_apart_and_summarised(tmp_path,
     from test_pipeline_data import save_threshold_model
 
     from LesionFactorizerLib.pipeline.segment import Segmenter
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     rng = np.random.default_rng(0)
     array = (100 + 5 * rng.standard_normal((20, 24, 28))).astype(np.float32)

@@ -86,7 +86,7 @@ def test_training_datalist_columns_label_and_fold_are_not_inputs(tmp_path, capsy
 
 def test_case_folders_pick_only_image_files(tmp_path):
     from LesionFactorizerLib.cli.batch import read_cases
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.tasks import get_task
 
     paths = write_case(tmp_path / "cases" / "c1", names=("sub_dwi", "sub_adc"))
     (tmp_path / "cases" / "c1" / "dwi_notes.txt").write_text("not an image", encoding="utf-8")

@@ -6,7 +6,7 @@ import pytest
 
 from LesionFactorizerLib.cli import build_parser, main
 from LesionFactorizerLib.cli.phantom import LAST_INDEX, LIMITS, check_case_range
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.phantoms.layouts import case_id
 
 

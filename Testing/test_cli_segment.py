@@ -217,8 +217,8 @@ def test_unavailable_gpu_is_a_usage_error(tmp_path, case):
 
 def test_inputs_given_without_names_are_assigned_by_file_name(tmp_path):
     from LesionFactorizerLib.cli.segment import parse_inputs
-    from LesionFactorizerLib.errors import UserError
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.errors import UserError
+    from LesionFactorizerLib.core.tasks import get_task
 
     got = parse_inputs(["/d/sub-01_dwi.nii.gz", "adc=/d/x.nrrd"], get_task("stroke"))
     assert got == {"dwi": "/d/sub-01_dwi.nii.gz", "adc": "/d/x.nrrd"}

@@ -33,7 +33,7 @@ from LesionFactorizerLib.pipeline.effects import component_costs, stage_weight
 from LesionFactorizerLib.pipeline.groups import kept
 from LesionFactorizerLib.pipeline.progress import STAGES, Progress
 from LesionFactorizerLib.pipeline.segment import segment_case
-from LesionFactorizerLib.pipeline.settings import SegmentSettings
+from LesionFactorizerLib.core.settings import SegmentSettings
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["decoder2", "decoder1"]

@@ -24,7 +24,7 @@ from LesionFactorizerLib.pipeline.groups import difference_map
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.ranking import block_mean, model_grid_masks, ranked, score_components
 from LesionFactorizerLib.pipeline.segment import segment_case
-from LesionFactorizerLib.pipeline.settings import SegmentSettings
+from LesionFactorizerLib.core.settings import SegmentSettings
 
 REPO = Path(__file__).resolve().parents[1]
 HALF_MM = 36.0
@@ -344,7 +344,7 @@ def test_a_seg_nrrd_run_gets_a_seg_nrrd_counterfactual(stroke_run, tmp_path):
     import slicerio
 
     from LesionFactorizerLib.pipeline.segnrrd import write_seg_nrrd
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.tasks import get_task
 
     def as_seg_nrrd(report):
         report["outputs"]["segmentation"] = "segmentation.seg.nrrd"

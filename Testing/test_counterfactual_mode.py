@@ -18,7 +18,7 @@ from LesionFactorizerLib.demo import bundled_demo_model
 from LesionFactorizerLib.phantoms.samples import sample_case
 from LesionFactorizerLib.pipeline.groups import DropComponent
 from LesionFactorizerLib.pipeline.segment import Segmenter, segment_case
-from LesionFactorizerLib.pipeline.settings import SegmentSettings
+from LesionFactorizerLib.core.settings import SegmentSettings
 
 HALF_MM = 30.0
 
@@ -78,7 +78,7 @@ def test_whole_layer_counterfactual_is_a_run_with_that_layer_skipped(argmax_run)
 
 
 def test_the_report_records_the_rule_and_an_incomplete_change_is_refused(argmax_run, tmp_path):
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
 
     run = argmax_run["folder"] / "run"
     report = json.loads((run / "report.json").read_text())

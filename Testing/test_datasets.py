@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from LesionFactorizerLib.datasets import Case, ImageRef, convert_labels, discover
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.training import folds, synthetic
 from LesionFactorizerLib.training.preprocess import load_case
 
@@ -231,7 +231,7 @@ def test_training_uses_the_task_reference_grid_and_the_inference_preprocessing(t
     from LesionFactorizerLib.pipeline.geometry import Geometry
     from LesionFactorizerLib.pipeline.io import align_to_reference, load_inputs
     from LesionFactorizerLib.pipeline.preprocessing import prepare
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.tasks import get_task
 
     root = synthetic.make_msseg2(tmp_path / "m", n=1, shape=SHAPE, seed=9)
     case = discover("msseg2", root, "ms-new")[0]

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from LesionFactorizerLib.demo import SUMMARY_NAME, bundled_demo_model, parse_tasks
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.modelfile import read_metadata
 from LesionFactorizerLib.phantoms.samples import sample_case
 

@@ -20,8 +20,8 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.tasks import get_task
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "Resources" / "SampleData"
@@ -274,7 +274,7 @@ def test_a_series_without_what_a_seg_needs_is_a_clear_error(tmp_path):
 
 def test_missing_packages_are_named_before_any_work(monkeypatch):
     from LesionFactorizerLib.pipeline.segment import Segmenter
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     monkeypatch.setitem(sys.modules, "highdicom", None)
     with pytest.raises(UserError, match=r"lesion-factorizer\[dicom\]"):

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.outputspec import BACKGROUND, OutputSpec
-from LesionFactorizerLib.spec import parse_spec
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.outputspec import BACKGROUND, OutputSpec
+from LesionFactorizerLib.core.spec import parse_spec
 from LesionFactorizerLib.modelfile import make_metadata
-from LesionFactorizerLib.tasks import get_task
+from LesionFactorizerLib.core.tasks import get_task
 
 TUMOR = get_task("tumor")
 SOFTMAX_CHANNELS = [BACKGROUND, "NCR", "ED", "ET"]

@@ -21,12 +21,8 @@ SLICER_MODULE = REPO / "LesionFactorizer" / "LesionFactorizer.py"
 
 # Lowest first. A module may import its own layer and the layers before it.
 LAYERS = (
-    # torch-free facts and rules the Slicer GUI may import (Python 3.9 as well)
-    ("core", ("LesionFactorizerLib", "LesionFactorizerLib.errors", "LesionFactorizerLib.tasks",
-              "LesionFactorizerLib.spec", "LesionFactorizerLib.outputspec", "LesionFactorizerLib.checksums",
-              "LesionFactorizerLib.usercache", "LesionFactorizerLib.pipeline.settings",
-              "LesionFactorizerLib.pipeline.speed_presets", "LesionFactorizerLib.nn.layout",
-              "LesionFactorizerLib.network_presets")),
+    # the folder of torch-free facts and rules the Slicer GUI may import (test_core_torch_free.py)
+    ("core", ("LesionFactorizerLib", "LesionFactorizerLib.core")),
     ("networks", ("LesionFactorizerLib.nn", "LesionFactorizerLib.presets")),
     ("model files", ("LesionFactorizerLib.modelfile", "LesionFactorizerLib.catalog")),
     ("pipeline", ("LesionFactorizerLib.pipeline",)),
@@ -131,7 +127,7 @@ def edges():
 
 def test_the_graph_is_read_from_the_code(edges):
     """Guard against a vacuous pass: known imports, at the top and inside functions, are seen."""
-    assert "LesionFactorizerLib.tasks" in edges["LesionFactorizerLib.spec"]            # module level
+    assert "LesionFactorizerLib.core.tasks" in edges["LesionFactorizerLib.core.spec"]            # module level
     assert "LesionFactorizerLib.presets" in edges["LesionFactorizerLib.modelfile"]      # inside a function
     assert "LesionFactorizerModuleLib.worker" in edges["LesionFactorizer"]
     assert len(edges) > 100
@@ -154,6 +150,7 @@ def test_no_import_reaches_a_higher_layer(edges):
 def test_cycles_and_upward_imports_are_found():
     """The checks can fail: a circle and an upward import in a made-up graph are reported."""
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert layer_of("LesionFactorizerLib.pipeline.segment") > layer_of("LesionFactorizerLib.pipeline.settings")
-    assert layer_of("LesionFactorizerLib.nn.layout") < layer_of("LesionFactorizerLib.nn.unet")
+    assert layer_of("LesionFactorizerLib.pipeline.segment") > layer_of("LesionFactorizerLib.core.settings")
+    assert layer_of("LesionFactorizerLib.core.layout") < layer_of("LesionFactorizerLib.nn.unet")
+    assert layer_of("LesionFactorizerLib.core.anything_new") == 0   # the folder states the rule
     assert layer_of("LesionFactorizerLib.somewhere_new") is None   # a new module must be placed

@@ -15,10 +15,10 @@ from test_cli_segment import cli
 from test_pipeline_data import grid, sample, save_threshold_model, write_case
 from test_pipeline_io import write_dicom_series
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.pipeline.io import read_image
 from LesionFactorizerLib.pipeline.segment import segment_case
-from LesionFactorizerLib.pipeline.settings import SegmentSettings
+from LesionFactorizerLib.core.settings import SegmentSettings
 
 
 def phantom(size=(20, 22, 12), spacing=(1.6, 1.6, 2.5)) -> sitk.Image:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from LesionFactorizerLib import catalog
-from LesionFactorizerLib.checksums import sha256
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.checksums import sha256
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.modelfile import ENV_MODELS
 
 from model_server import GOOD, MODELS, REPO, STALL_AFTER, corrupted, serve_test_catalog

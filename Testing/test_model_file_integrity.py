@@ -15,11 +15,11 @@ import yaml
 from test_cli_segment import cli
 from test_pipeline_data import save_threshold_model, write_case
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.modelfile import (import_model, load_model_file, make_metadata, read_header,
                                            save_model_file, verify_file, verify_model)
 from LesionFactorizerLib.pipeline.segment import segment_case
-from LesionFactorizerLib.pipeline.settings import SegmentSettings
+from LesionFactorizerLib.core.settings import SegmentSettings
 
 
 def poison(path: Path, value: float = float("nan")) -> Path:

@@ -13,7 +13,7 @@ import torch
 
 from LesionFactorizerLib import build_model
 from LesionFactorizerLib.cli import main
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.modelfile import (FORMAT_VERSION, METADATA_KEY, default_model, find_model, import_model,
                                            list_models, load_model_file, make_metadata, read_metadata,
                                            save_model_file, verify_file, verify_model)

@@ -21,7 +21,7 @@ from test_pipeline_data import save_threshold_model, write_case
 import LesionFactorizerLib.pipeline.io as io
 from LesionFactorizerLib.pipeline.progress import terminate_cleanly
 from LesionFactorizerLib.pipeline.segment import segment_case
-from LesionFactorizerLib.pipeline.settings import SegmentSettings
+from LesionFactorizerLib.core.settings import SegmentSettings
 
 
 @pytest.fixture(scope="module")

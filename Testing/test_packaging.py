@@ -49,7 +49,7 @@ def test_wheel_ships_demo_models_sample_cases_and_configs(tmp_path, compiler):
             assert f"{res}SampleData/{file}" in names
     assert f"{res}SampleData/manifest.json" in names
     assert f"{res}Models/catalog.json" in names and "LesionFactorizerLib/model-catalog.schema.json" in names
-    assert "LesionFactorizerLib/report.schema.json" in names
+    assert "LesionFactorizerLib/core/report.schema.json" in names
     assert "LesionFactorizerLib/nn/window_nmf.c" in names  # the kernel source native.py compiles
     assert not any(n.startswith(("Testing/", "out/", "LesionFactorizer/")) for n in names)
     # the compiled window-NMF kernel and its manifest, unless no compiler works: then the wheel

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.phantoms import CHANNELS, case_files, generate_case, write_dataset
 from LesionFactorizerLib.phantoms.samples import load_manifest, sample_case, sample_data_dir
 

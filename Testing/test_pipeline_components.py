@@ -11,11 +11,11 @@ import torch
 from test_pipeline_data import grid, rotation, sample, save_threshold_model
 
 from LesionFactorizerLib import build_model
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.modelfile import make_metadata, save_model_file
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.segment import segment_case
-from LesionFactorizerLib.pipeline.settings import SegmentSettings
+from LesionFactorizerLib.core.settings import SegmentSettings
 
 WIDTHS = (8, 16, 32, 64, 128)
 HEAD_DIM = 4   # swin-factorizer-isles

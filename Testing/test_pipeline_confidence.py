@@ -11,11 +11,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from LesionFactorizerLib.outputspec import OutputSpec
+from LesionFactorizerLib.core.outputspec import OutputSpec
 from LesionFactorizerLib.pipeline.confidence import (binary_entropy, foreground_probability, pass_foreground,
                                                      popcount, vote_dtype)
 from LesionFactorizerLib.pipeline.postprocessing import activate
-from LesionFactorizerLib.tasks import get_task
+from LesionFactorizerLib.core.tasks import get_task
 
 
 @pytest.mark.parametrize("task, activation, channels", [
@@ -59,7 +59,7 @@ def _case(tmp_path):
 
 def _run(tmp_path, models, name, **options):
     from LesionFactorizerLib.pipeline.segment import segment_case
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     paths = {k: v for k, v in options.pop("paths").items()}
     outputs = segment_case(paths, str(tmp_path / name), SegmentSettings(models=models, device="cpu", overview=False,
@@ -137,7 +137,7 @@ def test_one_pass_says_so_and_uncertainty_map_is_written_and_verified(tmp_path):
 def test_uncertainty_option_reaches_the_cli_and_the_worker_argv():
     from LesionFactorizerLib.cli import build_parser
     from LesionFactorizerLib.pipeline.segment import output_claims
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     assert SegmentSettings(uncertainty=True).to_argv() == ["--uncertainty"]
     assert SegmentSettings(uncertainty=False).to_argv() == []

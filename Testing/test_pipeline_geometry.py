@@ -16,7 +16,7 @@ from test_pipeline_data import LESION_CENTER, LESION_RADIUS, grid, rotation, sam
 
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.segment import segment_case
-from LesionFactorizerLib.pipeline.settings import SegmentSettings
+from LesionFactorizerLib.core.settings import SegmentSettings
 
 RAS = np.diag([-1.0, -1.0, 1.0])
 OBLIQUE = rotation(2, 25) @ rotation(0, -15)

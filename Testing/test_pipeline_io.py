@@ -10,11 +10,11 @@ import pytest
 import SimpleITK as sitk
 from test_pipeline_data import grid, sample, save_threshold_model, write_case
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.io import AtomicOutput, read_image
 from LesionFactorizerLib.pipeline.segment import segment_case
-from LesionFactorizerLib.pipeline.settings import SegmentSettings
+from LesionFactorizerLib.core.settings import SegmentSettings
 
 
 def write_dicom_series(image: sitk.Image, folder, series_uid="1.2.826.0.1.3680043.2.1125.1", description="DWI",

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from LesionFactorizerLib.pipeline.geometry import Geometry
-from LesionFactorizerLib.outputspec import OutputSpec
+from LesionFactorizerLib.core.outputspec import OutputSpec
 from LesionFactorizerLib.pipeline.postprocessing import activate, label_volumes, lesion_table, remove_small_lesions
 from LesionFactorizerLib.pipeline.preprocessing import foreground_box, zscore_nonzero
 from LesionFactorizerLib.pipeline.progress import Progress
-from LesionFactorizerLib.tasks import get_task
+from LesionFactorizerLib.core.tasks import get_task
 
 GEOM = Geometry((10, 8, 6), (1.0, 2.0, 0.5), (5.0, -3.0, 2.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 
@@ -155,7 +155,7 @@ def test_ms_new_pipeline_drops_lesions_under_3_mm3_and_reports_them(tmp_path):
     from test_pipeline_data import save_threshold_model
 
     from LesionFactorizerLib.pipeline.segment import segment_case
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     rng = np.random.default_rng(0)
     base = (100 + 5 * rng.standard_normal((20, 24, 28))).astype(np.float32)

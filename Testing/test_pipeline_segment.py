@@ -11,13 +11,13 @@ import pytest
 import SimpleITK as sitk
 from test_pipeline_data import save_threshold_model, write_case
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.outputspec import OutputSpec
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.outputspec import OutputSpec
 from LesionFactorizerLib.pipeline.progress import Progress
 from LesionFactorizerLib.pipeline.segment import segment_case
-from LesionFactorizerLib.pipeline.settings import SegmentSettings
-from LesionFactorizerLib.pipeline.speed_presets import SPEED_PRESETS
-from LesionFactorizerLib.tasks import get_task
+from LesionFactorizerLib.core.settings import SegmentSettings
+from LesionFactorizerLib.core.speed_presets import SPEED_PRESETS
+from LesionFactorizerLib.core.tasks import get_task
 
 
 def _options(paths, out, models, **kw) -> tuple:

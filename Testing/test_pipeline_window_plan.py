@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.pipeline.settings import SegmentSettings
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.settings import SegmentSettings
 from LesionFactorizerLib.pipeline.sliding_window import window_starts
 from LesionFactorizerLib.pipeline.window_plan import CONTEXT_PATCHES, fewest_windows, make_plan
 from LesionFactorizerLib.presets import build_model
@@ -76,7 +76,7 @@ def test_whole_plan_labels_agree_with_the_sliding_window_on_the_demo_model(tmp_p
     records each plan."""
     from LesionFactorizerLib.phantoms.generate import generate_case
     from LesionFactorizerLib.pipeline.segment import Segmenter
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     case = generate_case("stroke", 9000, 1, spacing=2.0, size=(48, 48, 48))
     assert case.label.any()

@@ -21,10 +21,10 @@ import pytest
 import SimpleITK as sitk
 from test_pipeline_data import save_threshold_model
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.phantoms.motion import move_head, transform_error_mm, true_transform
 from LesionFactorizerLib.phantoms.samples import sample_case
-from LesionFactorizerLib.pipeline import settings
+from LesionFactorizerLib.core import settings
 from LesionFactorizerLib.pipeline.preprocessing import zscore_nonzero
 from LesionFactorizerLib.pipeline.registration import AUTO_THRESHOLD_MM, homogeneous, register_pair, resample_onto
 
@@ -282,7 +282,7 @@ def test_new_lesion_f1_after_registration_matches_the_aligned_pair(heldout_pair,
     from LesionFactorizerLib.demo import bundled_demo_model
     from LesionFactorizerLib.evaluation.cohort import evaluate_files
     from LesionFactorizerLib.pipeline.segment import Segmenter
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     model, loaded, scores = str(bundled_demo_model("ms-new")), None, {}
     for tag, mode, baseline in (("aligned", "auto", heldout_pair["flair_baseline"]),

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from test_pipeline_data import save_threshold_model, write_case
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS
 from LesionFactorizerLib.pipeline.segment import output_claims, segment_case
-from LesionFactorizerLib.pipeline.settings import SegmentSettings
-from LesionFactorizerLib.reportspec import (FOLDER_KEY, OUTPUTS, REPORT_NAME, SCHEMA_PATH, Report, parse_report,
+from LesionFactorizerLib.core.settings import SegmentSettings
+from LesionFactorizerLib.core.reportspec import (FOLDER_KEY, OUTPUTS, REPORT_NAME, SCHEMA_PATH, Report, parse_report,
                                             read_report, schema_text)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +146,7 @@ def test_the_module_imports_every_output_by_its_key(run):
 
 def test_reportspec_is_torch_free_and_runs_on_python_39(run):
     pythons = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9"))) or [sys.executable]
-    code = ("import sys; from LesionFactorizerLib.reportspec import read_report; "
+    code = ("import sys; from LesionFactorizerLib.core.reportspec import read_report; "
             f"r = read_report({run.outputs[FOLDER_KEY]!r}); "
             "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules); "
             "print(r.task, r.lesion_count)")

@@ -26,7 +26,7 @@ import SimpleITK as sitk
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from LesionFactorizerLib.errors import UserError  # noqa: E402
+from LesionFactorizerLib.core.errors import UserError  # noqa: E402
 from LesionFactorizerLib.serve.client import Client  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

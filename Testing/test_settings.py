@@ -11,10 +11,10 @@ import pytest
 from test_pipeline_data import save_threshold_model, write_case
 
 from LesionFactorizerLib.cli import build_parser
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS
-from LesionFactorizerLib.pipeline.settings import BY_NAME, FORMATS, OPTIONS, SegmentSettings
-from LesionFactorizerLib.tasks import TASKS
+from LesionFactorizerLib.core.settings import BY_NAME, FORMATS, OPTIONS, SegmentSettings
+from LesionFactorizerLib.core.tasks import TASKS
 
 # every setting away from its default (a run on the stroke threshold model accepts all of them)
 CHANGED = {"task": "stroke", "models": ("a", "b c"), "device": "cpu", "preset": "fast", "tta": False,

@@ -94,7 +94,7 @@ def test_real_worker_run_is_parsed_and_mapped_to_results(tmp_path):
     files = find_outputs(out, result.outputs)
     assert files.segmentation is not None and files.report is not None and files.probabilities is not None
     data = report.read_report(files.report)
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.tasks import get_task
 
     rows = report.result_rows(data, get_task("stroke").labels)
     assert [r.name for r in rows] == ["Ischemic infarct"]

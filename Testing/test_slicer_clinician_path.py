@@ -132,7 +132,7 @@ def test_clinician_path_through_the_server(installed_modules, tmp_path):
                                str(port), "--token-file", str(tmp_path / "tokens"), "--work-dir", str(tmp_path / "jobs")],
                               cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        from LesionFactorizerLib.errors import UserError
+        from LesionFactorizerLib.core.errors import UserError
         from LesionFactorizerLib.serve.client import Client
 
         deadline = _time.monotonic() + 120

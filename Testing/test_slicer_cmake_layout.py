@@ -51,7 +51,7 @@ def test_build_tree_has_the_runtime_layout(build_tree):
     modules = build_tree / "lib" / "Slicer-5.10" / "qt-scripted-modules"
     for rel in ("LesionFactorizer.py", "LesionFactorizerModuleLib/worker.py", "Resources/UI/LesionFactorizer.ui",
                 "Resources/Icons/LesionFactorizer.png", "LesionFactorizerLib/__init__.py",
-                "LesionFactorizerLib/tasks.py", "LesionFactorizerLib/modelfile.py", "LesionFactorizerLib/cli/segment.py",
+                "LesionFactorizerLib/core/tasks.py", "LesionFactorizerLib/modelfile.py", "LesionFactorizerLib/cli/segment.py",
                 "LesionFactorizerLib/nn/window_nmf.c"):
         assert (modules / rel).is_file(), rel
     sources = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "LesionFactorizerLib").rglob("*.py")
@@ -70,7 +70,7 @@ def test_build_tree_has_the_runtime_layout(build_tree):
         from LesionFactorizerModuleLib.libpath import find_library_root, bundled_resources
         root = find_library_root({str(modules)!r})
         assert str(root) == {str(modules)!r}, root
-        import LesionFactorizerLib.modelfile as mf, LesionFactorizerLib.tasks
+        import LesionFactorizerLib.modelfile as mf, LesionFactorizerLib.core.tasks
         assert mf.__file__.startswith({str(modules)!r}), mf.__file__
         assert bundled_resources(root) / "Models" in [d for d in mf.bundled_model_dirs()]
         from LesionFactorizerLib import catalog   # the bundled catalogue resolves to the bundled files

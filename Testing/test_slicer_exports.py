@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LesionFactorizer"))
 
-from LesionFactorizerLib.pipeline.settings import FORMATS  # noqa: E402
+from LesionFactorizerLib.core.settings import FORMATS  # noqa: E402
 from LesionFactorizerModuleLib import dependencies, exports, outputs, worker  # noqa: E402
 
 

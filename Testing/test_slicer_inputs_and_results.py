@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LesionFactorizer"))
 
-from LesionFactorizerLib.tasks import get_task  # noqa: E402
+from LesionFactorizerLib.core.tasks import get_task  # noqa: E402
 from LesionFactorizerModuleLib import components, dependencies, inputs, report, samples  # noqa: E402
 from LesionFactorizerModuleLib.outputs import find_outputs  # noqa: E402
 

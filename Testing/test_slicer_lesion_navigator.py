@@ -20,7 +20,7 @@ def run(tmp_path_factory):
     from test_pipeline_data import save_threshold_model
 
     from LesionFactorizerLib.pipeline.segment import segment_case
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     tmp = tmp_path_factory.mktemp("nav")
     rng = np.random.default_rng(0)

@@ -21,7 +21,7 @@ MODULE_DIR = REPO / "LesionFactorizer"
 STANDIN = Path(__file__).resolve().parent / "slicer_standin"
 
 sys.path.insert(0, str(MODULE_DIR))
-from LesionFactorizerLib.tasks import SLICER_CATEGORY_CONTEXT, TASKS  # noqa: E402
+from LesionFactorizerLib.core.tasks import SLICER_CATEGORY_CONTEXT, TASKS  # noqa: E402
 from LesionFactorizerModuleLib import terminology  # noqa: E402
 
 

@@ -112,7 +112,7 @@ def test_every_widget_the_module_uses_exists_in_the_ui():
 
 
 def test_ui_has_enough_input_selectors_for_every_task():
-    from LesionFactorizerLib.tasks import TASKS
+    from LesionFactorizerLib.core.tasks import TASKS
 
     widgets = _ui_widgets()
     most = max(len(t.inputs) for t in TASKS.values())

@@ -89,7 +89,7 @@ def test_outputs_are_nrrd_with_the_reference_geometry_at_full_precision(canned):
 
 
 def test_segments_get_the_names_colours_and_codes_the_report_lists(canned):
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.tasks import get_task
 
     _, outputs, report, results = _modulelib()
     files = outputs.find_outputs(canned["out"], canned["outputs"])

@@ -111,7 +111,7 @@ def _show_result(run, tmp_path) -> str:
         import json
         import numpy as np
         m = sys.modules["LesionFactorizer"]
-        from LesionFactorizerLib.tasks import get_task
+        from LesionFactorizerLib.core.tasks import get_task
         logic = widget.logic
         reference = slicer.util.loadVolume({_reference_input(run)!r})
         task = get_task("stroke")

@@ -267,9 +267,9 @@ def test_a_grandchild_holding_the_pipe_does_not_keep_the_run_alive(tmp_path):
 
 
 def test_speed_presets_come_from_the_library_and_every_one_is_accepted(tmp_path):
-    """One table of fast/balanced/best (LesionFactorizerLib.pipeline.speed_presets), no copy here."""
+    """One table of fast/balanced/best (LesionFactorizerLib.core.speed_presets), no copy here."""
     from LesionFactorizerLib.cli import build_parser
-    from LesionFactorizerLib.pipeline.speed_presets import SPEED_PRESETS
+    from LesionFactorizerLib.core.speed_presets import SPEED_PRESETS
 
     assert worker.settings.BY_NAME["preset"].choices == tuple(SPEED_PRESETS)
     assert not hasattr(worker, "PRESETS")

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.modelfile import make_metadata, read_header, read_spec
-from LesionFactorizerLib.outputspec import OutputSpec
-from LesionFactorizerLib.spec import SCHEMA_PATH, parse_spec, schema_text
-from LesionFactorizerLib.tasks import TASKS, get_task
+from LesionFactorizerLib.core.outputspec import OutputSpec
+from LesionFactorizerLib.core.spec import SCHEMA_PATH, parse_spec, schema_text
+from LesionFactorizerLib.core.tasks import TASKS, get_task
 from LesionFactorizerLib.training.targets import channel_labels, decode_regions, encode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_unknown_or_malformed_values_are_errors(change, words):
 
 
 def test_published_schema_is_the_generated_one():
-    # regenerate with `python -m LesionFactorizerLib.spec` after changing the rules
+    # regenerate with `python -m LesionFactorizerLib.core.spec` after changing the rules
     assert SCHEMA_PATH.read_text(encoding="utf-8") == schema_text()
     schema = json.loads(schema_text())
     assert schema["properties"]["preprocessing"]["properties"]["normalization"] == {"enum": ["zscore-nonzero"]}
@@ -80,7 +80,7 @@ def test_spec_is_torch_free_and_runs_on_python_39():
     pythons = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9"))) or [sys.executable]
     code = ("import sys; from LesionFactorizerLib.modelfile import read_spec; "
             f"s = read_spec({str(REPO / 'Resources/Models/demo-tumor.safetensors')!r}); "
-            "from LesionFactorizerLib.outputspec import OutputSpec; "
+            "from LesionFactorizerLib.core.outputspec import OutputSpec; "
             "o = OutputSpec.resolve(s.task, s.outputs.activation, s.outputs.channels, s.postprocessing.given()); "
             "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules); print(o.mode)")
     out = subprocess.run([pythons[-1], "-c", code], capture_output=True, text=True, cwd=REPO,

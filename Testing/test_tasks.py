@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.tasks import TASKS, file_stem, get_task, image_suffix, is_image_file, match_inputs
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.tasks import TASKS, file_stem, get_task, image_suffix, is_image_file, match_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tasks_and_model_metadata_import_without_torch():
-    code = ("import sys; import LesionFactorizerLib.tasks, LesionFactorizerLib.modelfile, "
-            "LesionFactorizerLib.pipeline.progress, LesionFactorizerLib.pipeline.speed_presets; "
+    code = ("import sys; import LesionFactorizerLib.core.tasks, LesionFactorizerLib.modelfile, "
+            "LesionFactorizerLib.pipeline.progress, LesionFactorizerLib.core.speed_presets; "
             "bad = [m for m in ('torch', 'monai', 'SimpleITK') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, encoding="utf-8")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 import yaml
 from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.presets import PRESETS
-from LesionFactorizerLib.tasks import get_task
+from LesionFactorizerLib.core.tasks import get_task
 from LesionFactorizerLib.training import checkpoint_io
 from LesionFactorizerLib.training.config import CONFIG_DIR, input_names, load_config
 from LesionFactorizerLib.training.losses import DeepSupervisionLoss, SegmentationLoss, SoftDice, sigmoid_focal

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from LesionFactorizerLib.reportspec import COUNTERFACTUAL_OUTPUTS
+from LesionFactorizerLib.core.reportspec import COUNTERFACTUAL_OUTPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -123,7 +123,7 @@ def run_case(name: str, inputs: dict, model: Path, out: Path, device: str, check
              layers: list[str] | None = None) -> dict:
     from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
     from LesionFactorizerLib.pipeline.segment import segment_case
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     report = segment_case(inputs, str(out), SegmentSettings(models=[str(model)], device=device, components=True,
                                                             effects=True, component_layers=layers,

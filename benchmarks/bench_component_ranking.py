@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from LesionFactorizerLib.reportspec import COUNTERFACTUAL_OUTPUTS, OUTPUTS
+from LesionFactorizerLib.core.reportspec import COUNTERFACTUAL_OUTPUTS, OUTPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 

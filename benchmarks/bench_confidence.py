@@ -65,7 +65,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from LesionFactorizerLib.reportspec import OUTPUTS  # noqa: E402
+from LesionFactorizerLib.core.reportspec import OUTPUTS  # noqa: E402
 
 MEASURES = ("confidence", "uncertainty", "detected_fraction", "agreement")
 # Lesion size is no confidence measure, but small components are mostly boundary (probability near
@@ -259,7 +259,7 @@ def main() -> int:
     from LesionFactorizerLib.demo import bundled_demo_model
     from LesionFactorizerLib.modelfile import read_spec
     from LesionFactorizerLib.pipeline.segment import Segmenter
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-confidence-"))
     everything: dict = {"seed": args.seed, "cases_per_task": args.n, "tta": args.tta, "threshold": args.threshold,

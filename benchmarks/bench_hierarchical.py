@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     from LesionFactorizerLib.datasets import convert_labels
     from LesionFactorizerLib.evaluation.cohort import evaluate_arrays
     from LesionFactorizerLib.modelfile import load_model_file
-    from LesionFactorizerLib.outputspec import OutputSpec
+    from LesionFactorizerLib.core.outputspec import OutputSpec
     from LesionFactorizerLib.pipeline.segment import segment_case
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     out = Path(a.out)
     loaded = [load_model_file(a.model)]

@@ -128,7 +128,7 @@ def main() -> int:
     from bench_pipeline import synth_case
     from LesionFactorizerLib import build_model
     from LesionFactorizerLib.modelfile import make_metadata, save_model_file
-    from LesionFactorizerLib.reportspec import read_report
+    from LesionFactorizerLib.core.reportspec import read_report
     from LesionFactorizerLib.presets import PRESETS
 
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))

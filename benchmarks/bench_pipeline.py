@@ -120,7 +120,7 @@ def main() -> int:
 
     from LesionFactorizerLib import build_model
     from LesionFactorizerLib.modelfile import make_metadata, save_model_file
-    from LesionFactorizerLib.reportspec import read_report
+    from LesionFactorizerLib.core.reportspec import read_report
     from LesionFactorizerLib.presets import PRESETS
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-pipeline-"))

@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from LesionFactorizerLib.reportspec import OUTPUTS  # noqa: E402
+from LesionFactorizerLib.core.reportspec import OUTPUTS  # noqa: E402
 
 MOTIONS = ((5.0, (3.0, -3.0, 2.5)), (8.0, (-5.0, 4.0, 4.0)), (10.0, (6.0, -6.0, 5.0)))   # degrees, mm (|t| 4.9, 7.5, 9.8)
 AXES = ((0.3, 0.2, 1.0), (1.0, 0.4, -0.2), (-0.3, 1.0, 0.5))
@@ -94,7 +94,7 @@ def main() -> int:
     from LesionFactorizerLib.evaluation.cohort import evaluate_files
     from LesionFactorizerLib.phantoms.motion import move_head, transform_error_mm, true_transform
     from LesionFactorizerLib.pipeline.segment import Segmenter
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     model = str(bundled_demo_model("ms-new"))
     rows = []

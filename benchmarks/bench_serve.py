@@ -36,10 +36,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from LesionFactorizerLib.errors import UserError  # noqa: E402
-from LesionFactorizerLib.reportspec import read_report  # noqa: E402
+from LesionFactorizerLib.core.errors import UserError  # noqa: E402
+from LesionFactorizerLib.core.reportspec import read_report  # noqa: E402
 from LesionFactorizerLib.serve.client import Client  # noqa: E402
-from LesionFactorizerLib.tasks import get_task  # noqa: E402
+from LesionFactorizerLib.core.tasks import get_task  # noqa: E402
 
 
 def main() -> None:

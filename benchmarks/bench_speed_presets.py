@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from LesionFactorizerLib.reportspec import OUTPUTS  # noqa: E402
+from LesionFactorizerLib.core.reportspec import OUTPUTS  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "balanced": {"preset": "balanced"},

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from LesionFactorizerLib.reportspec import OUTPUTS
+from LesionFactorizerLib.core.reportspec import OUTPUTS
 
 TASK_SPACING = {"tumor": 3.0, "stroke": 2.0, "ms-new": 2.0}   # the demo models' training phantoms
 HELD_OUT_SEED = 9000
@@ -80,8 +80,8 @@ def run_case(task: str, files: dict, out: Path) -> dict:
     import SimpleITK as sitk
 
     from LesionFactorizerLib.pipeline.segment import Segmenter
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.settings import SegmentSettings
+    from LesionFactorizerLib.core.tasks import get_task
 
     truth = sitk.GetArrayFromImage(sitk.ReadImage(files["label"]))
     values = [int(label.value) for label in get_task(task).labels]

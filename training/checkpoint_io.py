@@ -23,7 +23,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 FORMAT = "lesionfactorizer-training-checkpoint/1"
 SUFFIX = ".ckpt.safetensors"

@@ -6,7 +6,7 @@ import argparse
 
 import yaml
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 from .config import yaml_load
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -293,7 +293,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.tasks import get_task
 
     from LesionFactorizerLib.datasets import FORMATS
 
@@ -328,7 +328,7 @@ def validate(cfg: TrainConfig) -> None:
 
 def input_names(cfg: TrainConfig) -> list[str]:
     """The network's inputs in order: ``data.inputs`` or the task's required inputs."""
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.tasks import get_task
 
     task = get_task(cfg.task)
     names = list(cfg.data.inputs) if cfg.data.inputs else task.required_inputs

@@ -181,7 +181,7 @@ class SegmentationData(L.LightningDataModule):
         # shared by all folds of an experiment: entries are keyed by case, files and spacing
         cache_dir = d.cache_dir or (self.run_dir.parent / "cache" if self.run_dir else None)
         if d.cache == "disk" and cache_dir is None:
-            from LesionFactorizerLib.errors import UserError
+            from LesionFactorizerLib.core.errors import UserError
 
             raise UserError("data.cache: disk needs data.cache_dir")
         spacing = list(d.spacing) if d.spacing else None

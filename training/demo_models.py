@@ -125,7 +125,7 @@ def held_out_scores(task: str, model: Path, test_dir: Path, work: Path) -> dict:
     from LesionFactorizerLib.evaluation.cohort import evaluate_arrays, read_label
     from LesionFactorizerLib.modelfile import load_model_file
     from LesionFactorizerLib.pipeline.segment import segment_case
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
     from LesionFactorizerLib.datasets import convert_labels, discover
 
     loaded = [load_model_file(model)]

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.outputspec import OutputSpec
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.outputspec import OutputSpec
 
 from .checkpoint_io import load_checkpoint_file
 from .config import from_dict, input_names
@@ -81,7 +81,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, name: str | No
     if missing or unexpected:
         raise UserError(f"{checkpoint}: weights do not match {cfg.model.preset!r} "
                         f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.tasks import get_task
 
     task = get_task(cfg.task)
     mode = output_mode(cfg)

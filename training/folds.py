@@ -12,7 +12,7 @@ from typing import Sequence, TypeVar
 
 import numpy as np
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 T = TypeVar("T")
 

@@ -6,9 +6,9 @@ import lightning as L
 import numpy as np
 import torch
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.evaluation import detect_lesions, dice, hausdorff95
-from LesionFactorizerLib.tasks import get_task
+from LesionFactorizerLib.core.tasks import get_task
 
 from .config import TrainConfig, from_dict
 from .losses import DeepSupervisionLoss, SegmentationLoss

@@ -99,7 +99,7 @@ class PackStore:
 def load_stores(path: str | Path, cfg: TrainConfig, fold: int | None) -> tuple[PackStore, PackStore]:
     """(training, validation) stores of pack ``path``, which must have been made for ``cfg``'s task,
     inputs, spacing and this fold's split."""
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
 
     path = Path(path)
     if not path.is_file():
@@ -125,7 +125,7 @@ def load_stores(path: str | Path, cfg: TrainConfig, fold: int | None) -> tuple[P
 
 
 def main(argv: list[str] | None = None) -> int:
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
 
     from .cli_args import overrides_from
 

@@ -17,13 +17,13 @@ import logging
 import numpy as np
 
 from LesionFactorizerLib.datasets import Case, convert_labels, read_image_ref
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.io import InputImage, align_to_reference, check_values, read_image
 from LesionFactorizerLib.pipeline.preprocessing import foreground_box as pipeline_box
 from LesionFactorizerLib.pipeline.preprocessing import prepare
 from LesionFactorizerLib.pipeline.preprocessing import zscore_nonzero as pipeline_zscore
-from LesionFactorizerLib.tasks import get_task
+from LesionFactorizerLib.core.tasks import get_task
 
 log = logging.getLogger(__name__)
 

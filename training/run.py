@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 from .checkpoint_io import SUFFIX, SafetensorsCheckpointIO
 from .config import TrainConfig

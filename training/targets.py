@@ -1,7 +1,7 @@
 """Integer label maps ↔ network channels during training, by the task's label rule.
 
 The rule itself (which labels each channel stands for, how nested regions are made consistent)
-lives in :class:`LesionFactorizerLib.outputspec.OutputSpec`, the same object export writes into
+lives in :class:`LesionFactorizerLib.core.outputspec.OutputSpec`, the same object export writes into
 the model file and inference decodes with; this module applies it to torch tensors.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from LesionFactorizerLib.outputspec import OutputSpec, nest, nesting_order
-from LesionFactorizerLib.tasks import Task
+from LesionFactorizerLib.core.outputspec import OutputSpec, nest, nesting_order
+from LesionFactorizerLib.core.tasks import Task
 
 
 def channel_labels(task: Task, mode: str | None = None) -> list[tuple[str, tuple[int, ...]]]:

@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from LesionFactorizerLib.pipeline.settings import FORMATS
-from LesionFactorizerLib.reportspec import REPORT_NAME  # marks a folder that already holds results of a run
+from LesionFactorizerLib.core.settings import FORMATS
+from LesionFactorizerLib.core.reportspec import REPORT_NAME  # marks a folder that already holds results of a run
 
 # Slicer's DICOM scalar volume loader sets this attribute: the SOP Instance UIDs of the slices,
 # separated by spaces.

@@ -1,7 +1,7 @@
 """Matching scene volumes to a task's inputs, and explaining what is missing.
 
 The name patterns and the "only unambiguous matches" rule belong to the task definitions
-(``LesionFactorizerLib.tasks.match_inputs``); this file applies them to Slicer volume names, keeps
+(``LesionFactorizerLib.core.tasks.match_inputs``); this file applies them to Slicer volume names, keeps
 what the user already chose, and turns the state of the selectors into the text shown next to the
 Segment button (missing or duplicated inputs — as text, not only as a tooltip).
 """
@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-from LesionFactorizerLib.tasks import Task, match_inputs
+from LesionFactorizerLib.core.tasks import Task, match_inputs
 
 
 def assign_inputs(task: Task, volumes: Mapping[Hashable, str],

@@ -23,8 +23,8 @@ import vtk
 from slicer.i18n import tr as _
 
 from LesionFactorizerLib import modelfile
-from LesionFactorizerLib.reportspec import COUNTERFACTUAL_FOLDER, COUNTERFACTUAL_OUTPUTS
-from LesionFactorizerLib.tasks import Task, get_task
+from LesionFactorizerLib.core.reportspec import COUNTERFACTUAL_FOLDER, COUNTERFACTUAL_OUTPUTS
+from LesionFactorizerLib.core.tasks import Task, get_task
 from LesionFactorizerModuleLib import components as componentsLib
 from LesionFactorizerModuleLib import dependencies as dependenciesLib
 from LesionFactorizerModuleLib import exports as exportsLib
@@ -177,7 +177,7 @@ class JobsMixin:
         """Segment volume nodes.
 
         inputs: {input name: vtkMRMLScalarVolumeNode} with the task's input names.
-        settings: any segment setting by its option name (``LesionFactorizerLib.pipeline.settings``,
+        settings: any segment setting by its option name (``LesionFactorizerLib.core.settings``,
           the same as the ``segment`` command's options: models, device, preset, tta, nmf_iters,
           skip_nmf, components, probabilities, ...); ``models`` is a model name or .safetensors
           path, or a list of them (ensemble); not given: the task's default model. The module

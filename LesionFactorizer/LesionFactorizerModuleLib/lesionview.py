@@ -12,8 +12,8 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 
-from LesionFactorizerLib.reportspec import view
-from LesionFactorizerLib.tasks import get_task
+from LesionFactorizerLib.core.reportspec import view
+from LesionFactorizerLib.core.tasks import get_task
 from LesionFactorizerModuleLib import navigator as navigatorLib
 from LesionFactorizerModuleLib import results as resultsLib
 from LesionFactorizerModuleLib.jobs import SegmentationResult

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from LesionFactorizerLib import modelfile
-from LesionFactorizerLib.spec import ModelSpec
+from LesionFactorizerLib.core.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from LesionFactorizerLib.reportspec import add_reader_change, view
+from LesionFactorizerLib.core.reportspec import add_reader_change, view
 
 LESION_HEADERS = ["Lesion", "Volume (mL)", "Confidence", "Location"]
 REJECT_ACTION = "reject_lesion"

@@ -1,7 +1,7 @@
 """Locating the files a finished worker run produced (README: what `segment` writes).
 
 The worker's final ``done`` event lists its outputs by key with absolute paths: the keys of
-``LesionFactorizerLib.reportspec.OUTPUTS`` (those a run writes), plus ``FOLDER_KEY`` for the folder.
+``LesionFactorizerLib.core.reportspec.OUTPUTS`` (those a run writes), plus ``FOLDER_KEY`` for the folder.
 Only that is accepted; a missing required output or a listed file that does not exist is an error,
 so a broken run is reported instead of half-imported.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from LesionFactorizerLib.reportspec import FOLDER_KEY, OUTPUTS
+from LesionFactorizerLib.core.reportspec import FOLDER_KEY, OUTPUTS
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import qt
 
-from LesionFactorizerLib.tasks import TASKS
+from LesionFactorizerLib.core.tasks import TASKS
 from LesionFactorizerModuleLib import exports as exportsLib
 from LesionFactorizerModuleLib import state as stateLib
 

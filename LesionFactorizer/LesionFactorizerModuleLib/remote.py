@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.serve.client import SERVER_DECIDES, Client
 from LesionFactorizerModuleLib.progress import WorkerEvent, parse_line
 from LesionFactorizerModuleLib.worker import SegmentRequest, WorkerProcess, WorkerResult
@@ -33,7 +33,7 @@ SETTINGS = {"process_on": "LesionFactorizer/processOn", "url": "LesionFactorizer
 
 def server_settings(request: SegmentRequest) -> dict[str, Any]:
     """The request's segment settings as the server takes them: what it decides left out, models by name."""
-    from LesionFactorizerLib.pipeline.settings import BY_NAME
+    from LesionFactorizerLib.core.settings import BY_NAME
 
     if request.settings.dicom_seg:
         raise ValueError("A DICOM SEG is made where the DICOM series is: choose 'Process on: This computer' "

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.reportspec import FORMAT, FORMAT_VERSION, parse_report, view
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.reportspec import FORMAT, FORMAT_VERSION, parse_report, view
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ TABLE_HEADERS = ["Segment", "Volume (mL)", "Lesions"]
 
 def read_report(path: str | os.PathLike) -> dict[str, Any]:
     """report.json as written by the worker, checked by the library's parser
-    (``LesionFactorizerLib.reportspec.parse_report``); anything else is refused with a one-line reason."""
+    (``LesionFactorizerLib.core.reportspec.parse_report``); anything else is refused with a one-line reason."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if not isinstance(data, dict):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from LesionFactorizerLib.tasks import Task
+from LesionFactorizerLib.core.tasks import Task
 from LesionFactorizerModuleLib.components import read_stack
 from LesionFactorizerModuleLib.report import probability_channels
 

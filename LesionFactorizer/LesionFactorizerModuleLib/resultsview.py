@@ -6,7 +6,7 @@ from __future__ import annotations
 import qt
 from slicer.i18n import tr as _
 
-from LesionFactorizerLib.tasks import get_task
+from LesionFactorizerLib.core.tasks import get_task
 from LesionFactorizerModuleLib import components as componentsLib
 from LesionFactorizerModuleLib import report as reportLib
 from LesionFactorizerModuleLib.jobs import SegmentationResult

@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from LesionFactorizerLib.checksums import sha256
-from LesionFactorizerLib.tasks import TASKS
+from LesionFactorizerLib.core.checksums import sha256
+from LesionFactorizerLib.core.tasks import TASKS
 
 MANIFEST_NAME = "manifest.json"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import slicer
 
-from LesionFactorizerLib.reportspec import view
-from LesionFactorizerLib.tasks import Task
+from LesionFactorizerLib.core.reportspec import view
+from LesionFactorizerLib.core.tasks import Task
 from LesionFactorizerModuleLib import exports as exportsLib
 
 

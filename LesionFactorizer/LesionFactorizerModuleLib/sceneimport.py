@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import slicer
 
-from LesionFactorizerLib.reportspec import REPORT_NAME, view
-from LesionFactorizerLib.tasks import Task
+from LesionFactorizerLib.core.reportspec import REPORT_NAME, view
+from LesionFactorizerLib.core.tasks import Task
 from LesionFactorizerModuleLib import components as componentsLib
 from LesionFactorizerModuleLib import navigator as navigatorLib
 from LesionFactorizerModuleLib import report as reportLib

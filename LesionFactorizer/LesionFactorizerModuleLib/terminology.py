@@ -1,7 +1,7 @@
 """The extension's terminology context (a Slicer ``.term.json``), derived from the task labels.
 
 Slicer resolves a segment's terminology entry against the contexts it has loaded. The labels'
-codes live in ``LesionFactorizerLib.tasks``; this file turns them into the category/type context
+codes live in ``LesionFactorizerLib.core.tasks``; this file turns them into the category/type context
 the entries name, so the shipped ``Resources/Terminology/LesionFactorizer.term.json`` is derived,
 never edited by hand (``python -m LesionFactorizerModuleLib.terminology FILE`` rewrites it; a test
 checks that it is current). ``resolves`` answers, without Slicer, whether an entry string finds its
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from LesionFactorizerLib.tasks import SLICER_CATEGORY_CONTEXT, TASKS, LabelSpec
+from LesionFactorizerLib.core.tasks import SLICER_CATEGORY_CONTEXT, TASKS, LabelSpec
 
 FILE_NAME = "LesionFactorizer.term.json"
 SCHEMA = "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segment-context-schema.json#"

@@ -22,9 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.nn.layout import NMF_LAYERS  # noqa: F401  (pure Python, like the imports below)
-from LesionFactorizerLib.pipeline import settings  # the segment settings' one definition and check
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.layout import NMF_LAYERS  # noqa: F401  (pure Python, like the imports below)
+from LesionFactorizerLib.core import settings  # the segment settings' one definition and check
 from LesionFactorizerModuleLib.progress import WorkerEvent, parse_line
 
 # The device selector: the segment settings' --device choices with their titles.
@@ -47,7 +47,7 @@ WORKER_DEFAULTS: dict[str, Any] = {"format": "nrrd", "progress": "jsonl"}
 @dataclass(frozen=True)
 class SegmentRequest:
     """Everything one ``segment`` run needs: its input files, the output folder and the segment
-    settings (``LesionFactorizerLib.pipeline.settings.SegmentSettings``), the task among them;
+    settings (``LesionFactorizerLib.core.settings.SegmentSettings``), the task among them;
     :meth:`of` makes one from the task and setting names with the module's defaults."""
 
     inputs: Mapping[str, str | os.PathLike]

@@ -19,7 +19,7 @@ import pkgutil
 import sys
 
 from LesionFactorizerLib import __version__
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.processmemory import configure_process_memory
 
 

@@ -39,8 +39,8 @@ import sys
 import time
 from pathlib import Path
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.reportspec import FOLDER_KEY, REPORT_NAME, Report, read_report
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.reportspec import FOLDER_KEY, REPORT_NAME, Report, read_report
 
 NAME = "batch"
 HELP = "segment many cases (datalist CSV/JSON or a folder of case folders) with one model load"
@@ -97,7 +97,7 @@ def _devices(text: str) -> list[str]:
 def read_cases(source: str | Path, task) -> list[tuple[str, dict[str, str]]]:
     """(case id, {input name: path}) for every case of a datalist or case folder."""
     from LesionFactorizerLib.datalist import read_datalist
-    from LesionFactorizerLib.tasks import is_image_file
+    from LesionFactorizerLib.core.tasks import is_image_file
 
     source = Path(source)
     if not source.exists():
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _task_and_models(args: argparse.Namespace):
     from LesionFactorizerLib.modelfile import default_model, find_model, read_metadata
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.tasks import get_task
 
     if getattr(args, "server", None):   # the server finds the models by name
         if not args.task:
@@ -400,7 +400,7 @@ def _throughput(latencies: list[float], wall: float) -> str:
 def _segmenter(args: argparse.Namespace, task: str, paths: list, device: str):
     """The cohort's one Segmenter (its models load on the first case)."""
     from LesionFactorizerLib.pipeline.segment import Segmenter
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     return Segmenter(SegmentSettings.from_args(args).but(task=task, device=device, models=[str(p) for p in paths]))
 

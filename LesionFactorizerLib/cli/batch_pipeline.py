@@ -23,7 +23,7 @@ import time
 from concurrent.futures import Future
 from typing import Callable
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 # (index, case id, inputs, output folder, redo: replace our earlier result); record(index, status, error, seconds)
 Item = tuple[int, str, dict, str, bool]

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from LesionFactorizerLib.reportspec import FOLDER_KEY
+from LesionFactorizerLib.core.reportspec import FOLDER_KEY
 
 NAME = "counterfactual"
 HELP = ("drop one NMF component of an earlier `segment --components` run and show how the lesion changes "
@@ -14,7 +14,7 @@ HELP = ("drop one NMF component of an earlier `segment --components` run and sho
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from LesionFactorizerLib.pipeline.settings import add_options
+    from LesionFactorizerLib.core.settings import add_options
 
     parser.add_argument("result_dir", metavar="RESULT_DIR", help="output folder of a `segment` run (has report.json)")
     parser.add_argument("--layer", help="NMF layer, e.g. decoder1 (default: the layer of the component with the "

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
     from LesionFactorizerLib.training.cli_args import overrides_from
     from LesionFactorizerLib.training.config import load_config
     from LesionFactorizerLib.training.cv_outputs import export_folds

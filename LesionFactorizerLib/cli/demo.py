@@ -12,7 +12,7 @@ HELP = ("segment the bundled sample case of each task with its bundled demo mode
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from LesionFactorizerLib.demo import DEFAULT_OUT, DEMO_TASKS
-    from LesionFactorizerLib.pipeline.settings import add_options
+    from LesionFactorizerLib.core.settings import add_options
 
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help=f"results folder, one sub-folder per task (default: ./{DEFAULT_OUT})")

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _references(args):
     from LesionFactorizerLib.datasets import discover, task_label_map
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
     from LesionFactorizerLib.evaluation.cohort import find_predictions
 
     ref = Path(args.ref)
@@ -59,7 +59,7 @@ def _references(args):
 
 def _evaluate_set(pred_dir: Path, refs: dict, task: str, hd_empty, convention: str = "monai") -> list[dict]:
     from LesionFactorizerLib.datasets import convert_labels
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
     from LesionFactorizerLib.evaluation.cohort import evaluate_arrays, find_predictions, read_label, same_grid
 
     if not pred_dir.is_dir():
@@ -113,9 +113,9 @@ def convention_note(convention: str, hd_empty: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
     from LesionFactorizerLib.evaluation.cohort import summarize, wilcoxon_compare, write_csv
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.tasks import get_task
 
     get_task(args.task)
     if args.convention == "brats" and args.hd_empty != "nan":

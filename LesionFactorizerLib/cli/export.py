@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_thresholds(text: str) -> dict:
     """``WT=0.5,TC=0.4`` → {"WT": 0.5, "TC": 0.4}; the regions and ranges are checked with the model's spec."""
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
 
     out = {}
     for item in (t.strip() for t in text.split(",") if t.strip()):
@@ -41,7 +41,7 @@ def parse_thresholds(text: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
     from LesionFactorizerLib.training.checkpoint_io import SUFFIX
     from LesionFactorizerLib.training.export import export_checkpoint
 

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
     from LesionFactorizerLib.presets import PRESETS, preset_summary
 
     unknown = [n for n in args.names if n not in PRESETS]
@@ -148,7 +148,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
     from LesionFactorizerLib.modelfile import find_model, verify_file, verify_model
 
     failed = 0

@@ -28,11 +28,11 @@ def _case_matrices(args: argparse.Namespace, layers: list[str] | None) -> dict:
     import torch
 
     from LesionFactorizerLib.cli.segment import parse_inputs
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
     from LesionFactorizerLib.modelfile import find_model, read_spec
     from LesionFactorizerLib.nn.rank_choice import layer_matrices
     from LesionFactorizerLib.pipeline.segment import Segmenter
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     task = read_spec(find_model(args.model)).task
     inputs = parse_inputs(args.input, task)
@@ -53,10 +53,10 @@ def _case_matrices(args: argparse.Namespace, layers: list[str] | None) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
     from LesionFactorizerLib.nn.rank_choice import (default_ranks, error_curve, kneedle_elbow, load_matrix_file,
                                                     plot_curves)
-    from LesionFactorizerLib.pipeline.settings import split_list
+    from LesionFactorizerLib.core.settings import split_list
 
     if bool(args.matrix) == bool(args.model):
         raise UserError("give either --matrix FILE.npy, or --model with the case's --input images")

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 NAME = "phantom"
 HELP = (
@@ -63,7 +63,7 @@ def _one_line_error(message: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from LesionFactorizerLib.pipeline.settings import TASK_NAMES
+    from LesionFactorizerLib.core.settings import TASK_NAMES
 
     parser.error = _one_line_error   # type: ignore[method-assign]  (no usage block before the message)
     parser.add_argument("--task", required=True, help=TASK_NAMES)

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.reportspec import FOLDER_KEY
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.reportspec import FOLDER_KEY
 
 NAME = "segment"
 HELP = "segment one case: input images in, labels + report (+ NMF components) out"
@@ -15,7 +15,7 @@ HELP = "segment one case: input images in, labels + report (+ NMF components) ou
 
 def add_segment_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``segment`` and ``batch``: the segment settings' own definition."""
-    from LesionFactorizerLib.pipeline.settings import add_options
+    from LesionFactorizerLib.core.settings import add_options
 
     add_options(parser)
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(args.progress)
     with progress.errors_reported():
         from LesionFactorizerLib.pipeline.segment import Segmenter
-        from LesionFactorizerLib.pipeline.settings import SegmentSettings
+        from LesionFactorizerLib.core.settings import SegmentSettings
 
         segmenter = Segmenter(SegmentSettings.from_args(args))
         inputs = parse_inputs(args.input, segmenter.task)

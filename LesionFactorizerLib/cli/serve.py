@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.serve.client import TOKEN_ENV
 
 NAME = "serve"

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
     from LesionFactorizerLib.training.cli_args import overrides_from
     from LesionFactorizerLib.training.config import load_config
 

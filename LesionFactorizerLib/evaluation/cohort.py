@@ -1,6 +1,6 @@
 """Per-case evaluation of label files, cohort summaries and paired comparisons.
 
-Label maps use the task's canonical values (`tasks.py`: tumor 1 NCR, 2 ED, 3 ET; stroke and
+Label maps use the task's canonical values (`core/tasks.py`: tumor 1 NCR, 2 ED, 3 ET; stroke and
 ms-new 1 lesion). Metrics are computed per evaluation *region* — for tumor the nested BraTS
 regions ET ⊂ TC ⊂ WT — on the reference's voxel grid with its spacing.
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from LesionFactorizerLib.evaluation.lesions import detect_lesions
 from LesionFactorizerLib.evaluation.overlap import dice, hausdorff95
-from LesionFactorizerLib.tasks import get_task, image_suffix, is_image_file
+from LesionFactorizerLib.core.tasks import get_task, image_suffix, is_image_file
 
 
 def regions_for(task: str) -> dict[str, tuple[int, ...]]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from LesionFactorizerLib.checksums import sha256
-from LesionFactorizerLib.usercache import file_record, verified_file
+from LesionFactorizerLib.core.checksums import sha256
+from LesionFactorizerLib.core.usercache import file_record, verified_file
 
 SOURCE = Path(__file__).with_name("window_nmf.c")
 PREBUILT = Path(__file__).with_name("window_nmf.json")   # the prebuilt library's manifest

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from LesionFactorizerLib.nn.kernelfile import PREBUILT, SOURCE, manifest, sha256, verified
-from LesionFactorizerLib.usercache import cache_dir, make_own_folder, not_own
+from LesionFactorizerLib.core.usercache import cache_dir, make_own_folder, not_own
 
 SYMBOL = "lf_window_nmf_rank1"
 ENV = "LESION_FACTORIZER_NATIVE"   # unset or 1: prebuilt only; build: also compile into the cache; 0: off

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from LesionFactorizerLib.nn.layout import layer_names  # noqa: F401  (torch-free home, re-exported)
+from LesionFactorizerLib.core.layout import layer_names  # noqa: F401  (torch-free home, re-exported)
 
 LEAKY_SLOPE = 0.01
 GROUPS = 8

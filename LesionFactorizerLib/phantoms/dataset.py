@@ -14,7 +14,7 @@ import tempfile
 from typing import Callable
 
 from LesionFactorizerLib.datasets import PHANTOM_LABELS, PHANTOM_LAYOUT
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.phantoms.generate import CHANNELS, LABELS, TASKS, generate_case
 from LesionFactorizerLib.phantoms.layouts import case_id, case_roots, write_case
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from LesionFactorizerLib.phantoms import contrasts as C
-from LesionFactorizerLib.tasks import TASKS as _TASKS
+from LesionFactorizerLib.core.tasks import TASKS as _TASKS
 from LesionFactorizerLib.phantoms.anatomy import Anatomy, load_anatomy
 from LesionFactorizerLib.phantoms.fields import SmoothField, sample
 from LesionFactorizerLib.phantoms.geometry import OutputGrid, output_grid, random_global_warp, residual_motion

@@ -15,7 +15,7 @@ import os
 from typing import Callable
 
 from LesionFactorizerLib.datasets import _MSD_MODALITY_TO_INPUT, MSD_TASK01_LABELS, raw_labels
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 # dataset.json's spelling of each modality, in channel order; the inputs come from the reader's table
 MODALITIES = ("FLAIR", "T1w", "t1gd", "T2w")

@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from LesionFactorizerLib.checksums import sha256
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.checksums import sha256
+from LesionFactorizerLib.core.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
 # Cases picked from the generator for showing each task well (medium lesions, clear contrast).

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from LesionFactorizerLib.pipeline.settings import BACKENDS
-from LesionFactorizerLib.usercache import (cache_dir, file_record, make_own_folder, not_own, read_record,
+from LesionFactorizerLib.core.settings import BACKENDS
+from LesionFactorizerLib.core.usercache import (cache_dir, file_record, make_own_folder, not_own, read_record,
                                            verified_file, write_record)
 
 MIN_GAIN = 1.1     # a backend must be ≥10 % faster than eager, measured on the same run, to be chosen

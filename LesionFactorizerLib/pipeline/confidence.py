@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from LesionFactorizerLib.outputspec import BACKGROUND, OutputSpec
+from LesionFactorizerLib.core.outputspec import BACKGROUND, OutputSpec
 
 MAX_VOTE_PASSES = 64   # one bit per pass in a uint64; more passes keep no per-pass record
 ONE_PASS_NOTE = ("one inference pass (no TTA, one model): detected_fraction and agreement need --tta or an "

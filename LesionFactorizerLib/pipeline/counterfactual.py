@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.pipeline.groups import DIFFERENCE, component_count, difference_map
-from LesionFactorizerLib.reportspec import (COUNTERFACTUAL_FOLDER, COUNTERFACTUAL_OUTPUTS, FOLDER_KEY, OUTPUTS,
+from LesionFactorizerLib.core.reportspec import (COUNTERFACTUAL_FOLDER, COUNTERFACTUAL_OUTPUTS, FOLDER_KEY, OUTPUTS,
                                             REPORT_NAME)
 
 FORMAT = "lesion-factorizer-counterfactual"
@@ -176,7 +176,7 @@ def choose(source: Source, layer: str | None, component: int | None) -> tuple[st
 
 def check_choice(source: Source, layer: str, component: int) -> None:
     """Before any heavy work, against the layers the run recorded (the model checks again later)."""
-    from LesionFactorizerLib.nn.layout import NMF_LAYERS
+    from LesionFactorizerLib.core.layout import NMF_LAYERS
 
     if layer not in NMF_LAYERS:
         raise UserError(f"unknown layer {layer!r}; layers are: {', '.join(NMF_LAYERS)}")
@@ -215,7 +215,7 @@ class Counterfactual:
 
     def settings(self, device: str):
         """The recorded run's settings, on ``device``, writing only the segmentation (in the run's format)."""
-        from LesionFactorizerLib.pipeline.settings import SegmentSettings
+        from LesionFactorizerLib.core.settings import SegmentSettings
 
         # windows batched as recorded or by default (auto): the same labels as one at a time (tested)
         return SegmentSettings.from_report(self.source.report).but(
@@ -286,11 +286,11 @@ class Counterfactual:
             summary["note"] = NOTES[self.mode]
         return summary, before, difference
 
-    def write(self, segmenter, out, case, prediction, seg, log):
+    def write(self, segmenter, out, case, prediction, seg, log) -> tuple[dict[str, Any], dict[str, str]]:
         """The write stage: segmentation, difference (+ picture) and counterfactual.json into ``out``,
-        read back, then committed; returns the Segmenter's ``Result`` (report: counterfactual.json)."""
+        read back, then committed; returns counterfactual.json's content and the outputs' paths (the
+        Segmenter's ``Result``)."""
         from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, map_suffix
-        from LesionFactorizerLib.pipeline.segment import Result
 
         log.progress.stage("write", "writing the counterfactual")
         t = time.monotonic()
@@ -320,7 +320,7 @@ class Counterfactual:
             out.commit()
         outputs = {k: str(out.final / v) for k, v in written.items()}
         outputs[FOLDER_KEY] = str(out.final)
-        return Result(summary, outputs)
+        return summary, outputs
 
 
 def run_counterfactual(folder: str | Path, layer: str | None = None, component: int | None = None,

@@ -1,7 +1,7 @@
 """Results back to PACS: a DICOM Segmentation object (highdicom) over the reference DICOM series.
 
 The SEG references the very instances the reference input was read from, one frame per source
-slice and segment, with the task's coded terminology (``tasks.py``) and the model's identity in the
+slice and segment, with the task's coded terminology (``core/tasks.py``) and the model's identity in the
 algorithm identification. The source slices are matched to the label volume's slices by their
 position in space, not by file order, and the written file is read back (pydicom + highdicom) and
 compared voxel for voxel before the output folder is committed, so a PACS never receives a SEG
@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.reportspec import OUTPUTS
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.reportspec import OUTPUTS
 
 FILE_NAME = OUTPUTS.dicom_seg.name
 MANUFACTURER = "LesionFactorizer"

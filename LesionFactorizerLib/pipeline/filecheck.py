@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 # NIfTI datatype code → (numpy kind, bytes per voxel); complex and RGB types are refused elsewhere.
 _NIFTI_TYPES = {2: ("u1", 1), 4: ("i2", 2), 8: ("i4", 4), 16: ("f4", 4), 32: ("c8", 8), 64: ("f8", 8),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 
 def physical_memory() -> int | None:

@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.pipeline.settings import DEVICES, one_of
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.settings import DEVICES, one_of
 
 # Mirror TTA: identity plus a flip of each spatial axis (4 passes). All 8 flip combinations
 # cost twice as much for a marginal gain on these tasks.

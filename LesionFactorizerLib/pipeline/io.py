@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.pipeline.filecheck import check_nifti, file_sha256, nifti_size, read_bytes_checked
 from LesionFactorizerLib.pipeline.geometry import Geometry
 

@@ -1,6 +1,6 @@
 """After the network: activation, small-lesion removal, label volumes and the per-lesion table.
 
-Probabilities become labels by the run's :class:`~LesionFactorizerLib.outputspec.OutputSpec`."""
+Probabilities become labels by the run's :class:`~LesionFactorizerLib.core.outputspec.OutputSpec`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 from LesionFactorizerLib.pipeline.lesions import Lesions, find_lesions
 from LesionFactorizerLib.pipeline.geometry import Geometry, lps_to_ras
-from LesionFactorizerLib.tasks import Task
+from LesionFactorizerLib.core.tasks import Task
 
 
 def activate(logits: np.ndarray, activation: str) -> np.ndarray:

@@ -178,7 +178,7 @@ class Progress:
     @contextlib.contextmanager
     def errors_reported(self):
         """Report any failure inside the block as the final ``error`` event, then re-raise."""
-        from LesionFactorizerLib.errors import UserError
+        from LesionFactorizerLib.core.errors import UserError
 
         try:
             yield

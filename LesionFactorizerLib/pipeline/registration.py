@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.pipeline.geometry import Geometry
-from LesionFactorizerLib.pipeline.settings import REGISTER_MODES
+from LesionFactorizerLib.core.settings import REGISTER_MODES
 
 WORKING_SPACING_MM = 3.0      # registration grid: coarse enough for seconds, fine enough for sub-mm rigid fits
 AUTO_THRESHOLD_MM = 1.0       # mean head displacement above which ``auto`` registers

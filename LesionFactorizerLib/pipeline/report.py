@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from LesionFactorizerLib.pipeline.settings import OPTIONS, REPORTED_ELSEWHERE, json_types
-from LesionFactorizerLib.reportspec import REPORT_NAME, Damaged, RecordedFile, Report, field_value, read_report
+from LesionFactorizerLib.core.settings import OPTIONS, REPORTED_ELSEWHERE, json_types
+from LesionFactorizerLib.core.reportspec import REPORT_NAME, Damaged, RecordedFile, Report, field_value, read_report
 
 LESION_COLUMNS = ("id", "voxels", "volume_ml", "centroid_x_lps", "centroid_y_lps", "centroid_z_lps",
                   "centroid_r_ras", "centroid_a_ras", "centroid_s_ras")
@@ -202,7 +202,7 @@ class RunReport:
 def read_run_report(folder: str | Path) -> RunReport:
     """report.json of the ``segment`` run in ``folder`` (:func:`reportspec.read_report`), with the
     settings a re-run passes on checked; a :class:`UserError` (one line) when anything is amiss."""
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
 
     report = read_report(folder)
     try:

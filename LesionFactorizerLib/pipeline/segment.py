@@ -23,17 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.modelfile import LoadedModel
-from LesionFactorizerLib.outputspec import OutputSpec
+from LesionFactorizerLib.core.outputspec import OutputSpec
 from LesionFactorizerLib.pipeline.groups import DropComponent
 from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS, AtomicOutput, InputImage, map_suffix
 from LesionFactorizerLib.pipeline.preprocessing import Prepared
 from LesionFactorizerLib.pipeline.progress import Progress, Warnings
-from LesionFactorizerLib.pipeline.settings import TASK_NAMES, SegmentSettings
-from LesionFactorizerLib.reportspec import COUNTERFACTUAL_FOLDER, FOLDER_KEY, OUTPUTS, Report
-from LesionFactorizerLib.spec import ModelSpec
-from LesionFactorizerLib.tasks import Task, get_task
+from LesionFactorizerLib.core.settings import TASK_NAMES, SegmentSettings
+from LesionFactorizerLib.core.reportspec import COUNTERFACTUAL_FOLDER, FOLDER_KEY, OUTPUTS, Report
+from LesionFactorizerLib.core.spec import ModelSpec
+from LesionFactorizerLib.core.tasks import Task, get_task
 
 
 # ------------------------------------------------------------------------------------------------
@@ -81,9 +81,11 @@ class Segmentation:
 
 @dataclass
 class Result:
-    """``segment``: the report written to ``report.json`` and the outputs' absolute paths."""
+    """``segment``: the report written to ``report.json`` and the outputs' absolute paths (keys of
+    ``reportspec.OUTPUTS``, and ``FOLDER_KEY``: the output folder). In counterfactual mode the report
+    is counterfactual.json's content (a dict) and the keys are ``COUNTERFACTUAL_OUTPUTS``'."""
 
-    report: Report
+    report: Report | dict[str, Any]
     outputs: dict[str, str]
 
 
@@ -275,7 +277,7 @@ class Segmenter:
             with log.progress.timed("postprocess", "labels and lesions", log.timings):
                 staged.seg = self.postprocess(prep, prediction, case)
         if cf:
-            return cf.write(self, staged.out, case, prediction, staged.seg, log)
+            return Result(*cf.write(self, staged.out, case, prediction, staged.seg, log))
         report = self.report(case, prep, staged.roi, prediction, staged.seg, staged.components_note)
         return self.write(staged.out, case, prep, prediction, staged.seg, report, log.warnings, log.timings,
                           log.t_start, log.progress, staged.effects)
@@ -365,7 +367,7 @@ class Segmenter:
         """Load the networks (first case only), apply the NMF settings, check the component
         request; returns the note recorded when components were asked of a model without them."""
         from LesionFactorizerLib.pipeline.inference import apply_nmf_settings
-        from LesionFactorizerLib.pipeline.settings import check_layers
+        from LesionFactorizerLib.core.settings import check_layers
 
         models = [m.model for m in self.models()]
         for model in models:

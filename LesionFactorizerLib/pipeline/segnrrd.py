@@ -1,7 +1,7 @@
 """Slicer's segmentation file (``.seg.nrrd``, written with slicerio) for file-based users.
 
 A plain label file opens in Slicer as numbers; this file opens as a segmentation whose segments
-already carry the task's names, colours and coded terminology (``tasks.py``, the terminology
+already carry the task's names, colours and coded terminology (``core/tasks.py``, the terminology
 entry strings the Slicer module also uses), one segment per task label even when a label is
 absent, so a case without a lesion still shows its (empty) segments. The labels keep their
 values (``LabelValue``), so other tools that read the file as a label map see the same numbers as
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 
 def require() -> None:

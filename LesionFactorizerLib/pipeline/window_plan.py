@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 
 from LesionFactorizerLib.pipeline.sliding_window import window_starts
-from LesionFactorizerLib.pipeline.speed_presets import WINDOW_PLANS
+from LesionFactorizerLib.core.speed_presets import WINDOW_PLANS
 
 # Peak working set of a forward pass per window voxel, per channel of the network's first level,
 # in bytes (fp32 maps: the Factorizer keeps ~7 full-resolution maps of that width, plus the

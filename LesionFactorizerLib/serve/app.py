@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from LesionFactorizerLib import __version__
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 from LesionFactorizerLib.serve.client import API_VERSION, SERVER_DECIDES
 from LesionFactorizerLib.serve.jobs import Job, JobManager
 from LesionFactorizerLib.serve.uploads import HeaderReader, TooLarge
@@ -132,7 +132,7 @@ def create_app(config: Config) -> FastAPI:
 
     @app.get("/v1/info", summary="models (the same cards as `models list`), tasks, devices and limits")
     def info(who: str = Depends(client)) -> dict[str, Any]:
-        from LesionFactorizerLib.tasks import TASKS
+        from LesionFactorizerLib.core.tasks import TASKS
 
         return {"server": "lesion-factorizer", "version": __version__, "api": API_VERSION,
                 "devices": [s.info() for s in manager.slots], "models": _model_cards(config),
@@ -163,7 +163,7 @@ def create_app(config: Config) -> FastAPI:
         job = owned(job_id, who)
         if job.state != "created":
             raise ApiError(409, f"job {job_id} has already started; inputs cannot change now")
-        from LesionFactorizerLib.tasks import get_task
+        from LesionFactorizerLib.core.tasks import get_task
 
         inputs = get_task(job.task).input_names
         if name not in inputs:
@@ -313,8 +313,8 @@ def _checked_settings(task: str, given: dict[str, Any], config: Config) -> dict[
     """The client's settings, checked like the command line's; model names become this server's files."""
     from LesionFactorizerLib.modelfile import list_models
     from LesionFactorizerLib.pipeline.segment import Segmenter
-    from LesionFactorizerLib.pipeline.settings import BY_NAME, SegmentSettings
-    from LesionFactorizerLib.tasks import get_task
+    from LesionFactorizerLib.core.settings import BY_NAME, SegmentSettings
+    from LesionFactorizerLib.core.tasks import get_task
 
     get_task(task)
     for key in given:

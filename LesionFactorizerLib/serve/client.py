@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import quote, urlsplit
 
 from LesionFactorizerLib import __version__
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 API_VERSION = 1
 FINAL = ("done", "error")

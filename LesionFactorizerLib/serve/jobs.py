@@ -257,10 +257,10 @@ def worker_main(device: str, conn) -> None:
     from LesionFactorizerLib.processmemory import configure_process_memory
 
     configure_process_memory()
-    from LesionFactorizerLib.errors import UserError
+    from LesionFactorizerLib.core.errors import UserError
     from LesionFactorizerLib.pipeline.progress import Progress, terminate_cleanly
     from LesionFactorizerLib.pipeline.segment import Segmenter
-    from LesionFactorizerLib.pipeline.settings import SegmentSettings
+    from LesionFactorizerLib.core.settings import SegmentSettings
 
     terminate_cleanly()   # cancel: SIGTERM ends the run with its error event, outputs cleaned up
     models: dict[tuple, list] = {}

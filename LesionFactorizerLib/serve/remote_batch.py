@@ -12,8 +12,8 @@ import os
 import time
 from pathlib import Path
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.reportspec import REPORT_NAME
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.reportspec import REPORT_NAME
 from LesionFactorizerLib.serve.client import SERVER_DECIDES, TOKEN_ENV
 
 
@@ -38,7 +38,7 @@ class ServerCaseRunner:
     """The batch's case runner (same ``run`` as the local one), on the server."""
 
     def __init__(self, args: argparse.Namespace, task: str):
-        from LesionFactorizerLib.pipeline.settings import BY_NAME, SegmentSettings
+        from LesionFactorizerLib.core.settings import BY_NAME, SegmentSettings
         from LesionFactorizerLib.serve.client import Client
 
         if args.dicom_seg:

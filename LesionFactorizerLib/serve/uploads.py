@@ -15,7 +15,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 NRRD_HEADER_MAX = 64 * 1024   # a text header longer than this is not a volume we want
 

@@ -48,7 +48,7 @@ def main():
         assert sys.modules[name].__file__.startswith(str(Path(args.modules_dir).resolve())), sys.modules[name].__file__
     harness.startup_completed()
     import SampleData
-    from LesionFactorizerLib.tasks import SLICER_CATEGORY_CONTEXT, get_task
+    from LesionFactorizerLib.core.tasks import SLICER_CATEGORY_CONTEXT, get_task
     from LesionFactorizerModuleLib import terminology
 
     context = harness.loaded_terminology(SLICER_CATEGORY_CONTEXT)
@@ -85,7 +85,7 @@ def main():
 def play(args, widget, result, started):
     import SampleData
     import slicer
-    from LesionFactorizerLib.tasks import SLICER_CATEGORY_CONTEXT, get_task
+    from LesionFactorizerLib.core.tasks import SLICER_CATEGORY_CONTEXT, get_task
     from LesionFactorizerModuleLib import terminology
 
     ui = widget.ui
@@ -588,7 +588,7 @@ def save_to_folder_and_dicom_seg(widget, inputs, temp):
     import SimpleITK as sitk
     import slicer
     from DICOMLib import DICOMUtils
-    from LesionFactorizerLib.tasks import SLICER_CATEGORY_CONTEXT, get_task
+    from LesionFactorizerLib.core.tasks import SLICER_CATEGORY_CONTEXT, get_task
     from LesionFactorizerModuleLib import terminology
 
     ui = widget.ui

@@ -27,8 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.tasks import POSTPROCESSING_KEYS, POSTPROCESSING_MODES, Task
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.tasks import POSTPROCESSING_KEYS, POSTPROCESSING_MODES, Task
 
 BACKGROUND = "background"
 

@@ -17,10 +17,10 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, get_type_hints
 
-from LesionFactorizerLib.errors import UserError
-from LesionFactorizerLib.nn.layout import NMF_LAYERS
-from LesionFactorizerLib.pipeline.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESETS, WINDOW_PLANS
-from LesionFactorizerLib.tasks import TASKS, get_task
+from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.layout import NMF_LAYERS
+from LesionFactorizerLib.core.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESETS, WINDOW_PLANS
+from LesionFactorizerLib.core.tasks import TASKS, get_task
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FORMATS = ("nii.gz", "nii", "nrrd", "mha", "seg.nrrd")   # keys of pipeline.io.IMAGE_FORMATS (a test checks)

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from LesionFactorizerLib.checksums import sha256
+from LesionFactorizerLib.core.checksums import sha256
 
 
 def cache_dir() -> Path:

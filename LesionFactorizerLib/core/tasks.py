@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Iterable, Mapping, Optional
 
-from LesionFactorizerLib.errors import UserError
+from LesionFactorizerLib.core.errors import UserError
 
 # Terminology contexts a label's terminology entry string refers to: the extension's own category
 # and type context (shipped with the Slicer module) and Slicer's built-in anatomic context.
@@ -136,7 +136,7 @@ class PostProcessing:
       - ``threshold``: one sigmoid channel → label 1.
       - ``argmax``: the most probable label per voxel.
     ``thresholds``: per-region thresholds of the hierarchical rule (region name → probability);
-    regions not named use ``threshold``. ``OutputSpec`` (outputspec.py) applies the rules.
+    regions not named use ``threshold``. ``OutputSpec`` (core/outputspec.py) applies the rules.
     """
 
     mode: str
