@@ -28,7 +28,7 @@ from LesionFactorizerLib.modelfile import load_model_file
 from LesionFactorizerLib.nn.factorizer import plain_forward
 from LesionFactorizerLib.nn.matricize import make_matricize
 from LesionFactorizerLib.nn.nmf import NMF
-from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
+from LesionFactorizerLib.pipeline.segment import run_counterfactual
 from LesionFactorizerLib.pipeline.effects import component_costs, stage_weight
 from LesionFactorizerLib.pipeline.groups import kept
 from LesionFactorizerLib.pipeline.progress import STAGES, Progress

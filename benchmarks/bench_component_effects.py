@@ -121,7 +121,7 @@ def crop_around_lesion(inputs: dict[str, str], label: Path, half_mm: float) -> d
 
 def run_case(name: str, inputs: dict, model: Path, out: Path, device: str, check: bool,
              layers: list[str] | None = None) -> dict:
-    from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
+    from LesionFactorizerLib.pipeline.segment import run_counterfactual
     from LesionFactorizerLib.pipeline.segment import segment_case
     from LesionFactorizerLib.core.settings import SegmentSettings
 

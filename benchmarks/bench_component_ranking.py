@@ -86,7 +86,7 @@ def main() -> int:
     from LesionFactorizerLib.demo import bundled_demo_model
     from LesionFactorizerLib.modelfile import read_spec
     from LesionFactorizerLib.phantoms.samples import sample_case
-    from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
+    from LesionFactorizerLib.pipeline.segment import run_counterfactual
     from LesionFactorizerLib.pipeline.segment import SegmentSettings, segment_case
 
     out = Path(args.out)

@@ -323,25 +323,6 @@ class Counterfactual:
         return summary, outputs
 
 
-def run_counterfactual(folder: str | Path, layer: str | None = None, component: int | None = None,
-                       output: str | Path | None = None, inputs: dict[str, str] | None = None,
-                       device: str = "auto", overwrite: bool = False, progress=None,
-                       picture: bool = True, trust_inputs: bool = False, mode: str = "drop") -> dict[str, str]:
-    """Segment the case of the run in ``folder`` again with one change (``mode``, ``groups.MODES``:
-    ``drop`` leaves ``component`` out of ``layer``, ``keep`` keeps only it, ``skip`` short-circuits
-    the whole layer) through ``Segmenter.from_report``; returns the outputs' absolute paths
-    (``dir``: the output folder). ``picture=False`` skips difference.png (Slicer shows the
-    difference itself). ``trust_inputs``: run on inputs and models the report records no checksum
-    of (with a warning)."""
-    from LesionFactorizerLib.pipeline.groups import DropComponent
-    from LesionFactorizerLib.pipeline.segment import Segmenter
-
-    segmenter = Segmenter.from_report(folder, DropComponent(layer, component, mode), inputs, device, trust_inputs,
-                                      picture)
-    cf = segmenter.counterfactual
-    return segmenter.segment(cf.source.inputs, output or cf.default_output(), overwrite, progress).outputs
-
-
 def write_difference_png(path: Path, reference, before: np.ndarray, difference: np.ndarray, title: str) -> None:
     """Three axial slices (those with the most changed voxels, else through the lesion) of the
     reference input, the original lesion outlined in cyan, added/removed/relabelled voxels in

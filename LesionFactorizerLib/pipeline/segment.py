@@ -562,6 +562,22 @@ def segment_case(inputs: dict[str, str], output: str | Path, settings: SegmentSe
     return Segmenter(settings, loaded).segment(inputs, output, settings.overwrite, progress)
 
 
+def run_counterfactual(folder: str | Path, layer: str | None = None, component: int | None = None,
+                       output: str | Path | None = None, inputs: dict[str, str] | None = None,
+                       device: str = "auto", overwrite: bool = False, progress=None,
+                       picture: bool = True, trust_inputs: bool = False, mode: str = "drop") -> dict[str, str]:
+    """Segment the case of the run in ``folder`` again with one change (``mode``, ``groups.MODES``:
+    ``drop`` leaves ``component`` out of ``layer``, ``keep`` keeps only it, ``skip`` short-circuits
+    the whole layer) through ``Segmenter.from_report``; returns the outputs' absolute paths
+    (``dir``: the output folder). ``picture=False`` skips difference.png (Slicer shows the
+    difference itself). ``trust_inputs``: run on inputs and models the report records no checksum
+    of (with a warning)."""
+    segmenter = Segmenter.from_report(folder, DropComponent(layer, component, mode), inputs, device, trust_inputs,
+                                      picture)
+    cf = segmenter.counterfactual
+    return segmenter.segment(cf.source.inputs, output or cf.default_output(), overwrite, progress).outputs
+
+
 def check_ensemble_member(first: ModelSpec, other: ModelSpec, first_name: str, name: str) -> None:
     """An ensemble averages logits computed on one prepared array and turns them into labels with
     one rule, so its members must agree on everything that shapes either (else a member would
