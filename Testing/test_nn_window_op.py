@@ -1,8 +1,8 @@
 """The window NMF as a registered operator (nn/window_op.py): torch.compile and torch.export keep it
 in their graphs (so they run the compiled kernel), with outputs equal to eager; gradients through
-an exported graph equal the plain graph's; ONNX gets the plain computation; eager inference never
-calls the operator (nor imports torch._dynamo); an untrusted kernel leaves the operator on the
-PyTorch path."""
+an exported graph equal the plain graph's; ONNX gets the plain computation; an untrusted kernel
+leaves the operator on the PyTorch path. (That eager inference, which calls the kernel directly,
+imports no torch._dynamo is test_pipeline_sliding_window's.)"""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def op_count(graph) -> int:
     return sum(str(node.target).removesuffix(".default") == OP for node in graph.nodes if node.op == "call_function")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["swin-factorizer-isles", "local-factorizer-brats"])
 def test_compile_keeps_the_operator_and_equals_eager(name):
     model, x = tiny(name)
@@ -55,6 +56,7 @@ def test_compile_keeps_the_operator_and_equals_eager(name):
     assert (compiled - eager).abs().max().item() <= TOL
 
 
+@pytest.mark.slow
 def test_compile_with_gradients_traces_the_plain_graph():
     """Under autograd torch.compile differentiates the plain graph (the operator's backward
     recomputes it, which a compiled backward need not trace)."""
@@ -64,6 +66,7 @@ def test_compile_with_gradients_traces_the_plain_graph():
     assert graphs and sum(op_count(gm.graph) for gm in graphs) == 0
 
 
+@pytest.mark.slow
 def test_export_keeps_the_operator_equals_eager_and_differentiates():
     model, x = tiny()
     program = torch.export.export(model, (x,), strict=True)
@@ -80,6 +83,7 @@ def test_export_keeps_the_operator_equals_eager_and_differentiates():
     torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_gets_the_plain_computation(tmp_path):
     """ONNX Runtime cannot run our kernel: the exporter decomposes the operator into the plain
     computation, both from the module and from an exported program."""
@@ -112,25 +116,6 @@ def test_the_operator_equals_its_definition_by_the_kernel_and_the_pytorch_path(m
         torch.testing.assert_close(window_op.OP(*args), expected, rtol=1e-5, atol=1e-5)
 
 
-EAGER = """
-import sys, torch
-from LesionFactorizerLib.nn import native
-from LesionFactorizerLib.presets import build_model
-model = build_model("swin-factorizer-isles", widths=(8, 16), deep_supervision=1).eval()
-with torch.no_grad():
-    model(torch.rand(1, 2, 16, 16, 16))
-print(native.status())
-print("torch._dynamo" in sys.modules)
-"""
-
-
-def test_eager_inference_does_not_import_dynamo():
-    run = subprocess.run([sys.executable, "-c", EAGER], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    status, dynamo = run.stdout.strip().splitlines()[-2:]
-    assert dynamo == "False", status
-
-
 UNTRUSTED = """
 import torch
 from LesionFactorizerLib.nn import native
@@ -147,6 +132,7 @@ print(ops - len(model.nmf_layers()), float((got - eager).abs().max()))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.name == "nt" or native._compiler() is None, reason="builds a kernel to damage")
 def test_an_untrusted_kernel_leaves_the_operator_on_the_pytorch_path(tmp_path):
     """In a copy of the package whose prebuilt library does not match its manifest, the compiled

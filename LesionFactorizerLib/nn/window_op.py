@@ -3,7 +3,9 @@ that ``torch.compile`` and ``torch.export`` keep the compiled kernel (``nn/nativ
 graphs: a ctypes call is invisible to tracers, which would fall back to the plain graph.
 
 The operator is what a Local/Swin :class:`WrappedNMF` computes after its input projection and ReLU:
-``F.linear(reconstruct(NMF(matricize(z))), weight, bias)`` for a rank-1 HALS NMF (every preset).
+``F.linear(reconstruct(NMF(matricize(z))), weight, bias)`` for a rank-1 HALS NMF (every preset);
+:func:`call` builds its arguments from the layer (the initial spatial factor ``v0`` is passed as a
+tensor, a constant of the traced graph, so that :func:`definition` holds no constant of its own).
 
 - **Run** (eager, an exported program, compiled code): the output bias, then
   ``LocalMatricize.add_projected`` — the verified kernel where it is available (same loading and
