@@ -35,8 +35,8 @@ def memory_saving_path(block: "FactorizerBlock") -> bool:
     in-place writes would break gradients (and it has no dropout); compilers and exporters
     (``torch.compile``, ``torch.export``, ONNX) get the plain graph, which they fuse themselves and
     which ONNX Runtime reproduces, with the window NMF as one operator that runs the kernel
-    (``nn/window_op.py``; ONNX decomposes it). ``block.memory_saving = False`` turns it off (tests, profiling;
-    :func:`plain_forward` for a whole network)."""
+    (``nn/window_op.py``; ONNX decomposes it). ``block.memory_saving = False`` turns it off
+    (tests, profiling; :func:`plain_forward` for a whole network)."""
     return (block.memory_saving and not block.training and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling() and not torch.compiler.is_exporting())
 

@@ -308,7 +308,8 @@ class ShiftedWindowMatricize(LocalMatricize):
         regular, rolled = (self._window_view(t, lay) for t in y.chunk(2, dim=0))
         shape = (lay.batch, *lay.padded, y.shape[-1])
         if self.functional:
-            return self._crop(regular.reshape(shape) + torch.roll(rolled.reshape(shape), (-self.shift,) * 3, (1, 2, 3)), lay)
+            back = torch.roll(rolled.reshape(shape), (-self.shift,) * 3, (1, 2, 3))
+            return self._crop(regular.reshape(shape) + back, lay)
         if torch.is_grad_enabled():  # autograd forbids in-place adds into these views
             return self._crop(regular.reshape(shape) + roll3(rolled.reshape(shape), -self.shift), lay)
         out = roll3(rolled.reshape(shape), -self.shift, add_into=regular.reshape(shape).contiguous())
