@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from LesionFactorizerLib.nn.matricize import make_matricize
+from LesionFactorizerLib.nn import window_op
+from LesionFactorizerLib.nn.matricize import LocalMatricize, make_matricize
 from LesionFactorizerLib.nn.nmf import NMF
 from LesionFactorizerLib.nn.unet import UShapedNet, layer_names
 
@@ -33,8 +34,9 @@ def memory_saving_path(block: "FactorizerBlock") -> bool:
     bound by memory traffic here, not FLOPs). It runs only in eager inference: under autograd its
     in-place writes would break gradients (and it has no dropout); compilers and exporters
     (``torch.compile``, ``torch.export``, ONNX) get the plain graph, which they fuse themselves and
-    which ONNX Runtime reproduces. ``block.memory_saving = False`` turns it off (tests, profiling;
-    :func:`plain_forward` for a whole network)."""
+    which ONNX Runtime reproduces, with the window NMF as one operator that runs the kernel
+    (``nn/window_op.py``; ONNX decomposes it). ``block.memory_saving = False`` turns it off
+    (tests, profiling; :func:`plain_forward` for a whole network)."""
     return (block.memory_saving and not block.training and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling() and not torch.compiler.is_exporting())
 
@@ -103,12 +105,27 @@ class WrappedNMF(nn.Module):
         z = torch.relu_(self.in_proj(x))
         if self.skip:   # NMF(X) := X; matricize is pure re-indexing, so it cancels with its inverse
             return self.dropout(self.out_proj(z))
+        if self._traced_kernel(z):   # the steps below as one operator that runs the compiled kernel
+            return self.dropout(window_op.call(z, self.matricize, self.nmf, self.out_proj))
         mats, layout = self.matricize.matricize(z)        # heads × windows → batch of E×N matrices
         u, v = self.nmf.decompose(mats)                   # X ≈ U Vᵀ, V holds the spatial factors
         if self.capture:
             self.components = self.matricize.factor_maps(v.detach(), layout)
         y = self.matricize.reconstruct(u, v, layout)      # U Vᵀ, back on the channels-last grid
         return self.dropout(self.out_proj(y))
+
+    def _traced_kernel(self, z: torch.Tensor) -> bool:
+        """Whether a tracer (torch.compile, torch.export) is given ``nn/window_op.py``'s operator for
+        this layer instead of the plain steps: inference (eval mode; under torch.compile also no
+        gradients, so compiled backward passes differentiate the plain graph) of a rank-1 HALS
+        window NMF on float32 CPU tensors, the kernel's case. Eager calls never take it: they call
+        the kernel directly (``add_low_memory``) and need not import torch._dynamo."""
+        nmf = self.nmf
+        return (window_op.OP is not None and isinstance(self.matricize, LocalMatricize) and not self.capture
+                and nmf.uses_moments() and nmf.keep is None and not self.training
+                and z.device.type == "cpu" and z.dtype == torch.float32
+                and (torch.compiler.is_exporting()
+                     or (torch.compiler.is_compiling() and not torch.is_grad_enabled())))
 
     def add_low_memory(self, z: torch.Tensor, out: torch.Tensor) -> None:
         """Memory-saving path only: ``out += W_out · NMF-approximation(z)`` (no bias) in place, for

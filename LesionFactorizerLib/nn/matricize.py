@@ -272,6 +272,8 @@ class ShiftedWindowMatricize(LocalMatricize):
     """Regular and half-window-rolled ``P³`` partitions, processed together and averaged back."""
 
     name = "swin"
+    # out of place (torch.roll/cat): for decomposition tables, which must not write into buffers
+    functional = False
 
     @property
     def shift(self) -> int:
@@ -280,6 +282,9 @@ class ShiftedWindowMatricize(LocalMatricize):
     def matricize(self, x: torch.Tensor) -> tuple[torch.Tensor, Layout]:
         lay = self._layout(x)
         x = self._pad(x, lay)
+        if self.functional:
+            rolled = torch.roll(x, (self.shift,) * 3, (1, 2, 3))
+            return torch.cat([self._split(x, lay), self._split(rolled, lay)]), lay
         # Both partitions are written straight into one buffer: no torch.cat / torch.roll
         # passes over the (large) full-resolution map.
         k = x.numel() // (lay.head_dim * lay.window[0] ** 3)
@@ -302,6 +307,9 @@ class ShiftedWindowMatricize(LocalMatricize):
         y = _window_products(u * 0.5, v, lay)
         regular, rolled = (self._window_view(t, lay) for t in y.chunk(2, dim=0))
         shape = (lay.batch, *lay.padded, y.shape[-1])
+        if self.functional:
+            back = torch.roll(rolled.reshape(shape), (-self.shift,) * 3, (1, 2, 3))
+            return self._crop(regular.reshape(shape) + back, lay)
         if torch.is_grad_enabled():  # autograd forbids in-place adds into these views
             return self._crop(regular.reshape(shape) + roll3(rolled.reshape(shape), -self.shift), lay)
         out = roll3(rolled.reshape(shape), -self.shift, add_into=regular.reshape(shape).contiguous())
