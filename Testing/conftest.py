@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import locale
-from pathlib import Path
 
+import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+import SimpleITK as sitk
+from helpers import REPO, save_threshold_model
 
 
 @pytest.fixture(scope="module")
@@ -33,3 +33,28 @@ def _process_locale_restored():
     yield
     if locale.setlocale(locale.LC_ALL) != LOCALE_AT_START:
         locale.setlocale(locale.LC_ALL, LOCALE_AT_START)
+
+
+@pytest.fixture(scope="module")
+def three_lesion_run(tmp_path_factory):
+    """A real run for the navigator and scene tests: bright blob, dim blob, and a third small blob,
+    with a 2-member ensemble + TTA."""
+    from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
+
+    tmp = tmp_path_factory.mktemp("nav")
+    rng = np.random.default_rng(0)
+    array = (100 + 5 * rng.standard_normal((20, 24, 28))).astype(np.float32)
+    array[4:9, 5:10, 18:24] = 400
+    array[12:16, 14:18, 3:7] = 250
+    array[15:18, 3:6, 12:15] = 330
+    z = (array - array.mean(dtype=np.float64)) / array.std(dtype=np.float64)
+    z_dim = float(z[13, 15, 4])
+    paths = {}
+    for name in ("dwi", "adc"):
+        paths[name] = str(tmp / f"{name}.nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray(array), paths[name])
+    models = [save_threshold_model(tmp / f"m{i}.safetensors", threshold=t * z_dim, patch=(16, 16, 16))
+              for i, t in enumerate((0.5, 1.2))]
+    outputs = segment_case(SegmentOptions(inputs=paths, output=str(tmp / "out"), models=models, device="cpu",
+                                          tta=True, overview=False))
+    return outputs

@@ -7,7 +7,7 @@ import csv
 import json
 
 import pytest
-from test_pipeline_data import save_threshold_model, write_case
+from helpers import save_threshold_model, write_case
 
 from LesionFactorizerLib.cli import main
 from LesionFactorizerLib.datalist import read_datalist

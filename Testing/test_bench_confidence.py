@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +27,7 @@ def _read(path) -> np.ndarray:
 def test_true_and_false_positive_lesions_are_told_apart_and_summarised(tmp_path, bench):
     """Two bright blobs; an ensemble of two threshold models finds the bright one with both and the
     dim one with one. The truth holds only the bright one, so the dim one is the false positive."""
-    from test_pipeline_data import save_threshold_model
+    from helpers import save_threshold_model
 
     from LesionFactorizerLib.pipeline.segment import Segmenter, SegmentOptions
 

@@ -6,16 +6,13 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_pipeline_data import save_threshold_model, write_case
+from helpers import REPO, main_in_process, save_threshold_model, write_case
 
 from LesionFactorizerLib.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def read_summary(path):
@@ -103,9 +100,7 @@ def test_case_ids_that_are_not_plain_folder_names_are_refused(tmp_path, case_id)
     jlist.write_text(json.dumps([{"case_id": case_id, "inputs": {"dwi": "a/dwi.nii.gz", "adc": "a/adc.nii.gz"}}]),
                      encoding="utf-8")
     out = tmp_path / "deep" / "out"
-    proc = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "batch", str(jlist), "--model", model,
-                           "-o", str(out), "--no-overview", "--progress", "none"],
-                          cwd=REPO, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    proc = main_in_process("batch", jlist, "--model", model, "-o", out, "--no-overview", "--progress", "none")
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "cannot be used as a folder name" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "deep").exists() and not (tmp_path / "escape").exists()

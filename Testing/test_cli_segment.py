@@ -4,9 +4,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,15 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_pipeline_data import save_threshold_model, write_case
+from helpers import REPO, cli, main_in_process, read_only, save_threshold_model, write_case
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = {"read", "preprocess", "model", "inference", "postprocess", "components", "write"}
-
-
-def cli(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "LesionFactorizerLib", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120, **kw, encoding="utf-8")
 
 
 def snapshot(folder: Path) -> set[str]:
@@ -58,7 +50,7 @@ def run_failing(tmp_path, model, inputs: dict[str, str], words, extra=(), prepar
     args = ["segment", "--task", "stroke", "--model", model, "-o", out, "--progress", "jsonl", *extra]
     for name, path in inputs.items():
         args += ["-i", f"{name}={path}"]
-    proc = cli(*args)
+    proc = main_in_process(*args)
     assert_clean_failure(proc, out, before, words)
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert events and events[-1]["event"] == "error" and events[-1]["message"] in proc.stderr
@@ -124,29 +116,13 @@ def test_corrupt_model_file(tmp_path, case):
     run_failing(tmp_path, bad, paths, ("damaged", "truncated"))
 
 
-@contextlib.contextmanager
-def read_only(folder: Path):
-    """Make ``folder`` unwritable for this process, also for root (the immutable attribute)."""
-    if os.geteuid() == 0:   # permissions do not stop root
-        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
-            pytest.skip("running as root without chattr support: cannot make a folder read-only")
-        undo = lambda: subprocess.run(["chattr", "-i", str(folder)])  # noqa: E731
-    else:
-        folder.chmod(0o555)
-        undo = lambda: folder.chmod(0o755)  # noqa: E731
-    try:
-        yield
-    finally:
-        undo()
-
-
 def test_output_folder_not_writable(tmp_path, case):
     _, paths, model = case
     out = tmp_path / "out"
     out.mkdir()
     with read_only(out):
         before = snapshot(out)
-        proc = cli("segment", "--task", "stroke", "--model", model, "-o", out, "-i", f"dwi={paths['dwi']}",
+        proc = main_in_process("segment", "--task", "stroke", "--model", model, "-o", out, "-i", f"dwi={paths['dwi']}",
                    "-i", f"adc={paths['adc']}")
         assert_clean_failure(proc, out, before, ("not writable",))
 
@@ -237,4 +213,4 @@ def test_usage_mistakes_get_one_error_line_too(tmp_path, args, words):
     out = tmp_path / "out"
     out.mkdir()
     before = snapshot(out)
-    assert_clean_failure(cli(*args), out, before, words)
+    assert_clean_failure(main_in_process(*args), out, before, words)

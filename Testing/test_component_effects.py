@@ -19,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from test_component_ranking import HALF_MM, cropped_stroke_sample
+from helpers import HALF_MM, REPO, cropped_stroke_sample
 
 from LesionFactorizerLib import build_model
 from LesionFactorizerLib.demo import bundled_demo_model
@@ -30,7 +30,6 @@ from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
 from LesionFactorizerLib.pipeline.groups import kept
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 
-REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["decoder2", "decoder1"]
 
 

@@ -16,16 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import HALF_MM, REPO, cropped_stroke_sample, main_in_process
 
 from LesionFactorizerLib.demo import bundled_demo_model
-from LesionFactorizerLib.phantoms.samples import sample_case
 from LesionFactorizerLib.pipeline.counterfactual import difference_map
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.ranking import block_mean, model_grid_masks, ranked, score_components
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
-
-REPO = Path(__file__).resolve().parents[1]
-HALF_MM = 36.0
 
 
 def test_a_map_shaped_like_the_lesion_ranks_first():
@@ -60,25 +57,6 @@ def test_block_mean_is_the_fraction_of_each_coarse_voxel():
     assert coarse.shape == (3, 2, 2)
     assert coarse[0, 0, 0] == pytest.approx(1 / 8) and coarse[2, 1, 1] == pytest.approx(1 / 8)  # zero-padded end
     assert coarse.sum() == pytest.approx(2 / 8)
-
-
-def cropped_stroke_sample(folder: Path, half_mm: float) -> dict[str, str]:
-    """The stroke sample's DWI and ADC (and label.nii.gz) cropped to ±``half_mm`` around its lesion."""
-    sample = sample_case("stroke")
-    label = sitk.ReadImage(sample["label"])
-    centre = np.round(np.argwhere(sitk.GetArrayViewFromImage(label) > 0).mean(axis=0)).astype(int)[::-1]  # i, j, k
-    half = np.ceil(half_mm / np.array(label.GetSpacing())).astype(int)
-    lo = np.maximum(centre - half, 0)
-    size = np.minimum(centre + half, np.array(label.GetSize())) - lo
-    inputs = {}
-    for name in ("dwi", "adc"):
-        crop = sitk.RegionOfInterest(sitk.ReadImage(sample["inputs"][name]), [int(s) for s in size],
-                                     [int(v) for v in lo])
-        inputs[name] = str(folder / f"{name}.nii.gz")
-        sitk.WriteImage(crop, inputs[name])
-    sitk.WriteImage(sitk.RegionOfInterest(label, [int(s) for s in size], [int(v) for v in lo]),
-                    str(folder / "label.nii.gz"))
-    return inputs
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +160,8 @@ def test_a_new_segmentation_claims_the_old_counterfactuals():
 ])
 def test_bad_requests_are_one_line_errors_and_write_nothing(stroke_run, tmp_path, args, message):
     target = tmp_path / "cf"
-    proc = _counterfactual(stroke_run["out"], *args, "--output", target, "--progress", "none", "--device", "cpu")
+    proc = main_in_process("counterfactual", stroke_run["out"], *args, "--output", target, "--progress", "none",
+                           "--device", "cpu")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and message in proc.stderr and proc.stderr.count("\n") == 1
     assert not target.exists()
@@ -192,11 +171,11 @@ def test_inputs_must_be_the_files_the_segmentation_used(stroke_run, tmp_path):
     changed = tmp_path / "adc.nii.gz"
     image = sitk.ReadImage(stroke_run["inputs"]["adc"])
     sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32) * 1.5 + 1.0, str(changed))
-    proc = _counterfactual(stroke_run["out"], "--input", f"adc={changed}", "--output", tmp_path / "cf",
-                           "--progress", "none", "--device", "cpu")
+    proc = main_in_process("counterfactual", stroke_run["out"], "--input", f"adc={changed}", "--output",
+                           tmp_path / "cf", "--progress", "none", "--device", "cpu")
     assert proc.returncode == 2 and "SHA-256 differs" in proc.stderr, proc.stderr
     assert not (tmp_path / "cf").exists()
-    proc = _counterfactual(tmp_path, "--progress", "none")
+    proc = main_in_process("counterfactual", tmp_path, "--progress", "none")
     assert proc.returncode == 2 and "has no report.json" in proc.stderr
 
 
@@ -305,7 +284,7 @@ def test_a_damaged_report_is_a_one_line_error(stroke_run, tmp_path, path, value,
 
 
 def test_the_model_is_checked_even_when_the_report_lists_no_models(stroke_run, tmp_path):
-    from test_pipeline_data import save_threshold_model
+    from helpers import save_threshold_model
 
     other = save_threshold_model(tmp_path / "another.safetensors")
 

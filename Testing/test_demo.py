@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import REPO as ROOT, main_in_process
 
 from LesionFactorizerLib.demo import SUMMARY_NAME, bundled_demo_model, parse_tasks
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.modelfile import read_metadata
 from LesionFactorizerLib.phantoms.samples import sample_case
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def lf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -74,19 +73,21 @@ def test_demo_stroke_writes_results_and_summary(stroke_demo):
     assert f"{entry['seconds']:.1f} s" in text
 
 
-def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "mine" / "stroke").mkdir(parents=True)
     keep = tmp_path / "mine" / "stroke" / "notes.txt"
     keep.write_text("user data")
-    proc = lf("demo", "--tasks", "stroke", "--out", "mine", cwd=tmp_path)
+    proc = main_in_process("demo", "--tasks", "stroke", "--out", "mine")
     assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and "--overwrite" in proc.stderr
     assert keep.read_text() == "user data" and sorted(p.name for p in (tmp_path / "mine").rglob("*")) == [
         "notes.txt", "stroke"]
 
 
-def test_unknown_task_is_a_usage_error(tmp_path):
-    proc = lf("demo", "--tasks", "stroke,brain", cwd=tmp_path)
+def test_unknown_task_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    proc = main_in_process("demo", "--tasks", "stroke,brain")
     assert proc.returncode == 2 and "stroke" in proc.stderr and "ms-new" in proc.stderr
     assert not (tmp_path / "lesionfactorizer-demo").exists()
     with pytest.raises(UserError):

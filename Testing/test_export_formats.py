@@ -19,11 +19,11 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import slicerio
+from helpers import REPO, main_in_process
 
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.tasks import get_task
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "Resources" / "SampleData"
 STUDY_UID = "1.2.826.0.1.3680043.8.498.10"
 SERIES_UID = "1.2.826.0.1.3680043.8.498.11"
@@ -226,8 +226,9 @@ def test_an_empty_segmentation_still_writes_every_segment(tmp_path):
 
 def test_dicom_seg_needs_a_dicom_reference_and_says_so_before_any_work(tmp_path):
     out = tmp_path / "out"
-    proc = cli("segment", "--task", "stroke", "--input", f"dwi={SAMPLES / 'stroke_dwi.nii.gz'}",
-               "--input", f"adc={SAMPLES / 'stroke_adc.nii.gz'}", "--output", out, "--dicom-seg", "--progress", "none")
+    proc = main_in_process("segment", "--task", "stroke", "--input", f"dwi={SAMPLES / 'stroke_dwi.nii.gz'}",
+                           "--input", f"adc={SAMPLES / 'stroke_adc.nii.gz'}", "--output", out, "--dicom-seg",
+                           "--progress", "none")
     assert proc.returncode == 2
     (line,) = [t for t in proc.stderr.splitlines() if t.strip()]
     assert line.startswith("error: --dicom-seg needs the reference input dwi as a DICOM series folder"), line

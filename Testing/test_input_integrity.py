@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_cli_segment import cli
-from test_pipeline_data import grid, sample, save_threshold_model, write_case
-from test_pipeline_io import write_dicom_series
+from helpers import cli, grid, main_in_process, sample, save_threshold_model, write_case, write_dicom_series
 
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.pipeline.io import read_image
@@ -146,8 +144,8 @@ def test_reader_noise_does_not_reach_stderr_before_the_error_line(tmp_path):
     paths = write_case(tmp_path / "in")
     bad = tmp_path / "in" / "dwi.nii"
     bad.write_bytes(struct.pack("<i", 348) + bytes(400))     # an Analyze-style header niftilib complains about
-    proc = cli("segment", "--task", "stroke", "--model", model, "-o", tmp_path / "out", "-i", f"dwi={bad}",
-               "-i", f"adc={paths['adc']}")
+    proc = main_in_process("segment", "--task", "stroke", "--model", model, "-o", tmp_path / "out", "-i", f"dwi={bad}",
+                           "-i", f"adc={paths['adc']}")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: input dwi"), proc.stderr
     assert "not recognized as a NIFTI file" in lines[0]           # ITK's reason, not its source location
@@ -204,8 +202,8 @@ def test_header_dimensions_that_overflow_are_refused_with_one_line(tmp_path, ext
     refused(big, "2147483648x2147483648x4", "header", "address")
     paths = write_case(tmp_path / "in")
     model = save_threshold_model(tmp_path / "thr.safetensors")
-    run = cli("segment", "--task", "stroke", "--model", model, "--input", f"dwi={big}", "--input",
-              f"adc={paths['adc']}", "-o", tmp_path / "out")
+    run = main_in_process("segment", "--task", "stroke", "--model", model, "--input", f"dwi={big}", "--input",
+                          f"adc={paths['adc']}", "-o", tmp_path / "out")
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().count("\n") == 0 and run.stderr.startswith("error:"), run.stderr
     assert not (tmp_path / "out").exists()

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import main_in_process
 import SimpleITK as sitk
 import torch
 from medpy.metric import binary as medpy_binary
@@ -246,9 +247,8 @@ def test_evaluate_cli_writes_cases_summary_and_wilcoxon(tmp_path):
     # a prediction on another grid is refused with one line, exit code 2
     img = sitk.GetImageFromArray(np.zeros((16, 16, 16), np.uint8))   # same size, other spacing
     sitk.WriteImage(img, str(tmp_path / "a" / "c0" / "segmentation.nii.gz"))
-    out = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "evaluate", "--task", "tumor",
-                          "--pred", str(tmp_path / "a"), "--ref", str(tmp_path / "ref"), "--out", str(tmp_path / "e2")],
-                         capture_output=True, text=True, timeout=120, encoding="utf-8")
+    out = main_in_process("evaluate", "--task", "tumor", "--pred", tmp_path / "a", "--ref", tmp_path / "ref",
+                          "--out", tmp_path / "e2")
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 2 and last.startswith("error: case c0") and "grid" in last
     assert not (tmp_path / "e2").exists()   # nothing written on failure

@@ -20,7 +20,8 @@ from LesionFactorizerLib.checksums import sha256
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.modelfile import ENV_MODELS
 
-from model_server import GOOD, MODELS, REPO, STALL_AFTER, corrupted, serve_test_catalog
+from helpers import REPO, main_in_process
+from model_server import GOOD, MODELS, STALL_AFTER, corrupted, serve_test_catalog
 
 SIZE = GOOD.stat().st_size
 
@@ -195,7 +196,8 @@ def test_cli_download_reports_progress_and_available_shows_it(served):
 
 def test_cli_refuses_the_corrupted_file(served):
     server, url, models = served
-    proc = _cli("download", "stroke-corrupted", "--catalog", url, "--progress", "jsonl", env={ENV_MODELS: str(models)})
+    proc = main_in_process("models", "download", "stroke-corrupted", "--catalog", url, "--progress", "jsonl",
+                           env={**os.environ, ENV_MODELS: str(models)})
     assert proc.returncode == 2
     events = _events(proc.stdout)
     assert events[-1]["event"] == "error" and "failed its checksum" in events[-1]["message"]

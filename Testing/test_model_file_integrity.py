@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_cli_segment import cli
-from test_pipeline_data import save_threshold_model, write_case
+from helpers import main_in_process, save_threshold_model, write_case
 
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.modelfile import (import_model, load_model_file, make_metadata, read_header,
@@ -46,7 +45,7 @@ def test_non_finite_weights_are_refused_by_every_reader(tmp_path, value, monkeyp
         import_model(path)
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())
     for args in (["models", "verify", path], ["models", "verify", "--quick", path]):
-        proc = cli(*args)
+        proc = main_in_process(*args)
         assert proc.returncode == 2 and "NaN or infinite weights" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -111,9 +110,9 @@ def test_deeply_nested_header_is_skipped_by_listing_and_default_model(tmp_path, 
     header2 = ('{"__metadata__": ' + meta_nested + "}").encode()
     (user / "aab-hostile.safetensors").write_bytes(struct.pack("<Q", len(header2)) + header2)
     env = {**os.environ, "LESIONFACTORIZER_MODELS": str(user)}
-    proc = cli("models", "list", "--task", "stroke", env=env)
+    proc = main_in_process("models", "list", "--task", "stroke", env=env)
     assert proc.returncode == 0 and "good" in proc.stdout, proc.stderr
-    proc = cli("models", "list", env=env)
+    proc = main_in_process("models", "list", env=env)
     assert proc.returncode == 0 and proc.stdout.count("DAMAGED") == 2, proc.stdout + proc.stderr
     monkeypatch.setenv("LESIONFACTORIZER_MODELS", str(user))
     paths = write_case(tmp_path / "in")
@@ -177,6 +176,6 @@ def test_metadata_claiming_huge_widths_is_refused_before_allocating(tmp_path):
     save_model_file(path, model, meta)
     with pytest.raises(UserError, match="do not match architecture"):
         load_model_file(path)
-    proc = cli("models", "import", path, env={**os.environ, "LESIONFACTORIZER_MODELS": str(tmp_path / "models")})
+    proc = main_in_process("models", "import", path, env={**os.environ, "LESIONFACTORIZER_MODELS": str(tmp_path / "models")})
     assert proc.returncode == 2 and "do not match architecture" in proc.stderr, proc.stderr   # as `verify`
     assert not (tmp_path / "models").exists()

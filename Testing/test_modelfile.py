@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, main_in_process
 
 from LesionFactorizerLib import build_model
 from LesionFactorizerLib.cli import main
@@ -17,8 +18,6 @@ from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.modelfile import (FORMAT_VERSION, METADATA_KEY, default_model, find_model, import_model,
                                            list_models, load_model_file, make_metadata, read_metadata,
                                            save_model_file, verify_file, verify_model)
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_swin():
@@ -219,8 +218,7 @@ def test_header_with_non_integer_offsets_or_shape_is_a_clear_error(tmp_path, ent
     bad = _raw_file(tmp_path / "odd.safetensors", entry, bytes(12))
     with pytest.raises(UserError, match="tensor 'w' has an invalid entry"):
         read_metadata(bad)
-    proc = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "models", "verify", "--quick", str(bad)],
-                          cwd=REPO, capture_output=True, text=True, encoding="utf-8")
+    proc = main_in_process("models", "verify", "--quick", bad)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "invalid entry" in proc.stdout
 
 

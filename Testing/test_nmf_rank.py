@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import main_in_process
 import torch
 
 pytest.importorskip("kneed")
@@ -55,9 +56,7 @@ def test_nmf_rank_command_on_a_matrix_file_prints_and_plots(tmp_path):
 def test_nmf_rank_refuses_bad_matrix_files(tmp_path, array, message):
     path = tmp_path / "bad.npy"
     np.save(path, array, allow_pickle=True)
-    p = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "nmf-rank", "--matrix", str(path),
-                        "--plot", str(tmp_path / "p.png")],
-                       capture_output=True, text=True, timeout=120, encoding="utf-8")
+    p = main_in_process("nmf-rank", "--matrix", path, "--plot", tmp_path / "p.png")
     assert p.returncode == 2 and p.stderr.startswith("error:") and message in p.stderr
     assert not (tmp_path / "p.png").exists()
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_cli_segment import REPO, cli, read_only
-from test_pipeline_data import save_threshold_model, write_case
+from helpers import REPO, main_in_process, read_only, save_threshold_model, write_case
 
 import LesionFactorizerLib.pipeline.io as io
 from LesionFactorizerLib.pipeline.progress import terminate_cleanly
@@ -164,8 +163,8 @@ def test_read_only_parent_is_refused_before_any_work(tmp_path, case):
     out = parent / "case1"
     out.mkdir(parents=True)
     with read_only(parent):
-        proc = cli("segment", "--task", "stroke", "--model", model, "-o", out, "-i", f"dwi={paths['dwi']}",
-                   "-i", f"adc={paths['adc']}", "--progress", "jsonl")
+        proc = main_in_process("segment", "--task", "stroke", "--model", model, "-o", out, "-i",
+                               f"dwi={paths['dwi']}", "-i", f"adc={paths['adc']}", "--progress", "jsonl")
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert proc.returncode == 2 and "not writable" in proc.stderr and str(parent) in proc.stderr, proc.stderr
     assert not any(e.get("stage") == "inference" for e in events), "failed only after the work was done"
@@ -184,8 +183,8 @@ def test_full_disk_is_one_error_line_and_leaves_nothing(tmp_path, case, extra):
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
-        proc = cli("segment", "--task", "stroke", "--model", model, "-o", disk / "out", "-i", f"dwi={paths['dwi']}",
-                   "-i", f"adc={paths['adc']}", "--no-overview", *extra)
+        proc = main_in_process("segment", "--task", "stroke", "--model", model, "-o", disk / "out", "-i",
+                               f"dwi={paths['dwi']}", "-i", f"adc={paths['adc']}", "--no-overview", *extra)
         assert sorted(p.name for p in disk.iterdir()) == []
     finally:
         subprocess.run(["umount", str(disk)])

@@ -8,11 +8,9 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import REPO as ROOT
 
 
 @pytest.mark.parametrize("compiler", ["the system's", "a failing one"])

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
+from helpers import REPO as ROOT, main_in_process
 
 pytest.importorskip("nilearn")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cli(*args, env=None):
@@ -48,7 +47,7 @@ def test_cli_writes_cases_and_previews(tmp_path):
 )
 def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, args, fragment):
     out = tmp_path / "out"
-    res = _cli(*args, "--out", str(out))
+    res = main_in_process("phantom", *args, "--out", str(out))
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0]
@@ -58,7 +57,7 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, args, fragment):
 def test_cli_refuses_a_file_as_output(tmp_path):
     target = tmp_path / "file.txt"
     target.write_text("x", encoding="utf-8")
-    res = _cli("--task", "ms-new", "--out", str(target), "--spacing", "4")
+    res = main_in_process("phantom", "--task", "ms-new", "--out", str(target), "--spacing", "4")
     assert res.returncode == 2 and res.stderr.startswith("error:") and "is a file" in res.stderr
     assert target.read_text(encoding="utf-8") == "x"
 

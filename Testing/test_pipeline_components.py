@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from test_pipeline_data import grid, rotation, sample, save_threshold_model
+from helpers import grid, rotation, sample, save_threshold_model
 
 from LesionFactorizerLib import build_model
 from LesionFactorizerLib.errors import UserError

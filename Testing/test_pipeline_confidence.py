@@ -73,7 +73,7 @@ def _run(tmp_path, models, name, **options):
 def test_ensemble_and_tta_agreement_per_lesion(tmp_path, spacing):
     """Member 1 finds both blobs, member 2 only the bright one, the ensemble both: the dim blob was
     found by half of the 8 passes (2 members x 4 TTA flips), the bright one by all."""
-    from test_pipeline_data import save_threshold_model
+    from helpers import save_threshold_model
 
     paths, z_a, z_b = _case(tmp_path)
     low = save_threshold_model(tmp_path / "low.safetensors", threshold=0.5 * z_b, patch=(16, 16, 16),
@@ -109,7 +109,7 @@ def test_ensemble_and_tta_agreement_per_lesion(tmp_path, spacing):
 
 
 def test_one_pass_says_so_and_uncertainty_map_is_written_and_verified(tmp_path):
-    from test_pipeline_data import save_threshold_model
+    from helpers import save_threshold_model
 
     paths, z_a, z_b = _case(tmp_path)
     model = save_threshold_model(tmp_path / "m.safetensors", threshold=0.8 * z_b, patch=(16, 16, 16))

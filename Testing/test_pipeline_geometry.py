@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_pipeline_data import LESION_CENTER, LESION_RADIUS, grid, rotation, sample, save_threshold_model
+from helpers import LESION_CENTER, LESION_RADIUS, grid, rotation, sample, save_threshold_model
 
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case

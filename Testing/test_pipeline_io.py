@@ -8,46 +8,12 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_pipeline_data import grid, sample, save_threshold_model, write_case
+from helpers import grid, sample, save_threshold_model, write_case, write_dicom_series
 
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.io import AtomicOutput, read_image
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
-
-
-def write_dicom_series(image: sitk.Image, folder, series_uid="1.2.826.0.1.3680043.2.1125.1", description="DWI",
-                       tilt_deg: float = 0.0, omit=()):
-    """One file per slice, its geometry tags from ``image``. ``tilt_deg``: gantry tilt, each slice's
-    position shifted along the column direction by tan(tilt) x slice spacing (the orientation stays
-    the scanner's); ``omit``: tags (``"0020|0032"``) left out of every file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    image = sitk.Cast(sitk.RescaleIntensity(image, 0, 1000), sitk.sitkInt16)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    direction = image.GetDirection()
-    column = np.array(direction[1::3])
-    shear = np.tan(np.radians(tilt_deg)) * image.GetSpacing()[2]
-    for z in range(image.GetDepth()):
-        s = image[:, :, z]
-        position = np.array(image.TransformIndexToPhysicalPoint((0, 0, z))) + z * shear * column
-        tags = {"0020|000e": series_uid, "0020|000d": "1.2.826.0.1.3680043.2.1125.2", "0008|0060": "MR",
-                "0008|103e": description,
-                "0020|0037": "\\".join(map(str, (direction[0], direction[3], direction[6],
-                                                  direction[1], direction[4], direction[7]))),
-                "0020|0032": "\\".join(f"{v:.6f}" for v in position),
-                "0020|0013": str(z + 1), "0008|0018": f"{series_uid}.{z + 1}"}
-        for key, value in tags.items():
-            s.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
-        writer.Execute(s)
-        if omit:   # GDCM's writer fills geometry tags in from the image: remove them afterwards
-            import pydicom
-
-            ds = pydicom.dcmread(folder / f"slice{z:03d}.dcm")
-            for tag in omit:
-                del ds[tuple(int(part, 16) for part in tag.split("|"))]
-            ds.save_as(folder / f"slice{z:03d}.dcm")
 
 
 def geometry_from_tags(folder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -77,7 +43,7 @@ def test_dicom_series_folder_is_read_with_its_geometry(tmp_path):
 
 def test_oblique_dicom_series_geometry_matches_its_tags(tmp_path):
     """An oblique (rotated, not tilted) series: origin, spacing and axes as pydicom reads the tags."""
-    from test_pipeline_data import rotation
+    from helpers import rotation
 
     write_dicom_series(sample(grid((24, 20, 8), (1.1, 1.3, 3.0), rotation(0, 20) @ rotation(2, 10))), tmp_path / "dwi")
     image, _, _ = read_image(tmp_path / "dwi", "dwi")

@@ -152,7 +152,7 @@ def test_progress_fractions_are_monotone_json_lines():
 
 def test_ms_new_pipeline_drops_lesions_under_3_mm3_and_reports_them(tmp_path):
     import SimpleITK as sitk
-    from test_pipeline_data import save_threshold_model
+    from helpers import save_threshold_model
 
     from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 

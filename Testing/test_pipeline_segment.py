@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_pipeline_data import save_threshold_model, write_case
+from helpers import save_threshold_model, write_case
 
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.outputspec import OutputSpec

@@ -69,8 +69,8 @@ def test_window_larger_than_volume_and_non_dividing_output_are_refused():
 
 
 def test_inference_imports_neither_monai_nor_dynamo():
-    """The worker's start-up cost: eager inference must not load MONAI (~5 s of CPU) or
-    torch._dynamo (~3 s), which only compiling and exporting need."""
+    """The worker's start-up cost: eager inference must not load MONAI or torch._dynamo (seconds of
+    CPU each at import), which only compiling and exporting need."""
     code = ("import sys, numpy as np, torch\n"
             "from LesionFactorizerLib.pipeline.inference import run_inference\n"
             "from LesionFactorizerLib.presets import build_model\n"

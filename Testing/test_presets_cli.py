@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+from helpers import main_in_process
+
 from LesionFactorizerLib.presets import PRESETS, build_model, count_parameters
 
 
@@ -33,8 +35,7 @@ def test_presets_table_counts_flops_beside_the_thesis():
 
 
 def test_presets_table_rejects_an_unknown_preset():
-    out = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "models", "presets", "swin-transformer"],
-                         capture_output=True, text=True, timeout=120, encoding="utf-8")
+    out = main_in_process("models", "presets", "swin-transformer")
     assert out.returncode == 2 and out.stderr.startswith("error: unknown preset(s) swin-transformer")
 
 

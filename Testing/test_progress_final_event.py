@@ -10,8 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from test_cli_segment import REPO
-from test_pipeline_data import save_threshold_model, write_case
+from helpers import REPO, save_threshold_model, write_case
 
 FINAL = ("done", "error")
 

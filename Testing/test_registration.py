@@ -14,12 +14,11 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_pipeline_data import save_threshold_model
+from helpers import REPO, main_in_process, save_threshold_model
 
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.phantoms.motion import move_head, transform_error_mm, true_transform
@@ -28,7 +27,6 @@ from LesionFactorizerLib.pipeline import settings
 from LesionFactorizerLib.pipeline.preprocessing import zscore_nonzero
 from LesionFactorizerLib.pipeline.registration import AUTO_THRESHOLD_MM, homogeneous, register_pair, resample_onto
 
-REPO = Path(__file__).resolve().parents[1]
 DEGREES, SHIFT, AXIS = 10.0, (6.0, -6.0, 5.0), (0.3, 0.2, 1.0)   # |shift| 9.8 mm
 
 
@@ -183,13 +181,14 @@ def test_cli_registers_the_misaligned_sample(pair, tmp_path):
     image = sitk.ReadImage(pair["baseline"])
     image.SetOrigin(tuple(o + 1000.0 for o in image.GetOrigin()))
     sitk.WriteImage(image, str(far))
-    proc = cli("segment", "--task", "ms-new", "--model", model, "--register", "never", "--input",
-               f"flair_baseline={far}", "--input", f"flair_followup={pair['followup']}", "--output", tmp_path / "far")
+    proc = main_in_process("segment", "--task", "ms-new", "--model", model, "--register", "never", "--input",
+                           f"flair_baseline={far}", "--input", f"flair_followup={pair['followup']}", "--output",
+                           tmp_path / "far")
     assert proc.returncode == 2 and "do not overlap" in proc.stderr and "--register rigid" in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "far").exists()
 
-    proc = cli("segment", "--task", "stroke", "--register", "rigid", "--input", f"dwi={pair['followup']}",
-               "--input", f"adc={pair['baseline']}", "--output", tmp_path / "stroke")
+    proc = main_in_process("segment", "--task", "stroke", "--register", "rigid", "--input", f"dwi={pair['followup']}",
+                           "--input", f"adc={pair['baseline']}", "--output", tmp_path / "stroke")
     assert proc.returncode == 2 and proc.stderr.startswith("error: --register rigid"), proc.stderr
     assert not (tmp_path / "stroke").exists()
 
@@ -206,8 +205,9 @@ def test_baseline_rotated_by_90_degrees_is_refused_not_called_aligned(pair, tmp_
 
     model = save_threshold_model(tmp_path / "thr.safetensors", task="ms-new", in_channels=2, channel=1,
                                  inputs=["flair_baseline", "flair_followup"], spacing=(2.0, 2.0, 2.0))
-    proc = cli("segment", "--task", "ms-new", "--model", model, "--input", f"flair_baseline={rotated}",
-               "--input", f"flair_followup={pair['followup']}", "--output", tmp_path / "out", "--no-overview")
+    proc = main_in_process("segment", "--task", "ms-new", "--model", model, "--input", f"flair_baseline={rotated}",
+                           "--input", f"flair_followup={pair['followup']}", "--output", tmp_path / "out",
+                           "--no-overview")
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and proc.stderr.count("\n") == 1, proc.stderr
     assert "do not line up" in proc.stderr and "--register never" in proc.stderr
     assert not (tmp_path / "out").exists()

@@ -25,11 +25,11 @@ import SimpleITK as sitk
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
+from helpers import REPO
 
 from LesionFactorizerLib.errors import UserError  # noqa: E402
 from LesionFactorizerLib.serve.client import Client  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "Resources" / "SampleData"
 TOKENS = ("alice-token-0123456789abcdef", "bob-token-0123456789abcdef")
 MAX_UPLOAD = 3 * 1024 * 1024

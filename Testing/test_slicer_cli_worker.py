@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LesionFactorizer"))
 
 from LesionFactorizerModuleLib import components, report, worker  # noqa: E402

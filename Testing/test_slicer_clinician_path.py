@@ -35,10 +35,10 @@ from pathlib import Path
 import pytest
 
 from slicer_standin import sdk
+from helpers import REPO, STANDIN
 
-REPO = Path(__file__).resolve().parents[1]
 ENVS = REPO / "build" / "slicer-e2e"
-PLAY = Path(__file__).resolve().parent / "slicer_standin" / "play_clinician_path.py"
+PLAY = STANDIN / "play_clinician_path.py"
 GUI_PACKAGES = ("numpy", "SimpleITK", "packaging")  # what Slicer's Python bundles and the GUI imports
 SLICER_FOR_PYTHON = {"3.9": "5.8.1", "3.12": "5.10.0"}
 

@@ -12,15 +12,14 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from slicer_standin import sdk
+from helpers import MODULE_DIR, REPO
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LesionFactorizer"))
+sys.path.insert(0, str(MODULE_DIR))
 
-REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def build_tree(tmp_path_factory):

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LesionFactorizer"))
 
 from LesionFactorizerLib.pipeline.settings import FORMATS  # noqa: E402

@@ -17,10 +17,8 @@ import sys
 import sysconfig
 import textwrap
 from pathlib import Path
+from helpers import MODULE_DIR, STANDIN
 
-REPO = Path(__file__).resolve().parents[1]
-MODULE_DIR = REPO / "LesionFactorizer"
-STANDIN = Path(__file__).resolve().parent / "slicer_standin"
 BUNDLED = ("numpy", "numpy.libs", "SimpleITK", "packaging")  # what Slicer's Python has of ours
 # the stand-in package index: a version in every tested range (light-the-torch installs torch)
 INDEX = {"light-the-torch": "0.7.5", "torch": "2.5.1", "safetensors": "0.4.5", "einops": "0.8.0", "scipy": "1.14.1",

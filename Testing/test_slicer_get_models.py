@@ -11,16 +11,13 @@ import sys
 import sysconfig
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
+from helpers import MODULE_DIR, REPO, STANDIN
 
 from LesionFactorizerLib.catalog import ENV_CATALOG
 from LesionFactorizerLib.modelfile import ENV_MODELS
-from model_server import REPO, STALL_AFTER, serve_test_catalog
-
-MODULE_DIR = REPO / "LesionFactorizer"
-STANDIN = Path(__file__).resolve().parent / "slicer_standin"
+from model_server import STALL_AFTER, serve_test_catalog
 
 
 @pytest.fixture()

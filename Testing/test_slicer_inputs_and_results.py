@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LesionFactorizer"))
 
 from LesionFactorizerLib.tasks import get_task  # noqa: E402
@@ -68,16 +68,10 @@ REPORT = {
 }
 
 
-
-
-
-
 def test_report_file_must_be_an_object(tmp_path):
     (tmp_path / "report.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ValueError, match="not a report"):
         report.read_report(tmp_path / "report.json")
-
-
 
 
 # ---- component maps -----------------------------------------------------------------------------
@@ -98,12 +92,6 @@ def _vector_image(k: int, size=(6, 5, 4), spacing=(2.0, 2.4, 4.0), origin=(-7.0,
     image.SetOrigin(origin)
     image.SetDirection(tuple(_oblique_direction().ravel()))
     return image, array
-
-
-
-
-
-
 
 
 # ---- dependencies -------------------------------------------------------------------------------

@@ -14,44 +14,18 @@ import SimpleITK as sitk
 pytestmark = pytest.mark.usefixtures("module_lib_importable")
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A real run: bright blob, dim blob, and a third small blob, with a 2-member ensemble + TTA."""
-    from test_pipeline_data import save_threshold_model
-
-    from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
-
-    tmp = tmp_path_factory.mktemp("nav")
-    rng = np.random.default_rng(0)
-    array = (100 + 5 * rng.standard_normal((20, 24, 28))).astype(np.float32)
-    array[4:9, 5:10, 18:24] = 400
-    array[12:16, 14:18, 3:7] = 250
-    array[15:18, 3:6, 12:15] = 330
-    z = (array - array.mean(dtype=np.float64)) / array.std(dtype=np.float64)
-    z_dim = float(z[13, 15, 4])
-    paths = {}
-    for name in ("dwi", "adc"):
-        paths[name] = str(tmp / f"{name}.nii.gz")
-        sitk.WriteImage(sitk.GetImageFromArray(array), paths[name])
-    models = [save_threshold_model(tmp / f"m{i}.safetensors", threshold=t * z_dim, patch=(16, 16, 16))
-              for i, t in enumerate((0.5, 1.2))]
-    outputs = segment_case(SegmentOptions(inputs=paths, output=str(tmp / "out"), models=models, device="cpu",
-                                          tta=True, overview=False))
-    return outputs
-
-
-def _fresh(run):
+def _fresh(three_lesion_run):
     from LesionFactorizerModuleLib.navigator import LesionNavigator
 
-    report = json.loads(Path(run["report"]).read_text(encoding="utf-8"))
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(run["segmentation"]))
+    report = json.loads(Path(three_lesion_run["report"]).read_text(encoding="utf-8"))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(three_lesion_run["segmentation"]))
     return LesionNavigator(report, labels), labels.copy()
 
 
-def test_table_order_and_next_previous_wrap(run):
+def test_table_order_and_next_previous_wrap(three_lesion_run):
     from LesionFactorizerModuleLib.navigator import LESION_HEADERS
 
-    nav, _ = _fresh(run)
+    nav, _ = _fresh(three_lesion_run)
     assert [lesion.id for lesion in nav.listed()] == [1, 2, 3]
     assert [lesion.voxels for lesion in nav.listed()] == sorted((l.voxels for l in nav.listed()), reverse=True)
     cells = nav.listed()[0].cells()
@@ -62,8 +36,8 @@ def test_table_order_and_next_previous_wrap(run):
     assert nav.select(3).id == 3 and nav.next().id == 1
 
 
-def test_threshold_hides_low_confidence_lesions_and_brings_them_back(run):
-    nav, original = _fresh(run)
+def test_threshold_hides_low_confidence_lesions_and_brings_them_back(three_lesion_run):
+    nav, original = _fresh(three_lesion_run)
     by_conf = sorted(nav.listed(), key=lambda l: l.confidence)
     lowest = by_conf[0]
     cut = (by_conf[0].confidence + by_conf[1].confidence) / 2
@@ -81,10 +55,10 @@ def test_threshold_hides_low_confidence_lesions_and_brings_them_back(run):
     assert np.array_equal(nav.labels, original)
 
 
-def test_reject_removes_voxels_and_records_the_readers_change(run, tmp_path):
+def test_reject_removes_voxels_and_records_the_readers_change(three_lesion_run, tmp_path):
     from LesionFactorizerModuleLib.navigator import LesionNavigator, write_report
 
-    nav, original = _fresh(run)
+    nav, original = _fresh(three_lesion_run)
     nav.select(2)
     lesion = nav.by_id(2)
     changed, change = nav.reject(2, reader="dr-test")
@@ -125,9 +99,9 @@ def test_flood_fill_without_scipy_is_the_same_component():
         assert np.array_equal(_component_numpy(mask, seed, connectivity), labelled == labelled[seed])
 
 
-def test_a_segmentation_on_another_grid_is_refused(run):
+def test_a_segmentation_on_another_grid_is_refused(three_lesion_run):
     from LesionFactorizerModuleLib.navigator import LesionNavigator
 
-    report = json.loads(Path(run["report"]).read_text(encoding="utf-8"))
+    report = json.loads(Path(three_lesion_run["report"]).read_text(encoding="utf-8"))
     with pytest.raises(ValueError, match="grid"):
         LesionNavigator(report, np.zeros((3, 4, 5), np.uint8))

@@ -10,40 +10,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import sysconfig
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import MODULE_DIR, REPO, run_in_slicer
 
-REPO = Path(__file__).resolve().parents[1]
-MODULE_DIR = REPO / "LesionFactorizer"
-STANDIN = Path(__file__).resolve().parent / "slicer_standin"
 
 sys.path.insert(0, str(MODULE_DIR))
 from LesionFactorizerLib.tasks import SLICER_CATEGORY_CONTEXT, TASKS  # noqa: E402
 from LesionFactorizerModuleLib import terminology  # noqa: E402
-
-
-def run_in_slicer(tmp_path, body: str, version: str = "5.10.0") -> dict:
-    """Start the stand-in Slicer with the module (startup completed, widget set up and entered),
-    run ``body`` (it fills the dict ``out``) and return ``out``."""
-    script = textwrap.dedent(f"""
-        import json, sys
-        sys.path.insert(0, {str(STANDIN)!r})
-        import harness
-        harness.start({str(MODULE_DIR)!r}, {version!r}, {sys.executable!r}, {sysconfig.get_paths()["purelib"]!r})
-        import slicer, qt
-        module, _ = harness.load_module({str(MODULE_DIR)!r}, "LesionFactorizer")
-        harness.startup_completed()
-        widget = harness.create_widget(module, "LesionFactorizer")
-        widget.enter()
-        out = {{}}
-    """) + textwrap.dedent(body) + "\nprint(json.dumps(out))\n"
-    proc = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=180, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("version", ["5.6.2", "5.10.0"])

@@ -14,12 +14,10 @@ import struct
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
+from helpers import MODULE_DIR, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-MODULE_DIR = REPO / "LesionFactorizer"
 MODULE_FILE = MODULE_DIR / "LesionFactorizer.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "LesionFactorizer.ui"
 SHARED = REPO.parent / "shared"

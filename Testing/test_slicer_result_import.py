@@ -11,12 +11,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the worker needs torch"),
               pytest.mark.usefixtures("module_lib_importable")]
@@ -30,8 +29,6 @@ def _oblique() -> tuple[float, ...]:
     a = np.deg2rad(17.0)
     rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
     return tuple((rot @ np.diag([1, -1, 1])).ravel())
-
-
 
 
 @pytest.fixture(scope="module")

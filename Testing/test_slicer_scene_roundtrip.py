@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from test_slicer_lesion_navigator import run  # noqa: F401  (a real worker output with three lesions)
-from test_slicer_module_standin import run_in_slicer
+from helpers import run_in_slicer
 
 pytestmark = pytest.mark.usefixtures("module_lib_importable")
 
@@ -65,11 +64,11 @@ def test_settings_and_inputs_survive_save_close_and_reopen(tmp_path):
     assert out["parameter nodes"] == 1   # the singleton took the loaded content
 
 
-def test_saving_after_hiding_lesions_keeps_every_lesion(tmp_path, run):  # noqa: F811
+def test_saving_after_hiding_lesions_keeps_every_lesion(tmp_path, three_lesion_run):
     """Hide lesions with the confidence slider at its maximum, save, close, reopen: each lesion's
     voxels are in the reopened segmentation (the hidden ones in invisible segments), none lost."""
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(run["segmentation"]))
-    out = run_in_slicer(tmp_path, _show_result(run, tmp_path) + f"""
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(three_lesion_run["segmentation"]))
+    out = run_in_slicer(tmp_path, _show_result(three_lesion_run, tmp_path) + f"""
         widget.ui.confidenceThresholdSlider.value = 1.0      # every lesion below 1 hidden
         out["hidden rows"] = sum("hidden" in widget.ui.lesionTableWidget.item(r, 2).text()
                                  for r in range(widget.ui.lesionTableWidget.rowCount))
@@ -93,7 +92,7 @@ def test_saving_after_hiding_lesions_keeps_every_lesion(tmp_path, run):  # noqa:
         np.save({str(tmp_path / "union.npy")!r}, union)
         out["threshold"] = reopened.GetAttribute("LesionFactorizer.ConfidenceThreshold")
     """)
-    report = json.loads(Path(run["report"]).read_text(encoding="utf-8"))
+    report = json.loads(Path(three_lesion_run["report"]).read_text(encoding="utf-8"))
     below = [lesion for lesion in report["lesions"] if lesion["confidence"] < 1.0]
     assert below and out["hidden rows"] == len(below)
     assert out["visible voxels"] == int((labels > 0).sum()) - sum(lesion["voxels"] for lesion in below)
@@ -105,7 +104,7 @@ def test_saving_after_hiding_lesions_keeps_every_lesion(tmp_path, run):  # noqa:
     assert out["threshold"] == "1"
 
 
-def _show_result(run, tmp_path) -> str:
+def _show_result(three_lesion_run, tmp_path) -> str:
     """Stand-in code: the run's reference input and segmentation in the scene, shown as a result."""
     return f"""
         import json
@@ -113,20 +112,20 @@ def _show_result(run, tmp_path) -> str:
         m = sys.modules["LesionFactorizer"]
         from LesionFactorizerLib.tasks import get_task
         logic = widget.logic
-        reference = slicer.util.loadVolume({_reference_input(run)!r})
+        reference = slicer.util.loadVolume({_reference_input(three_lesion_run)!r})
         task = get_task("stroke")
-        segNode = logic.importSegmentation({run["segmentation"]!r}, task, reference)
+        segNode = logic.importSegmentation({three_lesion_run["segmentation"]!r}, task, reference)
         result = m.SegmentationResult(task="stroke", succeeded=True, segmentationNode=segNode,
-                                      report=json.load(open({run["report"]!r})), referenceVolumeNode=reference,
+                                      report=json.load(open({three_lesion_run["report"]!r})), referenceVolumeNode=reference,
                                       reportPath={str(tmp_path / "report.json")!r})
         widget.showResults(result)
     """
 
 
-def test_confidence_slider_rewrites_segments_only_when_a_lesion_changes_side(tmp_path, run):  # noqa: F811
+def test_confidence_slider_rewrites_segments_only_when_a_lesion_changes_side(tmp_path, three_lesion_run):
     """Each segment write adds and removes a "__temp__" label volume in Slicer; dragging the slider
     must write only when a lesion crosses the threshold, and must not set off input auto-assign."""
-    out = run_in_slicer(tmp_path, _show_result(run, tmp_path) + """
+    out = run_in_slicer(tmp_path, _show_result(three_lesion_run, tmp_path) + """
         import vtk
         slicer.app.processEvents()
         widget.inputSelectors[0].setCurrentNode(None)
@@ -145,7 +144,7 @@ def test_confidence_slider_rewrites_segments_only_when_a_lesion_changes_side(tmp
         out["tracking"] = slider.tracking
         out["input after"] = widget.inputSelectors[0].currentNode() is None
     """)
-    report = json.loads(Path(run["report"]).read_text(encoding="utf-8"))
+    report = json.loads(Path(three_lesion_run["report"]).read_text(encoding="utf-8"))
     confidences = [lesion["confidence"] for lesion in report["lesions"]]
     hidden = [frozenset(i for i, c in enumerate(confidences) if c < t) for t in out["steps"]]
     changes = sum(a != b for a, b in zip(hidden, hidden[1:]))
@@ -155,7 +154,7 @@ def test_confidence_slider_rewrites_segments_only_when_a_lesion_changes_side(tmp
     assert out["input after"] is True     # no auto-assign set off by the temporary nodes
 
 
-def _reference_input(run) -> str:
+def _reference_input(three_lesion_run) -> str:
     """The dwi input of the navigator fixture's run (report.json names each input's file)."""
-    report = json.loads(Path(run["report"]).read_text(encoding="utf-8"))
+    report = json.loads(Path(three_lesion_run["report"]).read_text(encoding="utf-8"))
     return next(entry["path"] for entry in report["inputs"] if entry["name"] == "dwi")

@@ -15,14 +15,13 @@ import json
 import subprocess
 import sys
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
+from helpers import REPO, STANDIN
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 VERSIONS = ("5.8.1", "5.10.0")
-LIST_NAMES = Path(__file__).resolve().parent / "slicer_standin" / "list_names.py"
+LIST_NAMES = STANDIN / "list_names.py"
 MODULE_FILE = REPO / "LesionFactorizer" / "LesionFactorizer.py"
 
 # Qt/VTK names the index cannot show (enums, VTK wrapping helpers, signals); the module uses each.

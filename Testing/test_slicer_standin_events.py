@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
-from test_slicer_module_standin import run_in_slicer
+from helpers import MODULE_DIR, STANDIN, run_in_slicer
 
-HERE = Path(__file__).resolve().parent
-PYTHONPATH = HERE / "slicer_standin" / "pythonpath"
-MODULE_FILES = sorted((HERE.parent / "LesionFactorizer").rglob("*.py"))
+PYTHONPATH = STANDIN / "pythonpath"
+MODULE_FILES = sorted(MODULE_DIR.rglob("*.py"))
 
 sys.path.insert(0, str(PYTHONPATH))
 from _standin_events import FIRED  # noqa: E402

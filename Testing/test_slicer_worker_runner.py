@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LesionFactorizer"))
 
 from LesionFactorizerModuleLib import worker  # noqa: E402

@@ -8,11 +8,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.modelfile import make_metadata, read_header, read_spec
@@ -21,7 +21,6 @@ from LesionFactorizerLib.spec import SCHEMA_PATH, parse_spec, schema_text
 from LesionFactorizerLib.tasks import TASKS, get_task
 from LesionFactorizerLib.training.targets import channel_labels, decode_regions, encode
 
-REPO = Path(__file__).resolve().parents[1]
 BUNDLED = sorted((REPO / "Resources" / "Models").glob("*.safetensors"))
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.tasks import TASKS, file_stem, get_task, image_suffix, is_image_file, match_inputs
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tasks_and_model_metadata_import_without_torch():

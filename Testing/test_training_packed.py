@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import main_in_process
 import yaml
 
 from LesionFactorizerLib.modelfile import load_model_file
@@ -111,12 +112,12 @@ def test_train_from_a_pack_is_the_ordinary_trainer_and_init_starts_a_new_stage(p
 
 
 def test_a_pack_made_for_other_settings_is_refused(packed, tmp_path):
-    p = _cli("train", packed["cfg_path"], "--pack", packed["pack"], "--output-dir", tmp_path / "runs",
-             "--set", "data.spacing=[3.0,3.0,3.0]", check=False)
+    p = main_in_process("train", packed["cfg_path"], "--pack", packed["pack"], "--output-dir", tmp_path / "runs",
+                        "--set", "data.spacing=[3.0,3.0,3.0]")
     assert p.returncode == 2 and "pack" in p.stderr and "spacing" in p.stderr and "pack again" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
-    p = _cli("train", packed["cfg_path"], "--pack", packed["pack"], "--fold", "1", "--output-dir", tmp_path / "runs",
-             check=False)
+    p = main_in_process("train", packed["cfg_path"], "--pack", packed["pack"], "--fold", "1", "--output-dir",
+                        tmp_path / "runs")
     assert p.returncode == 2 and "fold=0" in p.stderr
 
 
@@ -127,6 +128,6 @@ def test_train_refuses_empty_or_foreign_packs(packed, tmp_path, content, message
         np.savez(bad, meta=np.asarray(json.dumps({**pack_meta(packed["cfg"], 0), "ids": {"train": [], "val": []}})))
     else:
         np.savez(bad, something=np.zeros(3))
-    p = _cli("train", packed["cfg_path"], "--pack", bad, "--output-dir", tmp_path / "r", check=False)
+    p = main_in_process("train", packed["cfg_path"], "--pack", bad, "--output-dir", tmp_path / "r")
     assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import main_in_process
 import torch
 
 from LesionFactorizerLib.training import folds
@@ -80,9 +81,7 @@ def test_msd_phantoms_train_the_chapter_7_brats_config(tmp_path):
     assert one["image"].shape[0] == 4 and set(np.unique(one["label"])) <= {0, 1, 2, 3}
     assert {1, 2, 3} <= set(np.unique(np.concatenate([load_case(c, ["flair", "t1", "t1ce", "t2"], None,
                                                                 task="tumor")["label"].ravel() for c in cases])))
-    again = subprocess.run([sys.executable, "-m", "LesionFactorizerLib", "phantom", "--task", "tumor", "--n", "1",
-                            "--out", str(root), "--layout", "msd-task01"], capture_output=True, text=True,
-                           timeout=120, env=env, encoding="utf-8")
+    again = main_in_process("phantom", "--task", "tumor", "--n", "1", "--out", root, "--layout", "msd-task01")
     assert again.returncode == 2 and "already exists" in again.stderr
 
     cfg = load_config("swin-factorizer-brats", {
