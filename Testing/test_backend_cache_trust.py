@@ -14,6 +14,8 @@ from LesionFactorizerLib.pipeline import backends
 from LesionFactorizerLib.pipeline.inference import run_inference
 from LesionFactorizerLib.presets import build_model
 
+pytestmark = pytest.mark.slow
+
 TOL = 1e-4
 
 

@@ -98,6 +98,7 @@ def test_shards_split_the_list_disjointly_and_merge_into_one_summary(cohort, tmp
     assert main(["batch", str(bigger), *base[2:], "--merge"]) == 2   # the list no longer matches the shards
 
 
+@pytest.mark.slow
 def test_one_worker_per_device_on_cpu(cohort, tmp_path, capsys):
     root, model = cohort
     datalist = csv_list(root / "dev.csv", [(f"D{n}", n) for n in range(3)])

@@ -24,6 +24,7 @@ def _read(path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
+@pytest.mark.slow
 def test_true_and_false_positive_lesions_are_told_apart_and_summarised(tmp_path, bench):
     """Two bright blobs; an ensemble of two threshold models finds the bright one with both and the
     dim one with one. The truth holds only the bright one, so the dim one is the false positive."""
@@ -81,6 +82,7 @@ def test_summary_statistics_and_auroc(bench):
     assert bench.summarise(rows)["confidence"]["auroc"] == pytest.approx(7.5 / 8)
 
 
+@pytest.mark.slow
 def test_shift_adds_noise_and_bias_and_coarsens_the_scan_but_keeps_the_truth(tmp_path, bench):
     spacing = 6.0    # a tiny phantom: the shift does not depend on the grid
     plain = bench.held_out_case("stroke", 7100, 0, spacing, tmp_path / "plain", bench.parse_shift("none"))

@@ -249,6 +249,7 @@ def _wait_for_lock(proc, lock):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the test watches the POSIX lock")
+@pytest.mark.slow
 def test_one_batch_at_a_time_per_output_folder(tmp_path):
     case = write_case(tmp_path / "data" / "a")
     fast = save_threshold_model(tmp_path / "fast.safetensors")

@@ -134,6 +134,7 @@ def test_existing_outputs_without_overwrite(tmp_path, case):
     assert proc.returncode == 2
 
 
+@pytest.mark.slow
 def test_jsonl_progress_is_monotone_and_ends_with_done(tmp_path, case):
     _, paths, model = case
     out = tmp_path / "out"
@@ -155,6 +156,7 @@ def test_jsonl_progress_is_monotone_and_ends_with_done(tmp_path, case):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.slow
 def test_killing_mid_inference_leaves_no_partial_outputs(tmp_path, case, sig):
     _, paths, _ = case
     slow = save_threshold_model(tmp_path / "slow.safetensors", patch=(16, 16, 16), delay_s=0.25)

@@ -30,6 +30,8 @@ from LesionFactorizerLib.pipeline.counterfactual import run_counterfactual
 from LesionFactorizerLib.pipeline.groups import kept
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 
+pytestmark = pytest.mark.slow
+
 LAYERS = ["decoder2", "decoder1"]
 
 

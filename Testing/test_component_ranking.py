@@ -24,6 +24,8 @@ from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.ranking import block_mean, model_grid_masks, ranked, score_components
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 
+pytestmark = pytest.mark.slow
+
 
 def test_a_map_shaped_like_the_lesion_ranks_first():
     brain = np.zeros((12, 12, 12), np.float32)

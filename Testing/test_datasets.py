@@ -111,6 +111,7 @@ def test_convert_labels_explicit_tables():
 
 
 @pytest.mark.parametrize("n", [5, 12, 23])
+@pytest.mark.slow
 def test_folds_match_monai_partition_dataset(n):
     partition_dataset = pytest.importorskip("monai.data").partition_dataset   # MONAI: a training extra
     items = list(range(n))

@@ -19,6 +19,8 @@ from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.modelfile import read_metadata
 from LesionFactorizerLib.phantoms.samples import sample_case
 
+pytestmark = pytest.mark.slow
+
 
 def lf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     # one torch thread: on shared CI cores, OpenMP threads competing with other jobs made

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+pytestmark = pytest.mark.slow
+
 brats_evaluation = pytest.importorskip(
     "brats_evaluation", reason="the official package is not installed: pip install 'lesion-factorizer[brats]'")
 

@@ -100,6 +100,7 @@ def source_grid(root: Path):
     return reader.Execute()
 
 
+@pytest.mark.slow
 def test_the_run_writes_both_files_and_says_so(dicom_run):
     out, report, outputs = dicom_run["out"], dicom_run["report"], dicom_run["outputs"]
     assert outputs["segmentation"] == str(out / "segmentation.seg.nrrd")
@@ -113,6 +114,7 @@ def test_the_run_writes_both_files_and_says_so(dicom_run):
     assert not list(dicom_run["root"].glob(".out.partial-*"))
 
 
+@pytest.mark.slow
 def test_dicom_seg_references_the_source_series_and_maps_onto_its_frames(dicom_run):
     out, uids, report = dicom_run["out"], dicom_run["uids"], dicom_run["report"]
     task = get_task("stroke")
@@ -161,6 +163,7 @@ def test_dicom_seg_references_the_source_series_and_maps_onto_its_frames(dicom_r
     assert labels.any()
 
 
+@pytest.mark.slow
 def test_dicom_seg_reads_back_with_highdicom(dicom_run):
     import highdicom as hd
 
@@ -172,6 +175,7 @@ def test_dicom_seg_reads_back_with_highdicom(dicom_run):
     assert seg.get_segment_description(1).segmented_property_type.value == get_task("stroke").labels[0].type.value
 
 
+@pytest.mark.slow
 def test_seg_nrrd_opens_with_names_colours_terminology_and_the_source_geometry(dicom_run):
     out, report = dicom_run["out"], dicom_run["report"]
     task = get_task("stroke")
@@ -273,6 +277,7 @@ def test_a_series_without_what_a_seg_needs_is_a_clear_error(tmp_path):
     assert not (tmp_path / "nofor.dcm").exists()
 
 
+@pytest.mark.slow
 def test_missing_packages_are_named_before_any_work(monkeypatch):
     from LesionFactorizerLib.pipeline.segment import SegmentOptions, Segmenter
 

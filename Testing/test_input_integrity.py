@@ -153,6 +153,7 @@ def test_reader_noise_does_not_reach_stderr_before_the_error_line(tmp_path):
 
 
 # -- 9. one file for two inputs --------------------------------------------------------------------
+@pytest.mark.slow
 def test_same_file_for_two_inputs_is_refused(tmp_path):
     paths = write_case(tmp_path / "in")
     model = save_threshold_model(tmp_path / "thr.safetensors")
@@ -164,6 +165,7 @@ def test_same_file_for_two_inputs_is_refused(tmp_path):
 
 
 # -- 12. memory before allocation ------------------------------------------------------------------
+@pytest.mark.slow
 def test_model_spacing_that_needs_more_memory_than_the_machine_is_refused(tmp_path):
     paths = write_case(tmp_path / "in")
     model = save_threshold_model(tmp_path / "thr.safetensors", spacing=(0.001, 0.001, 0.001))
@@ -227,6 +229,7 @@ def gzip_of_zeros(path: Path, dims) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_image_beyond_the_process_address_space_limit_is_refused_before_reading(tmp_path):
     """Under ``ulimit -v`` (RLIMIT_AS) an image small on disk but huge in its header is refused
     from its header with one line naming the limit, not by a failed allocation (on disk 4 MB, read

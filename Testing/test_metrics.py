@@ -197,6 +197,7 @@ def test_case_rows_summary_and_wilcoxon():
     assert same["p_value"] == 1.0
 
 
+@pytest.mark.slow
 def test_evaluation_and_dataset_code_import_without_torch():
     import subprocess
     import sys
@@ -209,6 +210,7 @@ def test_evaluation_and_dataset_code_import_without_torch():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_evaluate_cli_writes_cases_summary_and_wilcoxon(tmp_path):
     import csv
     import subprocess
@@ -254,6 +256,7 @@ def test_evaluate_cli_writes_cases_summary_and_wilcoxon(tmp_path):
     assert not (tmp_path / "e2").exists()   # nothing written on failure
 
 
+@pytest.mark.slow
 def test_evaluate_reads_public_layouts_without_the_training_package(tmp_path):
     """``evaluate --ref-format brats`` converts BraTS-2021 labels (ET = 4) with the library's own
     layout code; the core command never imports the training package."""

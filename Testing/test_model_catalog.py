@@ -23,6 +23,8 @@ from LesionFactorizerLib.modelfile import ENV_MODELS
 from helpers import REPO, main_in_process
 from model_server import GOOD, MODELS, STALL_AFTER, corrupted, serve_test_catalog
 
+pytestmark = pytest.mark.slow
+
 SIZE = GOOD.stat().st_size
 
 

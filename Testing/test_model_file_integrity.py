@@ -82,6 +82,7 @@ def test_saving_or_exporting_non_finite_weights_is_refused(tmp_path):
     assert not (tmp_path / "out.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_network_output_fails_the_run(tmp_path):
     """Finite weights, but outputs that overflow float32: no result rather than a wrong one."""
     import LesionFactorizerLib.pipeline.testnets  # noqa: F401
@@ -99,6 +100,7 @@ def test_non_finite_network_output_fails_the_run(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_deeply_nested_header_is_skipped_by_listing_and_default_model(tmp_path, monkeypatch):
     user = tmp_path / "models"
     user.mkdir()

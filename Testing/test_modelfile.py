@@ -71,6 +71,7 @@ def test_half_precision_files_are_half_the_size_and_load_as_float32(tmp_path, mo
             assert torch.allclose(a, b, atol=2e-3, rtol=1e-3), k
 
 
+@pytest.mark.slow
 def test_metadata_reads_without_torch(model_file):
     path, _ = model_file
     code = (f"import sys; from LesionFactorizerLib.modelfile import read_metadata, verify_file; "

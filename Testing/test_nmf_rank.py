@@ -24,6 +24,7 @@ def _noisy_low_rank(rank, seed, shape=(30, 60), noise=0.02):
 
 
 @pytest.mark.parametrize("rank", [3, 5, 10])
+@pytest.mark.slow
 def test_kneedle_elbow_is_the_true_rank_of_a_noisy_low_rank_matrix(rank):
     x = _noisy_low_rank(rank, seed=rank)
     ranks = list(range(1, rank + 6))
@@ -33,6 +34,7 @@ def test_kneedle_elbow_is_the_true_rank_of_a_noisy_low_rank_matrix(rank):
     assert abs(kneedle_elbow(ranks, errors) - rank) <= 1
 
 
+@pytest.mark.slow
 def test_nmf_rank_command_on_a_matrix_file_prints_and_plots(tmp_path):
     stack = np.stack([_noisy_low_rank(3, seed=s, shape=(12, 40)).numpy() for s in range(2)])
     path = tmp_path / "x.npy"

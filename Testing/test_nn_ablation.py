@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from LesionFactorizerLib import build_model
 from LesionFactorizerLib.nn.factorizer import plain_forward
 
+pytestmark = pytest.mark.slow
+
 SMALL = dict(widths=(8, 16, 32, 64, 128), dropout=0.0)
 
 

@@ -9,6 +9,8 @@ import torch
 from LesionFactorizerLib.nn.monai_baselines import NETWORKS as MONAI_NETWORKS
 from LesionFactorizerLib.presets import PRESETS, build_model
 
+pytestmark = pytest.mark.slow
+
 # The MONAI baselines are research baselines trained side by side (test_training_baselines.py); the
 # inference backends' export paths are for the library's own networks.
 EXPORTED = [name for name, preset in PRESETS.items() if preset.architecture not in MONAI_NETWORKS]

@@ -84,6 +84,7 @@ def _status(cache, **env) -> list[str]:
     return run.stdout.strip().splitlines()
 
 
+@pytest.mark.slow
 def test_by_default_no_compiler_is_run(tmp_path):
     """Only a prebuilt library is loaded unless a developer opts in: a `cc` first on PATH (and in
     CC) that records being run is never run, and nothing is written to the cache."""

@@ -24,8 +24,9 @@ import pytest
 from LesionFactorizerLib.nn import native
 from LesionFactorizerLib.nn.kernelfile import manifest, sha256
 
-pytestmark = pytest.mark.skipif(os.name == "nt" or native._compiler() is None,
-                                reason="needs a C compiler to plant a library, and POSIX permissions")
+pytestmark = [pytest.mark.skipif(os.name == "nt" or native._compiler() is None,
+                                 reason="needs a C compiler to plant a library, and POSIX permissions"),
+              pytest.mark.slow]
 
 PLANTED = r"""
 #include <stdio.h>

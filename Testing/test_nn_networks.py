@@ -29,11 +29,13 @@ SMALL = dict(widths=(8, 16, 32, 64, 128))
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_PARAMETERS))
+@pytest.mark.slow
 def test_parameter_counts_equal_the_reference(name):
     assert count_parameters(build_model(name)) == REFERENCE_PARAMETERS[name]
 
 
 @pytest.mark.parametrize("name", sorted(THESIS_PARAMETERS_2PCT))
+@pytest.mark.slow
 def test_chapter8_parameter_counts_within_two_percent(name):
     n = count_parameters(build_model(name))
     assert abs(n - THESIS_PARAMETERS_2PCT[name]) / THESIS_PARAMETERS_2PCT[name] < 0.02
@@ -42,6 +44,7 @@ def test_chapter8_parameter_counts_within_two_percent(name):
 # The MONAI baselines run at tiny widths in test_training_baselines.py: at full size UNETR pads every
 # input to its 128³ img_size, and nnU-Net's 6 stages need more than 32 voxels a side to train.
 @pytest.mark.parametrize("name", [n for n, p in PRESETS.items() if p.architecture not in MONAI_NETWORKS])
+@pytest.mark.slow
 def test_every_preset_runs_forward_and_backward(name):
     model = build_model(name)
     cin, cout = model.config["kwargs"]["in_channels"], model.config["kwargs"]["out_channels"]
@@ -114,6 +117,7 @@ def test_kept_buffers_never_leak_between_calls_threads_or_copies():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_component_hook_returns_maps_on_each_layer_grid():
     model = build_model("swin-factorizer-isles", widths=(8, 16, 32, 64, 128)).eval()
     x = torch.randn(1, 2, 24, 20, 18)
@@ -147,6 +151,7 @@ def _flops(model, shape):
     return count_flops(model, shape)
 
 
+@pytest.mark.slow
 def test_skipping_layers_and_fewer_iterations_change_output_and_cost_less():
     torch.manual_seed(0)
     model = build_model("swin-factorizer-brats", **SMALL).eval()
@@ -176,6 +181,7 @@ def test_rank_and_solver_can_change_at_inference():
         model.set_nmf(skip=["encoder9"])
 
 
+@pytest.mark.slow
 def test_flops_of_thesis_models_are_close_to_the_thesis():
     swin = count_flops(build_model("swin-factorizer-brats"), (1, 4, 128, 128, 128)) / 1e9
     local = count_flops(build_model("local-factorizer-brats"), (1, 4, 128, 128, 128)) / 1e9
@@ -260,6 +266,7 @@ def test_resunet_channels_last_inference_equals_the_training_graph_and_still_sav
 
 
 @pytest.mark.parametrize("name", ["swin-factorizer-isles", "local-factorizer-brats", "global-factorizer-brats"])
+@pytest.mark.slow
 def test_component_maps_agree_between_inference_and_autograd_paths(name):
     model = build_model(name, widths=(8, 16, 32, 64, 128)).eval()
     x = torch.randn(1, model.config["kwargs"]["in_channels"], 20, 17, 24)

@@ -9,6 +9,8 @@ from LesionFactorizerLib.nn.matricize import make_matricize
 from LesionFactorizerLib.nn.nmf import NMF
 from LesionFactorizerLib.pipeline.counterfactual import component_count, dropped
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("rank", [1, 2])
 def test_drop_leaves_out_exactly_that_component(rank):

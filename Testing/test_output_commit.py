@@ -21,6 +21,8 @@ import LesionFactorizerLib.pipeline.io as io
 from LesionFactorizerLib.pipeline.progress import terminate_cleanly
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):

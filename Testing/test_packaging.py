@@ -12,6 +12,8 @@ import zipfile
 import pytest
 from helpers import REPO as ROOT
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("compiler", ["the system's", "a failing one"])
 def test_wheel_ships_demo_models_sample_cases_and_configs(tmp_path, compiler):

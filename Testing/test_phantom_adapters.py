@@ -11,6 +11,8 @@ from LesionFactorizerLib.phantoms import generate_case, write_dataset
 pytest.importorskip("nilearn")
 from LesionFactorizerLib import datasets  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("task, fmt", [("tumor", "brats"), ("stroke", "isles22"), ("ms-new", "msseg2")])
 def test_adapter_reads_phantoms_with_product_labels(tmp_path, task, fmt):

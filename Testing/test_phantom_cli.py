@@ -16,6 +16,7 @@ def _cli(*args, env=None):
                           capture_output=True, text=True, timeout=120, env=env, encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_cli_writes_cases_and_previews(tmp_path):
     out = tmp_path / "isles"
     res = _cli("--task", "stroke", "--n", "2", "--out", str(out), "--seed", "4", "--spacing", "4", "--preview")
@@ -62,6 +63,7 @@ def test_cli_refuses_a_file_as_output(tmp_path):
     assert target.read_text(encoding="utf-8") == "x"
 
 
+@pytest.mark.slow
 def test_generation_needs_no_network(tmp_path):
     """The template comes from files inside nilearn: generation works with sockets disabled."""
     code = (

@@ -15,6 +15,8 @@ from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.phantoms import CHANNELS, case_files, generate_case, write_dataset
 from LesionFactorizerLib.phantoms.samples import load_manifest, sample_case, sample_data_dir
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("nilearn")
 
 

@@ -16,6 +16,8 @@ from LesionFactorizerLib.modelfile import make_metadata, save_model_file
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 
+pytestmark = pytest.mark.slow
+
 WIDTHS = (8, 16, 32, 64, 128)
 HEAD_DIM = 4   # swin-factorizer-isles
 

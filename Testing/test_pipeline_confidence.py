@@ -70,6 +70,7 @@ def _run(tmp_path, models, name, **options):
 
 
 @pytest.mark.parametrize("spacing", [None, [2.0, 2.0, 2.0]])
+@pytest.mark.slow
 def test_ensemble_and_tta_agreement_per_lesion(tmp_path, spacing):
     """Member 1 finds both blobs, member 2 only the bright one, the ensemble both: the dim blob was
     found by half of the 8 passes (2 members x 4 TTA flips), the bright one by all."""
@@ -108,6 +109,7 @@ def test_ensemble_and_tta_agreement_per_lesion(tmp_path, spacing):
         assert seg[k, j, i] > 0
 
 
+@pytest.mark.slow
 def test_one_pass_says_so_and_uncertainty_map_is_written_and_verified(tmp_path):
     from helpers import save_threshold_model
 

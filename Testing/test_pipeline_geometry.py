@@ -17,6 +17,8 @@ from helpers import LESION_CENTER, LESION_RADIUS, grid, rotation, sample, save_t
 from LesionFactorizerLib.pipeline.geometry import Geometry
 from LesionFactorizerLib.pipeline.segment import SegmentOptions, segment_case
 
+pytestmark = pytest.mark.slow
+
 RAS = np.diag([-1.0, -1.0, 1.0])
 OBLIQUE = rotation(2, 25) @ rotation(0, -15)
 

@@ -1,11 +1,14 @@
 """Batched sliding windows and the load-aware thread policy change speed, never the result."""
 
 import numpy as np
+import pytest
 import torch
 
 from LesionFactorizerLib.pipeline.inference import (auto_sw_batch_size, others_running, run_inference,
                                                     threads_for_load)
 from LesionFactorizerLib.presets import build_model
+
+pytestmark = pytest.mark.slow
 
 
 def test_other_runnable_processes_are_read_from_proc_loadavg():

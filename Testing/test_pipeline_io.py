@@ -134,6 +134,7 @@ def test_stale_temporary_folders_of_killed_runs_are_removed(tmp_path):
     alive.rmdir()
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_our_results_and_keeps_other_files(tmp_path):
     paths = write_case(tmp_path / "in")
     model = save_threshold_model(tmp_path / "thr.safetensors")
@@ -156,6 +157,7 @@ def test_overwrite_replaces_our_results_and_keeps_other_files(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
+@pytest.mark.slow
 def test_overwrite_leaves_only_the_outputs_the_new_report_lists(tmp_path):
     """Run 1 writes probabilities in NRRD; run 2 (--overwrite, NIfTI, no probabilities) must not leave
     run 1's files behind: the folder holds exactly the new report's outputs plus the user's files."""

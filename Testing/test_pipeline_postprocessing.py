@@ -150,6 +150,7 @@ def test_progress_fractions_are_monotone_json_lines():
     assert events[-1] == {"event": "done", "outputs": {"dir": "/x"}}
 
 
+@pytest.mark.slow
 def test_ms_new_pipeline_drops_lesions_under_3_mm3_and_reports_them(tmp_path):
     import SimpleITK as sitk
     from helpers import save_threshold_model

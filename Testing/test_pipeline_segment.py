@@ -29,6 +29,7 @@ def _options(paths, out, models, **kw) -> SegmentOptions:
     ({"patch": (16, 16, 16)}, "preprocessing.patch_size"),
     ({"postprocessing": {"threshold": 0.7}}, "postprocessing.threshold"),
 ])
+@pytest.mark.slow
 def test_ensemble_members_with_other_preprocessing_are_refused(tmp_path, change, what):
     """A second model must not silently run on the first model's spacing / patch / rule."""
     paths = write_case(tmp_path / "in")
@@ -43,6 +44,7 @@ def test_ensemble_members_with_other_preprocessing_are_refused(tmp_path, change,
     assert len(json.loads(open(outputs["report"], encoding="utf-8").read())["models"]) == 2
 
 
+@pytest.mark.slow
 def test_every_warning_is_emitted_as_it_arises_and_kept_in_the_report(tmp_path):
     paths = write_case(tmp_path / "in", names=("dwi", "flair"))
     adc = sitk.ReadImage(paths["dwi"])
@@ -65,6 +67,7 @@ def test_every_warning_is_emitted_as_it_arises_and_kept_in_the_report(tmp_path):
     assert resampled < first_inference
 
 
+@pytest.mark.slow
 def test_the_model_files_post_processing_mode_is_the_one_applied(tmp_path):
     """A tumour model with one sigmoid 'lesion' channel and postprocessing.mode=threshold labels
     its voxels 1; with the task's hierarchical rule it could not run at all."""
@@ -105,6 +108,7 @@ def test_resolved_mode_follows_the_outputs():
         OutputSpec.resolve(tumor, "softmax", ["background", "NCR", "edema", "ET"])
 
 
+@pytest.mark.slow
 def test_nmf_settings_of_one_case_do_not_leak_into_the_next():
     """batch reuses loaded models: after a --preset fast case, a balanced case must get the trained
     iterations back, also when the model's config does not spell nmf_iters out."""

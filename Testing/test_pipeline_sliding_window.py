@@ -30,6 +30,7 @@ class TwoScaleNet(torch.nn.Module):
     ((32, 32, 32), (32, 16, 16), (16, 8, 4), 3),      # one window on the first axis, batch not dividing
     ((24, 24, 24), (24, 24, 24), (8, 8, 8), 2),       # one window in all
 ])
+@pytest.mark.slow
 def test_stitch_equals_monai_constant_blend(size, roi, interval, batch):
     monai_inferers = pytest.importorskip("monai.inferers")
     net = TwoScaleNet().eval()
@@ -68,6 +69,7 @@ def test_window_larger_than_volume_and_non_dividing_output_are_refused():
         stitch(torch.zeros(1, 2, 16, 16, 18), (8, 8, 8), (8, 8, 8), 1, net, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_inference_imports_neither_monai_nor_dynamo():
     """The worker's start-up cost: eager inference must not load MONAI or torch._dynamo (seconds of
     CPU each at import), which only compiling and exporting need."""

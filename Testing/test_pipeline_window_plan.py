@@ -14,6 +14,8 @@ from LesionFactorizerLib.pipeline.sliding_window import window_starts
 from LesionFactorizerLib.pipeline.window_plan import CONTEXT_PATCHES, fewest_windows, make_plan
 from LesionFactorizerLib.presets import build_model
 
+pytestmark = pytest.mark.slow
+
 # A margin below the lowest label Dice between the two plans measured on the demo models' samples
 # and held-out phantoms (README "Window plans"); the test holds the plan to it on a small crop.
 PLANS_DICE_FLOOR = 0.95

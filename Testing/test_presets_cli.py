@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
 from helpers import main_in_process
 
 from LesionFactorizerLib.presets import PRESETS, build_model, count_parameters
+
+pytestmark = pytest.mark.slow
 
 
 def _presets_table(*args):

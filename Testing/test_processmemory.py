@@ -13,7 +13,7 @@ import pytest
 
 from LesionFactorizerLib.processmemory import USER_MALLOC_VARS
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only"), pytest.mark.slow]
 
 PROBE = r"""
 import ctypes, json, sys

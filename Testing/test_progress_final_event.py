@@ -12,6 +12,8 @@ import sys
 import pytest
 from helpers import REPO, save_threshold_model, write_case
 
+pytestmark = pytest.mark.slow
+
 FINAL = ("done", "error")
 
 

@@ -27,6 +27,8 @@ from LesionFactorizerLib.pipeline import settings
 from LesionFactorizerLib.pipeline.preprocessing import zscore_nonzero
 from LesionFactorizerLib.pipeline.registration import AUTO_THRESHOLD_MM, homogeneous, register_pair, resample_onto
 
+pytestmark = pytest.mark.slow
+
 DEGREES, SHIFT, AXIS = 10.0, (6.0, -6.0, 5.0), (0.3, 0.2, 1.0)   # |shift| 9.8 mm
 
 

@@ -30,6 +30,8 @@ from helpers import REPO
 from LesionFactorizerLib.errors import UserError  # noqa: E402
 from LesionFactorizerLib.serve.client import Client  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 SAMPLES = REPO / "Resources" / "SampleData"
 TOKENS = ("alice-token-0123456789abcdef", "bob-token-0123456789abcdef")
 MAX_UPLOAD = 3 * 1024 * 1024

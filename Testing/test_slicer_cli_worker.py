@@ -24,8 +24,9 @@ from LesionFactorizerModuleLib import components, report, worker  # noqa: E402
 from LesionFactorizerModuleLib.outputs import find_outputs  # noqa: E402
 from LesionFactorizerModuleLib.progress import ProgressTracker  # noqa: E402
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("LesionFactorizerLib.cli.segment") is None,
-                                reason="the segment command is not in the library yet")
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("LesionFactorizerLib.cli.segment") is None,
+                                 reason="the segment command is not in the library yet"),
+              pytest.mark.slow]
 
 SPACING = (1.5, 1.2, 2.0)
 ORIGIN = (10.0, -20.0, 5.0)

@@ -37,6 +37,8 @@ import pytest
 from slicer_standin import sdk
 from helpers import REPO, STANDIN
 
+pytestmark = pytest.mark.slow
+
 ENVS = REPO / "build" / "slicer-e2e"
 PLAY = STANDIN / "play_clinician_path.py"
 GUI_PACKAGES = ("numpy", "SimpleITK", "packaging")  # what Slicer's Python bundles and the GUI imports

@@ -18,6 +18,8 @@ import pytest
 from slicer_standin import sdk
 from helpers import MODULE_DIR, REPO
 
+pytestmark = pytest.mark.slow
+
 sys.path.insert(0, str(MODULE_DIR))
 
 

@@ -17,7 +17,11 @@ import sys
 import sysconfig
 import textwrap
 from pathlib import Path
+
+import pytest
 from helpers import MODULE_DIR, STANDIN
+
+pytestmark = pytest.mark.slow
 
 BUNDLED = ("numpy", "numpy.libs", "SimpleITK", "packaging")  # what Slicer's Python has of ours
 # the stand-in package index: a version in every tested range (light-the-torch installs torch)

@@ -19,6 +19,8 @@ from LesionFactorizerLib.catalog import ENV_CATALOG
 from LesionFactorizerLib.modelfile import ENV_MODELS
 from model_server import STALL_AFTER, serve_test_catalog
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture()
 def served(tmp_path, monkeypatch, module_lib_importable):

@@ -119,6 +119,7 @@ def _fake_wheel(folder: Path, name: str, version: str) -> None:
             whl.writestr(arcname, text)
 
 
+@pytest.mark.slow
 def test_constraints_turn_a_silent_numpy_replacement_into_an_error(tmp_path):
     """Real pip resolver, offline: an older "numpy" is available; without our pins pip would
     replace Slicer's numpy, with them it refuses."""

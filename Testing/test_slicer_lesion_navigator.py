@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-pytestmark = pytest.mark.usefixtures("module_lib_importable")
+pytestmark = [pytest.mark.usefixtures("module_lib_importable"), pytest.mark.slow]
 
 
 def _fresh(three_lesion_run):

@@ -21,6 +21,8 @@ sys.path.insert(0, str(MODULE_DIR))
 from LesionFactorizerLib.tasks import SLICER_CATEGORY_CONTEXT, TASKS  # noqa: E402
 from LesionFactorizerModuleLib import terminology  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("version", ["5.6.2", "5.10.0"])
 def test_start_up_registers_samples_and_terminology(tmp_path, version):

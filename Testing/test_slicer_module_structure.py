@@ -30,6 +30,7 @@ def _need_shared():
         pytest.skip("../shared (Slicer API checker and index) is not present")
 
 
+@pytest.mark.slow
 def test_slicer_api_conformance():
     _need_shared()
     proc = subprocess.run([sys.executable, str(CHECKER), "--index", str(INDEX), "LesionFactorizer"],
@@ -43,6 +44,7 @@ def test_slicer_api_conformance():
     assert checked >= 3
 
 
+@pytest.mark.slow
 def test_api_checker_catches_a_wrong_name(tmp_path):
     """Guard against a vacuous pass: a misspelt Slicer call in a copy of our module is an error."""
     _need_shared()
@@ -176,6 +178,7 @@ def test_module_side_code_never_imports_torch_or_monai():
             assert not roots & forbidden, f"{path.name} imports {roots & forbidden}"
 
 
+@pytest.mark.slow
 def test_helper_package_imports_without_loading_torch():
     code = ("import sys; sys.path[:0] = [{lib!r}, {mod!r}]\n"
             "import LesionFactorizerModuleLib.worker, LesionFactorizerModuleLib.progress, "

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from helpers import run_in_slicer
 
-pytestmark = pytest.mark.usefixtures("module_lib_importable")
+pytestmark = [pytest.mark.usefixtures("module_lib_importable"), pytest.mark.slow]
 
 
 def test_settings_and_inputs_survive_save_close_and_reopen(tmp_path):

@@ -92,6 +92,7 @@ def _known(index, module, name, member):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.slow
 def test_every_standin_name_exists_in_slicer(version):
     index = _index(version)
     names = _standin_names()

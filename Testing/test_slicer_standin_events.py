@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sys
 
+import pytest
 from helpers import MODULE_DIR, STANDIN, run_in_slicer
 
 PYTHONPATH = STANDIN / "pythonpath"
@@ -41,6 +42,7 @@ def test_the_module_observes_only_events_slicer_fires():
     assert observed and observed <= set(FIRED), sorted(observed - set(FIRED))
 
 
+@pytest.mark.slow
 def test_an_event_slicer_never_fires_is_refused_and_a_session_fires_only_listed_ones(tmp_path):
     out = run_in_slicer(tmp_path, """
         import numpy as np, vtk

@@ -16,7 +16,7 @@ import pytest
 from helpers import REPO
 
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and process groups")
+pytestmark = [pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and process groups"), pytest.mark.slow]
 
 
 @pytest.fixture

@@ -151,6 +151,7 @@ def _start(tmp_path, mode):
     return worker.WorkerProcess([sys.executable, str(script), mode], env=worker.worker_environment(os.environ, None))
 
 
+@pytest.mark.slow
 def test_successful_run_streams_progress_and_outputs(tmp_path):
     proc = _start(tmp_path, "ok")
     events = []
@@ -163,6 +164,7 @@ def test_successful_run_streams_progress_and_outputs(tmp_path):
     assert "loading model" in result.log
 
 
+@pytest.mark.slow
 def test_poll_never_blocks_while_the_worker_is_busy(tmp_path):
     script = tmp_path / "slow.py"
     script.write_text("import time\ntime.sleep(2)\nprint('late', flush=True)\n", encoding="utf-8")
@@ -175,6 +177,7 @@ def test_poll_never_blocks_while_the_worker_is_busy(tmp_path):
     proc.wait(poll_interval=0.02)
 
 
+@pytest.mark.slow
 def test_usage_error_becomes_the_workers_one_line_message(tmp_path):
     result = _start(tmp_path, "usage").wait(poll_interval=0.02)
     assert result.returncode == 2 and not result.succeeded
@@ -183,6 +186,7 @@ def test_usage_error_becomes_the_workers_one_line_message(tmp_path):
     assert "check the log" not in message.lower()
 
 
+@pytest.mark.slow
 def test_unexpected_failure_gives_the_exception_and_a_hint(tmp_path):
     result = _start(tmp_path, "oom").wait(poll_interval=0.02)
     assert result.returncode == 1
@@ -191,6 +195,7 @@ def test_unexpected_failure_gives_the_exception_and_a_hint(tmp_path):
     assert "choose device CPU" in message
 
 
+@pytest.mark.slow
 def test_cancel_kills_the_whole_process_tree(tmp_path):
     """PythonSlicer is a launcher whose child runs the real work: both must die."""
     grandchild_pid_file = tmp_path / "grandchild.pid"
@@ -231,6 +236,7 @@ def test_cancel_kills_the_whole_process_tree(tmp_path):
         pytest.fail("the worker's child process survived cancel")
 
 
+@pytest.mark.slow
 def test_killed_worker_without_message_is_explained(tmp_path):
     script = tmp_path / "suicide.py"
     script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", encoding="utf-8")
@@ -241,6 +247,7 @@ def test_killed_worker_without_message_is_explained(tmp_path):
     assert "signal 9" in message and "memory" in message
 
 
+@pytest.mark.slow
 def test_a_grandchild_holding_the_pipe_does_not_keep_the_run_alive(tmp_path):
     if sys.platform == "win32":
         pytest.skip("POSIX process model")

@@ -75,6 +75,7 @@ def test_published_schema_is_the_generated_one():
         assert set(schema["required"]) <= set(meta) <= set(schema["properties"])
 
 
+@pytest.mark.slow
 def test_spec_is_torch_free_and_runs_on_python_39():
     pythons = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9"))) or [sys.executable]
     code = ("import sys; from LesionFactorizerLib.modelfile import read_spec; "

@@ -13,6 +13,7 @@ from LesionFactorizerLib.errors import UserError
 from LesionFactorizerLib.tasks import TASKS, file_stem, get_task, image_suffix, is_image_file, match_inputs
 
 
+@pytest.mark.slow
 def test_tasks_and_model_metadata_import_without_torch():
     code = ("import sys; import LesionFactorizerLib.tasks, LesionFactorizerLib.modelfile, "
             "LesionFactorizerLib.pipeline.progress, LesionFactorizerLib.pipeline.speed_presets; "

@@ -34,6 +34,7 @@ def test_every_thesis_experiment_has_a_config():
 
 
 @pytest.mark.parametrize("name", THESIS_EXPERIMENTS)
+@pytest.mark.slow
 def test_bundled_configs_are_consistent_with_presets_and_tasks(name):
     cfg = load_config(name)
     assert cfg.name == name
@@ -84,6 +85,7 @@ def test_loss_is_dice_plus_binary_ce_not_monais_softmax_ce():
     assert one.item() == pytest.approx(monai_one.item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_focal_and_softmax_dice_match_monai():
     torch.manual_seed(1)
     logits = torch.randn(2, 1, 5, 5, 5)

@@ -16,6 +16,8 @@ from LesionFactorizerLib.training.config import CONFIG_DIR, load_config  # noqa:
 from LesionFactorizerLib.training.export import export_checkpoint  # noqa: E402
 from LesionFactorizerLib.training.run import train  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 NO_AUG = {k: None for k in ("affine", "flip", "noise", "smooth", "scale_intensity", "shift_intensity",
                             "bias_field", "contrast")}
 # (model overrides, patch side): tiny widths; nnU-Net with 5 stages and Swin UNETR with batch norm,

@@ -23,6 +23,8 @@ from LesionFactorizerLib.training import synthetic
 from LesionFactorizerLib.training.config import CONFIG_DIR, load_config
 from LesionFactorizerLib.training.run import train
 
+pytestmark = pytest.mark.slow
+
 SHAPE = (24, 24, 24)
 NO_AUG = {k: None for k in ("affine", "flip", "noise", "smooth", "scale_intensity", "shift_intensity",
                             "bias_field", "contrast")}

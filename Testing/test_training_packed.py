@@ -24,6 +24,8 @@ from LesionFactorizerLib.training.config import CONFIG_DIR, load_config
 from LesionFactorizerLib.training.packed import PackStore, load_stores, pack, pack_meta
 from LesionFactorizerLib.training.preprocess import load_case
 
+pytestmark = pytest.mark.slow
+
 AUGMENTATIONS = ("affine", "flip", "noise", "smooth", "scale_intensity", "shift_intensity", "bias_field", "contrast")
 
 

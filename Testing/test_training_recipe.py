@@ -17,6 +17,8 @@ from LesionFactorizerLib.training.augment import train_transforms
 from LesionFactorizerLib.training.config import AugmentationConfig, load_config
 from LesionFactorizerLib.training.losses import SoftDice
 
+pytestmark = pytest.mark.slow
+
 
 def test_noise_draws_its_variance_from_the_range_the_thesis_gives():
     aug = AugmentationConfig(**{k: None for k in ("affine", "flip", "smooth", "scale_intensity", "shift_intensity",

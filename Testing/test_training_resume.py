@@ -19,6 +19,8 @@ from LesionFactorizerLib.training.config import CONFIG_DIR, load_config
 from LesionFactorizerLib.training.rng_state import capture, restore
 from LesionFactorizerLib.training.run import train
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def msseg2(tmp_path_factory):

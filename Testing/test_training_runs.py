@@ -23,6 +23,8 @@ from LesionFactorizerLib.training.checkpoint_io import load_checkpoint_file
 from LesionFactorizerLib.training.config import CONFIG_DIR, load_config
 from LesionFactorizerLib.training.run import train
 
+pytestmark = pytest.mark.slow
+
 NO_AUG = {k: None for k in ("affine", "flip", "noise", "smooth", "scale_intensity", "shift_intensity",
                             "bias_field", "contrast")}
 UNET = {"preset": "unet-msseg2", "overrides": {"widths": [8, 8, 8, 8]}}
