@@ -1,6 +1,6 @@
 """The module's side of the component ranking and of "drop this component" (no Slicer, no torch).
 
-The index and summary read here are what the library writes (Testing/test_component_ranking.py
+The index and summary read here are what the library writes (Testing/pipeline/test_component_ranking.py
 checks the library side on real runs); the worker command is checked against the CLI's parser.
 """
 
