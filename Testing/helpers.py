@@ -103,6 +103,8 @@ def write_case(folder, names=("dwi", "adc"), size=(36, 40, 24), spacing=(1.6, 1.
 
 
 def cli(*args, **kw) -> subprocess.CompletedProcess:
+    """``lesion-factorizer ARGS`` as a real process: for tests about the process itself (signals,
+    kills, what reaches its stdout, resource limits); otherwise :func:`main_in_process`."""
     return subprocess.run([sys.executable, "-m", "LesionFactorizerLib", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=120, **kw, encoding="utf-8")
 

@@ -71,6 +71,7 @@ def test_presets_can_be_retargeted_and_rebuilt_from_config():
 
 
 @pytest.mark.parametrize("name", ["swin-factorizer-brats", "local-factorizer-brats", "global-factorizer-brats"])
+@pytest.mark.slow
 def test_odd_sizes_and_the_memory_saving_path_match_the_plain_forward(name):
     model = build_model(name, **SMALL).eval()
     blocks = list(model.blocks.values())
@@ -92,6 +93,7 @@ def test_odd_sizes_and_the_memory_saving_path_match_the_plain_forward(name):
     torch.testing.assert_close(plain, autograd, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_kept_buffers_never_leak_between_calls_threads_or_copies():
     """The workspace (reused full-size buffers) must not let one result overwrite another."""
     import copy

@@ -49,6 +49,7 @@ def test_rank_one_fast_path_equals_column_sweeps():
 
 
 @pytest.mark.parametrize("rank", [1, 3])
+@pytest.mark.slow
 def test_relative_error_matches_scikit_learn(rank):
     sklearn = pytest.importorskip("sklearn.decomposition")
     for seed in range(3):
