@@ -1,15 +1,10 @@
-"""Test data for the pipeline tests: analytic phantoms sampled on arbitrary grids, tiny model files.
-
-An analytic phantom (a head-sized ellipsoid with mild texture and one bright spherical lesion at a
-known physical point) can be sampled on any grid — oblique, anisotropic, RAS or LPS — so every
-geometry claim is checked against physical ground truth, not against another grid.
-"""
+"""The analytic phantom the pipeline tests sample (``helpers.sample``) puts its lesion where it says,
+on an oblique grid too: the ground truth the geometry tests compare against."""
 
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-
 from helpers import LESION_CENTER, grid, rotation, sample
 
 
