@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import locale
 import os
-from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 import testnet_hook
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, save_threshold_model
 
 # The test network (testnets.py) is buildable in this process and in every process the tests start.
 testnet_hook.install()
@@ -41,3 +41,28 @@ def _process_locale_restored():
     yield
     if locale.setlocale(locale.LC_ALL) != LOCALE_AT_START:
         locale.setlocale(locale.LC_ALL, LOCALE_AT_START)
+
+
+@pytest.fixture(scope="module")
+def three_lesion_run(tmp_path_factory):
+    """A real run for the navigator and scene tests: bright blob, dim blob, and a third small blob,
+    with a 2-member ensemble + TTA."""
+    from LesionFactorizerLib.core.settings import SegmentSettings
+    from LesionFactorizerLib.pipeline.segment import segment_case
+
+    tmp = tmp_path_factory.mktemp("nav")
+    rng = np.random.default_rng(0)
+    array = (100 + 5 * rng.standard_normal((20, 24, 28))).astype(np.float32)
+    array[4:9, 5:10, 18:24] = 400
+    array[12:16, 14:18, 3:7] = 250
+    array[15:18, 3:6, 12:15] = 330
+    z = (array - array.mean(dtype=np.float64)) / array.std(dtype=np.float64)
+    z_dim = float(z[13, 15, 4])
+    paths = {}
+    for name in ("dwi", "adc"):
+        paths[name] = str(tmp / f"{name}.nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray(array), paths[name])
+    models = [save_threshold_model(tmp / f"m{i}.safetensors", threshold=t * z_dim, patch=(16, 16, 16))
+              for i, t in enumerate((0.5, 1.2))]
+    return segment_case(paths, str(tmp / "out"), SegmentSettings(models=models, device="cpu", tta=True,
+                                                                 overview=False)).outputs

@@ -7,13 +7,12 @@ import copy
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from helpers import REPO
 
 from LesionFactorizerLib import catalog
 from LesionFactorizerLib.core.checksums import sha256
 from LesionFactorizerLib.modelfile import read_header
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "Resources" / "Models"
 GOOD = MODELS / "demo-stroke.safetensors"
 STALL_AFTER = 1 << 16

@@ -4,6 +4,6 @@ user cache, errors).
 
 The rule the folder states: a module here imports only the standard library and other modules of
 this folder — never torch, numpy, SimpleITK, the pipeline or the networks — and runs on Python 3.9
-(Slicer 5.8) as well. ``Testing/test_core_torch_free.py`` and ``Testing/test_import_graph.py`` (the
+(Slicer 5.8) as well. ``Testing/lib/test_core_torch_free.py`` and ``Testing/lib/test_import_graph.py`` (the
 lowest layer) hold it to that.
 """

@@ -27,7 +27,7 @@ def calldata_type(kind):
 _MODIFIED_EVENT = 33  # vtkCommand::ModifiedEvent
 
 # Every event fired goes through InvokeEvent, which fires only events real Slicer fires.
-_fired = []  # event ids fired so far in this process, for Testing/test_slicer_standin_events.py
+_fired = []  # event ids fired so far in this process, for Testing/slicer/test_slicer_standin_events.py
 
 
 class vtkObject:

@@ -3,7 +3,7 @@
 Only the surface the LesionFactorizer module touches, with real data behind it: volumes are numpy
 arrays with a real IJK-to-RAS geometry, segment labelmaps are arrays in their reference geometry,
 scene events reach observers synchronously (as in VTK), and timers run on the Qt stand-in's event
-loop. Every public name here exists in the real Slicer API (Testing/test_slicer_standin_api.py).
+loop. Every public name here exists in the real Slicer API (Testing/slicer/test_slicer_standin_api.py).
 Internals that are not Slicer API start with an underscore; the harness (../harness.py) uses them.
 """
 
