@@ -129,7 +129,7 @@ def run_case(name: str, inputs: dict, model: Path, out: Path, device: str, check
                                                             effects=True, component_layers=layers,
                                                             overwrite=True)).report
     row = analyse(report)
-    row["assumed_ratio"] = assumed_ratio(model, [e["layer"] for e in report["components"] if "effect_ranking" in e])
+    row["assumed_ratio"] = assumed_ratio(model, [e["layer"] for e in report.components if "effect_ranking" in e])
     best = row["best_effect"]
     if check and best:
         summary = json.loads(Path(run_counterfactual(out, best["layer"], best["component"], device=device,

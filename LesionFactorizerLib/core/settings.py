@@ -237,14 +237,16 @@ class SegmentSettings:
         (reports before window plans ran ``sliding``). Reports from before the section held every
         setting (no ``register`` in it) kept the register mode in ``registration.mode`` and under
         ``backend`` the backend that ran, not the setting (then the default)."""
-        recorded = dict(report.get("settings") or {})
-        values = {k: v for k, v in recorded.items() if k in BY_NAME and k not in REPORTED_ELSEWHERE}
+        from LesionFactorizerLib.core.reportspec import view
+
+        recorded = view(report)
+        values = {k: v for k, v in (recorded.settings or {}).items() if k in BY_NAME and k not in REPORTED_ELSEWHERE}
         values.setdefault("windows", "sliding")
         if "register" not in values:
-            values["register"] = (report.get("registration") or {}).get("mode") or "auto"
+            values["register"] = recorded.registration_mode
             values.pop("backend", None)
-        models = [m.get("path") if isinstance(m, dict) else m for m in report.get("models") or [report.get("model")]]
-        values.update(task=report.get("task"), models=[m for m in models if m is not None])
+        models = [m.get("path") if isinstance(m, dict) else m for m in recorded.models or [recorded.model]]
+        values.update(task=recorded.task, models=[m for m in models if m is not None])
         return cls.from_json(values, "report.json settings ")
 
     def but(self, **changes: Any) -> "SegmentSettings":
