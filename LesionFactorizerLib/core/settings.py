@@ -18,12 +18,13 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, get_type_hints
 
 from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.formats import IMAGE_FORMATS
 from LesionFactorizerLib.core.layout import NMF_LAYERS
 from LesionFactorizerLib.core.speed_presets import DEFAULT_SPEED_PRESET, SPEED_PRESETS, WINDOW_PLANS
 from LesionFactorizerLib.core.tasks import TASKS, get_task
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-FORMATS = ("nii.gz", "nii", "nrrd", "mha", "seg.nrrd")   # keys of pipeline.io.IMAGE_FORMATS (a test checks)
+FORMATS = tuple(IMAGE_FORMATS)
 PROGRESS = ("bar", "jsonl", "none")
 # ms-new: register the baseline onto the follow-up (pipeline/registration.py says how)
 REGISTER_MODES = ("auto", "rigid", "affine", "never")

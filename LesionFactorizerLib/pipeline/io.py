@@ -20,19 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from LesionFactorizerLib.core.errors import UserError
+from LesionFactorizerLib.core.formats import IMAGE_FORMATS, LABEL_ONLY_FORMATS, map_suffix  # noqa: F401 (the writer's names, from their home)
 from LesionFactorizerLib.pipeline.filecheck import check_nifti, file_sha256, nifti_size, read_bytes_checked
 from LesionFactorizerLib.pipeline.geometry import Geometry
-
-IMAGE_FORMATS = {"nii.gz": ".nii.gz", "nii": ".nii", "nrrd": ".nrrd", "mha": ".mha", "seg.nrrd": ".seg.nrrd"}
-# Formats that hold only a segmentation (labels with segment names, colours and terminology):
-# the run's other images (probabilities) are written in the plain format named here.
-LABEL_ONLY_FORMATS = {"seg.nrrd": "nrrd"}
-
-
-def map_suffix(fmt: str) -> str:
-    """File ending of the run's non-label images (probability maps) in output format ``fmt``."""
-    return IMAGE_FORMATS[LABEL_ONLY_FORMATS.get(fmt, fmt)]
-
 
 @dataclass
 class InputImage:

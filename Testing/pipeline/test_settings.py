@@ -12,8 +12,7 @@ from helpers import save_threshold_model, write_case
 
 from LesionFactorizerLib.cli import build_parser
 from LesionFactorizerLib.core.errors import UserError
-from LesionFactorizerLib.pipeline.io import IMAGE_FORMATS
-from LesionFactorizerLib.core.settings import BY_NAME, FORMATS, OPTIONS, SegmentSettings
+from LesionFactorizerLib.core.settings import BY_NAME, OPTIONS, SegmentSettings
 from LesionFactorizerLib.core.tasks import TASKS
 
 # every setting away from its default (a run on the stroke threshold model accepts all of them)
@@ -57,10 +56,6 @@ def test_the_cli_options_are_the_dataclass_fields(command):
             assert action.default == f.default, f.name
     assert all(name in actions["--task"].help for name in TASKS)   # the task names from the task registry
     assert [o.flag for o in OPTIONS if o.off_flag] == ["--tta"] and "--no-tta" in actions
-
-
-def test_output_formats_are_the_writers():
-    assert FORMATS == tuple(IMAGE_FORMATS)
 
 
 @pytest.mark.parametrize("values, words", [
