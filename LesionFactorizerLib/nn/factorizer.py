@@ -118,13 +118,14 @@ class WrappedNMF(nn.Module):
         """Whether a tracer (torch.compile, torch.export) is given ``nn/window_op.py``'s operator for
         this layer instead of the plain steps: inference (eval mode; under torch.compile also no
         gradients, so compiled backward passes differentiate the plain graph) of a rank-1 HALS
-        window NMF on float32 CPU tensors, the kernel's case. Eager calls never take it: they call
-        the kernel directly (``add_low_memory``) and need not import torch._dynamo."""
+        window NMF on float32 CPU tensors, the kernel's case; never while exporting to ONNX (whose
+        runtime cannot run the kernel). Eager calls never take it: they call the kernel directly
+        (``add_low_memory``) and need not import torch._dynamo."""
         nmf = self.nmf
         return (window_op.OP is not None and isinstance(self.matricize, LocalMatricize) and not self.capture
                 and nmf.uses_moments() and nmf.keep is None and not self.training
                 and z.device.type == "cpu" and z.dtype == torch.float32
-                and (torch.compiler.is_exporting()
+                and ((torch.compiler.is_exporting() and not torch.onnx.is_in_onnx_export())
                      or (torch.compiler.is_compiling() and not torch.is_grad_enabled())))
 
     def add_low_memory(self, z: torch.Tensor, out: torch.Tensor) -> None:

@@ -15,8 +15,11 @@ tensor, a constant of the traced graph, so that :func:`definition` holds no cons
 - **Gradients**: the vector–Jacobian product of :func:`definition`, recomputed (the kernel has no
   backward); ``WrappedNMF`` uses the operator only in eval mode, and under ``torch.compile`` only
   with gradients off, so training and compiled backward passes trace the plain graph.
-- **ONNX**: ONNX Runtime cannot run our kernel, so the ONNX exporter replaces the operator by
-  :func:`definition`, registered as its decomposition: the ONNX graph is the plain graph of today.
+- **ONNX**: ONNX Runtime cannot run our kernel. Exporting a module to ONNX traces the plain graph
+  (``WrappedNMF`` leaves the operator out while ``torch.onnx`` exports); an exported program that
+  holds the operator goes through :func:`for_onnx` first, which replaces it by :func:`definition`.
+  The definition is deliberately not in torch's global decomposition table: Inductor refuses to
+  compile an operator with a registered decomposition as an opaque call (under ``CI=1`` it raises).
 
 The operator exists from torch 2.4 (``torch.library.custom_op``); on older torch :data:`OP` is None
 and tracers get the plain graph. Registering it imports nothing heavy; *calling* an operator in
@@ -107,13 +110,15 @@ def _register():
     op = torch.library.custom_op(NAME, _run, mutates_args=())
     op.register_fake(_fake)
     op.register_autograd(_backward, setup_context=_save)
-    try:   # the ONNX exporter decomposes what this table lists before translating
-        from torch._decomp import decomposition_table
-
-        decomposition_table[torch.ops.lesion_factorizer.window_nmf.default] = definition
-    except (ImportError, AttributeError):
-        pass
     return torch.ops.lesion_factorizer.window_nmf
 
 
 OP = _register()
+
+
+def for_onnx(program):
+    """``program`` (a ``torch.export.ExportedProgram``) with every call of the operator replaced by
+    its plain :func:`definition`, for the ONNX exporter (ONNX Runtime cannot run our kernel)."""
+    if OP is None or not any(node.target == OP.default for node in program.graph.nodes):
+        return program
+    return program.run_decompositions({OP.default: definition})

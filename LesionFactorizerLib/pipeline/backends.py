@@ -205,6 +205,8 @@ def _onnx_session(model, shape: tuple[int, ...], notify: Callable[[str], None]):
     import onnxruntime as ort
     import torch
 
+    from LesionFactorizerLib.nn import window_op
+
     folder = cache_dir() / "onnx"
     key = hashlib.sha256(json.dumps([getattr(model, "config", None), graph_settings(model), list(shape),
                                      weights_digest(model), torch.__version__],
@@ -218,7 +220,8 @@ def _onnx_session(model, shape: tuple[int, ...], notify: Callable[[str], None]):
         try:
             with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # the exporter prints progress
                 program = torch.export.export(model, (example,), strict=True)
-                torch.onnx.export(program, (example,), str(tmp), dynamo=True, verbose=False, external_data=False)
+                torch.onnx.export(window_op.for_onnx(program), (example,), str(tmp), dynamo=True, verbose=False,
+                                  external_data=False)
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
         finally:

@@ -246,8 +246,17 @@ class Counterfactual:
                 raise UserError(f"input {item.name} ({item.path}) is not the file the segmentation was made from "
                                 f"(its SHA-256 differs); give the original with --input {item.name}=PATH")
 
+    def check_model_files(self, paths) -> None:
+        """Before any model is loaded (a file that changed is never built): the files are the run's."""
+        from LesionFactorizerLib.core.checksums import sha256
+
+        for path, recorded in zip(paths, self.source.models):
+            if self.source.checksums[recorded] and sha256(Path(path)) != self.source.checksums[recorded]:
+                raise UserError(f"model file {path} changed since the segmentation (SHA-256 differs); segment again")
+
     def check_models(self, segmenter) -> None:
-        """The models loaded are the run's files, and the chosen layer and component exist in them."""
+        """The models loaded are the run's files (the bytes loaded, checked again), and the chosen
+        layer and component exist in them."""
         for m, path in zip(segmenter.loaded, self.source.models):
             if self.source.checksums[path] and m.sha256 != self.source.checksums[path]:
                 raise UserError(f"model file {m.path} changed since the segmentation (SHA-256 differs); segment again")

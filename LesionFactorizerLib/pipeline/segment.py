@@ -239,6 +239,8 @@ class Segmenter:
         timings["read"] = time.monotonic() - t
 
         with progress.timed("model", "loading model", timings):
+            if cf:
+                cf.check_model_files(self.paths)
             self.models()
         with progress.timed("preprocess", "cropping, normalising, resampling", timings):
             prep, roi = self.prepare(case)

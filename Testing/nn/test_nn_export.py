@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from LesionFactorizerLib.nn import window_op
 from LesionFactorizerLib.nn.monai_baselines import NETWORKS as MONAI_NETWORKS
 from LesionFactorizerLib.presets import PRESETS, build_model
 
@@ -57,7 +58,7 @@ def test_onnx_runtime_equals_eager(exported, tmp_path):
     pytest.importorskip("onnxscript")
     name, program, x, eager = exported
     path = tmp_path / "model.onnx"
-    torch.onnx.export(program, (x,), str(path), dynamo=True, verbose=False)
+    torch.onnx.export(window_op.for_onnx(program), (x,), str(path), dynamo=True, verbose=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert np.abs(got - eager.numpy()).max() <= TOL, name
