@@ -50,9 +50,8 @@ def case_files(name: str, folder: Path) -> dict:
 
     if name == "sample":
         return sample_case("ms-new")
-    import SimpleITK as sitk
-
     from LesionFactorizerLib.phantoms.generate import generate_case
+    from LesionFactorizerLib.phantoms.layouts import write_nifti
 
     seed, index = (int(v) for v in name.split(":"))
     case = generate_case("ms-new", seed, index, spacing=2.0)
@@ -61,12 +60,8 @@ def case_files(name: str, folder: Path) -> dict:
     g = case.geometry
     files = {"inputs": {}}
     for key, array in list(case.images.items()) + [("label", case.label)]:
-        img = sitk.GetImageFromArray(array)
-        img.SetOrigin(g["origin"])
-        img.SetSpacing(g["spacing"])
-        img.SetDirection(g["direction"])
         path = folder / f"{seed}_{index}_{key}.nii.gz"
-        sitk.WriteImage(img, str(path))
+        write_nifti(array, g, str(path))
         if key == "label":
             files["label"] = str(path)
         else:

@@ -28,20 +28,15 @@ HELD_OUT_SEED = 9000
 
 
 def write_phantom(task: str, index: int, folder: Path) -> dict:
-    import SimpleITK as sitk
-
     from LesionFactorizerLib.phantoms.generate import generate_case
+    from LesionFactorizerLib.phantoms.layouts import write_nifti
 
     case = generate_case(task, HELD_OUT_SEED, index, spacing=TASK_SPACING[task])
     g = case.geometry
     files: dict = {"inputs": {}}
     for key, array in list(case.images.items()) + [("label", case.label)]:
-        img = sitk.GetImageFromArray(array)
-        img.SetOrigin(g["origin"])
-        img.SetSpacing(g["spacing"])
-        img.SetDirection(g["direction"])
         path = folder / f"{task}_{index}_{key}.nii.gz"
-        sitk.WriteImage(img, str(path))
+        write_nifti(array, g, str(path))
         if key == "label":
             files["label"] = str(path)
         else:
