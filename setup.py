@@ -1,4 +1,5 @@
-"""The wheel's one compiled part: the window-NMF kernel (LesionFactorizerLib/nn/window_nmf.c).
+"""The wheel's one compiled part, the window-NMF kernel (LesionFactorizerLib/nn/window_nmf.c), and
+the requirements (their home: LesionFactorizerLib/core/requirements.py).
 
 Everything else is declared in pyproject.toml. The kernel is a plain C shared library that
 nn/native.py loads with ctypes (no Python C API): it is built as an extension only to reuse
@@ -16,6 +17,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from LesionFactorizerLib.core.requirements import EXTRAS, REQUIRES  # noqa: E402 - stdlib-only
 from LesionFactorizerLib.nn.kernelfile import PREBUILT, SOURCE, manifest  # noqa: E402 - stdlib-only
 
 NOT_BUILT = "warning: the window-NMF kernel was not compiled ({}); this installation runs the PyTorch path instead"
@@ -54,5 +56,6 @@ class BuildKernel(build_ext):
             print(NOT_BUILT.format(exc), file=sys.stderr)
 
 
-setup(ext_modules=[Extension("LesionFactorizerLib.nn.window_nmf", [f"LesionFactorizerLib/nn/{SOURCE.name}"], optional=True)],
+setup(install_requires=list(REQUIRES), extras_require={name: list(reqs) for name, reqs in EXTRAS.items()},
+      ext_modules=[Extension("LesionFactorizerLib.nn.window_nmf", [f"LesionFactorizerLib/nn/{SOURCE.name}"], optional=True)],
       cmdclass={"build_ext": BuildKernel})

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from LesionFactorizerLib.pipeline.groups import DIFFERENCE  # torch-free, like the worker's imports
-from LesionFactorizerLib.pipeline.effects import best_effect  # torch-free: the library's rule, not a copy
+from LesionFactorizerLib.pipeline.effects import best_effect  # torch-free: the library's rules, not copies
+from LesionFactorizerLib.pipeline.ranking import best_component as best_scoring
 from LesionFactorizerModuleLib.worker import NMF_LAYERS
 
 INDEX_NAME = "components.json"
@@ -177,17 +178,11 @@ def load_components(directory: str | os.PathLike) -> dict[str, ComponentLayer]:
 
 def best_component(layers: dict[str, ComponentLayer]) -> tuple[str, int] | None:
     """(layer, component) the browser opens on: the component with the largest effect on the lesion
-    when the run ranked effects (``components.json``'s "best_effect"), else the best-scoring
-    component of all layers (ties: the later layer, closer to the output — the rule of
-    ``components.json``'s "best"); None unranked."""
-    top = best_effect({name: {"ranking": layer.effects} for name, layer in layers.items()})
-    if top:
-        return top["layer"], int(top["component"])
-    best = None
-    for name, layer in layers.items():
-        if layer.ranking and (best is None or layer.ranking[0]["score"] >= best[2]):
-            best = (name, int(layer.ranking[0]["component"]), float(layer.ranking[0]["score"]))
-    return (best[0], best[1]) if best else None
+    when the run ranked effects, else the best-scoring one; the library's rules (``best_effect``,
+    ``ranking.best_component``), applied to what was read. None when nothing was ranked."""
+    top = best_effect({name: {"ranking": layer.effects} for name, layer in layers.items()}) \
+        or best_scoring([{"layer": name, "ranking": layer.ranking} for name, layer in layers.items()])
+    return (top["layer"], int(top["component"])) if top else None
 
 
 def score_text(layer: ComponentLayer | None, index: int) -> str:

@@ -17,6 +17,8 @@ from importlib import metadata
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
 
+from LesionFactorizerLib.core.requirements import EXTRAS, OUTPUT_EXTRAS, REQUIRES
+
 
 @dataclass(frozen=True)
 class Dependency:
@@ -29,36 +31,38 @@ class Dependency:
         return Requirement(self.requirement).name
 
 
-# Tested ranges: floor = oldest tested, ceiling = next major version (unknown API changes).
-DEPENDENCIES: tuple[Dependency, ...] = (
-    Dependency("torch>=2.1,<3", installer="pytorch"),
-    Dependency("safetensors>=0.4,<1"),
-    Dependency("einops>=0.6,<1"),
-    Dependency("scipy>=1.10,<2"),
-    Dependency("tqdm>=4.60,<5"),
-    Dependency("pyyaml>=6.0,<7"),
-    Dependency("SimpleITK>=2.2", bundled_with_slicer=True),
-    Dependency("numpy>=1.24", bundled_with_slicer=True),
-)
-# Packages only some outputs need (pyproject extras "dicom" and "slicer"), installed when a run first
-# asks for that output. Slicer bundles pydicom for its DICOM module: it is never replaced. Slicer
-# 5.10 bundles pydicom 2.4.4 with numpy 2, and no highdicom works with both (0.22, the last for
-# pydicom 2, uses np.float_), so there DICOM SEG is refused before any install.
+# Slicer bundles these (pydicom for its DICOM module): never installed or upgraded by us.
+BUNDLED_WITH_SLICER = frozenset({"simpleitk", "numpy", "pydicom"})
+# Library dependencies the worker never needs in Slicer: matplotlib draws only the overview PNG,
+# which the module does not ask for.
+NOT_NEEDED_IN_SLICER = ("matplotlib",)
+
+
+def tested_range(requirement: str) -> Dependency:
+    """The library's requirement (its floor: the oldest version tested) as the installer takes it:
+    capped below the next major version (unknown API changes), except for what Slicer bundles."""
+    req = Requirement(requirement)
+    name = req.name.lower()
+    if name in BUNDLED_WITH_SLICER:
+        return Dependency(requirement, bundled_with_slicer=True)
+    floor = next(s.version for s in req.specifier if s.operator == ">=")
+    return Dependency(f"{requirement},<{Version(floor).major + 1}", installer="pytorch" if name == "torch" else "pip")
+
+
+# The library's requirements (LesionFactorizerLib/core/requirements.py, also what pip installs).
+DEPENDENCIES: tuple[Dependency, ...] = tuple(
+    tested_range(r) for r in REQUIRES if Requirement(r).name.lower() not in NOT_NEEDED_IN_SLICER)
+# Packages only some outputs need (the extras "dicom" and "slicer"), installed when a run first asks
+# for that output. Slicer 5.10 bundles pydicom 2.4.4 with numpy 2, and no highdicom works with both
+# (0.22, the last for pydicom 2, uses np.float_), so there DICOM SEG is refused before any install.
 OUTPUT_DEPENDENCIES: dict[str, tuple[Dependency, ...]] = {
-    "dicom_seg": (Dependency("highdicom>=0.23,<1"), Dependency("pydicom>=3.0.1", bundled_with_slicer=True)),
-    "seg.nrrd": (Dependency("slicerio>=1.4,<2"),),
-}
+    output: tuple(tested_range(r) for r in EXTRAS[extra]) for output, extra in OUTPUT_EXTRAS.items()}
 
 
 def required(format: str = "", dicom_seg: bool = False) -> tuple[Dependency, ...]:
     """The worker's packages for a run that writes ``format`` (and a DICOM SEG when asked)."""
     extra = OUTPUT_DEPENDENCIES.get(format, ()) + (OUTPUT_DEPENDENCIES["dicom_seg"] if dicom_seg else ())
     return DEPENDENCIES + extra
-
-
-# Library dependencies the worker never needs in Slicer: matplotlib draws only the overview PNG,
-# which the module does not ask for.
-NOT_NEEDED_IN_SLICER = ("matplotlib",)
 
 
 # The worker runs in Slicer's own Python (PythonSlicer). The library and the PyTorch builds it is

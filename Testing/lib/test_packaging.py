@@ -52,6 +52,15 @@ def test_wheel_ships_demo_models_sample_cases_and_configs(tmp_path, compiler):
     assert "LesionFactorizerLib/core/report.schema.json" in names
     assert "LesionFactorizerLib/nn/window_nmf.c" in names  # the kernel source native.py compiles
     assert not any(n.startswith(("Testing/", "out/", "LesionFactorizer/")) for n in names)
+    # pip sees the requirements and extras of their one home, core/requirements.py
+    from LesionFactorizerLib.core.requirements import EXTRAS, REQUIRES
+
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    fields = zipfile.ZipFile(wheel).read(metadata).decode("utf-8").splitlines()
+    requires = [line.split(": ", 1)[1].replace(" ", "") for line in fields if line.startswith("Requires-Dist: ")]
+    assert [r for r in requires if ";" not in r] == list(REQUIRES)
+    assert sorted(line.split(": ", 1)[1] for line in fields if line.startswith("Provides-Extra: ")) == sorted(EXTRAS)
+    assert 'slicerio>=1.4;extra=="slicer"' in requires and 'kneed>=0.8;extra=="dev"' in requires
     # the compiled window-NMF kernel and its manifest, unless no compiler works: then the wheel
     # still builds, without them (nn/native.py runs the PyTorch path)
     zipped = zipfile.ZipFile(wheel)

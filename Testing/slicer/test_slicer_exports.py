@@ -68,20 +68,14 @@ def test_the_dicom_seg_output_is_accepted_back(tmp_path):
                                 ).dicom_seg is None
 
 
-def test_output_packages_match_the_pyproject_extras():
-    import tomllib
+def test_outputs_install_their_extras_packages():
+    """seg.nrrd and DICOM SEG install the packages of the library's extras "slicer" and "dicom",
+    capped below the next major version; pydicom, which Slicer bundles, is never replaced."""
+    from LesionFactorizerLib.core.requirements import EXTRAS
 
-    from packaging.requirements import Requirement
-
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
-    floors = {Requirement(r).name: Requirement(r).specifier for r in extras["dicom"] + extras["slicer"]}
-    ours = {d.name: Requirement(d.requirement).specifier for deps in dependencies.OUTPUT_DEPENDENCIES.values()
-            for d in deps}
-    assert set(ours) == set(floors)
-    for name, spec in ours.items():
-        assert {s.version for s in spec if s.operator == ">="} == {s.version for s in floors[name]}, name
     assert {d.name for d in dependencies.required("nrrd")} == {d.name for d in dependencies.DEPENDENCIES}
-    assert {d.name for d in dependencies.required("seg.nrrd", dicom_seg=True)} - {
-        d.name for d in dependencies.DEPENDENCIES} == {"slicerio", "highdicom", "pydicom"}
-    # in the dev extra as well, so these outputs are tested wherever the tests run
-    assert set(floors) <= {Requirement(r).name for r in extras["dev"]}
+    by_name = {d.name: d for d in dependencies.required("seg.nrrd", dicom_seg=True)}
+    assert set(by_name) - {d.name for d in dependencies.DEPENDENCIES} == {"slicerio", "highdicom", "pydicom"}
+    assert by_name["slicerio"].requirement == EXTRAS["slicer"][0] + ",<2"
+    assert by_name["highdicom"].requirement == "highdicom>=0.23,<1" and "highdicom>=0.23" in EXTRAS["dicom"]
+    assert by_name["pydicom"].bundled_with_slicer and "<" not in by_name["pydicom"].requirement

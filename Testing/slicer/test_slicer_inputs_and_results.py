@@ -147,7 +147,7 @@ def test_install_plan_routes_torch_to_pytorch_extension_and_protects_bundled():
     assert len(plan.blocked) == 1 and "numpy" in plan.blocked[0]
     assert dependencies.pip_arguments(plan) == ["--upgrade-strategy", "only-if-needed", "einops>=0.6,<1"]
     assert dependencies.pip_arguments(plan, "/tmp/c.txt")[2:4] == ["-c", "/tmp/c.txt"]
-    assert dependencies.protected_constraints(lambda name: versions.get(name)) == "SimpleITK==2.4.0\nnumpy==1.10\n"
+    assert dependencies.protected_constraints(lambda name: versions.get(name)) == "numpy==1.10\nSimpleITK==2.4.0\n"
     text = plan.confirmation_text()
     assert "torch>=2.1,<3" in text and "einops>=0.6,<1" in text
     assert "numpy" not in dependencies.pip_arguments(plan) and "SimpleITK" not in " ".join(plan.pip)
@@ -229,17 +229,20 @@ def test_bundled_sample_cases_match_their_checksums():
 
 
 def test_installer_covers_exactly_the_library_dependencies():
-    """The first-use installer and pyproject.toml must not drift apart."""
-    import tomllib
-
+    """The first-use installer installs the library's own requirements (one home: core/requirements),
+    from their floors to below the next major version, torch through the PyTorch installer, and never
+    touches what Slicer bundles."""
     from packaging.requirements import Requirement
 
-    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    declared = {Requirement(r).name.lower() for r in project["dependencies"]}
-    assert {d.name.lower() for d in dependencies.DEPENDENCIES} | set(dependencies.NOT_NEEDED_IN_SLICER) == declared
-    floors = {Requirement(r).name.lower(): Requirement(r).specifier for r in project["dependencies"]}
-    for dep in dependencies.DEPENDENCIES:
-        ours = Requirement(dep.requirement).specifier
-        # our tested range starts at the library's floor
-        assert {s.version for s in ours if s.operator == ">="} == {s.version for s in floors[dep.name.lower()]
-                                                                   if s.operator == ">="}, dep.name
+    from LesionFactorizerLib.core.requirements import REQUIRES
+
+    floors = {Requirement(r).name.lower(): Requirement(r) for r in REQUIRES}
+    assert {d.name.lower() for d in dependencies.DEPENDENCIES} | set(dependencies.NOT_NEEDED_IN_SLICER) == set(floors)
+    by_name = {d.name.lower(): d for d in dependencies.DEPENDENCIES}
+    assert by_name["torch"].requirement == "torch>=2.1,<3" and by_name["torch"].installer == "pytorch"
+    assert by_name["scipy"].requirement == "scipy>=1.10,<2" and by_name["scipy"].installer == "pip"
+    assert {n for n, d in by_name.items() if d.bundled_with_slicer} == {"simpleitk", "numpy"}
+    for name, dep in by_name.items():
+        spec = Requirement(dep.requirement).specifier
+        assert floors[name].specifier.contains(next(s.version for s in spec if s.operator == ">="))
+        assert dep.bundled_with_slicer or any(s.operator == "<" for s in spec), name
