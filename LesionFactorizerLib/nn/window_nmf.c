@@ -84,8 +84,21 @@ MOMENTS_E(8)
 #define LF_EXPORT
 #endif
 
+/* Built with portable flags (the library runs on other CPUs than its builder's), the loops above
+   and below get SSE2 only. On x86-64 ELF (Linux) GCC and Clang also compile an AVX2 copy of the
+   kernel and pick one when the library is loaded (an ifunc). ISO C mode (-std=c99) contracts no
+   a*b+c into FMA and no reduction is reordered, so both copies compute the same bits. */
+#if defined(__x86_64__) && defined(__ELF__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define LF_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef LF_CLONES
+#define LF_CLONES
+#endif
+
 /* Returns 0, or 1 if scratch memory could not be allocated. */
-LF_EXPORT int lf_window_nmf_rank1(
+LF_EXPORT LF_CLONES int lf_window_nmf_rank1(
     const float *z, float *out, float *maps,            /* maps: (B, heads, D, H, W) or NULL */
     lf_int batch, lf_int depth, lf_int height, lf_int width,
     lf_int heads, lf_int e_dim, lf_int c_out, lf_int p, lf_int shift,

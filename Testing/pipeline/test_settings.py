@@ -74,7 +74,7 @@ def test_one_check_refuses_impossible_settings(values, words):
 
 def test_preset_values_are_overridden_by_given_ones():
     assert SegmentSettings(preset="fast").check() == {"nmf_iters": 2, "skip_nmf": ["decoder1"], "tta": False,
-                                                      "overlap": 0.25, "windows": "sliding"}
+                                                      "overlap": 0.25, "windows": "whole"}
     assert SegmentSettings(preset="fast", tta=True, skip_nmf=[]).check()["tta"] is True
 
 
