@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from LesionFactorizerLib.core.errors import UserError  # noqa: E402
 from LesionFactorizerLib.core.reportspec import OUTPUTS  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
@@ -104,7 +105,11 @@ def main() -> int:
             inputs = {n: p for n, p in inputs.items() if n in read_spec(model).inputs}
             for v in variants:
                 t0 = time.perf_counter()
-                result = segmenters[v].segment(inputs, work / task / name / v, overwrite=True)
+                try:
+                    result = segmenters[v].segment(inputs, work / task / name / v, overwrite=True)
+                except UserError as exc:   # e.g. the registration gate: the same for every variant
+                    print(f"  {task} {name}: refused, left out for every variant: {exc}", flush=True)
+                    break
                 seconds = time.perf_counter() - t0
                 rows[v].append((name, seconds, mean_dice(result.outputs[OUTPUTS.segmentation.key], label, task)))
                 print(f"  {task} {name} {v}: {seconds:.1f} s, mean Dice {rows[v][-1][2]:.4f}", flush=True)
