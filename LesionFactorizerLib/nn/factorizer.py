@@ -204,6 +204,8 @@ class FactorizerBlock(nn.Module):
           (``add_low_memory``): no reconstructed map, no bias broadcast, no separate residual add;
         - the NMF input ``z = ReLU(W_in LN(x))`` is written by the product straight into its buffer;
         - GELU runs in place on the MLP's hidden rows.
+        LayerNorm returns a fresh chunk-sized tensor, which the allocator hands back chunk after
+        chunk: its out= form would compute into one anyway and then copy it over.
         Each removed pass is one full-resolution read+write; on CPUs this block is bound by memory
         traffic, not FLOPs (profiled: copies and bias broadcasts were a large share of its time). Every
         per-chunk temporary is written into one :class:`_Scratch` buffer reused by all chunks: a fresh
@@ -226,7 +228,7 @@ class FactorizerBlock(nn.Module):
                 out[sl] = xi
                 continue
             zi = z[sl] if full_nmf else scratch.rows("z", xi.shape[0], c)
-            torch.mm(scratch.layer_norm(self.nmf_norm, xi), nmf.in_proj.weight.t(), out=zi).relu_()
+            torch.mm(self.nmf_norm(xi), nmf.in_proj.weight.t(), out=zi).relu_()
             torch.add(xi, nmf.out_proj.bias, out=out[sl])
             if nmf.skip:   # NMF(X) := X: the output projection of z itself, row by row
                 out[sl].addmm_(zi, nmf.out_proj.weight.t())
@@ -236,7 +238,7 @@ class FactorizerBlock(nn.Module):
         for sl in _chunks(out.shape[0], mlp.fc1.out_features):
             dst = out[sl]
             hidden = scratch.rows("hidden", dst.shape[0], mlp.fc1.out_features)
-            torch.addmm(mlp.fc1.bias, scratch.layer_norm(self.mlp_norm, dst), mlp.fc1.weight.t(), out=hidden)
+            torch.addmm(mlp.fc1.bias, self.mlp_norm(dst), mlp.fc1.weight.t(), out=hidden)
             torch._C._nn.gelu_(hidden)
             torch.addmm(dst, hidden, mlp.fc2.weight.t(), out=dst)  # one view in and out: accumulates
             dst += mlp.fc2.bias
@@ -313,14 +315,6 @@ class _Scratch:
         if buf is None or buf.shape[0] < rows or buf.shape[1] != width:
             buf = self.buffers[name] = self.like.new_empty(rows, width)
         return buf[:rows]
-
-    @staticmethod
-    def layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-        """``norm(x)`` for one chunk. Not written into a scratch buffer: ``native_layer_norm``'s out=
-        form computes into a fresh tensor and copies it over (1.5× the time for 32–64 channels,
-        ``benchmarks/bench_model.py --profile``), while the chunk-sized block the plain call takes is
-        reused by the allocator (``processmemory``) without page faults."""
-        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def _chunks(rows: int, width: int, floats: int = 1 << 19) -> list[slice]:
