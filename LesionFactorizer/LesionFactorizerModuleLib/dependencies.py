@@ -3,7 +3,7 @@
 Checked without importing anything heavy (package metadata only), so the check is instant and a
 broken torch install cannot crash Slicer. torch is installed through the PyTorch extension's
 installer (it picks the CUDA build the driver supports); the rest through pip with tested ranges.
-Packages Slicer bundles (SimpleITK, numpy) are never installed or upgraded by us: replacing them
+Packages Slicer bundles (`BUNDLED_WITH_SLICER`) are never installed or upgraded by us: replacing them
 breaks Slicer.
 """
 
