@@ -16,6 +16,11 @@ from monai import transforms as T
 from .config import AugmentationConfig
 
 
+# Optional keys of a sample: the label's lesion / background voxel indices, as MONAI would compute
+# them on every draw (see ``data.PatchDataset``).
+FG_INDICES, BG_INDICES = "fg_indices", "bg_indices"
+
+
 def train_transforms(patch_size, pos_fraction: float | None, aug: AugmentationConfig):
     keys = ["image", "label"]
     patch = [int(p) for p in patch_size]
@@ -27,7 +32,8 @@ def train_transforms(patch_size, pos_fraction: float | None, aug: AugmentationCo
         # a lesion voxel" (chapter 6); patches of lesion-free cases fall back to random centres.
         ts.append(T.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch,
                                            pos=pos_fraction, neg=1.0 - pos_fraction, num_samples=1,
-                                           allow_smaller=False))
+                                           allow_smaller=False, fg_indices_key=FG_INDICES,
+                                           bg_indices_key=BG_INDICES))
     if aug.affine:
         r = math.radians(aug.affine.rotate_deg)
         ts.append(T.RandAffined(keys, prob=aug.affine.prob, rotate_range=(r, r, r),

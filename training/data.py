@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 
 from . import folds
-from .augment import train_transforms
+from .augment import BG_INDICES, FG_INDICES, train_transforms
 from .config import TrainConfig, input_names
 from LesionFactorizerLib.datasets import Case, discover
 
@@ -116,8 +116,10 @@ class PatchDataset(Dataset):
     (index, seed) pairs from :class:`DrawSampler`: the augmentation of a draw depends on its seed
     only, not on which process ran the draws before it."""
 
-    def __init__(self, store: CaseStore, transform, length: int):
+    def __init__(self, store: CaseStore, transform, length: int, patch: Sequence[int] | None = None):
         self.store, self.transform, self.length = store, transform, length
+        self.patch = patch
+        self._indices: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return self.length
@@ -125,12 +127,29 @@ class PatchDataset(Dataset):
     def __getitem__(self, key) -> dict:
         index, seed = key
         self.transform.set_random_state(seed=seed)
-        d = self.store.get(index % len(self.store))
-        out = self.transform({"image": np.asarray(d["image"], dtype=np.float32),
-                              "label": np.asarray(d["label"], dtype=np.float32)})
+        case = index % len(self.store)
+        d = self.store.get(case)
+        sample = {"image": np.asarray(d["image"], dtype=np.float32), "label": np.asarray(d["label"], dtype=np.float32)}
+        out = self.transform({**sample, **self._crop_indices(case, sample["label"])})
         if isinstance(out, list):  # RandCropByPosNegLabeld yields a list of num_samples=1 dicts
             out = out[0]
         return {"image": torch.as_tensor(out["image"]).float(), "label": torch.as_tensor(out["label"]).to(torch.uint8)}
+
+    def _crop_indices(self, case: int, label: np.ndarray) -> dict:
+        """The lesion and background voxel indices the positive/negative crop draws centres from,
+        computed once per case instead of on every draw (at 1 mm that search was most of a draw's
+        time). They are MONAI's own, so the draws are the same either way. Only for a label that
+        needs no padding to the patch size: padding would move the indices."""
+        if self.patch is None or any(s < p for s, p in zip(label.shape[1:], self.patch)):
+            return {}
+        if case not in self._indices:
+            from monai.transforms.utils import map_binary_to_indices
+
+            fg, bg = map_binary_to_indices(label, None, 0.0)
+            dtype = np.int32 if label[0].size < 2**31 else np.int64   # half the memory of int64
+            self._indices[case] = (np.asarray(fg, dtype=dtype), np.asarray(bg, dtype=dtype))
+        fg, bg = self._indices[case]
+        return {FG_INDICES: fg, BG_INDICES: bg}
 
 
 class VolumeDataset(Dataset):
@@ -200,7 +219,8 @@ class SegmentationData(L.LightningDataModule):
         length = max(len(self.train_store), d.batch_size * ranks) // d.batch_size * d.batch_size
         # patch_size is in image (x, y, z) order like model-file metadata; arrays are (z, y, x)
         patch = list(d.patch_size)[::-1]
-        ds = PatchDataset(self.train_store, train_transforms(patch, d.pos_fraction, d.augmentation), length)
+        ds = PatchDataset(self.train_store, train_transforms(patch, d.pos_fraction, d.augmentation), length,
+                          patch if d.pos_fraction is not None else None)
         # the rank is in every draw's seed: all DDP ranks start from the same global seed and would
         # otherwise crop and augment alike
         rank = trainer.global_rank if trainer is not None else 0

@@ -214,3 +214,41 @@ def test_config_files_read_exponent_numbers_as_numbers(tmp_path):
                     encoding="utf-8")
     cfg = load_config(path)
     assert cfg.optim.lr == 0.001 and cfg.optim.weight_decay == 1e-5 and cfg.description == "1e5"
+
+
+class _ArrayStore:
+    def __init__(self, cases):
+        self.cases = cases
+
+    def __len__(self):
+        return len(self.cases)
+
+    def get(self, i):
+        return self.cases[i]
+
+
+@pytest.mark.parametrize("shape", [(20, 18, 16), (20, 18, 6)])   # the second needs padding to the patch
+def test_lesion_crops_drawn_with_cached_indices_equal_monais_own_draws(shape):
+    """The trainer computes each case's lesion/background voxel indices once; the patches (centres,
+    augmentation) must be exactly those MONAI draws when it searches the label itself."""
+    import numpy as np
+
+    from LesionFactorizerLib.training.augment import train_transforms
+    from LesionFactorizerLib.training.data import DrawSampler, PatchDataset
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for lesions in (3, 0):                                    # a case without lesion: negative crops only
+        label = np.zeros((1, *shape), np.float32)
+        for _ in range(lesions):
+            z, y, x = (int(rng.integers(0, s)) for s in shape)
+            label[0, z:z + 2, y:y + 2, x:x + 2] = 1
+        cases.append({"image": rng.random((2, *shape), dtype=np.float32), "label": label})
+    aug = load_config(CONFIG_DIR / "demo-ms-new.yaml").data.augmentation
+    patch = [8, 8, 8]
+    cached = PatchDataset(_ArrayStore(cases), train_transforms(patch, 0.6667, aug), 40, patch)
+    searched = PatchDataset(_ArrayStore(cases), train_transforms(patch, 0.6667, aug), 40)
+    for key in DrawSampler(40, 3, 0, lambda: 0):
+        a, b = cached[key], searched[key]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert bool(cached._indices) == (min(shape) >= 8)         # padded volumes keep MONAI's own search
