@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/bench_registration.py --cases sample --json out.json
 
 For each case (``sample``: the bundled ms-new sample, generator seed 1; ``SEED:INDEX``: a phantom
-pair from the generator at 2 mm; seed 9000 is the demo model's held-out set, training used seed
-100), the bundled demo model segments
+pair from the generator at the demo model's spacing; seed 9000 is the demo model's held-out set,
+training used seed 100), the bundled demo model segments
 
 1. the pair as it is (``--register auto``; the pair is co-registered, so nothing is done), which is
    the reference F1;
@@ -53,8 +53,12 @@ def case_files(name: str, folder: Path) -> dict:
     from LesionFactorizerLib.phantoms.generate import generate_case
     from LesionFactorizerLib.phantoms.layouts import write_nifti
 
+    from LesionFactorizerLib.demo import bundled_demo_model
+    from LesionFactorizerLib.modelfile import read_spec
+
     seed, index = (int(v) for v in name.split(":"))
-    case = generate_case("ms-new", seed, index, spacing=2.0)
+    # at the demo model's spacing, the grid it trained on
+    case = generate_case("ms-new", seed, index, spacing=float(read_spec(bundled_demo_model("ms-new")).preprocessing.spacing[0]))
     if not case.label.any():
         return None
     g = case.geometry

@@ -23,15 +23,18 @@ from pathlib import Path
 
 from LesionFactorizerLib.core.reportspec import OUTPUTS
 
-TASK_SPACING = {"tumor": 3.0, "stroke": 2.0, "ms-new": 2.0}   # the demo models' training phantoms
 HELD_OUT_SEED = 9000
 
 
 def write_phantom(task: str, index: int, folder: Path) -> dict:
+    """Held-out phantom ``index`` at the bundled demo model's spacing (the grid it trained on)."""
+    from LesionFactorizerLib.demo import bundled_demo_model
+    from LesionFactorizerLib.modelfile import read_spec
     from LesionFactorizerLib.phantoms.generate import generate_case
     from LesionFactorizerLib.phantoms.layouts import write_nifti
 
-    case = generate_case(task, HELD_OUT_SEED, index, spacing=TASK_SPACING[task])
+    spacing = float(read_spec(bundled_demo_model(task)).preprocessing.spacing[0])
+    case = generate_case(task, HELD_OUT_SEED, index, spacing=spacing)
     g = case.geometry
     files: dict = {"inputs": {}}
     for key, array in list(case.images.items()) + [("label", case.label)]:

@@ -17,6 +17,10 @@ Two recipes, one network (a reduced-width Swin Factorizer):
   and the checkout there, run the ``train`` step (or the command it prints) and copy
   ``WORK/runs/demo-<task>-gpu`` back before ``card``.
 
+The gpu recipe of ms-new adds a last stage on this machine's CPU (``REFINE``): from the recipe's
+best checkpoint, ``demo-ms-new-1mm`` trains on 48 phantoms made at 1 mm, where the smallest new
+lesions are several voxels across; the model file (and its held-out phantoms) are at 1 mm.
+
 Steps, per task (each skips what its output already holds, so an interrupted build resumes):
 
 1. ``data``  — training phantoms (seed 100) and held-out phantoms (10 cases, seed 9000: no case in
@@ -46,6 +50,8 @@ TASKS = ("tumor", "stroke", "ms-new")
 SPACING_MM = {"tumor": 3.0, "stroke": 2.0, "ms-new": 2.0}
 TRAIN_SEED, TEST_CASES, TEST_SEED = 100, 10, 9000
 SHIPPED_RECIPE = {"tumor": "gpu", "stroke": "cpu", "ms-new": "gpu"}
+# A last CPU stage on a finer grid, from the recipe's best checkpoint: task → (config, spacing, phantoms).
+REFINE = {"ms-new": ("demo-ms-new-1mm", 1.0, 48)}
 REAL_DATA = {   # (bundled config, data folder, note)
     "tumor": ("swin-factorizer-brats", "/path/to/BraTS2021_TrainingData",
               " (an MSD Task01 folder needs --set data.format=msd-task01)"),
@@ -76,18 +82,26 @@ class Recipe:
         self.config = f"demo-{task}" + ("-gpu" if kind == "gpu" else "")
         self.train_cases = 64 if kind == "gpu" else 32
         self.train_dir = work / ("data-gpu" if kind == "gpu" else "data") / f"{task}-train"
-        self.test_dir = work / "data" / f"{task}-test"
         self.run_dir = work / "runs" / self.config / "fold0"
         self.pack = work / "pack" / f"{task}.npz"
+        self.refine = REFINE.get(task) if kind == "gpu" else None   # its config continues the gpu network
+        self.spacing = self.refine[1] if self.refine else SPACING_MM[task]   # the model file's grid
+        data = work / (f"data-{self.spacing:g}mm" if self.refine else "data")
+        self.test_dir = data / f"{task}-test"
+        self.refine_dir = data / f"{task}-train"
+        self.final_run = work / "runs" / self.refine[0] / "fold0" if self.refine else self.run_dir
 
 
 def make_data(r: Recipe) -> None:
-    for out, n, seed in ((r.train_dir, r.train_cases, TRAIN_SEED), (r.test_dir, TEST_CASES, TEST_SEED)):
+    sets = [(r.train_dir, r.train_cases, TRAIN_SEED, SPACING_MM[r.task]), (r.test_dir, TEST_CASES, TEST_SEED, r.spacing)]
+    if r.refine:
+        sets.append((r.refine_dir, r.refine[2], TRAIN_SEED, r.spacing))
+    for out, n, seed, spacing in sets:
         if out.is_dir() and any(out.iterdir()):
             print(f"{r.task}: {out} already holds phantoms")
             continue
-        cli("phantom", "--task", r.task, "--n", str(n), "--seed", str(seed), "--spacing",
-            str(SPACING_MM[r.task]), "--out", str(out))
+        cli("phantom", "--task", r.task, "--n", str(n), "--seed", str(seed), "--spacing", f"{spacing:g}",
+            "--out", str(out))
 
 
 def make_pack(r: Recipe) -> None:
@@ -98,9 +112,17 @@ def make_pack(r: Recipe) -> None:
 
 
 def train(r: Recipe, max_steps: int | None) -> None:
-    if (r.run_dir / "result.json").is_file():
+    if not (r.run_dir / "result.json").is_file():
+        train_recipe(r, max_steps)
+    else:
         print(f"{r.task}: training already finished in {r.run_dir}")
-        return
+    if r.refine and not (r.final_run / "result.json").is_file():
+        cli("train", str(ROOT / "training" / "configs" / f"{r.refine[0]}.yaml"), "--fold", "0",
+            "--data-root", str(r.refine_dir), "--output-dir", str(r.work / "runs"), "--no-progress",
+            "--init", str(r.run_dir / "checkpoints" / "best.ckpt.safetensors"), threads=2)
+
+
+def train_recipe(r: Recipe, max_steps: int | None) -> None:
     runs = str(r.work / "runs")
     if r.kind == "cpu":
         cli("train", str(ROOT / "training" / "configs" / f"{r.config}.yaml"), "--fold", "0",
@@ -117,7 +139,7 @@ def train(r: Recipe, max_steps: int | None) -> None:
     run(cmd)
 
 
-def held_out_scores(task: str, model: Path, test_dir: Path, work: Path) -> dict:
+def held_out_scores(task: str, model: Path, test_dir: Path, work: Path, spacing: float) -> dict:
     """Mean scores of ``model`` on the held-out phantoms, through ``segment_case`` like a user's run."""
     import SimpleITK as sitk
     import numpy as np
@@ -136,7 +158,7 @@ def held_out_scores(task: str, model: Path, test_dir: Path, work: Path) -> dict:
         out = segment_case({n: case.images[n].path for n in inputs}, str(work / "held-out" / task / case.id),
                            SegmentSettings(task=task, overwrite=True, overview=False), loaded=loaded)
         seconds.append(time.perf_counter() - t0)
-        pred, _, _ = read_label(out["segmentation"])
+        pred, _, _ = read_label(out.outputs["segmentation"])
         ref_img = sitk.ReadImage(case.label)
         ref = convert_labels(sitk.GetArrayFromImage(ref_img), case.label_map, case.label)
         row = evaluate_arrays(pred, ref, task, tuple(reversed(ref_img.GetSpacing())))
@@ -146,7 +168,7 @@ def held_out_scores(task: str, model: Path, test_dir: Path, work: Path) -> dict:
     for k in keys:
         vals = [r[k] for r in rows if isinstance(r[k], float) and not math.isnan(r[k])]
         mean[k] = round(float(np.mean(vals)), 4) if vals else None
-    return {"cases": len(rows), "seed": TEST_SEED, "spacing_mm": SPACING_MM[task], "mean": mean,
+    return {"cases": len(rows), "seed": TEST_SEED, "spacing_mm": spacing, "mean": mean,
             "per_case": rows, "seconds_per_case": round(float(np.mean(seconds)), 2)}
 
 
@@ -162,10 +184,16 @@ def how_trained(r: Recipe, result: dict, kept: int) -> str:
                 f"stage before, step {start}, with a new warm-up")
     else:
         text = f"Trained for {steps} steps ({minutes:.0f} min wall-clock on {where}"
-    return (text + f"; these are the weights of the best-validation checkpoint, step {kept}) on "
-            f"{r.train_cases} phantoms made by `lesion-factorizer phantom --task {r.task} --n {r.train_cases} "
-            f"--seed {TRAIN_SEED} --spacing {SPACING_MM[r.task]:g}` (MNI152 anatomy with simulated lesions; "
-            f"never patient data), config `training/configs/{r.config}.yaml`.")
+    data = (f"{r.train_cases} phantoms made by `lesion-factorizer phantom --task {r.task} --n {r.train_cases} "
+            f"--seed {TRAIN_SEED} --spacing {SPACING_MM[r.task]:g}`")
+    configs = f"config `training/configs/{r.config}.yaml`"
+    if r.refine:
+        name, spacing, n = r.refine
+        data += f", the last stage on {n} made alike at {spacing:g} mm (`--n {n} --spacing {spacing:g}`)"
+        configs = f"configs `training/configs/{r.config}.yaml`, then `training/configs/{name}.yaml`"
+    # a stage started with --init counts its steps from 0; the sentence counts over all stages
+    return (text + f"; these are the weights of the best-validation checkpoint, step {kept + (start or 0)}) on {data} "
+            f"(MNI152 anatomy with simulated lesions; never patient data), {configs}.")
 
 
 def held_note(held: dict) -> str:
@@ -207,14 +235,14 @@ def card(r: Recipe, models_dir: Path) -> Path:
     from LesionFactorizerLib.modelfile import read_metadata
     from LesionFactorizerLib.training.export import export_checkpoint
 
-    ckpt = r.run_dir / "checkpoints" / "best.ckpt.safetensors"
+    ckpt = r.final_run / "checkpoints" / "best.ckpt.safetensors"
     if not ckpt.is_file():
-        ckpt = r.run_dir / "checkpoints" / "last.ckpt.safetensors"
+        ckpt = r.final_run / "checkpoints" / "last.ckpt.safetensors"
     name = f"demo-{r.task}"
     draft = r.work / "models" / f"{name}.safetensors"
     export_checkpoint(ckpt, draft, name=name, half=True)
-    held = held_out_scores(r.task, draft, r.test_dir, r.work)
-    result = json.loads((r.run_dir / "result.json").read_text(encoding="utf-8"))
+    held = held_out_scores(r.task, draft, r.test_dir, r.work, r.spacing)
+    result = json.loads((r.final_run / "result.json").read_text(encoding="utf-8"))
     text = model_card(r, read_metadata(draft), held, result)
     final = models_dir / f"{name}.safetensors"
     export_checkpoint(ckpt, final, name=name, half=True, description=text, extra_training={

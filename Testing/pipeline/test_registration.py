@@ -254,8 +254,9 @@ def test_baseline_covering_half_the_head_masks_the_comparison_where_it_has_no_da
 @pytest.fixture(scope="module")
 def heldout_pair(tmp_path_factory):
     """Held-out phantom pair 1 of seed 9000 (the demo model's held-out set; it trained on seed 100)
-    at the model's 2 mm, written to files, with its baseline moved by 10° and 9.8 mm. Pair 1: the
-    one where a resampled baseline whose background was not kept at zero lost a lesion (F1 1 → 0.5)."""
+    at 2 mm (coarser than the model's 1 mm: it resamples), written to files, with its baseline moved
+    by 10° and 9.8 mm. Pair 1: the one where a resampled baseline whose background was not kept at
+    zero lost a lesion (F1 1 → 0.5)."""
     from LesionFactorizerLib.phantoms.generate import generate_case
 
     folder = tmp_path_factory.mktemp("heldout")

@@ -6,14 +6,12 @@ Real runs of the Lightning trainer on tiny synthetic volumes; no step is timed.
 """
 
 import csv
-import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from lightning.pytorch.callbacks import Callback
