@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -116,10 +117,14 @@ class PatchDataset(Dataset):
     (index, seed) pairs from :class:`DrawSampler`: the augmentation of a draw depends on its seed
     only, not on which process ran the draws before it."""
 
+    # Bytes of crop indices kept per process (each loader worker keeps its own): 4 bytes per voxel of
+    # a case, so a large data set keeps its most recently drawn cases and searches the others anew.
+    index_cache_bytes = 2**30
+
     def __init__(self, store: CaseStore, transform, length: int, patch: Sequence[int] | None = None):
         self.store, self.transform, self.length = store, transform, length
         self.patch = patch
-        self._indices: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._indices: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
         return self.length
@@ -142,13 +147,18 @@ class PatchDataset(Dataset):
         needs no padding to the patch size: padding would move the indices."""
         if self.patch is None or any(s < p for s, p in zip(label.shape[1:], self.patch)):
             return {}
-        if case not in self._indices:
-            from monai.transforms.utils import map_binary_to_indices
+        if case in self._indices:
+            self._indices.move_to_end(case)
+            fg, bg = self._indices[case]
+            return {FG_INDICES: fg, BG_INDICES: bg}
+        from monai.transforms.utils import map_binary_to_indices
 
-            fg, bg = map_binary_to_indices(label, None, 0.0)
-            dtype = np.int32 if label[0].size < 2**31 else np.int64   # half the memory of int64
-            self._indices[case] = (np.asarray(fg, dtype=dtype), np.asarray(bg, dtype=dtype))
-        fg, bg = self._indices[case]
+        fg, bg = map_binary_to_indices(label, None, 0.0)
+        dtype = np.int32 if label[0].size < 2**31 else np.int64   # half the memory of int64
+        fg, bg = np.asarray(fg, dtype=dtype), np.asarray(bg, dtype=dtype)
+        self._indices[case] = (fg, bg)
+        while sum(a.nbytes + b.nbytes for a, b in self._indices.values()) > self.index_cache_bytes:
+            self._indices.popitem(last=False)
         return {FG_INDICES: fg, BG_INDICES: bg}
 
 

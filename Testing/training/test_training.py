@@ -227,8 +227,9 @@ class _ArrayStore:
         return self.cases[i]
 
 
-@pytest.mark.parametrize("shape", [(20, 18, 16), (20, 18, 6)])   # the second needs padding to the patch
-def test_lesion_crops_drawn_with_cached_indices_equal_monais_own_draws(shape):
+@pytest.mark.parametrize("shape, budget", [((20, 18, 16), 2**30), ((20, 18, 6), 2**30),   # the second needs padding
+                                           ((20, 18, 16), 30000)])   # room for one case's indices only
+def test_lesion_crops_drawn_with_cached_indices_equal_monais_own_draws(shape, budget, monkeypatch):
     """The trainer computes each case's lesion/background voxel indices once; the patches (centres,
     augmentation) must be exactly those MONAI draws when it searches the label itself."""
     import numpy as np
@@ -246,9 +247,12 @@ def test_lesion_crops_drawn_with_cached_indices_equal_monais_own_draws(shape):
         cases.append({"image": rng.random((2, *shape), dtype=np.float32), "label": label})
     aug = load_config(CONFIG_DIR / "demo-ms-new.yaml").data.augmentation
     patch = [8, 8, 8]
+    monkeypatch.setattr(PatchDataset, "index_cache_bytes", budget)
     cached = PatchDataset(_ArrayStore(cases), train_transforms(patch, 0.6667, aug), 40, patch)
     searched = PatchDataset(_ArrayStore(cases), train_transforms(patch, 0.6667, aug), 40)
     for key in DrawSampler(40, 3, 0, lambda: 0):
         a, b = cached[key], searched[key]
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
     assert bool(cached._indices) == (min(shape) >= 8)         # padded volumes keep MONAI's own search
+    per_case = 4 * int(np.prod(shape))                        # int32 lesion + background indices
+    assert len(cached._indices) == (0 if min(shape) < 8 else min(2, budget // per_case))
