@@ -57,8 +57,8 @@ def case_files(name: str, folder: Path) -> dict:
     from LesionFactorizerLib.modelfile import read_spec
 
     seed, index = (int(v) for v in name.split(":"))
-    # at the demo model's spacing, the grid it trained on
-    case = generate_case("ms-new", seed, index, spacing=float(read_spec(bundled_demo_model("ms-new")).preprocessing.spacing[0]))
+    spacing = float(read_spec(bundled_demo_model("ms-new")).preprocessing.spacing[0])   # the grid it trained on
+    case = generate_case("ms-new", seed, index, spacing=spacing)
     if not case.label.any():
         return None
     g = case.geometry
