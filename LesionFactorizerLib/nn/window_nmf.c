@@ -46,10 +46,18 @@ static void moments_any(const float *restrict buf, lf_int n, lf_int c, lf_int he
 }
 
 #if defined(__GNUC__) || defined(__clang__)
+/* Helpers are inlined into the kernel, so each of its target clones (below) compiles them for its
+   own instruction set: a separately compiled helper would run the baseline copy from both. */
+#define LF_INLINE static inline __attribute__((always_inline))
+#if defined(__GNUC__) && !defined(__clang__)
+/* GCC warns that 32-byte vectors change the calling convention without AVX; the helpers that take
+   them are always inlined, so no call passes one */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 /* The same for E = 4 and 8 with one head's accumulators held in vector registers (GCC/Clang
    vector extensions): the loop above would load and store the whole Gram for every voxel. */
 #define MOMENTS_E(E)                                                                              \
-static void moments_##E(const float *restrict buf, lf_int n, lf_int c, lf_int heads,                    \
+LF_INLINE void moments_##E(const float *restrict buf, lf_int n, lf_int c, lf_int heads,                    \
                         const float *restrict v0, float *restrict gram, float *restrict rowsum,    \
                         float *restrict xv)                                                        \
 {                                                                                                  \
@@ -71,6 +79,52 @@ static void moments_##E(const float *restrict buf, lf_int n, lf_int c, lf_int he
 }
 MOMENTS_E(4)
 MOMENTS_E(8)
+
+/* Step 3 for E = 8 and c_out a multiple of 8, one head per vector: for every voxel k of the
+   window, vp_h = u_h . x_kh and out_k += bias + sum_h vp_h m_h. The generic loop in the kernel
+   keeps its accumulators in memory and sums each head's products one float at a time; here the
+   accumulators stay in registers (CO8 = c_out / 8 is a constant in the specialised copies) and
+   each head's sum is one vector add of halves and a pairwise add. `vps` (n x heads) receives the
+   vp_h when the factor maps are asked for. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+LF_INLINE v8f load8(const float *p) { v8f v; memcpy(&v, p, sizeof v); return v; }
+LF_INLINE float sum8(const v8f *v)   /* by address: GCC notes an ABI change for vector arguments */
+{
+    v4f lo, hi;
+    memcpy(&lo, v, sizeof lo);
+    memcpy(&hi, (const char *)v + sizeof lo, sizeof hi);
+    lo += hi;
+    return (lo[0] + lo[2]) + (lo[1] + lo[3]);
+}
+#define OUTPUT_E8(NAME, CO8_CONST)                                                                 \
+LF_INLINE void NAME(const float *restrict buf, const lf_int *restrict at, lf_int n, lf_int heads,    \
+                 lf_int co8_arg, const float *restrict u, const float *restrict m,                 \
+                 const float *restrict bias, float *restrict out, float *restrict vps)             \
+{                                                                                                  \
+    const lf_int co8 = CO8_CONST ? CO8_CONST : co8_arg, c = heads * 8;                            \
+    v8f acc[CO8_CONST ? CO8_CONST : 64];                                                           \
+    for (lf_int k = 0; k < n; k++) {                                                               \
+        const float *restrict row = buf + k * c;                                                   \
+        float *restrict dst = out + at[k] * co8 * 8;                                               \
+        for (lf_int o = 0; o < co8; o++) acc[o] = load8(bias + 8 * o);                             \
+        for (lf_int h = 0; h < heads; h++) {                                                       \
+            const v8f prod = load8(row + 8 * h) * load8(u + 8 * h);                                \
+            const float vp = sum8(&prod);                                                          \
+            if (vps) vps[k * heads + h] = vp;                                                      \
+            const float *restrict mh = m + h * co8 * 8;                                            \
+            for (lf_int o = 0; o < co8; o++) acc[o] += vp * load8(mh + 8 * o);                     \
+        }                                                                                          \
+        for (lf_int o = 0; o < co8; o++) {                                                         \
+            acc[o] += load8(dst + 8 * o);                                                          \
+            memcpy(dst + 8 * o, &acc[o], sizeof acc[o]);                                           \
+        }                                                                                          \
+    }                                                                                              \
+}
+OUTPUT_E8(output_e8_co32, 4)
+OUTPUT_E8(output_e8_co64, 8)
+OUTPUT_E8(output_e8_any, 0)
+#define HAVE_OUTPUT_E8 1
 #define MOMENTS(e) ((e) == 8 ? moments_8(buf, n, c, heads, v0, gram, rowsum, xv) :                \
                     (e) == 4 ? moments_4(buf, n, c, heads, v0, gram, rowsum, xv) :                \
                     moments_any(buf, n, c, heads, e, v0, gram, rowsum, xv))
@@ -109,16 +163,28 @@ LF_EXPORT LF_CLONES int lf_window_nmf_rank1(
 {
     const lf_int c = heads * e_dim, n = p * p * p;
     const lf_int gd = depth / p, gh = height / p, gw = width / p, plane = depth * height * width;
+#ifdef HAVE_OUTPUT_E8
+    const int vector_output = e_dim == 8 && c_out % 8 == 0 && c_out <= 512;
+#else
+    const int vector_output = 0;
+#endif
+    const lf_int n_vps = vector_output && maps ? n * heads : 0;
     float *buf = malloc(sizeof(float) * (size_t)(n * c + heads * e_dim * e_dim + 5 * c + 2 * c_out
-                                                 + heads * c_out + 3 * heads));
-    lf_int *at = malloc(sizeof(lf_int) * (size_t)n);
+                                                 + heads * c_out + 3 * heads + n_vps));
+    /* at: each window voxel's map row; then, per axis, the wrapped coordinate (i - shift) mod size
+       of every i, looked up instead of divided for every voxel */
+    lf_int *at = malloc(sizeof(lf_int) * (size_t)(n + depth + height + width));
     if (!buf || !at) { free(buf); free(at); return 1; }
     float *gram = buf + n * c, *rowsum = gram + heads * e_dim * e_dim, *xv = rowsum + c, *u = xv + c;
     float *gu = u + c, *prod = gu + c, *acc = prod + c, *m = acc + c_out, *cc = m + heads * c_out;
-    float *vv = cc + heads, *vp = vv + heads, *bias = vp + heads;
+    float *vv = cc + heads, *vp = vv + heads, *bias = vp + heads, *vps = n_vps ? bias + c_out : NULL;
+    lf_int *wd = at + n, *wh = wd + depth, *ww = wh + height;
+    for (lf_int i = 0; i < depth; i++) wd[i] = wrap(i - shift, depth);
+    for (lf_int i = 0; i < height; i++) wh[i] = wrap(i - shift, height);
+    for (lf_int i = 0; i < width; i++) ww[i] = wrap(i - shift, width);
     float vv0 = 0.f;
     for (lf_int i = 0; i < n; i++) vv0 += v0[i] * v0[i];
-    (void)batch;
+    (void)batch; (void)vps;
 
     for (lf_int win = first; win < last; win++) {
         lf_int rest = win;
@@ -129,13 +195,17 @@ LF_EXPORT LF_CLONES int lf_window_nmf_rank1(
         /* gather: the window's voxels in (d, h, w) order, as LocalMatricize lists them */
         for (lf_int a = 0, k = 0; a < p; a++)
             for (lf_int bb = 0; bb < p; bb++) {
-                const lf_int line = ((b * depth + wrap(id * p + a - shift, depth)) * height
-                                   + wrap(ih * p + bb - shift, height)) * width;
-                for (lf_int q = 0; q < p; q++, k++) {
-                    at[k] = line + wrap(iw * p + q - shift, width);
-                    memcpy(buf + k * c, z + at[k] * c, sizeof(float) * (size_t)c);
-                }
+                const lf_int line = ((b * depth + wd[id * p + a]) * height + wh[ih * p + bb]) * width;
+                for (lf_int q = 0; q < p; q++, k++) at[k] = line + ww[iw * p + q];
             }
+        if (e_dim == 8)   /* whole vectors: no call to memcpy per voxel */
+            for (lf_int k = 0; k < n; k++) {
+                const float *src = z + at[k] * c;
+                float *dst = buf + k * c;
+                for (lf_int j = 0; j < c; j += 8) memcpy(dst + j, src + j, 8 * sizeof(float));
+            }
+        else
+            for (lf_int k = 0; k < n; k++) memcpy(buf + k * c, z + at[k] * c, sizeof(float) * (size_t)c);
         /* 1. moments */
         MOMENTS(e_dim);
         /* 2. rank-1 HALS iterations, per head, exactly as rank1_hals_from_moments */
@@ -177,6 +247,18 @@ LF_EXPORT LF_CLONES int lf_window_nmf_rank1(
                 bias[o] += eps * t * f;
             }
         }
+#ifdef HAVE_OUTPUT_E8
+        if (vector_output) {
+            if (c_out == 32) output_e8_co32(buf, at, n, heads, 4, u, m, bias, out, vps);
+            else if (c_out == 64) output_e8_co64(buf, at, n, heads, 8, u, m, bias, out, vps);
+            else output_e8_any(buf, at, n, heads, c_out / 8, u, m, bias, out, vps);
+            if (maps)
+                for (lf_int k = 0; k < n; k++)
+                    for (lf_int h = 0; h < heads; h++)
+                        maps[(b * heads + h) * plane + at[k] - b * plane] += scale * (vps[k * heads + h] + eps) / cc[h];
+            continue;
+        }
+#endif
         for (lf_int k = 0; k < n; k++) {
             const float *restrict row = buf + k * c;
             float *restrict dst = out + at[k] * c_out;
