@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from LesionFactorizerLib.nn import window_op
+from LesionFactorizerLib.nn import cputhreads, window_op
 from LesionFactorizerLib.nn.matricize import LocalMatricize, make_matricize
 from LesionFactorizerLib.nn.nmf import NMF
 from LesionFactorizerLib.nn.unet import UShapedNet, layer_names
@@ -208,7 +208,7 @@ class FactorizerBlock(nn.Module):
         chunk: its out= form would compute into one anyway and then copy it over.
         Each removed pass is one full-resolution read+write; on CPUs this block is bound by memory
         traffic, not FLOPs (profiled: copies and bias broadcasts were a large share of its time). Every
-        per-chunk temporary is written into one :class:`_Scratch` buffer reused by all chunks: a fresh
+        per-chunk temporary is written into its thread's :class:`_Scratch`, reused by all its chunks: a fresh
         tensor per chunk is a fresh page-faulted, zeroed allocation each time (the decoder's adapter
         alone ran several times slower that way; ``benchmarks/bench_model.py`` times the block)."""
         b, d, h, w, _ = parts[0].shape
@@ -216,32 +216,41 @@ class FactorizerBlock(nn.Module):
         rows = [p.reshape(-1, p.shape[-1]) for p in parts]
         out = self.workspace.get(("out", id(self)), b * d * h * w * c, parts[0]).view(-1, c)
         pos = self._position((d, h, w)).reshape(-1, c) if self.pos_embed is not None else None
-        nmf = self.nmf
+        nmf, mlp = self.nmf, self.mlp
         full_nmf = not (nmf.skip or nmf.drop_branch)   # only the NMF itself needs the whole map z
         z = self.workspace.get("z", out.numel(), out).view(out.shape) if full_nmf else None
-        scratch = _Scratch(out)
-        for sl in _chunks(out.shape[0], c):
-            xi = self._adapt_into([r[sl] for r in rows], scratch)
-            if pos is not None:  # rows of a chunk may span batch items: index modulo the grid
-                xi = xi + pos[torch.arange(sl.start, sl.stop, device=out.device) % pos.shape[0]]
-            if nmf.drop_branch:
-                out[sl] = xi
-                continue
-            zi = z[sl] if full_nmf else scratch.rows("z", xi.shape[0], c)
-            torch.mm(self.nmf_norm(xi), nmf.in_proj.weight.t(), out=zi).relu_()
-            torch.add(xi, nmf.out_proj.bias, out=out[sl])
-            if nmf.skip:   # NMF(X) := X: the output projection of z itself, row by row
-                out[sl].addmm_(zi, nmf.out_proj.weight.t())
+        # each thread's share of the rows runs end to end (``nn/cputhreads.py``); not on a GPU
+        parts_of = None if out.device.type == "cpu" else 1
+
+        def nmf_rows(start: int, stop: int) -> None:
+            scratch = _Scratch(out)
+            for sl in _chunks(start, stop, c):
+                xi = self._adapt_into([r[sl] for r in rows], scratch)
+                if pos is not None:  # rows of a chunk may span batch items: index modulo the grid
+                    xi = xi + pos[torch.arange(sl.start, sl.stop, device=out.device) % pos.shape[0]]
+                if nmf.drop_branch:
+                    out[sl] = xi
+                    continue
+                zi = z[sl] if full_nmf else scratch.rows("z", xi.shape[0], c)
+                torch.mm(self.nmf_norm(xi), nmf.in_proj.weight.t(), out=zi).relu_()
+                torch.add(xi, nmf.out_proj.bias, out=out[sl])
+                if nmf.skip:   # NMF(X) := X: the output projection of z itself, row by row
+                    out[sl].addmm_(zi, nmf.out_proj.weight.t())
+
+        def mlp_rows(start: int, stop: int) -> None:
+            scratch = _Scratch(out)
+            for sl in _chunks(start, stop, mlp.fc1.out_features):
+                dst = out[sl]
+                hidden = scratch.rows("hidden", dst.shape[0], mlp.fc1.out_features)
+                torch.addmm(mlp.fc1.bias, self.mlp_norm(dst), mlp.fc1.weight.t(), out=hidden)
+                torch._C._nn.gelu_(hidden)
+                torch.addmm(dst, hidden, mlp.fc2.weight.t(), out=dst)  # one view in and out: accumulates
+                dst += mlp.fc2.bias
+
+        cputhreads.map_ranges(out.shape[0], nmf_rows, parts_of)
         if full_nmf:
             nmf.add_low_memory(z.view(b, d, h, w, c), out.view(b, d, h, w, c))
-        mlp = self.mlp
-        for sl in _chunks(out.shape[0], mlp.fc1.out_features):
-            dst = out[sl]
-            hidden = scratch.rows("hidden", dst.shape[0], mlp.fc1.out_features)
-            torch.addmm(mlp.fc1.bias, self.mlp_norm(dst), mlp.fc1.weight.t(), out=hidden)
-            torch._C._nn.gelu_(hidden)
-            torch.addmm(dst, hidden, mlp.fc2.weight.t(), out=dst)  # one view in and out: accumulates
-            dst += mlp.fc2.bias
+        cputhreads.map_ranges(out.shape[0], mlp_rows, parts_of)
         return out.view(b, d, h, w, c)
 
     def _adapt_into(self, parts: list[torch.Tensor], scratch: "_Scratch") -> torch.Tensor:
@@ -317,10 +326,10 @@ class _Scratch:
         return buf[:rows]
 
 
-def _chunks(rows: int, width: int, floats: int = 1 << 19) -> list[slice]:
-    """Row ranges whose ``width``-wide temporaries (~2 MB) stay in cache."""
+def _chunks(start: int, stop: int, width: int, floats: int = 1 << 19) -> list[slice]:
+    """Row ranges of ``[start, stop)`` whose ``width``-wide temporaries (~2 MB) stay in cache."""
     step = max(256, floats // width)
-    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+    return [slice(i, min(i + step, stop)) for i in range(start, stop, step)]
 
 
 class Factorizer(UShapedNet):

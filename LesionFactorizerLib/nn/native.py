@@ -38,11 +38,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
+from LesionFactorizerLib.nn import cputhreads
 from LesionFactorizerLib.nn.kernelfile import PREBUILT, SOURCE, manifest, sha256, verified
 from LesionFactorizerLib.core.usercache import cache_dir, make_own_folder, not_own
 
@@ -53,7 +53,6 @@ SUFFIX = {"win32": ".dll", "darwin": ".dylib"}.get(sys.platform, ".so")
 
 _lock = threading.Lock()
 _state: dict = {}
-_pool: ThreadPoolExecutor | None = None
 
 _L, _F, _P = ctypes.c_longlong, ctypes.c_float, ctypes.c_void_p   # lf_int is long long
 _ARGTYPES = [_P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _L, _F, _F, _L, _L, _L]
@@ -206,9 +205,9 @@ def window_nmf_rank1(z: torch.Tensor, out: torch.Tensor, maps: torch.Tensor | No
                      window: int, shift: int, weight: torch.Tensor, v0: torch.Tensor, iters: int,
                      eps: float, scale: float, drop_head: int | None) -> bool:
     """``out += scale · W · reconstruction`` of one window partition of ``z`` (and the scaled spatial
-    factors into ``maps``), by the kernel on ``torch.get_num_threads()`` threads; see
-    ``window_nmf.c`` for the arguments. Returns False, doing nothing, when the kernel is not
-    available or the tensors are not contiguous float32 on the CPU."""
+    factors into ``maps``), by the kernel on ``torch.get_num_threads()`` worker threads
+    (``nn/cputhreads.py``); see ``window_nmf.c`` for the arguments. Returns False, doing nothing,
+    when the kernel is not available or the tensors are not contiguous float32 on the CPU."""
     tensors = [z, out, weight, v0] + ([maps] if maps is not None else [])
     if not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors):
         return False   # decided before looking for the library: a GPU run never loads or builds it
@@ -220,21 +219,8 @@ def window_nmf_rank1(z: torch.Tensor, out: torch.Tensor, maps: torch.Tensor | No
     args = (z.data_ptr(), out.data_ptr(), None if maps is None else maps.data_ptr(), b, d, h, w, heads,
             c // heads, out.shape[-1], window, shift, weight.data_ptr(), v0.data_ptr(), iters, eps, scale,
             -1 if drop_head is None else drop_head)
-    threads = max(1, min(torch.get_num_threads(), windows))
-    bounds = [windows * i // threads for i in range(threads + 1)]
-    # ctypes releases the GIL during the call, so Python threads run the window ranges in parallel
-    if threads == 1:
-        codes = [fn(*args, 0, windows)]
-    else:
-        codes = list(_executor(threads).map(lambda i: fn(*args, bounds[i], bounds[i + 1]), range(threads)))
-    if any(codes):
+    # windows of one partition never overlap: ranges of them run on parallel threads (ctypes
+    # releases the GIL during the call)
+    if any(cputhreads.map_ranges(windows, lambda first, last: fn(*args, first, last))):
         raise MemoryError("the window NMF kernel could not allocate its scratch memory")
     return True
-
-
-def _executor(threads: int) -> ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None or _pool._max_workers < threads:
-            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lf-window-nmf")
-        return _pool
