@@ -57,5 +57,6 @@ class BuildKernel(build_ext):
 
 
 setup(install_requires=list(REQUIRES), extras_require={name: list(reqs) for name, reqs in EXTRAS.items()},
-      ext_modules=[Extension("LesionFactorizerLib.nn.window_nmf", [f"LesionFactorizerLib/nn/{SOURCE.name}"], optional=True)],
+      ext_modules=[Extension("LesionFactorizerLib.nn.window_nmf", [f"LesionFactorizerLib/nn/{SOURCE.name}"], optional=True,
+                             libraries=[] if sys.platform == "win32" else ["m"])],   # sqrtf: libm, part of the C runtime on Windows
       cmdclass={"build_ext": BuildKernel})

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from LesionFactorizerLib.nn import cputhreads, window_op
+from LesionFactorizerLib.nn import cputhreads, native, window_op
 from LesionFactorizerLib.nn.matricize import LocalMatricize, make_matricize
 from LesionFactorizerLib.nn.nmf import NMF
 from LesionFactorizerLib.nn.unet import UShapedNet, layer_names
@@ -204,8 +204,9 @@ class FactorizerBlock(nn.Module):
           (``add_low_memory``): no reconstructed map, no bias broadcast, no separate residual add;
         - the NMF input ``z = ReLU(W_in LN(x))`` is written by the product straight into its buffer;
         - GELU runs in place on the MLP's hidden rows.
-        LayerNorm returns a fresh chunk-sized tensor, which the allocator hands back chunk after
-        chunk: its out= form would compute into one anyway and then copy it over.
+        Layer norm runs the compiled kernel into scratch rows where it can (:func:`_layer_norm`);
+        PyTorch's returns a fresh chunk-sized tensor, which the allocator hands back chunk after chunk
+        (its out= form would compute into one anyway and then copy it over).
         Each removed pass is one full-resolution read+write; on CPUs this block is bound by memory
         traffic, not FLOPs (profiled: copies and bias broadcasts were a large share of its time). Every
         per-chunk temporary is written into its thread's :class:`_Scratch`, reused by all its chunks: a fresh
@@ -232,7 +233,7 @@ class FactorizerBlock(nn.Module):
                     out[sl] = xi
                     continue
                 zi = z[sl] if full_nmf else scratch.rows("z", xi.shape[0], c)
-                torch.mm(self.nmf_norm(xi), nmf.in_proj.weight.t(), out=zi).relu_()
+                torch.mm(_layer_norm(self.nmf_norm, xi, scratch), nmf.in_proj.weight.t(), out=zi).relu_()
                 torch.add(xi, nmf.out_proj.bias, out=out[sl])
                 if nmf.skip:   # NMF(X) := X: the output projection of z itself, row by row
                     out[sl].addmm_(zi, nmf.out_proj.weight.t())
@@ -242,7 +243,7 @@ class FactorizerBlock(nn.Module):
             for sl in _chunks(start, stop, mlp.fc1.out_features):
                 dst = out[sl]
                 hidden = scratch.rows("hidden", dst.shape[0], mlp.fc1.out_features)
-                torch.addmm(mlp.fc1.bias, self.mlp_norm(dst), mlp.fc1.weight.t(), out=hidden)
+                torch.addmm(mlp.fc1.bias, _layer_norm(self.mlp_norm, dst, scratch), mlp.fc1.weight.t(), out=hidden)
                 torch._C._nn.gelu_(hidden)
                 torch.addmm(dst, hidden, mlp.fc2.weight.t(), out=dst)  # one view in and out: accumulates
                 dst += mlp.fc2.bias
@@ -324,6 +325,13 @@ class _Scratch:
         if buf is None or buf.shape[0] < rows or buf.shape[1] != width:
             buf = self.buffers[name] = self.like.new_empty(rows, width)
         return buf[:rows]
+
+
+def _layer_norm(norm: nn.LayerNorm, rows: torch.Tensor, scratch: _Scratch) -> torch.Tensor:
+    """``norm(rows)`` into ``scratch``, by the compiled kernel where it runs (``nn/native.py``):
+    PyTorch's layer norm spends most of its time per row on rows of 32 or 64 channels."""
+    out = scratch.rows("norm", *rows.shape)
+    return out if native.layer_norm_rows(rows, norm.weight, norm.bias, norm.eps, out) else norm(rows)
 
 
 def _chunks(start: int, stop: int, width: int, floats: int = 1 << 19) -> list[slice]:

@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -46,7 +47,6 @@ from LesionFactorizerLib.nn import cputhreads
 from LesionFactorizerLib.nn.kernelfile import PREBUILT, SOURCE, manifest, sha256, verified
 from LesionFactorizerLib.core.usercache import cache_dir, make_own_folder, not_own
 
-SYMBOL = "lf_window_nmf_rank1"
 ENV = "LESION_FACTORIZER_NATIVE"   # unset or 1: prebuilt only; build: also compile into the cache; 0: off
 FLAGS = (("-O3", "-march=native"), ("-O3",))  # tuned for this CPU; plain if the compiler refuses
 SUFFIX = {"win32": ".dll", "darwin": ".dylib"}.get(sys.platform, ".so")
@@ -55,11 +55,22 @@ _lock = threading.Lock()
 _state: dict = {}
 
 _L, _F, _P = ctypes.c_longlong, ctypes.c_float, ctypes.c_void_p   # lf_int is long long
-_ARGTYPES = [_P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _L, _F, _F, _L, _L, _L]
 
 
-def library():
-    """The loaded kernel function, or None (see :func:`status`). Found on first use."""
+class Kernels(NamedTuple):
+    """The library's functions, by their C names (``window_nmf.c``): argument and result types."""
+    lf_window_nmf_rank1: Any
+    lf_layer_norm_rows: Any
+
+
+_SIGNATURES = Kernels(
+    lf_window_nmf_rank1=([_P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _L, _F, _F, _L, _L, _L], ctypes.c_int),
+    lf_layer_norm_rows=([_P, _P, _L, _L, _P, _P, _F], None),
+)
+
+
+def library() -> Kernels | None:
+    """The loaded kernels, or None (see :func:`status`). Found on first use."""
     with _lock:
         if not _state:
             _state.update(_load())
@@ -110,9 +121,9 @@ def _load() -> dict:
     source = sha256(SOURCE)
     note = None
     if PREBUILT.exists():
-        fn, record, why = _open(PREBUILT, source, own=False)
-        if fn is not None:
-            return {"lib": fn, "compiler": f"prebuilt, {record.get('compiler', '?')}",
+        kernels, record, why = _open(PREBUILT, source, own=False)
+        if kernels is not None:
+            return {"lib": kernels, "compiler": f"prebuilt, {record.get('compiler', '?')}",
                     "path": PREBUILT.parent / record["library"]}
         why = f"the installed kernel is not used: {why}"
         note = f"{why}; the slower PyTorch path runs" if mode != "build" else why
@@ -127,17 +138,19 @@ def _load() -> dict:
 
 
 def _open(record_path: Path, source: str, *, own: bool) -> tuple:
-    """The kernel function of the library ``record_path`` describes, its record, and why not; the
-    library is mapped only after :func:`kernelfile.verified` passed."""
+    """The kernels of the library ``record_path`` describes, its record, and why not; the library is
+    mapped only after :func:`kernelfile.verified` passed."""
     path, record, why = verified(record_path, source, own=own)
     if path is None:
         return None, {}, why
     try:
-        fn = getattr(ctypes.CDLL(str(path)), SYMBOL)
+        lib = ctypes.CDLL(str(path))
+        functions = {name: getattr(lib, name) for name in Kernels._fields}
     except (OSError, AttributeError) as exc:
         return None, {}, f"{path} cannot be loaded ({exc})"
-    fn.argtypes, fn.restype = _ARGTYPES, ctypes.c_int
-    return fn, record, ""
+    for name, (argtypes, restype) in _SIGNATURES._asdict().items():
+        functions[name].argtypes, functions[name].restype = argtypes, restype
+    return Kernels(**functions), record, ""
 
 
 def _load_cached(source: str) -> dict:
@@ -160,14 +173,14 @@ def _load_cached(source: str) -> dict:
         library, record_path = folder / f"window_nmf-{key}{SUFFIX}", folder / f"window_nmf-{key}.json"
         label = f"built here, {Path(cc).name} {' '.join(flags)}"
         if record_path.exists() or library.exists():
-            fn, _, stale = _open(record_path, source, own=True)
-            if fn is not None:
-                return {"lib": fn, "compiler": label, "path": library}
+            kernels, _, stale = _open(record_path, source, own=True)
+            if kernels is not None:
+                return {"lib": kernels, "compiler": label, "path": library}
         error = _build(cc, flags, library, record_path, label)
         if not error:
-            fn, _, error = _open(record_path, source, own=True)
-            if fn is not None:
-                return {"lib": fn, "compiler": label, "path": library,
+            kernels, _, error = _open(record_path, source, own=True)
+            if kernels is not None:
+                return {"lib": kernels, "compiler": label, "path": library,
                         "warning": f"rebuilt the cached window-NMF kernel: {stale}" if stale else None}
     why = f"building it with {cc} failed: {(error.strip().splitlines() or ['?'])[-1]}"
     return {"lib": None, "why": why, "warning": f"the cached window-NMF kernel is not used: {stale}; {why}" if stale else None}
@@ -183,7 +196,7 @@ def _build(cc: str, flags: tuple[str, ...], path: Path, record_path: Path, label
     except OSError as exc:
         return str(exc)
     try:
-        done = subprocess.run([cc, *flags, "-std=c99", "-shared", "-fPIC", "-o", tmp, str(SOURCE)],
+        done = subprocess.run([cc, *flags, "-std=c99", "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lm"],
                               capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             return done.stderr or f"exit status {done.returncode}"
@@ -211,8 +224,8 @@ def window_nmf_rank1(z: torch.Tensor, out: torch.Tensor, maps: torch.Tensor | No
     tensors = [z, out, weight, v0] + ([maps] if maps is not None else [])
     if not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors):
         return False   # decided before looking for the library: a GPU run never loads or builds it
-    fn = library()
-    if fn is None:
+    lib = library()
+    if lib is None:
         return False
     b, d, h, w, c = z.shape
     windows = b * (d // window) * (h // window) * (w // window)
@@ -221,6 +234,24 @@ def window_nmf_rank1(z: torch.Tensor, out: torch.Tensor, maps: torch.Tensor | No
             -1 if drop_head is None else drop_head)
     # windows of one partition never overlap: ranges of them run on parallel threads (ctypes
     # releases the GIL during the call)
-    if any(cputhreads.map_ranges(windows, lambda first, last: fn(*args, first, last))):
+    if any(cputhreads.map_ranges(windows, lambda first, last: lib.lf_window_nmf_rank1(*args, first, last))):
         raise MemoryError("the window NMF kernel could not allocate its scratch memory")
+    return True
+
+
+def layer_norm_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
+                    out: torch.Tensor) -> bool:
+    """``out = layer_norm(x)`` over the last axis of the rows ``x`` (rows, C), by the kernel on this
+    thread. Returns False, doing nothing, when the kernel is not available or the tensors are not
+    contiguous float32 on the CPU (or there is no bias): the caller then uses PyTorch's."""
+    tensors = [x, out, weight, bias]
+    if bias is None or x.dim() != 2 or out.shape != x.shape or weight.shape != x.shape[1:] or bias.shape != x.shape[1:]:
+        return False
+    if not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors):
+        return False
+    lib = library()
+    if lib is None:
+        return False
+    lib.lf_layer_norm_rows(x.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], weight.data_ptr(),
+                           bias.data_ptr(), eps)
     return True

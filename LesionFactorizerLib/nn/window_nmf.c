@@ -1,6 +1,7 @@
-/* Rank-1 HALS window NMF of a Factorizer block, fused with the block's output projection.
+/* The Factorizer block's compiled kernels: the rank-1 HALS window NMF fused with the block's output
+   projection (lf_window_nmf_rank1), and layer norm of narrow rows (lf_layer_norm_rows, below).
 
-   The Python reference is LocalMatricize._project_slab (nn/matricize.py), which this computes for
+   The window NMF's Python reference is LocalMatricize._project_slab (nn/matricize.py), which this computes for
    one window partition; nn/native.py loads the compiled library and calls it.
 
    For every P^3 window of a channels-last map z (B, D, H, W, C), C = heads * E, and every head h:
@@ -13,9 +14,10 @@
    regular partition, shift P/2 the rolled one of the Swin Factorizer (torch.roll semantics).
    Windows of one partition never overlap, so disjoint window ranges can run on parallel threads.
 
-   Plain C99 and no math library: it is built with the extension (CMake) and the wheel (setup.py);
+   Plain C99 and the C math library: it is built with the extension (CMake) and the wheel (setup.py);
    nn/native.py loads that prebuilt library (or, for developers, one it compiles into the cache). */
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -281,4 +283,48 @@ LF_EXPORT LF_CLONES int lf_window_nmf_rank1(
     }
     free(buf); free(at);
     return 0;
+}
+
+/* Layer norm of `rows` contiguous rows of c floats: y = (x - mean) / sqrt(var + eps) * weight + bias,
+   with the mean and the (biased) variance of each row, both summed in float, the variance over the
+   centred values (two passes over a row that stays in registers or L1). PyTorch's kernel does the
+   same arithmetic, but on the 32- and 64-channel rows of the Factorizer's full-resolution blocks
+   its per-row overhead made it a tenth of the network's time. One thread per call: the callers
+   split rows between threads themselves (nn/cputhreads.py). */
+LF_EXPORT LF_CLONES void lf_layer_norm_rows(const float *x, float *y, lf_int rows, lf_int c,
+                                            const float *weight, const float *bias, float eps)
+{
+#ifdef HAVE_OUTPUT_E8
+    if (c % 8 == 0) {
+        const lf_int c8 = c / 8;
+        for (lf_int r = 0; r < rows; r++) {
+            const float *restrict xr = x + r * c;
+            float *restrict yr = y + r * c;
+            v8f s = load8(xr);
+            for (lf_int j = 1; j < c8; j++) s += load8(xr + 8 * j);
+            const float mean = sum8(&s) / (float)c;
+            v8f d = load8(xr) - mean, q = d * d;
+            for (lf_int j = 1; j < c8; j++) {
+                d = load8(xr + 8 * j) - mean;
+                q += d * d;
+            }
+            const float rstd = 1.f / sqrtf(sum8(&q) / (float)c + eps);
+            for (lf_int j = 0; j < c8; j++) {
+                const v8f o = (load8(xr + 8 * j) - mean) * rstd * load8(weight + 8 * j) + load8(bias + 8 * j);
+                memcpy(yr + 8 * j, &o, sizeof o);
+            }
+        }
+        return;
+    }
+#endif
+    for (lf_int r = 0; r < rows; r++) {
+        const float *restrict xr = x + r * c;
+        float *restrict yr = y + r * c;
+        float sum = 0.f, sq = 0.f;
+        for (lf_int j = 0; j < c; j++) sum += xr[j];
+        const float mean = sum / (float)c;
+        for (lf_int j = 0; j < c; j++) sq += (xr[j] - mean) * (xr[j] - mean);
+        const float rstd = 1.f / sqrtf(sq / (float)c + eps);
+        for (lf_int j = 0; j < c; j++) yr[j] = (xr[j] - mean) * rstd * weight[j] + bias[j];
+    }
 }

@@ -116,3 +116,26 @@ def test_tensors_the_kernel_cannot_take_never_look_for_it(dtype, monkeypatch):
                                     v0=torch.zeros(64, device=device, dtype=dtype), iters=2, eps=1e-8,
                                     scale=1.0, drop_head=None)
     assert taken is False and native.status() == "not used"
+
+
+@pytest.mark.parametrize("channels", [32, 64, 8, 12])   # multiples of 8 have vector code; 12 the generic loop
+def test_layer_norm_kernel_equals_pytorchs(channels, kernel):
+    gen = torch.Generator().manual_seed(channels)
+    norm = torch.nn.LayerNorm(channels)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0, generator=gen)
+        norm.bias.normal_(generator=gen)
+        x = torch.randn(777, channels, generator=gen) * 3 + 5   # rows far from zero mean
+        out = torch.full_like(x, float("nan"))
+        assert native.layer_norm_rows(x, norm.weight, norm.bias, norm.eps, out)
+        torch.testing.assert_close(out, norm(x), rtol=1e-5, atol=2e-6)
+
+
+def test_layer_norm_rows_the_kernel_cannot_take_are_left_to_pytorch(kernel):
+    x = torch.randn(16, 32)
+    weight, bias = torch.ones(32), torch.zeros(32)
+    for args in [(x.t().contiguous().t(), weight, bias), (x.double(), weight.double(), bias.double()),
+                 (x, weight, None), (x, torch.ones(16), bias)]:
+        out = torch.zeros_like(args[0])
+        assert native.layer_norm_rows(args[0], args[1], args[2], 1e-5, out) is False
+        assert not out.any()   # untouched
