@@ -243,7 +243,8 @@ class FactorizerBlock(nn.Module):
             for sl in _chunks(start, stop, mlp.fc1.out_features):
                 dst = out[sl]
                 hidden = scratch.rows("hidden", dst.shape[0], mlp.fc1.out_features)
-                torch.addmm(mlp.fc1.bias, _layer_norm(self.mlp_norm, dst, scratch), mlp.fc1.weight.t(), out=hidden)
+                normed = _layer_norm(self.mlp_norm, dst, scratch)
+                torch.addmm(mlp.fc1.bias, normed, mlp.fc1.weight.t(), out=hidden)
                 torch._C._nn.gelu_(hidden)
                 torch.addmm(dst, hidden, mlp.fc2.weight.t(), out=dst)  # one view in and out: accumulates
                 dst += mlp.fc2.bias

@@ -58,13 +58,15 @@ _L, _F, _P = ctypes.c_longlong, ctypes.c_float, ctypes.c_void_p   # lf_int is lo
 
 
 class Kernels(NamedTuple):
-    """The library's functions, by their C names (``window_nmf.c``): argument and result types."""
+    """The library's functions by their C names (``window_nmf.c``); :data:`_SIGNATURES` holds their
+    ctypes argument and result types in the same shape."""
     lf_window_nmf_rank1: Any
     lf_layer_norm_rows: Any
 
 
 _SIGNATURES = Kernels(
-    lf_window_nmf_rank1=([_P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _L, _F, _F, _L, _L, _L], ctypes.c_int),
+    lf_window_nmf_rank1=([_P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _L, _F, _F, _L, _L, _L],
+                         ctypes.c_int),
     lf_layer_norm_rows=([_P, _P, _L, _L, _P, _P, _F], None),
 )
 
@@ -245,7 +247,7 @@ def layer_norm_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     thread. Returns False, doing nothing, when the kernel is not available or the tensors are not
     contiguous float32 on the CPU (or there is no bias): the caller then uses PyTorch's."""
     tensors = [x, out, weight, bias]
-    if bias is None or x.dim() != 2 or out.shape != x.shape or weight.shape != x.shape[1:] or bias.shape != x.shape[1:]:
+    if bias is None or x.dim() != 2 or out.shape != x.shape or not weight.shape == bias.shape == x.shape[1:]:
         return False
     if not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors):
         return False
