@@ -126,7 +126,7 @@ LF_INLINE void NAME(const float *restrict buf, const lf_int *restrict at, lf_int
 OUTPUT_E8(output_e8_co32, 4)
 OUTPUT_E8(output_e8_co64, 8)
 OUTPUT_E8(output_e8_any, 0)
-#define HAVE_OUTPUT_E8 1
+#define LF_VECTORS 1   /* the 8-float vector helpers above exist */
 #define MOMENTS(e) ((e) == 8 ? moments_8(buf, n, c, heads, v0, gram, rowsum, xv) :                \
                     (e) == 4 ? moments_4(buf, n, c, heads, v0, gram, rowsum, xv) :                \
                     moments_any(buf, n, c, heads, e, v0, gram, rowsum, xv))
@@ -165,7 +165,7 @@ LF_EXPORT LF_CLONES int lf_window_nmf_rank1(
 {
     const lf_int c = heads * e_dim, n = p * p * p;
     const lf_int gd = depth / p, gh = height / p, gw = width / p, plane = depth * height * width;
-#ifdef HAVE_OUTPUT_E8
+#ifdef LF_VECTORS
     const int vector_output = e_dim == 8 && c_out % 8 == 0 && c_out <= 512;
 #else
     const int vector_output = 0;
@@ -249,7 +249,7 @@ LF_EXPORT LF_CLONES int lf_window_nmf_rank1(
                 bias[o] += eps * t * f;
             }
         }
-#ifdef HAVE_OUTPUT_E8
+#ifdef LF_VECTORS
         if (vector_output) {
             if (c_out == 32) output_e8_co32(buf, at, n, heads, 4, u, m, bias, out, vps);
             else if (c_out == 64) output_e8_co64(buf, at, n, heads, 8, u, m, bias, out, vps);
@@ -294,7 +294,7 @@ LF_EXPORT LF_CLONES int lf_window_nmf_rank1(
 LF_EXPORT LF_CLONES void lf_layer_norm_rows(const float *x, float *y, lf_int rows, lf_int c,
                                             const float *weight, const float *bias, float eps)
 {
-#ifdef HAVE_OUTPUT_E8
+#ifdef LF_VECTORS
     if (c % 8 == 0) {
         const lf_int c8 = c / 8;
         for (lf_int r = 0; r < rows; r++) {
