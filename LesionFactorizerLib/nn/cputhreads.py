@@ -60,8 +60,8 @@ def _workers(count: int) -> ThreadPoolExecutor:
 
 def map_ranges(n: int, fn: Callable[[int, int], T], parts: int | None = None) -> list[T]:
     """``fn(start, stop)`` for ``parts`` contiguous ranges covering ``range(n)`` (default: PyTorch's
-    thread count), each on its own worker thread, under the caller's grad and inference modes;
-    the results in order. With one part, or fewer items than parts, ``fn`` runs here."""
+    thread count; at most ``n``) on the worker threads, under the caller's grad and inference
+    modes; the results in order. With one part, ``fn`` runs here on the whole range."""
     parts = max(1, min(torch.get_num_threads() if parts is None else parts, n))
     if parts == 1:
         return [fn(0, n)]
